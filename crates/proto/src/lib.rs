@@ -1,0 +1,43 @@
+//! bhatti's host-guest wire protocol, byte-compatible with bhatti v1.
+//!
+//! A frame is `LEN (u32 big-endian) | TYPE (u8) | PAYLOAD (LEN - 1 bytes)`; `LEN` counts the type
+//! byte and the payload, never the 4 header bytes. See [`frame`] for reading and writing frames,
+//! [`payload`] for the two binary payloads (resize, exit) and [`messages`] for the JSON payloads.
+//!
+//! This crate is pure: no async runtime and no IO beyond `std::io`, so the guest agent, the host
+//! client and the fuzzer all share exactly the same code.
+//!
+//! # Connection reuse extension
+//!
+//! v1 runs exactly one request per connection. Opening a TCP connection into a TCG guest costs
+//! about 5 ms while a request on an open connection costs about 0.3 ms, so this crate defines an
+//! optional, backwards-compatible extension:
+//!
+//! 1. After the optional `AUTH` frame, the host sends [`FrameType::HELLO`] (`0x70`) with a JSON
+//!    [`messages::Hello`] payload.
+//! 2. A v1 agent does not know the type and answers `ERROR "unexpected frame type 0x70"` and closes
+//!    the connection; the host then falls back to v1 behaviour (one request per connection) for that
+//!    agent.
+//! 3. Our agent answers [`FrameType::HELLO_ACK`] (`0x71`) with the features it grants. With
+//!    `"reuse"` granted, after each request completes (its final `EXIT`, response frame or
+//!    `FILE_WRITE_RESP`), the agent reads the next request from the same connection. Stray
+//!    `STDIN`, `RESIZE` and `KILL` frames that arrive between requests (they raced with the end of
+//!    the previous request) are discarded. The agent closes the connection after any `ERROR`
+//!    frame, after a session (TTY, piped or attach) ends, and when the host closes its side.
+//! 4. A host that never sends `HELLO` sees exactly v1 behaviour.
+//!
+//! One more compatible extension: an empty `STDIN` frame (which v1 treats as a zero-byte write,
+//! a no-op) closes the child's stdin, so a host can send EOF to a one-shot exec or a piped
+//! session.
+
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod limits;
+pub mod messages;
+pub mod payload;
+
+pub use frame::{
+    Frame, FrameError, FrameType, ParsedFrame, encode_frame, read_frame, send_json, try_parse,
+    write_frame,
+};
