@@ -1,0 +1,57 @@
+//! The agent's configuration: what the host put on the config drive (`config.json`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The parts of `config.json` the agent's handlers use. Unknown keys are ignored; the full schema
+/// (files, volumes, DNS, hostname) is applied by the PID 1 boot sequence.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AgentConfig {
+    /// Auth token; empty disables auth.
+    #[serde(default)]
+    pub token: String,
+    /// Environment merged into every exec.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Script run as the `init` session.
+    #[serde(default)]
+    pub init: String,
+    /// `"root"` runs the init session as root.
+    #[serde(default)]
+    pub user: String,
+}
+
+/// Why a config file could not be used.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AgentConfig {
+    /// Loads and parses a `config.json`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path)
+            .map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| ConfigError(format!("parse {}: {e}", path.display())))
+    }
+}
+
+/// Agent-wide settings and state shared by every connection.
+#[derive(Debug)]
+pub struct Agent {
+    /// The configuration.
+    pub config: AgentConfig,
+    /// `sync()` before sending EXIT, so files a command wrote are on the virtual disk before the
+    /// host snapshots. On in the VM; off in test mode, where there is no VM and a host-wide sync
+    /// would only add latency.
+    pub sync_before_exit: bool,
+    /// The session registry.
+    pub sessions: crate::session::Registry,
+}

@@ -1,0 +1,275 @@
+//! One-shot piped exec and detached exec.
+//!
+//! A one-shot exec is served by the connection's own thread with a `poll` loop over the socket,
+//! the child's stdout and stderr and its exit watch. One thread means frames are written by a
+//! single writer (no interleaving), output is back-pressured by the socket, and no helper threads
+//! have to be started per exec.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Stdio;
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use proto::messages::{DetachedExec, ExecRequest};
+use proto::payload::encode_exit;
+use proto::{FrameType, read_frame, send_json, write_frame};
+
+use crate::config::Agent;
+use crate::conn::Conn;
+use crate::reaper::{self, ExitWatch};
+use crate::server::{Outcome, send_error};
+use crate::spawn::{self, Grouping, RunAs};
+
+/// Bytes read from a child pipe per STDOUT/STDERR frame.
+const OUTPUT_CHUNK: usize = 32 * 1024;
+
+/// Runs a one-shot exec: streams STDOUT/STDERR, feeds STDIN, honours KILL, ends with EXIT.
+pub fn run(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
+    let run_as = RunAs::from_request(req.user.as_deref());
+    let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
+    let spawned = spawn::command(
+        &req.argv,
+        &env,
+        req.cwd.as_deref(),
+        run_as,
+        Grouping::ProcessGroup,
+    )
+    .and_then(|mut cmd| {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        reaper::spawn_watched(&mut cmd)
+    });
+    let (mut child, watch) = match spawned {
+        Ok(spawned) => spawned,
+        Err(e) => return send_error(conn, &format!("start: {}: {e}", req.argv[0])),
+    };
+    let pgid = Pid::from_raw(child.id() as i32);
+    let stdin = child.stdin.take().map(OwnedFd::from).map(File::from);
+    let stdout = child.stdout.take().map(OwnedFd::from).map(File::from);
+    let stderr = child.stderr.take().map(OwnedFd::from).map(File::from);
+    let mut pump = Pump {
+        conn,
+        pgid,
+        stdin,
+        stdin_pending: Vec::new(),
+        host_open: true,
+    };
+    let code = pump.run(stdout, stderr, watch);
+    if agent.sync_before_exit {
+        nix::unistd::sync();
+    }
+    if !pump.host_open {
+        return Outcome::Close;
+    }
+    match write_frame(pump.conn, FrameType::EXIT, &encode_exit(code)) {
+        Ok(()) => Outcome::Done,
+        Err(_) => Outcome::Close,
+    }
+}
+
+struct Pump<'a> {
+    conn: &'a mut Conn,
+    pgid: Pid,
+    stdin: Option<File>,
+    /// Host input not yet accepted by the child's stdin pipe.
+    stdin_pending: Vec<u8>,
+    host_open: bool,
+}
+
+impl Pump<'_> {
+    /// Runs until both output pipes reached EOF and the exit code is known; returns the code.
+    fn run(
+        &mut self,
+        mut stdout: Option<File>,
+        mut stderr: Option<File>,
+        mut watch: ExitWatch,
+    ) -> i32 {
+        if let Some(stdin) = &self.stdin {
+            // Non-blocking, so a child that does not read its stdin cannot stall the loop.
+            let _ = fcntl(stdin, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        }
+        let mut code = None;
+        let mut buf = vec![0u8; OUTPUT_CHUNK];
+        while stdout.is_some() || stderr.is_some() || code.is_none() {
+            // Host input is read only while the child keeps up with it (back-pressure).
+            let want_host = self.host_open && self.stdin_pending.is_empty();
+            let want_stdin = self.stdin.is_some() && !self.stdin_pending.is_empty();
+            let [host_ready, out_ready, err_ready, exit_ready, in_ready] = {
+                let candidates = [
+                    want_host.then(|| (self.conn.as_fd(), PollFlags::POLLIN)),
+                    stdout.as_ref().map(|f| (f.as_fd(), PollFlags::POLLIN)),
+                    stderr.as_ref().map(|f| (f.as_fd(), PollFlags::POLLIN)),
+                    code.is_none().then(|| (watch.as_fd(), PollFlags::POLLIN)),
+                    self.stdin
+                        .as_ref()
+                        .filter(|_| want_stdin)
+                        .map(|f| (f.as_fd(), PollFlags::POLLOUT)),
+                ];
+                let mut slots = [None; 5];
+                let mut fds = Vec::with_capacity(5);
+                for (slot, candidate) in candidates.into_iter().enumerate() {
+                    if let Some((fd, flags)) = candidate {
+                        slots[slot] = Some(fds.len());
+                        fds.push(PollFd::new(fd, flags));
+                    }
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    // Not expected with valid fds; avoid a hot loop if it ever happens.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+                slots.map(|slot| {
+                    slot.and_then(|i| fds[i].revents())
+                        .is_some_and(|r| !r.is_empty())
+                })
+            };
+
+            if out_ready && !self.forward_output(&mut stdout, FrameType::STDOUT, &mut buf) {
+                stdout = None;
+            }
+            if err_ready && !self.forward_output(&mut stderr, FrameType::STDERR, &mut buf) {
+                stderr = None;
+            }
+            if exit_ready {
+                code = Some(watch.read_code());
+            }
+            if in_ready {
+                self.flush_stdin();
+            }
+            if host_ready {
+                self.read_host();
+            }
+        }
+        code.unwrap_or(1)
+    }
+
+    /// Reads one chunk of child output and sends it; false at EOF.
+    fn forward_output(&mut self, pipe: &mut Option<File>, kind: FrameType, buf: &mut [u8]) -> bool {
+        let Some(file) = pipe else { return false };
+        match file.read(buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                if self.host_open && write_frame(self.conn, kind, &buf[..n]).is_err() {
+                    self.host_gone();
+                }
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Handles one frame from the host: STDIN, KILL, or the host going away.
+    fn read_host(&mut self) {
+        match read_frame(self.conn) {
+            Ok(Some(frame)) => match frame.kind {
+                FrameType::STDIN if frame.payload.is_empty() => self.stdin = None,
+                FrameType::STDIN => {
+                    self.stdin_pending = frame.payload;
+                    self.flush_stdin();
+                }
+                FrameType::KILL => self.kill(),
+                _ => {}
+            },
+            Ok(None) | Err(_) => self.host_gone(),
+        }
+    }
+
+    /// Writes as much pending stdin as the pipe takes; drops stdin if the child closed it.
+    fn flush_stdin(&mut self) {
+        let Some(stdin) = &mut self.stdin else {
+            self.stdin_pending.clear();
+            return;
+        };
+        while !self.stdin_pending.is_empty() {
+            match stdin.write(&self.stdin_pending) {
+                Ok(n) => {
+                    self.stdin_pending.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.stdin = None;
+                    self.stdin_pending.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The host disconnected: kill the command (v1 left it running, which the docs said it would
+    /// not) and keep draining until it is gone.
+    fn host_gone(&mut self) {
+        if self.host_open {
+            self.host_open = false;
+            self.stdin = None;
+            self.stdin_pending.clear();
+            self.kill();
+        }
+    }
+
+    fn kill(&self) {
+        let _ = kill(Pid::from_raw(-self.pgid.as_raw()), Signal::SIGKILL);
+    }
+}
+
+/// Starts a detached exec: output to a file, replies with the PID and the file, then EXIT 0.
+pub fn run_detached(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
+    let output_file = match req.output_file.as_deref() {
+        Some(path) if !path.is_empty() => path.to_owned(),
+        _ => format!("/tmp/bhatti-detach-{}.log", unix_nanos()),
+    };
+    let file = match OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&output_file)
+    {
+        Ok(file) => file,
+        Err(e) => return send_error(conn, &format!("open output file: {e}")),
+    };
+    let run_as = RunAs::from_request(req.user.as_deref());
+    let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
+    let spawned = spawn::command(
+        &req.argv,
+        &env,
+        req.cwd.as_deref(),
+        run_as,
+        Grouping::Session,
+    )
+    .and_then(|mut cmd| {
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        reaper::spawn_unwatched(&mut cmd)
+    });
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => return send_error(conn, &format!("start: {}: {e}", req.argv[0])),
+    };
+    let info = DetachedExec {
+        pid: i64::from(child.id()),
+        output_file,
+    };
+    let sent = send_json(conn, FrameType::STDOUT, &info)
+        .and_then(|()| write_frame(conn, FrameType::EXIT, &encode_exit(0)));
+    if sent.is_ok() {
+        Outcome::Done
+    } else {
+        Outcome::Close
+    }
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

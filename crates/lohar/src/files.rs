@@ -1,0 +1,385 @@
+//! File operations: read (raw or by lines), atomic write, stat, list.
+//!
+//! They run as the agent (root in the VM), so there are no permission checks beyond root's.
+//! Error texts follow v1 (Go's `op path: reason` with lower-case reasons) so existing clients that
+//! match on them keep working.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use proto::limits::{FILE_CHUNK_BYTES, MAX_FILE_WRITE_BYTES, MAX_LIST_ENTRIES, MAX_PAYLOAD_LEN};
+use proto::messages::{
+    FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, FileWriteResponse, PathRequest,
+    STATUS_OK, format_mode, parse_mode,
+};
+use proto::payload::encode_exit;
+use proto::{FrameType, read_frame, send_json, write_frame};
+
+use crate::conn::Conn;
+use crate::server::{Outcome, send_error};
+use crate::spawn::{USER_GID, USER_UID};
+
+/// An OS error as Go prints it: `op path: no such file or directory`.
+pub fn os_error(op: &str, path: &str, err: &io::Error) -> String {
+    format!("{op} {path}: {}", errno_text(err))
+}
+
+/// The reason of an OS error in lower case, without Rust's ` (os error N)` suffix.
+pub fn errno_text(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
+        None => err.to_string(),
+    }
+}
+
+fn sent(result: Result<(), proto::FrameError>) -> Outcome {
+    if result.is_ok() {
+        Outcome::Done
+    } else {
+        Outcome::Close
+    }
+}
+
+/// FILE_READ: FILE_READ_RESP with the total size, content as STDOUT frames, EXIT 0.
+pub fn read(conn: &mut Conn, req: &FileReadRequest) -> Outcome {
+    let file = match File::open(&req.path) {
+        Ok(file) => file,
+        Err(e) => return send_error(conn, &os_error("open", &req.path, &e)),
+    };
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return send_error(conn, &os_error("stat", &req.path, &e)),
+    };
+    if meta.is_dir() {
+        return send_error(conn, &format!("{} is a directory", req.path));
+    }
+    if !meta.is_file() {
+        return send_error(conn, &format!("{} is not a regular file", req.path));
+    }
+    let head = FileReadResponse {
+        mode: format_mode(meta.mode()),
+        size: meta.len() as i64,
+    };
+    if send_json(conn, FrameType::FILE_READ_RESP, &head).is_err() {
+        return Outcome::Close;
+    }
+    let window = LineWindow::from_request(req);
+    let streamed = match window {
+        None => stream_raw(conn, file),
+        Some(window) => stream_lines(conn, file, window),
+    };
+    match streamed {
+        Ok(()) => sent(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
+        Err(StreamError::Host) => Outcome::Close,
+        Err(StreamError::File(e)) => send_error(conn, &os_error("read", &req.path, &e)),
+    }
+}
+
+enum StreamError {
+    /// The host went away: stop reading the file at once (v1 read on into a dead socket).
+    Host,
+    /// The file could not be read.
+    File(io::Error),
+}
+
+fn stream_raw(conn: &mut Conn, mut file: File) -> Result<(), StreamError> {
+    let mut buf = vec![0u8; FILE_CHUNK_BYTES];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                write_frame(conn, FrameType::STDOUT, &buf[..n]).map_err(|_| StreamError::Host)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StreamError::File(e)),
+        }
+    }
+}
+
+/// Line-mode selection: which lines and how many bytes to send.
+#[derive(Debug, Clone, Copy)]
+struct LineWindow {
+    /// First line to send, 1-based.
+    first_line: u64,
+    /// Maximum lines, if limited.
+    max_lines: Option<u64>,
+    /// Maximum bytes, if limited.
+    max_bytes: Option<u64>,
+}
+
+impl LineWindow {
+    /// `None` (raw mode) when offset, limit and max_bytes are all absent or not positive.
+    fn from_request(req: &FileReadRequest) -> Option<Self> {
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
+        let (offset, limit, max_bytes) = (
+            positive(req.offset),
+            positive(req.limit),
+            positive(req.max_bytes),
+        );
+        if offset.is_none() && limit.is_none() && max_bytes.is_none() {
+            return None;
+        }
+        Some(Self {
+            first_line: offset.unwrap_or(1),
+            max_lines: limit,
+            max_bytes,
+        })
+    }
+}
+
+/// Sends the selected lines byte-exact, batched into frames of up to 32 KiB. Unlike v1 this
+/// keeps `\r\n`, adds no newline to a last line that has none, and handles lines of any length
+/// (v1 silently stopped at a line over 256 KiB).
+fn stream_lines(conn: &mut Conn, file: File, window: LineWindow) -> Result<(), StreamError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut out: Vec<u8> = Vec::with_capacity(FILE_CHUNK_BYTES);
+    let mut line_no: u64 = 1;
+    let mut at_line_start = true;
+    let mut lines_sent: u64 = 0;
+    let mut bytes_sent: u64 = 0;
+    let flush = |out: &mut Vec<u8>, conn: &mut Conn| -> Result<(), StreamError> {
+        if !out.is_empty() {
+            write_frame(conn, FrameType::STDOUT, out).map_err(|_| StreamError::Host)?;
+            out.clear();
+        }
+        Ok(())
+    };
+    'read: loop {
+        if at_line_start
+            && line_no >= window.first_line
+            && window.max_lines.is_some_and(|max| lines_sent >= max)
+        {
+            break;
+        }
+        let buf = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StreamError::File(e)),
+        };
+        let newline = buf.iter().position(|b| *b == b'\n');
+        let segment_len = newline.map_or(buf.len(), |i| i + 1);
+        if line_no >= window.first_line {
+            if at_line_start {
+                lines_sent += 1;
+            }
+            let mut take = segment_len;
+            let mut budget_hit = false;
+            if let Some(max) = window.max_bytes {
+                let remaining = max - bytes_sent;
+                if take as u64 > remaining {
+                    take = remaining as usize;
+                    budget_hit = true;
+                }
+            }
+            out.extend_from_slice(&buf[..take]);
+            bytes_sent += take as u64;
+            if out.len() >= FILE_CHUNK_BYTES {
+                flush(&mut out, conn)?;
+            }
+            if budget_hit {
+                break 'read;
+            }
+        }
+        reader.consume(segment_len);
+        at_line_start = newline.is_some();
+        if at_line_start {
+            line_no += 1;
+        }
+    }
+    flush(&mut out, conn)
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temp path next to `path`, unique per write (v1 used one fixed name, so concurrent writers
+/// to the same path shared an inode and could mix their content).
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(
+        ".{name}.bhatti-tmp-{}-{unique}",
+        std::process::id()
+    ))
+}
+
+/// FILE_WRITE: validates, receives `size` bytes of STDIN frames into a temp file, fsyncs and
+/// renames it over the target, so readers see the old or the new content, never a mix.
+pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
+    // Validation happens before any content is consumed.
+    if req.size < 0 {
+        return send_error(conn, "file size must be >= 0");
+    }
+    if req.size > MAX_FILE_WRITE_BYTES {
+        return send_error(
+            conn,
+            &format!(
+                "file too large: {} bytes (max {MAX_FILE_WRITE_BYTES})",
+                req.size
+            ),
+        );
+    }
+    if req.path.is_empty() {
+        return send_error(conn, "bad request: empty path");
+    }
+    let size = req.size as u64;
+    let mode = parse_mode(&req.mode).unwrap_or(0o644);
+    let path = Path::new(&req.path);
+    let temp = temp_path(path);
+    let mut target = prepare_temp(path, &temp, mode);
+    let mut written: u64 = 0;
+    while written < size {
+        let frame = match read_frame(conn) {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => {
+                let _ = fs::remove_file(&temp);
+                return send_error(
+                    conn,
+                    &format!("connection lost after {written}/{size} bytes"),
+                );
+            }
+        };
+        if frame.kind != FrameType::STDIN {
+            continue;
+        }
+        // A frame overshooting `size` is cut at `size`: the file is exactly what was announced.
+        let take = frame.payload.len().min((size - written) as usize);
+        if let Ok(file) = &mut target
+            && let Err(e) = file.write_all(&frame.payload[..take])
+        {
+            // Keep draining the announced content so the error reaches the host in order.
+            target = Err(os_error("write", &req.path, &e));
+        }
+        written += take as u64;
+    }
+    let finished = target.and_then(|file| {
+        file.sync_all()
+            .map_err(|e| os_error("sync", &req.path, &e))?;
+        drop(file);
+        fs::rename(&temp, path).map_err(|e| os_error("rename", &req.path, &e))
+    });
+    match finished {
+        Ok(()) => {
+            if nix::unistd::geteuid().is_root() {
+                let _ = std::os::unix::fs::chown(path, Some(USER_UID), Some(USER_GID));
+            }
+            let reply = FileWriteResponse {
+                status: STATUS_OK.to_owned(),
+            };
+            sent(send_json(conn, FrameType::FILE_WRITE_RESP, &reply))
+        }
+        Err(msg) => {
+            let _ = fs::remove_file(&temp);
+            send_error(conn, &msg)
+        }
+    }
+}
+
+/// Creates the parent directories and the temp file with the requested mode.
+fn prepare_temp(path: &Path, temp: &Path, mode: u32) -> Result<File, String> {
+    let shown = path.display().to_string();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| os_error("mkdir", &parent.display().to_string(), &e))?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(temp)
+        .map_err(|e| os_error("open", &shown, &e))?;
+    // The requested mode exactly, not the mode filtered by the agent's umask.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| os_error("chmod", &shown, &e))?;
+    Ok(file)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn file_info(name: String, meta: &fs::Metadata) -> FileInfo {
+    FileInfo {
+        name,
+        size: meta.len() as i64,
+        mode: format_mode(meta.mode()),
+        is_dir: meta.is_dir(),
+        mtime: meta.mtime(),
+    }
+}
+
+fn base_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned())
+}
+
+/// FILE_STAT: the target's info, following symlinks.
+pub fn stat(conn: &mut Conn, req: &PathRequest) -> Outcome {
+    match fs::metadata(&req.path) {
+        Ok(meta) => sent(send_json(
+            conn,
+            FrameType::FILE_STAT_RESP,
+            &file_info(base_name(&req.path), &meta),
+        )),
+        Err(e) => send_error(conn, &os_error("stat", &req.path, &e)),
+    }
+}
+
+/// FILE_LS: up to 10,000 entries (lstat'ed, directory order), then a marker entry carrying the
+/// real total (v1 always reported 10001).
+pub fn list(conn: &mut Conn, req: &PathRequest) -> Outcome {
+    match fs::metadata(&req.path) {
+        Ok(meta) if !meta.is_dir() => {
+            return send_error(conn, &format!("{} is not a directory", req.path));
+        }
+        Ok(_) => {}
+        Err(e) => return send_error(conn, &os_error("stat", &req.path, &e)),
+    }
+    let dir = match fs::read_dir(&req.path) {
+        Ok(dir) => dir,
+        Err(e) => return send_error(conn, &os_error("open", &req.path, &e)),
+    };
+    let mut entries = Vec::new();
+    let mut total = 0usize;
+    for entry in dir.flatten() {
+        // Entries that vanish between readdir and lstat are skipped.
+        let Ok(meta) = entry.metadata() else { continue };
+        total += 1;
+        if entries.len() < MAX_LIST_ENTRIES {
+            entries.push(file_info(
+                entry.file_name().to_string_lossy().into_owned(),
+                &meta,
+            ));
+        }
+    }
+    let payload = encode_listing(entries, total);
+    sent(write_frame(conn, FrameType::FILE_LS_RESP, &payload))
+}
+
+/// Encodes a listing, truncating further when long names would push it past the frame limit
+/// (v1 failed to send such a listing and the client saw EOF).
+fn encode_listing(mut entries: Vec<FileInfo>, total: usize) -> Vec<u8> {
+    loop {
+        let mut shown = entries.clone();
+        if entries.len() < total {
+            shown.push(FileInfo {
+                name: format!("... truncated at {} entries ({total} total)", entries.len()),
+                ..FileInfo::default()
+            });
+        }
+        let json = serde_json::to_vec(&shown).unwrap_or_else(|_| b"[]".to_vec());
+        if json.len() <= MAX_PAYLOAD_LEN || entries.is_empty() {
+            return json;
+        }
+        entries.truncate(entries.len() / 2);
+    }
+}

@@ -1,0 +1,144 @@
+//! `lohar`: the guest agent, PID 1 in every bhatti sandbox.
+//!
+//! Modes, chosen at start:
+//! - `LOHAR_TEST=1`: test mode. Listens on the Unix sockets `LOHAR_SOCK` (control) and
+//!   `LOHAR_FWD_SOCK` (forward), runs the same handlers as in the VM, does no PID 1 work.
+//!   `LOHAR_CONFIG` may name a `config.json` (token, env, init) so auth and the init session
+//!   can be tested too.
+//! - otherwise the PID 1 agent, which refuses to run unless it really is PID 1.
+
+mod activity;
+mod config;
+mod conn;
+mod exec;
+mod files;
+mod forward;
+mod pty;
+mod reaper;
+mod ring;
+mod server;
+mod session;
+mod spawn;
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use config::{Agent, AgentConfig};
+use server::{Listener, Port};
+
+fn main() -> ExitCode {
+    if std::env::var_os("LOHAR_TEST").is_some_and(|v| v == "1") {
+        return test_mode();
+    }
+    if std::process::id() != 1 {
+        // v1 learned this the hard way: the PID 1 path powers the machine off on shutdown.
+        eprintln!(
+            "lohar: refusing to run: lohar is the init of a bhatti sandbox VM and must be PID 1 \
+             (set LOHAR_TEST=1 with LOHAR_SOCK and LOHAR_FWD_SOCK for test mode)"
+        );
+        return ExitCode::from(2);
+    }
+    eprintln!("lohar: the PID 1 boot sequence is not part of this build yet");
+    ExitCode::from(1)
+}
+
+fn test_mode() -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask and only the reaper loop
+    // receives SIGCHLD/SIGTERM.
+    if let Err(e) = reaper::block_signals() {
+        eprintln!("lohar: cannot block signals: {e}");
+        return ExitCode::from(1);
+    }
+    let (Some(control), Some(forward)) = (
+        std::env::var_os("LOHAR_SOCK"),
+        std::env::var_os("LOHAR_FWD_SOCK"),
+    ) else {
+        eprintln!("LOHAR_SOCK and LOHAR_FWD_SOCK required");
+        return ExitCode::from(1);
+    };
+    let (control, forward) = (PathBuf::from(control), PathBuf::from(forward));
+    let config = match std::env::var_os("LOHAR_CONFIG") {
+        Some(path) => match AgentConfig::load(path.as_ref()) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("lohar: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => AgentConfig::default(),
+    };
+    // Orphans of our commands are re-parented to us and reaped, as they would be under PID 1.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("lohar: cannot become a subreaper: {e}");
+    }
+    let listen = |path: &PathBuf| {
+        let _ = std::fs::remove_file(path);
+        UnixListener::bind(path).map_err(|e| format!("listen {}: {e}", path.display()))
+    };
+    let (control_listener, forward_listener) = match (listen(&control), listen(&forward)) {
+        (Ok(c), Ok(f)) => (c, f),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("lohar: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let tcp = match tcp_listeners() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            eprintln!("lohar: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let agent = Arc::new(Agent {
+        config,
+        sync_before_exit: false,
+        sessions: Default::default(),
+    });
+    if !agent.config.init.is_empty()
+        && let Err(e) = session::start_init(&agent)
+    {
+        eprintln!("lohar: init session: {e}");
+    }
+    let mut listeners = vec![
+        (Listener::Unix(control_listener), Port::Control),
+        (Listener::Unix(forward_listener), Port::Forward),
+    ];
+    listeners.extend(tcp);
+    for (listener, port) in listeners {
+        let agent = Arc::clone(&agent);
+        std::thread::spawn(move || server::serve(agent, listener, port));
+    }
+    eprintln!("lohar: test mode ready");
+    reaper::run(|| {
+        // Tests stop the agent with SIGTERM: take every command we started down with us.
+        reaper::kill_all_children();
+        let _ = std::fs::remove_file(&control);
+        let _ = std::fs::remove_file(&forward);
+        std::process::exit(0);
+    });
+    ExitCode::SUCCESS
+}
+
+/// Optional TCP listeners in test mode (`LOHAR_TCP_CONTROL`, `LOHAR_TCP_FORWARD`, e.g.
+/// `127.0.0.1:0`), so the TCP path can be tested on loopback. Bound addresses are printed.
+fn tcp_listeners() -> Result<Vec<(Listener, Port)>, String> {
+    let mut out = Vec::new();
+    for (var, port) in [
+        ("LOHAR_TCP_CONTROL", Port::Control),
+        ("LOHAR_TCP_FORWARD", Port::Forward),
+    ] {
+        let Ok(addr) = std::env::var(var) else {
+            continue;
+        };
+        let listener =
+            std::net::TcpListener::bind(&addr).map_err(|e| format!("listen {addr}: {e}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("listen {addr}: {e}"))?;
+        eprintln!("lohar: {var}={bound}");
+        out.push((Listener::Tcp(listener), port));
+    }
+    Ok(out)
+}

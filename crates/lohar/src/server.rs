@@ -1,0 +1,282 @@
+//! Listeners, the per-connection handshake (connection limit, auth, hello) and request dispatch.
+
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use proto::limits::{AUTH_TIMEOUT_SECS, MAX_CONTROL_CONNECTIONS};
+use proto::messages::{
+    ExecRequest, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello, KillRequest, PathRequest,
+};
+use proto::payload::encode_exit;
+use proto::{Frame, FrameType, read_frame, send_json, write_frame};
+
+use crate::config::Agent;
+use crate::conn::Conn;
+use crate::session::{self, Kind};
+use crate::{activity, exec, files, forward};
+
+/// What a handler left behind on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request completed and the stream is at a frame boundary: a reuse connection may
+    /// carry the next request.
+    Done,
+    /// The connection must be closed (an ERROR was sent, a session ended, the host left).
+    Close,
+}
+
+/// Sends an ERROR frame; the connection is closed afterwards, as in v1.
+pub fn send_error(conn: &mut Conn, message: &str) -> Outcome {
+    let _ = write_frame(conn, FrameType::ERROR, message.as_bytes());
+    Outcome::Close
+}
+
+/// A listening socket of either family.
+#[derive(Debug)]
+pub enum Listener {
+    /// Guest TCP listener.
+    Tcp(TcpListener),
+    /// Test-mode Unix listener.
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, _) = l.accept()?;
+                // Frames are small and latency-bound; never wait for Nagle.
+                stream.set_nodelay(true)?;
+                Ok(Conn::Tcp(stream))
+            }
+            Listener::Unix(l) => Ok(Conn::Unix(l.accept()?.0)),
+        }
+    }
+}
+
+/// Which port a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Exec, sessions, files, activity.
+    Control,
+    /// Port forwarding.
+    Forward,
+}
+
+/// Accepts connections forever, one thread each.
+pub fn serve(agent: Arc<Agent>, listener: Listener, port: Port) {
+    let control_conns = Arc::new(AtomicUsize::new(0));
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let conn = match listener.accept() {
+            Ok(conn) => {
+                backoff = Duration::from_millis(1);
+                conn
+            }
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning (v1 retried immediately).
+                eprintln!("lohar: accept: {e}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let agent = Arc::clone(&agent);
+        let counter = Arc::clone(&control_conns);
+        let spawned =
+            std::thread::Builder::new()
+                .name("lohar-conn".into())
+                .spawn(move || match port {
+                    Port::Control => handle_control(&agent, conn, &counter),
+                    Port::Forward => forward::handle(&agent, conn),
+                });
+        if let Err(e) = spawned {
+            eprintln!("lohar: cannot start connection thread: {e}");
+        }
+    }
+}
+
+/// Counts a control connection for as long as it lives.
+struct ConnSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ConnSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn handle_control(agent: &Agent, mut conn: Conn, counter: &AtomicUsize) {
+    let _slot = ConnSlot(counter);
+    if counter.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
+        send_error(&mut conn, "connection limit exceeded");
+        return;
+    }
+    if !authenticate(agent, &mut conn) {
+        return;
+    }
+    request_loop(agent, &mut conn);
+}
+
+/// Constant-time comparison, so the time to reject a token says nothing about its prefix.
+fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// Requires the AUTH frame within 5 s when the agent has a token. Sends `auth required` and
+/// returns false on a missing, late or wrong token.
+pub fn authenticate(agent: &Agent, conn: &mut Conn) -> bool {
+    let token = agent.config.token.as_bytes();
+    if token.is_empty() {
+        return true;
+    }
+    if conn
+        .set_read_timeout(Some(Duration::from_secs(AUTH_TIMEOUT_SECS)))
+        .is_err()
+    {
+        return false;
+    }
+    let ok = matches!(read_frame(conn), Ok(Some(f)) if f.kind == FrameType::AUTH && tokens_match(&f.payload, token));
+    if !ok {
+        send_error(conn, "auth required");
+        return false;
+    }
+    conn.set_read_timeout(None).is_ok()
+}
+
+fn request_loop(agent: &Agent, conn: &mut Conn) {
+    let mut reuse = false;
+    loop {
+        let frame = match read_frame(conn) {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => return,
+        };
+        match frame.kind {
+            FrameType::HELLO => {
+                let requested: Hello = frame.json().unwrap_or_default();
+                reuse = requested.features.iter().any(|f| f == FEATURE_REUSE);
+                let granted = if reuse {
+                    vec![FEATURE_REUSE.to_owned()]
+                } else {
+                    Vec::new()
+                };
+                let ack = Hello {
+                    version: 1,
+                    features: granted,
+                };
+                if send_json(conn, FrameType::HELLO_ACK, &ack).is_err() {
+                    return;
+                }
+                continue;
+            }
+            // Leftovers of the previous request on a reused connection.
+            FrameType::STDIN | FrameType::RESIZE | FrameType::KILL if reuse => continue,
+            // A client that authenticates to an agent without a token is not an error (v1
+            // answered "unexpected frame type 0x11").
+            FrameType::AUTH if agent.config.token.is_empty() => continue,
+            _ => {}
+        }
+        match dispatch(agent, conn, &frame) {
+            Outcome::Done if reuse => continue,
+            _ => return,
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    frame: &Frame,
+    prefix: &str,
+    conn: &mut Conn,
+) -> Result<T, Outcome> {
+    frame
+        .json()
+        .map_err(|e| send_error(conn, &format!("{prefix}: {e}")))
+}
+
+fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
+    match frame.kind {
+        FrameType::EXEC_REQ => {
+            activity::touch();
+            match decode::<ExecRequest>(frame, "bad exec request", conn) {
+                Ok(req) => exec_request(agent, conn, &req),
+                Err(outcome) => outcome,
+            }
+        }
+        FrameType::EXEC_LIST_REQ => outcome(send_json(
+            conn,
+            FrameType::EXEC_LIST_RESP,
+            &agent.sessions.list(),
+        )),
+        FrameType::ACTIVITY_REQ => outcome(send_json(
+            conn,
+            FrameType::ACTIVITY_RESP,
+            &agent.sessions.activity(),
+        )),
+        FrameType::EXEC_KILL => match frame.json::<KillRequest>() {
+            Ok(req) if agent.sessions.kill(&req.session_id) => {
+                outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
+            }
+            Ok(_) => send_error(conn, "session not found"),
+            Err(_) => send_error(conn, "bad kill request"),
+        },
+        FrameType::FILE_READ_REQ => {
+            activity::touch();
+            match decode::<FileReadRequest>(frame, "bad request", conn) {
+                Ok(req) => files::read(conn, &req),
+                Err(outcome) => outcome,
+            }
+        }
+        FrameType::FILE_WRITE_REQ => {
+            activity::touch();
+            match decode::<FileWriteRequest>(frame, "bad request", conn) {
+                Ok(req) => files::write(conn, &req),
+                Err(outcome) => outcome,
+            }
+        }
+        FrameType::FILE_STAT_REQ => match decode::<PathRequest>(frame, "bad request", conn) {
+            Ok(req) => files::stat(conn, &req),
+            Err(outcome) => outcome,
+        },
+        FrameType::FILE_LS_REQ => match decode::<PathRequest>(frame, "bad request", conn) {
+            Ok(req) => files::list(conn, &req),
+            Err(outcome) => outcome,
+        },
+        other => send_error(conn, &format!("unexpected frame type {other}")),
+    }
+}
+
+fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
+    if let Some(id) = &req.session_id {
+        return session::attach(agent, conn, id, req.if_detached.unwrap_or(false));
+    }
+    if req.argv.is_empty() {
+        return send_error(conn, "empty argv");
+    }
+    if req.detach == Some(true) {
+        exec::run_detached(agent, conn, req)
+    } else if req.tty == Some(true) {
+        session::create(agent, conn, req, Kind::Tty)
+    } else if req.session == Some(true) {
+        session::create(agent, conn, req, Kind::Piped)
+    } else {
+        exec::run(agent, conn, req)
+    }
+}
+
+fn outcome(result: Result<(), proto::FrameError>) -> Outcome {
+    if result.is_ok() {
+        Outcome::Done
+    } else {
+        Outcome::Close
+    }
+}

@@ -1,0 +1,609 @@
+//! Sessions: long-lived TTY or piped processes with scrollback, detach and reattach.
+//!
+//! Each session has one output thread that reads the PTY (or the merged stdout/stderr pipe),
+//! appends to the scrollback and forwards to the attached client's queue. Each attached client
+//! has one writer thread draining its queue into its socket, and its connection thread reads its
+//! input. The session lock is never held while writing to a socket, so a stalled client cannot
+//! block EXEC_KILL, listing or a takeover (v1 wrote to the socket under the lock).
+//!
+//! Ordering on reattach: the attach pushes SESSION_INFO and the scrollback into the new client's
+//! queue under the session lock and only then makes the client visible; the output thread picks
+//! the client up under the same lock, so live bytes always follow the replay.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use proto::limits::{MAX_SESSIONS, SCROLLBACK_BYTES};
+use proto::messages::{ActivityInfo, ExecRequest, SessionInfo};
+use proto::payload::{WindowSize, decode_resize, encode_exit};
+use proto::{FrameType, read_frame, write_frame};
+
+use crate::activity;
+use crate::config::Agent;
+use crate::conn::Conn;
+use crate::pty;
+use crate::reaper::{self, ExitWatch};
+use crate::ring::RingBuffer;
+use crate::server::{Outcome, send_error};
+use crate::spawn::{self, Grouping, RunAs};
+
+/// How long an exited, detached session stays listed so a later attach can read its scrollback
+/// and exit code.
+const EXITED_RETENTION: Duration = Duration::from_secs(30);
+/// Frames queued for one attached client before the output thread waits (back-pressure).
+const CLIENT_QUEUE: usize = 256;
+/// Bytes read from the PTY or pipe per STDOUT frame.
+const OUTPUT_CHUNK: usize = 8192;
+/// Default terminal size.
+const DEFAULT_SIZE: WindowSize = WindowSize { rows: 24, cols: 80 };
+/// The fixed id of the session started from the config's `init` script.
+pub const INIT_SESSION_ID: &str = "init";
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a session lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Outbound {
+    Frame(FrameType, Vec<u8>),
+    /// Write nothing more and shut the socket down.
+    End,
+}
+
+/// An attached client: its queue and a handle to shut its socket down.
+struct Client {
+    id: u64,
+    tx: SyncSender<Outbound>,
+    conn: Conn,
+}
+
+impl Client {
+    /// Tells a client it lost the session to another attach, then disconnects it.
+    fn kick(self) {
+        let delivered = self
+            .tx
+            .try_send(Outbound::Frame(FrameType::EXIT, encode_exit(0).to_vec()))
+            .and_then(|()| self.tx.try_send(Outbound::End));
+        if delivered.is_err() {
+            self.conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+struct State {
+    scrollback: RingBuffer,
+    attached: Option<Client>,
+    exit_code: Option<i32>,
+    /// Bumped on every attach and detach; an idle timer only fires if it is unchanged.
+    idle_generation: u64,
+}
+
+/// One session.
+pub struct Session {
+    id: String,
+    argv: String,
+    tty: bool,
+    created_at: i64,
+    max_idle: Option<Duration>,
+    pgid: Pid,
+    /// PTY master or the write end of the child's stdin; `None` once closed.
+    input: Mutex<Option<File>>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("pgid", &self.pgid)
+            .finish()
+    }
+}
+
+impl Session {
+    fn info(&self, st: &State) -> SessionInfo {
+        SessionInfo {
+            session_id: self.id.clone(),
+            argv: self.argv.clone(),
+            tty: self.tty,
+            running: st.exit_code.is_none(),
+            exit_code: st.exit_code,
+            attached: st.attached.is_some(),
+            created_at: self.created_at,
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        // Never signal PID <= 1: kill(-1) would hit every process.
+        if self.pgid.as_raw() > 1 {
+            let _ = kill(Pid::from_raw(-self.pgid.as_raw()), signal);
+        }
+    }
+
+    /// Clears the attached client only if it is still `client_id` (v1 cleared unconditionally,
+    /// so a kicked client's disconnect detached its successor), then arms the idle timer.
+    fn detach(self: &Arc<Self>, client_id: u64) {
+        let mut st = lock(&self.state);
+        if st.attached.as_ref().is_some_and(|c| c.id == client_id) {
+            st.attached = None;
+            self.arm_idle_timer(&mut st);
+        }
+    }
+
+    fn arm_idle_timer(self: &Arc<Self>, st: &mut State) {
+        st.idle_generation += 1;
+        let Some(idle) = self.max_idle else { return };
+        if st.exit_code.is_some() {
+            return;
+        }
+        let generation = st.idle_generation;
+        let session = Arc::clone(self);
+        std::thread::spawn(move || {
+            std::thread::sleep(idle);
+            let st = lock(&session.state);
+            if st.idle_generation == generation && st.attached.is_none() && st.exit_code.is_none() {
+                session.signal(Signal::SIGKILL);
+            }
+        });
+    }
+}
+
+/// All sessions of this agent. Cloning shares the registry.
+#[derive(Clone, Default, Debug)]
+pub struct Registry {
+    inner: Arc<Mutex<Sessions>>,
+}
+
+#[derive(Default, Debug)]
+struct Sessions {
+    by_id: HashMap<String, Arc<Session>>,
+    next_id: u64,
+}
+
+impl Sessions {
+    /// Makes room for one more session. Exited sessions kept for scrollback are evicted oldest
+    /// first (v1 counted them against the cap, refusing new sessions for 30 s).
+    fn make_room(&mut self) -> Result<(), &'static str> {
+        if self.by_id.len() < MAX_SESSIONS {
+            return Ok(());
+        }
+        let mut exited: Vec<(i64, String)> = self
+            .by_id
+            .values()
+            .filter(|s| lock(&s.state).exit_code.is_some())
+            .map(|s| (s.created_at, s.id.clone()))
+            .collect();
+        exited.sort();
+        for (_, id) in exited {
+            if self.by_id.len() < MAX_SESSIONS {
+                break;
+            }
+            self.by_id.remove(&id);
+        }
+        if self.by_id.len() < MAX_SESSIONS {
+            Ok(())
+        } else {
+            Err("session limit exceeded")
+        }
+    }
+}
+
+impl Registry {
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.inner).by_id.get(id).cloned()
+    }
+
+    fn remove(&self, session: &Arc<Session>) {
+        let mut inner = lock(&self.inner);
+        if inner
+            .by_id
+            .get(&session.id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            inner.by_id.remove(&session.id);
+        }
+    }
+
+    /// Every session, in id order.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let sessions: Vec<Arc<Session>> = lock(&self.inner).by_id.values().cloned().collect();
+        let mut infos: Vec<SessionInfo> =
+            sessions.iter().map(|s| s.info(&lock(&s.state))).collect();
+        infos.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.session_id.cmp(&b.session_id))
+        });
+        infos
+    }
+
+    /// Activity counters for ACTIVITY_RESP.
+    pub fn activity(&self) -> ActivityInfo {
+        let mut info = ActivityInfo {
+            last_activity_unix: activity::last(),
+            ..Default::default()
+        };
+        let sessions: Vec<Arc<Session>> = lock(&self.inner).by_id.values().cloned().collect();
+        for session in sessions {
+            let st = lock(&session.state);
+            info.active_sessions += u32::from(st.exit_code.is_none());
+            info.attached_sessions += u32::from(st.attached.is_some());
+        }
+        info
+    }
+
+    /// SIGKILLs a session's process group. `false` if there is no such session.
+    pub fn kill(&self, id: &str) -> bool {
+        match self.get(id) {
+            Some(session) => {
+                session.signal(Signal::SIGKILL);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What kind of session to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A PTY session (`tty: true`).
+    Tty,
+    /// Pipes, stderr merged into stdout (`session: true`).
+    Piped,
+}
+
+struct Spawned {
+    pgid: Pid,
+    input: File,
+    output: File,
+    watch: ExitWatch,
+}
+
+fn spawn_tty(argv: &[String], req_env: &SpawnEnv<'_>, size: WindowSize) -> Result<Spawned, String> {
+    let pty = pty::open(size).map_err(|e| format!("pty: {e}"))?;
+    let (child, watch) = {
+        let mut cmd = spawn::command(
+            argv,
+            req_env.env,
+            req_env.cwd,
+            req_env.run_as,
+            Grouping::SessionWithTty,
+        )
+        .map_err(|e| format!("start: {e}"))?;
+        let stdio = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        let (i, o, e) = (stdio(&pty.slave), stdio(&pty.slave), stdio(&pty.slave));
+        let (i, o, e) = match (i, o, e) {
+            (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+            _ => return Err("pty: cannot duplicate the terminal".to_owned()),
+        };
+        cmd.stdin(i).stdout(o).stderr(e);
+        // `cmd` (holding the slave copies) is dropped at the end of this block, so the master
+        // sees EOF once the child and its descendants close the terminal.
+        reaper::spawn_watched(&mut cmd).map_err(|e| format!("start: {}: {e}", argv[0]))?
+    };
+    drop(pty.slave);
+    let input = pty.master.try_clone().map_err(|e| format!("pty: {e}"))?;
+    Ok(Spawned {
+        pgid: Pid::from_raw(child.id() as i32),
+        input,
+        output: pty.master,
+        watch,
+    })
+}
+
+fn spawn_piped(argv: &[String], req_env: &SpawnEnv<'_>) -> Result<Spawned, String> {
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("stdout pipe: {e}"))?;
+    let (mut child, watch) = {
+        let mut cmd = spawn::command(
+            argv,
+            req_env.env,
+            req_env.cwd,
+            req_env.run_as,
+            Grouping::Session,
+        )
+        .map_err(|e| format!("start: {e}"))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(|e| format!("stderr pipe: {e}"))?;
+        cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
+        reaper::spawn_watched(&mut cmd).map_err(|e| format!("start: {}: {e}", argv[0]))?
+    };
+    let input = child
+        .stdin
+        .take()
+        .map(OwnedFd::from)
+        .map(File::from)
+        .ok_or("stdin pipe: missing")?;
+    Ok(Spawned {
+        pgid: Pid::from_raw(child.id() as i32),
+        input,
+        output: File::from(OwnedFd::from(reader)),
+        watch,
+    })
+}
+
+struct SpawnEnv<'a> {
+    env: &'a std::collections::BTreeMap<String, String>,
+    cwd: Option<&'a str>,
+    run_as: RunAs,
+}
+
+fn start_output_thread(registry: Registry, session: Arc<Session>, output: File, watch: ExitWatch) {
+    std::thread::spawn(move || pump_output(&registry, &session, output, watch));
+}
+
+/// Creates a session for this connection's request and attaches the connection to it.
+pub fn create(agent: &Agent, conn: &mut Conn, req: &ExecRequest, kind: Kind) -> Outcome {
+    let run_as = RunAs::from_request(req.user.as_deref());
+    let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
+    let spawn_env = SpawnEnv {
+        env: &env,
+        cwd: req.cwd.as_deref(),
+        run_as,
+    };
+    let registry = &agent.sessions;
+    let session = {
+        // Held across the spawn so concurrent creates cannot overshoot the cap.
+        let mut inner = lock(&registry.inner);
+        if let Err(msg) = inner.make_room() {
+            drop(inner);
+            return send_error(conn, msg);
+        }
+        let size = WindowSize {
+            rows: req.rows.unwrap_or(DEFAULT_SIZE.rows),
+            cols: req.cols.unwrap_or(DEFAULT_SIZE.cols),
+        };
+        let spawned = match kind {
+            Kind::Tty => spawn_tty(&req.argv, &spawn_env, size),
+            Kind::Piped => spawn_piped(&req.argv, &spawn_env),
+        };
+        let spawned = match spawned {
+            Ok(spawned) => spawned,
+            Err(msg) => {
+                drop(inner);
+                return send_error(conn, &msg);
+            }
+        };
+        inner.next_id += 1;
+        let id = format!("s{}", inner.next_id);
+        let max_idle = req
+            .max_idle_sec
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s as u64));
+        let session = new_session(id, &req.argv, kind == Kind::Tty, max_idle, &spawned);
+        inner.by_id.insert(session.id.clone(), Arc::clone(&session));
+        start_output_thread(
+            registry.clone(),
+            Arc::clone(&session),
+            spawned.output,
+            spawned.watch,
+        );
+        session
+    };
+    attach_to(registry, conn, &session, false)
+}
+
+fn new_session(
+    id: String,
+    argv: &[String],
+    tty: bool,
+    max_idle: Option<Duration>,
+    spawned: &Spawned,
+) -> Arc<Session> {
+    Arc::new(Session {
+        id,
+        argv: argv.join(" "),
+        tty,
+        created_at: activity::now_unix(),
+        max_idle,
+        pgid: spawned.pgid,
+        input: Mutex::new(spawned.input.try_clone().ok()),
+        state: Mutex::new(State {
+            scrollback: RingBuffer::new(SCROLLBACK_BYTES),
+            attached: None,
+            exit_code: None,
+            idle_generation: 0,
+        }),
+    })
+}
+
+/// Starts the `init` session from the config's init script (no client attached).
+pub fn start_init(agent: &Agent) -> Result<(), String> {
+    let script = &agent.config.init;
+    let run_as = if agent.config.user == "root" {
+        RunAs::Root
+    } else {
+        RunAs::User
+    };
+    let env = spawn::build_env(run_as, &agent.config.env, None);
+    // v1 required /workspace and silently dropped the init session without it.
+    let home = env.get("HOME").cloned().unwrap_or_default();
+    let cwd = ["/workspace", home.as_str(), "/"]
+        .into_iter()
+        .find(|d| !d.is_empty() && std::path::Path::new(d).is_dir());
+    let argv = vec!["sh".to_owned(), "-c".to_owned(), script.clone()];
+    let spawn_env = SpawnEnv {
+        env: &env,
+        cwd,
+        run_as,
+    };
+    let mut inner = lock(&agent.sessions.inner);
+    inner.make_room()?;
+    let spawned = spawn_tty(&argv, &spawn_env, DEFAULT_SIZE)?;
+    let session = new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned);
+    inner.by_id.insert(session.id.clone(), Arc::clone(&session));
+    start_output_thread(
+        agent.sessions.clone(),
+        session,
+        spawned.output,
+        spawned.watch,
+    );
+    Ok(())
+}
+
+/// Attaches this connection to an existing session (`session_id` in the request).
+pub fn attach(agent: &Agent, conn: &mut Conn, id: &str, if_detached: bool) -> Outcome {
+    match agent.sessions.get(id) {
+        Some(session) => attach_to(&agent.sessions, conn, &session, if_detached),
+        None => send_error(conn, "session not found"),
+    }
+}
+
+fn attach_to(
+    registry: &Registry,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    if_detached: bool,
+) -> Outcome {
+    let Ok(writer_conn) = conn.try_clone() else {
+        return Outcome::Close;
+    };
+    let Ok(kick_conn) = conn.try_clone() else {
+        return Outcome::Close;
+    };
+    let client_id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = sync_channel(CLIENT_QUEUE);
+    let finished = {
+        let mut st = lock(&session.state);
+        if if_detached && st.attached.is_some() {
+            drop(st);
+            return send_error(conn, "session is attached");
+        }
+        if let Some(old) = st.attached.take() {
+            old.kick();
+        }
+        st.idle_generation += 1;
+        let mut info = session.info(&st);
+        info.attached = st.exit_code.is_none();
+        let info_json = serde_json::to_vec(&info).unwrap_or_default();
+        // The queue is new and larger than three frames, so these never block.
+        let _ = tx.try_send(Outbound::Frame(FrameType::SESSION_INFO, info_json));
+        if !st.scrollback.is_empty() {
+            let _ = tx.try_send(Outbound::Frame(FrameType::STDOUT, st.scrollback.snapshot()));
+        }
+        match st.exit_code {
+            Some(code) => {
+                let _ = tx.try_send(Outbound::Frame(FrameType::EXIT, encode_exit(code).to_vec()));
+                let _ = tx.try_send(Outbound::End);
+                true
+            }
+            None => {
+                st.attached = Some(Client {
+                    id: client_id,
+                    tx,
+                    conn: kick_conn,
+                });
+                false
+            }
+        }
+    };
+    let writer = std::thread::spawn(move || write_queue(writer_conn, rx));
+    if finished {
+        // The exit has been collected; the session is done.
+        registry.remove(session);
+        let _ = writer.join();
+        return Outcome::Close;
+    }
+    input_loop(conn, session, client_id);
+    Outcome::Close
+}
+
+/// Drains a client's queue into its socket; shuts the socket down when done.
+fn write_queue(mut conn: Conn, rx: Receiver<Outbound>) {
+    for out in rx {
+        match out {
+            Outbound::Frame(kind, payload) => {
+                if write_frame(&mut conn, kind, &payload).is_err() {
+                    break;
+                }
+            }
+            Outbound::End => break,
+        }
+    }
+    conn.shutdown(Shutdown::Both);
+}
+
+/// Reads the attached client's STDIN, RESIZE and KILL until it disconnects.
+fn input_loop(conn: &mut Conn, session: &Arc<Session>, client_id: u64) {
+    while let Ok(Some(frame)) = read_frame(conn) {
+        match frame.kind {
+            FrameType::STDIN => {
+                activity::touch();
+                let mut input = lock(&session.input);
+                if frame.payload.is_empty() && !session.tty {
+                    // Extension: an empty STDIN frame closes a piped session's stdin (EOF).
+                    *input = None;
+                } else if let Some(file) = input.as_mut() {
+                    let _ = file.write_all(&frame.payload);
+                }
+            }
+            FrameType::RESIZE if session.tty => {
+                if let (Ok(size), Some(file)) =
+                    (decode_resize(&frame.payload), &*lock(&session.input))
+                {
+                    let _ = pty::resize(file, size);
+                }
+            }
+            FrameType::KILL => {
+                session.signal(Signal::SIGTERM);
+                break;
+            }
+            _ => {}
+        }
+    }
+    session.detach(client_id);
+}
+
+/// The session's output thread: scrollback, live output, exit and retention.
+fn pump_output(registry: &Registry, session: &Arc<Session>, mut output: File, watch: ExitWatch) {
+    let mut buf = vec![0u8; OUTPUT_CHUNK];
+    loop {
+        let n = match output.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // EIO: every slave fd is closed (the child and its descendants are gone).
+            Err(_) => break,
+        };
+        let tx = {
+            let mut st = lock(&session.state);
+            st.scrollback.write(&buf[..n]);
+            st.attached.as_ref().map(|c| c.tx.clone())
+        };
+        if let Some(tx) = tx {
+            // Blocks while the client's queue is full, without holding the session lock.
+            let _ = tx.send(Outbound::Frame(FrameType::STDOUT, buf[..n].to_vec()));
+        }
+    }
+    let code = watch.wait();
+    *lock(&session.input) = None;
+    drop(output);
+    let attached = {
+        let mut st = lock(&session.state);
+        st.exit_code = Some(code);
+        st.attached.take()
+    };
+    if let Some(client) = attached {
+        let _ = client
+            .tx
+            .send(Outbound::Frame(FrameType::EXIT, encode_exit(code).to_vec()));
+        let _ = client.tx.send(Outbound::End);
+        registry.remove(session);
+    } else {
+        std::thread::sleep(EXITED_RETENTION);
+        registry.remove(session);
+    }
+}

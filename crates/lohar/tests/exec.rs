@@ -1,0 +1,446 @@
+//! One-shot and detached exec against the real agent in test mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use proto::messages::{DetachedExec, ExecRequest};
+use proto::payload::decode_exit;
+use proto::{FrameType, read_frame, write_frame};
+
+#[test]
+fn exec_echo_returns_stdout_and_exit_zero() {
+    let agent = Agent::start();
+    let r = agent.exec(&["echo", "hello"]);
+    assert_eq!(r.out(), "hello\n");
+    assert_eq!(r.err(), "");
+    assert_eq!(r.exit, Some(0));
+}
+
+#[test]
+fn exec_failure_exit_code() {
+    let agent = Agent::start();
+    assert_eq!(agent.exec(&["false"]).exit, Some(1));
+    assert_eq!(agent.sh("exit 42").exit, Some(42));
+}
+
+#[test]
+fn exec_not_found_is_an_error_frame_not_an_exit() {
+    let agent = Agent::start();
+    let r = agent.exec(&["/nonexistent"]);
+    assert_eq!(r.frames, vec![FrameType::ERROR]);
+    let err = r.error.unwrap();
+    assert!(err.starts_with("start: "), "{err}");
+    assert!(err.contains("/nonexistent"), "{err}");
+}
+
+#[test]
+fn exec_bad_cwd_is_a_start_error() {
+    let agent = Agent::start();
+    let mut req = ExecRequest::command(["pwd"]);
+    req.cwd = Some("/does/not/exist".into());
+    let r = agent.exec_req(&req);
+    assert!(r.error.unwrap().starts_with("start: "));
+}
+
+#[test]
+fn exec_stdout_and_stderr_are_kept_apart() {
+    let agent = Agent::start();
+    let r = agent.sh("echo out; echo err >&2");
+    assert_eq!(r.out(), "out\n");
+    assert_eq!(r.err(), "err\n");
+    let r = agent.sh("echo err >&2");
+    assert_eq!(r.out(), "");
+    assert_eq!(r.err(), "err\n");
+}
+
+#[test]
+fn exec_mixed_output_lands_on_the_right_streams() {
+    let agent = Agent::start();
+    let r = agent.sh("for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done");
+    assert_eq!(r.out(), "out1\nout2\nout3\nout4\nout5\n");
+    assert_eq!(r.err(), "err1\nerr2\nerr3\nerr4\nerr5\n");
+}
+
+#[test]
+fn exec_request_env_is_visible_and_overrides() {
+    let agent = Agent::start();
+    let mut req = ExecRequest::command(["sh", "-c", "echo $FOO-$LANG"]);
+    req.env = Some(BTreeMap::from([
+        ("FOO".to_owned(), "bar".to_owned()),
+        ("LANG".to_owned(), "C".to_owned()),
+    ]));
+    assert_eq!(agent.exec_req(&req).out(), "bar-C\n");
+}
+
+#[test]
+fn exec_default_env_is_clean_and_complete() {
+    let agent = Agent::start_with(None, &[("LOHAR_LEAK_CHECK", "leaked")]);
+    let r = agent.exec(&["env"]);
+    let env = r.out();
+    for expected in [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "TERM=xterm-256color",
+        "LANG=en_US.UTF-8",
+        "HOME=/home/lohar",
+    ] {
+        assert!(
+            env.lines().any(|l| l == expected),
+            "missing {expected} in {env}"
+        );
+    }
+    assert!(!env.contains("LOHAR_LEAK_CHECK"), "agent env leaked: {env}");
+    assert!(
+        agent
+            .exec_root(&["env"])
+            .out()
+            .lines()
+            .any(|l| l == "HOME=/root")
+    );
+}
+
+#[test]
+fn exec_config_env_applies_below_the_request_env() {
+    let config = serde_json::json!({"env": {"FROM_CONFIG": "c", "BOTH": "config"}});
+    let agent = Agent::start_with(Some(config), &[]);
+    let mut req = ExecRequest::command(["sh", "-c", "echo $FROM_CONFIG $BOTH"]);
+    req.env = Some(BTreeMap::from([("BOTH".to_owned(), "request".to_owned())]));
+    assert_eq!(agent.exec_req(&req).out(), "c request\n");
+}
+
+#[test]
+fn exec_path_lookup_uses_the_request_path() {
+    let agent = Agent::start();
+    let bin = agent.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tool = bin.join("only-here");
+    std::fs::write(&tool, "#!/bin/sh\necho found me\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut req = ExecRequest::command(["only-here"]);
+    req.env = Some(BTreeMap::from([(
+        "PATH".to_owned(),
+        format!("{}:/usr/bin:/bin", bin.display()),
+    )]));
+    assert_eq!(agent.exec_req(&req).out(), "found me\n");
+}
+
+#[test]
+fn exec_cwd_is_honoured() {
+    let agent = Agent::start();
+    let mut req = ExecRequest::command(["pwd"]);
+    req.cwd = Some("/tmp".into());
+    assert_eq!(agent.exec_req(&req).out(), "/tmp\n");
+}
+
+#[test]
+fn exec_runs_as_uid_1000_by_default_and_root_on_request() {
+    let agent = Agent::start();
+    assert_eq!(agent.exec(&["id", "-u"]).out(), "1000\n");
+    assert_eq!(agent.exec(&["id", "-g"]).out(), "1000\n");
+    assert_eq!(agent.exec_root(&["id", "-u"]).out(), "0\n");
+}
+
+#[test]
+fn exec_signal_exit_codes_are_128_plus_signal() {
+    let agent = Agent::start();
+    assert_eq!(agent.sh("kill -TERM $$").exit, Some(143));
+    assert_eq!(agent.sh("kill -KILL $$").exit, Some(137));
+}
+
+#[test]
+fn exec_large_output_arrives_complete() {
+    let agent = Agent::start();
+    let r = agent.exec(&["head", "-c", "1048576", "/dev/zero"]);
+    assert_eq!(r.stdout.len(), 1_048_576);
+    assert_eq!(r.exit, Some(0));
+    // Well past any socket buffer: output must be back-pressured, not dropped.
+    let r = agent.sh("head -c 8388608 /dev/urandom | od -An -tx1 | head -c 20000000");
+    assert_eq!(r.stdout.len(), 20_000_000);
+    assert_eq!(r.exit, Some(0));
+}
+
+#[test]
+fn exec_slow_reader_back_pressures_the_command() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(
+        FrameType::EXEC_REQ,
+        &ExecRequest::command(["head", "-c", "4194304", "/dev/zero"]),
+    );
+    // Do not read for a while: the command must block, not buffer 4 MiB in the agent.
+    std::thread::sleep(Duration::from_millis(300));
+    let r = collect_exec(&mut s);
+    assert_eq!(r.stdout.len(), 4_194_304);
+    assert_eq!(r.exit, Some(0));
+}
+
+#[test]
+fn exec_stdin_frames_reach_the_command() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(
+        FrameType::EXEC_REQ,
+        &ExecRequest::command(["head", "-n", "2"]),
+    );
+    write_frame(&mut s, FrameType::STDIN, b"line one\n").unwrap();
+    write_frame(&mut s, FrameType::STDIN, b"line two\nline three\n").unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.out(), "line one\nline two\n");
+    assert_eq!(r.exit, Some(0));
+}
+
+#[test]
+fn exec_empty_stdin_frame_sends_eof() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &ExecRequest::command(["wc", "-c"]));
+    write_frame(&mut s, FrameType::STDIN, b"12345").unwrap();
+    write_frame(&mut s, FrameType::STDIN, b"").unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.out().trim(), "5");
+    assert_eq!(r.exit, Some(0));
+}
+
+#[test]
+fn exec_large_stdin_to_a_command_that_reads_slowly() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(
+        FrameType::EXEC_REQ,
+        &ExecRequest::command(["sh", "-c", "sleep 0.2; wc -c"]),
+    );
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..32 {
+        write_frame(&mut s, FrameType::STDIN, &chunk).unwrap();
+    }
+    write_frame(&mut s, FrameType::STDIN, b"").unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.out().trim(), (32 * 64 * 1024).to_string());
+}
+
+#[test]
+fn exec_kill_frame_sigkills_with_137() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &ExecRequest::command(["sleep", "60"]));
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    write_frame(&mut s, FrameType::KILL, b"").unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.exit, Some(137));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn exec_kill_takes_the_process_group_down() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(
+        FrameType::EXEC_REQ,
+        &ExecRequest::command(["sh", "-c", "sleep 3600 & echo $!; wait"]),
+    );
+    let f = read_until(&mut s, FrameType::STDOUT);
+    let child: i32 = f.text().trim().parse().unwrap();
+    assert!(process_alive(child));
+    write_frame(&mut s, FrameType::KILL, b"").unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.exit, Some(137));
+    assert!(
+        wait_for(Duration::from_secs(5), || !process_alive(child)),
+        "background child survived"
+    );
+}
+
+#[test]
+fn exec_host_disconnect_kills_the_command_and_agent_stays_healthy() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(
+        FrameType::EXEC_REQ,
+        &ExecRequest::command(["sh", "-c", "echo $$; exec sleep 60"]),
+    );
+    let pid: i32 = read_until(&mut s, FrameType::STDOUT)
+        .text()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(s);
+    assert!(
+        wait_for(Duration::from_secs(5), || !process_alive(pid)),
+        "exec survived its host"
+    );
+    assert_eq!(agent.exec(&["echo", "still here"]).out(), "still here\n");
+}
+
+#[test]
+fn exec_many_concurrent_connections_get_their_own_output() {
+    let agent = std::sync::Arc::new(Agent::start());
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                let r = agent.sh(&format!(
+                    "head -c 101 /dev/zero | tr '\\0' '{}'",
+                    (b'a' + i) as char
+                ));
+                assert_eq!(r.stdout, vec![b'a' + i; 101]);
+                assert_eq!(r.exit, Some(0));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// v1 ran a catch-all `wait4(-1)` reaper beside per-command waits, so a command's exit status
+/// could be stolen (exit code 1). With orphans being created and reaped all the time, every
+/// exit code must still be exact.
+#[test]
+fn exec_exit_codes_stay_exact_while_orphans_are_reaped() {
+    let agent = std::sync::Arc::new(Agent::start());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let agent = agent.clone();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let code = (t * 40 + i) % 250 + 2;
+                    // The background subshell is orphaned when sh exits and must be reaped by
+                    // the agent, at the same moment it reaps the command itself.
+                    let r = agent.sh(&format!("(sleep 0.01 &) ; exit {code}"));
+                    assert_eq!(r.exit, Some(code), "thread {t} iteration {i}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // No zombies are left under the agent.
+    let agent_pid = agent.pid();
+    assert!(wait_for(Duration::from_secs(3), || zombie_children(
+        agent_pid
+    ) == 0));
+}
+
+fn zombie_children(parent: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str())
+        })
+        .count()
+}
+
+#[test]
+fn exec_detached_returns_pid_and_writes_the_output_file() {
+    let agent = Agent::start();
+    let out = agent.path("detached.log");
+    let mut req = ExecRequest::command(["sh", "-c", "echo detached-out; echo detached-err >&2"]);
+    req.detach = Some(true);
+    req.output_file = Some(out.display().to_string());
+    let r = agent.exec_req(&req);
+    assert_eq!(r.exit, Some(0));
+    let info: DetachedExec = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(info.pid > 1);
+    assert_eq!(info.output_file, out.display().to_string());
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&out)
+            .is_ok_and(|s| s.contains("detached-out") && s.contains("detached-err"))
+    }));
+}
+
+#[test]
+fn exec_detached_default_output_file_is_under_tmp() {
+    let agent = Agent::start();
+    let mut req = ExecRequest::command(["true"]);
+    req.detach = Some(true);
+    let r = agent.exec_req(&req);
+    let info: DetachedExec = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(
+        info.output_file.starts_with("/tmp/bhatti-detach-"),
+        "{}",
+        info.output_file
+    );
+    let _ = std::fs::remove_file(&info.output_file);
+}
+
+#[test]
+fn exec_detached_bad_output_file_is_an_error() {
+    let agent = Agent::start();
+    let mut req = ExecRequest::command(["true"]);
+    req.detach = Some(true);
+    req.output_file = Some("/nonexistent-dir/x.log".into());
+    assert!(
+        agent
+            .exec_req(&req)
+            .error
+            .unwrap()
+            .starts_with("open output file: ")
+    );
+}
+
+#[test]
+fn exec_bad_json_and_empty_argv_are_errors() {
+    let agent = Agent::start();
+    let mut s = agent.request(FrameType::EXEC_REQ, b"{not json");
+    let r = collect_exec(&mut s);
+    assert!(r.error.unwrap().starts_with("bad exec request: "));
+    let r = agent.exec_req(&ExecRequest::default());
+    assert_eq!(r.error.as_deref(), Some("empty argv"));
+    // Go's nil slice encodes as null.
+    let mut s = agent.request(FrameType::EXEC_REQ, br#"{"argv":null}"#);
+    assert_eq!(collect_exec(&mut s).error.as_deref(), Some("empty argv"));
+}
+
+#[test]
+fn unknown_frame_type_gets_the_documented_error() {
+    let agent = Agent::start();
+    let mut s = agent.request(FrameType(0x7f), b"");
+    let f = read(&mut s);
+    assert_eq!(f.kind, FrameType::ERROR);
+    assert_eq!(f.text(), "unexpected frame type 0x7f");
+    assert!(
+        read_frame(&mut s).unwrap().is_none(),
+        "connection must close after the error"
+    );
+}
+
+#[test]
+fn oversize_frame_from_the_host_drops_the_connection_only() {
+    let agent = Agent::start();
+    let mut s = agent.connect();
+    use std::io::Write;
+    s.write_all(&(2u32 << 20).to_be_bytes()).unwrap();
+    s.write_all(&[0x10]).unwrap();
+    assert!(read_frame(&mut s).map(|f| f.is_none()).unwrap_or(true));
+    assert_eq!(agent.exec(&["echo", "ok"]).out(), "ok\n");
+}
+
+#[test]
+fn exit_frame_is_the_last_frame_and_follows_all_output() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(
+        FrameType::EXEC_REQ,
+        &ExecRequest::command(["sh", "-c", "seq 1 20000"]),
+    );
+    let mut out = Vec::new();
+    loop {
+        let f = read(&mut s);
+        match f.kind {
+            FrameType::STDOUT => out.extend_from_slice(&f.payload),
+            FrameType::EXIT => {
+                assert_eq!(decode_exit(&f.payload).unwrap(), 0);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+    assert!(read_frame(&mut s).unwrap().is_none());
+}
