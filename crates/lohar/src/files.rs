@@ -289,7 +289,15 @@ fn prepare_temp(path: &Path, temp: &Path, mode: u32) -> Result<File, String> {
             .recursive(true)
             .mode(0o755)
             .create(parent)
-            .map_err(|e| os_error("mkdir", &parent.display().to_string(), &e))?;
+            .map_err(|e| {
+                // std reports "file exists" when a path component is a regular file.
+                let e = if e.kind() == io::ErrorKind::AlreadyExists {
+                    io::Error::from_raw_os_error(libc::ENOTDIR)
+                } else {
+                    e
+                };
+                os_error("mkdir", &parent.display().to_string(), &e)
+            })?;
     }
     let file = OpenOptions::new()
         .write(true)
