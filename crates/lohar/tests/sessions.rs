@@ -237,14 +237,12 @@ fn kill_frame_on_a_session_sends_sigterm_and_detaches() {
     write_frame(&mut s, FrameType::KILL, b"").unwrap();
     // The connection ends (SIGTERM path).
     while let Ok(Some(_)) = read_frame(&mut s) {}
-    let info = (|| {
-        let mut latest = None;
-        wait_for(WAIT, || {
-            latest = find(&agent, &info.session_id);
-            latest.as_ref().is_some_and(|i| !i.attached)
-        });
-        latest.unwrap()
-    })();
+    let mut latest = None;
+    wait_for(WAIT, || {
+        latest = find(&agent, &info.session_id);
+        latest.as_ref().is_some_and(|i| !i.attached)
+    });
+    let info = latest.unwrap();
     assert!(info.running, "trap keeps it alive");
     assert!(!info.attached, "a killed client must not stay attached");
     let (mut s, _) = attach(&agent, &info.session_id);
