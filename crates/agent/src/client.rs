@@ -1,0 +1,853 @@
+//! The client: connection pool, handshake, and one method per agent operation.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use proto::limits::{FILE_CHUNK_BYTES, MAX_EXEC_OUTPUT_BYTES, MAX_FILE_WRITE_BYTES};
+use proto::messages::{
+    ActivityInfo, DetachedExec, ExecRequest, FEATURE_REUSE, FileInfo, FileReadRequest,
+    FileReadResponse, FileWriteRequest, ForwardRequest, ForwardResponse, Hello, KillRequest,
+    PathRequest, SessionInfo,
+};
+use proto::payload::decode_exit;
+use proto::{Frame, FrameType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::codec::{read_frame, send_json, write_frame};
+use crate::error::AgentError;
+use crate::session::Session;
+use crate::stream::Stream;
+use crate::transport::Endpoint;
+
+/// The future of one request on a connection. Boxed so that every public future stays `Send`
+/// (async closures cannot express that bound yet); one allocation per request is noise next to
+/// the socket round trip.
+type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, AgentError>> + Send + 'a>>;
+
+/// Deadlines and pool size.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Connecting, authenticating and the hello exchange.
+    pub connect_timeout: Duration,
+    /// Short calls: stat, list, activity, session list and kill, session handshakes.
+    pub call_timeout: Duration,
+    /// A whole buffered or streaming exec, unless the call sets its own.
+    pub exec_timeout: Duration,
+    /// A whole file read or write.
+    pub transfer_timeout: Duration,
+    /// Idle connections kept for reuse.
+    pub pool_size: usize,
+    /// Offer the connection-reuse extension.
+    pub reuse: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+            exec_timeout: Duration::from_secs(600),
+            transfer_timeout: Duration::from_secs(600),
+            pool_size: 4,
+            reuse: true,
+        }
+    }
+}
+
+/// What we know about the agent's support for connection reuse.
+const MODE_UNKNOWN: u8 = 0;
+const MODE_REUSE: u8 = 1;
+const MODE_V1: u8 = 2;
+
+/// Result of a buffered exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Exit code (128 + signal when killed).
+    pub exit_code: i32,
+    /// Output beyond 10 MiB (stdout and stderr together) was dropped.
+    pub truncated: bool,
+}
+
+impl ExecOutput {
+    /// Stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text (lossy).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// An event of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// A chunk of stdout.
+    Stdout(Vec<u8>),
+    /// A chunk of stderr.
+    Stderr(Vec<u8>),
+    /// The command exited; the last event.
+    Exit(i32),
+}
+
+/// A running streaming exec: output events and an input handle.
+#[derive(Debug)]
+pub struct ExecStream {
+    events: mpsc::Receiver<Result<ExecEvent, AgentError>>,
+    input: ExecInput,
+}
+
+impl ExecStream {
+    /// The next event; `None` after the exit event or an error.
+    pub async fn next(&mut self) -> Option<Result<ExecEvent, AgentError>> {
+        self.events.recv().await
+    }
+
+    /// The input handle (clonable).
+    pub fn input(&self) -> ExecInput {
+        self.input.clone()
+    }
+}
+
+/// Sends stdin, EOF or KILL to a streaming exec.
+#[derive(Debug, Clone)]
+pub struct ExecInput {
+    tx: mpsc::Sender<Frame>,
+}
+
+impl ExecInput {
+    /// Sends input bytes.
+    pub async fn write(&self, data: &[u8]) -> Result<(), AgentError> {
+        for chunk in data.chunks(FILE_CHUNK_BYTES).filter(|c| !c.is_empty()) {
+            self.send(Frame::new(FrameType::STDIN, chunk)).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the command's stdin.
+    pub async fn close(&self) -> Result<(), AgentError> {
+        self.send(Frame::new(FrameType::STDIN, Vec::new())).await
+    }
+
+    /// SIGKILLs the command's process group.
+    pub async fn kill(&self) -> Result<(), AgentError> {
+        self.send(Frame::new(FrameType::KILL, Vec::new())).await
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), AgentError> {
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| AgentError::Closed("exec input"))
+    }
+}
+
+/// Line selection for file reads (all zero means the whole file, byte-exact).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// First line, 1-based.
+    pub offset: u64,
+    /// Maximum lines.
+    pub limit: u64,
+    /// Maximum bytes.
+    pub max_bytes: u64,
+}
+
+/// A file read into memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileContent {
+    /// The bytes received (all of the file, or the selected window).
+    pub data: Vec<u8>,
+    /// The file's total size, whatever part was sent.
+    pub total_size: u64,
+    /// Permission bits, 4-digit octal.
+    pub mode: String,
+}
+
+impl FileContent {
+    /// True when fewer bytes were received than the file holds.
+    pub fn is_truncated(&self) -> bool {
+        (self.data.len() as u64) < self.total_size
+    }
+}
+
+/// A pooled or fresh connection and whether it may go back to the pool.
+struct Conn {
+    stream: Stream,
+    reusable: bool,
+}
+
+/// Client of one agent.
+#[derive(Debug)]
+pub struct AgentClient {
+    endpoint: Endpoint,
+    token: Option<String>,
+    config: ClientConfig,
+    pool: Mutex<Vec<Stream>>,
+    mode: AtomicU8,
+}
+
+fn expect_kind(
+    frame: Option<Frame>,
+    kind: FrameType,
+    op: &'static str,
+) -> Result<Frame, AgentError> {
+    match frame {
+        Some(f) if f.kind == kind => Ok(f),
+        Some(f) if f.kind == FrameType::ERROR => Err(AgentError::Agent(f.text())),
+        Some(f) => Err(AgentError::Protocol(format!(
+            "{op}: expected {kind:?}, got {}",
+            f.kind
+        ))),
+        None => Err(AgentError::Closed(op)),
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(frame: &Frame, op: &'static str) -> Result<T, AgentError> {
+    frame
+        .json()
+        .map_err(|e| AgentError::Protocol(format!("{op}: bad JSON from the agent: {e}")))
+}
+
+impl AgentClient {
+    /// A client with default deadlines; `token` is sent as AUTH on every new connection.
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
+        Self::with_config(endpoint, token, ClientConfig::default())
+    }
+
+    /// A client with explicit deadlines and pool size.
+    pub fn with_config(endpoint: Endpoint, token: Option<String>, config: ClientConfig) -> Self {
+        Self {
+            endpoint,
+            token,
+            config,
+            pool: Mutex::new(Vec::new()),
+            mode: AtomicU8::new(MODE_UNKNOWN),
+        }
+    }
+
+    /// Where the agent is.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// True once the agent accepted the connection-reuse extension.
+    pub fn reuses_connections(&self) -> bool {
+        self.mode.load(Ordering::Relaxed) == MODE_REUSE
+    }
+
+    /// Drops every pooled connection (e.g. after the VM was restored from a snapshot).
+    pub fn reset_pool(&self) {
+        self.pool().clear();
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Vec<Stream>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_pooled(&self) -> Option<Stream> {
+        let mut pool = self.pool();
+        while let Some(stream) = pool.pop() {
+            if !stream.is_stale() {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn release(&self, conn: Conn) {
+        if conn.reusable {
+            let mut pool = self.pool();
+            if pool.len() < self.config.pool_size {
+                pool.push(conn.stream);
+            }
+        }
+    }
+
+    async fn authenticated(&self, forward: bool) -> Result<Stream, AgentError> {
+        let mut stream = self
+            .endpoint
+            .dial(forward, self.config.connect_timeout)
+            .await?;
+        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            write_frame(&mut stream, FrameType::AUTH, token.as_bytes()).await?;
+        }
+        Ok(stream)
+    }
+
+    /// A fresh control connection, negotiated for reuse when the agent supports it.
+    async fn dial_control(&self) -> Result<Conn, AgentError> {
+        let mut stream = self.authenticated(false).await?;
+        if !self.config.reuse || self.mode.load(Ordering::Relaxed) == MODE_V1 {
+            return Ok(Conn {
+                stream,
+                reusable: false,
+            });
+        }
+        let hello = Hello {
+            version: 1,
+            features: vec![FEATURE_REUSE.to_owned()],
+        };
+        send_json(&mut stream, FrameType::HELLO, &hello).await?;
+        let answer = tokio::time::timeout(self.config.connect_timeout, read_frame(&mut stream))
+            .await
+            .map_err(|_| AgentError::Timeout {
+                op: "hello",
+                after: self.config.connect_timeout,
+            })??;
+        match answer {
+            Some(f) if f.kind == FrameType::HELLO_ACK => {
+                let ack: Hello = json(&f, "hello")?;
+                let reuse = ack.features.iter().any(|f| f == FEATURE_REUSE);
+                self.mode
+                    .store(if reuse { MODE_REUSE } else { MODE_V1 }, Ordering::Relaxed);
+                Ok(Conn {
+                    stream,
+                    reusable: reuse,
+                })
+            }
+            // A v1 agent does not know HELLO and closes the connection after its error.
+            Some(f)
+                if f.kind == FrameType::ERROR && f.text().starts_with("unexpected frame type") =>
+            {
+                self.mode.store(MODE_V1, Ordering::Relaxed);
+                Ok(Conn {
+                    stream: self.authenticated(false).await?,
+                    reusable: false,
+                })
+            }
+            Some(f) if f.kind == FrameType::ERROR => Err(AgentError::Agent(f.text())),
+            Some(f) => Err(AgentError::Protocol(format!(
+                "hello: unexpected frame {}",
+                f.kind
+            ))),
+            None => Err(AgentError::Closed("hello")),
+        }
+    }
+
+    async fn connect(&self) -> Result<(Conn, bool), AgentError> {
+        match self.take_pooled() {
+            Some(stream) => Ok((
+                Conn {
+                    stream,
+                    reusable: true,
+                },
+                true,
+            )),
+            None => Ok((self.dial_control().await?, false)),
+        }
+    }
+
+    /// Runs one request on a connection within `timeout`. The connection goes back to the pool
+    /// only if the request completed cleanly. Idempotent requests that fail on a pooled
+    /// connection (which the agent may have closed meanwhile) are retried once on a fresh one.
+    async fn call<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        idempotent: bool,
+        f: F,
+    ) -> Result<T, AgentError>
+    where
+        F: for<'a> Fn(&'a mut Stream) -> BoxFuture<'a, T>,
+    {
+        let attempt = async {
+            let (mut conn, pooled) = self.connect().await?;
+            match f(&mut conn.stream).await {
+                Ok(value) => {
+                    self.release(conn);
+                    Ok(value)
+                }
+                Err(e) if pooled && idempotent && !e.is_agent_error() => {
+                    drop(conn);
+                    let mut conn = self.dial_control().await?;
+                    let value = f(&mut conn.stream).await?;
+                    self.release(conn);
+                    Ok(value)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| AgentError::Timeout { op, after: timeout })?
+    }
+
+    /// Runs `argv` and buffers its output, within the default exec deadline.
+    pub async fn exec(&self, argv: &[&str]) -> Result<ExecOutput, AgentError> {
+        self.exec_request(
+            &ExecRequest::command(argv.iter().copied()),
+            self.config.exec_timeout,
+        )
+        .await
+    }
+
+    /// Runs a full exec request and buffers up to 10 MiB of output. On timeout the connection is
+    /// dropped, which makes the agent kill the command.
+    pub async fn exec_request(
+        &self,
+        req: &ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentError> {
+        let req = req.clone();
+        self.call("exec", timeout, false, move |s: &mut Stream| {
+            let req = req.clone();
+            Box::pin(async move {
+                send_json(s, FrameType::EXEC_REQ, &req).await?;
+                let mut out = ExecOutput::default();
+                loop {
+                    let frame = read_frame(s).await?.ok_or(AgentError::Closed("exec"))?;
+                    let is_stdout = match frame.kind {
+                        FrameType::STDOUT => true,
+                        FrameType::STDERR => false,
+                        FrameType::EXIT => {
+                            out.exit_code = decode_exit(&frame.payload)
+                                .map_err(|e| AgentError::Protocol(e.to_string()))?;
+                            return Ok(out);
+                        }
+                        FrameType::ERROR => return Err(AgentError::Agent(frame.text())),
+                        _ => continue,
+                    };
+                    let room =
+                        MAX_EXEC_OUTPUT_BYTES.saturating_sub(out.stdout.len() + out.stderr.len());
+                    // Clip at exactly 10 MiB (v1 dropped whole frames and rarely flagged it).
+                    let take = frame.payload.len().min(room);
+                    out.truncated |= take < frame.payload.len();
+                    let sink = if is_stdout {
+                        &mut out.stdout
+                    } else {
+                        &mut out.stderr
+                    };
+                    sink.extend_from_slice(&frame.payload[..take]);
+                }
+            })
+        })
+        .await
+    }
+
+    /// Starts an exec whose output is streamed as events; stdin and KILL go through
+    /// [`ExecStream::input`]. The whole exec is bounded by `timeout`.
+    pub async fn exec_stream(
+        &self,
+        req: &ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecStream, AgentError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (conn, _) = tokio::time::timeout_at(deadline, self.connect())
+            .await
+            .map_err(|_| AgentError::Timeout {
+                op: "exec",
+                after: timeout,
+            })??;
+        let mut stream = conn.stream;
+        send_json(&mut stream, FrameType::EXEC_REQ, req).await?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (event_tx, events) = mpsc::channel(64);
+        let (input_tx, mut input_rx) = mpsc::channel::<Frame>(64);
+        // The writer ends when every input handle is dropped or the connection fails. Dropping
+        // a split half does not close the socket; it closes once both halves are gone.
+        tokio::spawn(async move {
+            while let Some(frame) = input_rx.recv().await {
+                if write_frame(&mut wr, frame.kind, &frame.payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let next = match tokio::time::timeout_at(deadline, read_frame(&mut rd)).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let _ = event_tx
+                            .send(Err(AgentError::Timeout {
+                                op: "exec",
+                                after: timeout,
+                            }))
+                            .await;
+                        return;
+                    }
+                };
+                let event = match next {
+                    Ok(Some(f)) => match f.kind {
+                        FrameType::STDOUT => Ok(ExecEvent::Stdout(f.payload)),
+                        FrameType::STDERR => Ok(ExecEvent::Stderr(f.payload)),
+                        FrameType::EXIT => decode_exit(&f.payload)
+                            .map(ExecEvent::Exit)
+                            .map_err(|e| AgentError::Protocol(e.to_string())),
+                        FrameType::ERROR => Err(AgentError::Agent(f.text())),
+                        _ => continue,
+                    },
+                    Ok(None) => Err(AgentError::Closed("exec")),
+                    Err(e) => Err(e.into()),
+                };
+                let last = !matches!(event, Ok(ExecEvent::Stdout(_)) | Ok(ExecEvent::Stderr(_)));
+                if event_tx.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(ExecStream {
+            events,
+            input: ExecInput { tx: input_tx },
+        })
+    }
+
+    /// Starts a detached command; its output goes to a file in the guest.
+    pub async fn exec_detached(&self, req: &ExecRequest) -> Result<DetachedExec, AgentError> {
+        let mut req = req.clone();
+        req.detach = Some(true);
+        let out = self.exec_request(&req, self.config.call_timeout).await?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| AgentError::Protocol(format!("detached exec: bad reply: {e}")))
+    }
+
+    /// Creates a TTY session (`tty` forced on) and attaches to it.
+    pub async fn shell(&self, req: &ExecRequest) -> Result<Session, AgentError> {
+        let mut req = req.clone();
+        req.tty = Some(true);
+        self.open_session(&req).await
+    }
+
+    /// Creates a piped session (`session` forced on) and attaches to it.
+    pub async fn piped_session(&self, req: &ExecRequest) -> Result<Session, AgentError> {
+        let mut req = req.clone();
+        req.session = Some(true);
+        self.open_session(&req).await
+    }
+
+    /// Attaches to an existing session; with `if_detached`, only if nobody else is attached.
+    pub async fn attach(&self, session_id: &str, if_detached: bool) -> Result<Session, AgentError> {
+        let req = ExecRequest {
+            session_id: Some(session_id.to_owned()),
+            if_detached: if_detached.then_some(true),
+            ..Default::default()
+        };
+        self.open_session(&req).await
+    }
+
+    async fn open_session(&self, req: &ExecRequest) -> Result<Session, AgentError> {
+        let timeout = self.config.call_timeout;
+        let handshake = async {
+            // Sessions take their connection over for good, so never use a pooled one that
+            // another request could have returned.
+            let mut conn = self.dial_control().await?;
+            send_json(&mut conn.stream, FrameType::EXEC_REQ, req).await?;
+            let frame = expect_kind(
+                read_frame(&mut conn.stream).await?,
+                FrameType::SESSION_INFO,
+                "session",
+            )?;
+            let info: SessionInfo = json(&frame, "session")?;
+            Ok(Session::new(info, conn.stream))
+        };
+        tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                op: "session",
+                after: timeout,
+            })?
+    }
+
+    /// Lists sessions.
+    pub async fn session_list(&self) -> Result<Vec<SessionInfo>, AgentError> {
+        self.call(
+            "session list",
+            self.config.call_timeout,
+            true,
+            |s: &mut Stream| {
+                Box::pin(async move {
+                    write_frame(s, FrameType::EXEC_LIST_REQ, b"").await?;
+                    let f = expect_kind(
+                        read_frame(s).await?,
+                        FrameType::EXEC_LIST_RESP,
+                        "session list",
+                    )?;
+                    json(&f, "session list")
+                })
+            },
+        )
+        .await
+    }
+
+    /// SIGKILLs a session's process group.
+    pub async fn session_kill(&self, session_id: &str) -> Result<(), AgentError> {
+        let req = KillRequest {
+            session_id: session_id.to_owned(),
+        };
+        self.call(
+            "session kill",
+            self.config.call_timeout,
+            false,
+            move |s: &mut Stream| {
+                let req = req.clone();
+                Box::pin(async move {
+                    send_json(s, FrameType::EXEC_KILL, &req).await?;
+                    expect_kind(read_frame(s).await?, FrameType::EXIT, "session kill").map(drop)
+                })
+            },
+        )
+        .await
+    }
+
+    /// The agent's activity counters.
+    pub async fn activity(&self) -> Result<ActivityInfo, AgentError> {
+        self.call(
+            "activity",
+            self.config.call_timeout,
+            true,
+            |s: &mut Stream| {
+                Box::pin(async move {
+                    write_frame(s, FrameType::ACTIVITY_REQ, b"").await?;
+                    let f =
+                        expect_kind(read_frame(s).await?, FrameType::ACTIVITY_RESP, "activity")?;
+                    json(&f, "activity")
+                })
+            },
+        )
+        .await
+    }
+
+    /// Stats a path (following symlinks).
+    pub async fn file_stat(&self, path: &str) -> Result<FileInfo, AgentError> {
+        let req = PathRequest {
+            path: path.to_owned(),
+        };
+        self.call(
+            "file stat",
+            self.config.call_timeout,
+            true,
+            move |s: &mut Stream| {
+                let req = req.clone();
+                Box::pin(async move {
+                    send_json(s, FrameType::FILE_STAT_REQ, &req).await?;
+                    let f =
+                        expect_kind(read_frame(s).await?, FrameType::FILE_STAT_RESP, "file stat")?;
+                    json(&f, "file stat")
+                })
+            },
+        )
+        .await
+    }
+
+    /// Lists a directory (at most 10,000 entries plus a marker entry with the real total).
+    pub async fn file_list(&self, path: &str) -> Result<Vec<FileInfo>, AgentError> {
+        let req = PathRequest {
+            path: path.to_owned(),
+        };
+        self.call(
+            "file list",
+            self.config.call_timeout,
+            true,
+            move |s: &mut Stream| {
+                let req = req.clone();
+                Box::pin(async move {
+                    send_json(s, FrameType::FILE_LS_REQ, &req).await?;
+                    let f =
+                        expect_kind(read_frame(s).await?, FrameType::FILE_LS_RESP, "file list")?;
+                    json(&f, "file list")
+                })
+            },
+        )
+        .await
+    }
+
+    /// Reads a file (or a window of its lines) into memory.
+    pub async fn file_read(
+        &self,
+        path: &str,
+        opts: ReadOptions,
+    ) -> Result<FileContent, AgentError> {
+        let mut data = Vec::new();
+        let (total_size, mode) = self.file_read_to(path, opts, &mut data).await?;
+        Ok(FileContent {
+            data,
+            total_size,
+            mode,
+        })
+    }
+
+    /// Streams a file (or a window of its lines) into `out`; returns the file's total size and
+    /// mode. Dropping the future closes the connection, which stops the agent's read.
+    pub async fn file_read_to<W: AsyncWrite + Unpin + Send>(
+        &self,
+        path: &str,
+        opts: ReadOptions,
+        out: &mut W,
+    ) -> Result<(u64, String), AgentError> {
+        let positive = |v: u64| (v > 0).then_some(v as i64);
+        let req = FileReadRequest {
+            path: path.to_owned(),
+            offset: positive(opts.offset),
+            limit: positive(opts.limit),
+            max_bytes: positive(opts.max_bytes),
+        };
+        let transfer = async {
+            let (mut conn, _) = self.connect().await?;
+            let s = &mut conn.stream;
+            send_json(s, FrameType::FILE_READ_REQ, &req).await?;
+            let head = expect_kind(read_frame(s).await?, FrameType::FILE_READ_RESP, "file read")?;
+            let head: FileReadResponse = json(&head, "file read")?;
+            loop {
+                let f = read_frame(s)
+                    .await?
+                    .ok_or(AgentError::Closed("file read"))?;
+                match f.kind {
+                    FrameType::STDOUT => out.write_all(&f.payload).await?,
+                    FrameType::EXIT => break,
+                    FrameType::ERROR => return Err(AgentError::Agent(f.text())),
+                    _ => {}
+                }
+            }
+            out.flush().await?;
+            self.release(conn);
+            Ok((head.size.max(0) as u64, head.mode))
+        };
+        let after = self.config.transfer_timeout;
+        tokio::time::timeout(after, transfer)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                op: "file read",
+                after,
+            })?
+    }
+
+    /// Writes `data` to `path` atomically with an octal `mode` such as `"0644"`.
+    pub async fn file_write(&self, path: &str, mode: &str, data: &[u8]) -> Result<(), AgentError> {
+        self.file_write_from(path, mode, data.len() as u64, &mut &data[..])
+            .await
+    }
+
+    /// Writes exactly `size` bytes from `src` to `path` atomically.
+    pub async fn file_write_from<R: AsyncRead + Unpin + Send>(
+        &self,
+        path: &str,
+        mode: &str,
+        size: u64,
+        src: &mut R,
+    ) -> Result<(), AgentError> {
+        if size > MAX_FILE_WRITE_BYTES as u64 {
+            // The agent's own message, without streaming 100 MiB first.
+            return Err(AgentError::Agent(format!(
+                "file too large: {size} bytes (max {MAX_FILE_WRITE_BYTES})"
+            )));
+        }
+        let req = FileWriteRequest {
+            path: path.to_owned(),
+            mode: mode.to_owned(),
+            size: size as i64,
+        };
+        let transfer = async {
+            let (mut conn, _) = self.connect().await?;
+            let s = &mut conn.stream;
+            send_json(s, FrameType::FILE_WRITE_REQ, &req).await?;
+            let mut buf = vec![0u8; FILE_CHUNK_BYTES];
+            let mut sent = 0u64;
+            while sent < size {
+                let want = buf.len().min((size - sent) as usize);
+                let n = src.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    return Err(AgentError::Protocol(format!(
+                        "source ended after {sent} of {size} bytes"
+                    )));
+                }
+                if let Err(e) = write_frame(s, FrameType::STDIN, &buf[..n]).await {
+                    // The agent may have refused the write and closed: its error says why.
+                    if let Ok(Some(f)) = read_frame(s).await
+                        && f.kind == FrameType::ERROR
+                    {
+                        return Err(AgentError::Agent(f.text()));
+                    }
+                    return Err(e.into());
+                }
+                sent += n as u64;
+            }
+            expect_kind(
+                read_frame(s).await?,
+                FrameType::FILE_WRITE_RESP,
+                "file write",
+            )?;
+            self.release(conn);
+            Ok(())
+        };
+        let after = self.config.transfer_timeout;
+        tokio::time::timeout(after, transfer)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                op: "file write",
+                after,
+            })?
+    }
+
+    /// Opens a byte stream to `port` inside the guest (the agent dials its loopback).
+    pub async fn forward(&self, port: u16) -> Result<Stream, AgentError> {
+        let timeout = self.config.connect_timeout + self.config.call_timeout;
+        let handshake = async {
+            let mut stream = self.authenticated(true).await?;
+            send_json(&mut stream, FrameType::FWD_REQ, &ForwardRequest { port }).await?;
+            let f = expect_kind(
+                read_frame(&mut stream).await?,
+                FrameType::FWD_RESP,
+                "forward",
+            )?;
+            let resp: ForwardResponse = json(&f, "forward")?;
+            if !resp.is_ok() {
+                return Err(AgentError::ForwardRefused {
+                    port,
+                    message: resp.message.unwrap_or_default(),
+                });
+            }
+            Ok(stream)
+        };
+        tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                op: "forward",
+                after: timeout,
+            })?
+    }
+
+    /// Waits until the agent runs `true` successfully. Early attempts use short deadlines and
+    /// fresh sockets: a SYN sent before the guest answers ARP would otherwise wait out Linux's
+    /// 1 s retransmit. Returns the number of attempts.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<u32, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let per_attempt = match attempt {
+                1..=3 => Duration::from_millis(100),
+                4..=6 => Duration::from_millis(250),
+                7..=10 => Duration::from_millis(500),
+                _ => Duration::from_secs(2),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(AgentError::Timeout {
+                    op: "wait ready",
+                    after: timeout,
+                });
+            }
+            let probe = ExecRequest::command(["true"]);
+            if let Ok(out) = self.exec_request(&probe, per_attempt.min(left)).await
+                && out.exit_code == 0
+            {
+                return Ok(attempt);
+            }
+            tokio::time::sleep(
+                Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Host-side client of the guest agent `lohar`.
+//!
+//! One [`AgentClient`] per sandbox. Every call has a deadline. Connections are pooled when the
+//! agent supports the connection-reuse extension (see the `proto` crate docs); against a v1
+//! agent the client falls back to one connection per request, exactly as v1 clients behave.
+//!
+//! Errors keep the agent's own text ([`AgentError::Agent`]), so callers and users see what the
+//! guest said.
+
+mod client;
+mod codec;
+mod error;
+mod session;
+mod stream;
+mod transport;
+
+pub use client::{
+    AgentClient, ClientConfig, ExecEvent, ExecInput, ExecOutput, ExecStream, FileContent,
+    ReadOptions,
+};
+pub use error::AgentError;
+pub use session::{Session, SessionEvent, SessionReader, SessionWriter};
+pub use stream::Stream;
+pub use transport::Endpoint;
+
+pub use proto::messages::{ActivityInfo, DetachedExec, ExecRequest, FileInfo, SessionInfo};
