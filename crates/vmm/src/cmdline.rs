@@ -1,0 +1,162 @@
+//! Turns a [`VmConfig`] into QEMU's command line.
+
+use std::ffi::OsString;
+
+use crate::accel::Accelerator;
+use crate::config::VmConfig;
+
+/// The arguments (without the binary) for `qemu-system-x86_64`.
+pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+    let mem = format!("{}M", cfg.memory.size_mib);
+    // acpi=off: the lean kernel has no ACPI/PCI; QEMU then appends virtio_mmio.device= entries to
+    // the command line itself. No option ROMs, no PIC/PIT (the guest uses the LAPIC timer).
+    let mut machine = "microvm,acpi=off,x-option-roms=off,pit=off,pic=off,rtc=off".to_owned();
+    if cfg.memory.file.is_some() {
+        machine.push_str(",memory-backend=mem");
+    }
+    push(&["-machine", &machine]);
+    match accel {
+        Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accelerator::Tcg => {
+            let tcg = format!("tcg,tb-size={}", cfg.tcg_tb_size_mib);
+            push(&["-accel", &tcg, "-cpu", "max"]);
+        }
+    }
+    push(&["-m", &mem, "-smp", &cfg.vcpus.to_string()]);
+    if let Some(file) = &cfg.memory.file {
+        let share = if cfg.memory.private { "off" } else { "on" };
+        let backend = format!(
+            "memory-backend-file,id=mem,size={mem},mem-path={},share={share}",
+            file.display()
+        );
+        push(&["-object", &backend]);
+    }
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    push(&[
+        "-kernel",
+        &cfg.kernel.display().to_string(),
+        "-append",
+        &cfg.cmdline,
+    ]);
+    let serial = format!("file,id=console,path={}", cfg.serial_log.display());
+    push(&["-chardev", &serial, "-serial", "chardev:console"]);
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        let drive = format!(
+            "id=disk{i},file={},format={},if=none,read-only={},cache=unsafe",
+            disk.path.display(),
+            VmConfig::disk_format(disk),
+            if disk.read_only { "on" } else { "off" },
+        );
+        let device = format!("virtio-blk-device,drive=disk{i}");
+        push(&["-drive", &drive, "-device", &device]);
+    }
+    if let Some(net) = &cfg.net {
+        let netdev = format!("tap,id=net0,fd={},vhost=off", net.tap_fd);
+        let device = format!("virtio-net-device,netdev=net0,mac={}", net.mac);
+        push(&["-netdev", &netdev, "-device", &device]);
+    }
+    let qmp = format!("unix:{},server=on,wait=off", cfg.qmp_socket.display());
+    push(&["-qmp", &qmp]);
+    if cfg.start_paused {
+        push(&["-S"]);
+    }
+    if let Some(incoming) = &cfg.incoming {
+        let uri = format!("file:{}", incoming.display());
+        push(&["-incoming", &uri]);
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{Disk, DiskFormat, NetDevice};
+
+    fn joined(cfg: &VmConfig, accel: Accelerator) -> String {
+        qemu_args(cfg, accel)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn base() -> VmConfig {
+        VmConfig::new(
+            PathBuf::from("/k/vmlinux"),
+            "console=ttyS0 init=/usr/local/bin/lohar".into(),
+            PathBuf::from("/vm/serial.log"),
+            PathBuf::from("/vm/qmp.sock"),
+        )
+    }
+
+    #[test]
+    fn minimal_tcg_command_line() {
+        let line = joined(&base(), Accelerator::Tcg);
+        assert!(line.starts_with("-machine microvm,acpi=off,"), "{line}");
+        assert!(line.contains("-accel tcg,tb-size=8 -cpu max"));
+        assert!(line.contains("-m 256M -smp 1"));
+        assert!(
+            line.contains("-kernel /k/vmlinux -append console=ttyS0 init=/usr/local/bin/lohar")
+        );
+        assert!(
+            line.contains("-chardev file,id=console,path=/vm/serial.log -serial chardev:console")
+        );
+        assert!(line.contains("-qmp unix:/vm/qmp.sock,server=on,wait=off"));
+        assert!(!line.contains("memory-backend"));
+        assert!(!line.contains("-netdev"));
+        assert!(!line.contains(" -S"));
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let line = joined(&base(), Accelerator::Kvm);
+        assert!(line.contains("-accel kvm -cpu host"));
+        assert!(!line.contains("tcg"));
+    }
+
+    #[test]
+    fn file_backed_memory_disks_net_and_incoming() {
+        let mut cfg = base();
+        cfg.memory.size_mib = 1024;
+        cfg.memory.file = Some(PathBuf::from("/vm/ram"));
+        cfg.vcpus = 2;
+        cfg.disks.push(Disk {
+            path: "/vm/root.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        });
+        cfg.disks.push(Disk {
+            path: "/vm/config.ext4".into(),
+            format: DiskFormat::Raw,
+            read_only: true,
+        });
+        cfg.net = Some(NetDevice {
+            tap_fd: 3,
+            mac: "52:54:00:12:34:56".into(),
+        });
+        cfg.incoming = Some(PathBuf::from("/vm/state"));
+        let line = joined(&cfg, Accelerator::Tcg);
+        assert!(line.contains(",memory-backend=mem"));
+        assert!(
+            line.contains(
+                "-object memory-backend-file,id=mem,size=1024M,mem-path=/vm/ram,share=on"
+            )
+        );
+        assert!(line.contains("-m 1024M -smp 2"));
+        assert!(
+            line.contains("-drive id=disk0,file=/vm/root.qcow2,format=qcow2,if=none,read-only=off")
+        );
+        assert!(line.contains("-device virtio-blk-device,drive=disk0"));
+        assert!(
+            line.contains("-drive id=disk1,file=/vm/config.ext4,format=raw,if=none,read-only=on")
+        );
+        assert!(line.contains("-netdev tap,id=net0,fd=3,vhost=off -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"));
+        assert!(line.ends_with("-incoming file:/vm/state"));
+        cfg.memory.private = true;
+        assert!(joined(&cfg, Accelerator::Tcg).contains("share=off"));
+    }
+}

@@ -1,0 +1,118 @@
+//! A typed description of one microVM.
+
+use std::path::PathBuf;
+
+use crate::accel::Accel;
+
+/// Guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// Size in MiB.
+    pub size_mib: u32,
+    /// Back RAM with this file (`memory-backend-file`, `share=on`), so a snapshot can leave RAM
+    /// in place and migrate device state only. `None` for anonymous memory.
+    pub file: Option<PathBuf>,
+    /// Map the file copy-on-write (`share=off`): restore the same RAM file many times without
+    /// changing it.
+    pub private: bool,
+}
+
+/// Image format of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// Raw image (ext4 built by `mkfs.ext4 -d`).
+    Raw,
+    /// qcow2 overlay.
+    Qcow2,
+}
+
+impl DiskFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A virtio-blk disk; the guest sees them as /dev/vda, /dev/vdb, ... in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Image path.
+    pub path: PathBuf,
+    /// Format.
+    pub format: DiskFormat,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// A virtio-net device on a TAP file descriptor the caller opened (in whatever network namespace
+/// it likes) and that QEMU inherits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    /// The descriptor number QEMU sees.
+    pub tap_fd: i32,
+    /// Guest MAC, `52:54:00:xx:xx:xx`.
+    pub mac: String,
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The `qemu-system-x86_64` binary.
+    pub qemu: PathBuf,
+    /// Uncompressed kernel (vmlinux with a PVH note) or bzImage.
+    pub kernel: PathBuf,
+    /// Kernel command line. With `acpi=off` QEMU appends the `virtio_mmio.device=` entries.
+    pub cmdline: String,
+    /// Guest RAM.
+    pub memory: Memory,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Disks in order.
+    pub disks: Vec<Disk>,
+    /// Network device, if any.
+    pub net: Option<NetDevice>,
+    /// File receiving the serial console.
+    pub serial_log: PathBuf,
+    /// QMP Unix socket QEMU listens on.
+    pub qmp_socket: PathBuf,
+    /// Accelerator request.
+    pub accel: Accel,
+    /// TCG translation-block cache in MiB; QEMU's default is far larger than a small guest
+    /// needs and dominates its RSS.
+    pub tcg_tb_size_mib: u32,
+    /// Start paused (`-S`).
+    pub start_paused: bool,
+    /// Restore device state from this migration file (`-incoming file:`), starting paused.
+    pub incoming: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// A config with the defaults we use: 1 vCPU, 256 MiB anonymous RAM, TCG cache 8 MiB.
+    pub fn new(kernel: PathBuf, cmdline: String, serial_log: PathBuf, qmp_socket: PathBuf) -> Self {
+        Self {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            kernel,
+            cmdline,
+            memory: Memory {
+                size_mib: 256,
+                file: None,
+                private: false,
+            },
+            vcpus: 1,
+            disks: Vec::new(),
+            net: None,
+            serial_log,
+            qmp_socket,
+            accel: Accel::Auto,
+            tcg_tb_size_mib: 8,
+            start_paused: false,
+            incoming: None,
+        }
+    }
+
+    pub(crate) fn disk_format(disk: &Disk) -> &'static str {
+        disk.format.as_str()
+    }
+}

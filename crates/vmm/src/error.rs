@@ -1,0 +1,64 @@
+//! Errors of the VMM layer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What can go wrong starting or driving QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The QEMU binary could not be started.
+    #[error("cannot start {binary}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU exited before its QMP socket accepted a connection.
+    #[error("QEMU exited during start-up ({status}); its output: {output}")]
+    EarlyExit {
+        /// Exit status.
+        status: String,
+        /// Last lines QEMU printed.
+        output: String,
+    },
+    /// An operation did not finish in time.
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// The operation.
+        op: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The QMP connection is gone (QEMU exited or was killed).
+    #[error("QEMU is gone: the QMP connection closed")]
+    QemuGone,
+    /// QEMU answered a QMP command with an error.
+    #[error("QMP {command} failed: {class}: {desc}")]
+    Qmp {
+        /// The command.
+        command: String,
+        /// QMP error class, e.g. `GenericError`.
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+    /// QEMU sent something that is not QMP.
+    #[error("QMP protocol error: {0}")]
+    Protocol(String),
+    /// The requested accelerator is not usable here.
+    #[error("accelerator {0} is not available on this host")]
+    AccelUnavailable(&'static str),
+    /// A file the VM needs is missing.
+    #[error("{what} not found at {path}")]
+    Missing {
+        /// What it is.
+        what: &'static str,
+        /// Where we looked.
+        path: PathBuf,
+    },
+    /// Socket or process IO failed.
+    #[error("VMM IO failed")]
+    Io(#[from] std::io::Error),
+}
