@@ -18,7 +18,6 @@ const GREETING: &str = "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"mino
 /// One scripted exchange: what the peer expects to read (a substring), and what it answers.
 enum Step {
     Expect(&'static str, Vec<String>),
-    Send(String),
     Close,
 }
 
@@ -45,7 +44,6 @@ fn scripted_peer(dir: &Path, script: Vec<Step>) -> PathBuf {
                             .unwrap();
                     }
                 }
-                Step::Send(text) => write.write_all(text.as_bytes()).await.unwrap(),
                 Step::Close => return,
             }
         }
