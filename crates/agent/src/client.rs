@@ -143,10 +143,7 @@ impl ExecInput {
     }
 
     async fn send(&self, frame: Frame) -> Result<(), AgentError> {
-        self.tx
-            .send(frame)
-            .await
-            .map_err(|_| AgentError::Closed("exec input"))
+        self.tx.send(frame).await.map_err(|_| AgentError::Closed("exec input"))
     }
 }
 
@@ -203,18 +200,13 @@ fn expect_kind(
     match frame {
         Some(f) if f.kind == kind => Ok(f),
         Some(f) if f.kind == FrameType::ERROR => Err(AgentError::Agent(f.text())),
-        Some(f) => Err(AgentError::Protocol(format!(
-            "{op}: expected {kind:?}, got {}",
-            f.kind
-        ))),
+        Some(f) => Err(AgentError::Protocol(format!("{op}: expected {kind:?}, got {}", f.kind))),
         None => Err(AgentError::Closed(op)),
     }
 }
 
 fn json<T: serde::de::DeserializeOwned>(frame: &Frame, op: &'static str) -> Result<T, AgentError> {
-    frame
-        .json()
-        .map_err(|e| AgentError::Protocol(format!("{op}: bad JSON from the agent: {e}")))
+    frame.json().map_err(|e| AgentError::Protocol(format!("{op}: bad JSON from the agent: {e}")))
 }
 
 impl AgentClient {
@@ -273,10 +265,7 @@ impl AgentClient {
     }
 
     async fn authenticated(&self, forward: bool) -> Result<Stream, AgentError> {
-        let mut stream = self
-            .endpoint
-            .dial(forward, self.config.connect_timeout)
-            .await?;
+        let mut stream = self.endpoint.dial(forward, self.config.connect_timeout).await?;
         if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
             write_frame(&mut stream, FrameType::AUTH, token.as_bytes()).await?;
         }
@@ -287,15 +276,9 @@ impl AgentClient {
     async fn dial_control(&self) -> Result<Conn, AgentError> {
         let mut stream = self.authenticated(false).await?;
         if !self.config.reuse || self.mode.load(Ordering::Relaxed) == MODE_V1 {
-            return Ok(Conn {
-                stream,
-                reusable: false,
-            });
+            return Ok(Conn { stream, reusable: false });
         }
-        let hello = Hello {
-            version: 1,
-            features: vec![FEATURE_REUSE.to_owned()],
-        };
+        let hello = Hello { version: 1, features: vec![FEATURE_REUSE.to_owned()] };
         send_json(&mut stream, FrameType::HELLO, &hello).await?;
         let answer = tokio::time::timeout(self.config.connect_timeout, read_frame(&mut stream))
             .await
@@ -307,41 +290,25 @@ impl AgentClient {
             Some(f) if f.kind == FrameType::HELLO_ACK => {
                 let ack: Hello = json(&f, "hello")?;
                 let reuse = ack.features.iter().any(|f| f == FEATURE_REUSE);
-                self.mode
-                    .store(if reuse { MODE_REUSE } else { MODE_V1 }, Ordering::Relaxed);
-                Ok(Conn {
-                    stream,
-                    reusable: reuse,
-                })
+                self.mode.store(if reuse { MODE_REUSE } else { MODE_V1 }, Ordering::Relaxed);
+                Ok(Conn { stream, reusable: reuse })
             }
             // A v1 agent does not know HELLO and closes the connection after its error.
             Some(f)
                 if f.kind == FrameType::ERROR && f.text().starts_with("unexpected frame type") =>
             {
                 self.mode.store(MODE_V1, Ordering::Relaxed);
-                Ok(Conn {
-                    stream: self.authenticated(false).await?,
-                    reusable: false,
-                })
+                Ok(Conn { stream: self.authenticated(false).await?, reusable: false })
             }
             Some(f) if f.kind == FrameType::ERROR => Err(AgentError::Agent(f.text())),
-            Some(f) => Err(AgentError::Protocol(format!(
-                "hello: unexpected frame {}",
-                f.kind
-            ))),
+            Some(f) => Err(AgentError::Protocol(format!("hello: unexpected frame {}", f.kind))),
             None => Err(AgentError::Closed("hello")),
         }
     }
 
     async fn connect(&self) -> Result<(Conn, bool), AgentError> {
         match self.take_pooled() {
-            Some(stream) => Ok((
-                Conn {
-                    stream,
-                    reusable: true,
-                },
-                true,
-            )),
+            Some(stream) => Ok((Conn { stream, reusable: true }, true)),
             None => Ok((self.dial_control().await?, false)),
         }
     }
@@ -383,11 +350,8 @@ impl AgentClient {
 
     /// Runs `argv` and buffers its output, within the default exec deadline.
     pub async fn exec(&self, argv: &[&str]) -> Result<ExecOutput, AgentError> {
-        self.exec_request(
-            &ExecRequest::command(argv.iter().copied()),
-            self.config.exec_timeout,
-        )
-        .await
+        self.exec_request(&ExecRequest::command(argv.iter().copied()), self.config.exec_timeout)
+            .await
     }
 
     /// Runs a full exec request and buffers up to 10 MiB of output. On timeout the connection is
@@ -421,11 +385,7 @@ impl AgentClient {
                     // Clip at exactly 10 MiB (v1 dropped whole frames and rarely flagged it).
                     let take = frame.payload.len().min(room);
                     out.truncated |= take < frame.payload.len();
-                    let sink = if is_stdout {
-                        &mut out.stdout
-                    } else {
-                        &mut out.stderr
-                    };
+                    let sink = if is_stdout { &mut out.stdout } else { &mut out.stderr };
                     sink.extend_from_slice(&frame.payload[..take]);
                 }
             })
@@ -443,10 +403,7 @@ impl AgentClient {
         let deadline = tokio::time::Instant::now() + timeout;
         let (conn, _) = tokio::time::timeout_at(deadline, self.connect())
             .await
-            .map_err(|_| AgentError::Timeout {
-                op: "exec",
-                after: timeout,
-            })??;
+            .map_err(|_| AgentError::Timeout { op: "exec", after: timeout })??;
         let mut stream = conn.stream;
         send_json(&mut stream, FrameType::EXEC_REQ, req).await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
@@ -456,10 +413,7 @@ impl AgentClient {
         // a split half does not close the socket; it closes once both halves are gone.
         tokio::spawn(async move {
             while let Some(frame) = input_rx.recv().await {
-                if write_frame(&mut wr, frame.kind, &frame.payload)
-                    .await
-                    .is_err()
-                {
+                if write_frame(&mut wr, frame.kind, &frame.payload).await.is_err() {
                     break;
                 }
             }
@@ -470,10 +424,7 @@ impl AgentClient {
                     Ok(next) => next,
                     Err(_) => {
                         let _ = event_tx
-                            .send(Err(AgentError::Timeout {
-                                op: "exec",
-                                after: timeout,
-                            }))
+                            .send(Err(AgentError::Timeout { op: "exec", after: timeout }))
                             .await;
                         return;
                     }
@@ -497,10 +448,7 @@ impl AgentClient {
                 }
             }
         });
-        Ok(ExecStream {
-            events,
-            input: ExecInput { tx: input_tx },
-        })
+        Ok(ExecStream { events, input: ExecInput { tx: input_tx } })
     }
 
     /// Starts a detached command; its output goes to a file in the guest.
@@ -553,112 +501,72 @@ impl AgentClient {
         };
         tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| AgentError::Timeout {
-                op: "session",
-                after: timeout,
-            })?
+            .map_err(|_| AgentError::Timeout { op: "session", after: timeout })?
     }
 
     /// Lists sessions.
     pub async fn session_list(&self) -> Result<Vec<SessionInfo>, AgentError> {
-        self.call(
-            "session list",
-            self.config.call_timeout,
-            true,
-            |s: &mut Stream| {
-                Box::pin(async move {
-                    write_frame(s, FrameType::EXEC_LIST_REQ, b"").await?;
-                    let f = expect_kind(
-                        read_frame(s).await?,
-                        FrameType::EXEC_LIST_RESP,
-                        "session list",
-                    )?;
-                    json(&f, "session list")
-                })
-            },
-        )
+        self.call("session list", self.config.call_timeout, true, |s: &mut Stream| {
+            Box::pin(async move {
+                write_frame(s, FrameType::EXEC_LIST_REQ, b"").await?;
+                let f =
+                    expect_kind(read_frame(s).await?, FrameType::EXEC_LIST_RESP, "session list")?;
+                json(&f, "session list")
+            })
+        })
         .await
     }
 
     /// SIGKILLs a session's process group.
     pub async fn session_kill(&self, session_id: &str) -> Result<(), AgentError> {
-        let req = KillRequest {
-            session_id: session_id.to_owned(),
-        };
-        self.call(
-            "session kill",
-            self.config.call_timeout,
-            false,
-            move |s: &mut Stream| {
-                let req = req.clone();
-                Box::pin(async move {
-                    send_json(s, FrameType::EXEC_KILL, &req).await?;
-                    expect_kind(read_frame(s).await?, FrameType::EXIT, "session kill").map(drop)
-                })
-            },
-        )
+        let req = KillRequest { session_id: session_id.to_owned() };
+        self.call("session kill", self.config.call_timeout, false, move |s: &mut Stream| {
+            let req = req.clone();
+            Box::pin(async move {
+                send_json(s, FrameType::EXEC_KILL, &req).await?;
+                expect_kind(read_frame(s).await?, FrameType::EXIT, "session kill").map(drop)
+            })
+        })
         .await
     }
 
     /// The agent's activity counters.
     pub async fn activity(&self) -> Result<ActivityInfo, AgentError> {
-        self.call(
-            "activity",
-            self.config.call_timeout,
-            true,
-            |s: &mut Stream| {
-                Box::pin(async move {
-                    write_frame(s, FrameType::ACTIVITY_REQ, b"").await?;
-                    let f =
-                        expect_kind(read_frame(s).await?, FrameType::ACTIVITY_RESP, "activity")?;
-                    json(&f, "activity")
-                })
-            },
-        )
+        self.call("activity", self.config.call_timeout, true, |s: &mut Stream| {
+            Box::pin(async move {
+                write_frame(s, FrameType::ACTIVITY_REQ, b"").await?;
+                let f = expect_kind(read_frame(s).await?, FrameType::ACTIVITY_RESP, "activity")?;
+                json(&f, "activity")
+            })
+        })
         .await
     }
 
     /// Stats a path (following symlinks).
     pub async fn file_stat(&self, path: &str) -> Result<FileInfo, AgentError> {
-        let req = PathRequest {
-            path: path.to_owned(),
-        };
-        self.call(
-            "file stat",
-            self.config.call_timeout,
-            true,
-            move |s: &mut Stream| {
-                let req = req.clone();
-                Box::pin(async move {
-                    send_json(s, FrameType::FILE_STAT_REQ, &req).await?;
-                    let f =
-                        expect_kind(read_frame(s).await?, FrameType::FILE_STAT_RESP, "file stat")?;
-                    json(&f, "file stat")
-                })
-            },
-        )
+        let req = PathRequest { path: path.to_owned() };
+        self.call("file stat", self.config.call_timeout, true, move |s: &mut Stream| {
+            let req = req.clone();
+            Box::pin(async move {
+                send_json(s, FrameType::FILE_STAT_REQ, &req).await?;
+                let f = expect_kind(read_frame(s).await?, FrameType::FILE_STAT_RESP, "file stat")?;
+                json(&f, "file stat")
+            })
+        })
         .await
     }
 
     /// Lists a directory (at most 10,000 entries plus a marker entry with the real total).
     pub async fn file_list(&self, path: &str) -> Result<Vec<FileInfo>, AgentError> {
-        let req = PathRequest {
-            path: path.to_owned(),
-        };
-        self.call(
-            "file list",
-            self.config.call_timeout,
-            true,
-            move |s: &mut Stream| {
-                let req = req.clone();
-                Box::pin(async move {
-                    send_json(s, FrameType::FILE_LS_REQ, &req).await?;
-                    let f =
-                        expect_kind(read_frame(s).await?, FrameType::FILE_LS_RESP, "file list")?;
-                    json(&f, "file list")
-                })
-            },
-        )
+        let req = PathRequest { path: path.to_owned() };
+        self.call("file list", self.config.call_timeout, true, move |s: &mut Stream| {
+            let req = req.clone();
+            Box::pin(async move {
+                send_json(s, FrameType::FILE_LS_REQ, &req).await?;
+                let f = expect_kind(read_frame(s).await?, FrameType::FILE_LS_RESP, "file list")?;
+                json(&f, "file list")
+            })
+        })
         .await
     }
 
@@ -670,11 +578,7 @@ impl AgentClient {
     ) -> Result<FileContent, AgentError> {
         let mut data = Vec::new();
         let (total_size, mode) = self.file_read_to(path, opts, &mut data).await?;
-        Ok(FileContent {
-            data,
-            total_size,
-            mode,
-        })
+        Ok(FileContent { data, total_size, mode })
     }
 
     /// Streams a file (or a window of its lines) into `out`; returns the file's total size and
@@ -699,9 +603,7 @@ impl AgentClient {
             let head = expect_kind(read_frame(s).await?, FrameType::FILE_READ_RESP, "file read")?;
             let head: FileReadResponse = json(&head, "file read")?;
             loop {
-                let f = read_frame(s)
-                    .await?
-                    .ok_or(AgentError::Closed("file read"))?;
+                let f = read_frame(s).await?.ok_or(AgentError::Closed("file read"))?;
                 match f.kind {
                     FrameType::STDOUT => out.write_all(&f.payload).await?,
                     FrameType::EXIT => break,
@@ -716,16 +618,12 @@ impl AgentClient {
         let after = self.config.transfer_timeout;
         tokio::time::timeout(after, transfer)
             .await
-            .map_err(|_| AgentError::Timeout {
-                op: "file read",
-                after,
-            })?
+            .map_err(|_| AgentError::Timeout { op: "file read", after })?
     }
 
     /// Writes `data` to `path` atomically with an octal `mode` such as `"0644"`.
     pub async fn file_write(&self, path: &str, mode: &str, data: &[u8]) -> Result<(), AgentError> {
-        self.file_write_from(path, mode, data.len() as u64, &mut &data[..])
-            .await
+        self.file_write_from(path, mode, data.len() as u64, &mut &data[..]).await
     }
 
     /// Writes exactly `size` bytes from `src` to `path` atomically.
@@ -742,11 +640,8 @@ impl AgentClient {
                 "file too large: {size} bytes (max {MAX_FILE_WRITE_BYTES})"
             )));
         }
-        let req = FileWriteRequest {
-            path: path.to_owned(),
-            mode: mode.to_owned(),
-            size: size as i64,
-        };
+        let req =
+            FileWriteRequest { path: path.to_owned(), mode: mode.to_owned(), size: size as i64 };
         let transfer = async {
             let (mut conn, _) = self.connect().await?;
             let s = &mut conn.stream;
@@ -772,21 +667,14 @@ impl AgentClient {
                 }
                 sent += n as u64;
             }
-            expect_kind(
-                read_frame(s).await?,
-                FrameType::FILE_WRITE_RESP,
-                "file write",
-            )?;
+            expect_kind(read_frame(s).await?, FrameType::FILE_WRITE_RESP, "file write")?;
             self.release(conn);
             Ok(())
         };
         let after = self.config.transfer_timeout;
         tokio::time::timeout(after, transfer)
             .await
-            .map_err(|_| AgentError::Timeout {
-                op: "file write",
-                after,
-            })?
+            .map_err(|_| AgentError::Timeout { op: "file write", after })?
     }
 
     /// Opens a byte stream to `port` inside the guest (the agent dials its loopback).
@@ -795,11 +683,7 @@ impl AgentClient {
         let handshake = async {
             let mut stream = self.authenticated(true).await?;
             send_json(&mut stream, FrameType::FWD_REQ, &ForwardRequest { port }).await?;
-            let f = expect_kind(
-                read_frame(&mut stream).await?,
-                FrameType::FWD_RESP,
-                "forward",
-            )?;
+            let f = expect_kind(read_frame(&mut stream).await?, FrameType::FWD_RESP, "forward")?;
             let resp: ForwardResponse = json(&f, "forward")?;
             if !resp.is_ok() {
                 return Err(AgentError::ForwardRefused {
@@ -811,10 +695,7 @@ impl AgentClient {
         };
         tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| AgentError::Timeout {
-                op: "forward",
-                after: timeout,
-            })?
+            .map_err(|_| AgentError::Timeout { op: "forward", after: timeout })?
     }
 
     /// Waits until the agent runs `true` successfully. Early attempts use short deadlines and
@@ -833,10 +714,7 @@ impl AgentClient {
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(AgentError::Timeout {
-                    op: "wait ready",
-                    after: timeout,
-                });
+                return Err(AgentError::Timeout { op: "wait ready", after: timeout });
             }
             let probe = ExecRequest::command(["true"]);
             if let Ok(out) = self.exec_request(&probe, per_attempt.min(left)).await

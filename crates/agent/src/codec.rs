@@ -32,16 +32,11 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
         }
     }
     let mut payload = vec![0u8; len - 1];
-    r.read_exact(&mut payload)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::UnexpectedEof,
-            _ => FrameError::Io(e),
-        })?;
-    Ok(Some(Frame {
-        kind: FrameType(head[HEADER_LEN]),
-        payload,
-    }))
+    r.read_exact(&mut payload).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::UnexpectedEof,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(Some(Frame { kind: FrameType(head[HEADER_LEN]), payload }))
 }
 
 fn validate(len: usize) -> Result<(), FrameError> {

@@ -41,11 +41,7 @@ pub struct SessionWriter {
 impl Session {
     pub(crate) fn new(info: SessionInfo, stream: Stream) -> Self {
         let (rd, wr) = tokio::io::split(stream);
-        Self {
-            info,
-            reader: SessionReader { rd },
-            writer: SessionWriter { wr },
-        }
+        Self { info, reader: SessionReader { rd }, writer: SessionWriter { wr } }
     }
 
     /// The SESSION_INFO the agent sent on create or attach.

@@ -21,6 +21,16 @@ pub enum Endpoint {
         /// Forward port address.
         forward: SocketAddr,
     },
+    /// TCP from inside a network namespace (the engine's, where the guests' bridge lives):
+    /// sockets are created by a thread that entered `netns` and stay bound to it.
+    TcpInNetns {
+        /// The namespace's bind-mounted path, e.g. `/run/netns/bhatti`.
+        netns: PathBuf,
+        /// Control port address.
+        control: SocketAddr,
+        /// Forward port address.
+        forward: SocketAddr,
+    },
     /// Unix sockets (lohar test mode).
     Unix {
         /// Control socket path.
@@ -41,10 +51,7 @@ impl Endpoint {
 
     /// Test-mode Unix sockets.
     pub fn unix(control: impl Into<PathBuf>, forward: impl Into<PathBuf>) -> Self {
-        Endpoint::Unix {
-            control: control.into(),
-            forward: forward.into(),
-        }
+        Endpoint::Unix { control: control.into(), forward: forward.into() }
     }
 
     pub(crate) async fn dial(
@@ -54,33 +61,27 @@ impl Endpoint {
     ) -> Result<Stream, AgentError> {
         let connect = async {
             match self {
-                Endpoint::Tcp {
-                    control,
-                    forward: fwd,
-                } => {
+                Endpoint::Tcp { control, forward: fwd } => {
                     let stream = TcpStream::connect(if forward { fwd } else { control }).await?;
                     // Requests are small and latency-bound.
                     stream.set_nodelay(true)?;
                     Ok(Stream::Tcp(stream))
                 }
-                Endpoint::Unix {
-                    control,
-                    forward: fwd,
-                } => Ok(Stream::Unix(
+                Endpoint::TcpInNetns { netns, control, forward: fwd } => {
+                    let addr = if forward { *fwd } else { *control };
+                    let stream = connect_in_netns(netns.clone(), addr, timeout).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(Stream::Tcp(stream))
+                }
+                Endpoint::Unix { control, forward: fwd } => Ok(Stream::Unix(
                     UnixStream::connect(if forward { fwd } else { control }).await?,
                 )),
             }
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(source)) => Err(AgentError::Connect {
-                endpoint: self.to_string(),
-                source,
-            }),
-            Err(_) => Err(AgentError::Timeout {
-                op: "connect",
-                after: timeout,
-            }),
+            Ok(Err(source)) => Err(AgentError::Connect { endpoint: self.to_string(), source }),
+            Err(_) => Err(AgentError::Timeout { op: "connect", after: timeout }),
         }
     }
 }
@@ -89,7 +90,32 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp { control, .. } => write!(f, "{control}"),
+            Endpoint::TcpInNetns { netns, control, .. } => {
+                write!(f, "{control} in {}", netns.display())
+            }
             Endpoint::Unix { control, .. } => write!(f, "{}", control.display()),
         }
     }
+}
+
+/// Connects from a fresh thread that entered `netns` (never a pooled runtime thread, which would
+/// then run unrelated work in the wrong namespace). The socket keeps its namespace for life.
+async fn connect_in_netns(
+    netns: PathBuf,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("netns-dial".into()).spawn(move || {
+        let result = std::fs::File::open(&netns)
+            .and_then(|ns| {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            })
+            .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let _ = tx.send(result);
+    })?;
+    let stream = rx.await.map_err(|_| std::io::Error::other("namespace dial thread died"))??;
+    TcpStream::from_std(stream)
 }

@@ -44,11 +44,8 @@ impl Lohar {
     }
 
     fn start_in(dir: tempfile::TempDir, token: Option<&str>, tcp: bool) -> Self {
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
         let mut cmd = Command::new(lohar_bin());
         cmd.env("LOHAR_TEST", "1")
             .env("LOHAR_SOCK", dir.path().join("control.sock"))
@@ -60,8 +57,7 @@ impl Lohar {
             cmd.env("LOHAR_CONFIG", config);
         }
         if tcp {
-            cmd.env("LOHAR_TCP_CONTROL", "127.0.0.1:0")
-                .env("LOHAR_TCP_FORWARD", "127.0.0.1:0");
+            cmd.env("LOHAR_TCP_CONTROL", "127.0.0.1:0").env("LOHAR_TCP_FORWARD", "127.0.0.1:0");
         }
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -76,18 +72,11 @@ impl Lohar {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        Lohar {
-            child,
-            dir,
-            tcp: addrs,
-        }
+        Lohar { child, dir, tcp: addrs }
     }
 
     fn endpoint(&self) -> Endpoint {
-        Endpoint::unix(
-            self.dir.path().join("control.sock"),
-            self.dir.path().join("forward.sock"),
-        )
+        Endpoint::unix(self.dir.path().join("control.sock"), self.dir.path().join("forward.sock"))
     }
 
     fn client(&self) -> AgentClient {
@@ -132,23 +121,12 @@ async fn client_exec_returns_stdout_stderr_and_code() {
     let c = lohar.client();
     let out = c.exec(&["echo", "hello"]).await.unwrap();
     assert_eq!(
-        (
-            out.stdout_text().as_str(),
-            out.stderr_text().as_str(),
-            out.exit_code
-        ),
+        (out.stdout_text().as_str(), out.stderr_text().as_str(), out.exit_code),
         ("hello\n", "", 0)
     );
-    let out = c
-        .exec(&["sh", "-c", "echo out; echo err >&2; exit 3"])
-        .await
-        .unwrap();
+    let out = c.exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]).await.unwrap();
     assert_eq!(
-        (
-            out.stdout_text().as_str(),
-            out.stderr_text().as_str(),
-            out.exit_code
-        ),
+        (out.stdout_text().as_str(), out.stderr_text().as_str(), out.exit_code),
         ("out\n", "err\n", 3)
     );
     assert_eq!(c.exec(&["false"]).await.unwrap().exit_code, 1);
@@ -179,19 +157,11 @@ async fn client_exec_not_found_keeps_the_agent_text() {
 #[tokio::test]
 async fn client_exec_output_is_capped_at_10_mib_and_flagged() {
     let lohar = Lohar::start();
-    let out = lohar
-        .client()
-        .exec(&["head", "-c", "12000000", "/dev/zero"])
-        .await
-        .unwrap();
+    let out = lohar.client().exec(&["head", "-c", "12000000", "/dev/zero"]).await.unwrap();
     assert!(out.truncated);
     assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
     assert_eq!(out.exit_code, 0);
-    let out = lohar
-        .client()
-        .exec(&["head", "-c", "1000", "/dev/zero"])
-        .await
-        .unwrap();
+    let out = lohar.client().exec(&["head", "-c", "1000", "/dev/zero"]).await.unwrap();
     assert!(!out.truncated);
 }
 
@@ -202,20 +172,10 @@ async fn client_exec_deadline_kills_the_command() {
     let pidfile = lohar.path("pid");
     let req = ExecRequest::command(["sh", "-c", &format!("echo $$ > {pidfile}; exec sleep 60")]);
     let start = Instant::now();
-    let err = c
-        .exec_request(&req, Duration::from_millis(500))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, AgentError::Timeout { op: "exec", .. }),
-        "{err:?}"
-    );
+    let err = c.exec_request(&req, Duration::from_millis(500)).await.unwrap_err();
+    assert!(matches!(err, AgentError::Timeout { op: "exec", .. }), "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(2));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     let gone = (0..500).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
@@ -236,16 +196,10 @@ async fn client_exec_stream_delivers_events_and_takes_input() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        stream.next().await.unwrap().unwrap(),
-        ExecEvent::Stdout(b"start\n".to_vec())
-    );
+    assert_eq!(stream.next().await.unwrap().unwrap(), ExecEvent::Stdout(b"start\n".to_vec()));
     let input = stream.input();
     input.write(b"line\n").await.unwrap();
-    assert_eq!(
-        stream.next().await.unwrap().unwrap(),
-        ExecEvent::Stderr(b"got-line\n".to_vec())
-    );
+    assert_eq!(stream.next().await.unwrap().unwrap(), ExecEvent::Stderr(b"got-line\n".to_vec()));
     input.write(b"echoed").await.unwrap();
     input.close().await.unwrap();
     let mut rest = Vec::new();
@@ -275,14 +229,8 @@ async fn client_exec_stream_first_byte_arrives_before_exit() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        stream.next().await.unwrap().unwrap(),
-        ExecEvent::Stdout(b"first\n".to_vec())
-    );
-    assert!(
-        start.elapsed() < Duration::from_millis(800),
-        "output was buffered until exit"
-    );
+    assert_eq!(stream.next().await.unwrap().unwrap(), ExecEvent::Stdout(b"first\n".to_vec()));
+    assert!(start.elapsed() < Duration::from_millis(800), "output was buffered until exit");
 }
 
 #[tokio::test]
@@ -290,10 +238,7 @@ async fn client_exec_stream_kill() {
     let lohar = Lohar::start();
     let mut stream = lohar
         .client()
-        .exec_stream(
-            &ExecRequest::command(["sleep", "60"]),
-            Duration::from_secs(10),
-        )
+        .exec_stream(&ExecRequest::command(["sleep", "60"]), Duration::from_secs(10))
         .await
         .unwrap();
     stream.input().kill().await.unwrap();
@@ -366,11 +311,7 @@ async fn client_sessions_detach_attach_list_and_kill() {
     let lohar = Lohar::start();
     let c = lohar.client();
     let mut s = c
-        .piped_session(&ExecRequest::command([
-            "sh",
-            "-c",
-            "while read l; do echo re-$l; done",
-        ]))
+        .piped_session(&ExecRequest::command(["sh", "-c", "while read l; do echo re-$l; done"]))
         .await
         .unwrap();
     let id = s.id().to_owned();
@@ -388,21 +329,12 @@ async fn client_sessions_detach_attach_list_and_kill() {
     }
     assert!(detached);
     let mut s = c.attach(&id, true).await.unwrap();
-    assert_eq!(
-        s.next().await.unwrap(),
-        Some(SessionEvent::Output(b"re-one\n".to_vec()))
-    );
+    assert_eq!(s.next().await.unwrap(), Some(SessionEvent::Output(b"re-one\n".to_vec())));
     let err = c.attach(&id, true).await.unwrap_err();
-    assert!(
-        matches!(&err, AgentError::Agent(t) if t == "session is attached"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, AgentError::Agent(t) if t == "session is attached"), "{err:?}");
     c.session_kill(&id).await.unwrap();
     let err = c.session_kill("s999").await.unwrap_err();
-    assert!(
-        matches!(&err, AgentError::Agent(t) if t == "session not found"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, AgentError::Agent(t) if t == "session not found"), "{err:?}");
     assert_eq!(s.next().await.unwrap(), Some(SessionEvent::Exit(137)));
     let err = c.attach("s999", false).await.unwrap_err();
     assert!(matches!(&err, AgentError::Agent(t) if t == "session not found"));
@@ -414,10 +346,7 @@ async fn client_activity() {
     let c = lohar.client();
     assert_eq!(c.activity().await.unwrap().last_activity_unix, 0);
     c.exec(&["true"]).await.unwrap();
-    let _shell = c
-        .shell(&ExecRequest::command(["sleep", "60"]))
-        .await
-        .unwrap();
+    let _shell = c.shell(&ExecRequest::command(["sleep", "60"])).await.unwrap();
     let a = c.activity().await.unwrap();
     assert!(a.last_activity_unix > 0);
     assert_eq!((a.active_sessions, a.attached_sessions), (1, 1));
@@ -431,27 +360,15 @@ async fn client_files_round_trip_stat_and_list() {
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     c.file_write(&p, "0600", &data).await.unwrap();
     let read = c.file_read(&p, ReadOptions::default()).await.unwrap();
-    assert_eq!(
-        (read.data == data, read.total_size, read.mode.as_str()),
-        (true, 300_000, "0600")
-    );
+    assert_eq!((read.data == data, read.total_size, read.mode.as_str()), (true, 300_000, "0600"));
     assert!(!read.is_truncated());
     let info = c.file_stat(&p).await.unwrap();
-    assert_eq!(
-        (info.name.as_str(), info.size, info.is_dir),
-        ("data.bin", 300_000, false)
-    );
-    let list = c
-        .file_list(&lohar.dir.path().display().to_string())
-        .await
-        .unwrap();
+    assert_eq!((info.name.as_str(), info.size, info.is_dir), ("data.bin", 300_000, false));
+    let list = c.file_list(&lohar.dir.path().display().to_string()).await.unwrap();
     assert!(list.iter().any(|e| e.name == "data.bin"));
     // Streaming into a writer.
     let mut sink = Vec::new();
-    let (size, _) = c
-        .file_read_to(&p, ReadOptions::default(), &mut sink)
-        .await
-        .unwrap();
+    let (size, _) = c.file_read_to(&p, ReadOptions::default(), &mut sink).await.unwrap();
     assert_eq!((size, sink == data), (300_000, true));
 }
 
@@ -462,17 +379,7 @@ async fn client_file_read_window_reports_the_total_size() {
     let p = lohar.path("lines");
     let text: String = (1..=10_000).map(|i| format!("{i}\n")).collect();
     c.file_write(&p, "0644", text.as_bytes()).await.unwrap();
-    let r = c
-        .file_read(
-            &p,
-            ReadOptions {
-                offset: 5,
-                limit: 3,
-                max_bytes: 0,
-            },
-        )
-        .await
-        .unwrap();
+    let r = c.file_read(&p, ReadOptions { offset: 5, limit: 3, max_bytes: 0 }).await.unwrap();
     assert_eq!(r.data, b"5\n6\n7\n");
     assert_eq!(r.total_size, text.len() as u64);
     assert!(r.is_truncated());
@@ -482,20 +389,14 @@ async fn client_file_read_window_reports_the_total_size() {
 async fn client_file_errors_keep_the_agent_text() {
     let lohar = Lohar::start();
     let c = lohar.client();
-    let err = c
-        .file_read("/nonexistent", ReadOptions::default())
-        .await
-        .unwrap_err();
+    let err = c.file_read("/nonexistent", ReadOptions::default()).await.unwrap_err();
     assert!(
         matches!(&err, AgentError::Agent(t) if t == "open /nonexistent: no such file or directory"),
         "{err:?}"
     );
     let err = c.file_stat("/nonexistent").await.unwrap_err();
     assert!(matches!(&err, AgentError::Agent(t) if t.contains("no such file")));
-    let err = c
-        .file_write(&lohar.path("x/\0bad"), "0644", b"x")
-        .await
-        .unwrap_err();
+    let err = c.file_write(&lohar.path("x/\0bad"), "0644", b"x").await.unwrap_err();
     assert!(err.is_agent_error(), "{err:?}");
     let big = 100 * 1024 * 1024 + 1;
     let err = c
@@ -534,11 +435,7 @@ async fn client_forward_is_a_duplex_stream() {
 #[tokio::test]
 async fn client_forward_refused() {
     let lohar = Lohar::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let err = lohar.client().forward(port).await.unwrap_err();
     match err {
         AgentError::ForwardRefused { port: p, message } => {
@@ -552,11 +449,7 @@ async fn client_forward_refused() {
 #[tokio::test]
 async fn client_wait_ready() {
     let lohar = Lohar::start();
-    let attempts = lohar
-        .client()
-        .wait_ready(Duration::from_secs(5))
-        .await
-        .unwrap();
+    let attempts = lohar.client().wait_ready(Duration::from_secs(5)).await.unwrap();
     assert_eq!(attempts, 1);
 }
 
@@ -569,16 +462,7 @@ async fn client_wait_ready_times_out_on_a_missing_agent() {
     );
     let start = Instant::now();
     let err = c.wait_ready(Duration::from_millis(200)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AgentError::Timeout {
-                op: "wait ready",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, AgentError::Timeout { op: "wait ready", .. }), "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(1));
 }
 
@@ -588,22 +472,13 @@ async fn client_over_tcp_with_token() {
     let lohar = Lohar::start_in(dir, Some(TOKEN), true);
     let (control, forward) = (lohar.tcp[0].parse().unwrap(), lohar.tcp[1].parse().unwrap());
     let c = AgentClient::new(Endpoint::Tcp { control, forward }, Some(TOKEN.into()));
-    assert_eq!(
-        c.exec(&["echo", "tcp"]).await.unwrap().stdout_text(),
-        "tcp\n"
-    );
+    assert_eq!(c.exec(&["echo", "tcp"]).await.unwrap().stdout_text(), "tcp\n");
     assert!(c.reuses_connections());
     let wrong = AgentClient::new(Endpoint::Tcp { control, forward }, Some("0".repeat(32)));
     let err = wrong.exec(&["true"]).await.unwrap_err();
-    assert!(
-        matches!(&err, AgentError::Agent(t) if t == "auth required"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, AgentError::Agent(t) if t == "auth required"), "{err:?}");
     let none = AgentClient::new(Endpoint::Tcp { control, forward }, None);
-    assert!(matches!(
-        none.activity().await.unwrap_err(),
-        AgentError::Agent(_)
-    ));
+    assert!(matches!(none.activity().await.unwrap_err(), AgentError::Agent(_)));
 }
 
 /// A relay in front of the real agent that counts connections, and can answer HELLO the way a
@@ -651,10 +526,7 @@ impl Relay {
     }
 
     fn endpoint(&self, lohar: &Lohar) -> Endpoint {
-        Endpoint::unix(
-            self.dir.path().join("relay.sock"),
-            lohar.dir.path().join("forward.sock"),
-        )
+        Endpoint::unix(self.dir.path().join("relay.sock"), lohar.dir.path().join("forward.sock"))
     }
 }
 
@@ -688,10 +560,7 @@ async fn client_falls_back_to_one_request_per_connection_with_a_v1_agent() {
     let c = AgentClient::new(relay.endpoint(&lohar), None);
     for i in 0..5 {
         assert_eq!(
-            c.exec(&["sh", "-c", &format!("echo {i}")])
-                .await
-                .unwrap()
-                .stdout_text(),
+            c.exec(&["sh", "-c", &format!("echo {i}")]).await.unwrap().stdout_text(),
             format!("{i}\n")
         );
     }
@@ -705,17 +574,11 @@ async fn client_replaces_pooled_connections_to_a_restarted_agent() {
     let lohar = Lohar::start();
     let endpoint = lohar.endpoint();
     let c = AgentClient::new(endpoint, None);
-    assert_eq!(
-        c.exec(&["echo", "first"]).await.unwrap().stdout_text(),
-        "first\n"
-    );
+    assert_eq!(c.exec(&["echo", "first"]).await.unwrap().stdout_text(), "first\n");
     let dir = lohar.stop();
     let _lohar2 = Lohar::start_in(dir, None, false);
     // The pooled connection points at the dead agent; the client notices and redials.
-    assert_eq!(
-        c.exec(&["echo", "second"]).await.unwrap().stdout_text(),
-        "second\n"
-    );
+    assert_eq!(c.exec(&["echo", "second"]).await.unwrap().stdout_text(), "second\n");
 }
 
 #[tokio::test]
@@ -724,20 +587,14 @@ async fn client_concurrent_calls_share_the_pool_safely() {
     let c = Arc::new(AgentClient::with_config(
         lohar.endpoint(),
         None,
-        ClientConfig {
-            pool_size: 2,
-            ..Default::default()
-        },
+        ClientConfig { pool_size: 2, ..Default::default() },
     ));
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let c = c.clone();
             tokio::spawn(async move {
                 for j in 0..5 {
-                    let out = c
-                        .exec(&["sh", "-c", &format!("echo {i}-{j}")])
-                        .await
-                        .unwrap();
+                    let out = c.exec(&["sh", "-c", &format!("echo {i}-{j}")]).await.unwrap();
                     assert_eq!(out.stdout_text(), format!("{i}-{j}\n"));
                 }
             })

@@ -7,10 +7,7 @@ static LAST_ACTIVITY_UNIX: AtomicI64 = AtomicI64::new(0);
 
 /// Current time in Unix seconds (0 if the clock is before 1970).
 pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Records activity now: exec requests, file reads and writes, and session input.

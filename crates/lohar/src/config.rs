@@ -1,27 +1,8 @@
 //! The agent's configuration: what the host put on the config drive (`config.json`).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
-
-/// The parts of `config.json` the agent's handlers use. Unknown keys are ignored; the full schema
-/// (files, volumes, DNS, hostname) is applied by the PID 1 boot sequence.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct AgentConfig {
-    /// Auth token; empty disables auth.
-    #[serde(default)]
-    pub token: String,
-    /// Environment merged into every exec.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Script run as the `init` session.
-    #[serde(default)]
-    pub init: String,
-    /// `"root"` runs the init session as root.
-    #[serde(default)]
-    pub user: String,
-}
+pub use proto::guest::GuestConfig;
 
 /// Why a config file could not be used.
 #[derive(Debug)]
@@ -33,14 +14,14 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-impl AgentConfig {
-    /// Loads and parses a `config.json`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read(path)
-            .map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| ConfigError(format!("parse {}: {e}", path.display())))
-    }
+/// The host's configuration for this guest (the config drive's `config.json`).
+pub type AgentConfig = GuestConfig;
+
+/// Loads and parses a `config.json`.
+pub fn load(path: &Path) -> Result<GuestConfig, ConfigError> {
+    let text =
+        std::fs::read(path).map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| ConfigError(format!("parse {}: {e}", path.display())))
 }
 
 /// Agent-wide settings and state shared by every connection.

@@ -31,19 +31,12 @@ const OUTPUT_CHUNK: usize = 32 * 1024;
 pub fn run(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     let run_as = RunAs::from_request(req.user.as_deref());
     let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
-    let spawned = spawn::command(
-        &req.argv,
-        &env,
-        req.cwd.as_deref(),
-        run_as,
-        Grouping::ProcessGroup,
-    )
-    .and_then(|mut cmd| {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        reaper::spawn_watched(&mut cmd)
-    });
+    let spawned =
+        spawn::command(&req.argv, &env, req.cwd.as_deref(), run_as, Grouping::ProcessGroup)
+            .and_then(|mut cmd| {
+                cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+                reaper::spawn_watched(&mut cmd)
+            });
     let (mut child, watch) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => return send_error(conn, &format!("start: {}: {e}", req.argv[0])),
@@ -52,13 +45,7 @@ pub fn run(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     let stdin = child.stdin.take().map(OwnedFd::from).map(File::from);
     let stdout = child.stdout.take().map(OwnedFd::from).map(File::from);
     let stderr = child.stderr.take().map(OwnedFd::from).map(File::from);
-    let mut pump = Pump {
-        conn,
-        pgid,
-        stdin,
-        stdin_pending: Vec::new(),
-        host_open: true,
-    };
+    let mut pump = Pump { conn, pgid, stdin, stdin_pending: Vec::new(), host_open: true };
     let code = pump.run(stdout, stderr, watch);
     if agent.sync_before_exit {
         nix::unistd::sync();
@@ -123,10 +110,7 @@ impl Pump<'_> {
                     // Not expected with valid fds; avoid a hot loop if it ever happens.
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
                 }
-                slots.map(|slot| {
-                    slot.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| !r.is_empty())
-                })
+                slots.map(|slot| slot.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty()))
             };
 
             if out_ready && !self.forward_output(&mut stdout, FrameType::STDOUT, &mut buf) {
@@ -226,45 +210,25 @@ pub fn run_detached(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcom
         Some(path) if !path.is_empty() => path.to_owned(),
         _ => format!("/tmp/bhatti-detach-{}.log", unix_nanos()),
     };
-    let file = match OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&output_file)
-    {
+    let file = match OpenOptions::new().create(true).write(true).truncate(true).open(&output_file) {
         Ok(file) => file,
         Err(e) => return send_error(conn, &format!("open output file: {e}")),
     };
     let run_as = RunAs::from_request(req.user.as_deref());
     let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
-    let spawned = spawn::command(
-        &req.argv,
-        &env,
-        req.cwd.as_deref(),
-        run_as,
-        Grouping::Session,
-    )
-    .and_then(|mut cmd| {
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        reaper::spawn_unwatched(&mut cmd)
-    });
+    let spawned = spawn::command(&req.argv, &env, req.cwd.as_deref(), run_as, Grouping::Session)
+        .and_then(|mut cmd| {
+            cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+            reaper::spawn_unwatched(&mut cmd)
+        });
     let child = match spawned {
         Ok(child) => child,
         Err(e) => return send_error(conn, &format!("start: {}: {e}", req.argv[0])),
     };
-    let info = DetachedExec {
-        pid: i64::from(child.id()),
-        output_file,
-    };
+    let info = DetachedExec { pid: i64::from(child.id()), output_file };
     let sent = send_json(conn, FrameType::STDOUT, &info)
         .and_then(|()| write_frame(conn, FrameType::EXIT, &encode_exit(0)));
-    if sent.is_ok() {
-        Outcome::Done
-    } else {
-        Outcome::Close
-    }
+    if sent.is_ok() { Outcome::Done } else { Outcome::Close }
 }
 
 fn unix_nanos() -> u128 {

@@ -36,11 +36,7 @@ pub fn errno_text(err: &io::Error) -> String {
 }
 
 fn sent(result: Result<(), proto::FrameError>) -> Outcome {
-    if result.is_ok() {
-        Outcome::Done
-    } else {
-        Outcome::Close
-    }
+    if result.is_ok() { Outcome::Done } else { Outcome::Close }
 }
 
 /// FILE_READ: FILE_READ_RESP with the total size, content as STDOUT frames, EXIT 0.
@@ -59,10 +55,7 @@ pub fn read(conn: &mut Conn, req: &FileReadRequest) -> Outcome {
     if !meta.is_file() {
         return send_error(conn, &format!("{} is not a regular file", req.path));
     }
-    let head = FileReadResponse {
-        mode: format_mode(meta.mode()),
-        size: meta.len() as i64,
-    };
+    let head = FileReadResponse { mode: format_mode(meta.mode()), size: meta.len() as i64 };
     if send_json(conn, FrameType::FILE_READ_RESP, &head).is_err() {
         return Outcome::Close;
     }
@@ -114,19 +107,12 @@ impl LineWindow {
     /// `None` (raw mode) when offset, limit and max_bytes are all absent or not positive.
     fn from_request(req: &FileReadRequest) -> Option<Self> {
         let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
-        let (offset, limit, max_bytes) = (
-            positive(req.offset),
-            positive(req.limit),
-            positive(req.max_bytes),
-        );
+        let (offset, limit, max_bytes) =
+            (positive(req.offset), positive(req.limit), positive(req.max_bytes));
         if offset.is_none() && limit.is_none() && max_bytes.is_none() {
             return None;
         }
-        Some(Self {
-            first_line: offset.unwrap_or(1),
-            max_lines: limit,
-            max_bytes,
-        })
+        Some(Self { first_line: offset.unwrap_or(1), max_lines: limit, max_bytes })
     }
 }
 
@@ -198,15 +184,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A temp path next to `path`, unique per write (v1 used one fixed name, so concurrent writers
 /// to the same path shared an inode and could mix their content).
 fn temp_path(path: &Path) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let unique = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(
-        ".{name}.bhatti-tmp-{}-{unique}",
-        std::process::id()
-    ))
+    path.with_file_name(format!(".{name}.bhatti-tmp-{}-{unique}", std::process::id()))
 }
 
 /// FILE_WRITE: validates, receives `size` bytes of STDIN frames into a temp file, fsyncs and
@@ -219,10 +199,7 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
     if req.size > MAX_FILE_WRITE_BYTES {
         return send_error(
             conn,
-            &format!(
-                "file too large: {} bytes (max {MAX_FILE_WRITE_BYTES})",
-                req.size
-            ),
+            &format!("file too large: {} bytes (max {MAX_FILE_WRITE_BYTES})", req.size),
         );
     }
     if req.path.is_empty() {
@@ -239,10 +216,7 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => {
                 let _ = fs::remove_file(&temp);
-                return send_error(
-                    conn,
-                    &format!("connection lost after {written}/{size} bytes"),
-                );
+                return send_error(conn, &format!("connection lost after {written}/{size} bytes"));
             }
         };
         if frame.kind != FrameType::STDIN {
@@ -259,8 +233,7 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
         written += take as u64;
     }
     let finished = target.and_then(|file| {
-        file.sync_all()
-            .map_err(|e| os_error("sync", &req.path, &e))?;
+        file.sync_all().map_err(|e| os_error("sync", &req.path, &e))?;
         drop(file);
         fs::rename(&temp, path).map_err(|e| os_error("rename", &req.path, &e))
     });
@@ -269,9 +242,7 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
             if nix::unistd::geteuid().is_root() {
                 let _ = std::os::unix::fs::chown(path, Some(USER_UID), Some(USER_GID));
             }
-            let reply = FileWriteResponse {
-                status: STATUS_OK.to_owned(),
-            };
+            let reply = FileWriteResponse { status: STATUS_OK.to_owned() };
             sent(send_json(conn, FrameType::FILE_WRITE_RESP, &reply))
         }
         Err(msg) => {
@@ -285,19 +256,15 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
 fn prepare_temp(path: &Path, temp: &Path, mode: u32) -> Result<File, String> {
     let shown = path.display().to_string();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|e| {
-                // std reports "file exists" when a path component is a regular file.
-                let e = if e.kind() == io::ErrorKind::AlreadyExists {
-                    io::Error::from_raw_os_error(libc::ENOTDIR)
-                } else {
-                    e
-                };
-                os_error("mkdir", &parent.display().to_string(), &e)
-            })?;
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(|e| {
+            // std reports "file exists" when a path component is a regular file.
+            let e = if e.kind() == io::ErrorKind::AlreadyExists {
+                io::Error::from_raw_os_error(libc::ENOTDIR)
+            } else {
+                e
+            };
+            os_error("mkdir", &parent.display().to_string(), &e)
+        })?;
     }
     let file = OpenOptions::new()
         .write(true)
@@ -363,10 +330,7 @@ pub fn list(conn: &mut Conn, req: &PathRequest) -> Outcome {
         let Ok(meta) = entry.metadata() else { continue };
         total += 1;
         if entries.len() < MAX_LIST_ENTRIES {
-            entries.push(file_info(
-                entry.file_name().to_string_lossy().into_owned(),
-                &meta,
-            ));
+            entries.push(file_info(entry.file_name().to_string_lossy().into_owned(), &meta));
         }
     }
     let payload = encode_listing(entries, total);

@@ -38,18 +38,12 @@ pub fn handle(agent: &Agent, mut conn: Conn) {
     let req: ForwardRequest = match frame.json() {
         Ok(req) => req,
         Err(e) => {
-            let _ = reply(
-                &mut conn,
-                &ForwardResponse::error(format!("bad forward request: {e}")),
-            );
+            let _ = reply(&mut conn, &ForwardResponse::error(format!("bad forward request: {e}")));
             return;
         }
     };
     if req.port == 0 {
-        let _ = reply(
-            &mut conn,
-            &ForwardResponse::error("bad forward request: port 0"),
-        );
+        let _ = reply(&mut conn, &ForwardResponse::error("bad forward request: port 0"));
         return;
     }
     let target = match dial(req.port) {

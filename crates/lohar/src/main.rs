@@ -13,6 +13,9 @@ mod conn;
 mod exec;
 mod files;
 mod forward;
+mod guest_setup;
+mod netif;
+mod pid1;
 mod pty;
 mod reaper;
 mod ring;
@@ -26,6 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use config::{Agent, AgentConfig};
+
 use server::{Listener, Port};
 
 fn main() -> ExitCode {
@@ -40,8 +44,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    eprintln!("lohar: the PID 1 boot sequence is not part of this build yet");
-    ExitCode::from(1)
+    pid1::run()
 }
 
 fn test_mode() -> ExitCode {
@@ -51,16 +54,15 @@ fn test_mode() -> ExitCode {
         eprintln!("lohar: cannot block signals: {e}");
         return ExitCode::from(1);
     }
-    let (Some(control), Some(forward)) = (
-        std::env::var_os("LOHAR_SOCK"),
-        std::env::var_os("LOHAR_FWD_SOCK"),
-    ) else {
+    let (Some(control), Some(forward)) =
+        (std::env::var_os("LOHAR_SOCK"), std::env::var_os("LOHAR_FWD_SOCK"))
+    else {
         eprintln!("LOHAR_SOCK and LOHAR_FWD_SOCK required");
         return ExitCode::from(1);
     };
     let (control, forward) = (PathBuf::from(control), PathBuf::from(forward));
     let config = match std::env::var_os("LOHAR_CONFIG") {
-        Some(path) => match AgentConfig::load(path.as_ref()) {
+        Some(path) => match config::load(path.as_ref()) {
             Ok(config) => config,
             Err(e) => {
                 eprintln!("lohar: {e}");
@@ -91,11 +93,7 @@ fn test_mode() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let agent = Arc::new(Agent {
-        config,
-        sync_before_exit: false,
-        sessions: Default::default(),
-    });
+    let agent = Arc::new(Agent { config, sync_before_exit: false, sessions: Default::default() });
     if !agent.config.init.is_empty()
         && let Err(e) = session::start_init(&agent)
     {
@@ -125,18 +123,14 @@ fn test_mode() -> ExitCode {
 /// `127.0.0.1:0`), so the TCP path can be tested on loopback. Bound addresses are printed.
 fn tcp_listeners() -> Result<Vec<(Listener, Port)>, String> {
     let mut out = Vec::new();
-    for (var, port) in [
-        ("LOHAR_TCP_CONTROL", Port::Control),
-        ("LOHAR_TCP_FORWARD", Port::Forward),
-    ] {
+    for (var, port) in [("LOHAR_TCP_CONTROL", Port::Control), ("LOHAR_TCP_FORWARD", Port::Forward)]
+    {
         let Ok(addr) = std::env::var(var) else {
             continue;
         };
         let listener =
             std::net::TcpListener::bind(&addr).map_err(|e| format!("listen {addr}: {e}"))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| format!("listen {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| format!("listen {addr}: {e}"))?;
         eprintln!("lohar: {var}={bound}");
         out.push((Listener::Tcp(listener), port));
     }

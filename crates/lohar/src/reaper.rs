@@ -32,10 +32,7 @@ static CHILDREN: OnceLock<Mutex<HashMap<Pid, Registered>>> = OnceLock::new();
 
 fn children() -> MutexGuard<'static, HashMap<Pid, Registered>> {
     // A poisoned registry only means a panic elsewhere; the map itself is still consistent.
-    CHILDREN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    CHILDREN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Receives one child's exit code from the reaper.
@@ -77,19 +74,8 @@ pub fn spawn_watched(cmd: &mut Command) -> io::Result<(Child, ExitWatch)> {
     let mut map = children();
     let child = cmd.spawn()?;
     let pid = Pid::from_raw(child.id() as i32);
-    map.insert(
-        pid,
-        Registered {
-            notify: Some(File::from(write_end)),
-            pgid: pid,
-        },
-    );
-    Ok((
-        child,
-        ExitWatch {
-            pipe: File::from(read_end),
-        },
-    ))
+    map.insert(pid, Registered { notify: Some(File::from(write_end)), pgid: pid });
+    Ok((child, ExitWatch { pipe: File::from(read_end) }))
 }
 
 /// Spawns `cmd` with nobody waiting for its exit (detached exec); the reaper still reaps it.
@@ -97,13 +83,7 @@ pub fn spawn_unwatched(cmd: &mut Command) -> io::Result<Child> {
     let mut map = children();
     let child = cmd.spawn()?;
     let pid = Pid::from_raw(child.id() as i32);
-    map.insert(
-        pid,
-        Registered {
-            notify: None,
-            pgid: pid,
-        },
-    );
+    map.insert(pid, Registered { notify: None, pgid: pid });
     Ok(child)
 }
 
@@ -127,11 +107,7 @@ pub fn reap_all() -> usize {
                     continue;
                 };
                 reaped += 1;
-                if let Some(Registered {
-                    notify: Some(mut pipe),
-                    ..
-                }) = map.remove(&pid)
-                {
+                if let Some(Registered { notify: Some(mut pipe), .. }) = map.remove(&pid) {
                     // The watcher may have gone away (connection dropped); nothing to tell then.
                     let _ = pipe.write_all(&code.to_be_bytes());
                 }

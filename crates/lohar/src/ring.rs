@@ -16,11 +16,7 @@ pub struct RingBuffer {
 impl RingBuffer {
     /// An empty ring of `capacity` bytes (at least 1).
     pub fn new(capacity: usize) -> Self {
-        Self {
-            buf: vec![0; capacity.max(1)].into_boxed_slice(),
-            head: 0,
-            full: false,
-        }
+        Self { buf: vec![0; capacity.max(1)].into_boxed_slice(), head: 0, full: false }
     }
 
     /// Bytes currently held.
@@ -123,17 +119,12 @@ mod tests {
             let mut ring = RingBuffer::new(cap);
             let mut model: Vec<u8> = Vec::new();
             for i in 0..500usize {
-                let chunk: Vec<u8> = (0..(i * 7919) % (cap * 2 + 3))
-                    .map(|j| (i + j) as u8)
-                    .collect();
+                let chunk: Vec<u8> =
+                    (0..(i * 7919) % (cap * 2 + 3)).map(|j| (i + j) as u8).collect();
                 ring.write(&chunk);
                 model.extend_from_slice(&chunk);
                 let keep = model.len().min(cap);
-                assert_eq!(
-                    ring.snapshot(),
-                    model[model.len() - keep..],
-                    "cap {cap} step {i}"
-                );
+                assert_eq!(ring.snapshot(), model[model.len() - keep..], "cap {cap} step {i}");
             }
         }
     }
@@ -157,9 +148,7 @@ mod tests {
     #[test]
     fn many_sessions_with_concurrent_access() {
         use std::sync::{Arc, Mutex};
-        let rings: Vec<_> = (0..16)
-            .map(|_| Arc::new(Mutex::new(RingBuffer::new(1024))))
-            .collect();
+        let rings: Vec<_> = (0..16).map(|_| Arc::new(Mutex::new(RingBuffer::new(1024)))).collect();
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let rings = rings.clone();
@@ -186,10 +175,7 @@ mod tests {
             let snap = ring.lock().unwrap().snapshot();
             // 1024 = 102 whole writes + 4 bytes of the oldest surviving one.
             for chunk in snap[4..].chunks(10) {
-                assert!(
-                    chunk.iter().all(|b| *b == chunk[0]),
-                    "torn write in {chunk:?}"
-                );
+                assert!(chunk.iter().all(|b| *b == chunk[0]), "torn write in {chunk:?}");
             }
         }
     }

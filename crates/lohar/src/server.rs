@@ -88,12 +88,10 @@ pub fn serve(agent: Arc<Agent>, listener: Listener, port: Port) {
         let agent = Arc::clone(&agent);
         let counter = Arc::clone(&control_conns);
         let spawned =
-            std::thread::Builder::new()
-                .name("lohar-conn".into())
-                .spawn(move || match port {
-                    Port::Control => handle_control(&agent, conn, &counter),
-                    Port::Forward => forward::handle(&agent, conn),
-                });
+            std::thread::Builder::new().name("lohar-conn".into()).spawn(move || match port {
+                Port::Control => handle_control(&agent, conn, &counter),
+                Port::Forward => forward::handle(&agent, conn),
+            });
         if let Err(e) = spawned {
             eprintln!("lohar: cannot start connection thread: {e}");
         }
@@ -126,11 +124,7 @@ fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {
         return false;
     }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Requires the AUTH frame within 5 s when the agent has a token. Sends `auth required` and
@@ -140,10 +134,7 @@ pub fn authenticate(agent: &Agent, conn: &mut Conn) -> bool {
     if token.is_empty() {
         return true;
     }
-    if conn
-        .set_read_timeout(Some(Duration::from_secs(AUTH_TIMEOUT_SECS)))
-        .is_err()
-    {
+    if conn.set_read_timeout(Some(Duration::from_secs(AUTH_TIMEOUT_SECS))).is_err() {
         return false;
     }
     let ok = matches!(read_frame(conn), Ok(Some(f)) if f.kind == FrameType::AUTH && tokens_match(&f.payload, token));
@@ -165,15 +156,8 @@ fn request_loop(agent: &Agent, conn: &mut Conn) {
             FrameType::HELLO => {
                 let requested: Hello = frame.json().unwrap_or_default();
                 reuse = requested.features.iter().any(|f| f == FEATURE_REUSE);
-                let granted = if reuse {
-                    vec![FEATURE_REUSE.to_owned()]
-                } else {
-                    Vec::new()
-                };
-                let ack = Hello {
-                    version: 1,
-                    features: granted,
-                };
+                let granted = if reuse { vec![FEATURE_REUSE.to_owned()] } else { Vec::new() };
+                let ack = Hello { version: 1, features: granted };
                 if send_json(conn, FrameType::HELLO_ACK, &ack).is_err() {
                     return;
                 }
@@ -198,9 +182,7 @@ fn decode<T: serde::de::DeserializeOwned>(
     prefix: &str,
     conn: &mut Conn,
 ) -> Result<T, Outcome> {
-    frame
-        .json()
-        .map_err(|e| send_error(conn, &format!("{prefix}: {e}")))
+    frame.json().map_err(|e| send_error(conn, &format!("{prefix}: {e}")))
 }
 
 fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
@@ -212,16 +194,12 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
                 Err(outcome) => outcome,
             }
         }
-        FrameType::EXEC_LIST_REQ => outcome(send_json(
-            conn,
-            FrameType::EXEC_LIST_RESP,
-            &agent.sessions.list(),
-        )),
-        FrameType::ACTIVITY_REQ => outcome(send_json(
-            conn,
-            FrameType::ACTIVITY_RESP,
-            &agent.sessions.activity(),
-        )),
+        FrameType::EXEC_LIST_REQ => {
+            outcome(send_json(conn, FrameType::EXEC_LIST_RESP, &agent.sessions.list()))
+        }
+        FrameType::ACTIVITY_REQ => {
+            outcome(send_json(conn, FrameType::ACTIVITY_RESP, &agent.sessions.activity()))
+        }
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {
             Ok(req) if agent.sessions.kill(&req.session_id) => {
                 outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
@@ -274,9 +252,5 @@ fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
 }
 
 fn outcome(result: Result<(), proto::FrameError>) -> Outcome {
-    if result.is_ok() {
-        Outcome::Done
-    } else {
-        Outcome::Close
-    }
+    if result.is_ok() { Outcome::Done } else { Outcome::Close }
 }

@@ -105,10 +105,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id)
-            .field("pgid", &self.pgid)
-            .finish()
+        f.debug_struct("Session").field("id", &self.id).field("pgid", &self.pgid).finish()
     }
 }
 
@@ -192,11 +189,7 @@ impl Sessions {
             }
             self.by_id.remove(&id);
         }
-        if self.by_id.len() < MAX_SESSIONS {
-            Ok(())
-        } else {
-            Err("session limit exceeded")
-        }
+        if self.by_id.len() < MAX_SESSIONS { Ok(()) } else { Err("session limit exceeded") }
     }
 }
 
@@ -207,11 +200,7 @@ impl Registry {
 
     fn remove(&self, session: &Arc<Session>) {
         let mut inner = lock(&self.inner);
-        if inner
-            .by_id
-            .get(&session.id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
+        if inner.by_id.get(&session.id).is_some_and(|s| Arc::ptr_eq(s, session)) {
             inner.by_id.remove(&session.id);
         }
     }
@@ -221,20 +210,13 @@ impl Registry {
         let sessions: Vec<Arc<Session>> = lock(&self.inner).by_id.values().cloned().collect();
         let mut infos: Vec<SessionInfo> =
             sessions.iter().map(|s| s.info(&lock(&s.state))).collect();
-        infos.sort_by(|a, b| {
-            a.created_at
-                .cmp(&b.created_at)
-                .then(a.session_id.cmp(&b.session_id))
-        });
+        infos.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.session_id.cmp(&b.session_id)));
         infos
     }
 
     /// Activity counters for ACTIVITY_RESP.
     pub fn activity(&self) -> ActivityInfo {
-        let mut info = ActivityInfo {
-            last_activity_unix: activity::last(),
-            ..Default::default()
-        };
+        let mut info = ActivityInfo { last_activity_unix: activity::last(), ..Default::default() };
         let sessions: Vec<Arc<Session>> = lock(&self.inner).by_id.values().cloned().collect();
         for session in sessions {
             let st = lock(&session.state);
@@ -296,37 +278,21 @@ fn spawn_tty(argv: &[String], req_env: &SpawnEnv<'_>, size: WindowSize) -> Resul
     };
     drop(pty.slave);
     let input = pty.master.try_clone().map_err(|e| format!("pty: {e}"))?;
-    Ok(Spawned {
-        pgid: Pid::from_raw(child.id() as i32),
-        input,
-        output: pty.master,
-        watch,
-    })
+    Ok(Spawned { pgid: Pid::from_raw(child.id() as i32), input, output: pty.master, watch })
 }
 
 fn spawn_piped(argv: &[String], req_env: &SpawnEnv<'_>) -> Result<Spawned, String> {
     let (reader, writer) = std::io::pipe().map_err(|e| format!("stdout pipe: {e}"))?;
     let (mut child, watch) = {
-        let mut cmd = spawn::command(
-            argv,
-            req_env.env,
-            req_env.cwd,
-            req_env.run_as,
-            Grouping::Session,
-        )
-        .map_err(|e| format!("start: {e}"))?;
-        let writer2 = writer
-            .try_clone()
-            .map_err(|e| format!("stderr pipe: {e}"))?;
+        let mut cmd =
+            spawn::command(argv, req_env.env, req_env.cwd, req_env.run_as, Grouping::Session)
+                .map_err(|e| format!("start: {e}"))?;
+        let writer2 = writer.try_clone().map_err(|e| format!("stderr pipe: {e}"))?;
         cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
         reaper::spawn_watched(&mut cmd).map_err(|e| format!("start: {}: {e}", argv[0]))?
     };
-    let input = child
-        .stdin
-        .take()
-        .map(OwnedFd::from)
-        .map(File::from)
-        .ok_or("stdin pipe: missing")?;
+    let input =
+        child.stdin.take().map(OwnedFd::from).map(File::from).ok_or("stdin pipe: missing")?;
     Ok(Spawned {
         pgid: Pid::from_raw(child.id() as i32),
         input,
@@ -349,11 +315,7 @@ fn start_output_thread(registry: Registry, session: Arc<Session>, output: File, 
 pub fn create(agent: &Agent, conn: &mut Conn, req: &ExecRequest, kind: Kind) -> Outcome {
     let run_as = RunAs::from_request(req.user.as_deref());
     let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
-    let spawn_env = SpawnEnv {
-        env: &env,
-        cwd: req.cwd.as_deref(),
-        run_as,
-    };
+    let spawn_env = SpawnEnv { env: &env, cwd: req.cwd.as_deref(), run_as };
     let registry = &agent.sessions;
     let session = {
         // Held across the spawn so concurrent creates cannot overshoot the cap.
@@ -379,18 +341,10 @@ pub fn create(agent: &Agent, conn: &mut Conn, req: &ExecRequest, kind: Kind) -> 
         };
         inner.next_id += 1;
         let id = format!("s{}", inner.next_id);
-        let max_idle = req
-            .max_idle_sec
-            .filter(|s| *s > 0)
-            .map(|s| Duration::from_secs(s as u64));
+        let max_idle = req.max_idle_sec.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
         let session = new_session(id, &req.argv, kind == Kind::Tty, max_idle, &spawned);
         inner.by_id.insert(session.id.clone(), Arc::clone(&session));
-        start_output_thread(
-            registry.clone(),
-            Arc::clone(&session),
-            spawned.output,
-            spawned.watch,
-        );
+        start_output_thread(registry.clone(), Arc::clone(&session), spawned.output, spawned.watch);
         session
     };
     attach_to(registry, conn, &session, false)
@@ -423,11 +377,7 @@ fn new_session(
 /// Starts the `init` session from the config's init script (no client attached).
 pub fn start_init(agent: &Agent) -> Result<(), String> {
     let script = &agent.config.init;
-    let run_as = if agent.config.user == "root" {
-        RunAs::Root
-    } else {
-        RunAs::User
-    };
+    let run_as = if agent.config.user == "root" { RunAs::Root } else { RunAs::User };
     let env = spawn::build_env(run_as, &agent.config.env, None);
     // v1 required /workspace and silently dropped the init session without it.
     let home = env.get("HOME").cloned().unwrap_or_default();
@@ -435,22 +385,13 @@ pub fn start_init(agent: &Agent) -> Result<(), String> {
         .into_iter()
         .find(|d| !d.is_empty() && std::path::Path::new(d).is_dir());
     let argv = vec!["sh".to_owned(), "-c".to_owned(), script.clone()];
-    let spawn_env = SpawnEnv {
-        env: &env,
-        cwd,
-        run_as,
-    };
+    let spawn_env = SpawnEnv { env: &env, cwd, run_as };
     let mut inner = lock(&agent.sessions.inner);
     inner.make_room()?;
     let spawned = spawn_tty(&argv, &spawn_env, DEFAULT_SIZE)?;
     let session = new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned);
     inner.by_id.insert(session.id.clone(), Arc::clone(&session));
-    start_output_thread(
-        agent.sessions.clone(),
-        session,
-        spawned.output,
-        spawned.watch,
-    );
+    start_output_thread(agent.sessions.clone(), session, spawned.output, spawned.watch);
     Ok(())
 }
 
@@ -501,11 +442,7 @@ fn attach_to(
                 true
             }
             None => {
-                st.attached = Some(Client {
-                    id: client_id,
-                    tx,
-                    conn: kick_conn,
-                });
+                st.attached = Some(Client { id: client_id, tx, conn: kick_conn });
                 false
             }
         }
@@ -597,9 +534,7 @@ fn pump_output(registry: &Registry, session: &Arc<Session>, mut output: File, wa
         st.attached.take()
     };
     if let Some(client) = attached {
-        let _ = client
-            .tx
-            .send(Outbound::Frame(FrameType::EXIT, encode_exit(code).to_vec()));
+        let _ = client.tx.send(Outbound::Frame(FrameType::EXIT, encode_exit(code).to_vec()));
         let _ = client.tx.send(Outbound::End);
         registry.remove(session);
     } else {

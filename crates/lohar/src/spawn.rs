@@ -27,11 +27,7 @@ pub enum RunAs {
 impl RunAs {
     /// `"root"` selects root; anything else the unprivileged user.
     pub fn from_request(user: Option<&str>) -> Self {
-        if user == Some("root") {
-            RunAs::Root
-        } else {
-            RunAs::User
-        }
+        if user == Some("root") { RunAs::Root } else { RunAs::User }
     }
 }
 

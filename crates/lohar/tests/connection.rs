@@ -19,15 +19,7 @@ fn with_token() -> Agent {
 }
 
 fn hello(s: &mut std::os::unix::net::UnixStream) -> Hello {
-    send_json(
-        s,
-        FrameType::HELLO,
-        &Hello {
-            version: 1,
-            features: vec!["reuse".into()],
-        },
-    )
-    .unwrap();
+    send_json(s, FrameType::HELLO, &Hello { version: 1, features: vec!["reuse".into()] }).unwrap();
     let f = read(s);
     assert_eq!(f.kind, FrameType::HELLO_ACK);
     f.json().unwrap()
@@ -38,12 +30,7 @@ fn auth_correct_token_is_accepted() {
     let agent = with_token();
     let mut s = agent.connect();
     write_frame(&mut s, FrameType::AUTH, TOKEN.as_bytes()).unwrap();
-    send_json(
-        &mut s,
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["echo", "authed"]),
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["echo", "authed"])).unwrap();
     assert_eq!(collect_exec(&mut s).out(), "authed\n");
 }
 
@@ -68,14 +55,8 @@ fn auth_deadline_is_five_seconds() {
     let start = Instant::now();
     let f = read(&mut s);
     let waited = start.elapsed();
-    assert_eq!(
-        (f.kind, f.text().as_str()),
-        (FrameType::ERROR, "auth required")
-    );
-    assert!(
-        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(8),
-        "{waited:?}"
-    );
+    assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "auth required"));
+    assert!(waited >= Duration::from_millis(4500) && waited < Duration::from_secs(8), "{waited:?}");
 }
 
 #[test]
@@ -84,22 +65,14 @@ fn auth_applies_to_the_forward_port() {
     let mut s = agent.connect_forward();
     send_json(&mut s, FrameType::FWD_REQ, &ForwardRequest { port: 1 }).unwrap();
     let f = read(&mut s);
-    assert_eq!(
-        (f.kind, f.text().as_str()),
-        (FrameType::ERROR, "auth required")
-    );
+    assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "auth required"));
 }
 
 #[test]
 fn auth_frame_to_a_tokenless_agent_is_accepted() {
     let agent = Agent::start();
     let mut s = agent.request(FrameType::AUTH, b"whatever");
-    send_json(
-        &mut s,
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["echo", "ok"]),
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["echo", "ok"])).unwrap();
     assert_eq!(collect_exec(&mut s).out(), "ok\n");
 }
 
@@ -139,15 +112,7 @@ fn hello_enables_many_requests_on_one_connection() {
 fn hello_without_reuse_grants_nothing() {
     let agent = Agent::start();
     let mut s = agent.connect();
-    send_json(
-        &mut s,
-        FrameType::HELLO,
-        &Hello {
-            version: 1,
-            features: vec![],
-        },
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::HELLO, &Hello { version: 1, features: vec![] }).unwrap();
     let ack: Hello = read(&mut s).json().unwrap();
     assert!(ack.features.is_empty());
     send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["true"])).unwrap();
@@ -165,12 +130,7 @@ fn reuse_discards_stray_input_between_requests() {
     // Input that raced with the end of the previous exec.
     write_frame(&mut s, FrameType::STDIN, b"late").unwrap();
     write_frame(&mut s, FrameType::KILL, b"").unwrap();
-    send_json(
-        &mut s,
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["echo", "next"]),
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["echo", "next"])).unwrap();
     assert_eq!(collect_exec(&mut s).out(), "next\n");
 }
 
@@ -179,12 +139,7 @@ fn reuse_connection_closes_after_an_error() {
     let agent = Agent::start();
     let mut s = agent.connect();
     hello(&mut s);
-    send_json(
-        &mut s,
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["/nonexistent"]),
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["/nonexistent"])).unwrap();
     assert!(collect_exec(&mut s).error.is_some());
     assert!(read_frame(&mut s).map(|f| f.is_none()).unwrap_or(true));
 }
@@ -200,10 +155,7 @@ fn control_connections_are_capped_at_50() {
     std::thread::sleep(Duration::from_millis(300));
     let mut s = agent.connect();
     let f = read(&mut s);
-    assert_eq!(
-        (f.kind, f.text().as_str()),
-        (FrameType::ERROR, "connection limit exceeded")
-    );
+    assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "connection limit exceeded"));
     // The forward port is not capped.
     let mut fwd = agent.connect_forward();
     send_json(&mut fwd, FrameType::FWD_REQ, &ForwardRequest { port: 1 }).unwrap();
@@ -263,9 +215,7 @@ fn forward_large_data_is_byte_exact() {
     let mut s = agent.connect_forward();
     send_json(&mut s, FrameType::FWD_REQ, &ForwardRequest { port }).unwrap();
     assert_eq!(read(&mut s).kind, FrameType::FWD_RESP);
-    let data: Vec<u8> = (0..4 * 1024 * 1024u32)
-        .map(|i| (i * 7 % 256) as u8)
-        .collect();
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
     let mut writer = s.try_clone().unwrap();
     let sent = data.clone();
     let t = std::thread::spawn(move || {
@@ -282,11 +232,7 @@ fn forward_large_data_is_byte_exact() {
 #[test]
 fn forward_refused_port_reports_the_dial_error() {
     let agent = Agent::start();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut s = agent.connect_forward();
     send_json(&mut s, FrameType::FWD_REQ, &ForwardRequest { port }).unwrap();
     let resp: ForwardResponse = read(&mut s).json().unwrap();
@@ -306,17 +252,11 @@ fn forward_bad_requests_are_answered() {
     assert!(resp.message.unwrap().starts_with("bad forward request: "));
     let mut s = agent.connect_forward();
     send_json(&mut s, FrameType::FWD_REQ, &ForwardRequest { port: 0 }).unwrap();
-    assert_eq!(
-        read(&mut s).json::<ForwardResponse>().unwrap().status,
-        "error"
-    );
+    assert_eq!(read(&mut s).json::<ForwardResponse>().unwrap().status, "error");
     let mut s = agent.connect_forward();
     write_frame(&mut s, FrameType::EXEC_REQ, b"{}").unwrap();
     let f = read(&mut s);
-    assert_eq!(
-        (f.kind, f.text().as_str()),
-        (FrameType::ERROR, "expected FWD_REQ, got 0x10")
-    );
+    assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "expected FWD_REQ, got 0x10"));
 }
 
 #[test]
@@ -325,12 +265,7 @@ fn tcp_listener_serves_the_same_protocol() {
     let addr = agent.tcp_control.clone().expect("tcp address printed");
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    send_json(
-        &mut s,
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["echo", "over tcp"]),
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["echo", "over tcp"])).unwrap();
     let mut out = Vec::new();
     loop {
         let f = read_frame(&mut s).unwrap().unwrap();
@@ -377,16 +312,13 @@ fn sigterm_in_test_mode_takes_started_commands_down() {
         FrameType::EXEC_REQ,
         &ExecRequest::command(["sh", "-c", "echo $$; exec sleep 600"]),
     );
-    let pid: i32 = read_until(&mut s, FrameType::STDOUT)
-        .text()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_until(&mut s, FrameType::STDOUT).text().trim().parse().unwrap();
     let mut detached = ExecRequest::command(["sh", "-c", "exec sleep 600"]);
     detached.detach = Some(true);
     let r = agent.exec_req(&detached);
     let info: proto::messages::DetachedExec = serde_json::from_slice(&r.stdout).unwrap();
     drop(agent);
-    assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)
-        && !process_alive(info.pid as i32)));
+    assert!(
+        wait_for(Duration::from_secs(5), || !process_alive(pid) && !process_alive(info.pid as i32))
+    );
 }

@@ -87,19 +87,10 @@ fn exec_default_env_is_clean_and_complete() {
         "LANG=en_US.UTF-8",
         "HOME=/home/lohar",
     ] {
-        assert!(
-            env.lines().any(|l| l == expected),
-            "missing {expected} in {env}"
-        );
+        assert!(env.lines().any(|l| l == expected), "missing {expected} in {env}");
     }
     assert!(!env.contains("LOHAR_LEAK_CHECK"), "agent env leaked: {env}");
-    assert!(
-        agent
-            .exec_root(&["env"])
-            .out()
-            .lines()
-            .any(|l| l == "HOME=/root")
-    );
+    assert!(agent.exec_root(&["env"]).out().lines().any(|l| l == "HOME=/root"));
 }
 
 #[test]
@@ -120,10 +111,8 @@ fn exec_path_lookup_uses_the_request_path() {
     std::fs::write(&tool, "#!/bin/sh\necho found me\n").unwrap();
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut req = ExecRequest::command(["only-here"]);
-    req.env = Some(BTreeMap::from([(
-        "PATH".to_owned(),
-        format!("{}:/usr/bin:/bin", bin.display()),
-    )]));
+    req.env =
+        Some(BTreeMap::from([("PATH".to_owned(), format!("{}:/usr/bin:/bin", bin.display()))]));
     assert_eq!(agent.exec_req(&req).out(), "found me\n");
 }
 
@@ -179,10 +168,7 @@ fn exec_slow_reader_back_pressures_the_command() {
 #[test]
 fn exec_stdin_frames_reach_the_command() {
     let agent = Agent::start();
-    let mut s = agent.request_json(
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["head", "-n", "2"]),
-    );
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &ExecRequest::command(["head", "-n", "2"]));
     write_frame(&mut s, FrameType::STDIN, b"line one\n").unwrap();
     write_frame(&mut s, FrameType::STDIN, b"line two\nline three\n").unwrap();
     let r = collect_exec(&mut s);
@@ -204,10 +190,8 @@ fn exec_empty_stdin_frame_sends_eof() {
 #[test]
 fn exec_large_stdin_to_a_command_that_reads_slowly() {
     let agent = Agent::start();
-    let mut s = agent.request_json(
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["sh", "-c", "sleep 0.2; wc -c"]),
-    );
+    let mut s = agent
+        .request_json(FrameType::EXEC_REQ, &ExecRequest::command(["sh", "-c", "sleep 0.2; wc -c"]));
     let chunk = vec![b'x'; 64 * 1024];
     for _ in 0..32 {
         write_frame(&mut s, FrameType::STDIN, &chunk).unwrap();
@@ -255,16 +239,9 @@ fn exec_host_disconnect_kills_the_command_and_agent_stays_healthy() {
         FrameType::EXEC_REQ,
         &ExecRequest::command(["sh", "-c", "echo $$; exec sleep 60"]),
     );
-    let pid: i32 = read_until(&mut s, FrameType::STDOUT)
-        .text()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: i32 = read_until(&mut s, FrameType::STDOUT).text().trim().parse().unwrap();
     drop(s);
-    assert!(
-        wait_for(Duration::from_secs(5), || !process_alive(pid)),
-        "exec survived its host"
-    );
+    assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)), "exec survived its host");
     assert_eq!(agent.exec(&["echo", "still here"]).out(), "still here\n");
 }
 
@@ -275,10 +252,8 @@ fn exec_many_concurrent_connections_get_their_own_output() {
         .map(|i| {
             let agent = agent.clone();
             std::thread::spawn(move || {
-                let r = agent.sh(&format!(
-                    "head -c 101 /dev/zero | tr '\\0' '{}'",
-                    (b'a' + i) as char
-                ));
+                let r =
+                    agent.sh(&format!("head -c 101 /dev/zero | tr '\\0' '{}'", (b'a' + i) as char));
                 assert_eq!(r.stdout, vec![b'a' + i; 101]);
                 assert_eq!(r.exit, Some(0));
             })
@@ -314,9 +289,7 @@ fn exec_exit_codes_stay_exact_while_orphans_are_reaped() {
     }
     // No zombies are left under the agent.
     let agent_pid = agent.pid();
-    assert!(wait_for(Duration::from_secs(3), || zombie_children(
-        agent_pid
-    ) == 0));
+    assert!(wait_for(Duration::from_secs(3), || zombie_children(agent_pid) == 0));
 }
 
 fn zombie_children(parent: u32) -> usize {
@@ -325,12 +298,8 @@ fn zombie_children(parent: u32) -> usize {
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
+            let fields: Vec<&str> =
+                stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
             fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str())
         })
         .count()
@@ -361,11 +330,7 @@ fn exec_detached_default_output_file_is_under_tmp() {
     req.detach = Some(true);
     let r = agent.exec_req(&req);
     let info: DetachedExec = serde_json::from_slice(&r.stdout).unwrap();
-    assert!(
-        info.output_file.starts_with("/tmp/bhatti-detach-"),
-        "{}",
-        info.output_file
-    );
+    assert!(info.output_file.starts_with("/tmp/bhatti-detach-"), "{}", info.output_file);
     let _ = std::fs::remove_file(&info.output_file);
 }
 
@@ -375,13 +340,7 @@ fn exec_detached_bad_output_file_is_an_error() {
     let mut req = ExecRequest::command(["true"]);
     req.detach = Some(true);
     req.output_file = Some("/nonexistent-dir/x.log".into());
-    assert!(
-        agent
-            .exec_req(&req)
-            .error
-            .unwrap()
-            .starts_with("open output file: ")
-    );
+    assert!(agent.exec_req(&req).error.unwrap().starts_with("open output file: "));
 }
 
 #[test]
@@ -404,10 +363,7 @@ fn unknown_frame_type_gets_the_documented_error() {
     let f = read(&mut s);
     assert_eq!(f.kind, FrameType::ERROR);
     assert_eq!(f.text(), "unexpected frame type 0x7f");
-    assert!(
-        read_frame(&mut s).unwrap().is_none(),
-        "connection must close after the error"
-    );
+    assert!(read_frame(&mut s).unwrap().is_none(), "connection must close after the error");
 }
 
 #[test]
@@ -424,10 +380,8 @@ fn oversize_frame_from_the_host_drops_the_connection_only() {
 #[test]
 fn exit_frame_is_the_last_frame_and_follows_all_output() {
     let agent = Agent::start();
-    let mut s = agent.request_json(
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["sh", "-c", "seq 1 20000"]),
-    );
+    let mut s =
+        agent.request_json(FrameType::EXEC_REQ, &ExecRequest::command(["sh", "-c", "seq 1 20000"]));
     let mut out = Vec::new();
     loop {
         let f = read(&mut s);

@@ -23,10 +23,7 @@ fn read_file(agent: &Agent, req: FileReadRequest) -> Read {
     let mut s = agent.request_json(FrameType::FILE_READ_REQ, &req);
     let f = read(&mut s);
     if f.kind == FrameType::ERROR {
-        return Read {
-            head: Err(f.text()),
-            content: Vec::new(),
-        };
+        return Read { head: Err(f.text()), content: Vec::new() };
     }
     assert_eq!(f.kind, FrameType::FILE_READ_RESP);
     let head = f.json().unwrap();
@@ -42,21 +39,12 @@ fn read_file(agent: &Agent, req: FileReadRequest) -> Read {
             other => panic!("unexpected {other:?}: {}", f.text()),
         }
     }
-    Read {
-        head: Ok(head),
-        content,
-    }
+    Read { head: Ok(head), content }
 }
 
 fn read_all(agent: &Agent, path: &Path) -> Vec<u8> {
-    read_file(
-        agent,
-        FileReadRequest {
-            path: path.display().to_string(),
-            ..Default::default()
-        },
-    )
-    .content
+    read_file(agent, FileReadRequest { path: path.display().to_string(), ..Default::default() })
+        .content
 }
 
 fn lines(agent: &Agent, path: &Path, offset: i64, limit: i64, max_bytes: i64) -> String {
@@ -110,13 +98,8 @@ fn file_write_then_read_round_trips() {
     let agent = Agent::start();
     let p = agent.path("hello.txt");
     write_file(&agent, &p, "0644", b"hello world").unwrap();
-    let r = read_file(
-        &agent,
-        FileReadRequest {
-            path: p.display().to_string(),
-            ..Default::default()
-        },
-    );
+    let r =
+        read_file(&agent, FileReadRequest { path: p.display().to_string(), ..Default::default() });
     assert_eq!(r.content, b"hello world");
     let head = r.head.unwrap();
     assert_eq!((head.mode.as_str(), head.size), ("0644", 11));
@@ -131,24 +114,10 @@ fn file_write_sets_permissions_and_owner() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
     write_file(&agent, &agent.path("exe"), "755", b"x").unwrap();
-    assert_eq!(
-        std::fs::metadata(agent.path("exe"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o755
-    );
+    assert_eq!(std::fs::metadata(agent.path("exe")).unwrap().permissions().mode() & 0o777, 0o755);
     // Invalid or zero modes fall back to 0644.
     write_file(&agent, &agent.path("dflt"), "bogus", b"x").unwrap();
-    assert_eq!(
-        std::fs::metadata(agent.path("dflt"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o644
-    );
+    assert_eq!(std::fs::metadata(agent.path("dflt")).unwrap().permissions().mode() & 0o777, 0o644);
 }
 
 #[test]
@@ -159,17 +128,10 @@ fn file_write_zero_bytes_creates_an_empty_file_and_reads_back_empty() {
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
     let mut s = agent.request_json(
         FrameType::FILE_READ_REQ,
-        &FileReadRequest {
-            path: p.display().to_string(),
-            ..Default::default()
-        },
+        &FileReadRequest { path: p.display().to_string(), ..Default::default() },
     );
     assert_eq!(read(&mut s).kind, FrameType::FILE_READ_RESP);
-    assert_eq!(
-        read(&mut s).kind,
-        FrameType::EXIT,
-        "no STDOUT frame for an empty file"
-    );
+    assert_eq!(read(&mut s).kind, FrameType::EXIT, "no STDOUT frame for an empty file");
 }
 
 #[test]
@@ -207,9 +169,7 @@ fn file_unicode_names_round_trip() {
     assert_eq!(read_all(&agent, &p), content);
     let mut s = agent.request_json(
         FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: agent.dir.path().display().to_string(),
-        },
+        &PathRequest { path: agent.dir.path().display().to_string() },
     );
     let entries: Vec<FileInfo> = read(&mut s).json().unwrap();
     assert!(entries.iter().any(|e| e.name == "日本語 file (1).txt"));
@@ -221,11 +181,7 @@ fn file_write_negative_size_is_rejected_before_any_content() {
     let p = agent.path("neg");
     let mut s = agent.request_json(
         FrameType::FILE_WRITE_REQ,
-        &FileWriteRequest {
-            path: p.display().to_string(),
-            mode: "0644".into(),
-            size: -1,
-        },
+        &FileWriteRequest { path: p.display().to_string(), mode: "0644".into(), size: -1 },
     );
     assert_eq!(reply(&mut s).unwrap_err(), "file size must be >= 0");
     assert!(!p.exists());
@@ -243,10 +199,7 @@ fn file_write_over_100_mib_is_rejected() {
             size: 100 * 1024 * 1024 + 1,
         },
     );
-    assert_eq!(
-        reply(&mut s).unwrap_err(),
-        "file too large: 104857601 bytes (max 104857600)"
-    );
+    assert_eq!(reply(&mut s).unwrap_err(), "file too large: 104857601 bytes (max 104857600)");
     assert!(!p.exists());
 }
 
@@ -266,11 +219,7 @@ fn file_write_connection_lost_leaves_the_old_content_and_no_temp_file() {
     std::fs::write(&p, "old").unwrap();
     let mut s = agent.request_json(
         FrameType::FILE_WRITE_REQ,
-        &FileWriteRequest {
-            path: p.display().to_string(),
-            mode: "0644".into(),
-            size: 100,
-        },
+        &FileWriteRequest { path: p.display().to_string(), mode: "0644".into(), size: 100 },
     );
     write_frame(&mut s, FrameType::STDIN, b"partial").unwrap();
     drop(s);
@@ -289,11 +238,7 @@ fn file_write_overshooting_frame_is_cut_at_the_announced_size() {
     let p = agent.path("exact");
     let mut s = agent.request_json(
         FrameType::FILE_WRITE_REQ,
-        &FileWriteRequest {
-            path: p.display().to_string(),
-            mode: "0644".into(),
-            size: 5,
-        },
+        &FileWriteRequest { path: p.display().to_string(), mode: "0644".into(), size: 5 },
     );
     write_frame(&mut s, FrameType::STDIN, b"1234567890").unwrap();
     reply(&mut s).unwrap();
@@ -325,9 +270,7 @@ fn file_concurrent_writes_to_different_files() {
 fn file_concurrent_writes_to_the_same_file_leave_exactly_one_version() {
     let agent = std::sync::Arc::new(Agent::start());
     let p = agent.path("contended");
-    let versions: Vec<Vec<u8>> = (0..8u8)
-        .map(|i| vec![b'a' + i; 1000 + 37 * i as usize])
-        .collect();
+    let versions: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 1000 + 37 * i as usize]).collect();
     for _round in 0..3 {
         let threads: Vec<_> = versions
             .iter()
@@ -341,11 +284,7 @@ fn file_concurrent_writes_to_the_same_file_leave_exactly_one_version() {
             t.join().unwrap();
         }
         let got = std::fs::read(&p).unwrap();
-        assert!(
-            versions.contains(&got),
-            "mixed content of {} bytes",
-            got.len()
-        );
+        assert!(versions.contains(&got), "mixed content of {} bytes", got.len());
     }
 }
 
@@ -366,11 +305,7 @@ fn file_readers_never_see_partial_content_during_writes() {
     };
     for _ in 0..30 {
         let got = read_all(&agent, &p);
-        assert!(
-            got == old || got == new,
-            "partial read of {} bytes",
-            got.len()
-        );
+        assert!(got == old || got == new, "partial read of {} bytes", got.len());
     }
     writer.join().unwrap();
 }
@@ -391,38 +326,15 @@ fn file_read_errors_are_clear() {
     let agent = Agent::start();
     let missing = read_file(
         &agent,
-        FileReadRequest {
-            path: "/nonexistent/file".into(),
-            ..Default::default()
-        },
+        FileReadRequest { path: "/nonexistent/file".into(), ..Default::default() },
     );
-    assert_eq!(
-        missing.head.unwrap_err(),
-        "open /nonexistent/file: no such file or directory"
-    );
-    let dir = read_file(
-        &agent,
-        FileReadRequest {
-            path: "/tmp".into(),
-            ..Default::default()
-        },
-    );
+    assert_eq!(missing.head.unwrap_err(), "open /nonexistent/file: no such file or directory");
+    let dir = read_file(&agent, FileReadRequest { path: "/tmp".into(), ..Default::default() });
     assert_eq!(dir.head.unwrap_err(), "/tmp is a directory");
-    let dev = read_file(
-        &agent,
-        FileReadRequest {
-            path: "/dev/null".into(),
-            ..Default::default()
-        },
-    );
+    let dev = read_file(&agent, FileReadRequest { path: "/dev/null".into(), ..Default::default() });
     assert_eq!(dev.head.unwrap_err(), "/dev/null is not a regular file");
     let mut s = agent.request(FrameType::FILE_READ_REQ, b"[]");
-    assert!(
-        collect_exec(&mut s)
-            .error
-            .unwrap()
-            .starts_with("bad request: ")
-    );
+    assert!(collect_exec(&mut s).error.unwrap().starts_with("bad request: "));
 }
 
 #[test]
@@ -495,11 +407,7 @@ fn file_read_large_file_with_limit() {
     std::fs::write(&p, numbered(100_000)).unwrap();
     let r = read_file(
         &agent,
-        FileReadRequest {
-            path: p.display().to_string(),
-            limit: Some(2000),
-            ..Default::default()
-        },
+        FileReadRequest { path: p.display().to_string(), limit: Some(2000), ..Default::default() },
     );
     assert_eq!(String::from_utf8(r.content).unwrap(), numbered(2000));
     // The header always carries the whole file's size, so the caller can see the truncation.
@@ -526,10 +434,7 @@ fn file_read_abort_stops_promptly() {
     std::fs::write(&p, vec![b'z'; 10 * 1024 * 1024]).unwrap();
     let mut s = agent.request_json(
         FrameType::FILE_READ_REQ,
-        &FileReadRequest {
-            path: p.display().to_string(),
-            ..Default::default()
-        },
+        &FileReadRequest { path: p.display().to_string(), ..Default::default() },
     );
     assert_eq!(read(&mut s).kind, FrameType::FILE_READ_RESP);
     drop(s);
@@ -545,30 +450,19 @@ fn file_stat_reports_name_size_mode_and_type() {
     let p = agent.path("stat-me");
     std::fs::write(&p, "1234567").unwrap();
     std::fs::set_permissions(&p, PermissionsExt::from_mode(0o4644)).unwrap();
-    let mut s = agent.request_json(
-        FrameType::FILE_STAT_REQ,
-        &PathRequest {
-            path: p.display().to_string(),
-        },
-    );
+    let mut s = agent
+        .request_json(FrameType::FILE_STAT_REQ, &PathRequest { path: p.display().to_string() });
     let f = read(&mut s);
     assert_eq!(f.kind, FrameType::FILE_STAT_RESP);
     let info: FileInfo = f.json().unwrap();
     assert_eq!(
-        (
-            info.name.as_str(),
-            info.size,
-            info.mode.as_str(),
-            info.is_dir
-        ),
+        (info.name.as_str(), info.size, info.mode.as_str(), info.is_dir),
         ("stat-me", 7, "0644", false)
     );
     assert!(info.mtime > 1_600_000_000);
     let mut s = agent.request_json(
         FrameType::FILE_STAT_REQ,
-        &PathRequest {
-            path: agent.dir.path().display().to_string(),
-        },
+        &PathRequest { path: agent.dir.path().display().to_string() },
     );
     assert!(read(&mut s).json::<FileInfo>().unwrap().is_dir);
 }
@@ -576,16 +470,9 @@ fn file_stat_reports_name_size_mode_and_type() {
 #[test]
 fn file_stat_missing_is_an_error() {
     let agent = Agent::start();
-    let mut s = agent.request_json(
-        FrameType::FILE_STAT_REQ,
-        &PathRequest {
-            path: "/nonexistent".into(),
-        },
-    );
-    assert_eq!(
-        collect_exec(&mut s).error.unwrap(),
-        "stat /nonexistent: no such file or directory"
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_STAT_REQ, &PathRequest { path: "/nonexistent".into() });
+    assert_eq!(collect_exec(&mut s).error.unwrap(), "stat /nonexistent: no such file or directory");
 }
 
 #[test]
@@ -597,29 +484,14 @@ fn file_list_reports_entries() {
     std::fs::write(d.join("b.txt"), "bb").unwrap();
     std::fs::create_dir(d.join("subdir")).unwrap();
     std::os::unix::fs::symlink("subdir", d.join("link")).unwrap();
-    let mut s = agent.request_json(
-        FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: d.display().to_string(),
-        },
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_LS_REQ, &PathRequest { path: d.display().to_string() });
     let f = read(&mut s);
     assert_eq!(f.kind, FrameType::FILE_LS_RESP);
     let mut entries: Vec<FileInfo> = f.json().unwrap();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let names: Vec<_> = entries
-        .iter()
-        .map(|e| (e.name.as_str(), e.is_dir))
-        .collect();
-    assert_eq!(
-        names,
-        vec![
-            ("a.txt", false),
-            ("b.txt", false),
-            ("link", false),
-            ("subdir", true)
-        ]
-    );
+    let names: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.is_dir)).collect();
+    assert_eq!(names, vec![("a.txt", false), ("b.txt", false), ("link", false), ("subdir", true)]);
     assert_eq!(entries[1].size, 2);
 }
 
@@ -628,37 +500,22 @@ fn file_list_empty_directory_is_an_empty_array() {
     let agent = Agent::start();
     let d = agent.path("empty-dir");
     std::fs::create_dir(&d).unwrap();
-    let mut s = agent.request_json(
-        FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: d.display().to_string(),
-        },
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_LS_REQ, &PathRequest { path: d.display().to_string() });
     assert_eq!(read(&mut s).payload, b"[]");
 }
 
 #[test]
 fn file_list_errors() {
     let agent = Agent::start();
-    let mut s = agent.request_json(
-        FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: "/nonexistent".into(),
-        },
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_LS_REQ, &PathRequest { path: "/nonexistent".into() });
     assert!(collect_exec(&mut s).error.unwrap().contains("no such file"));
     let f = agent.path("not-a-dir");
     std::fs::write(&f, "x").unwrap();
-    let mut s = agent.request_json(
-        FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: f.display().to_string(),
-        },
-    );
-    assert_eq!(
-        collect_exec(&mut s).error.unwrap(),
-        format!("{} is not a directory", f.display())
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_LS_REQ, &PathRequest { path: f.display().to_string() });
+    assert_eq!(collect_exec(&mut s).error.unwrap(), format!("{} is not a directory", f.display()));
 }
 
 #[test]
@@ -669,25 +526,13 @@ fn file_list_caps_at_10000_entries_with_the_real_total() {
     for i in 0..10_050 {
         std::fs::File::create(d.join(format!("f{i:05}"))).unwrap();
     }
-    let mut s = agent.request_json(
-        FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: d.display().to_string(),
-        },
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_LS_REQ, &PathRequest { path: d.display().to_string() });
     let entries: Vec<FileInfo> = read(&mut s).json().unwrap();
     assert_eq!(entries.len(), 10_001);
     let marker = entries.last().unwrap();
     assert_eq!(marker.name, "... truncated at 10000 entries (10050 total)");
-    assert_eq!(
-        (
-            marker.size,
-            marker.mode.as_str(),
-            marker.is_dir,
-            marker.mtime
-        ),
-        (0, "", false, 0)
-    );
+    assert_eq!((marker.size, marker.mode.as_str(), marker.is_dir, marker.mtime), (0, "", false, 0));
 }
 
 #[test]
@@ -698,21 +543,13 @@ fn file_list_of_long_names_stays_under_the_frame_limit() {
     for i in 0..6000 {
         std::fs::File::create(d.join(format!("{i:05}-{}", "n".repeat(200)))).unwrap();
     }
-    let mut s = agent.request_json(
-        FrameType::FILE_LS_REQ,
-        &PathRequest {
-            path: d.display().to_string(),
-        },
-    );
+    let mut s =
+        agent.request_json(FrameType::FILE_LS_REQ, &PathRequest { path: d.display().to_string() });
     let f = read(&mut s);
     assert_eq!(f.kind, FrameType::FILE_LS_RESP);
     let entries: Vec<FileInfo> = f.json().unwrap();
     let marker = entries.last().unwrap();
-    assert!(
-        marker.name.ends_with("entries (6000 total)"),
-        "{}",
-        marker.name
-    );
+    assert!(marker.name.ends_with("entries (6000 total)"), "{}", marker.name);
     assert!(entries.len() < 6000);
 }
 
@@ -723,10 +560,7 @@ fn file_ops_on_a_reused_connection() {
     send_json(
         &mut s,
         FrameType::HELLO,
-        &proto::messages::Hello {
-            version: 1,
-            features: vec!["reuse".into()],
-        },
+        &proto::messages::Hello { version: 1, features: vec!["reuse".into()] },
     )
     .unwrap();
     assert_eq!(read(&mut s).kind, FrameType::HELLO_ACK);
@@ -748,10 +582,7 @@ fn file_ops_on_a_reused_connection() {
         send_json(
             &mut s,
             FrameType::FILE_READ_REQ,
-            &FileReadRequest {
-                path: p.display().to_string(),
-                ..Default::default()
-            },
+            &FileReadRequest { path: p.display().to_string(), ..Default::default() },
         )
         .unwrap();
         assert_eq!(read(&mut s).kind, FrameType::FILE_READ_RESP);
@@ -759,14 +590,8 @@ fn file_ops_on_a_reused_connection() {
         assert_eq!(read(&mut s).kind, FrameType::EXIT);
     }
     // An error still closes the connection.
-    send_json(
-        &mut s,
-        FrameType::FILE_STAT_REQ,
-        &PathRequest {
-            path: "/nonexistent".into(),
-        },
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::FILE_STAT_REQ, &PathRequest { path: "/nonexistent".into() })
+        .unwrap();
     assert_eq!(read(&mut s).kind, FrameType::ERROR);
     assert!(read_frame(&mut s).map(|f| f.is_none()).unwrap_or(true));
 }

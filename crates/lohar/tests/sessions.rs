@@ -27,13 +27,7 @@ fn piped_request(argv: &[&str]) -> ExecRequest {
 fn create(agent: &Agent, req: &ExecRequest) -> (UnixStream, SessionInfo) {
     let mut s = agent.request_json(FrameType::EXEC_REQ, req);
     let f = read(&mut s);
-    assert_eq!(
-        f.kind,
-        FrameType::SESSION_INFO,
-        "got {:?}: {}",
-        f.kind,
-        f.text()
-    );
+    assert_eq!(f.kind, FrameType::SESSION_INFO, "got {:?}: {}", f.kind, f.text());
     (s, f.json().unwrap())
 }
 
@@ -49,13 +43,7 @@ fn attach_req(id: &str, if_detached: bool) -> ExecRequest {
 fn attach(agent: &Agent, id: &str) -> (UnixStream, SessionInfo) {
     let mut s = agent.request_json(FrameType::EXEC_REQ, &attach_req(id, false));
     let f = read(&mut s);
-    assert_eq!(
-        f.kind,
-        FrameType::SESSION_INFO,
-        "attach got {:?}: {}",
-        f.kind,
-        f.text()
-    );
+    assert_eq!(f.kind, FrameType::SESSION_INFO, "attach got {:?}: {}", f.kind, f.text());
     (s, f.json().unwrap())
 }
 
@@ -118,15 +106,8 @@ fn tty_resize_changes_the_window_size() {
     let (mut s, _) = create(&agent, &req);
     stdin(&mut s, "stty size\n");
     read_output_until(&mut s, "30 100", WAIT);
-    write_frame(
-        &mut s,
-        FrameType::RESIZE,
-        &encode_resize(WindowSize {
-            rows: 40,
-            cols: 120,
-        }),
-    )
-    .unwrap();
+    write_frame(&mut s, FrameType::RESIZE, &encode_resize(WindowSize { rows: 40, cols: 120 }))
+        .unwrap();
     stdin(&mut s, "stty size\n");
     read_output_until(&mut s, "40 120", WAIT);
 }
@@ -146,8 +127,7 @@ fn detach_and_reattach_replays_scrollback_and_the_process_survives() {
     stdin(&mut s, "echo $$; echo before-''detach\n");
     let out = read_output_until(&mut s, "before-detach\r\n", WAIT);
     drop(s);
-    assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-        .is_some_and(|i| !i.attached)));
+    assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
     let shell_pid: i32 = out.lines().find_map(|l| l.trim().parse().ok()).unwrap();
     assert!(process_alive(shell_pid), "detach must not kill the session");
 
@@ -163,10 +143,7 @@ fn detach_and_reattach_replays_scrollback_and_the_process_survives() {
 #[test]
 fn scrollback_is_capped_at_64k_and_keeps_the_newest_output() {
     let agent = Agent::start();
-    let (s, info) = create(
-        &agent,
-        &piped_request(&["sh", "-c", "seq 1 20000; sleep 60"]),
-    );
+    let (s, info) = create(&agent, &piped_request(&["sh", "-c", "seq 1 20000; sleep 60"]));
     drop(s);
     // seq 1 20000 is 108,894 bytes; wait until it has all gone through the scrollback.
     std::thread::sleep(Duration::from_millis(500));
@@ -192,10 +169,7 @@ fn attach_if_detached_is_refused_while_someone_is_attached() {
     let agent = Agent::start();
     let (_s, info) = create(&agent, &tty_request(&["/bin/sh"]));
     let mut s2 = agent.request_json(FrameType::EXEC_REQ, &attach_req(&info.session_id, true));
-    assert_eq!(
-        collect_exec(&mut s2).error.as_deref(),
-        Some("session is attached")
-    );
+    assert_eq!(collect_exec(&mut s2).error.as_deref(), Some("session is attached"));
 }
 
 /// v1 bug: the input loop cleared the attached client unconditionally, so when a client that
@@ -212,10 +186,7 @@ fn takeover_kicks_the_old_client_and_its_disconnect_does_not_detach_the_new_one(
     assert!(read_frame(&mut old).map(|f| f.is_none()).unwrap_or(true));
     drop(old);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        find(&agent, &info.session_id).unwrap().attached,
-        "new client was detached"
-    );
+    assert!(find(&agent, &info.session_id).unwrap().attached, "new client was detached");
     stdin(&mut new, "echo still-attached\n");
     read_output_until(&mut new, "still-attached", WAIT);
 }
@@ -227,11 +198,7 @@ fn kill_frame_on_a_session_sends_sigterm_and_detaches() {
     let agent = Agent::start();
     let (mut s, info) = create(
         &agent,
-        &tty_request(&[
-            "sh",
-            "-c",
-            "trap 'echo got-term' TERM; while true; do sleep 0.05; done",
-        ]),
+        &tty_request(&["sh", "-c", "trap 'echo got-term' TERM; while true; do sleep 0.05; done"]),
     );
     std::thread::sleep(Duration::from_millis(200));
     write_frame(&mut s, FrameType::KILL, b"").unwrap();
@@ -259,8 +226,7 @@ fn kill_frame_ends_a_plain_tty_session() {
             assert_eq!(decode_exit(&f.payload).unwrap(), 143);
         }
     }
-    assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-        .is_none_or(|i| !i.running)));
+    assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_none_or(|i| !i.running)));
 }
 
 #[test]
@@ -270,20 +236,13 @@ fn session_list_shows_every_session_with_its_state() {
     let (_a, a) = create(&agent, &tty_request(&["sleep", "60"]));
     let (b_conn, b) = create(&agent, &piped_request(&["sleep", "60"]));
     drop(b_conn);
-    assert!(wait_for(WAIT, || find(&agent, &b.session_id)
-        .is_some_and(|i| !i.attached)));
+    assert!(wait_for(WAIT, || find(&agent, &b.session_id).is_some_and(|i| !i.attached)));
     let sessions = list(&agent);
     assert_eq!(sessions.len(), 2);
-    let a_info = sessions
-        .iter()
-        .find(|s| s.session_id == a.session_id)
-        .unwrap();
+    let a_info = sessions.iter().find(|s| s.session_id == a.session_id).unwrap();
     assert!(a_info.tty && a_info.attached && a_info.running && a_info.exit_code.is_none());
     assert_eq!(a_info.argv, "sleep 60");
-    let b_info = sessions
-        .iter()
-        .find(|s| s.session_id == b.session_id)
-        .unwrap();
+    let b_info = sessions.iter().find(|s| s.session_id == b.session_id).unwrap();
     assert!(!b_info.tty && !b_info.attached && b_info.running);
     assert!(a_info.created_at > 1_600_000_000);
     // The raw JSON omits exit_code while running.
@@ -296,60 +255,39 @@ fn exec_kill_sigkills_a_session_and_reports_missing_ones() {
     let agent = Agent::start();
     let (s, info) = create(&agent, &piped_request(&["sleep", "600"]));
     drop(s);
-    let mut k = agent.request_json(
-        FrameType::EXEC_KILL,
-        &KillRequest {
-            session_id: info.session_id.clone(),
-        },
-    );
+    let mut k = agent
+        .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: info.session_id.clone() });
     let f = read(&mut k);
     assert_eq!(f.kind, FrameType::EXIT);
     assert_eq!(decode_exit(&f.payload).unwrap(), 0);
-    assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-        .is_some_and(|i| i.exit_code == Some(137))));
-    let mut k = agent.request_json(
-        FrameType::EXEC_KILL,
-        &KillRequest {
-            session_id: "s999".into(),
-        },
+    assert!(
+        wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| i.exit_code == Some(137)))
     );
-    assert_eq!(
-        collect_exec(&mut k).error.as_deref(),
-        Some("session not found")
-    );
+    let mut k =
+        agent.request_json(FrameType::EXEC_KILL, &KillRequest { session_id: "s999".into() });
+    assert_eq!(collect_exec(&mut k).error.as_deref(), Some("session not found"));
     let mut k = agent.request(FrameType::EXEC_KILL, b"garbage");
-    assert_eq!(
-        collect_exec(&mut k).error.as_deref(),
-        Some("bad kill request")
-    );
+    assert_eq!(collect_exec(&mut k).error.as_deref(), Some("bad kill request"));
 }
 
 #[test]
 fn exited_detached_session_can_be_attached_for_scrollback_and_exit_code() {
     let agent = Agent::start();
-    let (s, info) = create(
-        &agent,
-        &piped_request(&["sh", "-c", "sleep 0.3; echo done; exit 7"]),
-    );
+    let (s, info) = create(&agent, &piped_request(&["sh", "-c", "sleep 0.3; echo done; exit 7"]));
     drop(s);
-    assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-        .is_some_and(|i| i.exit_code == Some(7))));
+    assert!(
+        wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| i.exit_code == Some(7)))
+    );
     let mut s = agent.request_json(FrameType::EXEC_REQ, &attach_req(&info.session_id, false));
     let frames: Vec<_> = std::iter::from_fn(|| read_frame(&mut s).unwrap()).collect();
     let kinds: Vec<_> = frames.iter().map(|f| f.kind).collect();
-    assert_eq!(
-        kinds,
-        vec![FrameType::SESSION_INFO, FrameType::STDOUT, FrameType::EXIT]
-    );
+    assert_eq!(kinds, vec![FrameType::SESSION_INFO, FrameType::STDOUT, FrameType::EXIT]);
     let info2: SessionInfo = frames[0].json().unwrap();
     assert!(!info2.running);
     assert_eq!(info2.exit_code, Some(7));
     assert_eq!(frames[1].text(), "done\n");
     assert_eq!(decode_exit(&frames[2].payload).unwrap(), 7);
-    assert!(
-        find(&agent, &info.session_id).is_none(),
-        "collected sessions are removed"
-    );
+    assert!(find(&agent, &info.session_id).is_none(), "collected sessions are removed");
 }
 
 #[test]
@@ -363,8 +301,9 @@ fn idle_timer_kills_a_detached_session() {
     assert!(find(&agent, &info.session_id).unwrap().running);
     let detached_at = Instant::now();
     drop(s);
-    assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-        .is_some_and(|i| i.exit_code == Some(137))));
+    assert!(
+        wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| i.exit_code == Some(137)))
+    );
     assert!(detached_at.elapsed() >= Duration::from_millis(900));
 }
 
@@ -397,18 +336,13 @@ fn piped_session_merges_stderr_and_reattaches() {
     let agent = Agent::start();
     let (mut s, info) = create(
         &agent,
-        &piped_request(&[
-            "sh",
-            "-c",
-            "while read l; do echo out-$l; echo err-$l >&2; done",
-        ]),
+        &piped_request(&["sh", "-c", "while read l; do echo out-$l; echo err-$l >&2; done"]),
     );
     assert!(!info.tty);
     stdin(&mut s, "one\n");
     read_output_until(&mut s, "err-one\n", WAIT);
     drop(s);
-    assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-        .is_some_and(|i| !i.attached)));
+    assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
     let (mut s, _) = attach(&agent, &info.session_id);
     let replay = read(&mut s);
     assert_eq!(replay.text(), "out-one\nerr-one\n");
@@ -419,10 +353,7 @@ fn piped_session_merges_stderr_and_reattaches() {
 #[test]
 fn piped_session_empty_stdin_frame_closes_stdin() {
     let agent = Agent::start();
-    let (mut s, _) = create(
-        &agent,
-        &piped_request(&["sh", "-c", "cat; echo cat-finished"]),
-    );
+    let (mut s, _) = create(&agent, &piped_request(&["sh", "-c", "cat; echo cat-finished"]));
     stdin(&mut s, "abc\n");
     write_frame(&mut s, FrameType::STDIN, b"").unwrap();
     read_output_until(&mut s, "cat-finished", WAIT);
@@ -438,23 +369,15 @@ fn session_limit_is_enforced_and_exited_sessions_make_room() {
         conns.push(create(&agent, &piped_request(&["sleep", "600"])));
     }
     let mut s = agent.request_json(FrameType::EXEC_REQ, &piped_request(&["sleep", "600"]));
-    assert_eq!(
-        collect_exec(&mut s).error.as_deref(),
-        Some("session limit exceeded")
-    );
+    assert_eq!(collect_exec(&mut s).error.as_deref(), Some("session limit exceeded"));
     // One session exits while detached: it is kept for its scrollback, yet it does not hold a
     // slot against new sessions (v1 refused new sessions for 30 s).
     let (conn, victim) = conns.pop().unwrap();
     drop(conn);
-    let mut k = agent.request_json(
-        FrameType::EXEC_KILL,
-        &KillRequest {
-            session_id: victim.session_id.clone(),
-        },
-    );
+    let mut k = agent
+        .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: victim.session_id.clone() });
     read(&mut k);
-    assert!(wait_for(WAIT, || find(&agent, &victim.session_id)
-        .is_some_and(|i| !i.running)));
+    assert!(wait_for(WAIT, || find(&agent, &victim.session_id).is_some_and(|i| !i.running)));
     let (_s, fresh) = create(&agent, &piped_request(&["sleep", "600"]));
     assert_ne!(fresh.session_id, victim.session_id);
 }
@@ -494,10 +417,7 @@ fn init_session_runs_the_config_script_and_can_be_attached() {
 fn activity_counts_sessions_and_tracks_the_last_request() {
     let agent = Agent::start();
     let initial = activity(&agent);
-    assert_eq!(
-        initial.last_activity_unix, 0,
-        "nothing happened since start"
-    );
+    assert_eq!(initial.last_activity_unix, 0, "nothing happened since start");
     assert_eq!((initial.active_sessions, initial.attached_sessions), (0, 0));
     let (_attached, _) = create(&agent, &tty_request(&["sleep", "60"]));
     let (detached, _) = create(&agent, &piped_request(&["sleep", "60"]));
@@ -505,10 +425,8 @@ fn activity_counts_sessions_and_tracks_the_last_request() {
     assert!(wait_for(WAIT, || activity(&agent).attached_sessions == 1));
     let a = activity(&agent);
     assert_eq!(a.active_sessions, 2);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        as i64;
     assert!((now - a.last_activity_unix).abs() <= 2);
     // One-shot execs are not sessions.
     agent.exec(&["true"]);
@@ -537,11 +455,7 @@ fn reattach_never_interleaves_live_output_with_the_replay() {
         let text = String::from_utf8(bytes).unwrap();
         // Skip the first (possibly cut) line of the scrollback, then every line must be the
         // previous plus one.
-        let numbers: Vec<u64> = text
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.parse().ok())
-            .collect();
+        let numbers: Vec<u64> = text.lines().skip(1).filter_map(|l| l.parse().ok()).collect();
         for pair in numbers.windows(2) {
             assert_eq!(
                 pair[1],
@@ -552,8 +466,7 @@ fn reattach_never_interleaves_live_output_with_the_replay() {
             );
         }
         drop(s);
-        assert!(wait_for(WAIT, || find(&agent, &info.session_id)
-            .is_some_and(|i| !i.attached)));
+        assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
     }
 }
 
@@ -561,24 +474,15 @@ fn reattach_never_interleaves_live_output_with_the_replay() {
 fn session_output_is_not_blocked_by_a_stalled_client_for_other_requests() {
     let agent = Agent::start();
     // A client that never reads: its queue and socket fill up.
-    let (_stalled, info) = create(
-        &agent,
-        &piped_request(&["sh", "-c", "head -c 50000000 /dev/zero; sleep 600"]),
-    );
+    let (_stalled, info) =
+        create(&agent, &piped_request(&["sh", "-c", "head -c 50000000 /dev/zero; sleep 600"]));
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     assert!(find(&agent, &info.session_id).is_some());
-    let mut k = agent.request_json(
-        FrameType::EXEC_KILL,
-        &KillRequest {
-            session_id: info.session_id.clone(),
-        },
-    );
+    let mut k = agent
+        .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: info.session_id.clone() });
     assert_eq!(read(&mut k).kind, FrameType::EXIT);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "list/kill blocked by a stalled client"
-    );
+    assert!(start.elapsed() < Duration::from_secs(2), "list/kill blocked by a stalled client");
 }
 
 #[test]
@@ -588,19 +492,11 @@ fn hello_on_a_session_connection_still_ends_with_the_session() {
     send_json(
         &mut s,
         FrameType::HELLO,
-        &proto::messages::Hello {
-            version: 1,
-            features: vec!["reuse".into()],
-        },
+        &proto::messages::Hello { version: 1, features: vec!["reuse".into()] },
     )
     .unwrap();
     assert_eq!(read(&mut s).kind, FrameType::HELLO_ACK);
-    send_json(
-        &mut s,
-        FrameType::EXEC_REQ,
-        &tty_request(&["sh", "-c", "echo bye"]),
-    )
-    .unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &tty_request(&["sh", "-c", "echo bye"])).unwrap();
     let exit = read_until(&mut s, FrameType::EXIT);
     assert_eq!(decode_exit(&exit.payload).unwrap(), 0);
     assert!(read_frame(&mut s).map(|f| f.is_none()).unwrap_or(true));

@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod guest;
 pub mod limits;
 pub mod messages;
 pub mod payload;

@@ -246,7 +246,9 @@ pub fn format_mode(mode: u32) -> String {
     format!("{:04o}", mode & 0o777)
 }
 
-/// Parses an octal mode string (`"0600"` or `"600"`); `None` when invalid or zero.
+/// Parses an octal mode string (`"0600"` or `"600"`); `None` when invalid or zero. Bits above
+/// `0o7777` are dropped before the zero check, so `"10000"` is zero (the default applies), not a
+/// mode-0 file.
 pub fn parse_mode(mode: &str) -> Option<u32> {
-    u32::from_str_radix(mode, 8).ok().filter(|m| *m != 0).map(|m| m & 0o7777)
+    u32::from_str_radix(mode, 8).ok().map(|m| m & 0o7777).filter(|m| *m != 0)
 }

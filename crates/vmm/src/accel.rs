@@ -50,11 +50,7 @@ impl std::str::FromStr for Accel {
 /// True when KVM can run guests: `/dev/kvm` opens read-write and the CPU has vmx or svm. A
 /// `/dev/kvm` without those flags exists on some cloud VMs, and a guest never boots there.
 pub fn kvm_usable() -> bool {
-    let opens = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     opens && cpu_has_virtualization(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
 }
 
@@ -91,14 +87,10 @@ mod tests {
 
     #[test]
     fn virtualization_flags_are_detected_only_in_flags_lines() {
-        assert!(cpu_has_virtualization(
-            "processor : 0\nflags : fpu vme vmx sse\n"
-        ));
+        assert!(cpu_has_virtualization("processor : 0\nflags : fpu vme vmx sse\n"));
         assert!(cpu_has_virtualization("flags\t\t: fpu svm\n"));
         assert!(!cpu_has_virtualization("flags : fpu vme sse hypervisor\n"));
-        assert!(!cpu_has_virtualization(
-            "model name : vmx-like cpu\nflags : fpu\n"
-        ));
+        assert!(!cpu_has_virtualization("model name : vmx-like cpu\nflags : fpu\n"));
         assert!(!cpu_has_virtualization(""));
     }
 
@@ -112,17 +104,10 @@ mod tests {
 
     #[test]
     fn auto_matches_the_host() {
-        let expected = if kvm_usable() {
-            Accelerator::Kvm
-        } else {
-            Accelerator::Tcg
-        };
+        let expected = if kvm_usable() { Accelerator::Kvm } else { Accelerator::Tcg };
         assert_eq!(Accel::Auto.resolve().unwrap(), expected);
         if !kvm_usable() {
-            assert!(matches!(
-                Accel::Kvm.resolve(),
-                Err(VmmError::AccelUnavailable("kvm"))
-            ));
+            assert!(matches!(Accel::Kvm.resolve(), Err(VmmError::AccelUnavailable("kvm"))));
         }
     }
 }

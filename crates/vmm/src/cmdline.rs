@@ -11,8 +11,10 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
     let mem = format!("{}M", cfg.memory.size_mib);
     // acpi=off: the lean kernel has no ACPI/PCI; QEMU then appends virtio_mmio.device= entries to
-    // the command line itself. No option ROMs, no PIC/PIT (the guest uses the LAPIC timer).
-    let mut machine = "microvm,acpi=off,x-option-roms=off,pit=off,pic=off,rtc=off".to_owned();
+    // the command line itself. No option ROMs. The RTC stays: it is where the guest reads the
+    // wall clock at boot. The PIT stays: without it this kernel
+    // cannot calibrate its timers under TCG and sleeps in early boot (IP-Config) never end.
+    let mut machine = "microvm,acpi=off,x-option-roms=off".to_owned();
     if cfg.memory.file.is_some() {
         machine.push_str(",memory-backend=mem");
     }
@@ -34,12 +36,7 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
         push(&["-object", &backend]);
     }
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-    push(&[
-        "-kernel",
-        &cfg.kernel.display().to_string(),
-        "-append",
-        &cfg.cmdline,
-    ]);
+    push(&["-kernel", &cfg.kernel.display().to_string(), "-append", &cfg.cmdline]);
     let serial = format!("file,id=console,path={}", cfg.serial_log.display());
     push(&["-chardev", &serial, "-serial", "chardev:console"]);
     for (i, disk) in cfg.disks.iter().enumerate() {
@@ -134,10 +131,7 @@ mod tests {
             format: DiskFormat::Raw,
             read_only: true,
         });
-        cfg.net = Some(NetDevice {
-            tap_fd: 3,
-            mac: "52:54:00:12:34:56".into(),
-        });
+        cfg.net = Some(NetDevice { tap_fd: 3, mac: "52:54:00:12:34:56".into() });
         cfg.incoming = Some(PathBuf::from("/vm/state"));
         let line = joined(&cfg, Accelerator::Tcg);
         assert!(line.contains(",memory-backend=mem"));

@@ -95,11 +95,7 @@ impl VmConfig {
             qemu: PathBuf::from("qemu-system-x86_64"),
             kernel,
             cmdline,
-            memory: Memory {
-                size_mib: 256,
-                file: None,
-                private: false,
-            },
+            memory: Memory { size_mib: 256, file: None, private: false },
             vcpus: 1,
             disks: Vec::new(),
             net: None,

@@ -41,17 +41,11 @@ impl QemuProcess {
         timeout: Duration,
     ) -> Result<Self, VmmError> {
         if !cfg.kernel.exists() {
-            return Err(VmmError::Missing {
-                what: "kernel",
-                path: cfg.kernel.clone(),
-            });
+            return Err(VmmError::Missing { what: "kernel", path: cfg.kernel.clone() });
         }
         for disk in &cfg.disks {
             if !disk.path.exists() {
-                return Err(VmmError::Missing {
-                    what: "disk image",
-                    path: disk.path.clone(),
-                });
+                return Err(VmmError::Missing { what: "disk image", path: disk.path.clone() });
             }
         }
         let accel = cfg.accel.resolve()?;
@@ -82,9 +76,7 @@ impl QemuProcess {
         }
         let spawned_at = Instant::now();
         let binary = cfg.qemu.display().to_string();
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| VmmError::Spawn { binary, source })?;
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn { binary, source })?;
         drop(tap);
         let pid = child.id().unwrap_or(0);
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -122,21 +114,11 @@ impl QemuProcess {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(VmmError::Timeout {
-                    op: "QEMU start".into(),
-                    after: timeout,
-                });
+                return Err(VmmError::Timeout { op: "QEMU start".into(), after: timeout });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        Ok(Self {
-            child,
-            qmp,
-            pid,
-            accel,
-            spawned_at,
-            stderr,
-        })
+        Ok(Self { child, qmp, pid, accel, spawned_at, stderr })
     }
 
     /// What QEMU printed on stderr (the last 16 KiB).
@@ -148,10 +130,7 @@ impl QemuProcess {
     pub async fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, VmmError> {
         tokio::time::timeout(timeout, self.child.wait())
             .await
-            .map_err(|_| VmmError::Timeout {
-                op: "QEMU exit".into(),
-                after: timeout,
-            })?
+            .map_err(|_| VmmError::Timeout { op: "QEMU exit".into(), after: timeout })?
             .map_err(VmmError::Io)
     }
 

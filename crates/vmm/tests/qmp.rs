@@ -54,10 +54,7 @@ fn scripted_peer(dir: &Path, script: Vec<Step>) -> PathBuf {
 }
 
 fn caps() -> Step {
-    Step::Expect(
-        "qmp_capabilities",
-        vec!["{\"return\": {}, \"id\": $ID}\r\n".into()],
-    )
+    Step::Expect("qmp_capabilities", vec!["{\"return\": {}, \"id\": $ID}\r\n".into()])
 }
 
 #[tokio::test]
@@ -94,15 +91,8 @@ async fn command_errors_carry_class_and_description() {
     );
     let qmp = Qmp::connect(&path, T).await.unwrap();
     match qmp.execute("nosuch", None, T).await.unwrap_err() {
-        VmmError::Qmp {
-            command,
-            class,
-            desc,
-        } => {
-            assert_eq!(
-                (command.as_str(), class.as_str()),
-                ("nosuch", "CommandNotFound")
-            );
+        VmmError::Qmp { command, class, desc } => {
+            assert_eq!((command.as_str(), class.as_str()), ("nosuch", "CommandNotFound"));
             assert!(desc.contains("has not been found"));
         }
         other => panic!("{other:?}"),
@@ -121,10 +111,8 @@ async fn a_command_without_reply_times_out() {
 #[tokio::test]
 async fn qemu_dying_fails_pending_and_later_calls_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let path = scripted_peer(
-        dir.path(),
-        vec![caps(), Step::Expect("query-status", vec![]), Step::Close],
-    );
+    let path =
+        scripted_peer(dir.path(), vec![caps(), Step::Expect("query-status", vec![]), Step::Close]);
     let qmp = Qmp::connect(&path, T).await.unwrap();
     let err = qmp.query_status(T).await.unwrap_err();
     assert!(matches!(err, VmmError::QemuGone), "{err:?}");
@@ -142,10 +130,7 @@ async fn garbage_instead_of_a_greeting_is_a_protocol_error() {
         s.write_all(b"hello, I am not QEMU\n").await.unwrap();
         tokio::time::sleep(T).await;
     });
-    assert!(matches!(
-        Qmp::connect(&path, T).await.unwrap_err(),
-        VmmError::Protocol(_)
-    ));
+    assert!(matches!(Qmp::connect(&path, T).await.unwrap_err(), VmmError::Protocol(_)));
 }
 
 #[tokio::test]
@@ -157,9 +142,7 @@ async fn silent_peer_times_out_on_connect() {
         let _keep = listener.accept().await.unwrap();
         tokio::time::sleep(T).await;
     });
-    let err = Qmp::connect(&path, Duration::from_millis(200))
-        .await
-        .unwrap_err();
+    let err = Qmp::connect(&path, Duration::from_millis(200)).await.unwrap_err();
     assert!(matches!(err, VmmError::Timeout { .. }), "{err:?}");
 }
 
@@ -207,13 +190,7 @@ async fn real_qemu_stop_cont_quit() {
         other => panic!("{other:?}"),
     }
     qmp.quit(T).await.unwrap();
-    let status = tokio::time::timeout(T, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::time::timeout(T, child.wait()).await.unwrap().unwrap();
     assert!(status.success());
-    assert!(matches!(
-        qmp.query_status(T).await.unwrap_err(),
-        VmmError::QemuGone
-    ));
+    assert!(matches!(qmp.query_status(T).await.unwrap_err(), VmmError::QemuGone));
 }

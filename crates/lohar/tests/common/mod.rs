@@ -33,11 +33,8 @@ impl Agent {
     pub fn start_with(config: Option<serde_json::Value>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Commands run as uid 1000 and must be able to use the temp dir.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
         let control = dir.path().join("control.sock");
         let forward = dir.path().join("forward.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lohar"));
@@ -61,10 +58,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             assert!(Instant::now() < deadline, "lohar did not become ready");
-            let line = lines
-                .next()
-                .expect("lohar exited before it was ready")
-                .unwrap();
+            let line = lines.next().expect("lohar exited before it was ready").unwrap();
             if let Some(addr) = line.strip_prefix("lohar: LOHAR_TCP_CONTROL=") {
                 tcp_control = Some(addr.to_owned());
             }
@@ -74,13 +68,7 @@ impl Agent {
         }
         // Keep draining stderr so the agent never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Agent {
-            child,
-            dir,
-            control,
-            forward,
-            tcp_control,
-        }
+        Agent { child, dir, control, forward, tcp_control }
     }
 
     pub fn pid(&self) -> u32 {
@@ -253,12 +241,7 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn process_alive(pid: i32) -> bool {
     // Zombies are not alive: the agent reaps its children, so a dead child disappears.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }

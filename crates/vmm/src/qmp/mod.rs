@@ -88,9 +88,7 @@ impl Qmp {
                 }
                 None => return Err(VmmError::QemuGone),
             };
-            write
-                .write_all(b"{\"execute\":\"qmp_capabilities\",\"id\":0}\n")
-                .await?;
+            write.write_all(b"{\"execute\":\"qmp_capabilities\",\"id\":0}\n").await?;
             loop {
                 match read_message(&mut lines).await? {
                     Some(Message::Return { id: Some(0), .. }) => break,
@@ -107,25 +105,15 @@ impl Qmp {
             }
             Ok((lines, write, version))
         };
-        let (lines, write, version) =
-            tokio::time::timeout(timeout, setup)
-                .await
-                .map_err(|_| VmmError::Timeout {
-                    op: "QMP connect".into(),
-                    after: timeout,
-                })??;
+        let (lines, write, version) = tokio::time::timeout(timeout, setup)
+            .await
+            .map_err(|_| VmmError::Timeout { op: "QMP connect".into(), after: timeout })??;
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (events, _) = broadcast::channel(256);
         tokio::spawn(read_loop(lines, Arc::clone(&pending), events.clone()));
         let (writer, lines_out) = mpsc::channel(64);
         tokio::spawn(write_loop(write, lines_out));
-        Ok(Self {
-            writer,
-            pending,
-            events,
-            next_id: AtomicU64::new(1),
-            version,
-        })
+        Ok(Self { writer, pending, events, next_id: AtomicU64::new(1), version })
     }
 
     /// Receives every event from now on.
@@ -157,26 +145,18 @@ impl Qmp {
             serde_json::to_vec(&request).map_err(|e| VmmError::Protocol(e.to_string()))?;
         line.push(b'\n');
         let exchange = async {
-            self.writer
-                .send(line)
-                .await
-                .map_err(|_| VmmError::QemuGone)?;
+            self.writer.send(line).await.map_err(|_| VmmError::QemuGone)?;
             rx.await.map_err(|_| VmmError::QemuGone)?
         };
         let result = tokio::time::timeout(timeout, exchange).await;
         lock(&self.pending).waiters.remove(&id);
         match result {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(VmmError::Qmp { class, desc, .. })) => Err(VmmError::Qmp {
-                command: command.into(),
-                class,
-                desc,
-            }),
+            Ok(Err(VmmError::Qmp { class, desc, .. })) => {
+                Err(VmmError::Qmp { command: command.into(), class, desc })
+            }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(VmmError::Timeout {
-                op: format!("QMP {command}"),
-                after: timeout,
-            }),
+            Err(_) => Err(VmmError::Timeout { op: format!("QMP {command}"), after: timeout }),
         }
     }
 
@@ -232,25 +212,18 @@ async fn write_loop(mut write: OwnedWriteHalf, mut lines: mpsc::Receiver<Vec<u8>
 async fn read_message<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<Option<Message>, VmmError> {
     loop {
         let mut line = Vec::new();
-        let n = (&mut *r)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let n = (&mut *r).take(MAX_LINE).read_until(b'\n', &mut line).await?;
         if n == 0 {
             return Ok(None);
         }
         if !line.ends_with(b"\n") && n as u64 == MAX_LINE {
-            return Err(VmmError::Protocol(format!(
-                "QMP line longer than {MAX_LINE} bytes"
-            )));
+            return Err(VmmError::Protocol(format!("QMP line longer than {MAX_LINE} bytes")));
         }
         let text = String::from_utf8_lossy(&line);
         if text.trim().is_empty() {
             continue;
         }
-        return wire::parse(text.trim())
-            .map(Some)
-            .map_err(VmmError::Protocol);
+        return wire::parse(text.trim()).map(Some).map_err(VmmError::Protocol);
     }
 }
 
@@ -265,25 +238,14 @@ async fn read_loop<R: AsyncBufReadExt + Unpin>(
             Ok(None) | Err(_) => break,
         };
         match message {
-            Message::Return {
-                id: Some(id),
-                value,
-            } => {
+            Message::Return { id: Some(id), value } => {
                 if let Some(tx) = lock(&pending).waiters.remove(&id) {
                     let _ = tx.send(Ok(value));
                 }
             }
-            Message::Error {
-                id: Some(id),
-                class,
-                desc,
-            } => {
+            Message::Error { id: Some(id), class, desc } => {
                 if let Some(tx) = lock(&pending).waiters.remove(&id) {
-                    let _ = tx.send(Err(VmmError::Qmp {
-                        command: String::new(),
-                        class,
-                        desc,
-                    }));
+                    let _ = tx.send(Err(VmmError::Qmp { command: String::new(), class, desc }));
                 }
             }
             Message::Event(event) => {

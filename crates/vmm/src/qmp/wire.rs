@@ -42,37 +42,23 @@ pub struct Event {
 /// Parses one line. Anything that is not one of the four QMP shapes is a protocol error.
 pub fn parse(line: &str) -> Result<Message, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format!("not a JSON object: {line}"))?;
+    let obj = value.as_object().ok_or_else(|| format!("not a JSON object: {line}"))?;
     let id = obj.get("id").and_then(Value::as_u64);
     if let Some(greeting) = obj.get("QMP") {
         let v = &greeting["version"]["qemu"];
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        return Ok(Message::Greeting {
-            version: (n("major"), n("minor"), n("micro")),
-        });
+        return Ok(Message::Greeting { version: (n("major"), n("minor"), n("micro")) });
     }
     if let Some(ret) = obj.get("return") {
-        return Ok(Message::Return {
-            id,
-            value: ret.clone(),
-        });
+        return Ok(Message::Return { id, value: ret.clone() });
     }
     if let Some(err) = obj.get("error") {
         let text = |k: &str| err[k].as_str().unwrap_or("").to_owned();
-        return Ok(Message::Error {
-            id,
-            class: text("class"),
-            desc: text("desc"),
-        });
+        return Ok(Message::Error { id, class: text("class"), desc: text("desc") });
     }
     if let Some(name) = obj.get("event").and_then(Value::as_str) {
         let data = obj.get("data").cloned().unwrap_or(Value::Null);
-        return Ok(Message::Event(Event {
-            name: name.to_owned(),
-            data,
-        }));
+        return Ok(Message::Event(Event { name: name.to_owned(), data }));
     }
     Err(format!("unknown QMP message: {line}"))
 }
@@ -88,22 +74,14 @@ mod tests {
 
     #[test]
     fn greeting() {
-        assert_eq!(
-            parse(GREETING).unwrap(),
-            Message::Greeting {
-                version: (10, 0, 2)
-            }
-        );
+        assert_eq!(parse(GREETING).unwrap(), Message::Greeting { version: (10, 0, 2) });
     }
 
     #[test]
     fn returns_with_and_without_id() {
         assert_eq!(
             parse(r#"{"return": {}, "id": 0}"#).unwrap(),
-            Message::Return {
-                id: Some(0),
-                value: json!({})
-            }
+            Message::Return { id: Some(0), value: json!({}) }
         );
         assert_eq!(
             parse(r#"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 7}"#).unwrap(),
@@ -111,10 +89,7 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"return": {}}"#).unwrap(),
-            Message::Return {
-                id: None,
-                value: json!({})
-            }
+            Message::Return { id: None, value: json!({}) }
         );
     }
 
@@ -137,10 +112,7 @@ mod tests {
             r#"{"timestamp": {"seconds": 1764028800, "microseconds": 12345}, "event": "STOP"}"#;
         assert_eq!(
             parse(line).unwrap(),
-            Message::Event(Event {
-                name: "STOP".into(),
-                data: serde_json::Value::Null
-            })
+            Message::Event(Event { name: "STOP".into(), data: serde_json::Value::Null })
         );
         let line = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#;
         match parse(line).unwrap() {

@@ -1,0 +1,9 @@
+//! The sandbox engine. So far: the guest config drive, the network namespace with its bridge and
+//! TAP devices, and the helpers that turn them into a bootable VM description.
+
+pub mod configdrive;
+mod error;
+pub mod net;
+mod run;
+
+pub use error::EngineError;
