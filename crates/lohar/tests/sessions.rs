@@ -453,9 +453,12 @@ fn reattach_never_interleaves_live_output_with_the_replay() {
             bytes.extend_from_slice(&f.payload);
         }
         let text = String::from_utf8(bytes).unwrap();
-        // Skip the first (possibly cut) line of the scrollback, then every line must be the
-        // previous plus one.
-        let numbers: Vec<u64> = text.lines().skip(1).filter_map(|l| l.parse().ok()).collect();
+        // Skip the first line of the scrollback (the ring may have cut it) and the last one
+        // (our read stopped at an arbitrary byte); every line between must be its predecessor
+        // plus one.
+        let lines: Vec<&str> = text.lines().collect();
+        let numbers: Vec<u64> =
+            lines[1..lines.len() - 1].iter().map(|l| l.parse().expect("a whole number")).collect();
         for pair in numbers.windows(2) {
             assert_eq!(
                 pair[1],
