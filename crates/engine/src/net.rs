@@ -140,6 +140,46 @@ impl Netns {
         .map_err(net_err(op))
     }
 
+    /// Installs a permanent neighbour entry `ip -> mac` on `dev`, so the first packet to a new
+    /// guest goes out without an ARP round trip (and a stale entry from a previous guest with
+    /// the same IP is replaced).
+    pub async fn set_neighbour(
+        &self,
+        dev: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), EngineError> {
+        let dev = dev.to_owned();
+        self.enter(move || {
+            let sock = ioctl_socket()?;
+            // SAFETY: arpreq is plain old data; all-zero is valid.
+            let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads sockaddr_in.
+            req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) };
+            req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+            for (dst, src) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+                *dst = src as libc::c_char;
+            }
+            req.arp_flags = libc::ATF_PERM | libc::ATF_COM;
+            for (dst, src) in req.arp_dev.iter_mut().zip(ifname(&dev)?.as_bytes()) {
+                *dst = *src as libc::c_char;
+            }
+            // SAFETY: SIOCSARP reads the arpreq we own.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP as _, &req) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(net_err(format!("set neighbour {ip} in namespace {}", self.name)))
+    }
+
     /// Names of the interfaces in the namespace (from /sys, read inside it).
     pub async fn interfaces(&self) -> Result<Vec<String>, EngineError> {
         self.enter(|| {

@@ -567,7 +567,7 @@ fn bench_stream(agent: &Agent, tty: bool, bytes: usize, runs: usize) -> Throughp
     let samples: Vec<_> = (0..runs).map(|_| stream_once(agent, tty, bytes)).collect();
     Throughput::new(
         format!(
-            "{} session output, {} MiB of 'x' (`head | tr`)",
+            "{} session output, {} MiB of 'x' (head piped into tr)",
             if tty { "TTY (PTY)" } else { "piped" },
             bytes >> 20
         ),

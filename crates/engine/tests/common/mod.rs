@@ -42,7 +42,7 @@ pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr) -> String {
     let mut cmdline = format!(
         "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 init=/usr/local/bin/lohar \
          ip={ip}::{gateway}:255.255.255.0::eth0:off no_timer_check tsc=reliable lpj=5000000 \
-         mitigations=off"
+         mitigations=off quiet loglevel=1"
     );
     if let Some(khz) = host_tsc_khz() {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
