@@ -698,34 +698,37 @@ impl AgentClient {
             .map_err(|_| AgentError::Timeout { op: "forward", after: timeout })?
     }
 
-    /// Waits until the agent runs `true` successfully. Early attempts use short deadlines and
-    /// fresh sockets: a SYN sent before the guest answers ARP would otherwise wait out Linux's
-    /// 1 s retransmit. Returns the number of attempts.
+    /// Waits until the agent runs `true` successfully; returns the number of attempts.
+    ///
+    /// First a TCP (or Unix) connection: every attempt is a fresh socket with a 50 ms deadline.
+    /// While the guest boots its SYNs are simply dropped, so an attempt costs its deadline and no
+    /// more (a long attempt would sit out Linux's 1 s SYN retransmit after lohar starts
+    /// listening); once the guest has its address but lohar is not listening yet, the refusal is
+    /// immediate. Then a real authenticated `exec true` with a generous deadline, since a slow
+    /// (TCG) guest may need a while for its first command.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<u32, AgentError> {
+        const CONNECT_ATTEMPT: Duration = Duration::from_millis(50);
+        const EXEC_ATTEMPT: Duration = Duration::from_secs(5);
         let deadline = Instant::now() + timeout;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let per_attempt = match attempt {
-                1..=3 => Duration::from_millis(100),
-                4..=6 => Duration::from_millis(250),
-                7..=10 => Duration::from_millis(500),
-                _ => Duration::from_secs(2),
-            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(AgentError::Timeout { op: "wait ready", after: timeout });
             }
-            let probe = ExecRequest::command(["true"]);
-            if let Ok(out) = self.exec_request(&probe, per_attempt.min(left)).await
-                && out.exit_code == 0
-            {
-                return Ok(attempt);
+            if self.endpoint.dial(false, CONNECT_ATTEMPT.min(left)).await.is_ok() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let probe = ExecRequest::command(["true"]);
+                if let Ok(out) = self.exec_request(&probe, EXEC_ATTEMPT.min(left)).await
+                    && out.exit_code == 0
+                {
+                    return Ok(attempt);
+                }
             }
-            tokio::time::sleep(
-                Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now())),
-            )
-            .await;
+            let pause =
+                Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
         }
     }
 }

@@ -20,12 +20,23 @@ pub const DEFAULT_HOSTNAME: &str = "bhatti";
 pub fn write_hostname_files(root: &Path, name: &str) -> std::io::Result<()> {
     let etc = root.join("etc");
     std::fs::create_dir_all(&etc)?;
-    std::fs::write(etc.join("hostname"), format!("{name}\n"))?;
-    std::fs::write(
-        etc.join("hosts"),
-        format!("127.0.0.1 localhost {name}\n::1 localhost {name}\n"),
+    write_if_changed(&etc.join("hostname"), &format!("{name}\n"))?;
+    write_if_changed(
+        &etc.join("hosts"),
+        &format!("127.0.0.1 localhost {name}\n::1 localhost {name}\n"),
     )?;
-    std::fs::write(etc.join("mailname"), format!("{name}\n"))
+    write_if_changed(&etc.join("mailname"), &format!("{name}\n"))
+}
+
+/// Writes `text` unless the file already holds exactly that. A boot that changes nothing leaves
+/// the root disk clean, so the first `sync` (before the first EXIT) has nothing to flush.
+fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
+    let is_regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    if is_regular && std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, text)
 }
 
 /// resolv.conf text: the in-cluster responder alone (fast timeout), or public resolvers, or
@@ -49,9 +60,7 @@ pub const FALLBACK_RESOLV_CONF: &str = "nameserver 1.1.1.1\nnameserver 8.8.8.8\n
 
 /// Replaces /etc/resolv.conf (removed first: images often ship it as a dangling symlink).
 pub fn write_resolv_conf(root: &Path, text: &str) -> std::io::Result<()> {
-    let path = root.join("etc/resolv.conf");
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(path, text)
+    write_if_changed(&root.join("etc/resolv.conf"), text)
 }
 
 /// Materialises one config file: parent directories, content, mode, ownership by the user.
@@ -104,6 +113,8 @@ pub fn mount_volume(volume: &GuestVolume) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     #[test]
@@ -129,6 +140,18 @@ mod tests {
         assert_eq!(build_resolv_conf("", &[]), "");
         let both = build_resolv_conf("10.0.0.1", &["1.1.1.1".into()]);
         assert!(both.find("10.0.0.1").unwrap() < both.find("1.1.1.1").unwrap());
+    }
+
+    #[test]
+    fn unchanged_files_are_not_rewritten() {
+        let root = tempfile::tempdir().unwrap();
+        write_hostname_files(root.path(), "same").unwrap();
+        let path = root.path().join("etc/hosts");
+        let before = std::fs::metadata(&path).unwrap().ino();
+        write_hostname_files(root.path(), "same").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), before, "rewritten although unchanged");
+        write_hostname_files(root.path(), "other").unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("other"));
     }
 
     #[test]

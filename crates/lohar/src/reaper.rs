@@ -128,8 +128,8 @@ pub fn kill_all_children() {
 }
 
 /// Blocks SIGCHLD, SIGTERM and SIGINT in the calling thread. Call first thing in `main`, before
-/// any thread exists, so every thread inherits the mask and only [`run`] receives them. std
-/// resets the mask in spawned children.
+/// any thread exists, so every thread inherits the mask and only [`run`] receives them. std does
+/// *not* reset the mask in spawned children: `spawn::command` clears it before exec.
 pub fn block_signals() -> nix::Result<()> {
     handled_signals().thread_block()
 }

@@ -5,6 +5,8 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// The unprivileged user every exec runs as unless root is requested.
 pub const USER_UID: u32 = 1000;
@@ -68,9 +70,27 @@ pub fn build_env(
     env
 }
 
-/// Supplementary groups of the unprivileged user, read from /etc/group. v1 ran execs with no
-/// supplementary groups at all, so a user in the `docker` group could not use docker.
+/// Supplementary groups of the unprivileged user, from /etc/group. v1 ran execs with no
+/// supplementary groups at all, so a user in the `docker` group could not use docker. Parsing
+/// two files on every exec showed up in profiles, so the result is cached until /etc/passwd or
+/// /etc/group changes (`usermod -aG` takes effect for the next exec).
 fn supplementary_groups() -> Vec<libc::gid_t> {
+    type Cache = Option<((Option<SystemTime>, Option<SystemTime>), Vec<libc::gid_t>)>;
+    static CACHE: Mutex<Cache> = Mutex::new(None);
+    let mtime = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stamp = (mtime("/etc/passwd"), mtime("/etc/group"));
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cache {
+        Some((cached, groups)) if *cached == stamp => groups.clone(),
+        _ => {
+            let groups = read_supplementary_groups();
+            *cache = Some((stamp, groups.clone()));
+            groups
+        }
+    }
+}
+
+fn read_supplementary_groups() -> Vec<libc::gid_t> {
     let user = std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|passwd| {
