@@ -28,6 +28,18 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The VMM failed (QEMU did not start, QMP failed).
+    #[error("VMM error")]
+    Vmm(#[from] vmm::VmmError),
+    /// The guest's agent never answered.
+    #[error("the guest agent did not become ready; console:\n{console}")]
+    NotReady {
+        /// Why the last probe failed.
+        #[source]
+        source: agent::AgentError,
+        /// The guest's serial console.
+        console: String,
+    },
     /// File IO failed.
     #[error("engine IO failed")]
     Io(#[from] std::io::Error),

@@ -5,5 +5,6 @@ pub mod configdrive;
 mod error;
 pub mod net;
 mod run;
+pub mod vm;
 
 pub use error::EngineError;

@@ -1,0 +1,150 @@
+//! Booting one guest: a qcow2 overlay over the base image, a config drive, a TAP in the engine's
+//! namespace, QEMU, and the agent client waiting until the guest answers.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent::{AgentClient, Endpoint};
+use proto::guest::GuestConfig;
+use tokio::process::Command;
+use vmm::{Accel, Accelerator, Disk, DiskFormat, NetDevice, QemuProcess, VmConfig};
+
+use crate::error::EngineError;
+use crate::net::Netns;
+use crate::run::run;
+
+/// The descriptor number QEMU sees for the TAP.
+const TAP_FD: i32 = 3;
+
+/// Everything needed to boot one guest.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    /// Guest kernel (vmlinux).
+    pub kernel: PathBuf,
+    /// Base root filesystem image (ext4, never written).
+    pub image: PathBuf,
+    /// Directory for this VM's files (overlay, config drive, sockets, console log).
+    pub dir: PathBuf,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Config drive content (token, hostname, env, init, ...).
+    pub guest: GuestConfig,
+    /// Guest address on the bridge.
+    pub ip: Ipv4Addr,
+    /// Bridge address (the guest's gateway).
+    pub gateway: Ipv4Addr,
+    /// Bridge to attach the TAP to.
+    pub bridge: String,
+    /// TAP device name (unique in the namespace).
+    pub tap: String,
+    /// Guest MAC.
+    pub mac: [u8; 6],
+    /// Accelerator request.
+    pub accel: Accel,
+    /// How long to wait for the agent.
+    pub ready_timeout: Duration,
+}
+
+/// A booted guest.
+#[derive(Debug)]
+pub struct Vm {
+    /// The QEMU process (killed when dropped).
+    pub qemu: QemuProcess,
+    /// Client of the guest's agent.
+    pub client: AgentClient,
+    /// Guest address.
+    pub ip: Ipv4Addr,
+    /// QEMU spawn to the first successful authenticated exec.
+    pub ready_after: Duration,
+    /// The VM's directory.
+    pub dir: PathBuf,
+}
+
+impl Vm {
+    /// The serial console so far.
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serial.log")).unwrap_or_default()
+    }
+}
+
+/// The host TSC rate in kHz, from /proc/cpuinfo. Under TCG the guest often cannot calibrate
+/// its TSC; telling it the rate fixes that.
+pub fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse().ok())?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// The kernel command line for a guest at `ip` behind `gateway`.
+pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, accel: Accelerator) -> String {
+    let mut cmdline = format!(
+        "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 init=/usr/local/bin/lohar \
+         ip={ip}::{gateway}:255.255.255.0::eth0:off no_timer_check tsc=reliable lpj=5000000 \
+         mitigations=off quiet loglevel=1 8250.nr_uarts=1"
+    );
+    if let Some(khz) = host_tsc_khz() {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    if accel == Accelerator::Tcg {
+        // QEMU's emulated APIC timer runs at 1 GHz: 10,000,000 ticks per jiffy at HZ=100.
+        // Giving it skips a 100 ms calibration against the PIT. (Under KVM the rate differs.)
+        cmdline.push_str(" lapic_timer_period=10000000");
+    }
+    cmdline
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Boots a guest and waits until its agent runs `true`. On failure the error carries the
+/// console log; QEMU is killed.
+pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
+    std::fs::create_dir_all(&spec.dir)?;
+    let overlay = spec.dir.join("root.qcow2");
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&spec.image)
+            .arg(&overlay),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let config_drive = spec.dir.join("config.ext4");
+    crate::configdrive::build(&spec.guest, &config_drive).await?;
+    ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
+    let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
+    let accel = spec.accel.resolve()?;
+    let mut cfg = VmConfig::new(
+        spec.kernel.clone(),
+        kernel_cmdline(spec.ip, spec.gateway, accel),
+        spec.dir.join("serial.log"),
+        spec.dir.join("qmp.sock"),
+    );
+    cfg.accel = spec.accel;
+    cfg.memory.size_mib = spec.memory_mib;
+    cfg.vcpus = spec.vcpus;
+    cfg.disks.push(Disk { path: overlay, format: DiskFormat::Qcow2, read_only: false });
+    cfg.disks.push(Disk { path: config_drive, format: DiskFormat::Raw, read_only: true });
+    cfg.net = Some(NetDevice { tap_fd: TAP_FD, mac: mac_text(spec.mac) });
+    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    let endpoint = Endpoint::TcpInNetns {
+        netns: ns.path().to_owned(),
+        control: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::CONTROL_PORT),
+        forward: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::FORWARD_PORT),
+    };
+    let token = Some(spec.guest.token.clone()).filter(|t| !t.is_empty());
+    let client = AgentClient::new(endpoint, token);
+    let ready = client.wait_ready(spec.ready_timeout).await;
+    let ready_after = qemu.spawned_at.elapsed();
+    let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
+    match ready {
+        Ok(_) => Ok(vm),
+        Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
+    }
+}
