@@ -18,13 +18,6 @@ fn with_token() -> Agent {
     Agent::start_with(Some(serde_json::json!({"token": TOKEN})), &[])
 }
 
-fn hello(s: &mut std::os::unix::net::UnixStream) -> Hello {
-    send_json(s, FrameType::HELLO, &Hello { version: 1, features: vec!["reuse".into()] }).unwrap();
-    let f = read(s);
-    assert_eq!(f.kind, FrameType::HELLO_ACK);
-    f.json().unwrap()
-}
-
 #[test]
 fn auth_correct_token_is_accepted() {
     let agent = with_token();
@@ -90,7 +83,7 @@ fn hello_enables_many_requests_on_one_connection() {
     let agent = with_token();
     let mut s = agent.connect();
     write_frame(&mut s, FrameType::AUTH, TOKEN.as_bytes()).unwrap();
-    let ack = hello(&mut s);
+    let ack = hello_reuse(&mut s);
     assert_eq!((ack.version, ack.features), (1, vec!["reuse".to_owned()]));
     for i in 0..50 {
         send_json(
@@ -124,7 +117,7 @@ fn hello_without_reuse_grants_nothing() {
 fn reuse_discards_stray_input_between_requests() {
     let agent = Agent::start();
     let mut s = agent.connect();
-    hello(&mut s);
+    hello_reuse(&mut s);
     send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["true"])).unwrap();
     assert_eq!(collect_exec(&mut s).exit, Some(0));
     // Input that raced with the end of the previous exec.
@@ -138,7 +131,7 @@ fn reuse_discards_stray_input_between_requests() {
 fn reuse_connection_closes_after_an_error() {
     let agent = Agent::start();
     let mut s = agent.connect();
-    hello(&mut s);
+    hello_reuse(&mut s);
     send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["/nonexistent"])).unwrap();
     assert!(collect_exec(&mut s).error.is_some());
     assert!(read_frame(&mut s).map(|f| f.is_none()).unwrap_or(true));

@@ -557,13 +557,7 @@ fn file_list_of_long_names_stays_under_the_frame_limit() {
 fn file_ops_on_a_reused_connection() {
     let agent = Agent::start();
     let mut s = agent.connect();
-    send_json(
-        &mut s,
-        FrameType::HELLO,
-        &proto::messages::Hello { version: 1, features: vec!["reuse".into()] },
-    )
-    .unwrap();
-    assert_eq!(read(&mut s).kind, FrameType::HELLO_ACK);
+    hello_reuse(&mut s);
     let p = agent.path("reuse.txt");
     for round in 0..5 {
         let body = format!("round {round}");

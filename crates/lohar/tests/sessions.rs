@@ -492,13 +492,7 @@ fn session_output_is_not_blocked_by_a_stalled_client_for_other_requests() {
 fn hello_on_a_session_connection_still_ends_with_the_session() {
     let agent = Agent::start();
     let mut s = agent.connect();
-    send_json(
-        &mut s,
-        FrameType::HELLO,
-        &proto::messages::Hello { version: 1, features: vec!["reuse".into()] },
-    )
-    .unwrap();
-    assert_eq!(read(&mut s).kind, FrameType::HELLO_ACK);
+    hello_reuse(&mut s);
     send_json(&mut s, FrameType::EXEC_REQ, &tty_request(&["sh", "-c", "echo bye"])).unwrap();
     let exit = read_until(&mut s, FrameType::EXIT);
     assert_eq!(decode_exit(&exit.payload).unwrap(), 0);

@@ -161,6 +161,15 @@ impl ExecResult {
     }
 }
 
+/// Sends HELLO asking for connection reuse and returns the agent's HELLO_ACK.
+pub fn hello_reuse(s: &mut UnixStream) -> proto::messages::Hello {
+    let hello = proto::messages::Hello { version: 1, features: vec!["reuse".into()] };
+    send_json(s, FrameType::HELLO, &hello).unwrap();
+    let f = read(s);
+    assert_eq!(f.kind, FrameType::HELLO_ACK, "{}", f.text());
+    f.json().unwrap()
+}
+
 /// Reads frames until EXIT, ERROR or EOF.
 pub fn collect_exec(s: &mut UnixStream) -> ExecResult {
     let mut r = ExecResult::default();
