@@ -49,7 +49,10 @@ async fn run(argv: &[String], json: bool) -> Result<i32, String> {
     let data =
         std::env::var_os("BHATTI_DATA_DIR").map(PathBuf::from).unwrap_or("/var/lib/bhatti".into());
     let kernel = data.join("kernel/current/vmlinux");
-    let image = data.join("images/test/current/rootfs.ext4");
+    // BHATTI_IMAGE selects another image, e.g. images/minimal/current/rootfs.ext4.
+    let image = std::env::var_os("BHATTI_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data.join("images/test/current/rootfs.ext4"));
     for path in [&kernel, &image] {
         if !path.exists() {
             return Err(format!(

@@ -8,11 +8,22 @@ use std::time::Duration;
 
 use agent::{AgentError, ReadOptions};
 use common::*;
+use proto::guest::{GuestConfig, GuestFile};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_boots_runs_commands_moves_files_and_powers_off() {
     let net = TestNet::new().await;
-    let mut vm = boot(&net, 2, 256).await;
+    let guest = GuestConfig {
+        env: [("FROM_CONFIG".to_owned(), "drive".to_owned())].into(),
+        files: [(
+            "/home/lohar/.config/greeting".to_owned(),
+            GuestFile { content: "aGVsbG8gZnJvbSB0aGUgZHJpdmU=".into(), mode: "0600".into() },
+        )]
+        .into(),
+        init: "echo init-ran-as-$(id -u) > /tmp/init.out; exec sleep 600".into(),
+        ..Default::default()
+    };
+    let mut vm = boot_with(&net, 2, 256, guest).await;
     eprintln!("agent ready {:?} after QEMU start ({})", vm.ready_after, vm.qemu.accel);
 
     let out = vm.client.exec(&["echo", "hello from the guest"]).await.unwrap();
@@ -28,6 +39,28 @@ async fn vm_boots_runs_commands_moves_files_and_powers_off() {
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "lohar\nvm2\n1000\ndrive-gone\n");
+
+    // Config drive: env for every exec, files with their mode and owner, the init session.
+    let out = vm.client.exec(&["sh", "-c", "echo $FROM_CONFIG; cat /home/lohar/.config/greeting; stat -c '%a %u' /home/lohar/.config/greeting"]).await.unwrap();
+    assert_eq!(
+        out.stdout_text(),
+        "drive\nhello from the drive600 1000\n",
+        "stderr: {}\nconsole: {}",
+        out.stderr_text(),
+        vm.serial_log()
+    );
+    let sessions = vm.client.session_list().await.unwrap();
+    assert!(sessions.iter().any(|s| s.session_id == "init" && s.running), "{sessions:?}");
+    // The init session starts once the agent listens, so give it a moment.
+    let mut init = Vec::new();
+    for _ in 0..50 {
+        if let Ok(file) = vm.client.file_read("/tmp/init.out", ReadOptions::default()).await {
+            init = file.data;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(init, b"init-ran-as-1000\n");
 
     vm.client.file_write("/home/lohar/note.txt", "0640", b"written by the host").await.unwrap();
     let read = vm.client.file_read("/home/lohar/note.txt", ReadOptions::default()).await.unwrap();

@@ -157,6 +157,22 @@ impl QemuProcess {
     }
 }
 
+impl Drop for QemuProcess {
+    /// Kills QEMU and reaps it before returning (bounded to 1 s), so no zombie outlives us even
+    /// when the runtime that would reap it in the background is shutting down.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.start_kill();
+            for _ in 0..200 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }

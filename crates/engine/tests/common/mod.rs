@@ -85,6 +85,18 @@ pub const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// Boots the test image as guest `host` on `net` and waits for the agent.
 pub async fn boot(net: &TestNet, host: u8, memory_mib: u32) -> BootedVm {
+    boot_with(net, host, memory_mib, GuestConfig::default()).await
+}
+
+/// Like [`boot`], with extra config drive content (the token and hostname are set here).
+pub async fn boot_with(
+    net: &TestNet,
+    host: u8,
+    memory_mib: u32,
+    mut guest: GuestConfig,
+) -> BootedVm {
+    guest.hostname = format!("vm{host}");
+    guest.token = TOKEN.into();
     let (kernel, image) = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let spec = BootSpec {
@@ -93,11 +105,7 @@ pub async fn boot(net: &TestNet, host: u8, memory_mib: u32) -> BootedVm {
         dir: dir.path().to_owned(),
         memory_mib,
         vcpus: 1,
-        guest: GuestConfig {
-            hostname: format!("vm{host}"),
-            token: TOKEN.into(),
-            ..Default::default()
-        },
+        guest,
         ip: net.guest_ip(host),
         gateway: net.gateway(),
         bridge: "br0".into(),
