@@ -405,22 +405,37 @@ impl AgentClient {
             .await
             .map_err(|_| AgentError::Timeout { op: "exec", after: timeout })??;
         let mut stream = conn.stream;
-        send_json(&mut stream, FrameType::EXEC_REQ, req).await?;
+        tokio::time::timeout_at(deadline, send_json(&mut stream, FrameType::EXEC_REQ, req))
+            .await
+            .map_err(|_| AgentError::Timeout { op: "exec", after: timeout })??;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let (event_tx, events) = mpsc::channel(64);
         let (input_tx, mut input_rx) = mpsc::channel::<Frame>(64);
-        // The writer ends when every input handle is dropped or the connection fails. Dropping
-        // a split half does not close the socket; it closes once both halves are gone.
+        // The socket closes once both halves are dropped, and closing it is what makes the agent
+        // kill the command. The reader ends when the exec ends, the deadline passes or the
+        // ExecStream is dropped; the writer ends with it (or when every input handle is gone).
+        let (reader_done, mut writer_stop) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            while let Some(frame) = input_rx.recv().await {
+            loop {
+                let frame = tokio::select! {
+                    frame = input_rx.recv() => frame,
+                    _ = &mut writer_stop => None,
+                };
+                let Some(frame) = frame else { break };
                 if write_frame(&mut wr, frame.kind, &frame.payload).await.is_err() {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
+            let _reader_done = reader_done;
             loop {
-                let next = match tokio::time::timeout_at(deadline, read_frame(&mut rd)).await {
+                let next = tokio::select! {
+                    // The caller dropped the ExecStream: abandon the connection.
+                    _ = event_tx.closed() => return,
+                    next = tokio::time::timeout_at(deadline, read_frame(&mut rd)) => next,
+                };
+                let next = match next {
                     Ok(next) => next,
                     Err(_) => {
                         let _ = event_tx

@@ -604,3 +604,35 @@ async fn client_concurrent_calls_share_the_pool_safely() {
         t.await.unwrap();
     }
 }
+
+/// Review finding: dropping an ExecStream left its connection (and the command) alive until the
+/// exec deadline.
+#[tokio::test]
+async fn client_dropping_an_exec_stream_kills_the_command() {
+    let lohar = Lohar::start();
+    let pidfile = lohar.path("stream.pid");
+    let req = ExecRequest::command(["sh", "-c", &format!("echo $$ > {pidfile}; exec sleep 60")]);
+    let stream = lohar.client().exec_stream(&req, Duration::from_secs(600)).await.unwrap();
+    let mut pid = None;
+    for _ in 0..200 {
+        if let Some(p) =
+            std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            pid = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = pid.expect("command started");
+    drop(stream);
+    let mut gone = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
+        {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the command outlived its dropped stream");
+}

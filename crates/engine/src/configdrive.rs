@@ -1,6 +1,7 @@
 //! The config drive: a small ext4 image holding `config.json`, built without mounting
 //! (`mkfs.ext4 -d`), attached read-only as the guest's second disk.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,7 +27,13 @@ pub async fn build(config: &GuestConfig, image: &Path) -> Result<(), EngineError
     let content = staging.path().join("content");
     std::fs::create_dir(&content)?;
     std::fs::write(content.join("config.json"), &json)?;
-    let file = std::fs::File::create(image)?;
+    // The drive holds the auth token and the env (maybe secrets): owner-only.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(image)?;
     file.set_len(image_size(json.len()))?;
     drop(file);
     run(
@@ -60,6 +67,8 @@ mod tests {
             GuestConfig { hostname: "dev".into(), token: "ab".repeat(16), ..Default::default() };
         build(&config, &image).await.unwrap();
         assert_eq!(std::fs::metadata(&image).unwrap().len(), MIB);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&image).unwrap().permissions().mode() & 0o777, 0o600);
         // Read it back without mounting: debugfs from e2fsprogs.
         let out = std::process::Command::new("debugfs")
             .args(["-R", "cat /config.json"])

@@ -288,10 +288,20 @@ mod tests {
         assert_eq!(prefix_to_mask(0), Ipv4Addr::new(0, 0, 0, 0));
     }
 
+    /// Deletes the namespace even when an assertion fails.
+    struct Cleanup(String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+
     #[tokio::test]
     async fn namespace_bridge_and_tap_lifecycle() {
         let name = format!("bhatti-unit-{}", std::process::id());
         let ns = Netns::create(&name).await.unwrap();
+        let _cleanup = Cleanup(name.clone());
         ns.setup_bridge("br0", Ipv4Addr::new(10, 99, 0, 1), 24).await.unwrap();
         // Idempotent.
         ns.setup_bridge("br0", Ipv4Addr::new(10, 99, 0, 1), 24).await.unwrap();

@@ -106,6 +106,8 @@ fn mac_text(mac: [u8; 6]) -> String {
 /// console log; QEMU is killed.
 pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     std::fs::create_dir_all(&spec.dir)?;
+    // Console logs and the config drive are the owner's business only.
+    std::fs::set_permissions(&spec.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let overlay = spec.dir.join("root.qcow2");
     run(
         Command::new("qemu-img")

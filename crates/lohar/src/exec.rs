@@ -7,11 +7,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use proto::messages::{DetachedExec, ExecRequest};
@@ -23,6 +22,10 @@ use crate::conn::Conn;
 use crate::reaper::{self, ExitWatch};
 use crate::server::{Outcome, send_error};
 use crate::spawn::{self, Grouping, RunAs};
+
+/// Host input buffered for a child that is not reading its stdin before the host is
+/// back-pressured.
+const STDIN_BUFFER: usize = 1024 * 1024;
 
 /// Bytes read from a child pipe per STDOUT/STDERR frame.
 const OUTPUT_CHUNK: usize = 32 * 1024;
@@ -45,7 +48,8 @@ pub fn run(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     let stdin = child.stdin.take().map(OwnedFd::from).map(File::from);
     let stdout = child.stdout.take().map(OwnedFd::from).map(File::from);
     let stderr = child.stderr.take().map(OwnedFd::from).map(File::from);
-    let mut pump = Pump { conn, pgid, stdin, stdin_pending: Vec::new(), host_open: true };
+    let mut pump =
+        Pump { conn, pgid, stdin, stdin_pending: Vec::new(), stdin_eof: false, host_open: true };
     let code = pump.run(stdout, stderr, watch);
     if agent.sync_before_exit {
         nix::unistd::sync();
@@ -65,6 +69,8 @@ struct Pump<'a> {
     stdin: Option<File>,
     /// Host input not yet accepted by the child's stdin pipe.
     stdin_pending: Vec<u8>,
+    /// The host sent EOF (an empty STDIN frame): close stdin once `stdin_pending` is written.
+    stdin_eof: bool,
     host_open: bool,
 }
 
@@ -83,35 +89,25 @@ impl Pump<'_> {
         let mut code = None;
         let mut buf = vec![0u8; OUTPUT_CHUNK];
         while stdout.is_some() || stderr.is_some() || code.is_none() {
-            // Host input is read only while the child keeps up with it (back-pressure).
-            let want_host = self.host_open && self.stdin_pending.is_empty();
-            let want_stdin = self.stdin.is_some() && !self.stdin_pending.is_empty();
-            let [host_ready, out_ready, err_ready, exit_ready, in_ready] = {
-                let candidates = [
-                    want_host.then(|| (self.conn.as_fd(), PollFlags::POLLIN)),
-                    stdout.as_ref().map(|f| (f.as_fd(), PollFlags::POLLIN)),
-                    stderr.as_ref().map(|f| (f.as_fd(), PollFlags::POLLIN)),
-                    code.is_none().then(|| (watch.as_fd(), PollFlags::POLLIN)),
-                    self.stdin
-                        .as_ref()
-                        .filter(|_| want_stdin)
-                        .map(|f| (f.as_fd(), PollFlags::POLLOUT)),
-                ];
-                let mut slots = [None; 5];
-                let mut fds = Vec::with_capacity(5);
-                for (slot, candidate) in candidates.into_iter().enumerate() {
-                    if let Some((fd, flags)) = candidate {
-                        slots[slot] = Some(fds.len());
-                        fds.push(PollFd::new(fd, flags));
-                    }
-                }
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    // Not expected with valid fds; avoid a hot loop if it ever happens.
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
-                }
-                slots.map(|slot| slot.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty()))
+            // Host frames are read while less than STDIN_BUFFER of input waits for the child, so
+            // KILL and a disconnect are seen even while the child ignores its stdin. Beyond
+            // that, input is back-pressured but a hang-up is still noticed (POLLRDHUP).
+            let host_flags = if self.stdin_pending.len() < STDIN_BUFFER {
+                libc::POLLIN | libc::POLLRDHUP
+            } else {
+                libc::POLLRDHUP
             };
+            let want_stdin = self.stdin.is_some() && !self.stdin_pending.is_empty();
+            let candidates = [
+                self.host_open.then(|| (self.conn.as_raw_fd(), host_flags)),
+                stdout.as_ref().map(|f| (f.as_raw_fd(), libc::POLLIN)),
+                stderr.as_ref().map(|f| (f.as_raw_fd(), libc::POLLIN)),
+                code.is_none().then(|| (watch.as_fd().as_raw_fd(), libc::POLLIN)),
+                self.stdin.as_ref().filter(|_| want_stdin).map(|f| (f.as_raw_fd(), libc::POLLOUT)),
+            ];
+            let [host_events, out_ready, err_ready, exit_ready, in_ready] = poll_slots(candidates);
+            let [out_ready, err_ready, exit_ready, in_ready] =
+                [out_ready, err_ready, exit_ready, in_ready].map(|r| r != 0);
 
             if out_ready && !self.forward_output(&mut stdout, FrameType::STDOUT, &mut buf) {
                 stdout = None;
@@ -125,8 +121,10 @@ impl Pump<'_> {
             if in_ready {
                 self.flush_stdin();
             }
-            if host_ready {
+            if host_events & libc::POLLIN != 0 {
                 self.read_host();
+            } else if host_events & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                self.host_gone();
             }
         }
         code.unwrap_or(1)
@@ -154,9 +152,13 @@ impl Pump<'_> {
     fn read_host(&mut self) {
         match read_frame(self.conn) {
             Ok(Some(frame)) => match frame.kind {
-                FrameType::STDIN if frame.payload.is_empty() => self.stdin = None,
+                FrameType::STDIN if frame.payload.is_empty() => {
+                    // EOF once everything before it has reached the child.
+                    self.stdin_eof = true;
+                    self.flush_stdin();
+                }
                 FrameType::STDIN => {
-                    self.stdin_pending = frame.payload;
+                    self.stdin_pending.extend_from_slice(&frame.payload);
                     self.flush_stdin();
                 }
                 FrameType::KILL => self.kill(),
@@ -186,6 +188,9 @@ impl Pump<'_> {
                 }
             }
         }
+        if self.stdin_eof {
+            self.stdin = None;
+        }
     }
 
     /// The host disconnected: kill the command (v1 left it running, which the docs said it would
@@ -202,6 +207,30 @@ impl Pump<'_> {
     fn kill(&self) {
         let _ = kill(Pid::from_raw(-self.pgid.as_raw()), Signal::SIGKILL);
     }
+}
+
+/// Polls the present candidates (fd, events) and returns each slot's `revents` (0 for absent
+/// slots). Raw `poll(2)` because nix's flag type drops bits it does not name, such as
+/// POLLRDHUP, which would turn a hang-up into a busy loop.
+fn poll_slots<const N: usize>(
+    candidates: [Option<(RawFd, libc::c_short)>; N],
+) -> [libc::c_short; N] {
+    let mut slots = [None; N];
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(N);
+    for (slot, candidate) in candidates.into_iter().enumerate() {
+        if let Some((fd, events)) = candidate {
+            slots[slot] = Some(fds.len());
+            fds.push(libc::pollfd { fd, events, revents: 0 });
+        }
+    }
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the duration of the call,
+    // and every descriptor in it is owned by the caller and open.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+        // Not expected with valid descriptors; avoid a hot loop if it ever happens.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    slots.map(|slot| slot.map_or(0, |i| fds[i].revents))
 }
 
 /// Starts a detached exec: output to a file, replies with the PID and the file, then EXIT 0.

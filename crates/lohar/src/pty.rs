@@ -2,9 +2,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use nix::pty::{Winsize, openpty};
+use nix::fcntl::OFlag;
+use nix::pty::{Winsize, grantpt, posix_openpt, ptsname_r, unlockpt};
 use proto::payload::WindowSize;
 
 /// A PTY pair: the agent keeps `master`, the child gets `slave` as stdio.
@@ -20,11 +21,28 @@ fn winsize(size: WindowSize) -> Winsize {
     Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 }
 }
 
-/// Opens a PTY pair with the given window size.
+/// Opens a PTY pair with the given window size. Both ends are close-on-exec from the moment
+/// they exist (`openpty` leaves them inheritable, so every command started meanwhile on another
+/// thread would inherit other sessions' terminals, and a leaked slave keeps a session from ever
+/// seeing EOF). The child gets its own non-CLOEXEC copies through its stdio.
 pub fn open(size: WindowSize) -> io::Result<Pty> {
-    let pair = openpty(Some(&winsize(size)), None)?;
-    Ok(Pty { master: File::from(pair.master), slave: pair.slave })
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let slave_path = ptsname_r(&master)?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(slave_path)?
+        .into();
+    // SAFETY: the descriptor comes from posix_openpt and is owned by nobody else.
+    let master = unsafe { File::from_raw_fd(master.into_raw_fd()) };
+    resize(&master, size)?;
+    Ok(Pty { master, slave })
 }
+
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Applies a new window size to the terminal behind `master`.
 pub fn resize(master: &File, size: WindowSize) -> io::Result<()> {

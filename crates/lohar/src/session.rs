@@ -18,8 +18,8 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -86,8 +86,10 @@ struct State {
     scrollback: RingBuffer,
     attached: Option<Client>,
     exit_code: Option<i32>,
-    /// Bumped on every attach and detach; an idle timer only fires if it is unchanged.
-    idle_generation: u64,
+    /// When a detached session with `max_idle` is killed; `None` while attached or unarmed.
+    idle_deadline: Option<Instant>,
+    /// The session's idle-timer thread is running (at most one per session).
+    idle_thread: bool,
 }
 
 /// One session.
@@ -101,6 +103,8 @@ pub struct Session {
     /// PTY master or the write end of the child's stdin; `None` once closed.
     input: Mutex<Option<File>>,
     state: Mutex<State>,
+    /// Wakes the idle-timer thread when the deadline changes or the process exits.
+    idle_changed: Condvar,
 }
 
 impl std::fmt::Debug for Session {
@@ -139,21 +143,53 @@ impl Session {
         }
     }
 
+    /// Arms the idle deadline (detached sessions with `max_idle` only). One timer thread per
+    /// session waits for the current deadline; re-arming moves it instead of adding threads.
     fn arm_idle_timer(self: &Arc<Self>, st: &mut State) {
-        st.idle_generation += 1;
         let Some(idle) = self.max_idle else { return };
         if st.exit_code.is_some() {
             return;
         }
-        let generation = st.idle_generation;
+        st.idle_deadline = Some(Instant::now() + idle);
+        if st.idle_thread {
+            self.idle_changed.notify_all();
+            return;
+        }
+        st.idle_thread = true;
         let session = Arc::clone(self);
-        std::thread::spawn(move || {
-            std::thread::sleep(idle);
-            let st = lock(&session.state);
-            if st.idle_generation == generation && st.attached.is_none() && st.exit_code.is_none() {
-                session.signal(Signal::SIGKILL);
+        std::thread::spawn(move || session.idle_timer());
+    }
+
+    /// Disarms the idle deadline (on attach).
+    fn disarm_idle_timer(&self, st: &mut State) {
+        st.idle_deadline = None;
+        self.idle_changed.notify_all();
+    }
+
+    /// The idle-timer thread: SIGKILLs the process group when the deadline passes while nobody
+    /// is attached; ends when the process exits.
+    fn idle_timer(&self) {
+        let mut st = lock(&self.state);
+        loop {
+            if st.exit_code.is_some() {
+                st.idle_thread = false;
+                return;
             }
-        });
+            st = match st.idle_deadline {
+                None => self.idle_changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) if Instant::now() >= deadline => {
+                    st.idle_deadline = None;
+                    if st.attached.is_none() {
+                        self.signal(Signal::SIGKILL);
+                    }
+                    st
+                }
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    self.idle_changed.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
     }
 }
 
@@ -369,8 +405,10 @@ fn new_session(
             scrollback: RingBuffer::new(SCROLLBACK_BYTES),
             attached: None,
             exit_code: None,
-            idle_generation: 0,
+            idle_deadline: None,
+            idle_thread: false,
         }),
+        idle_changed: Condvar::new(),
     })
 }
 
@@ -426,7 +464,7 @@ fn attach_to(
         if let Some(old) = st.attached.take() {
             old.kick();
         }
-        st.idle_generation += 1;
+        session.disarm_idle_timer(&mut st);
         let mut info = session.info(&st);
         info.attached = st.exit_code.is_none();
         let info_json = serde_json::to_vec(&info).unwrap_or_default();
@@ -531,6 +569,7 @@ fn pump_output(registry: &Registry, session: &Arc<Session>, mut output: File, wa
     let attached = {
         let mut st = lock(&session.state);
         st.exit_code = Some(code);
+        session.idle_changed.notify_all();
         st.attached.take()
     };
     if let Some(client) = attached {

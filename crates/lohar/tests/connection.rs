@@ -315,3 +315,43 @@ fn sigterm_in_test_mode_takes_started_commands_down() {
         wait_for(Duration::from_secs(5), || !process_alive(pid) && !process_alive(info.pid as i32))
     );
 }
+
+/// Review finding: the 5 s auth deadline was an idle timeout, so a peer trickling one byte at a
+/// time held a connection (and a slot of the 50) forever.
+#[test]
+fn auth_deadline_is_absolute_not_per_read() {
+    let agent = with_token();
+    let mut s = agent.connect();
+    let start = Instant::now();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // A valid-looking AUTH header, then one byte per second.
+            let _ = w.write_all(&[0, 0, 0, 33, 0x11]);
+            for _ in 0..9 {
+                std::thread::sleep(Duration::from_secs(1));
+                if w.write_all(b"0").is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let f = read(&mut s);
+    assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "auth required"));
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(7), "trickling peer kept the connection for {waited:?}");
+    drop(s);
+    writer.join().unwrap();
+}
+
+#[test]
+fn oversized_auth_frame_is_refused_at_once() {
+    let agent = with_token();
+    let mut s = agent.connect();
+    s.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
+    s.write_all(&[0x11]).unwrap();
+    let start = Instant::now();
+    let f = read(&mut s);
+    assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "auth required"));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}

@@ -398,3 +398,35 @@ fn exit_frame_is_the_last_frame_and_follows_all_output() {
     assert_eq!(String::from_utf8(out).unwrap(), expected);
     assert!(read_frame(&mut s).unwrap().is_none());
 }
+
+/// Review finding: PTY descriptors were inheritable, so every command saw the terminals of all
+/// live TTY sessions (and could type into them).
+#[test]
+fn exec_does_not_inherit_other_sessions_terminals() {
+    let agent = Agent::start();
+    let mut req = ExecRequest::command(["sleep", "60"]);
+    req.tty = Some(true);
+    let mut session = agent.request_json(FrameType::EXEC_REQ, &req);
+    assert_eq!(read(&mut session).kind, FrameType::SESSION_INFO);
+    let r = agent.sh("ls -l /proc/self/fd/ 2>/dev/null; ls -l /proc/$$/fd/");
+    assert_eq!(r.exit, Some(0));
+    let fds = r.out();
+    assert!(!fds.contains("ptmx") && !fds.contains("/dev/pts"), "inherited a terminal:\n{fds}");
+}
+
+/// Review finding: with input queued for a child that does not read its stdin, KILL and a
+/// disconnect were not noticed until the child exited.
+#[test]
+fn exec_kill_is_honoured_while_stdin_is_backed_up() {
+    let agent = Agent::start();
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &ExecRequest::command(["sleep", "20"]));
+    let chunk = vec![b'x'; 32 * 1024];
+    for _ in 0..7 {
+        write_frame(&mut s, FrameType::STDIN, &chunk).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    write_frame(&mut s, FrameType::KILL, b"").unwrap();
+    assert_eq!(collect_exec(&mut s).exit, Some(137));
+    assert!(start.elapsed() < Duration::from_secs(3), "KILL waited for the child");
+}

@@ -498,3 +498,20 @@ fn hello_on_a_session_connection_still_ends_with_the_session() {
     assert_eq!(decode_exit(&exit.payload).unwrap(), 0);
     assert!(read_frame(&mut s).map(|f| f.is_none()).unwrap_or(true));
 }
+
+/// Review finding: every detach started a new idle-timer thread that slept the whole idle period.
+#[test]
+fn repeated_detach_does_not_pile_up_idle_timer_threads() {
+    let agent = Agent::start();
+    let mut req = piped_request(&["sleep", "600"]);
+    req.max_idle_sec = Some(3600);
+    let (s, info) = create(&agent, &req);
+    drop(s);
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap().count();
+    for _ in 0..40 {
+        assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
+        let (s, _) = attach(&agent, &info.session_id);
+        drop(s);
+    }
+    assert!(wait_for(WAIT, || threads() < 15), "lohar has {} threads", threads());
+}

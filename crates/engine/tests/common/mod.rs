@@ -43,8 +43,10 @@ impl TestNet {
         let ns = Netns::create(&name).await.unwrap();
         // Addresses exist only inside the namespace; the subnet just has to differ per test net.
         let subnet = ((std::process::id() + n) % 200 + 20) as u8;
-        ns.setup_bridge("br0", Ipv4Addr::new(10, subnet, 0, 1), 24).await.unwrap();
-        TestNet { ns, subnet }
+        // The guard exists before anything else can fail, so the namespace is always deleted.
+        let net = TestNet { ns, subnet };
+        net.ns.setup_bridge("br0", net.gateway(), 24).await.unwrap();
+        net
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
