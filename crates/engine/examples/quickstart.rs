@@ -84,6 +84,7 @@ async fn boot_and_run(
         image,
         dir,
         memory_mib: 256,
+        memory_file: None,
         vcpus: 1,
         guest: GuestConfig { hostname: "quickstart".into(), token, ..Default::default() },
         ip: Ipv4Addr::new(10, 240, 0, 2),

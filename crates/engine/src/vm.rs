@@ -2,8 +2,8 @@
 //! namespace, QEMU, and the agent client waiting until the guest answers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Endpoint};
 use proto::guest::GuestConfig;
@@ -28,6 +28,9 @@ pub struct BootSpec {
     pub dir: PathBuf,
     /// Guest RAM in MiB.
     pub memory_mib: u32,
+    /// Keep guest RAM in this file (shared mapping) so the VM can be suspended to disk by
+    /// saving device state only; `None` for anonymous memory.
+    pub memory_file: Option<PathBuf>,
     /// vCPUs.
     pub vcpus: u8,
     /// Config drive content (token, hostname, env, init, ...).
@@ -121,6 +124,19 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     crate::configdrive::build(&spec.guest, &config_drive).await?;
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
+    let cfg = vm_config(spec)?;
+    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    let client = agent_client(ns, spec);
+    let ready = client.wait_ready(spec.ready_timeout).await;
+    let ready_after = qemu.spawned_at.elapsed();
+    let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
+    match ready {
+        Ok(_) => Ok(vm),
+        Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
+    }
+}
+
+fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     let accel = spec.accel.resolve()?;
     let mut cfg = VmConfig::new(
         spec.kernel.clone(),
@@ -130,18 +146,90 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     );
     cfg.accel = spec.accel;
     cfg.memory.size_mib = spec.memory_mib;
+    cfg.memory.file = spec.memory_file.clone();
     cfg.vcpus = spec.vcpus;
-    cfg.disks.push(Disk { path: overlay, format: DiskFormat::Qcow2, read_only: false });
-    cfg.disks.push(Disk { path: config_drive, format: DiskFormat::Raw, read_only: true });
+    cfg.disks.push(Disk {
+        path: spec.dir.join("root.qcow2"),
+        format: DiskFormat::Qcow2,
+        read_only: false,
+    });
+    cfg.disks.push(Disk {
+        path: spec.dir.join("config.ext4"),
+        format: DiskFormat::Raw,
+        read_only: true,
+    });
     cfg.net = Some(NetDevice { tap_fd: TAP_FD, mac: mac_text(spec.mac) });
-    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    Ok(cfg)
+}
+
+fn agent_client(ns: &Netns, spec: &BootSpec) -> AgentClient {
     let endpoint = Endpoint::TcpInNetns {
         netns: ns.path().to_owned(),
         control: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::CONTROL_PORT),
         forward: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::FORWARD_PORT),
     };
     let token = Some(spec.guest.token.clone()).filter(|t| !t.is_empty());
-    let client = AgentClient::new(endpoint, token);
+    AgentClient::new(endpoint, token)
+}
+
+/// What suspending to disk cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Suspended {
+    /// `stop` through QEMU's exit, including the fsync of RAM and state.
+    pub total: Duration,
+    /// The device-state migration alone.
+    pub save: Duration,
+    /// Flushing the RAM file and the state file to disk.
+    pub fsync: Duration,
+    /// Size of the device state.
+    pub state_bytes: u64,
+}
+
+/// Cold: pauses the VM, saves its device state to `state` (RAM stays in its memory file),
+/// flushes both to disk and ends QEMU, which frees the guest's memory.
+pub async fn suspend_to_disk(
+    mut vm: Vm,
+    spec: &BootSpec,
+    state: &Path,
+) -> Result<Suspended, EngineError> {
+    let Some(ram) = spec.memory_file.as_ref() else {
+        return Err(EngineError::Tool {
+            tool: "suspend".into(),
+            message: "the VM has no memory file".into(),
+        });
+    };
+    let start = Instant::now();
+    vm.qemu.qmp.stop(Duration::from_secs(5)).await?;
+    let saved = vm.qemu.save_state(state, Duration::from_secs(30)).await?;
+    vm.qemu.qmp.quit(Duration::from_secs(5)).await?;
+    vm.qemu.wait(Duration::from_secs(10)).await?;
+    let fsync_start = Instant::now();
+    // Only pages the guest dirtied since the last flush are written.
+    std::fs::File::open(ram)?.sync_data()?;
+    std::fs::File::open(state)?.sync_all()?;
+    Ok(Suspended {
+        total: start.elapsed(),
+        save: saved.duration,
+        fsync: fsync_start.elapsed(),
+        state_bytes: saved.bytes,
+    })
+}
+
+/// Starts QEMU again from a suspended VM's RAM file and device state, on a new TAP, and waits
+/// until the agent answers.
+pub async fn resume_from_disk(
+    ns: &Netns,
+    spec: &BootSpec,
+    state: &Path,
+) -> Result<Vm, EngineError> {
+    ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
+    let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
+    let mut cfg = vm_config(spec)?;
+    cfg.incoming = true;
+    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    qemu.load_state(state, Duration::from_secs(30)).await?;
+    qemu.qmp.cont(Duration::from_secs(5)).await?;
+    let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
     let ready_after = qemu.spawned_at.elapsed();
     let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };

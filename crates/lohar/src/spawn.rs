@@ -70,6 +70,26 @@ pub fn build_env(
     env
 }
 
+/// Looks `program` up in the exec's PATH in the agent, so the child makes exactly one `execve`
+/// (std's child-side search tries every PATH entry in turn, and each failed exec in the forked
+/// child is slow under emulation). Names with a `/` and names not found are left to `execve`,
+/// which reports the error.
+fn resolve_program(program: &str, env: &BTreeMap<String, String>) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return program.into();
+    }
+    let path = env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| program.into())
+}
+
 /// Supplementary groups of the unprivileged user, from /etc/group. v1 ran execs with no
 /// supplementary groups at all, so a user in the `docker` group could not use docker. Parsing
 /// two files on every exec showed up in profiles, so the result is cached until /etc/passwd or
@@ -131,7 +151,7 @@ pub fn command(
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(resolve_program(program, env));
     cmd.args(args).env_clear().envs(env);
     if let Some(dir) = cwd.filter(|d| !d.is_empty()) {
         cmd.current_dir(Path::new(dir));

@@ -59,9 +59,9 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
     if cfg.start_paused {
         push(&["-S"]);
     }
-    if let Some(incoming) = &cfg.incoming {
-        let uri = format!("file:{}", incoming.display());
-        push(&["-incoming", &uri]);
+    if cfg.incoming {
+        // Deferred, so the migration capabilities can be set over QMP before the state loads.
+        push(&["-incoming", "defer"]);
     }
     args
 }
@@ -132,7 +132,7 @@ mod tests {
             read_only: true,
         });
         cfg.net = Some(NetDevice { tap_fd: 3, mac: "52:54:00:12:34:56".into() });
-        cfg.incoming = Some(PathBuf::from("/vm/state"));
+        cfg.incoming = true;
         let line = joined(&cfg, Accelerator::Tcg);
         assert!(line.contains(",memory-backend=mem"));
         assert!(
@@ -149,7 +149,7 @@ mod tests {
             line.contains("-drive id=disk1,file=/vm/config.ext4,format=raw,if=none,read-only=on")
         );
         assert!(line.contains("-netdev tap,id=net0,fd=3,vhost=off -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"));
-        assert!(line.ends_with("-incoming file:/vm/state"));
+        assert!(line.ends_with("-incoming defer"));
         cfg.memory.private = true;
         assert!(joined(&cfg, Accelerator::Tcg).contains("share=off"));
     }

@@ -84,8 +84,9 @@ pub struct VmConfig {
     pub tcg_tb_size_mib: u32,
     /// Start paused (`-S`).
     pub start_paused: bool,
-    /// Restore device state from this migration file (`-incoming file:`), starting paused.
-    pub incoming: Option<PathBuf>,
+    /// Wait for an incoming migration (`-incoming defer`); load it with
+    /// [`crate::QemuProcess::load_state`]. The VM stays paused until `cont`.
+    pub incoming: bool,
 }
 
 impl VmConfig {
@@ -104,7 +105,7 @@ impl VmConfig {
             accel: Accel::Auto,
             tcg_tb_size_mib: 8,
             start_paused: false,
-            incoming: None,
+            incoming: false,
         }
     }
 

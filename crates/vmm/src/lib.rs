@@ -10,8 +10,10 @@ pub mod config;
 mod error;
 pub mod process;
 pub mod qmp;
+mod snapshot;
 
 pub use accel::{Accel, Accelerator};
 pub use config::{Disk, DiskFormat, Memory, NetDevice, VmConfig};
 pub use error::VmmError;
 pub use process::QemuProcess;
+pub use snapshot::StateSaved;

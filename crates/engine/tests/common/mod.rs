@@ -91,21 +91,37 @@ pub async fn boot(net: &TestNet, host: u8, memory_mib: u32) -> BootedVm {
 }
 
 /// Like [`boot`], with extra config drive content (the token and hostname are set here).
-pub async fn boot_with(
+pub async fn boot_with(net: &TestNet, host: u8, memory_mib: u32, guest: GuestConfig) -> BootedVm {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(net, host, memory_mib, guest, dir.path(), false);
+    let vm = match engine::vm::boot(&net.ns, &spec).await {
+        Ok(vm) => vm,
+        Err(e) => panic!("boot failed: {e}"),
+    };
+    if std::env::var_os("BHATTI_TEST_SERIAL").is_some() {
+        eprintln!("{}", vm.serial_log());
+    }
+    BootedVm { vm, dir }
+}
+
+/// The boot spec the tests use for guest `host` on `net`, files under `dir`.
+pub fn spec_for(
     net: &TestNet,
     host: u8,
     memory_mib: u32,
     mut guest: GuestConfig,
-) -> BootedVm {
+    dir: &std::path::Path,
+    memory_file: bool,
+) -> BootSpec {
     guest.hostname = format!("vm{host}");
     guest.token = TOKEN.into();
     let (kernel, image) = artifacts();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = BootSpec {
+    BootSpec {
         kernel,
         image,
-        dir: dir.path().to_owned(),
+        dir: dir.to_owned(),
         memory_mib,
+        memory_file: memory_file.then(|| dir.join("ram")),
         vcpus: 1,
         guest,
         ip: net.guest_ip(host),
@@ -115,15 +131,7 @@ pub async fn boot_with(
         mac: [0x52, 0x54, 0x00, 0x00, net.subnet, host],
         accel: vmm::Accel::Auto,
         ready_timeout: Duration::from_secs(60),
-    };
-    let vm = match engine::vm::boot(&net.ns, &spec).await {
-        Ok(vm) => vm,
-        Err(e) => panic!("boot failed: {e}"),
-    };
-    if std::env::var_os("BHATTI_TEST_SERIAL").is_some() {
-        eprintln!("{}", vm.serial_log());
     }
-    BootedVm { vm, dir }
 }
 
 /// p-th percentile (nearest rank) of a sample.

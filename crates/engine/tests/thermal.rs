@@ -1,0 +1,103 @@
+//! Thermal states on a real VM: warm (vCPUs paused, memory kept) and cold (device state saved
+//! beside the RAM file, QEMU gone, memory freed), each woken and checked for lost state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use agent::{ExecRequest, ReadOptions};
+use common::*;
+use proto::guest::GuestConfig;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn p(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, q)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_and_cold_wake_keep_processes_and_files() {
+    let net = TestNet::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_for(&net, 3, 256, GuestConfig::default(), dir.path(), true);
+    let vm = engine::vm::boot(&net.ns, &spec).await.unwrap();
+
+    // Baseline: plain exec on a running guest.
+    let mut plain = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(vm.client.exec(&["true"]).await.unwrap().exit_code, 0);
+        plain.push(ms(t.elapsed()));
+    }
+
+    // State that must survive: a file and a running process.
+    vm.client.file_write("/home/lohar/state.txt", "0644", b"before suspend").await.unwrap();
+    let mut sleeper = ExecRequest::command(["sleep", "600"]);
+    sleeper.output_file = Some("/tmp/sleeper.log".into());
+    let pid = vm.client.exec_detached(&sleeper).await.unwrap().pid;
+
+    // Warm: pause, resume, exec.
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        vm.qemu.qmp.stop(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            vm.qemu.qmp.query_status(Duration::from_secs(5)).await.unwrap().status,
+            "paused"
+        );
+        let t = Instant::now();
+        vm.qemu.qmp.cont(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(vm.client.exec(&["true"]).await.unwrap().exit_code, 0);
+        warm.push(ms(t.elapsed()));
+    }
+
+    // Cold: device state to a file, RAM stays in its file, QEMU exits.
+    let qemu_pid = vm.qemu.pid;
+    let state = dir.path().join("state");
+    let suspended = engine::vm::suspend_to_disk(vm, &spec, &state).await.unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{qemu_pid}")).exists(), "QEMU still running");
+    let t = Instant::now();
+    let vm = engine::vm::resume_from_disk(&net.ns, &spec, &state).await.unwrap();
+    let cold_wake = ms(t.elapsed());
+
+    let file = vm.client.file_read("/home/lohar/state.txt", ReadOptions::default()).await.unwrap();
+    assert_eq!(file.data, b"before suspend");
+    let alive = vm.client.exec(&["kill", "-0", &pid.to_string()]).await.unwrap();
+    assert_eq!(alive.exit_code, 0, "the process started before the suspend is gone");
+
+    println!("\nthermal (TCG, 256 MiB guest, RAM file on disk)\n");
+    println!("| measurement | n | p50 | p95 / value |\n|---|---|---|---|");
+    println!(
+        "| plain exec `true` | {} | {:.1} ms | {:.1} ms |",
+        plain.len(),
+        p(&plain, 50.0),
+        p(&plain, 95.0)
+    );
+    println!(
+        "| warm wake (cont) + exec `true` | {} | {:.1} ms | {:.1} ms |",
+        warm.len(),
+        p(&warm, 50.0),
+        p(&warm, 95.0)
+    );
+    println!(
+        "| cold stop: stop + save + quit + fsync | 1 | {:.1} ms | save {:.1} ms, fsync {:.1} ms, state {} bytes |",
+        ms(suspended.total),
+        ms(suspended.save),
+        ms(suspended.fsync),
+        suspended.state_bytes
+    );
+    println!("| cold wake: QEMU start + load + cont + first exec | 1 | {cold_wake:.1} ms | |");
+    println!("| warm p50 / plain p50 | | {:.2}x | |\n", p(&warm, 50.0) / p(&plain, 50.0));
+    // Loose bounds for a noisy machine; the table is what we report.
+    assert!(p(&warm, 99.0) < 2_000.0, "warm wake p99 {:?}", warm);
+    assert!(cold_wake < 30_000.0);
+    assert!(
+        suspended.state_bytes < 10 * 1024 * 1024,
+        "state file carried RAM: {} bytes",
+        suspended.state_bytes
+    );
+}

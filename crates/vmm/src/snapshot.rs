@@ -1,0 +1,74 @@
+//! Saving and loading device state with QEMU's migration to a file.
+//!
+//! Guest RAM lives in a shared `memory-backend-file`; with the `x-ignore-shared` capability the
+//! migration stream carries device state only (tens of KiB), so saving costs what the device
+//! state costs, not the guest size. Both sides must set the capability, which is why the
+//! destination starts with `-incoming defer`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::error::VmmError;
+use crate::process::QemuProcess;
+
+/// What a save cost.
+#[derive(Debug, Clone, Copy)]
+pub struct StateSaved {
+    /// Wall time of the migration.
+    pub duration: Duration,
+    /// Size of the state file.
+    pub bytes: u64,
+}
+
+const QMP_CALL: Duration = Duration::from_secs(5);
+
+impl QemuProcess {
+    async fn ignore_shared_memory(&self) -> Result<(), VmmError> {
+        let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+        self.qmp.execute("migrate-set-capabilities", Some(caps), QMP_CALL).await.map(drop)
+    }
+
+    /// Writes the device state of a paused VM to `path` (RAM stays in its memory file).
+    pub async fn save_state(&self, path: &Path, timeout: Duration) -> Result<StateSaved, VmmError> {
+        let start = Instant::now();
+        self.ignore_shared_memory().await?;
+        let uri = format!("file:{}", path.display());
+        self.qmp.execute("migrate", Some(json!({ "uri": uri })), QMP_CALL).await?;
+        self.wait_migration("save state", timeout).await?;
+        let bytes = std::fs::metadata(path)?.len();
+        Ok(StateSaved { duration: start.elapsed(), bytes })
+    }
+
+    /// Loads device state saved by [`QemuProcess::save_state`] into a QEMU started with
+    /// `incoming`. The VM is paused afterwards; `cont` runs it.
+    pub async fn load_state(&self, path: &Path, timeout: Duration) -> Result<Duration, VmmError> {
+        let start = Instant::now();
+        self.ignore_shared_memory().await?;
+        let uri = format!("file:{}", path.display());
+        self.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), QMP_CALL).await?;
+        self.wait_migration("load state", timeout).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Polls `query-migrate` until the migration completed or failed.
+    async fn wait_migration(&self, op: &str, timeout: Duration) -> Result<(), VmmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.qmp.execute("query-migrate", None, QMP_CALL).await?;
+            match info["status"].as_str().unwrap_or("") {
+                "completed" => return Ok(()),
+                status @ ("failed" | "cancelled") => {
+                    let desc = info["error-desc"].as_str().unwrap_or(status).to_owned();
+                    return Err(VmmError::Qmp { command: op.into(), class: status.into(), desc });
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::Timeout { op: op.into(), after: timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
