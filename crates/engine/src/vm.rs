@@ -191,7 +191,7 @@ pub async fn suspend_to_disk(
     mut vm: Vm,
     spec: &BootSpec,
     state: &Path,
-) -> Result<Suspended, EngineError> {
+) -> Result<(Suspended, AgentClient), EngineError> {
     let Some(ram) = spec.memory_file.as_ref() else {
         return Err(EngineError::Tool {
             tool: "suspend".into(),
@@ -207,20 +207,28 @@ pub async fn suspend_to_disk(
     // Only pages the guest dirtied since the last flush are written.
     std::fs::File::open(ram)?.sync_data()?;
     std::fs::File::open(state)?.sync_all()?;
-    Ok(Suspended {
+    let suspended = Suspended {
         total: start.elapsed(),
         save: saved.duration,
         fsync: fsync_start.elapsed(),
         state_bytes: saved.bytes,
-    })
+    };
+    Ok((suspended, vm.client))
 }
 
 /// Starts QEMU again from a suspended VM's RAM file and device state, on a new TAP, and waits
 /// until the agent answers.
+///
+/// Pass the client `suspend_to_disk` returned: its pooled connections were open when the state
+/// was saved, and they work again after the restore (the host side lives in the namespace, the
+/// guest side in the restored RAM). A connection opened after a restore is slow under TCG: the
+/// new QEMU starts with an empty translation cache and a new connection runs guest code paths
+/// (SYN, accept, a new agent thread) that an open one does not.
 pub async fn resume_from_disk(
     ns: &Netns,
     spec: &BootSpec,
     state: &Path,
+    client: Option<AgentClient>,
 ) -> Result<Vm, EngineError> {
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
@@ -229,12 +237,16 @@ pub async fn resume_from_disk(
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     qemu.load_state(state, Duration::from_secs(30)).await?;
     qemu.qmp.cont(Duration::from_secs(5)).await?;
-    let client = agent_client(ns, spec);
-    let ready = client.wait_ready(spec.ready_timeout).await;
+    let client = client.unwrap_or_else(|| agent_client(ns, spec));
+    // A pooled connection answers as soon as the guest runs; fall back to probing.
+    let ready = match client.activity().await {
+        Ok(_) => Ok(()),
+        Err(_) => client.wait_ready(spec.ready_timeout).await.map(drop),
+    };
     let ready_after = qemu.spawned_at.elapsed();
     let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
     match ready {
-        Ok(_) => Ok(vm),
+        Ok(()) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
     }
 }

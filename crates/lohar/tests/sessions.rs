@@ -124,11 +124,17 @@ fn tty_default_size_is_24x80() {
 fn detach_and_reattach_replays_scrollback_and_the_process_survives() {
     let agent = Agent::start();
     let (mut s, info) = create(&agent, &tty_request(&["/bin/sh"]));
-    stdin(&mut s, "echo $$; echo before-''detach\n");
+    stdin(&mut s, "echo pid=$$; echo before-''detach\n");
     let out = read_output_until(&mut s, "before-detach\r\n", WAIT);
     drop(s);
     assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
-    let shell_pid: i32 = out.lines().find_map(|l| l.trim().parse().ok()).unwrap();
+    // The prompt may share the line ("$ pid=123") when input beat it; the echoed command line
+    // holds "pid=$$", which does not parse.
+    let shell_pid: i32 = out
+        .split("pid=")
+        .skip(1)
+        .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap();
     assert!(process_alive(shell_pid), "detach must not kill the session");
 
     let (mut s, info2) = attach(&agent, &info.session_id);
