@@ -246,7 +246,30 @@ pub async fn resume_from_disk(
     let ready_after = qemu.spawned_at.elapsed();
     let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
     match ready {
-        Ok(()) => Ok(vm),
+        Ok(()) => {
+            correct_clock(&vm.client).await;
+            Ok(vm)
+        }
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
+    }
+}
+
+/// Warm: pauses the vCPUs; memory stays.
+pub async fn pause(vm: &Vm) -> Result<(), EngineError> {
+    Ok(vm.qemu.qmp.stop(Duration::from_secs(5)).await?)
+}
+
+/// Wakes a paused VM and corrects its clock, which stood still while it was paused.
+pub async fn resume(vm: &Vm) -> Result<(), EngineError> {
+    vm.qemu.qmp.cont(Duration::from_secs(5)).await?;
+    correct_clock(&vm.client).await;
+    Ok(())
+}
+
+/// Sets the guest clock to the host's. Best effort: an agent without the extension keeps its
+/// (late) clock, which is what v1 guests did.
+async fn correct_clock(client: &AgentClient) {
+    if let Err(e) = client.set_time(std::time::SystemTime::now()).await {
+        tracing::debug!("guest clock not corrected: {e}");
     }
 }

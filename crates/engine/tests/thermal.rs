@@ -44,13 +44,13 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
     // Warm: pause, resume, exec.
     let mut warm = Vec::new();
     for _ in 0..5 {
-        vm.qemu.qmp.stop(Duration::from_secs(5)).await.unwrap();
+        engine::vm::pause(&vm).await.unwrap();
         assert_eq!(
             vm.qemu.qmp.query_status(Duration::from_secs(5)).await.unwrap().status,
             "paused"
         );
         let t = Instant::now();
-        vm.qemu.qmp.cont(Duration::from_secs(5)).await.unwrap();
+        engine::vm::resume(&vm).await.unwrap();
         assert_eq!(vm.client.exec(&["true"]).await.unwrap().exit_code, 0);
         warm.push(ms(t.elapsed()));
     }
@@ -60,6 +60,8 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
     let state = dir.path().join("state");
     let (suspended, client) = engine::vm::suspend_to_disk(vm, &spec, &state).await.unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{qemu_pid}")).exists(), "QEMU still running");
+    // Stay cold long enough for a stale guest clock to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let t = Instant::now();
     let vm = engine::vm::resume_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
     let cold_ready = ms(t.elapsed());
@@ -77,6 +79,13 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
 
     let file = vm.client.file_read("/home/lohar/state.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(file.data, b"before suspend");
+    // The guest clock was corrected on wake (it stood still while suspended).
+    let guest_now: i64 =
+        vm.client.exec(&["date", "+%s"]).await.unwrap().stdout_text().trim().parse().unwrap();
+    let host_now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            as i64;
+    assert!((guest_now - host_now).abs() <= 1, "guest clock {guest_now}, host {host_now}");
     let alive = vm.client.exec(&["kill", "-0", &pid.to_string()]).await.unwrap();
     assert_eq!(alive.exit_code, 0, "the process started before the suspend is gone");
 

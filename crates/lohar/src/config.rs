@@ -33,6 +33,8 @@ pub struct Agent {
     /// host snapshots. On in the VM; off in test mode, where there is no VM and a host-wide sync
     /// would only add latency.
     pub sync_before_exit: bool,
+    /// SET_TIME may change the clock: only as PID 1 in the VM, never in test mode on a host.
+    pub may_set_clock: bool,
     /// The session registry.
     pub sessions: crate::session::Registry,
 }

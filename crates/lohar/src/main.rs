@@ -93,7 +93,12 @@ fn test_mode() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let agent = Arc::new(Agent { config, sync_before_exit: false, sessions: Default::default() });
+    let agent = Arc::new(Agent {
+        config,
+        sync_before_exit: false,
+        may_set_clock: false,
+        sessions: Default::default(),
+    });
     if !agent.config.init.is_empty()
         && let Err(e) = session::start_init(&agent)
     {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use proto::limits::{AUTH_TIMEOUT_SECS, MAX_CONTROL_CONNECTIONS};
 use proto::messages::{
     ExecRequest, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello, KillRequest, PathRequest,
+    SetTime,
 };
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};
@@ -246,6 +247,16 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
         FrameType::ACTIVITY_REQ => {
             outcome(send_json(conn, FrameType::ACTIVITY_RESP, &agent.sessions.activity()))
         }
+        FrameType::SET_TIME => match frame.json::<SetTime>() {
+            Err(e) => send_error(conn, &format!("bad request: {e}")),
+            Ok(_) if !agent.may_set_clock => {
+                send_error(conn, "set time: refused in test mode (it would set the host's clock)")
+            }
+            Ok(time) => match set_clock(time.unix_nanos) {
+                Ok(()) => outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
+                Err(e) => send_error(conn, &format!("set time: {e}")),
+            },
+        },
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {
             Ok(req) if agent.sessions.kill(&req.session_id) => {
                 outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
@@ -295,6 +306,13 @@ fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     } else {
         exec::run(agent, conn, req)
     }
+}
+
+/// Sets CLOCK_REALTIME (the guest's clock stands still while the VM is paused or suspended).
+fn set_clock(unix_nanos: u64) -> nix::Result<()> {
+    use nix::sys::time::TimeSpec;
+    let ts = TimeSpec::new((unix_nanos / 1_000_000_000) as _, (unix_nanos % 1_000_000_000) as _);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
 }
 
 fn outcome(result: Result<(), proto::FrameError>) -> Outcome {

@@ -355,3 +355,14 @@ fn oversized_auth_frame_is_refused_at_once() {
     assert_eq!((f.kind, f.text().as_str()), (FrameType::ERROR, "auth required"));
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn set_time_is_refused_in_test_mode() {
+    let agent = Agent::start();
+    let mut s =
+        agent.request_json(FrameType::SET_TIME, &proto::messages::SetTime { unix_nanos: 1 });
+    let r = collect_exec(&mut s);
+    assert!(r.error.unwrap().starts_with("set time: refused in test mode"));
+    let mut s = agent.request(FrameType::SET_TIME, b"{}");
+    assert!(collect_exec(&mut s).error.unwrap().starts_with("bad request: "));
+}

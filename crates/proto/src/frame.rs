@@ -71,9 +71,12 @@ impl FrameType {
     pub const HELLO: Self = Self(0x70);
     /// Extension: the agent's answer to HELLO, JSON [`crate::messages::Hello`]. Not in v1.
     pub const HELLO_ACK: Self = Self(0x71);
+    /// Extension: set the guest's wall clock, JSON [`crate::messages::SetTime`]; answered with
+    /// EXIT 0 or ERROR. Not in v1 (a v1 agent answers its unknown-type error).
+    pub const SET_TIME: Self = Self(0x72);
 
     /// Every type this crate knows, in byte order.
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 30] = [
         Self::STDIN,
         Self::STDOUT,
         Self::STDERR,
@@ -103,6 +106,7 @@ impl FrameType {
         Self::SYSTEMCTL_RESP,
         Self::HELLO,
         Self::HELLO_ACK,
+        Self::SET_TIME,
     ];
 
     /// The protocol name of a known type, `None` for unassigned bytes.
@@ -137,6 +141,7 @@ impl FrameType {
             Self::SYSTEMCTL_RESP => "SYSTEMCTL_RESP",
             Self::HELLO => "HELLO",
             Self::HELLO_ACK => "HELLO_ACK",
+            Self::SET_TIME => "SET_TIME",
             _ => return None,
         })
     }

@@ -26,6 +26,10 @@
 //!    frame, after a session (TTY, piped or attach) ends, and when the host closes its side.
 //! 4. A host that never sends `HELLO` sees exactly v1 behaviour.
 //!
+//! A third: [`FrameType::SET_TIME`] (`0x72`) sets the guest's wall clock, which stands still
+//! while a VM is paused or suspended. The agent answers EXIT 0 or ERROR; a v1 agent answers its
+//! unknown-type error, which the host may ignore.
+//!
 //! One more compatible extension: an empty `STDIN` frame (which v1 treats as a zero-byte write,
 //! a no-op) closes the child's stdin, so a host can send EOF to a one-shot exec or a piped
 //! session.

@@ -237,6 +237,13 @@ pub struct Hello {
     pub features: Vec<String>,
 }
 
+/// Payload of the SET_TIME extension frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTime {
+    /// Wall-clock time to set, nanoseconds since the Unix epoch.
+    pub unix_nanos: u64,
+}
+
 /// Feature name: the connection carries further requests after each one completes.
 pub const FEATURE_REUSE: &str = "reuse";
 
