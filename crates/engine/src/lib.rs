@@ -3,6 +3,7 @@
 
 pub mod configdrive;
 mod error;
+pub mod ippool;
 pub mod net;
 mod run;
 pub mod vm;
