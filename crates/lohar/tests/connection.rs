@@ -308,6 +308,7 @@ fn sigterm_in_test_mode_takes_started_commands_down() {
     let pid: i32 = read_until(&mut s, FrameType::STDOUT).text().trim().parse().unwrap();
     let mut detached = ExecRequest::command(["sh", "-c", "exec sleep 600"]);
     detached.detach = Some(true);
+    detached.output_file = Some(agent.path("detached.log").display().to_string());
     let r = agent.exec_req(&detached);
     let info: proto::messages::DetachedExec = serde_json::from_slice(&r.stdout).unwrap();
     drop(agent);
