@@ -61,7 +61,7 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
     let (suspended, client) = engine::vm::suspend_to_disk(vm, &spec, &state).await.unwrap();
     assert!(!std::path::Path::new(&format!("/proc/{qemu_pid}")).exists(), "QEMU still running");
     // Stay cold long enough for a stale guest clock to show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let t = Instant::now();
     let vm = engine::vm::resume_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
     let cold_ready = ms(t.elapsed());
@@ -85,7 +85,8 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
     let host_now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
             as i64;
-    assert!((guest_now - host_now).abs() <= 1, "guest clock {guest_now}, host {host_now}");
+    // Within 2 s (an exec takes a few hundred ms here); a stale clock would be 4 s or more late.
+    assert!((guest_now - host_now).abs() <= 2, "guest clock {guest_now}, host {host_now}");
     let alive = vm.client.exec(&["kill", "-0", &pid.to_string()]).await.unwrap();
     assert_eq!(alive.exit_code, 0, "the process started before the suspend is gone");
 
