@@ -40,6 +40,12 @@ pub enum EngineError {
         /// The guest's serial console.
         console: String,
     },
+    /// No sandbox by that name.
+    #[error("sandbox {0:?} not found")]
+    NotFound(String),
+    /// The request was refused (bad name, duplicate, pool exhausted, shutting down).
+    #[error("{0}")]
+    Refused(String),
     /// File IO failed.
     #[error("engine IO failed")]
     Io(#[from] std::io::Error),

@@ -1,0 +1,86 @@
+//! The sandbox registry on real VMs: create, exec, duplicate and bad names, destroy with
+//! cleanup of the TAP, the address and every file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use engine::{CreateSpec, Engine, EngineConfig, EngineError};
+
+/// Deletes the engine's namespace when the test ends, also on failure.
+struct NetnsCleanup(String);
+
+impl Drop for NetnsCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+fn spec(name: &str, image: &std::path::Path) -> CreateSpec {
+    CreateSpec {
+        name: name.into(),
+        image: image.to_owned(),
+        memory_mib: 128,
+        vcpus: 1,
+        env: [("SANDBOX".to_owned(), name.to_owned())].into(),
+        init: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_exec_destroy_and_cleanup() {
+    let (kernel, image) = artifacts();
+    let data = tempfile::tempdir().unwrap();
+    let netns = format!("bhatti-e{}", std::process::id());
+    let _cleanup = NetnsCleanup(netns.clone());
+    let engine = Engine::start(EngineConfig {
+        data_dir: data.path().to_owned(),
+        kernel,
+        netns,
+        bridge: "br0".into(),
+        subnet: format!("10.{}.8.0/29", std::process::id() % 200 + 20).parse().unwrap(),
+        accel: vmm::Accel::Auto,
+        max_concurrent_boots: 1,
+        ready_timeout: Duration::from_secs(60),
+    })
+    .await
+    .unwrap();
+
+    // Two at once: the boot limit serialises them, both succeed.
+    let (alpha_spec, beta_spec) = (spec("alpha", &image), spec("beta", &image));
+    let (alpha, beta) = tokio::join!(engine.create(&alpha_spec), engine.create(&beta_spec));
+    let (alpha, beta) = (alpha.unwrap(), beta.unwrap());
+    assert_ne!(alpha.ip, beta.ip);
+    for name in ["alpha", "beta"] {
+        let out = engine
+            .client(name)
+            .unwrap()
+            .exec(&["sh", "-c", "hostname; echo $SANDBOX"])
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_text(), format!("{name}\n{name}\n"));
+    }
+
+    assert!(matches!(engine.create(&spec("alpha", &image)).await, Err(EngineError::Refused(_))));
+    assert!(matches!(engine.create(&spec("Bad_Name", &image)).await, Err(EngineError::Refused(_))));
+    assert!(matches!(engine.client("nope"), Err(EngineError::NotFound(_))));
+    assert!(matches!(engine.destroy("nope").await, Err(EngineError::NotFound(_))));
+
+    let taps_before = engine.netns().interfaces().await.unwrap();
+    engine.destroy("alpha").await.unwrap();
+    assert!(!alpha.dir.exists(), "sandbox files left behind");
+    let taps_after = engine.netns().interfaces().await.unwrap();
+    assert_eq!(taps_after.len() + 1, taps_before.len(), "{taps_before:?} -> {taps_after:?}");
+    assert!(matches!(engine.client("alpha"), Err(EngineError::NotFound(_))));
+    assert_eq!(engine.list().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["beta"]);
+
+    // The pool hands out new addresses (alpha's is reused last) and the name is free again.
+    let again = engine.create(&spec("alpha", &image)).await.unwrap();
+    assert_ne!(again.ip, alpha.ip);
+    engine.destroy("alpha").await.unwrap();
+    engine.destroy("beta").await.unwrap();
+    assert!(engine.list().is_empty());
+    assert!(!beta.dir.exists());
+}
