@@ -107,6 +107,23 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+/// Sandboxes on disk when the engine starts were left by an engine that died: kill their QEMUs
+/// (the TAPs vanish with them) and remove their directories. (Recovering them instead is the
+/// store's job, once there is one.) Returns how many were removed.
+fn clean_orphans(sandboxes_dir: &std::path::Path) -> Result<usize, EngineError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(sandboxes_dir)?.flatten() {
+        let dir = entry.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        vm::kill_orphan(&dir);
+        std::fs::remove_dir_all(&dir)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// 16 random bytes as 32 hex characters (v1's token format).
 fn random_token() -> Result<String, EngineError> {
     use std::io::Read;
@@ -120,7 +137,12 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Self, EngineError> {
         let ns = Netns::create(&config.netns).await?;
         ns.setup_bridge(&config.bridge, config.subnet.gateway(), config.subnet.prefix()).await?;
-        std::fs::create_dir_all(config.data_dir.join("sandboxes"))?;
+        let sandboxes_dir = config.data_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir)?;
+        let orphans = clean_orphans(&sandboxes_dir)?;
+        if orphans > 0 {
+            tracing::warn!("removed {orphans} sandboxes left by an earlier engine");
+        }
         Ok(Self {
             pool: Mutex::new(IpPool::new(config.subnet)),
             sandboxes: Mutex::new(BTreeMap::new()),

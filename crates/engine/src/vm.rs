@@ -126,6 +126,7 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
     let cfg = vm_config(spec)?;
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    record_pid(&spec.dir, qemu.pid);
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
     let ready_after = qemu.spawned_at.elapsed();
@@ -235,6 +236,7 @@ pub async fn resume_from_disk(
     let mut cfg = vm_config(spec)?;
     cfg.incoming = true;
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    record_pid(&spec.dir, qemu.pid);
     qemu.load_state(state, Duration::from_secs(30)).await?;
     qemu.qmp.cont(Duration::from_secs(5)).await?;
     let client = client.unwrap_or_else(|| agent_client(ns, spec));
@@ -272,4 +274,44 @@ async fn correct_clock(client: &AgentClient) {
     if let Err(e) = client.set_time(std::time::SystemTime::now()).await {
         tracing::debug!("guest clock not corrected: {e}");
     }
+}
+
+/// The file naming a VM's QEMU, so a restarted engine can find QEMUs a crashed one left behind.
+pub const PID_FILE: &str = "qemu.pid";
+
+fn record_pid(dir: &Path, pid: u32) {
+    if let Err(e) = std::fs::write(dir.join(PID_FILE), format!("{pid}\n")) {
+        tracing::warn!("cannot record QEMU's pid in {}: {e}", dir.display());
+    }
+}
+
+/// Kills the QEMU recorded in `dir` if it is still running *and* is ours: its command line must
+/// name a file in `dir` (a recycled PID belongs to someone else and is left alone). Returns
+/// whether one was killed.
+pub fn kill_orphan(dir: &Path) -> bool {
+    let Some(pid) =
+        std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if pid <= 1 {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = String::from_utf8_lossy(&cmdline).contains(&dir.display().to_string());
+    if !ours {
+        return false;
+    }
+    let killed =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .is_ok();
+    // It is not our child any more (its parent died), so init reaps it; wait until it is gone.
+    for _ in 0..200 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    killed
 }

@@ -84,3 +84,40 @@ async fn create_exec_destroy_and_cleanup() {
     assert!(engine.list().is_empty());
     assert!(!beta.dir.exists());
 }
+
+/// An engine that dies (no destroy, no drop) leaves QEMU running; the next engine on the same
+/// data directory kills it and removes the sandbox's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_removes_what_a_crashed_one_left() {
+    let (kernel, image) = artifacts();
+    let data = tempfile::tempdir().unwrap();
+    let netns = format!("bhatti-o{}", std::process::id());
+    let _cleanup = NetnsCleanup(netns.clone());
+    let config = EngineConfig {
+        data_dir: data.path().to_owned(),
+        kernel,
+        netns,
+        bridge: "br0".into(),
+        subnet: format!("10.{}.9.0/29", std::process::id() % 200 + 20).parse().unwrap(),
+        accel: vmm::Accel::Auto,
+        max_concurrent_boots: 1,
+        ready_timeout: Duration::from_secs(60),
+    };
+    let first = Engine::start(config.clone()).await.unwrap();
+    let info = first.create(&spec("orphan", &image)).await.unwrap();
+    let pid: i32 =
+        std::fs::read_to_string(info.dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
+    // Simulate a crash: nothing of the first engine runs its cleanup.
+    std::mem::forget(first);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    let second = Engine::start(config).await.unwrap();
+    let gone =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
+    assert!(gone, "the orphaned QEMU still runs");
+    assert!(!info.dir.exists(), "the orphan's files are still there");
+    assert!(second.list().is_empty());
+    // Its address and name are usable again.
+    second.create(&spec("orphan", &image)).await.unwrap();
+    second.destroy("orphan").await.unwrap();
+}
