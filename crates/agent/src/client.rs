@@ -266,15 +266,27 @@ impl AgentClient {
 
     async fn authenticated(&self, forward: bool) -> Result<Stream, AgentError> {
         let mut stream = self.endpoint.dial(forward, self.config.connect_timeout).await?;
-        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
-            write_frame(&mut stream, FrameType::AUTH, token.as_bytes()).await?;
-        }
+        self.send_auth(&mut stream).await?;
         Ok(stream)
+    }
+
+    /// Sends AUTH first thing on a new connection when the client has a token.
+    async fn send_auth(&self, stream: &mut Stream) -> Result<(), AgentError> {
+        if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            write_frame(stream, FrameType::AUTH, token.as_bytes()).await?;
+        }
+        Ok(())
     }
 
     /// A fresh control connection, negotiated for reuse when the agent supports it.
     async fn dial_control(&self) -> Result<Conn, AgentError> {
-        let mut stream = self.authenticated(false).await?;
+        let stream = self.authenticated(false).await?;
+        self.negotiate(stream).await
+    }
+
+    /// Offers connection reuse (HELLO) on an authenticated connection; remembers a v1 agent's
+    /// refusal and then hands back a plain connection.
+    async fn negotiate(&self, mut stream: Stream) -> Result<Conn, AgentError> {
         if !self.config.reuse || self.mode.load(Ordering::Relaxed) == MODE_V1 {
             return Ok(Conn { stream, reusable: false });
         }
@@ -750,7 +762,18 @@ impl AgentClient {
             if left.is_zero() {
                 return Err(AgentError::Timeout { op: "wait ready", after: timeout });
             }
-            if self.endpoint.dial(false, CONNECT_ATTEMPT.min(left)).await.is_ok() {
+            if let Ok(mut stream) = self.endpoint.dial(false, CONNECT_ATTEMPT.min(left)).await {
+                // The probe connection becomes the first pooled one (with a reuse agent), so
+                // the exec below does not dial again.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let negotiated = tokio::time::timeout(EXEC_ATTEMPT.min(left), async {
+                    self.send_auth(&mut stream).await?;
+                    self.negotiate(stream).await
+                })
+                .await;
+                if let Ok(Ok(conn)) = negotiated {
+                    self.release(conn);
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 let probe = ExecRequest::command(["true"]);
                 if let Ok(out) = self.exec_request(&probe, EXEC_ATTEMPT.min(left)).await

@@ -78,7 +78,7 @@ async fn boot_and_run(
 ) -> Result<i32, String> {
     let gateway = Ipv4Addr::new(10, 240, 0, 1);
     ns.setup_bridge("br0", gateway, 24).await.map_err(|e| e.to_string())?;
-    let token = random_token()?;
+    let token = engine::configdrive::random_token().map_err(|e| e.to_string())?;
     let spec = BootSpec {
         kernel,
         image,
@@ -135,14 +135,4 @@ async fn boot_and_run(
         let _ = vm.qemu.kill().await;
     }
     Ok(out.exit_code)
-}
-
-/// 16 random bytes as 32 hex characters (the v1 token format).
-fn random_token() -> Result<String, String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("random token: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

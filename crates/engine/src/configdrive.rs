@@ -19,6 +19,14 @@ pub fn image_size(json_len: usize) -> u64 {
     ((json_len as u64 * 3 / 2 / MIB) + 1).clamp(1, 4) * MIB
 }
 
+/// A fresh auth token: 16 random bytes as 32 lower-case hex characters (v1's format).
+pub fn random_token() -> Result<String, EngineError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Writes the config drive for `config` to `image`.
 pub async fn build(config: &GuestConfig, image: &Path) -> Result<(), EngineError> {
     let json = serde_json::to_vec_pretty(config)
@@ -50,6 +58,14 @@ pub async fn build(config: &GuestConfig, image: &Path) -> Result<(), EngineError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_32_hex_characters_and_differ() {
+        let (a, b) = (random_token().unwrap(), random_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn size_rule() {

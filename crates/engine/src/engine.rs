@@ -124,14 +124,6 @@ fn clean_orphans(sandboxes_dir: &std::path::Path) -> Result<usize, EngineError> 
     Ok(removed)
 }
 
-/// 16 random bytes as 32 hex characters (v1's token format).
-fn random_token() -> Result<String, EngineError> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 impl Engine {
     /// Sets up (idempotently) the namespace and bridge and an empty registry.
     pub async fn start(config: EngineConfig) -> Result<Self, EngineError> {
@@ -207,7 +199,7 @@ impl Engine {
             guest: GuestConfig {
                 sandbox_id: spec.name.clone(),
                 hostname: spec.name.clone(),
-                token: random_token()?,
+                token: crate::configdrive::random_token()?,
                 env: spec.env.clone(),
                 init: spec.init.clone(),
                 ..Default::default()
@@ -229,10 +221,7 @@ impl Engine {
                 .map_err(|_| refused("engine is shutting down".into()))?;
             vm::boot(&self.ns, &boot).await?
         };
-        let client = Arc::new(AgentClient::new(
-            vm.client.endpoint().clone(),
-            Some(boot.guest.token.clone()),
-        ));
+        let client = Arc::clone(&vm.client);
         let info = SandboxInfo { name: spec.name.clone(), ip, dir: dir.to_owned() };
         Ok(Sandbox { info, vm: Mutex::new(Some(vm)), client })
     }

@@ -154,14 +154,7 @@ impl Netns {
             let sock = ioctl_socket()?;
             // SAFETY: arpreq is plain old data; all-zero is valid.
             let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads sockaddr_in.
-            req.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) };
+            req.arp_pa = sockaddr_v4(ip);
             req.arp_ha.sa_family = libc::ARPHRD_ETHER;
             for (dst, src) in req.arp_ha.sa_data.iter_mut().zip(mac) {
                 *dst = src as libc::c_char;
@@ -242,8 +235,8 @@ fn interface_index(sock: &OwnedFd, name: &str) -> io::Result<libc::c_int> {
     Ok(unsafe { req.ifr_ifru.ifru_ifindex })
 }
 
-fn set_ipv4(sock: &OwnedFd, name: &str, request: libc::c_ulong, addr: Ipv4Addr) -> io::Result<()> {
-    let mut req = ifreq(name)?;
+/// An IPv4 address as the generic `sockaddr` the ioctls take.
+fn sockaddr_v4(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
@@ -251,8 +244,12 @@ fn set_ipv4(sock: &OwnedFd, name: &str, request: libc::c_ulong, addr: Ipv4Addr) 
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr are both 16 bytes; the kernel reads it as sockaddr_in.
-    req.ifr_ifru.ifru_addr =
-        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) };
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn set_ipv4(sock: &OwnedFd, name: &str, request: libc::c_ulong, addr: Ipv4Addr) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
     // SAFETY: SIOCSIFADDR/SIOCSIFNETMASK read our ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &req) } < 0 {
         return Err(io::Error::last_os_error());

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Endpoint};
@@ -57,7 +58,7 @@ pub struct Vm {
     /// The QEMU process (killed when dropped).
     pub qemu: QemuProcess,
     /// Client of the guest's agent.
-    pub client: AgentClient,
+    pub client: Arc<AgentClient>,
     /// Guest address.
     pub ip: Ipv4Addr,
     /// QEMU spawn to the first successful authenticated exec.
@@ -163,14 +164,14 @@ fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     Ok(cfg)
 }
 
-fn agent_client(ns: &Netns, spec: &BootSpec) -> AgentClient {
+fn agent_client(ns: &Netns, spec: &BootSpec) -> Arc<AgentClient> {
     let endpoint = Endpoint::TcpInNetns {
         netns: ns.path().to_owned(),
         control: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::CONTROL_PORT),
         forward: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::FORWARD_PORT),
     };
     let token = Some(spec.guest.token.clone()).filter(|t| !t.is_empty());
-    AgentClient::new(endpoint, token)
+    Arc::new(AgentClient::new(endpoint, token))
 }
 
 /// What suspending to disk cost.
@@ -192,7 +193,7 @@ pub async fn suspend_to_disk(
     mut vm: Vm,
     spec: &BootSpec,
     state: &Path,
-) -> Result<(Suspended, AgentClient), EngineError> {
+) -> Result<(Suspended, Arc<AgentClient>), EngineError> {
     let Some(ram) = spec.memory_file.as_ref() else {
         return Err(EngineError::Tool {
             tool: "suspend".into(),
@@ -229,7 +230,7 @@ pub async fn resume_from_disk(
     ns: &Netns,
     spec: &BootSpec,
     state: &Path,
-    client: Option<AgentClient>,
+    client: Option<Arc<AgentClient>>,
 ) -> Result<Vm, EngineError> {
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;

@@ -9,15 +9,6 @@ use std::time::Duration;
 use common::*;
 use engine::{CreateSpec, Engine, EngineConfig, EngineError};
 
-/// Deletes the engine's namespace when the test ends, also on failure.
-struct NetnsCleanup(String);
-
-impl Drop for NetnsCleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
-    }
-}
-
 fn spec(name: &str, image: &std::path::Path) -> CreateSpec {
     CreateSpec {
         name: name.into(),
@@ -34,7 +25,7 @@ async fn create_exec_destroy_and_cleanup() {
     let (kernel, image) = artifacts();
     let data = tempfile::tempdir().unwrap();
     let netns = format!("bhatti-e{}", std::process::id());
-    let _cleanup = NetnsCleanup(netns.clone());
+    let _cleanup = NetnsGuard(netns.clone());
     let engine = Engine::start(EngineConfig {
         data_dir: data.path().to_owned(),
         kernel,
@@ -92,7 +83,7 @@ async fn a_restarted_engine_removes_what_a_crashed_one_left() {
     let (kernel, image) = artifacts();
     let data = tempfile::tempdir().unwrap();
     let netns = format!("bhatti-o{}", std::process::id());
-    let _cleanup = NetnsCleanup(netns.clone());
+    let _cleanup = NetnsGuard(netns.clone());
     let config = EngineConfig {
         data_dir: data.path().to_owned(),
         kernel,

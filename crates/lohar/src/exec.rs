@@ -51,7 +51,7 @@ pub fn run(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     let mut pump =
         Pump { conn, pgid, stdin, stdin_pending: Vec::new(), stdin_eof: false, host_open: true };
     let code = pump.run(stdout, stderr, watch);
-    if agent.sync_before_exit {
+    if agent.sync_before_exit() {
         nix::unistd::sync();
     }
     if !pump.host_open {
@@ -215,17 +215,20 @@ impl Pump<'_> {
 fn poll_slots<const N: usize>(
     candidates: [Option<(RawFd, libc::c_short)>; N],
 ) -> [libc::c_short; N] {
+    // A fixed array on the stack: this runs once per chunk of output.
     let mut slots = [None; N];
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(N);
+    let mut fds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; N];
+    let mut used = 0;
     for (slot, candidate) in candidates.into_iter().enumerate() {
         if let Some((fd, events)) = candidate {
-            slots[slot] = Some(fds.len());
-            fds.push(libc::pollfd { fd, events, revents: 0 });
+            slots[slot] = Some(used);
+            fds[used] = libc::pollfd { fd, events, revents: 0 };
+            used += 1;
         }
     }
-    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the duration of the call,
-    // and every descriptor in it is owned by the caller and open.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    // SAFETY: the first `used` entries of `fds` are valid pollfd structs for the duration of the
+    // call, and every descriptor in them is owned by the caller and open.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), used as libc::nfds_t, -1) };
     if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
         // Not expected with valid descriptors; avoid a hot loop if it ever happens.
         std::thread::sleep(std::time::Duration::from_millis(1));

@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -277,8 +277,6 @@ fn prepare_temp(path: &Path, temp: &Path, mode: u32) -> Result<File, String> {
         .map_err(|e| os_error("chmod", &shown, &e))?;
     Ok(file)
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 fn file_info(name: String, meta: &fs::Metadata) -> FileInfo {
     FileInfo {

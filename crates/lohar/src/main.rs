@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use config::{Agent, AgentConfig};
+use config::{Agent, GuestConfig, Mode};
 
 use server::{Listener, Port};
 
@@ -69,7 +69,7 @@ fn test_mode() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        None => AgentConfig::default(),
+        None => GuestConfig::default(),
     };
     // Orphans of our commands are re-parented to us and reaped, as they would be under PID 1.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -93,12 +93,7 @@ fn test_mode() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let agent = Arc::new(Agent {
-        config,
-        sync_before_exit: false,
-        may_set_clock: false,
-        sessions: Default::default(),
-    });
+    let agent = Arc::new(Agent { config, mode: Mode::Test, sessions: Default::default() });
     if !agent.config.init.is_empty()
         && let Err(e) = session::start_init(&agent)
     {

@@ -80,12 +80,8 @@ pub fn run() -> ! {
     check_network();
     log.phase("network_done");
 
-    let agent = Arc::new(Agent {
-        config,
-        sync_before_exit: true,
-        may_set_clock: true,
-        sessions: Default::default(),
-    });
+    let agent =
+        Arc::new(Agent { config, mode: crate::config::Mode::Vm, sessions: Default::default() });
     for (port, which) in [(CONTROL_PORT, Port::Control), (FORWARD_PORT, Port::Forward)] {
         match TcpListener::bind(("0.0.0.0", port)) {
             Ok(listener) => {

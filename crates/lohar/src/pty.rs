@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use nix::fcntl::OFlag;
 use nix::pty::{Winsize, grantpt, posix_openpt, ptsname_r, unlockpt};
@@ -41,8 +42,6 @@ pub fn open(size: WindowSize) -> io::Result<Pty> {
     resize(&master, size)?;
     Ok(Pty { master, slave })
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// Applies a new window size to the terminal behind `master`.
 pub fn resize(master: &File, size: WindowSize) -> io::Result<()> {

@@ -44,11 +44,7 @@ pub struct ExitWatch {
 impl ExitWatch {
     /// Blocks until the child exits; returns its code (128 + signal when killed).
     pub fn wait(mut self) -> i32 {
-        let mut bytes = [0u8; 4];
-        match self.pipe.read_exact(&mut bytes) {
-            Ok(()) => i32::from_be_bytes(bytes),
-            Err(_) => UNKNOWN_EXIT,
-        }
+        self.read_code()
     }
 
     /// Reads the code once [`AsFd::as_fd`] polled readable.

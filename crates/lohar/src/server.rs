@@ -249,7 +249,7 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
         }
         FrameType::SET_TIME => match frame.json::<SetTime>() {
             Err(e) => send_error(conn, &format!("bad request: {e}")),
-            Ok(_) if !agent.may_set_clock => {
+            Ok(_) if !agent.may_set_clock() => {
                 send_error(conn, "set time: refused in test mode (it would set the host's clock)")
             }
             Ok(time) => match set_clock(time.unix_nanos) {

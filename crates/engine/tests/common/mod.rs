@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engine::net::Netns;
 use engine::vm::BootSpec;
@@ -34,6 +34,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct TestNet {
     pub ns: Netns,
     pub subnet: u8,
+    _guard: NetnsGuard,
 }
 
 impl TestNet {
@@ -44,7 +45,7 @@ impl TestNet {
         // Addresses exist only inside the namespace; the subnet just has to differ per test net.
         let subnet = ((std::process::id() + n) % 200 + 20) as u8;
         // The guard exists before anything else can fail, so the namespace is always deleted.
-        let net = TestNet { ns, subnet };
+        let net = TestNet { _guard: NetnsGuard(ns.name().to_owned()), ns, subnet };
         net.ns.setup_bridge("br0", net.gateway(), 24).await.unwrap();
         net
     }
@@ -58,9 +59,13 @@ impl TestNet {
     }
 }
 
-impl Drop for TestNet {
+/// Deletes a network namespace (and every TAP and bridge in it) when dropped, also when the test
+/// panics.
+pub struct NetnsGuard(pub String);
+
+impl Drop for NetnsGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "delete", self.ns.name()]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
     }
 }
 
@@ -138,8 +143,4 @@ pub fn spec_for(
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]
-}
-
-pub fn now() -> Instant {
-    Instant::now()
 }
