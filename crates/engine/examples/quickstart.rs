@@ -1,18 +1,15 @@
-//! Boots one real microVM (the cached kernel and test image), runs a command in it through the
-//! agent, and powers it off. Everything it creates lives in the network namespace
+//! Starts an engine, creates one sandbox (a real microVM of the cached kernel and test image),
+//! runs a command in it and destroys it. Everything it creates lives in the network namespace
 //! `bhatti-quickstart` and a temp dir, both removed at the end.
 //!
 //! ```text
 //! cargo run -p bhatti-engine --example quickstart -- [--json] [-- <argv...>]
 //! ```
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use engine::net::Netns;
-use engine::vm::BootSpec;
-use proto::guest::GuestConfig;
+use engine::{CreateSpec, Engine, EngineConfig};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
@@ -61,56 +58,41 @@ async fn run(argv: &[String], json: bool) -> Result<i32, String> {
             ));
         }
     }
-    let ns = Netns::create("bhatti-quickstart").await.map_err(|e| e.to_string())?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let result = boot_and_run(&ns, dir.path().to_owned(), kernel, image, argv, json).await;
-    let _ = ns.delete().await;
+    let data_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut config = EngineConfig::new(data_dir.path().to_owned(), kernel);
+    config.netns = "bhatti-quickstart".into();
+    config.subnet =
+        "10.240.0.0/24".parse().map_err(|e: engine::ippool::IpPoolError| e.to_string())?;
+    let engine = Engine::new(config).await.map_err(|e| e.to_string())?;
+    let result = create_and_run(&engine, image, argv, json).await;
+    let _ = engine.destroy("quickstart").await;
+    let _ = engine.netns().delete().await;
     result
 }
 
-async fn boot_and_run(
-    ns: &Netns,
-    dir: PathBuf,
-    kernel: PathBuf,
+async fn create_and_run(
+    engine: &Engine,
     image: PathBuf,
     argv: &[String],
     json: bool,
 ) -> Result<i32, String> {
-    let gateway = Ipv4Addr::new(10, 240, 0, 1);
-    ns.setup_bridge("br0", gateway, 24).await.map_err(|e| e.to_string())?;
-    let token = engine::configdrive::random_token().map_err(|e| e.to_string())?;
-    let spec = BootSpec {
-        kernel,
-        image,
-        dir,
-        memory_mib: 256,
-        memory_file: None,
-        vcpus: 1,
-        guest: GuestConfig { hostname: "quickstart".into(), token, ..Default::default() },
-        ip: Ipv4Addr::new(10, 240, 0, 2),
-        gateway,
-        bridge: "br0".into(),
-        tap: "tap-qs".into(),
-        mac: [0x52, 0x54, 0x00, 0xf0, 0x00, 0x02],
-        accel: vmm::Accel::Auto,
-        ready_timeout: Duration::from_secs(60),
-    };
+    let mut spec = CreateSpec::new("quickstart", &image);
+    spec.memory_mib = 256;
     if !json {
-        eprintln!(
-            "booting a microVM (kernel {}, image {})",
-            spec.kernel.display(),
-            spec.image.display()
-        );
+        eprintln!("creating sandbox \"quickstart\" (image {})", image.display());
     }
-    let mut vm = engine::vm::boot(ns, &spec).await.map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let info = engine.create(&spec).await.map_err(|e| e.to_string())?;
+    let ready_ms = start.elapsed().as_secs_f64() * 1000.0;
     let argv_refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let start = Instant::now();
-    let out = vm.client.exec(&argv_refs).await.map_err(|e| e.to_string())?;
+    let out = engine.exec("quickstart", &argv_refs).await.map_err(|e| e.to_string())?;
     let exec_ms = start.elapsed().as_secs_f64() * 1000.0;
     if json {
         let doc = serde_json::json!({
-            "accelerator": vm.qemu.accel.to_string(),
-            "ready_ms": vm.ready_after.as_secs_f64() * 1000.0,
+            "sandbox": info.name,
+            "ip": info.ip.to_string(),
+            "ready_ms": ready_ms,
             "exec_ms": exec_ms,
             "exit_code": out.exit_code,
             "stdout": out.stdout_text(),
@@ -118,21 +100,10 @@ async fn boot_and_run(
         });
         println!("{doc}");
     } else {
-        eprintln!(
-            "agent ready after {:.0} ms ({})",
-            vm.ready_after.as_secs_f64() * 1000.0,
-            vm.qemu.accel
-        );
+        eprintln!("sandbox {} at {} ready after {ready_ms:.0} ms", info.name, info.ip);
         print!("{}", out.stdout_text());
         eprint!("{}", out.stderr_text());
         eprintln!("[exit {} in {exec_ms:.1} ms]", out.exit_code);
-    }
-    // Clean power-off through the guest's init; QEMU exits by itself.
-    let mut poweroff = agent::ExecRequest::command(["kill", "-TERM", "1"]);
-    poweroff.user = Some("root".into());
-    let _ = vm.client.exec_request(&poweroff, Duration::from_secs(5)).await;
-    if vm.qemu.wait(Duration::from_secs(20)).await.is_err() {
-        let _ = vm.qemu.kill().await;
     }
     Ok(out.exit_code)
 }

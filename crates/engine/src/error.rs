@@ -46,6 +46,27 @@ pub enum EngineError {
     /// The request was refused (bad name, duplicate, pool exhausted, shutting down).
     #[error("{0}")]
     Refused(String),
+    /// The sandbox's QEMU ended on its own (killed, crashed).
+    #[error(
+        "sandbox {name:?} stopped unexpectedly ({reason}); start it again to boot from its disk"
+    )]
+    Crashed {
+        /// Sandbox.
+        name: String,
+        /// What QEMU said.
+        reason: String,
+    },
+    /// A pause or stop found guest operations still running after its wait.
+    #[error("sandbox {name:?} is busy: {in_flight} operation(s) in flight")]
+    Busy {
+        /// Sandbox.
+        name: String,
+        /// Operations still running.
+        in_flight: usize,
+    },
+    /// The guest agent failed an operation.
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
     /// File IO failed.
     #[error("engine IO failed")]
     Io(#[from] std::io::Error),

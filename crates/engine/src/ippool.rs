@@ -23,6 +23,9 @@ pub enum IpPoolError {
     /// Not `a.b.c.d/len` with len 16..=30.
     #[error("invalid subnet {0:?}: expected a.b.c.d/len with len between 16 and 30")]
     BadSubnet(String),
+    /// The address is already handed out.
+    #[error("{0} is already in use")]
+    InUse(Ipv4Addr),
     /// Every usable address is taken.
     #[error("no free address left in {0}")]
     Exhausted(Subnet),
@@ -54,6 +57,9 @@ impl fmt::Display for Subnet {
 }
 
 impl Subnet {
+    /// `10.200.0.0/16`: room for 65,533 guests, outside the ranges home routers use.
+    pub const DEFAULT: Subnet = Subnet { network: u32::from_be_bytes([10, 200, 0, 0]), prefix: 16 };
+
     fn size(&self) -> u32 {
         1 << (32 - u32::from(self.prefix))
     }
@@ -112,6 +118,16 @@ impl IpPool {
     pub fn claim(&mut self, ip: Ipv4Addr) -> Result<(), IpPoolError> {
         let offset = self.offset(ip)?;
         self.in_use.insert(offset);
+        Ok(())
+    }
+
+    /// Marks a specific address as taken, refusing one that already is (a checkpoint resumed
+    /// with the address it was taken with).
+    pub fn claim_free(&mut self, ip: Ipv4Addr) -> Result<(), IpPoolError> {
+        let offset = self.offset(ip)?;
+        if !self.in_use.insert(offset) {
+            return Err(IpPoolError::InUse(ip));
+        }
         Ok(())
     }
 

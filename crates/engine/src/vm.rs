@@ -15,6 +15,11 @@ use crate::error::EngineError;
 use crate::net::Netns;
 use crate::run::run;
 
+/// The sandbox's disk: a qcow2 overlay over the read-only base image.
+pub const OVERLAY: &str = "root.qcow2";
+/// The config drive.
+pub const CONFIG_DRIVE: &str = "config.ext4";
+
 /// The descriptor number QEMU sees for the TAP.
 const TAP_FD: i32 = 3;
 
@@ -36,10 +41,15 @@ pub struct BootSpec {
     pub vcpus: u8,
     /// Config drive content (token, hostname, env, init, ...).
     pub guest: GuestConfig,
+    /// Persistent volumes, attached after the config drive (`/dev/vdc`, `/dev/vdd`, ...); the
+    /// config drive's `volumes` must name the same devices (see [`guest_device`]).
+    pub volumes: Vec<VolumeDisk>,
     /// Guest address on the bridge.
     pub ip: Ipv4Addr,
     /// Bridge address (the guest's gateway).
     pub gateway: Ipv4Addr,
+    /// Subnet prefix length.
+    pub prefix: u8,
     /// Bridge to attach the TAP to.
     pub bridge: String,
     /// TAP device name (unique in the namespace).
@@ -50,6 +60,21 @@ pub struct BootSpec {
     pub accel: Accel,
     /// How long to wait for the agent.
     pub ready_timeout: Duration,
+}
+
+/// A volume's backing file as the VMM sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDisk {
+    /// The ext4 image.
+    pub path: PathBuf,
+    /// Attached read-only (the guest mounts it read-only too).
+    pub read_only: bool,
+}
+
+/// The guest device of the `index`-th volume: the root disk is `vda`, the config drive `vdb`.
+pub fn guest_device(index: usize) -> String {
+    let letter = (b'c' + u8::try_from(index).unwrap_or(u8::MAX).min(23)) as char;
+    format!("/dev/vd{letter}")
 }
 
 /// A booted guest.
@@ -85,10 +110,11 @@ pub fn host_tsc_khz() -> Option<u64> {
 }
 
 /// The kernel command line for a guest at `ip` behind `gateway`.
-pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, accel: Accelerator) -> String {
+pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, prefix: u8, accel: Accelerator) -> String {
+    let mask = crate::net::prefix_to_mask(prefix);
     let mut cmdline = format!(
         "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 init=/usr/local/bin/lohar \
-         ip={ip}::{gateway}:255.255.255.0::eth0:off no_timer_check tsc=reliable lpj=5000000 \
+         ip={ip}::{gateway}:{mask}::eth0:off no_timer_check tsc=reliable lpj=5000000 \
          mitigations=off quiet loglevel=1 8250.nr_uarts=1"
     );
     if let Some(khz) = host_tsc_khz() {
@@ -102,7 +128,7 @@ pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, accel: Accelerator) -> St
     cmdline
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
+pub(crate) fn mac_text(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
@@ -112,16 +138,21 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     std::fs::create_dir_all(&spec.dir)?;
     // Console logs and the config drive are the owner's business only.
     std::fs::set_permissions(&spec.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let overlay = spec.dir.join("root.qcow2");
-    run(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&spec.image)
-            .arg(&overlay),
-        Duration::from_secs(30),
-    )
-    .await?;
-    let config_drive = spec.dir.join("config.ext4");
+    let overlay = spec.dir.join(OVERLAY);
+    // A sandbox booted again (after a crash or a daemon restart) keeps its disk.
+    if !overlay.exists() {
+        let partial = spec.dir.join("root.qcow2.partial");
+        run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&spec.image)
+                .arg(&partial),
+            Duration::from_secs(30),
+        )
+        .await?;
+        std::fs::rename(&partial, &overlay)?;
+    }
+    let config_drive = spec.dir.join(CONFIG_DRIVE);
     crate::configdrive::build(&spec.guest, &config_drive).await?;
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
@@ -142,7 +173,7 @@ fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     let accel = spec.accel.resolve()?;
     let mut cfg = VmConfig::new(
         spec.kernel.clone(),
-        kernel_cmdline(spec.ip, spec.gateway, accel),
+        kernel_cmdline(spec.ip, spec.gateway, spec.prefix, accel),
         spec.dir.join("serial.log"),
         spec.dir.join("qmp.sock"),
     );
@@ -151,20 +182,27 @@ fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     cfg.memory.file = spec.memory_file.clone();
     cfg.vcpus = spec.vcpus;
     cfg.disks.push(Disk {
-        path: spec.dir.join("root.qcow2"),
+        path: spec.dir.join(OVERLAY),
         format: DiskFormat::Qcow2,
         read_only: false,
     });
     cfg.disks.push(Disk {
-        path: spec.dir.join("config.ext4"),
+        path: spec.dir.join(CONFIG_DRIVE),
         format: DiskFormat::Raw,
         read_only: true,
     });
+    for volume in &spec.volumes {
+        cfg.disks.push(Disk {
+            path: volume.path.clone(),
+            format: DiskFormat::Raw,
+            read_only: volume.read_only,
+        });
+    }
     cfg.net = Some(NetDevice { tap_fd: TAP_FD, mac: mac_text(spec.mac) });
     Ok(cfg)
 }
 
-fn agent_client(ns: &Netns, spec: &BootSpec) -> Arc<AgentClient> {
+pub(crate) fn agent_client(ns: &Netns, spec: &BootSpec) -> Arc<AgentClient> {
     let endpoint = Endpoint::TcpInNetns {
         netns: ns.path().to_owned(),
         control: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::CONTROL_PORT),
@@ -190,27 +228,50 @@ pub struct Suspended {
 /// Cold: pauses the VM, saves its device state to `state` (RAM stays in its memory file),
 /// flushes both to disk and ends QEMU, which frees the guest's memory.
 pub async fn suspend_to_disk(
-    mut vm: Vm,
+    vm: Vm,
     spec: &BootSpec,
     state: &Path,
 ) -> Result<(Suspended, Arc<AgentClient>), EngineError> {
-    let Some(ram) = spec.memory_file.as_ref() else {
+    let start = Instant::now();
+    let saved = save_device_state(&vm, spec, state).await?;
+    end_after_save(vm, spec, state, start, saved).await
+}
+
+/// First half of a suspend: pauses the vCPUs and writes the device state. The VM is left paused
+/// and intact, so a failure here (a full disk, a bad path) loses nothing: the caller can `cont`.
+pub async fn save_device_state(
+    vm: &Vm,
+    spec: &BootSpec,
+    state: &Path,
+) -> Result<vmm::StateSaved, EngineError> {
+    if spec.memory_file.is_none() {
         return Err(EngineError::Tool {
             tool: "suspend".into(),
             message: "the VM has no memory file".into(),
         });
-    };
-    let start = Instant::now();
+    }
     vm.qemu.qmp.stop(Duration::from_secs(5)).await?;
-    let saved = vm.qemu.save_state(state, Duration::from_secs(30)).await?;
+    Ok(vm.qemu.save_state(state, Duration::from_secs(30)).await?)
+}
+
+/// Second half of a suspend: QEMU quits and the RAM file and state reach the disk.
+pub async fn end_after_save(
+    mut vm: Vm,
+    spec: &BootSpec,
+    state: &Path,
+    started: Instant,
+    saved: vmm::StateSaved,
+) -> Result<(Suspended, Arc<AgentClient>), EngineError> {
     vm.qemu.qmp.quit(Duration::from_secs(5)).await?;
     vm.qemu.wait(Duration::from_secs(10)).await?;
     let fsync_start = Instant::now();
-    // Only pages the guest dirtied since the last flush are written.
-    std::fs::File::open(ram)?.sync_data()?;
+    if let Some(ram) = &spec.memory_file {
+        // Only pages the guest dirtied since the last flush are written.
+        std::fs::File::open(ram)?.sync_data()?;
+    }
     std::fs::File::open(state)?.sync_all()?;
     let suspended = Suspended {
-        total: start.elapsed(),
+        total: started.elapsed(),
         save: saved.duration,
         fsync: fsync_start.elapsed(),
         state_bytes: saved.bytes,

@@ -4,20 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use engine::{CreateSpec, Engine, EngineConfig, EngineError};
 
 fn spec(name: &str, image: &std::path::Path) -> CreateSpec {
-    CreateSpec {
-        name: name.into(),
-        image: image.to_owned(),
-        memory_mib: 128,
-        vcpus: 1,
-        env: [("SANDBOX".to_owned(), name.to_owned())].into(),
-        init: String::new(),
-    }
+    let mut spec = CreateSpec::new(name, image);
+    spec.memory_mib = 128;
+    spec.env = [("SANDBOX".to_owned(), name.to_owned())].into();
+    spec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,15 +20,12 @@ async fn create_exec_destroy_and_cleanup() {
     let data = tempfile::tempdir().unwrap();
     let netns = format!("bhatti-e{}", std::process::id());
     let _cleanup = NetnsGuard(netns.clone());
-    let engine = Engine::start(EngineConfig {
-        data_dir: data.path().to_owned(),
-        kernel,
+    let engine = Engine::new(EngineConfig {
         netns,
         bridge: "br0".into(),
         subnet: format!("10.{}.8.0/29", std::process::id() % 200 + 20).parse().unwrap(),
-        accel: vmm::Accel::Auto,
         max_concurrent_boots: 1,
-        ready_timeout: Duration::from_secs(60),
+        ..EngineConfig::new(data.path().to_owned(), kernel)
     })
     .await
     .unwrap();
@@ -45,18 +36,13 @@ async fn create_exec_destroy_and_cleanup() {
     let (alpha, beta) = (alpha.unwrap(), beta.unwrap());
     assert_ne!(alpha.ip, beta.ip);
     for name in ["alpha", "beta"] {
-        let out = engine
-            .client(name)
-            .unwrap()
-            .exec(&["sh", "-c", "hostname; echo $SANDBOX"])
-            .await
-            .unwrap();
+        let out = engine.exec(name, &["sh", "-c", "hostname; echo $SANDBOX"]).await.unwrap();
         assert_eq!(out.stdout_text(), format!("{name}\n{name}\n"));
     }
 
     assert!(matches!(engine.create(&spec("alpha", &image)).await, Err(EngineError::Refused(_))));
     assert!(matches!(engine.create(&spec("Bad_Name", &image)).await, Err(EngineError::Refused(_))));
-    assert!(matches!(engine.client("nope"), Err(EngineError::NotFound(_))));
+    assert!(matches!(engine.exec("nope", &["true"]).await, Err(EngineError::NotFound(_))));
     assert!(matches!(engine.destroy("nope").await, Err(EngineError::NotFound(_))));
 
     let taps_before = engine.netns().interfaces().await.unwrap();
@@ -64,7 +50,7 @@ async fn create_exec_destroy_and_cleanup() {
     assert!(!alpha.dir.exists(), "sandbox files left behind");
     let taps_after = engine.netns().interfaces().await.unwrap();
     assert_eq!(taps_after.len() + 1, taps_before.len(), "{taps_before:?} -> {taps_after:?}");
-    assert!(matches!(engine.client("alpha"), Err(EngineError::NotFound(_))));
+    assert!(matches!(engine.info("alpha"), Err(EngineError::NotFound(_))));
     assert_eq!(engine.list().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["beta"]);
 
     // The pool hands out new addresses (alpha's is reused last) and the name is free again.
@@ -85,16 +71,13 @@ async fn a_restarted_engine_removes_what_a_crashed_one_left() {
     let netns = format!("bhatti-o{}", std::process::id());
     let _cleanup = NetnsGuard(netns.clone());
     let config = EngineConfig {
-        data_dir: data.path().to_owned(),
-        kernel,
         netns,
         bridge: "br0".into(),
         subnet: format!("10.{}.9.0/29", std::process::id() % 200 + 20).parse().unwrap(),
-        accel: vmm::Accel::Auto,
         max_concurrent_boots: 1,
-        ready_timeout: Duration::from_secs(60),
+        ..EngineConfig::new(data.path().to_owned(), kernel)
     };
-    let first = Engine::start(config.clone()).await.unwrap();
+    let first = Engine::new(config.clone()).await.unwrap();
     let info = first.create(&spec("orphan", &image)).await.unwrap();
     let pid: i32 =
         std::fs::read_to_string(info.dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
@@ -102,7 +85,7 @@ async fn a_restarted_engine_removes_what_a_crashed_one_left() {
     std::mem::forget(first);
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
-    let second = Engine::start(config).await.unwrap();
+    let second = Engine::new(config).await.unwrap();
     let gone =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
     assert!(gone, "the orphaned QEMU still runs");

@@ -129,8 +129,10 @@ pub fn spec_for(
         memory_file: memory_file.then(|| dir.join("ram")),
         vcpus: 1,
         guest,
+        volumes: Vec::new(),
         ip: net.guest_ip(host),
         gateway: net.gateway(),
+        prefix: 24,
         bridge: "br0".into(),
         tap: format!("tap{host}"),
         mac: [0x52, 0x54, 0x00, 0x00, net.subnet, host],
@@ -143,4 +145,50 @@ pub fn spec_for(
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]
+}
+
+/// An engine in its own namespace and data directory, both removed when dropped.
+pub struct TestEngine {
+    pub engine: engine::Engine,
+    pub image: PathBuf,
+    pub config: engine::EngineConfig,
+    // Dropped after the engine (fields drop in order): QEMUs die before the namespace goes.
+    pub data: tempfile::TempDir,
+    _guard: NetnsGuard,
+}
+
+impl std::ops::Deref for TestEngine {
+    type Target = engine::Engine;
+    fn deref(&self) -> &engine::Engine {
+        &self.engine
+    }
+}
+
+/// The config of a test engine: its own namespace, a /24, one boot at a time.
+pub fn engine_config(data: &std::path::Path) -> (engine::EngineConfig, NetnsGuard) {
+    let (kernel, _) = artifacts();
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let netns = format!("bhatti-e{}-{n}", std::process::id());
+    let guard = NetnsGuard(netns.clone());
+    let config = engine::EngineConfig {
+        netns,
+        subnet: format!("10.{}.{}.0/24", std::process::id() % 200 + 20, n % 250).parse().unwrap(),
+        max_concurrent_boots: 1,
+        ..engine::EngineConfig::new(data.to_owned(), kernel)
+    };
+    (config, guard)
+}
+
+pub async fn test_engine() -> TestEngine {
+    let data = tempfile::tempdir().unwrap();
+    let (config, guard) = engine_config(data.path());
+    let engine = engine::Engine::new(config.clone()).await.unwrap();
+    TestEngine { engine, image: artifacts().1, config, data, _guard: guard }
+}
+
+/// A small sandbox of the test image.
+pub fn small(name: &str) -> engine::CreateSpec {
+    let mut spec = engine::CreateSpec::new(name, artifacts().1);
+    spec.memory_mib = 128;
+    spec
 }

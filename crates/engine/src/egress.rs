@@ -1,0 +1,202 @@
+//! Optional egress: guests reach the outside through NAT in the engine's namespace.
+//!
+//! The namespace gets an uplink (typically one end of a veth whose other end is in the host
+//! namespace, or any interface that leads out) and a router behind it. [`enable`] turns on IPv4
+//! forwarding in the namespace, points its default route at that router and installs one
+//! nftables table, `ip bhatti`, that masquerades guest traffic leaving through the uplink and
+//! drops anything new arriving from the uplink, so the outside never reaches a guest.
+//! [`disable`] undoes all three. Both are idempotent.
+//!
+//! The rules go to `nft` as JSON (`nft -j -f -`), built with `serde_json`: interface names and
+//! addresses are JSON values, never spliced into a rule language, and no output is parsed.
+//! (Kept off in tests, except in `tests/egress.rs`, which builds a "remote host" namespace.)
+
+use std::io::{self, Seek, Write};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::error::EngineError;
+use crate::ippool::Subnet;
+use crate::net::Netns;
+use crate::run::run;
+
+/// The nftables table the engine owns in its namespace (family `ip`).
+pub const TABLE: &str = "bhatti";
+
+/// Deadline for one `nft` or `ip` invocation.
+const TOOL_DEADLINE: Duration = Duration::from_secs(10);
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// How the engine's namespace reaches the outside.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Egress {
+    /// The interface inside the engine's namespace that leads out.
+    pub uplink: String,
+    /// The router behind `uplink`: the namespace's default route.
+    pub next_hop: Ipv4Addr,
+}
+
+/// Lets guests in `subnet` reach the outside through `egress.uplink`, masqueraded behind the
+/// uplink's address, while nothing from the outside can open a connection to them.
+///
+/// Order matters: the filter is installed before forwarding is switched on, so there is no
+/// moment where the namespace routes without it. Running it again replaces the table in one
+/// atomic nftables transaction (never two copies, never a moment without rules) and replaces the
+/// default route.
+pub async fn enable(ns: &Netns, subnet: Subnet, egress: &Egress) -> Result<(), EngineError> {
+    nft(ns, &ruleset(subnet, &egress.uplink)).await?;
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), "ip", "route", "replace", "default"])
+            .args(["via", &egress.next_hop.to_string(), "dev", &egress.uplink]),
+        TOOL_DEADLINE,
+    )
+    .await?;
+    set_forwarding(ns, true).await
+}
+
+/// Turns egress off: forwarding off first (so nothing is routed unfiltered), then the default
+/// route via `egress.next_hop` and the `bhatti` table are removed. Missing pieces are not an
+/// error, so it can run at every start and after a partial [`enable`].
+pub async fn disable(ns: &Netns, egress: &Egress) -> Result<(), EngineError> {
+    set_forwarding(ns, false).await?;
+    // `flush exact` removes only the default route through our router and succeeds when there
+    // is none; no `dev`, as the uplink may already be gone (and its routes with it).
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), "ip", "route", "flush", "exact"])
+            .args(["0.0.0.0/0", "via", &egress.next_hop.to_string()]),
+        TOOL_DEADLINE,
+    )
+    .await?;
+    // "add" of an existing table is a no-op, so add-then-delete removes it whether or not it
+    // was there (this nft predates `destroy`).
+    nft(
+        ns,
+        &json!({ "nftables": [
+            { "add": { "table": table() } },
+            { "delete": { "table": table() } },
+        ]}),
+    )
+    .await
+}
+
+/// The whole table as one nft JSON transaction: create the table if missing, delete it (with
+/// whatever an earlier run or another version put in it), then build it afresh. nft applies a
+/// file atomically, so concurrent traffic sees either the old rules or the new ones.
+fn ruleset(subnet: Subnet, uplink: &str) -> Value {
+    // Subnet has no network accessor; the gateway is always the network address + 1.
+    let network = Ipv4Addr::from(u32::from(subnet.gateway()).saturating_sub(1));
+    let from_guests = json!({ "match": {
+        "op": "==",
+        "left": { "payload": { "protocol": "ip", "field": "saddr" } },
+        "right": { "prefix": { "addr": network.to_string(), "len": subnet.prefix() } },
+    }});
+    let iface = |key: &str| {
+        let left = json!({ "meta": { "key": key } });
+        json!({ "match": { "op": "==", "left": left, "right": uplink } })
+    };
+    let rule = |chain: &str, expr: Vec<Value>| {
+        json!({ "add": { "rule": {
+            "family": "ip", "table": TABLE, "chain": chain, "expr": expr,
+        }}})
+    };
+    json!({ "nftables": [
+        { "add": { "table": table() } },
+        { "delete": { "table": table() } },
+        { "add": { "table": table() } },
+        { "add": { "chain": {
+            "family": "ip", "table": TABLE, "name": "postrouting",
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept",
+        }}},
+        // Guests leave with the uplink's address: the outside needs no route to the subnet.
+        rule("postrouting", vec![
+            from_guests.clone(),
+            iface("oifname"),
+            json!({ "masquerade": null }),
+        ]),
+        // Policy accept: this chain only governs the uplink; traffic between guests on the
+        // bridge (seen here if br_netfilter is loaded) is not its business.
+        { "add": { "chain": {
+            "family": "ip", "table": TABLE, "name": "forward",
+            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept",
+        }}},
+        // Replies to connections guests opened.
+        rule("forward", vec![
+            json!({ "match": {
+                "op": "in",
+                "left": { "ct": { "key": "state" } },
+                "right": ["established", "related"],
+            }}),
+            json!({ "accept": null }),
+        ]),
+        rule("forward", vec![from_guests, iface("oifname"), json!({ "accept": null })]),
+        // Anything else from the outside (new connections to guests, or attempts to route
+        // through the namespace) is dropped silently.
+        rule("forward", vec![iface("iifname"), json!({ "drop": null })]),
+    ]})
+}
+
+fn table() -> Value {
+    json!({ "family": "ip", "name": TABLE })
+}
+
+/// Applies an nft JSON document inside the namespace. The document goes in through stdin from
+/// an anonymous temporary file, so the shared `run` (deadline, stderr in the error) applies
+/// unchanged and there is no pipe to feed while waiting.
+async fn nft(ns: &Netns, doc: &Value) -> Result<(), EngineError> {
+    let io_err = |source: io::Error| EngineError::Net {
+        op: format!("prepare nftables input for namespace {}", ns.name()),
+        source,
+    };
+    let mut input = tempfile::tempfile().map_err(io_err)?;
+    input.write_all(doc.to_string().as_bytes()).map_err(io_err)?;
+    input.rewind().map_err(io_err)?;
+    run(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), "nft", "-j", "-f", "-"])
+            .stdin(std::process::Stdio::from(input)),
+        TOOL_DEADLINE,
+    )
+    .await
+    .map(drop)
+}
+
+/// Writes the namespace's IPv4 forwarding switch from a thread inside it (`/proc/sys/net`
+/// shows the namespace of the thread that opens it).
+async fn set_forwarding(ns: &Netns, on: bool) -> Result<(), EngineError> {
+    ns.enter(move || std::fs::write(IP_FORWARD, if on { "1" } else { "0" })).await.map_err(
+        |source| EngineError::Net {
+            op: format!("set ip_forward={} in namespace {}", u8::from(on), ns.name()),
+            source,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_replaces_the_table_and_matches_the_subnet_and_uplink() {
+        let subnet: Subnet = "10.7.0.0/24".parse().unwrap();
+        let doc = ruleset(subnet, "up0");
+        let cmds = doc["nftables"].as_array().unwrap();
+        // add; delete; add: idempotent and atomic.
+        let verbs: Vec<&str> = cmds
+            .iter()
+            .take(3)
+            .map(|c| c.as_object().unwrap().keys().next().unwrap().as_str())
+            .collect();
+        assert_eq!(verbs, ["add", "delete", "add"]);
+        let text = doc.to_string();
+        assert!(text.contains(r#"{"prefix":{"addr":"10.7.0.0","len":24}}"#), "{text}");
+        assert!(text.contains(r#""masquerade":null"#), "{text}");
+        assert!(text.contains(r#"{"meta":{"key":"iifname"}}"#), "{text}");
+        assert!(text.contains(r#""right":"up0""#), "{text}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Persistent volumes: ext4 images that live outside any sandbox, attached as extra disks.
+//!
+//! A volume is a sparse file formatted with `mkfs.ext4` (no mount on the host). Destroying a
+//! sandbox never touches its volumes; attaching one to a later sandbox gives it the same data.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::error::EngineError;
+use crate::run::run;
+
+/// Guest paths a volume may not cover: the system's own directories.
+const RESERVED_MOUNTS: &[&str] = &[
+    "/",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/dev/pts",
+    "/run",
+    "/tmp",
+    "/etc",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/usr",
+    "/usr/local/bin",
+    "/boot",
+    "/root",
+];
+
+/// A volume attached to a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The ext4 image on the host.
+    pub path: PathBuf,
+    /// Absolute mount point in the guest.
+    pub mount: String,
+    /// Read-only in QEMU and in the guest's mount.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// Checks the mount point: absolute, no `..`, not a system directory.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let refuse =
+            |why: &str| EngineError::Refused(format!("volume mount {:?}: {why}", self.mount));
+        if !self.mount.starts_with('/') {
+            return Err(refuse("must be an absolute path"));
+        }
+        if self.mount.split('/').any(|c| c == "..") {
+            return Err(refuse("must not contain '..'"));
+        }
+        let cleaned = format!(
+            "/{}",
+            self.mount
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        if RESERVED_MOUNTS.contains(&cleaned.as_str()) {
+            return Err(refuse("is a system directory"));
+        }
+        if !self.path.is_file() {
+            return Err(refuse(&format!("volume file {} does not exist", self.path.display())));
+        }
+        Ok(())
+    }
+}
+
+/// Creates a volume of `size_mib` at `path`: a sparse file made into ext4. Refuses to overwrite
+/// an existing file. The file is built under a temporary name and renamed, so a crash never
+/// leaves a half-made volume under the real name.
+pub async fn create(path: &Path, size_mib: u32) -> Result<(), EngineError> {
+    if size_mib == 0 {
+        return Err(EngineError::Refused("volume size must be at least 1 MiB".into()));
+    }
+    if path.exists() {
+        return Err(EngineError::Refused(format!("volume {} already exists", path.display())));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let partial = path.with_extension("partial");
+    let file = std::fs::File::create(&partial)?;
+    file.set_len(u64::from(size_mib) * 1024 * 1024)?;
+    drop(file);
+    let made = run(
+        Command::new("mkfs.ext4").args(["-F", "-q", "-E", "root_owner=1000:1000"]).arg(&partial),
+        Duration::from_secs(60),
+    )
+    .await;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(m: &str, path: &Path) -> VolumeMount {
+        VolumeMount { path: path.to_owned(), mount: m.into(), read_only: false }
+    }
+
+    #[test]
+    fn mount_points_are_checked() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(mount("/data", file.path()).validate().is_ok());
+        assert!(mount("/home/lohar/work", file.path()).validate().is_ok());
+        for bad in ["data", "/data/../etc", "/", "/etc", "/usr/", "//proc", "/./tmp"] {
+            assert!(mount(bad, file.path()).validate().is_err(), "{bad} accepted");
+        }
+        assert!(mount("/data", Path::new("/nonexistent/volume.ext4")).validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn create_makes_an_ext4_image_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v/data.ext4");
+        create(&path, 16).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 * 1024 * 1024);
+        // The ext4 superblock magic 0xEF53 at offset 1024 + 56.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xEF]);
+        assert!(matches!(create(&path, 16).await, Err(EngineError::Refused(_))));
+        assert!(matches!(
+            create(&dir.path().join("z.ext4"), 0).await,
+            Err(EngineError::Refused(_))
+        ));
+        assert!(!dir.path().join("v/data.partial").exists());
+    }
+}
