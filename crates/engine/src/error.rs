@@ -29,7 +29,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// The VMM failed (QEMU did not start, QMP failed).
-    #[error("VMM error")]
+    #[error("VMM: {0}")]
     Vmm(#[from] vmm::VmmError),
     /// The guest's agent never answered.
     #[error("the guest agent did not become ready; console:\n{console}")]
@@ -68,6 +68,6 @@ pub enum EngineError {
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
     /// File IO failed.
-    #[error("engine IO failed")]
+    #[error("engine IO: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -233,15 +233,22 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
         written += take as u64;
     }
     let finished = target.and_then(|file| {
+        // Owner first, so the file never appears under its name owned by root.
+        if nix::unistd::geteuid().is_root() {
+            let _ = std::os::unix::fs::chown(&temp, Some(USER_UID), Some(USER_GID));
+        }
         file.sync_all().map_err(|e| os_error("sync", &req.path, &e))?;
         drop(file);
-        fs::rename(&temp, path).map_err(|e| os_error("rename", &req.path, &e))
+        fs::rename(&temp, path).map_err(|e| os_error("rename", &req.path, &e))?;
+        // The rename is durable only once the directory is: without this, a VM killed within
+        // the journal's commit interval comes back without the file.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| os_error("sync directory of", &req.path, &e))
     });
     match finished {
         Ok(()) => {
-            if nix::unistd::geteuid().is_root() {
-                let _ = std::os::unix::fs::chown(path, Some(USER_UID), Some(USER_GID));
-            }
             let reply = FileWriteResponse { status: STATUS_OK.to_owned() };
             sent(send_json(conn, FrameType::FILE_WRITE_RESP, &reply))
         }

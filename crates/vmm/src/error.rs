@@ -59,6 +59,6 @@ pub enum VmmError {
         path: PathBuf,
     },
     /// Socket or process IO failed.
-    #[error("VMM IO failed")]
+    #[error("VMM IO: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -192,3 +192,25 @@ pub fn small(name: &str) -> engine::CreateSpec {
     spec.memory_mib = 128;
     spec
 }
+
+/// Bytes written so far to the block device holding `path` (from /sys/dev/block/*/stat), to
+/// measure what an operation cost the disk. `None` where the device has no stat file.
+pub fn disk_written_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// p50, p95, p99 of a sample (nearest rank).
+pub fn p50_95_99(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (percentile(&sorted, 50.0), percentile(&sorted, 95.0), percentile(&sorted, 99.0))
+}

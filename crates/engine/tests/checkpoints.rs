@@ -1,0 +1,88 @@
+//! Named checkpoints on real VMs: captured from a running sandbox that keeps running, resumed
+//! later as a new sandbox with the memory, processes, files and volumes of that moment.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use agent::{ExecRequest, ReadOptions};
+use common::*;
+use engine::{EngineError, Thermal};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_then_resume_as_a_new_sandbox() {
+    let e = test_engine().await;
+    let volume = e.create_volume("work", 32).await.unwrap();
+    let mut spec = small("src");
+    spec.memory_mib = 256;
+    spec.vcpus = 2;
+    spec.volumes = vec![engine::volume::VolumeMount {
+        path: volume.clone(),
+        mount: "/work".into(),
+        read_only: false,
+    }];
+    e.create(&spec).await.unwrap();
+    e.file_write("src", "/home/lohar/note.txt", "0644", b"before").await.unwrap();
+    e.file_write("src", "/work/vol.txt", "0644", b"volume before").await.unwrap();
+    let mut sleeper = ExecRequest::command(["sleep", "600"]);
+    sleeper.output_file = Some("/tmp/sleeper.log".into());
+    let pid = e.exec_detached("src", &sleeper).await.unwrap().pid;
+
+    let t = Instant::now();
+    let dir = e.checkpoint("src", "cp1").await.unwrap();
+    let took = t.elapsed();
+    for file in ["manifest.json", "state", "ram", "root.qcow2", "config.ext4", "vol0.ext4"] {
+        assert!(dir.join(file).exists(), "{file} missing from the checkpoint");
+    }
+    // The source keeps running and changes after the checkpoint.
+    assert_eq!(e.thermal("src").unwrap(), Thermal::Hot);
+    e.file_write("src", "/home/lohar/note.txt", "0644", b"after").await.unwrap();
+    e.file_write("src", "/work/vol.txt", "0644", b"volume after").await.unwrap();
+
+    // A duplicate name fails fast and does not pause the source.
+    let t = Instant::now();
+    let dup = e.checkpoint("src", "cp1").await.unwrap_err();
+    assert!(dup.to_string().contains("already exists"), "{dup}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(e.thermal("src").unwrap(), Thermal::Hot);
+
+    // The checkpoint's address is the source's: resuming while the source lives is refused and
+    // leaves nothing behind.
+    let busy = e.resume_checkpoint("cp1", "clone").await.unwrap_err();
+    assert!(busy.to_string().contains("in use"), "{busy}");
+    assert!(matches!(e.info("clone"), Err(EngineError::NotFound(_))));
+    assert!(!e.data.path().join("sandboxes/clone").exists());
+
+    e.destroy("src").await.unwrap();
+    let t = Instant::now();
+    let clone = e.resume_checkpoint("cp1", "clone").await.unwrap();
+    let resumed_in = t.elapsed();
+    assert_eq!(clone.thermal, Thermal::Hot);
+    let read = |path: &'static str| {
+        let e = &e;
+        async move { e.file_read("clone", path, ReadOptions::default()).await.unwrap().data }
+    };
+    assert_eq!(read("/home/lohar/note.txt").await, b"before");
+    assert_eq!(read("/work/vol.txt").await, b"volume before");
+    let alive = e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap();
+    assert_eq!(alive.exit_code, 0, "the process from the checkpoint is gone");
+    assert_eq!(e.exec("clone", &["nproc"]).await.unwrap().stdout_text(), "2\n");
+    // The shared volume was not touched by the clone: it has the source's last write.
+    assert!(std::fs::metadata(&volume).unwrap().len() > 0);
+
+    // The resumed sandbox is a full sandbox: it goes cold and wakes again.
+    e.stop("clone", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(read("/home/lohar/note.txt").await, b"before");
+
+    // A cold sandbox cannot be checkpointed; a checkpoint resumes only once at a time.
+    e.stop("clone", Duration::from_secs(5)).await.unwrap();
+    let cold = e.checkpoint("clone", "cp2").await.unwrap_err();
+    assert!(cold.to_string().contains("not running"), "{cold}");
+    assert!(!e.data.path().join("checkpoints/cp2").exists());
+    assert!(!e.data.path().join("checkpoints/cp2.tmp").exists());
+    println!("checkpoint of a 256 MiB guest: {took:?}; resume as a new sandbox: {resumed_in:?}");
+    e.delete_checkpoint("cp1").unwrap();
+    assert!(matches!(e.delete_checkpoint("cp1"), Err(EngineError::NotFound(_))));
+    assert!(matches!(e.resume_checkpoint("cp1", "again").await, Err(EngineError::NotFound(_))));
+}
