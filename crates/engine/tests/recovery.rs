@@ -1,0 +1,79 @@
+//! A daemon restart on real VMs: records exported by one engine bring the sandboxes back in the
+//! next. A sandbox that was stopped wakes with its memory; one whose daemon died while it ran
+//! boots again from its disk; a record that cannot be recovered is reported, not fatal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use agent::{ExecRequest, ReadOptions};
+use common::*;
+use engine::{Engine, SandboxRecord, Thermal};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_bring_sandboxes_back_after_a_daemon_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let (config, _guard) = engine_config(data.path());
+    let first = Engine::new(config.clone()).await.unwrap();
+    let mut spec = small("sleepy");
+    spec.memory_mib = 256;
+    spec.env = [("KIND".to_owned(), "sleepy".to_owned())].into();
+    first.create(&spec).await.unwrap();
+    first.create(&small("busy")).await.unwrap();
+    first.file_write("sleepy", "/home/lohar/a.txt", "0644", b"sleepy data").await.unwrap();
+    first.file_write("busy", "/home/lohar/b.txt", "0644", b"busy data").await.unwrap();
+    let mut sleeper = ExecRequest::command(["sleep", "600"]);
+    sleeper.output_file = Some("/tmp/sleeper.log".into());
+    let pid = first.exec_detached("sleepy", &sleeper).await.unwrap().pid;
+    first.stop("sleepy", Duration::ZERO).await.unwrap();
+
+    // What a store would keep, through its JSON form.
+    let mut records = Vec::new();
+    for name in ["sleepy", "busy"] {
+        let json = first.export(name).await.unwrap().to_json();
+        records.push(SandboxRecord::from_json(&json).unwrap());
+    }
+    assert_eq!((records[0].thermal, records[0].snapshot), (Thermal::Cold, true));
+    assert_eq!((records[1].thermal, records[1].snapshot), (Thermal::Hot, false));
+    let busy_pid: i32 = std::fs::read_to_string(records[1].dir.join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The daemon dies: nothing of it runs its cleanup; the hot sandbox's QEMU keeps running.
+    std::mem::forget(first);
+
+    let mut lost = records[1].clone();
+    lost.name = "lost".into();
+    lost.dir = data.path().join("sandboxes/lost");
+    records.push(lost);
+    let (second, failed) = Engine::new_recovering(config, records).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "lost");
+    assert!(failed[0].1.to_string().contains("disk is missing"), "{}", failed[0].1);
+    let gone = std::fs::read_to_string(format!("/proc/{busy_pid}/stat"))
+        .map_or(true, |s| s.contains(") Z"));
+    assert!(gone, "the dead daemon's QEMU still runs");
+    let names: Vec<_> = second.list().into_iter().map(|s| (s.name, s.thermal)).collect();
+    assert_eq!(names, [("busy".to_owned(), Thermal::Cold), ("sleepy".to_owned(), Thermal::Cold)]);
+
+    // The stopped one wakes with its memory: the process still runs.
+    let alive = second.exec("sleepy", &["kill", "-0", &pid.to_string()]).await.unwrap();
+    assert_eq!(alive.exit_code, 0);
+    let out = second.exec("sleepy", &["sh", "-c", "echo $KIND"]).await.unwrap();
+    assert_eq!(out.stdout_text(), "sleepy\n");
+    let read = second.file_read("sleepy", "/home/lohar/a.txt", ReadOptions::default()).await.unwrap();
+    assert_eq!(read.data, b"sleepy data");
+    // The running one boots again from its disk: its files are there.
+    let read = second.file_read("busy", "/home/lohar/b.txt", ReadOptions::default()).await.unwrap();
+    assert_eq!(read.data, b"busy data");
+    assert_eq!(second.thermal("busy").unwrap(), Thermal::Hot);
+    // The pool knows both addresses: a new sandbox gets a third one.
+    let third = second.create(&small("third")).await.unwrap();
+    let ips: Vec<_> = second.list().into_iter().map(|s| s.ip).collect();
+    assert_eq!(ips.iter().filter(|ip| **ip == third.ip).count(), 1, "{ips:?}");
+    for name in ["busy", "sleepy", "third"] {
+        second.destroy(name).await.unwrap();
+    }
+}

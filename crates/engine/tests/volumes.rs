@@ -1,0 +1,78 @@
+//! Persistent volumes on real VMs: attached at create (read-write and read-only), owned by the
+//! guest user, surviving stop/start and the sandbox's destruction, attached to another sandbox
+//! later, never attached read-write twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use agent::{ExecRequest, ReadOptions};
+use common::*;
+use engine::EngineError;
+use engine::volume::VolumeMount;
+
+fn mount(path: &std::path::Path, at: &str, read_only: bool) -> VolumeMount {
+    VolumeMount { path: path.to_owned(), mount: at.into(), read_only }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_persist_across_sandboxes_and_read_only_is_enforced() {
+    let e = test_engine().await;
+    let data = e.create_volume("data", 64).await.unwrap();
+    let reference = e.create_volume("reference", 16).await.unwrap();
+    let cache = e.create_volume("cache", 16).await.unwrap();
+    assert!(matches!(e.create_volume("data", 64).await, Err(EngineError::Refused(_))));
+
+    let mut spec = small("first");
+    spec.memory_mib = 256;
+    spec.volumes = vec![
+        mount(&data, "/data", false),
+        mount(&reference, "/ref", true),
+        mount(&cache, "/home/lohar/cache", false),
+    ];
+    e.create(&spec).await.unwrap();
+    // Three devices, each mounted where asked; writable ones owned by the guest user.
+    let out = e
+        .exec("first", &["sh", "-c", "stat -c '%n %u' /data /home/lohar/cache; grep -c '^/dev/vd[cde] ' /proc/mounts"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "/data 1000\n/home/lohar/cache 1000\n3\n");
+    e.file_write("first", "/data/kept.txt", "0644", b"survives").await.unwrap();
+    let mut root = ExecRequest::command(["touch", "/ref/x"]);
+    root.user = Some("root".into());
+    let ro = e.exec_request("first", &root, Duration::from_secs(30)).await.unwrap();
+    assert_ne!(ro.exit_code, 0, "a read-only volume was writable even for root");
+    assert!(ro.stderr_text().contains("Read-only"), "{}", ro.stderr_text());
+
+    // Survives a cold cycle.
+    e.stop("first", Duration::ZERO).await.unwrap();
+    let read = e.file_read("first", "/data/kept.txt", ReadOptions::default()).await.unwrap();
+    assert_eq!(read.data, b"survives");
+
+    // Attached read-write: a second writer and a delete are refused; read-only sharing is fine.
+    let mut second = small("second");
+    second.volumes = vec![mount(&data, "/data", false)];
+    let twice = e.create(&second).await.unwrap_err();
+    assert!(twice.to_string().contains("attached read-write"), "{twice}");
+    assert!(e.delete_volume("data").unwrap_err().to_string().contains("attached"));
+    // Bad mount points are refused before anything boots.
+    for bad in ["/etc", "relative", "/data/../usr"] {
+        let mut spec = small("bad");
+        spec.volumes = vec![mount(&cache, bad, true)];
+        assert!(matches!(e.create(&spec).await, Err(EngineError::Refused(_))), "{bad}");
+    }
+
+    // The sandbox goes; the volume and its data stay, and the next sandbox sees them.
+    e.destroy("first").await.unwrap();
+    assert!(data.exists());
+    let mut later = small("later");
+    later.volumes = vec![mount(&data, "/mnt/data", false)];
+    e.create(&later).await.unwrap();
+    let read = e.file_read("later", "/mnt/data/kept.txt", ReadOptions::default()).await.unwrap();
+    assert_eq!(read.data, b"survives");
+    e.destroy("later").await.unwrap();
+    e.delete_volume("data").unwrap();
+    assert!(!data.exists());
+    assert!(matches!(e.delete_volume("data"), Err(EngineError::NotFound(_))));
+}
