@@ -293,27 +293,42 @@ pub async fn resume_from_disk(
     state: &Path,
     client: Option<Arc<AgentClient>>,
 ) -> Result<Vm, EngineError> {
+    let t0 = Instant::now();
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
+    let t_tap = t0.elapsed();
     let mut cfg = vm_config(spec)?;
     cfg.incoming = true;
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    let t_qemu = t0.elapsed();
     record_pid(&spec.dir, qemu.pid);
     qemu.load_state(state, Duration::from_secs(30)).await?;
+    let t_load = t0.elapsed();
     qemu.qmp.cont(Duration::from_secs(5)).await?;
+    let t_cont = t0.elapsed();
     let client = client.unwrap_or_else(|| agent_client(ns, spec));
-    // A pooled connection answers as soon as the guest runs; fall back to probing.
-    let ready = match client.activity().await {
-        Ok(_) => Ok(()),
-        Err(_) => client.wait_ready(spec.ready_timeout).await.map(drop),
+    // The clock correction doubles as the readiness probe (one round trip instead of two): a
+    // pooled connection answers as soon as the guest runs. An agent error (a v1 agent without
+    // the extension) still means it answers. Anything else: probe with new connections.
+    let ready = match client.set_time(std::time::SystemTime::now()).await {
+        Ok(()) | Err(agent::AgentError::Agent(_)) => Ok(()),
+        Err(_) => match client.wait_ready(spec.ready_timeout).await {
+            Ok(_) => {
+                correct_clock(&client).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
     };
+    // Under TCG nearly all of the time after `cont` is the new QEMU translating guest code again.
+    tracing::debug!(
+        tap = ?t_tap, qemu = ?t_qemu, load = ?t_load, cont = ?t_cont, ready = ?t0.elapsed(),
+        "restored from disk"
+    );
     let ready_after = qemu.spawned_at.elapsed();
     let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
     match ready {
-        Ok(()) => {
-            correct_clock(&vm.client).await;
-            Ok(vm)
-        }
+        Ok(()) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
     }
 }

@@ -36,11 +36,8 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
     }
     assert_eq!((records[0].thermal, records[0].snapshot), (Thermal::Cold, true));
     assert_eq!((records[1].thermal, records[1].snapshot), (Thermal::Hot, false));
-    let busy_pid: i32 = std::fs::read_to_string(records[1].dir.join("qemu.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let busy_pid: i32 =
+        std::fs::read_to_string(records[1].dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
     // The daemon dies: nothing of it runs its cleanup; the hot sandbox's QEMU keeps running.
     std::mem::forget(first);
 
@@ -63,7 +60,8 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
     assert_eq!(alive.exit_code, 0);
     let out = second.exec("sleepy", &["sh", "-c", "echo $KIND"]).await.unwrap();
     assert_eq!(out.stdout_text(), "sleepy\n");
-    let read = second.file_read("sleepy", "/home/lohar/a.txt", ReadOptions::default()).await.unwrap();
+    let read =
+        second.file_read("sleepy", "/home/lohar/a.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(read.data, b"sleepy data");
     // The running one boots again from its disk: its files are there.
     let read = second.file_read("busy", "/home/lohar/b.txt", ReadOptions::default()).await.unwrap();

@@ -34,7 +34,14 @@ async fn volumes_persist_across_sandboxes_and_read_only_is_enforced() {
     e.create(&spec).await.unwrap();
     // Three devices, each mounted where asked; writable ones owned by the guest user.
     let out = e
-        .exec("first", &["sh", "-c", "stat -c '%n %u' /data /home/lohar/cache; grep -c '^/dev/vd[cde] ' /proc/mounts"])
+        .exec(
+            "first",
+            &[
+                "sh",
+                "-c",
+                "stat -c '%n %u' /data /home/lohar/cache; grep -c '^/dev/vd[cde] ' /proc/mounts",
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "/data 1000\n/home/lohar/cache 1000\n3\n");

@@ -94,7 +94,7 @@ mod tests {
     fn minimal_tcg_command_line() {
         let line = joined(&base(), Accelerator::Tcg);
         assert!(line.starts_with("-machine microvm,acpi=off,"), "{line}");
-        assert!(line.contains("-accel tcg,tb-size=8 -cpu max"));
+        assert!(line.contains("-accel tcg,tb-size=64 -cpu max"));
         assert!(line.contains("-m 256M -smp 1"));
         assert!(
             line.contains("-kernel /k/vmlinux -append console=ttyS0 init=/usr/local/bin/lohar")
