@@ -133,3 +133,51 @@ pub async fn capture(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{RECORD_VERSION, Thermal};
+
+    fn manifest() -> Manifest {
+        Manifest {
+            version: 1,
+            source: "src".into(),
+            created_at: 1_700_000_000,
+            sandbox: SandboxRecord {
+                version: RECORD_VERSION,
+                name: "src".into(),
+                dir: "/d/sandboxes/src".into(),
+                image: "/d/images/test.ext4".into(),
+                ip: "10.0.0.2".parse().unwrap(),
+                mac: "52:54:00:00:00:02".into(),
+                token: "t".into(),
+                vcpus: 2,
+                memory_mib: 1024,
+                env: Default::default(),
+                init: String::new(),
+                volumes: vec![crate::volume::VolumeMount {
+                    path: volume_file(0).into(),
+                    mount: "/work".into(),
+                    read_only: false,
+                }],
+                thermal: Thermal::Hot,
+                snapshot: false,
+            },
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_refuses_what_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Manifest::read(dir.path()), Err(EngineError::NotFound(_))));
+        let m = manifest();
+        std::fs::write(dir.path().join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(Manifest::read(dir.path()).unwrap(), m);
+        let v2 = serde_json::to_string(&m).unwrap().replacen(r#""version":1"#, r#""version":9"#, 1);
+        std::fs::write(dir.path().join(MANIFEST), v2).unwrap();
+        assert!(Manifest::read(dir.path()).unwrap_err().to_string().contains("version 9"));
+        std::fs::write(dir.path().join(MANIFEST), "{").unwrap();
+        assert!(matches!(Manifest::read(dir.path()), Err(EngineError::Refused(_))));
+    }
+}

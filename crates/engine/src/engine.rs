@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub exec_timeout: Duration,
     /// Egress NAT out of the namespace; `None` keeps guests off any outside network.
     pub egress: Option<crate::egress::Egress>,
+    /// Name servers written to the guests' resolv.conf (useful with egress).
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl EngineConfig {
@@ -69,6 +71,7 @@ impl EngineConfig {
             ready_timeout: Duration::from_secs(60),
             exec_timeout: Duration::from_secs(600),
             egress: None,
+            dns: Vec::new(),
         }
     }
 }
@@ -161,6 +164,27 @@ fn clean_orphans(sandboxes_dir: &Path, keep: &[&Path]) -> Result<usize, EngineEr
     Ok(removed)
 }
 
+/// Volumes per sandbox (devices vdc..vdv).
+const MAX_VOLUMES: usize = 20;
+
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Every sandbox's QMP socket lives at `<data_dir>/sandboxes/<name>/qmp.sock`; refuse a data
+/// directory so deep that the longest name would not fit, instead of failing at some create.
+fn check_socket_room(data_dir: &Path) -> Result<(), EngineError> {
+    let longest = data_dir.join("sandboxes").join("x".repeat(32)).join("qmp.sock");
+    let len = longest.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(refused(format!(
+            "data directory {} is too deep: sandbox sockets would be {len} bytes long (max \
+             {MAX_SOCKET_PATH}); use a shorter path",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The TAP of a guest address: unique per address and short enough for IFNAMSIZ.
 fn tap_name(ip: Ipv4Addr) -> String {
     let o = ip.octets();
@@ -194,6 +218,7 @@ impl Engine {
         config: EngineConfig,
         records: Vec<SandboxRecord>,
     ) -> Result<(Self, Vec<(String, EngineError)>), EngineError> {
+        check_socket_room(&config.data_dir)?;
         let ns = Netns::create(&config.netns).await?;
         ns.setup_bridge(&config.bridge, config.subnet.gateway(), config.subnet.prefix()).await?;
         if let Some(egress) = &config.egress {
@@ -334,6 +359,7 @@ impl Engine {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> BootSpec {
+        guest.dns = self.config.dns.iter().map(Ipv4Addr::to_string).collect();
         guest.volumes = volumes
             .iter()
             .enumerate()
@@ -380,7 +406,7 @@ impl Engine {
                 )));
             }
         }
-        if volumes.len() > 20 {
+        if volumes.len() > MAX_VOLUMES {
             return Err(refused("at most 20 volumes per sandbox".into()));
         }
         Ok(())
@@ -397,6 +423,27 @@ impl Engine {
         }
         self.check_volumes(&spec.volumes)?;
         let dir = self.config.data_dir.join("sandboxes").join(&spec.name);
+        // Scratch volumes live in the sandbox's directory and go with it.
+        let scratch: Vec<(VolumeMount, u32)> = spec
+            .scratch_volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let path = dir.join(format!("scratch{i}.ext4"));
+                (VolumeMount { path, mount: v.mount.clone(), read_only: false }, v.size_mib)
+            })
+            .collect();
+        let mut volumes = spec.volumes.clone();
+        if volumes.len() + scratch.len() > MAX_VOLUMES {
+            return Err(refused(format!("at most {MAX_VOLUMES} volumes per sandbox")));
+        }
+        for (volume, _) in &scratch {
+            volume.validate_mount()?;
+            if volumes.iter().any(|v| v.mount == volume.mount) {
+                return Err(refused(format!("two volumes are mounted at {}", volume.mount)));
+            }
+            volumes.push(volume.clone());
+        }
         // Reserve the name and an address under the lock; boot outside it.
         let ip = {
             let sandboxes = lock(&self.sandboxes);
@@ -420,12 +467,15 @@ impl Engine {
             spec.memory_mib,
             spec.vcpus,
             guest,
-            &spec.volumes,
+            &volumes,
             ip,
             mac_for(ip),
         );
         let booted = async {
             std::fs::create_dir_all(&dir)?;
+            for (volume, size_mib) in &scratch {
+                crate::volume::create(&volume.path, *size_mib).await?;
+            }
             let _permit = self.boots.acquire().await.map_err(|_| shutting_down())?;
             vm::boot(&self.ns, &boot).await
         }
@@ -442,7 +492,7 @@ impl Engine {
                     false,
                     Arc::clone(&self.boots),
                 );
-                self.register(&spec.name, ip, dir.clone(), &spec.volumes, handle);
+                self.register(&spec.name, ip, dir.clone(), &volumes, handle);
                 self.info(&spec.name)
             }
             Err(e) => {
@@ -641,6 +691,23 @@ impl Engine {
         Ok(lease.client().file_list(path).await?)
     }
 
+    /// TCP ports the guest listens on (IPv4 and IPv6), sorted.
+    pub async fn listening_ports(&self, name: &str) -> Result<Vec<u16>, EngineError> {
+        let lease = self.lease(name).await?;
+        let mut ports = std::collections::BTreeSet::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            match lease.client().file_read(table, ReadOptions::default()).await {
+                Ok(content) => {
+                    ports.extend(crate::ports::listening(&String::from_utf8_lossy(&content.data)))
+                }
+                // A guest kernel without IPv6 has no tcp6 table.
+                Err(e) if e.is_agent_error() && table.ends_with('6') => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(ports.into_iter().collect())
+    }
+
     /// A byte stream to `localhost:port` in the guest; hot while open.
     pub async fn forward(&self, name: &str, port: u16) -> Result<Leased<Stream>, EngineError> {
         if port == 0 {
@@ -790,6 +857,9 @@ impl Engine {
         // The owner may already be gone (engine shutting down); the files go regardless.
         let _ = entry.handle.ask(name, Command::Destroy).await;
         vm::kill_orphan(&entry.dir);
+        if let Err(e) = self.ns.delete_neighbour(&self.config.bridge, entry.ip).await {
+            tracing::warn!(sandbox = name, "{e}");
+        }
         lock(&self.pool).release(entry.ip);
         match std::fs::remove_dir_all(&entry.dir) {
             Ok(()) => Ok(()),
@@ -820,4 +890,29 @@ impl Engine {
 
 fn shutting_down() -> EngineError {
     refused("the engine is shutting down".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_too_deep_for_socket_paths_is_refused() {
+        assert!(check_socket_room(Path::new("/var/lib/bhatti")).is_ok());
+        let deep = PathBuf::from(format!("/{}", "d".repeat(60)));
+        let err = check_socket_room(&deep).unwrap_err().to_string();
+        assert!(err.contains("too deep"), "{err}");
+    }
+
+    #[test]
+    fn names_macs_and_taps() {
+        assert!(valid_name("dev-1") && valid_name(&"a".repeat(32)));
+        for bad in ["", "-x", "Dev", "a_b", "a.b", &"a".repeat(33)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        let ip = Ipv4Addr::new(10, 200, 3, 7);
+        assert_eq!(tap_name(ip), "tap3-7");
+        assert_eq!(parse_mac(&vm::mac_text(mac_for(ip))).unwrap(), mac_for(ip));
+        assert!(parse_mac("52:54:00").is_err() && parse_mac("zz:54:00:00:00:00").is_err());
+    }
 }

@@ -14,6 +14,7 @@ mod engine;
 mod error;
 pub mod ippool;
 pub mod net;
+pub mod ports;
 mod run;
 mod sandbox;
 pub mod spec;

@@ -25,6 +25,8 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const SIOCBRADDBR: libc::c_ulong = 0x89a0;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+/// Not in the libc crate for Linux (linux/sockios.h).
+const SIOCDARP: libc::c_ulong = 0x8953;
 
 /// A named network namespace under /run/netns.
 #[derive(Debug, Clone)]
@@ -104,6 +106,11 @@ impl Netns {
             if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
                 return Err(io::Error::last_os_error());
             }
+            // A bridge without a MAC of its own takes its lowest port's, so it changes whenever
+            // a TAP comes or goes, and a MAC change flushes every neighbour entry on it, the
+            // permanent ones of the other guests included. A fixed MAC keeps them.
+            let o = gateway.octets();
+            set_mac(&sock, &bridge, [0x52, 0x54, 0x00, o[1], o[2], o[3]])?;
             set_ipv4(&sock, &bridge, libc::SIOCSIFADDR as _, gateway)?;
             set_ipv4(&sock, &bridge, libc::SIOCSIFNETMASK as _, prefix_to_mask(prefix))?;
             interface_up(&bridge)
@@ -171,6 +178,49 @@ impl Netns {
         })
         .await
         .map_err(net_err(format!("set neighbour {ip} in namespace {}", self.name)))
+    }
+
+    /// Removes the neighbour entry for `ip` on `dev` (a destroyed guest's). Absent is fine.
+    pub async fn delete_neighbour(&self, dev: &str, ip: Ipv4Addr) -> Result<(), EngineError> {
+        let dev = dev.to_owned();
+        self.enter(move || {
+            let sock = ioctl_socket()?;
+            // SAFETY: arpreq is plain old data; all-zero is valid.
+            let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+            req.arp_pa = sockaddr_v4(ip);
+            for (dst, src) in req.arp_dev.iter_mut().zip(ifname(&dev)?.as_bytes()) {
+                *dst = *src as libc::c_char;
+            }
+            // SAFETY: SIOCDARP reads the arpreq we own.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCDARP as _, &req) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENXIO) {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(net_err(format!("delete neighbour {ip} in namespace {}", self.name)))
+    }
+
+    /// The neighbour entries on `dev` (the namespace's ARP table).
+    pub async fn neighbours(&self, dev: &str) -> Result<Vec<Ipv4Addr>, EngineError> {
+        let dev = dev.to_owned();
+        self.enter(move || {
+            // /proc/net follows the process's namespace; thread-self follows this thread's.
+            let table = std::fs::read_to_string("/proc/thread-self/net/arp")?;
+            Ok(table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    (cols.get(5) == Some(&dev.as_str())).then(|| cols[0].parse().ok()).flatten()
+                })
+                .collect())
+        })
+        .await
+        .map_err(net_err(format!("read neighbours in namespace {}", self.name)))
     }
 
     /// Names of the interfaces in the namespace (from /sys, read inside it).
@@ -252,6 +302,22 @@ fn set_ipv4(sock: &OwnedFd, name: &str, request: libc::c_ulong, addr: Ipv4Addr) 
     req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
     // SAFETY: SIOCSIFADDR/SIOCSIFNETMASK read our ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_mac(sock: &OwnedFd, name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    // SAFETY: writing the hwaddr member of a zeroed ifreq union.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+    }
+    // SAFETY: SIOCSIFHWADDR reads our ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR as _, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

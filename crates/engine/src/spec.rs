@@ -34,6 +34,17 @@ pub struct CreateSpec {
     pub files: BTreeMap<String, GuestFile>,
     /// Persistent volumes to attach.
     pub volumes: Vec<VolumeMount>,
+    /// Scratch volumes: made empty for this sandbox, destroyed with it (v1's `new_volumes`).
+    pub scratch_volumes: Vec<ScratchVolume>,
+}
+
+/// An empty ext4 volume that lives and dies with its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScratchVolume {
+    /// Absolute mount point in the guest.
+    pub mount: String,
+    /// Size in MiB.
+    pub size_mib: u32,
 }
 
 impl CreateSpec {
@@ -48,6 +59,7 @@ impl CreateSpec {
             init: String::new(),
             files: BTreeMap::new(),
             volumes: Vec::new(),
+            scratch_volumes: Vec::new(),
         }
     }
 
@@ -63,6 +75,7 @@ impl CreateSpec {
             init: template.init.clone(),
             files: BTreeMap::new(),
             volumes: template.volumes.clone(),
+            scratch_volumes: Vec::new(),
         }
     }
 }

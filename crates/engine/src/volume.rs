@@ -45,8 +45,20 @@ pub struct VolumeMount {
 }
 
 impl VolumeMount {
-    /// Checks the mount point: absolute, no `..`, not a system directory.
+    /// Checks the mount point and that the volume file exists.
     pub fn validate(&self) -> Result<(), EngineError> {
+        self.validate_mount()?;
+        if !self.path.is_file() {
+            return Err(EngineError::Refused(format!(
+                "volume file {} does not exist",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the mount point: absolute, no `..`, not a system directory.
+    pub fn validate_mount(&self) -> Result<(), EngineError> {
         let refuse =
             |why: &str| EngineError::Refused(format!("volume mount {:?}: {why}", self.mount));
         if !self.mount.starts_with('/') {
@@ -65,9 +77,6 @@ impl VolumeMount {
         );
         if RESERVED_MOUNTS.contains(&cleaned.as_str()) {
             return Err(refuse("is a system directory"));
-        }
-        if !self.path.is_file() {
-            return Err(refuse(&format!("volume file {} does not exist", self.path.display())));
         }
         Ok(())
     }

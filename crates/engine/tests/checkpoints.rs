@@ -48,13 +48,40 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     assert_eq!(e.thermal("src").unwrap(), Thermal::Hot);
 
     // The checkpoint's address is the source's: resuming while the source lives is refused and
-    // leaves nothing behind.
+    // leaves nothing behind, the pool included (the source keeps its address).
     let busy = e.resume_checkpoint("cp1", "clone").await.unwrap_err();
     assert!(busy.to_string().contains("in use"), "{busy}");
     assert!(matches!(e.info("clone"), Err(EngineError::NotFound(_))));
     assert!(!e.data.path().join("sandboxes/clone").exists());
+    let other = e.create(&small("other")).await.unwrap();
+    assert_ne!(other.ip, e.info("src").unwrap().ip);
+    e.destroy("other").await.unwrap();
 
+    // A checkpoint racing a stop: both finish, in some order, without a deadlock.
+    let (cp, stop) =
+        tokio::join!(e.checkpoint("src", "race"), e.stop("src", Duration::from_secs(30)));
+    stop.unwrap();
+    if let Err(err) = cp {
+        assert!(err.to_string().contains("not running"), "{err}");
+    }
+    e.ensure_hot("src").await.unwrap();
+
+    // A damaged checkpoint fails to resume and leaves no directory, TAP or address behind.
+    let broken = e.data.path().join("checkpoints/broken");
+    std::fs::create_dir(&broken).unwrap();
+    for file in ["manifest.json", "ram", "root.qcow2", "config.ext4", "vol0.ext4"] {
+        std::fs::copy(dir.join(file), broken.join(file)).unwrap();
+    }
+    std::fs::write(broken.join("state"), b"not a migration stream").unwrap();
+    let taps = e.netns().interfaces().await.unwrap();
     e.destroy("src").await.unwrap();
+    let taps_without_src = e.netns().interfaces().await.unwrap();
+    assert_eq!(taps_without_src.len() + 1, taps.len());
+    assert!(e.resume_checkpoint("broken", "wreck").await.is_err());
+    assert!(!e.data.path().join("sandboxes/wreck").exists());
+    assert_eq!(e.netns().interfaces().await.unwrap(), taps_without_src);
+    e.delete_checkpoint("broken").unwrap();
+
     let t = Instant::now();
     let clone = e.resume_checkpoint("cp1", "clone").await.unwrap();
     let resumed_in = t.elapsed();
@@ -71,9 +98,24 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     // The shared volume was not touched by the clone: it has the source's last write.
     assert!(std::fs::metadata(&volume).unwrap().len() > 0);
 
-    // The resumed sandbox is a full sandbox: it goes cold and wakes again.
+    // Its record names its private copy of the volume.
+    let record = e.export("clone").await.unwrap();
+    assert_eq!(record.volumes[0].path, e.data.path().join("sandboxes/clone/vol0.ext4"));
+    assert_eq!(record.volumes[0].mount, "/work");
+
+    // The resumed sandbox is a full sandbox: it goes cold and wakes again, volume included.
     e.stop("clone", Duration::from_secs(5)).await.unwrap();
     assert_eq!(read("/home/lohar/note.txt").await, b"before");
+    assert_eq!(read("/work/vol.txt").await, b"volume before");
+
+    // Nested: a checkpoint of the resumed sandbox resumes too, with what was added since.
+    e.file_write("clone", "/home/lohar/nested.txt", "0644", b"second generation").await.unwrap();
+    e.checkpoint("clone", "cp-nested").await.unwrap();
+    e.destroy("clone").await.unwrap();
+    e.resume_checkpoint("cp-nested", "clone").await.unwrap();
+    assert_eq!(read("/home/lohar/nested.txt").await, b"second generation");
+    assert_eq!(read("/home/lohar/note.txt").await, b"before");
+    assert_eq!(e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap().exit_code, 0);
 
     // A cold sandbox cannot be checkpointed; a checkpoint resumes only once at a time.
     e.stop("clone", Duration::from_secs(5)).await.unwrap();

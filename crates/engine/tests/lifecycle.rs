@@ -13,10 +13,12 @@ use proto::guest::GuestFile;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_without_template_then_exec_stream_shell_files_sessions() {
-    let e = test_engine().await;
+    let e = test_engine_with(|c| c.dns = vec!["192.0.2.53".parse().unwrap()]).await;
     let mut spec = small("plain");
     spec.env = [("GREETING".to_owned(), "it's \"quoted\" $HOME & more".to_owned())].into();
-    spec.init = "echo init-ran; sleep 600".into();
+    spec.init = "echo init-ran-as-$(whoami); sleep 600".into();
+    spec.scratch_volumes =
+        vec![engine::spec::ScratchVolume { mount: "/scratch".into(), size_mib: 32 }];
     spec.files = [(
         "/home/lohar/.config/app.toml".to_owned(),
         GuestFile { content: "YSA9IDEK".into(), mode: "0600".into() },
@@ -96,7 +98,7 @@ async fn create_without_template_then_exec_stream_shell_files_sessions() {
     drop(shell);
     let mut init = e.attach("plain", "init", false).await.unwrap();
     let mut replay = String::new();
-    while !replay.contains("init-ran") {
+    while !replay.contains("init-ran-as-lohar") {
         match tokio::time::timeout(Duration::from_secs(10), init.next()).await {
             Ok(Ok(Some(SessionEvent::Output(b)))) => replay.push_str(&String::from_utf8_lossy(&b)),
             other => panic!("no init output: {other:?} after {replay:?}"),
@@ -118,7 +120,23 @@ async fn create_without_template_then_exec_stream_shell_files_sessions() {
     let missing = e.file_read("plain", "/nope", ReadOptions::default()).await.unwrap_err();
     assert!(missing.to_string().contains("no such file"), "{missing}");
 
-    // Forwarding: the agent's own control port answers through a tunnel.
+    // Name servers from the engine's config; a scratch volume, writable by the guest user.
+    let out = e
+        .exec(
+            "plain",
+            &[
+                "sh",
+                "-c",
+                "grep nameserver /etc/resolv.conf; touch /scratch/x && stat -c %u /scratch",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "nameserver 192.0.2.53\n1000\n", "{}", out.stderr_text());
+
+    // Listening ports (the agent's two) and a tunnel to one of them.
+    let ports = e.listening_ports("plain").await.unwrap();
+    assert!(ports.contains(&1024) && ports.contains(&1025), "{ports:?}");
     assert!(e.forward("plain", 0).await.is_err());
     drop(e.forward("plain", 1024).await.unwrap());
 
@@ -141,6 +159,10 @@ async fn create_from_a_template_and_refuse_bad_requests() {
     };
     let mut spec = CreateSpec::from_template("tpl", &template);
     spec.env.insert("EXTRA".into(), "request".into());
+    // A large config drive payload: 40 variables of 10 KB each.
+    for i in 0..40 {
+        spec.env.insert(format!("BIG_{i}"), format!("{i}").repeat(10_000 / format!("{i}").len()));
+    }
     e.create(&spec).await.unwrap();
     let out = e
         .exec(
@@ -154,6 +176,8 @@ async fn create_from_a_template_and_refuse_bad_requests() {
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "2\ntemplate request\n1\n");
+    let big = e.exec("tpl", &["sh", "-c", "printf %s \"$BIG_39\" | wc -c"]).await.unwrap();
+    assert_eq!(big.stdout_text().trim(), "10000");
 
     // Bad requests fail before anything is booted, and leave nothing behind.
     let mut bad = small("Bad_Name");

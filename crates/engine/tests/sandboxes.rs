@@ -46,7 +46,11 @@ async fn create_exec_destroy_and_cleanup() {
     assert!(matches!(engine.destroy("nope").await, Err(EngineError::NotFound(_))));
 
     let taps_before = engine.netns().interfaces().await.unwrap();
+    let neighbours = engine.netns().neighbours("br0").await.unwrap();
+    assert!(neighbours.contains(&alpha.ip) && neighbours.contains(&beta.ip), "{neighbours:?}");
     engine.destroy("alpha").await.unwrap();
+    let neighbours = engine.netns().neighbours("br0").await.unwrap();
+    assert!(!neighbours.contains(&alpha.ip) && neighbours.contains(&beta.ip), "{neighbours:?}");
     assert!(!alpha.dir.exists(), "sandbox files left behind");
     let taps_after = engine.netns().interfaces().await.unwrap();
     assert_eq!(taps_after.len() + 1, taps_before.len(), "{taps_before:?} -> {taps_after:?}");

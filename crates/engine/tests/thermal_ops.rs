@@ -78,6 +78,28 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     e.stop("t", Duration::ZERO).await.unwrap().unwrap();
     e.start("t").await.unwrap();
     assert_eq!(e.exec("t", &alive).await.unwrap().exit_code, 0);
+
+    // Authentication still holds after a restore: a client with a wrong token is refused.
+    let info = e.info("t").unwrap();
+    let wrong = agent::AgentClient::new(
+        agent::Endpoint::TcpInNetns {
+            netns: e.netns().path().to_owned(),
+            control: std::net::SocketAddr::new(info.ip.into(), 1024),
+            forward: std::net::SocketAddr::new(info.ip.into(), 1025),
+        },
+        Some("0".repeat(32)),
+    );
+    let refused = wrong.exec(&["true"]).await.unwrap_err();
+    assert!(refused.to_string().contains("auth"), "{refused}");
+
+    // An attached session counts as activity and holds the sandbox hot.
+    let shell = e.shell("t", &ExecRequest::command(["sh"])).await.unwrap();
+    let activity = e.activity("t").await.unwrap();
+    assert!(activity.in_flight >= 1);
+    assert!(activity.agent.unwrap().attached_sessions >= 1);
+    assert!(matches!(e.pause("t", Duration::ZERO).await, Err(EngineError::Busy { .. })));
+    drop(shell);
+    e.pause("t", Duration::ZERO).await.unwrap();
 }
 
 /// The seed's "full -> diff -> diff": every stop writes only what the guest changed since the

@@ -180,8 +180,14 @@ pub fn engine_config(data: &std::path::Path) -> (engine::EngineConfig, NetnsGuar
 }
 
 pub async fn test_engine() -> TestEngine {
+    test_engine_with(|_| {}).await
+}
+
+/// A test engine with a changed config.
+pub async fn test_engine_with(change: impl FnOnce(&mut engine::EngineConfig)) -> TestEngine {
     let data = tempfile::tempdir().unwrap();
-    let (config, guard) = engine_config(data.path());
+    let (mut config, guard) = engine_config(data.path());
+    change(&mut config);
     let engine = engine::Engine::new(config.clone()).await.unwrap();
     TestEngine { engine, image: artifacts().1, config, data, _guard: guard }
 }
