@@ -587,6 +587,20 @@ impl AgentClient {
         .await
     }
 
+    /// Moves the guest's interface to a new address and MAC (the SET_NET extension). The agent
+    /// answers before the change takes effect; afterwards this client's address is stale.
+    pub async fn set_net(&self, req: &proto::messages::SetNet) -> Result<(), AgentError> {
+        let req = req.clone();
+        self.call("set net", self.config.call_timeout, false, move |s: &mut Stream| {
+            let req = req.clone();
+            Box::pin(async move {
+                send_json(s, FrameType::SET_NET, &req).await?;
+                expect_kind(read_frame(s).await?, FrameType::EXIT, "set net").map(drop)
+            })
+        })
+        .await
+    }
+
     /// Stats a path (following symlinks).
     pub async fn file_stat(&self, path: &str) -> Result<FileInfo, AgentError> {
         let req = PathRequest { path: path.to_owned() };

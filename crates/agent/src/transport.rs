@@ -30,6 +30,9 @@ pub enum Endpoint {
         control: SocketAddr,
         /// Forward port address.
         forward: SocketAddr,
+        /// Send through this interface only (`SO_BINDTODEVICE`), whatever the routes say: how
+        /// the engine reaches a resumed guest whose address another guest still holds.
+        device: Option<String>,
     },
     /// Unix sockets (lohar test mode).
     Unix {
@@ -67,9 +70,10 @@ impl Endpoint {
                     stream.set_nodelay(true)?;
                     Ok(Stream::Tcp(stream))
                 }
-                Endpoint::TcpInNetns { netns, control, forward: fwd } => {
+                Endpoint::TcpInNetns { netns, control, forward: fwd, device } => {
                     let addr = if forward { *fwd } else { *control };
-                    let stream = connect_in_netns(netns.clone(), addr, timeout).await?;
+                    let stream =
+                        connect_in_netns(netns.clone(), addr, device.clone(), timeout).await?;
                     stream.set_nodelay(true)?;
                     Ok(Stream::Tcp(stream))
                 }
@@ -90,8 +94,12 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp { control, .. } => write!(f, "{control}"),
-            Endpoint::TcpInNetns { netns, control, .. } => {
-                write!(f, "{control} in {}", netns.display())
+            Endpoint::TcpInNetns { netns, control, device, .. } => {
+                write!(f, "{control} in {}", netns.display())?;
+                match device {
+                    Some(device) => write!(f, " via {device}"),
+                    None => Ok(()),
+                }
             }
             Endpoint::Unix { control, .. } => write!(f, "{}", control.display()),
         }
@@ -103,6 +111,7 @@ impl fmt::Display for Endpoint {
 async fn connect_in_netns(
     netns: PathBuf,
     addr: SocketAddr,
+    device: Option<String>,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -112,10 +121,29 @@ async fn connect_in_netns(
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::from)
             })
-            .and_then(|()| std::net::TcpStream::connect_timeout(&addr, timeout))
+            .and_then(|()| connect_socket(addr, device.as_deref(), timeout))
             .and_then(|s| s.set_nonblocking(true).map(|()| s));
         let _ = tx.send(result);
     })?;
     let stream = rx.await.map_err(|_| std::io::Error::other("namespace dial thread died"))??;
     TcpStream::from_std(stream)
+}
+
+/// A blocking TCP connect, through `device` only when given.
+fn connect_socket(
+    addr: SocketAddr,
+    device: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let Some(device) = device else {
+        return std::net::TcpStream::connect_timeout(&addr, timeout);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind_device(Some(device.as_bytes()))?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }

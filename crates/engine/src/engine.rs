@@ -748,9 +748,9 @@ impl Engine {
     }
 
     /// Resumes a checkpoint as a new sandbox `name`, with the memory, processes and files of
-    /// the moment it was taken. The guest keeps the address it had (it is in its memory), so
-    /// the address must be free: while the source (or another resume) holds it, this is
-    /// refused with "in use". The new sandbox has private copies of every file.
+    /// the moment it was taken; the new sandbox has private copies of every file. It keeps the
+    /// checkpoint's address when that is free; when the source (or another resume) holds it,
+    /// the guest is moved to a new address before it joins the bridge, so both run side by side.
     pub async fn resume_checkpoint(
         &self,
         checkpoint: &str,
@@ -760,27 +760,24 @@ impl Engine {
         check_name("sandbox", name)?;
         let from = self.checkpoint_dir(checkpoint);
         let manifest = Manifest::read(&from)?;
-        let record = &manifest.sandbox;
         let dir = self.config.data_dir.join("sandboxes").join(name);
-        {
+        let (ip, moved_from) = {
             let sandboxes = lock(&self.sandboxes);
             if sandboxes.contains_key(name) || dir.exists() {
                 return Err(refused(format!("sandbox {name:?} already exists")));
             }
-            let holder = sandboxes.values().find(|e| e.ip == record.ip).map(|e| e.name.clone());
-            lock(&self.pool).claim_free(record.ip).map_err(|e| {
-                refused(format!(
-                    "IP {} required by checkpoint {checkpoint:?} is in use{}: {e}",
-                    record.ip,
-                    holder.map(|h| format!(" by sandbox {h:?}")).unwrap_or_default()
-                ))
-            })?;
-        }
-        let result = self.restore_from(&from, &manifest, name, &dir).await;
+            let mut pool = lock(&self.pool);
+            let old = manifest.sandbox.ip;
+            match pool.claim_free(old) {
+                Ok(()) => (old, None),
+                Err(_) => (pool.allocate().map_err(|e| refused(e.to_string()))?, Some(old)),
+            }
+        };
+        let result = self.restore_from(&from, &manifest, name, &dir, ip, moved_from).await;
         match result {
             Ok(()) => self.info(name),
             Err(e) => {
-                lock(&self.pool).release(record.ip);
+                lock(&self.pool).release(ip);
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
@@ -793,6 +790,8 @@ impl Engine {
         manifest: &Manifest,
         name: &str,
         dir: &Path,
+        ip: Ipv4Addr,
+        moved_from: Option<Ipv4Addr>,
     ) -> Result<(), EngineError> {
         let record = &manifest.sandbox;
         std::fs::create_dir_all(dir)?;
@@ -811,7 +810,10 @@ impl Engine {
             volume.path = private;
         }
         checkpoint::copy_files(pairs).await?;
-        let mac = parse_mac(&record.mac)?;
+        let mac = match moved_from {
+            None => parse_mac(&record.mac)?,
+            Some(_) => mac_for(ip),
+        };
         let spec = self.boot_spec(
             dir,
             &record.image,
@@ -826,12 +828,16 @@ impl Engine {
                 ..Default::default()
             },
             &volumes,
-            record.ip,
+            ip,
             mac,
         );
+        let state = dir.join(STATE_FILE);
         let vm = {
             let _permit = self.boots.acquire().await.map_err(|_| shutting_down())?;
-            vm::resume_from_disk(&self.ns, &spec, &dir.join(STATE_FILE), None).await?
+            match moved_from {
+                None => vm::resume_from_disk(&self.ns, &spec, &state, None).await?,
+                Some(old) => vm::resume_moved(&self.ns, &spec, &state, old).await?,
+            }
         };
         let client = Arc::clone(&vm.client);
         let handle = sandbox::spawn(
@@ -843,7 +849,7 @@ impl Engine {
             false,
             Arc::clone(&self.boots),
         );
-        self.register(name, record.ip, dir.to_owned(), &volumes, handle);
+        self.register(name, ip, dir.to_owned(), &volumes, handle);
         Ok(())
     }
 

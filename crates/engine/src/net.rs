@@ -125,23 +125,72 @@ impl Netns {
         let (tap, bridge) = (tap.to_owned(), bridge.to_owned());
         let op = format!("open TAP {tap} in namespace {}", self.name);
         self.enter(move || {
-            let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
-            let mut req = ifreq(&tap)?;
-            req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
-            // SAFETY: TUNSETIFF reads and updates the ifreq we own.
-            if unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let sock = ioctl_socket()?;
-            let index = interface_index(&sock, &tap)?;
-            let mut add = ifreq(&bridge)?;
-            add.ifr_ifru.ifru_ifindex = index;
-            // SAFETY: SIOCBRADDIF reads the bridge name and the port's ifindex from our ifreq.
-            if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF as _, &add) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let dev = create_tap(&tap)?;
+            add_to_bridge(&tap, &bridge)?;
             interface_up(&tap)?;
-            Ok(OwnedFd::from(dev))
+            Ok(dev)
+        })
+        .await
+        .map_err(net_err(op))
+    }
+
+    /// Opens a TAP outside any bridge, with the MAC `mac` and loose reverse-path filtering: a
+    /// private link to one guest, reached with sockets bound to the device, while another guest
+    /// on the bridge holds the same address. [`Netns::join_bridge`] ends the isolation.
+    pub async fn open_isolated_tap(&self, tap: &str, mac: [u8; 6]) -> Result<OwnedFd, EngineError> {
+        let tap = tap.to_owned();
+        let op = format!("open isolated TAP {tap} in namespace {}", self.name);
+        self.enter(move || {
+            let dev = create_tap(&tap)?;
+            set_mac(&ioctl_socket()?, &tap, mac)?;
+            // Replies arrive on the TAP, which has no address of its own, from an address the
+            // routes put behind the bridge: any reverse-path filtering drops them (loose mode
+            // too, for a device without an address). The effective value is the larger of the
+            // device's and `all`'s; the other devices keep their own.
+            std::fs::write("/proc/sys/net/ipv4/conf/all/rp_filter", "0")?;
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{tap}/rp_filter"), "0")?;
+            interface_up(&tap)?;
+            Ok(dev)
+        })
+        .await
+        .map_err(net_err(op))
+    }
+
+    /// Gives an isolated TAP a MAC of its own and attaches it to `bridge`.
+    pub async fn join_bridge(
+        &self,
+        tap: &str,
+        bridge: &str,
+        mac: [u8; 6],
+    ) -> Result<(), EngineError> {
+        let (tap, bridge) = (tap.to_owned(), bridge.to_owned());
+        let op = format!("attach {tap} to {bridge} in namespace {}", self.name);
+        self.enter(move || {
+            set_mac(&ioctl_socket()?, &tap, mac)?;
+            add_to_bridge(&tap, &bridge)
+        })
+        .await
+        .map_err(net_err(op))
+    }
+
+    /// The MAC of an interface.
+    pub async fn mac(&self, dev: &str) -> Result<[u8; 6], EngineError> {
+        let dev = dev.to_owned();
+        let op = format!("read the MAC of {dev} in namespace {}", self.name);
+        self.enter(move || {
+            let sock = ioctl_socket()?;
+            let mut req = ifreq(&dev)?;
+            // SAFETY: SIOCGIFHWADDR fills the hwaddr member of our ifreq.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut mac = [0u8; 6];
+            // SAFETY: the kernel just wrote the hwaddr member.
+            let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+            for (dst, src) in mac.iter_mut().zip(data) {
+                *dst = src as u8;
+            }
+            Ok(mac)
         })
         .await
         .map_err(net_err(op))
@@ -302,6 +351,30 @@ fn set_ipv4(sock: &OwnedFd, name: &str, request: libc::c_ulong, addr: Ipv4Addr) 
     req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
     // SAFETY: SIOCSIFADDR/SIOCSIFNETMASK read our ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates a TAP device (non-persistent: it goes when the descriptor closes).
+fn create_tap(tap: &str) -> io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+    let mut req = ifreq(tap)?;
+    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+    // SAFETY: TUNSETIFF reads and updates the ifreq we own.
+    if unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(dev))
+}
+
+fn add_to_bridge(port: &str, bridge: &str) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let index = interface_index(&sock, port)?;
+    let mut add = ifreq(bridge)?;
+    add.ifr_ifru.ifru_ifindex = index;
+    // SAFETY: SIOCBRADDIF reads the bridge name and the port's ifindex from our ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF as _, &add) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

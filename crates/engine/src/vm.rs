@@ -207,6 +207,7 @@ pub(crate) fn agent_client(ns: &Netns, spec: &BootSpec) -> Arc<AgentClient> {
         netns: ns.path().to_owned(),
         control: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::CONTROL_PORT),
         forward: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::FORWARD_PORT),
+        device: None,
     };
     let token = Some(spec.guest.token.clone()).filter(|t| !t.is_empty());
     Arc::new(AgentClient::new(endpoint, token))
@@ -329,6 +330,76 @@ pub async fn resume_from_disk(
     let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
     match ready {
         Ok(()) => Ok(vm),
+        Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
+    }
+}
+
+/// Resumes saved state whose guest has the address `from` (a checkpoint whose source still
+/// runs with it) and moves the guest to `spec.ip` and `spec.mac` before it joins the bridge.
+///
+/// The restored guest first gets a TAP of its own outside the bridge, wearing the bridge's MAC
+/// (the guest addresses its gateway by that MAC, learnt before the checkpoint). The host reaches
+/// it there with sockets bound to that TAP, sends SET_NET, and only then attaches the TAP to
+/// the bridge: the two guests never share the bridge under one address.
+pub async fn resume_moved(
+    ns: &Netns,
+    spec: &BootSpec,
+    state: &Path,
+    from: Ipv4Addr,
+) -> Result<Vm, EngineError> {
+    let bridge_mac = ns.mac(&spec.bridge).await?;
+    let tap = ns.open_isolated_tap(&spec.tap, bridge_mac).await?;
+    let mut cfg = vm_config(spec)?;
+    cfg.incoming = true;
+    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    record_pid(&spec.dir, qemu.pid);
+    qemu.load_state(state, Duration::from_secs(30)).await?;
+    qemu.qmp.cont(Duration::from_secs(5)).await?;
+    let private = AgentClient::new(
+        Endpoint::TcpInNetns {
+            netns: ns.path().to_owned(),
+            control: SocketAddr::new(IpAddr::V4(from), proto::limits::CONTROL_PORT),
+            forward: SocketAddr::new(IpAddr::V4(from), proto::limits::FORWARD_PORT),
+            device: Some(spec.tap.clone()),
+        },
+        Some(spec.guest.token.clone()).filter(|t| !t.is_empty()),
+    );
+    let target = proto::messages::SetNet {
+        ip: spec.ip,
+        prefix: spec.prefix,
+        gateway: spec.gateway,
+        mac: mac_text(spec.mac),
+    };
+    let moved = async {
+        private.wait_ready(spec.ready_timeout).await?;
+        private.set_net(&target).await
+    }
+    .await;
+    let vm = |qemu, client| Vm {
+        qemu,
+        client,
+        ip: spec.ip,
+        ready_after: Duration::ZERO,
+        dir: spec.dir.clone(),
+    };
+    if let Err(source) = moved {
+        let failed = vm(qemu, Arc::new(private));
+        return Err(EngineError::NotReady { source, console: failed.serial_log() });
+    }
+    drop(private);
+    let o = spec.ip.octets();
+    // The TAP's own MAC only has to differ from everything on the bridge.
+    ns.join_bridge(&spec.tap, &spec.bridge, [0xfe, 0x54, 0x00, o[1], o[2], o[3]]).await?;
+    ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
+    let client = agent_client(ns, spec);
+    let ready = client.wait_ready(spec.ready_timeout).await;
+    let mut vm = vm(qemu, client);
+    vm.ready_after = vm.qemu.spawned_at.elapsed();
+    match ready {
+        Ok(_) => {
+            correct_clock(&vm.client).await;
+            Ok(vm)
+        }
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
     }
 }

@@ -1,5 +1,6 @@
 //! Named checkpoints on real VMs: captured from a running sandbox that keeps running, resumed
-//! later as a new sandbox with the memory, processes, files and volumes of that moment.
+//! as a new sandbox with the memory, processes, files and volumes of that moment, beside the
+//! source (moved to a new address) or after it (keeping the address).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -47,14 +48,35 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(e.thermal("src").unwrap(), Thermal::Hot);
 
-    // The checkpoint's address is the source's: resuming while the source lives is refused and
-    // leaves nothing behind, the pool included (the source keeps its address).
-    let busy = e.resume_checkpoint("cp1", "clone").await.unwrap_err();
-    assert!(busy.to_string().contains("in use"), "{busy}");
-    assert!(matches!(e.info("clone"), Err(EngineError::NotFound(_))));
-    assert!(!e.data.path().join("sandboxes/clone").exists());
+    // Resumed while the source runs with the address the checkpoint remembers: the clone is
+    // moved to a new address before it joins the bridge, and both run side by side.
+    let t = Instant::now();
+    let clone = e.resume_checkpoint("cp1", "clone").await.unwrap();
+    let resumed_in = t.elapsed();
+    let src_ip = e.info("src").unwrap().ip;
+    assert_ne!(clone.ip, src_ip);
+    assert_eq!(clone.thermal, Thermal::Hot);
+    let read = |sandbox: &'static str, path: &'static str| {
+        let e = &e;
+        async move { e.file_read(sandbox, path, ReadOptions::default()).await.unwrap().data }
+    };
+    assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
+    assert_eq!(read("clone", "/work/vol.txt").await, b"volume before");
+    assert_eq!(read("src", "/home/lohar/note.txt").await, b"after", "the source was touched");
+    assert_eq!(read("src", "/work/vol.txt").await, b"volume after");
+    let alive = e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap();
+    assert_eq!(alive.exit_code, 0, "the process from the checkpoint is gone");
+    assert_eq!(e.exec("clone", &["nproc"]).await.unwrap().stdout_text(), "2\n");
+    // The guest really moved: its interface has the new address, and it reaches its source.
+    let ip =
+        e.exec("clone", &["sh", "-c", "ip -4 -o addr show eth0 || ifconfig eth0"]).await.unwrap();
+    assert!(ip.stdout_text().contains(&clone.ip.to_string()), "{}", ip.stdout_text());
+    let mut ping = ExecRequest::command(["ping", "-c", "1", "-W", "3", &src_ip.to_string()]);
+    ping.user = Some("root".into());
+    let ping = e.exec_request("clone", &ping, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ping.exit_code, 0, "{}{}", ping.stdout_text(), ping.stderr_text());
     let other = e.create(&small("other")).await.unwrap();
-    assert_ne!(other.ip, e.info("src").unwrap().ip);
+    assert!(other.ip != src_ip && other.ip != clone.ip);
     e.destroy("other").await.unwrap();
 
     // A checkpoint racing a stop: both finish, in some order, without a deadlock.
@@ -77,24 +99,13 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     e.destroy("src").await.unwrap();
     let taps_without_src = e.netns().interfaces().await.unwrap();
     assert_eq!(taps_without_src.len() + 1, taps.len());
+    // The clone carries on without its source.
+    assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
     assert!(e.resume_checkpoint("broken", "wreck").await.is_err());
     assert!(!e.data.path().join("sandboxes/wreck").exists());
     assert_eq!(e.netns().interfaces().await.unwrap(), taps_without_src);
     e.delete_checkpoint("broken").unwrap();
 
-    let t = Instant::now();
-    let clone = e.resume_checkpoint("cp1", "clone").await.unwrap();
-    let resumed_in = t.elapsed();
-    assert_eq!(clone.thermal, Thermal::Hot);
-    let read = |path: &'static str| {
-        let e = &e;
-        async move { e.file_read("clone", path, ReadOptions::default()).await.unwrap().data }
-    };
-    assert_eq!(read("/home/lohar/note.txt").await, b"before");
-    assert_eq!(read("/work/vol.txt").await, b"volume before");
-    let alive = e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap();
-    assert_eq!(alive.exit_code, 0, "the process from the checkpoint is gone");
-    assert_eq!(e.exec("clone", &["nproc"]).await.unwrap().stdout_text(), "2\n");
     // The shared volume was not touched by the clone: it has the source's last write.
     assert!(std::fs::metadata(&volume).unwrap().len() > 0);
 
@@ -105,16 +116,18 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
 
     // The resumed sandbox is a full sandbox: it goes cold and wakes again, volume included.
     e.stop("clone", Duration::from_secs(5)).await.unwrap();
-    assert_eq!(read("/home/lohar/note.txt").await, b"before");
-    assert_eq!(read("/work/vol.txt").await, b"volume before");
+    assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
+    assert_eq!(read("clone", "/work/vol.txt").await, b"volume before");
 
     // Nested: a checkpoint of the resumed sandbox resumes too, with what was added since.
     e.file_write("clone", "/home/lohar/nested.txt", "0644", b"second generation").await.unwrap();
     e.checkpoint("clone", "cp-nested").await.unwrap();
     e.destroy("clone").await.unwrap();
-    e.resume_checkpoint("cp-nested", "clone").await.unwrap();
-    assert_eq!(read("/home/lohar/nested.txt").await, b"second generation");
-    assert_eq!(read("/home/lohar/note.txt").await, b"before");
+    // Its address is free again, so this resume keeps it (no move).
+    let again = e.resume_checkpoint("cp-nested", "clone").await.unwrap();
+    assert_eq!(again.ip, clone.ip);
+    assert_eq!(read("clone", "/home/lohar/nested.txt").await, b"second generation");
+    assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
     assert_eq!(e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap().exit_code, 0);
 
     // A cold sandbox cannot be checkpointed; a checkpoint resumes only once at a time.

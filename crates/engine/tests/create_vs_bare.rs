@@ -52,6 +52,7 @@ async fn bare_boot(e: &TestEngine, run: usize) -> f64 {
             netns: e.netns().path().to_owned(),
             control: SocketAddr::new(IpAddr::V4(ip), 1024),
             forward: SocketAddr::new(IpAddr::V4(ip), 1025),
+            device: None,
         },
         None,
     );

@@ -86,6 +86,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
             netns: e.netns().path().to_owned(),
             control: std::net::SocketAddr::new(info.ip.into(), 1024),
             forward: std::net::SocketAddr::new(info.ip.into(), 1025),
+            device: None,
         },
         Some("0".repeat(32)),
     );

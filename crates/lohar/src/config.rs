@@ -52,4 +52,9 @@ impl Agent {
     pub fn may_set_clock(&self) -> bool {
         self.mode == Mode::Vm
     }
+
+    /// SET_NET may reconfigure interfaces only inside the VM, never the host's in test mode.
+    pub fn may_configure_network(&self) -> bool {
+        self.mode == Mode::Vm
+    }
 }

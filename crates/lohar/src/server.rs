@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use proto::limits::{AUTH_TIMEOUT_SECS, MAX_CONTROL_CONNECTIONS};
 use proto::messages::{
     ExecRequest, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello, KillRequest, PathRequest,
-    SetTime,
+    SetNet, SetTime,
 };
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};
@@ -255,6 +255,24 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
             Ok(time) => match set_clock(time.unix_nanos) {
                 Ok(()) => outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
                 Err(e) => send_error(conn, &format!("set time: {e}")),
+            },
+        },
+        FrameType::SET_NET => match frame.json::<SetNet>() {
+            Err(e) => send_error(conn, &format!("bad request: {e}")),
+            Ok(_) if !agent.may_configure_network() => send_error(
+                conn,
+                "set net: refused in test mode (it would change the host's interfaces)",
+            ),
+            Ok(req) => match crate::netif::parse_mac(&req.mac) {
+                None => send_error(conn, &format!("set net: bad MAC {:?}", req.mac)),
+                Some(_) if !(8..=30).contains(&req.prefix) => {
+                    send_error(conn, &format!("set net: bad prefix {}", req.prefix))
+                }
+                Some(mac) => {
+                    let sent = write_frame(conn, FrameType::EXIT, &encode_exit(0));
+                    crate::netif::move_interface_later(req, mac);
+                    outcome(sent)
+                }
             },
         },
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {

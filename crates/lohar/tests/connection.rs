@@ -367,3 +367,19 @@ fn set_time_is_refused_in_test_mode() {
     let mut s = agent.request(FrameType::SET_TIME, b"{}");
     assert!(collect_exec(&mut s).error.unwrap().starts_with("bad request: "));
 }
+
+#[test]
+fn set_net_is_refused_in_test_mode_and_checks_its_input() {
+    let agent = Agent::start();
+    let req = proto::messages::SetNet {
+        ip: "10.0.0.9".parse().unwrap(),
+        prefix: 24,
+        gateway: "10.0.0.1".parse().unwrap(),
+        mac: "52:54:00:00:00:09".into(),
+    };
+    let mut s = agent.request_json(FrameType::SET_NET, &req);
+    let r = collect_exec(&mut s);
+    assert!(r.error.unwrap().starts_with("set net: refused in test mode"));
+    let mut s = agent.request(FrameType::SET_NET, br#"{"ip":"10.0.0.300"}"#);
+    assert!(collect_exec(&mut s).error.unwrap().starts_with("bad request: "));
+}

@@ -74,9 +74,13 @@ impl FrameType {
     /// Extension: set the guest's wall clock, JSON [`crate::messages::SetTime`]; answered with
     /// EXIT 0 or ERROR. Not in v1 (a v1 agent answers its unknown-type error).
     pub const SET_TIME: Self = Self(0x72);
+    /// Extension: move the guest's interface to a new address and MAC (a checkpoint resumed
+    /// beside its source), JSON [`crate::messages::SetNet`]; answered with EXIT 0 before the
+    /// change takes effect, or ERROR. Not in v1.
+    pub const SET_NET: Self = Self(0x73);
 
     /// Every type this crate knows, in byte order.
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 31] = [
         Self::STDIN,
         Self::STDOUT,
         Self::STDERR,
@@ -107,6 +111,7 @@ impl FrameType {
         Self::HELLO,
         Self::HELLO_ACK,
         Self::SET_TIME,
+        Self::SET_NET,
     ];
 
     /// The protocol name of a known type, `None` for unassigned bytes.
@@ -142,6 +147,7 @@ impl FrameType {
             Self::HELLO => "HELLO",
             Self::HELLO_ACK => "HELLO_ACK",
             Self::SET_TIME => "SET_TIME",
+            Self::SET_NET => "SET_NET",
             _ => return None,
         })
     }

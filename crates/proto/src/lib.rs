@@ -30,6 +30,10 @@
 //! while a VM is paused or suspended. The agent answers EXIT 0 or ERROR; a v1 agent answers its
 //! unknown-type error, which the host may ignore.
 //!
+//! A fourth: [`FrameType::SET_NET`] (`0x73`) moves the guest's interface to a new address and
+//! MAC, for a checkpoint resumed while its source still holds the old address. The agent answers
+//! EXIT 0 first and applies the change a moment later (the change ends the connection).
+//!
 //! One more compatible extension: an empty `STDIN` frame (which v1 treats as a zero-byte write,
 //! a no-op) closes the child's stdin, so a host can send EOF to a one-shot exec or a piped
 //! session.

@@ -244,6 +244,19 @@ pub struct SetTime {
     pub unix_nanos: u64,
 }
 
+/// Payload of the SET_NET extension frame: the guest's interface moves to this address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetNet {
+    /// New address.
+    pub ip: std::net::Ipv4Addr,
+    /// Prefix length of its subnet.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: std::net::Ipv4Addr,
+    /// New MAC, `52:54:00:..`.
+    pub mac: String,
+}
+
 /// Feature name: the connection carries further requests after each one completes.
 pub const FEATURE_REUSE: &str = "reuse";
 
