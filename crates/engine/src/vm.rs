@@ -169,7 +169,8 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     }
 }
 
-fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
+/// The VMM configuration of a boot spec (what [`boot`] and the restores start QEMU with).
+pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     let accel = spec.accel.resolve()?;
     let mut cfg = VmConfig::new(
         spec.kernel.clone(),

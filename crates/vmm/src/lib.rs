@@ -16,4 +16,4 @@ pub use accel::{Accel, Accelerator};
 pub use config::{Disk, DiskFormat, Memory, NetDevice, VmConfig};
 pub use error::VmmError;
 pub use process::QemuProcess;
-pub use snapshot::StateSaved;
+pub use snapshot::{StateFormat, StateSaved};

@@ -24,16 +24,46 @@ pub struct StateSaved {
 
 const QMP_CALL: Duration = Duration::from_secs(5);
 
+/// What a state file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFormat {
+    /// Device state only (`x-ignore-shared`): guest RAM stays in its shared memory file.
+    DevicesOnly,
+    /// Device state and all of guest RAM, each page at a fixed offset (`mapped-ram`), for a VM
+    /// with anonymous memory. Measured against `DevicesOnly` in the engine's RAM-placement test.
+    MappedRam,
+}
+
+impl StateFormat {
+    fn capability(self) -> &'static str {
+        match self {
+            StateFormat::DevicesOnly => "x-ignore-shared",
+            StateFormat::MappedRam => "mapped-ram",
+        }
+    }
+}
+
 impl QemuProcess {
-    async fn ignore_shared_memory(&self) -> Result<(), VmmError> {
-        let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+    async fn set_format(&self, format: StateFormat) -> Result<(), VmmError> {
+        let caps =
+            json!({ "capabilities": [{ "capability": format.capability(), "state": true }] });
         self.qmp.execute("migrate-set-capabilities", Some(caps), QMP_CALL).await.map(drop)
     }
 
     /// Writes the device state of a paused VM to `path` (RAM stays in its memory file).
     pub async fn save_state(&self, path: &Path, timeout: Duration) -> Result<StateSaved, VmmError> {
+        self.save_state_as(path, StateFormat::DevicesOnly, timeout).await
+    }
+
+    /// Writes the state of a paused VM to `path` in `format`.
+    pub async fn save_state_as(
+        &self,
+        path: &Path,
+        format: StateFormat,
+        timeout: Duration,
+    ) -> Result<StateSaved, VmmError> {
         let start = Instant::now();
-        self.ignore_shared_memory().await?;
+        self.set_format(format).await?;
         let uri = format!("file:{}", path.display());
         self.qmp.execute("migrate", Some(json!({ "uri": uri })), QMP_CALL).await?;
         self.wait_migration("save state", timeout).await?;
@@ -44,8 +74,18 @@ impl QemuProcess {
     /// Loads device state saved by [`QemuProcess::save_state`] into a QEMU started with
     /// `incoming`. The VM is paused afterwards; `cont` runs it.
     pub async fn load_state(&self, path: &Path, timeout: Duration) -> Result<Duration, VmmError> {
+        self.load_state_as(path, StateFormat::DevicesOnly, timeout).await
+    }
+
+    /// Loads state saved in `format` into a QEMU started with `incoming`.
+    pub async fn load_state_as(
+        &self,
+        path: &Path,
+        format: StateFormat,
+        timeout: Duration,
+    ) -> Result<Duration, VmmError> {
         let start = Instant::now();
-        self.ignore_shared_memory().await?;
+        self.set_format(format).await?;
         let uri = format!("file:{}", path.display());
         self.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), QMP_CALL).await?;
         self.wait_migration("load state", timeout).await?;
