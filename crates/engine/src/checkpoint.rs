@@ -7,6 +7,7 @@
 //! does), so a resume never needs symlinks into the source's directory and can never overwrite
 //! the source's files.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -99,9 +100,13 @@ pub async fn capture(
     let Some(ram) = &spec.memory_file else {
         return Err(EngineError::Refused("the sandbox has no RAM file to checkpoint".into()));
     };
-    let staging = dest.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
+    // A staging directory of its own (two captures to one name must not share one); the final
+    // name is taken atomically at the end, by the first to finish.
+    static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = dest.with_file_name(format!("{file_name}.tmp-{}-{n}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
     let result = async {
         vm.qemu.qmp.stop(Duration::from_secs(5)).await?;
         vm.qemu.save_state(&staging.join(STATE_FILE), Duration::from_secs(30)).await?;
@@ -124,8 +129,19 @@ pub async fn capture(
         };
         let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
         std::fs::write(staging.join(MANIFEST), text)?;
-        std::fs::rename(&staging, dest)?;
-        Ok(())
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &staging,
+            nix::fcntl::AT_FDCWD,
+            dest,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| match e {
+            nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY => {
+                EngineError::Refused(format!("checkpoint {} already exists", dest.display()))
+            }
+            e => std::io::Error::from(e).into(),
+        })
     }
     .await;
     if result.is_err() {

@@ -85,6 +85,35 @@ pub async fn disable(ns: &Netns, egress: &Egress) -> Result<(), EngineError> {
     .await
 }
 
+/// Turns off whatever egress an earlier run configured, not knowing its router: forwarding off,
+/// every default route of the namespace and the `bhatti` table removed. The engine runs it at
+/// start when egress is not configured, since the namespace outlives the engine.
+pub async fn disable_any(ns: &Netns) -> Result<(), EngineError> {
+    set_forwarding(ns, false).await?;
+    run(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            ns.name(),
+            "ip",
+            "route",
+            "flush",
+            "exact",
+            "0.0.0.0/0",
+        ]),
+        TOOL_DEADLINE,
+    )
+    .await?;
+    nft(
+        ns,
+        &json!({ "nftables": [
+            { "add": { "table": table() } },
+            { "delete": { "table": table() } },
+        ]}),
+    )
+    .await
+}
+
 /// The whole table as one nft JSON transaction: create the table if missing, delete it (with
 /// whatever an earlier run or another version put in it), then build it afresh. nft applies a
 /// file atomically, so concurrent traffic sees either the old rules or the new ones.

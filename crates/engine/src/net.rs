@@ -113,6 +113,9 @@ impl Netns {
             set_mac(&sock, &bridge, [0x52, 0x54, 0x00, o[1], o[2], o[3]])?;
             set_ipv4(&sock, &bridge, libc::SIOCSIFADDR as _, gateway)?;
             set_ipv4(&sock, &bridge, libc::SIOCSIFNETMASK as _, prefix_to_mask(prefix))?;
+            // Strict reverse-path filtering on the guests' side: a guest sending from an
+            // address outside its subnet (spoofing) is dropped here, whatever `all` says.
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{bridge}/rp_filter"), "1")?;
             interface_up(&bridge)
         })
         .await

@@ -5,7 +5,9 @@
 //! restore. Guest operations do not run inside the owner: they take a [`Lease`] (the owner makes
 //! the sandbox hot first) and talk to the agent themselves, so a long exec never blocks the
 //! owner. A pause or stop waits, up to a deadline the caller gives, until no lease is out, and
-//! refuses with [`EngineError::Busy`] otherwise: a running exec is never frozen under its caller.
+//! refuses with [`EngineError::Busy`] otherwise: a running exec is never frozen under its caller
+//! by the thermal manager. (A checkpoint does pause the guest for as long as its files take to
+//! copy, leases or not: the guest sees a pause, never an error, as with v1.)
 //! No lock is held across an `.await`; the counters the leases share are atomics.
 
 use std::path::{Path, PathBuf};
@@ -56,6 +58,7 @@ impl Shared {
             Thermal::Hot => 0,
             Thermal::Warm => 1,
             Thermal::Cold => 2,
+            Thermal::Failed => 3,
         };
         self.thermal.store(v, Ordering::SeqCst);
     }
@@ -64,7 +67,8 @@ impl Shared {
         match self.thermal.load(Ordering::SeqCst) {
             0 => Thermal::Hot,
             1 => Thermal::Warm,
-            _ => Thermal::Cold,
+            2 => Thermal::Cold,
+            _ => Thermal::Failed,
         }
     }
 
@@ -95,6 +99,14 @@ impl Lease {
     /// The sandbox's agent client.
     pub fn client(&self) -> &Arc<AgentClient> {
         &self.client
+    }
+}
+
+impl<T> Leased<T> {
+    /// The value and its lease, for callers that take the value apart (a session split into
+    /// reader and writer); the sandbox stays hot while the lease lives.
+    pub fn into_parts(self) -> (T, Lease) {
+        (self.inner, self._lease)
     }
 }
 
@@ -150,11 +162,22 @@ pub struct Activity {
 /// A message to the owner.
 pub(crate) enum Command {
     Lease(oneshot::Sender<Result<Lease, EngineError>>),
-    Pause { wait: Duration, reply: oneshot::Sender<Result<(), EngineError>> },
-    Stop { wait: Duration, reply: oneshot::Sender<Result<Option<Suspended>, EngineError>> },
+    Pause {
+        wait: Duration,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Stop {
+        wait: Duration,
+        /// Stop even if operations are still in flight after `wait` (daemon shutdown).
+        force: bool,
+        reply: oneshot::Sender<Result<Option<Suspended>, EngineError>>,
+    },
     Start(oneshot::Sender<Result<(), EngineError>>),
     Activity(oneshot::Sender<Activity>),
-    Checkpoint { dest: PathBuf, reply: oneshot::Sender<Result<(), EngineError>> },
+    Checkpoint {
+        dest: PathBuf,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
     Export(oneshot::Sender<SandboxRecord>),
     Destroy(oneshot::Sender<()>),
 }
@@ -239,8 +262,8 @@ impl Owner {
                 Command::Pause { wait, reply } => {
                     let _ = reply.send(self.pause(wait).await);
                 }
-                Command::Stop { wait, reply } => {
-                    let _ = reply.send(self.stop(wait).await);
+                Command::Stop { wait, force, reply } => {
+                    let _ = reply.send(self.stop(wait, force).await);
                 }
                 Command::Start(reply) => {
                     if let Power::Failed(_) = self.power {
@@ -271,7 +294,8 @@ impl Owner {
         let thermal = match power {
             Power::Hot(_) => Thermal::Hot,
             Power::Warm(_) => Thermal::Warm,
-            Power::Cold { .. } | Power::Failed(_) => Thermal::Cold,
+            Power::Cold { .. } => Thermal::Cold,
+            Power::Failed(_) => Thermal::Failed,
         };
         self.power = power;
         self.shared.set_thermal(thermal);
@@ -389,19 +413,29 @@ impl Owner {
         Ok(())
     }
 
-    async fn stop(&mut self, wait: Duration) -> Result<Option<Suspended>, EngineError> {
-        self.check_alive()?;
+    async fn stop(
+        &mut self,
+        wait: Duration,
+        force: bool,
+    ) -> Result<Option<Suspended>, EngineError> {
+        // A QEMU that died since the last operation: nothing runs, so this sandbox is stopped.
+        let _ = self.check_alive();
         let was_hot = match &self.power {
             Power::Hot(_) => true,
             Power::Warm(_) => false,
             Power::Cold { .. } => return Ok(None),
             Power::Failed(_) => {
-                // Nothing runs; the next start boots from the disk.
+                // The next start boots from the disk.
                 self.set_power(Power::Cold { snapshot: false });
                 return Ok(None);
             }
         };
-        self.wait_idle(wait).await?;
+        if let Err(busy) = self.wait_idle(wait).await {
+            if !force {
+                return Err(busy);
+            }
+            tracing::warn!(sandbox = %self.name, "stopping with operations in flight: {busy}");
+        }
         let state = self.spec.dir.join(STATE_FILE);
         let started = Instant::now();
         let saved = match &self.power {
@@ -413,13 +447,11 @@ impl Owner {
             Err(e) => {
                 // Nothing is lost: the VM is paused with its memory; run it again if it ran.
                 let _ = std::fs::remove_file(&state);
-                if let Power::Hot(vm) = &self.power
-                    && let Err(cont) = vm.qemu.qmp.cont(Duration::from_secs(5)).await
+                if was_hot
+                    && let Power::Hot(vm) = &self.power
+                    && let Err(cont) = vm::resume(vm).await
                 {
                     tracing::warn!(sandbox = %self.name, "resume after a failed stop: {cont}");
-                }
-                if !was_hot {
-                    tracing::debug!(sandbox = %self.name, "stop failed on a warm sandbox");
                 }
                 return Err(e);
             }
@@ -430,14 +462,11 @@ impl Owner {
             return Ok(None);
         };
         self.shared.set_thermal(Thermal::Cold);
-        match vm::end_after_save(vm, &self.spec, &state, started, saved).await {
-            Ok((suspended, _client)) => Ok(Some(suspended)),
-            Err(e) => {
-                // QEMU is gone either way (killed on drop); the saved state is complete.
-                tracing::warn!(sandbox = %self.name, "ending QEMU after its state was saved: {e}");
-                Err(e)
-            }
-        }
+        // The state is saved; from here QEMU goes whatever happens, and only a failed flush to
+        // the disk is an error (the wake would still work from the page cache).
+        let (suspended, _client) =
+            vm::end_after_save(vm, &self.spec, &state, started, saved).await?;
+        Ok(Some(suspended))
     }
 
     async fn activity(&mut self) -> Activity {
@@ -468,7 +497,7 @@ impl Owner {
         };
         let record = self.record();
         let result = crate::checkpoint::capture(vm, &self.spec, &record, dest).await;
-        if was_hot && let Err(e) = vm.qemu.qmp.cont(Duration::from_secs(5)).await {
+        if was_hot && let Err(e) = vm::resume(vm).await {
             tracing::warn!(sandbox = %self.name, "resume after checkpoint: {e}");
         }
         result

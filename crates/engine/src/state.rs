@@ -26,6 +26,8 @@ pub enum Thermal {
     Warm,
     /// QEMU gone, memory freed; the sandbox wakes from its files.
     Cold,
+    /// QEMU ended on its own (killed, crashed); `start` boots the sandbox from its disk.
+    Failed,
 }
 
 impl std::fmt::Display for Thermal {
@@ -34,6 +36,7 @@ impl std::fmt::Display for Thermal {
             Thermal::Hot => "hot",
             Thermal::Warm => "warm",
             Thermal::Cold => "cold",
+            Thermal::Failed => "failed",
         })
     }
 }
@@ -73,6 +76,19 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
+    /// The config drive content of this sandbox when it boots again (volumes and name servers
+    /// are added by the engine).
+    pub fn guest_config(&self) -> proto::guest::GuestConfig {
+        proto::guest::GuestConfig {
+            sandbox_id: self.name.clone(),
+            hostname: self.name.clone(),
+            token: self.token.clone(),
+            env: self.env.clone(),
+            init: self.init.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The record as JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

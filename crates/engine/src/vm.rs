@@ -204,14 +204,42 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
 }
 
 pub(crate) fn agent_client(ns: &Netns, spec: &BootSpec) -> Arc<AgentClient> {
+    Arc::new(client_at(ns, spec, spec.ip, None))
+}
+
+/// A client of the agent at `ip`, through `device` only when given.
+fn client_at(ns: &Netns, spec: &BootSpec, ip: Ipv4Addr, device: Option<&str>) -> AgentClient {
     let endpoint = Endpoint::TcpInNetns {
         netns: ns.path().to_owned(),
-        control: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::CONTROL_PORT),
-        forward: SocketAddr::new(IpAddr::V4(spec.ip), proto::limits::FORWARD_PORT),
-        device: None,
+        control: SocketAddr::new(IpAddr::V4(ip), proto::limits::CONTROL_PORT),
+        forward: SocketAddr::new(IpAddr::V4(ip), proto::limits::FORWARD_PORT),
+        device: device.map(str::to_owned),
     };
     let token = Some(spec.guest.token.clone()).filter(|t| !t.is_empty());
-    Arc::new(AgentClient::new(endpoint, token))
+    AgentClient::new(endpoint, token)
+}
+
+/// Starts QEMU for a restore on `tap`, loads `state` and runs the guest. The state file is
+/// consumed once the guest runs (its RAM moves on, so loading the state again would corrupt it):
+/// it is removed right after `cont`.
+async fn start_incoming(
+    spec: &BootSpec,
+    tap: std::os::fd::OwnedFd,
+    state: &Path,
+) -> Result<(QemuProcess, [Duration; 3]), EngineError> {
+    let t0 = Instant::now();
+    let mut cfg = vm_config(spec)?;
+    cfg.incoming = true;
+    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    let started = t0.elapsed();
+    record_pid(&spec.dir, qemu.pid);
+    qemu.load_state(state, Duration::from_secs(30)).await?;
+    let loaded = t0.elapsed();
+    qemu.qmp.cont(Duration::from_secs(5)).await?;
+    if let Err(e) = std::fs::remove_file(state) {
+        tracing::warn!("removing the consumed state {}: {e}", state.display());
+    }
+    Ok((qemu, [started, loaded, t0.elapsed()]))
 }
 
 /// What suspending to disk cost.
@@ -264,14 +292,25 @@ pub async fn end_after_save(
     started: Instant,
     saved: vmm::StateSaved,
 ) -> Result<(Suspended, Arc<AgentClient>), EngineError> {
-    vm.qemu.qmp.quit(Duration::from_secs(5)).await?;
-    vm.qemu.wait(Duration::from_secs(10)).await?;
-    let fsync_start = Instant::now();
-    if let Some(ram) = &spec.memory_file {
-        // Only pages the guest dirtied since the last flush are written.
-        std::fs::File::open(ram)?.sync_data()?;
+    // The state is complete: QEMU goes now, politely or not.
+    if let Err(e) = vm.qemu.qmp.quit(Duration::from_secs(5)).await {
+        tracing::warn!("QEMU did not take quit after a save: {e}");
     }
-    std::fs::File::open(state)?.sync_all()?;
+    if vm.qemu.wait(Duration::from_secs(10)).await.is_err() {
+        vm.qemu.kill().await?;
+    }
+    let fsync_start = Instant::now();
+    // Only pages the guest dirtied since the last flush are written; still seconds on a slow
+    // disk with a big guest, so off the async threads.
+    let (ram, state_path) = (spec.memory_file.clone(), state.to_owned());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if let Some(ram) = ram {
+            std::fs::File::open(ram)?.sync_data()?;
+        }
+        std::fs::File::open(state_path)?.sync_all()
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
     let suspended = Suspended {
         total: started.elapsed(),
         save: saved.duration,
@@ -299,15 +338,7 @@ pub async fn resume_from_disk(
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
     let t_tap = t0.elapsed();
-    let mut cfg = vm_config(spec)?;
-    cfg.incoming = true;
-    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
-    let t_qemu = t0.elapsed();
-    record_pid(&spec.dir, qemu.pid);
-    qemu.load_state(state, Duration::from_secs(30)).await?;
-    let t_load = t0.elapsed();
-    qemu.qmp.cont(Duration::from_secs(5)).await?;
-    let t_cont = t0.elapsed();
+    let (qemu, [t_qemu, t_load, t_cont]) = start_incoming(spec, tap, state).await?;
     let client = client.unwrap_or_else(|| agent_client(ns, spec));
     // The clock correction doubles as the readiness probe (one round trip instead of two): a
     // pooled connection answers as soon as the guest runs. An agent error (a v1 agent without
@@ -324,7 +355,8 @@ pub async fn resume_from_disk(
     };
     // Under TCG nearly all of the time after `cont` is the new QEMU translating guest code again.
     tracing::debug!(
-        tap = ?t_tap, qemu = ?t_qemu, load = ?t_load, cont = ?t_cont, ready = ?t0.elapsed(),
+        tap = ?t_tap, qemu = ?(t_tap + t_qemu), load = ?(t_tap + t_load), cont = ?(t_tap + t_cont),
+        ready = ?t0.elapsed(),
         "restored from disk"
     );
     let ready_after = qemu.spawned_at.elapsed();
@@ -350,30 +382,23 @@ pub async fn resume_moved(
 ) -> Result<Vm, EngineError> {
     let bridge_mac = ns.mac(&spec.bridge).await?;
     let tap = ns.open_isolated_tap(&spec.tap, bridge_mac).await?;
-    let mut cfg = vm_config(spec)?;
-    cfg.incoming = true;
-    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
-    record_pid(&spec.dir, qemu.pid);
-    qemu.load_state(state, Duration::from_secs(30)).await?;
-    qemu.qmp.cont(Duration::from_secs(5)).await?;
-    let private = AgentClient::new(
-        Endpoint::TcpInNetns {
-            netns: ns.path().to_owned(),
-            control: SocketAddr::new(IpAddr::V4(from), proto::limits::CONTROL_PORT),
-            forward: SocketAddr::new(IpAddr::V4(from), proto::limits::FORWARD_PORT),
-            device: Some(spec.tap.clone()),
-        },
-        Some(spec.guest.token.clone()).filter(|t| !t.is_empty()),
-    );
+    let (qemu, _) = start_incoming(spec, tap, state).await?;
+    let private = client_at(ns, spec, from, Some(&spec.tap));
     let target = proto::messages::SetNet {
         ip: spec.ip,
         prefix: spec.prefix,
         gateway: spec.gateway,
         mac: mac_text(spec.mac),
     };
+    // Moved only once the guest answers at its new address, still on the private link: until
+    // then it may send as the source (its old connections closing), and a frame with the
+    // source's MAC on the bridge would teach the bridge the wrong port.
+    let confirm = client_at(ns, spec, spec.ip, Some(&spec.tap));
     let moved = async {
         private.wait_ready(spec.ready_timeout).await?;
-        private.set_net(&target).await
+        private.set_net(&target).await?;
+        drop(private);
+        confirm.wait_ready(spec.ready_timeout).await
     }
     .await;
     let vm = |qemu, client| Vm {
@@ -384,10 +409,10 @@ pub async fn resume_moved(
         dir: spec.dir.clone(),
     };
     if let Err(source) = moved {
-        let failed = vm(qemu, Arc::new(private));
+        let failed = vm(qemu, Arc::new(confirm));
         return Err(EngineError::NotReady { source, console: failed.serial_log() });
     }
-    drop(private);
+    drop(confirm);
     let o = spec.ip.octets();
     // The TAP's own MAC only has to differ from everything on the bridge.
     ns.join_bridge(&spec.tap, &spec.bridge, [0xfe, 0x54, 0x00, o[1], o[2], o[3]]).await?;

@@ -82,6 +82,53 @@ impl VolumeMount {
     }
 }
 
+/// Which sandboxes have which volume files attached. A file attached read-write belongs to one
+/// sandbox alone; read-only attachments may share a file that nobody writes.
+#[derive(Debug, Default)]
+pub struct Claims {
+    by_path: std::collections::BTreeMap<PathBuf, Vec<(String, bool)>>,
+}
+
+impl Claims {
+    /// Claims `volumes` for `sandbox`, all or nothing. Paths are compared canonicalised, so
+    /// two spellings of one file are one file.
+    pub fn claim(&mut self, sandbox: &str, volumes: &[VolumeMount]) -> Result<(), EngineError> {
+        let mut wanted = Vec::new();
+        for v in volumes {
+            let path = v.path.canonicalize().unwrap_or_else(|_| v.path.clone());
+            let others = self.by_path.get(&path).map(Vec::as_slice).unwrap_or(&[]);
+            let conflict =
+                others.iter().find(|(name, ro)| name != sandbox && (!ro || !v.read_only));
+            if let Some((holder, _)) = conflict {
+                return Err(EngineError::Refused(format!(
+                    "volume {} is attached to sandbox {holder:?}{}",
+                    v.path.display(),
+                    if v.read_only { " read-write" } else { "" }
+                )));
+            }
+            wanted.push((path, v.read_only));
+        }
+        for (path, ro) in wanted {
+            self.by_path.entry(path).or_default().push((sandbox.to_owned(), ro));
+        }
+        Ok(())
+    }
+
+    /// Gives back every claim of `sandbox`.
+    pub fn release(&mut self, sandbox: &str) {
+        self.by_path.retain(|_, holders| {
+            holders.retain(|(name, _)| name != sandbox);
+            !holders.is_empty()
+        });
+    }
+
+    /// How many sandboxes have `path` attached.
+    pub fn users(&self, path: &Path) -> usize {
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        self.by_path.get(&path).map_or(0, Vec::len)
+    }
+}
+
 /// Creates a volume of `size_mib` at `path`: a sparse file made into ext4. Refuses to overwrite
 /// an existing file. The file is built under a temporary name and renamed, so a crash never
 /// leaves a half-made volume under the real name.
@@ -129,6 +176,32 @@ mod tests {
             assert!(mount(bad, file.path()).validate().is_err(), "{bad} accepted");
         }
         assert!(mount("/data", Path::new("/nonexistent/volume.ext4")).validate().is_err());
+    }
+
+    #[test]
+    fn claims_keep_one_writer_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.ext4");
+        std::fs::write(&file, b"x").unwrap();
+        let other_spelling = dir.path().join(".").join("v.ext4");
+        let mut claims = Claims::default();
+        claims.claim("a", &[mount_ro("/ro", &file, true)]).unwrap();
+        claims.claim("b", &[mount_ro("/ro", &other_spelling, true)]).unwrap();
+        assert_eq!(claims.users(&file), 2);
+        // A writer while readers exist, and a second writer, are refused; nothing is half-claimed.
+        let both = [mount_ro("/w", &file, false)];
+        assert!(claims.claim("c", &both).unwrap_err().to_string().contains("attached to sandbox"));
+        claims.release("a");
+        claims.release("b");
+        assert_eq!(claims.users(&file), 0);
+        claims.claim("c", &both).unwrap();
+        assert!(claims.claim("d", &[mount_ro("/r", &file, true)]).is_err());
+        claims.release("c");
+        claims.claim("d", &[mount_ro("/r", &file, true)]).unwrap();
+    }
+
+    fn mount_ro(m: &str, path: &Path, read_only: bool) -> VolumeMount {
+        VolumeMount { path: path.to_owned(), mount: m.into(), read_only }
     }
 
     #[tokio::test]

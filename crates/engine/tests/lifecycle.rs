@@ -199,6 +199,12 @@ async fn create_from_a_template_and_refuse_bad_requests() {
         assert!(matches!(e.stop(missing, Duration::ZERO).await, Err(EngineError::NotFound(_))));
         assert!(matches!(e.destroy(missing).await, Err(EngineError::NotFound(_))));
     }
+    // A create whose caller stops waiting mid-boot leaves nothing, and the name is free again.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), e.create(&small("gone"))).await;
+    assert!(gave_up.is_err(), "the boot finished within 300 ms");
+    assert!(!e.data.path().join("sandboxes/gone").exists());
+    e.create(&small("gone")).await.unwrap();
+    e.destroy("gone").await.unwrap();
     let names: Vec<String> = e.list().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["tpl"]);
     let dirs = std::fs::read_dir(e.data.path().join("sandboxes")).unwrap().count();

@@ -18,10 +18,8 @@ const MEMORY_MIB: u32 = 512;
 
 /// Makes the guest use memory like a workload (a 64 MiB file in tmpfs) and leaves a marker.
 async fn dirty(client: &agent::AgentClient, round: usize) {
-    let out = client
-        .exec(&["dd", "if=/dev/urandom", "of=/tmp/fill", "bs=1M", "count=64"])
-        .await
-        .unwrap();
+    let out =
+        client.exec(&["dd", "if=/dev/urandom", "of=/tmp/fill", "bs=1M", "count=64"]).await.unwrap();
     assert_eq!(out.exit_code, 0, "{}", out.stderr_text());
     client.file_write("/home/lohar/round", "0644", round.to_string().as_bytes()).await.unwrap();
 }
@@ -71,12 +69,16 @@ async fn ram_file_on_disk_against_mapped_ram() {
         let before = disk_written_bytes(dir.path()).unwrap_or(0);
         let t = Instant::now();
         vm.qemu.qmp.stop(Duration::from_secs(5)).await.unwrap();
-        vm.qemu.save_state_as(&state, StateFormat::MappedRam, Duration::from_secs(120)).await.unwrap();
+        vm.qemu
+            .save_state_as(&state, StateFormat::MappedRam, Duration::from_secs(120))
+            .await
+            .unwrap();
         vm.qemu.qmp.quit(Duration::from_secs(5)).await.unwrap();
         vm.qemu.wait(Duration::from_secs(10)).await.unwrap();
         std::fs::File::open(&state).unwrap().sync_all().unwrap();
         mapped_stop.push(ms(t.elapsed()));
-        mapped_bytes.push(disk_written_bytes(dir.path()).unwrap_or(0).saturating_sub(before) as f64);
+        mapped_bytes
+            .push(disk_written_bytes(dir.path()).unwrap_or(0).saturating_sub(before) as f64);
         assert!(allocated(&state) > 32 << 20, "mapped-ram wrote only {} bytes", allocated(&state));
 
         let t = Instant::now();
@@ -92,8 +94,12 @@ async fn ram_file_on_disk_against_mapped_ram() {
         check(&client, round).await;
     }
 
-    println!("\nRAM placement ({MEMORY_MIB} MiB guest, 64 MiB of tmpfs rewritten per round, {rounds} rounds)\n");
-    println!("| placement | stop p50 ms | stop max ms | wake p50 ms | bytes written per stop p50 |");
+    println!(
+        "\nRAM placement ({MEMORY_MIB} MiB guest, 64 MiB of tmpfs rewritten per round, {rounds} rounds)\n"
+    );
+    println!(
+        "| placement | stop p50 ms | stop max ms | wake p50 ms | bytes written per stop p50 |"
+    );
     println!("|---|---|---|---|---|");
     for (name, stop, wake, bytes) in [
         ("RAM file on disk, device state only (chosen)", &file_stop, &file_wake, &file_bytes),

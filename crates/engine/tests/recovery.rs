@@ -39,7 +39,7 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
     let busy_pid: i32 =
         std::fs::read_to_string(records[1].dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
     // The daemon dies: nothing of it runs its cleanup; the hot sandbox's QEMU keeps running.
-    std::mem::forget(first);
+    first.simulate_crash();
 
     let mut lost = records[1].clone();
     lost.name = "lost".into();

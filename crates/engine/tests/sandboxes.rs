@@ -85,8 +85,11 @@ async fn a_restarted_engine_removes_what_a_crashed_one_left() {
     let info = first.create(&spec("orphan", &image)).await.unwrap();
     let pid: i32 =
         std::fs::read_to_string(info.dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
+    // One engine per data directory: a second one would take the first's sandboxes for orphans.
+    let second = Engine::new(config.clone()).await.unwrap_err();
+    assert!(second.to_string().contains("in use by another engine"), "{second}");
     // Simulate a crash: nothing of the first engine runs its cleanup.
-    std::mem::forget(first);
+    first.simulate_crash();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     let second = Engine::new(config).await.unwrap();

@@ -64,6 +64,8 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     e.ensure_hot("t").await.unwrap();
     assert_eq!(e.thermal("t").unwrap(), Thermal::Hot);
+    // The state is consumed by the wake: the guest's RAM has moved on since.
+    assert!(!e.info("t").unwrap().dir.join("state").exists());
     let file = e.file_read("t", "/home/lohar/keep.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(file.data, b"kept");
     assert_eq!(e.exec("t", &alive).await.unwrap().exit_code, 0);
@@ -239,6 +241,7 @@ async fn a_failed_stop_and_a_killed_qemu_lose_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let err = e.exec("f", &["true"]).await.unwrap_err();
     assert!(matches!(err, EngineError::Crashed { .. }), "{err}");
+    assert_eq!(e.thermal("f").unwrap(), Thermal::Failed);
     assert!(err.to_string().contains("stopped unexpectedly"), "{err}");
     assert!(matches!(e.exec("f", &["true"]).await, Err(EngineError::Crashed { .. })));
     e.start("f").await.unwrap();

@@ -61,8 +61,19 @@ async fn volumes_persist_across_sandboxes_and_read_only_is_enforced() {
     let mut second = small("second");
     second.volumes = vec![mount(&data, "/data", false)];
     let twice = e.create(&second).await.unwrap_err();
-    assert!(twice.to_string().contains("attached read-write"), "{twice}");
+    assert!(twice.to_string().contains("attached to sandbox \"first\""), "{twice}");
     assert!(e.delete_volume("data").unwrap_err().to_string().contains("attached"));
+    // Read-only attachments count too: the file a sandbox reads cannot be deleted under it, and
+    // nobody may write it meanwhile.
+    assert!(e.delete_volume("reference").unwrap_err().to_string().contains("attached"));
+    let mut writer = small("writer");
+    writer.volumes = vec![mount(&reference, "/ref", false)];
+    assert!(e.create(&writer).await.is_err());
+    // Another sandbox's files are not volumes.
+    let mut thief = small("thief");
+    let ram = e.info("first").unwrap().dir.join("ram");
+    thief.volumes = vec![mount(&ram, "/stolen", true)];
+    assert!(e.create(&thief).await.unwrap_err().to_string().contains("belongs to a sandbox"));
     // Bad mount points are refused before anything boots.
     for bad in ["/etc", "relative", "/data/../usr"] {
         let mut spec = small("bad");

@@ -233,19 +233,23 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
         written += take as u64;
     }
     let finished = target.and_then(|file| {
-        // Owner first, so the file never appears under its name owned by root.
+        // Owner first, so the file never appears under its name owned by root; through the
+        // descriptor, since the temp path lives in a directory the guest user may control.
         if nix::unistd::geteuid().is_root() {
-            let _ = std::os::unix::fs::chown(&temp, Some(USER_UID), Some(USER_GID));
+            let _ = std::os::unix::fs::fchown(&file, Some(USER_UID), Some(USER_GID));
         }
         file.sync_all().map_err(|e| os_error("sync", &req.path, &e))?;
         drop(file);
         fs::rename(&temp, path).map_err(|e| os_error("rename", &req.path, &e))?;
         // The rename is durable only once the directory is: without this, a VM killed within
         // the journal's commit interval comes back without the file.
+        // The content is in place either way; a directory that cannot be synced is only
+        // worth a line on the console.
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| os_error("sync directory of", &req.path, &e))
+        if let Err(e) = fs::File::open(parent).and_then(|dir| dir.sync_all()) {
+            eprintln!("lohar: sync directory of {}: {e}", req.path);
+        }
+        Ok(())
     });
     match finished {
         Ok(()) => {

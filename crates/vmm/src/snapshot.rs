@@ -66,7 +66,12 @@ impl QemuProcess {
         self.set_format(format).await?;
         let uri = format!("file:{}", path.display());
         self.qmp.execute("migrate", Some(json!({ "uri": uri })), QMP_CALL).await?;
-        self.wait_migration("save state", timeout).await?;
+        if let Err(e) = self.wait_migration("save state", timeout).await {
+            // A migration left running would finish later and stop the VM behind the caller's
+            // back (and deactivate its disks): cancel it and wait until it has ended.
+            self.cancel_migration().await;
+            return Err(e);
+        }
         let bytes = std::fs::metadata(path)?.len();
         Ok(StateSaved { duration: start.elapsed(), bytes })
     }
@@ -90,6 +95,30 @@ impl QemuProcess {
         self.qmp.execute("migrate-incoming", Some(json!({ "uri": uri })), QMP_CALL).await?;
         self.wait_migration("load state", timeout).await?;
         Ok(start.elapsed())
+    }
+
+    /// Cancels an outgoing migration and waits (up to 5 s) until QEMU reports it ended.
+    async fn cancel_migration(&self) {
+        if let Err(e) = self.qmp.execute("migrate_cancel", None, QMP_CALL).await {
+            tracing::warn!("migrate_cancel: {e}");
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match self.qmp.execute("query-migrate", None, QMP_CALL).await {
+                Ok(info)
+                    if matches!(
+                        info["status"].as_str(),
+                        Some("cancelled" | "failed" | "completed")
+                    ) =>
+                {
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => return,
+            }
+        }
+        tracing::warn!("the migration did not end within 5 s of migrate_cancel");
     }
 
     /// Polls `query-migrate` until the migration completed or failed.

@@ -1,0 +1,161 @@
+//! Guest operations: each takes a lease (waking the sandbox if needed) and talks to the agent.
+
+use std::time::Duration;
+
+use agent::{
+    DetachedExec, ExecOutput, ExecRequest, ExecStream, FileContent, FileInfo, ReadOptions, Session,
+    SessionInfo, Stream,
+};
+
+use super::{Engine, refused};
+use crate::error::EngineError;
+use crate::sandbox::Leased;
+
+impl Engine {
+    /// Runs `argv` and buffers its output (within the engine's exec deadline).
+    pub async fn exec(&self, name: &str, argv: &[&str]) -> Result<ExecOutput, EngineError> {
+        let req = ExecRequest::command(argv.iter().copied());
+        self.exec_request(name, &req, self.config.exec_timeout).await
+    }
+
+    /// Runs a full exec request, buffered.
+    pub async fn exec_request(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecOutput, EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().exec_request(req, timeout).await?)
+    }
+
+    /// Runs an exec whose output streams; the sandbox stays hot while the stream lives.
+    pub async fn exec_stream(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        timeout: Duration,
+    ) -> Result<Leased<ExecStream>, EngineError> {
+        let lease = self.lease(name).await?;
+        let stream = lease.client().exec_stream(req, timeout).await?;
+        Ok(Leased::new(stream, lease))
+    }
+
+    /// Starts a command that outlives the request.
+    pub async fn exec_detached(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+    ) -> Result<DetachedExec, EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().exec_detached(req).await?)
+    }
+
+    /// A PTY session (a shell unless `req` says otherwise); hot while attached.
+    pub async fn shell(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+    ) -> Result<Leased<Session>, EngineError> {
+        let lease = self.lease(name).await?;
+        let session = lease.client().shell(req).await?;
+        Ok(Leased::new(session, lease))
+    }
+
+    /// A piped (non-TTY) session; hot while attached.
+    pub async fn piped_session(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+    ) -> Result<Leased<Session>, EngineError> {
+        let lease = self.lease(name).await?;
+        let session = lease.client().piped_session(req).await?;
+        Ok(Leased::new(session, lease))
+    }
+
+    /// Attaches to an existing session.
+    pub async fn attach(
+        &self,
+        name: &str,
+        session_id: &str,
+        if_detached: bool,
+    ) -> Result<Leased<Session>, EngineError> {
+        let lease = self.lease(name).await?;
+        let session = lease.client().attach(session_id, if_detached).await?;
+        Ok(Leased::new(session, lease))
+    }
+
+    /// The guest's sessions.
+    pub async fn sessions(&self, name: &str) -> Result<Vec<SessionInfo>, EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().session_list().await?)
+    }
+
+    /// Kills a session.
+    pub async fn kill_session(&self, name: &str, session_id: &str) -> Result<(), EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().session_kill(session_id).await?)
+    }
+
+    /// Reads a file (or a window of its lines).
+    pub async fn file_read(
+        &self,
+        name: &str,
+        path: &str,
+        opts: ReadOptions,
+    ) -> Result<FileContent, EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().file_read(path, opts).await?)
+    }
+
+    /// Writes a file atomically.
+    pub async fn file_write(
+        &self,
+        name: &str,
+        path: &str,
+        mode: &str,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().file_write(path, mode, data).await?)
+    }
+
+    /// Stats a path.
+    pub async fn file_stat(&self, name: &str, path: &str) -> Result<FileInfo, EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().file_stat(path).await?)
+    }
+
+    /// Lists a directory.
+    pub async fn file_list(&self, name: &str, path: &str) -> Result<Vec<FileInfo>, EngineError> {
+        let lease = self.lease(name).await?;
+        Ok(lease.client().file_list(path).await?)
+    }
+
+    /// TCP ports the guest listens on (IPv4 and IPv6), sorted.
+    pub async fn listening_ports(&self, name: &str) -> Result<Vec<u16>, EngineError> {
+        let lease = self.lease(name).await?;
+        let mut ports = std::collections::BTreeSet::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            match lease.client().file_read(table, ReadOptions::default()).await {
+                Ok(content) => {
+                    ports.extend(crate::ports::listening(&String::from_utf8_lossy(&content.data)))
+                }
+                // A guest kernel without IPv6 has no tcp6 table.
+                Err(e) if e.is_agent_error() && table.ends_with('6') => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(ports.into_iter().collect())
+    }
+
+    /// A byte stream to `localhost:port` in the guest; hot while open.
+    pub async fn forward(&self, name: &str, port: u16) -> Result<Leased<Stream>, EngineError> {
+        if port == 0 {
+            return Err(refused("port 0 is not a valid port".into()));
+        }
+        let lease = self.lease(name).await?;
+        let stream = lease.client().forward(port).await?;
+        Ok(Leased::new(stream, lease))
+    }
+}
