@@ -63,47 +63,28 @@ pub async fn enable(ns: &Netns, subnet: Subnet, egress: &Egress) -> Result<(), E
 /// route via `egress.next_hop` and the `bhatti` table are removed. Missing pieces are not an
 /// error, so it can run at every start and after a partial [`enable`].
 pub async fn disable(ns: &Netns, egress: &Egress) -> Result<(), EngineError> {
-    set_forwarding(ns, false).await?;
-    // `flush exact` removes only the default route through our router and succeeds when there
-    // is none; no `dev`, as the uplink may already be gone (and its routes with it).
-    run(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), "ip", "route", "flush", "exact"])
-            .args(["0.0.0.0/0", "via", &egress.next_hop.to_string()]),
-        TOOL_DEADLINE,
-    )
-    .await?;
-    // "add" of an existing table is a no-op, so add-then-delete removes it whether or not it
-    // was there (this nft predates `destroy`).
-    nft(
-        ns,
-        &json!({ "nftables": [
-            { "add": { "table": table() } },
-            { "delete": { "table": table() } },
-        ]}),
-    )
-    .await
+    teardown(ns, Some(egress.next_hop)).await
 }
 
 /// Turns off whatever egress an earlier run configured, not knowing its router: forwarding off,
 /// every default route of the namespace and the `bhatti` table removed. The engine runs it at
 /// start when egress is not configured, since the namespace outlives the engine.
 pub async fn disable_any(ns: &Netns) -> Result<(), EngineError> {
+    teardown(ns, None).await
+}
+
+async fn teardown(ns: &Netns, via: Option<Ipv4Addr>) -> Result<(), EngineError> {
     set_forwarding(ns, false).await?;
-    run(
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            ns.name(),
-            "ip",
-            "route",
-            "flush",
-            "exact",
-            "0.0.0.0/0",
-        ]),
-        TOOL_DEADLINE,
-    )
-    .await?;
+    // `flush exact` removes only default routes (through our router when given) and succeeds
+    // when there is none; no `dev`, as the uplink may already be gone (and its routes with it).
+    let mut flush = Command::new("ip");
+    flush.args(["netns", "exec", ns.name(), "ip", "route", "flush", "exact", "0.0.0.0/0"]);
+    if let Some(via) = via {
+        flush.args(["via", &via.to_string()]);
+    }
+    run(&mut flush, TOOL_DEADLINE).await?;
+    // "add" of an existing table is a no-op, so add-then-delete removes it whether or not it
+    // was there (this nft predates `destroy`).
     nft(
         ns,
         &json!({ "nftables": [

@@ -3,12 +3,11 @@
 use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::{Engine, Reservation, SandboxInfo, check_name, mac_for, parse_mac, refused};
 use crate::checkpoint::{self, Manifest};
 use crate::error::EngineError;
-use crate::sandbox::{self, Command, STATE_FILE};
+use crate::sandbox::{Command, STATE_FILE};
 use crate::vm;
 
 impl Engine {
@@ -118,17 +117,7 @@ impl Engine {
                 Some(old) => vm::resume_moved(&self.ns, &spec, &state, old).await?,
             }
         };
-        let client = Arc::clone(&vm.client);
-        let handle = sandbox::spawn(
-            name.to_owned(),
-            self.ns.clone(),
-            spec,
-            Some(vm),
-            client,
-            false,
-            Arc::clone(&self.boots),
-        );
-        self.register(name, ip, dir, handle);
+        self.adopt(name, spec, Some(vm), false);
         Ok(())
     }
 }

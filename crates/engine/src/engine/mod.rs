@@ -33,7 +33,7 @@ use crate::net::Netns;
 use crate::sandbox::{self, Activity, Command, Handle, Lease};
 pub use crate::spec::CreateSpec;
 use crate::state::{SandboxRecord, Thermal};
-use crate::vm::{self, BootSpec, Suspended, VolumeDisk};
+use crate::vm::{self, BootSpec, Suspended, Vm, VolumeDisk};
 use crate::volume::{Claims, VolumeMount};
 
 /// Engine-wide settings.
@@ -301,7 +301,23 @@ impl Engine {
         }
     }
 
-    fn register(&self, name: &str, ip: Ipv4Addr, dir: PathBuf, handle: Handle) {
+    /// Starts the owner of a sandbox (hot with `vm`, else cold: with `snapshot`, its memory is
+    /// on disk) and adds it to the registry.
+    fn adopt(&self, name: &str, spec: BootSpec, vm: Option<Vm>, snapshot: bool) {
+        let (ip, dir) = (spec.ip, spec.dir.clone());
+        let client = match &vm {
+            Some(vm) => Arc::clone(&vm.client),
+            None => vm::agent_client(&self.ns, &spec),
+        };
+        let handle = sandbox::spawn(
+            name.to_owned(),
+            self.ns.clone(),
+            spec,
+            vm,
+            client,
+            snapshot,
+            Arc::clone(&self.boots),
+        );
         let entry = Entry { name: name.to_owned(), ip, dir, handle };
         lock(&self.sandboxes).insert(name.to_owned(), entry);
     }
@@ -467,17 +483,7 @@ impl Engine {
             let _permit = self.boots.acquire().await.map_err(|_| shutting_down())?;
             vm::boot(&self.ns, &boot).await?
         };
-        let client = Arc::clone(&vm.client);
-        let handle = sandbox::spawn(
-            spec.name.clone(),
-            self.ns.clone(),
-            boot,
-            Some(vm),
-            client,
-            false,
-            Arc::clone(&self.boots),
-        );
-        self.register(&spec.name, ip, dir, handle);
+        self.adopt(&spec.name, boot, Some(vm), false);
         reservation.keep();
         self.info(&spec.name)
     }

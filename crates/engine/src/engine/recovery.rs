@@ -12,7 +12,7 @@ use crate::checkpoint;
 use crate::error::EngineError;
 use crate::ippool::IpPool;
 use crate::net::Netns;
-use crate::sandbox::{self, STATE_FILE};
+use crate::sandbox::STATE_FILE;
 use crate::state::{SandboxRecord, Thermal};
 use crate::vm;
 use crate::volume::Claims;
@@ -127,17 +127,7 @@ impl Engine {
             record.ip,
             mac,
         );
-        let client = vm::agent_client(&self.ns, &spec);
-        let handle = sandbox::spawn(
-            record.name.clone(),
-            self.ns.clone(),
-            spec,
-            None,
-            client,
-            snapshot,
-            Arc::clone(&self.boots),
-        );
-        self.register(&record.name, record.ip, record.dir.clone(), handle);
+        self.adopt(&record.name, spec, None, snapshot);
         Ok(())
     }
 }
