@@ -56,6 +56,17 @@ pub enum EngineError {
         /// What QEMU said.
         reason: String,
     },
+    /// The saved state could not be loaded (damaged, or from an incompatible QEMU).
+    #[error(
+        "restoring the saved state failed ({source}); QEMU said: {stderr}; the disk is intact: \
+         start the sandbox from its disk to boot it without the saved memory"
+    )]
+    Restore {
+        /// The VMM's error.
+        source: vmm::VmmError,
+        /// QEMU's stderr.
+        stderr: String,
+    },
     /// A pause or stop found guest operations still running after its wait.
     #[error("sandbox {name:?} is busy: {in_flight} operation(s) in flight")]
     Busy {

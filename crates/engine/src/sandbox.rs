@@ -172,7 +172,11 @@ pub(crate) enum Command {
         force: bool,
         reply: oneshot::Sender<Result<Option<Suspended>, EngineError>>,
     },
-    Start(oneshot::Sender<Result<(), EngineError>>),
+    Start {
+        /// Discard the saved memory (if any) and boot from the disk overlay.
+        from_disk: bool,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
     Activity(oneshot::Sender<Activity>),
     Checkpoint {
         dest: PathBuf,
@@ -265,9 +269,13 @@ impl Owner {
                 Command::Stop { wait, force, reply } => {
                     let _ = reply.send(self.stop(wait, force).await);
                 }
-                Command::Start(reply) => {
-                    if let Power::Failed(_) = self.power {
-                        self.power = Power::Cold { snapshot: false };
+                Command::Start { from_disk, reply } => {
+                    let discard = from_disk && matches!(self.power, Power::Cold { .. });
+                    if discard {
+                        let _ = std::fs::remove_file(self.spec.dir.join(STATE_FILE));
+                    }
+                    if discard || matches!(self.power, Power::Failed(_)) {
+                        self.set_power(Power::Cold { snapshot: false });
                     }
                     let _ = reply.send(self.ensure_hot().await);
                 }

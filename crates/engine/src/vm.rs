@@ -233,7 +233,13 @@ async fn start_incoming(
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     let started = t0.elapsed();
     record_pid(&spec.dir, qemu.pid);
-    qemu.load_state(state, Duration::from_secs(30)).await?;
+    let mut qemu = qemu;
+    if let Err(source) = qemu.load_state(state, Duration::from_secs(30)).await {
+        // QEMU ends on a state it cannot load; what it printed says why.
+        let _ = qemu.wait(Duration::from_secs(2)).await;
+        let stderr = qemu.stderr().trim().to_owned();
+        return Err(EngineError::Restore { source, stderr });
+    }
     let loaded = t0.elapsed();
     qemu.qmp.cont(Duration::from_secs(5)).await?;
     if let Err(e) = std::fs::remove_file(state) {

@@ -247,6 +247,17 @@ async fn a_failed_stop_and_a_killed_qemu_lose_nothing() {
     e.start("f").await.unwrap();
     let data = e.file_read("f", "/home/lohar/data.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(data.data, b"precious", "data written before the crash is on the disk");
+
+    // A saved state that cannot be restored: the wake fails clearly, the sandbox stays cold
+    // with its files, and `start_from_disk` brings it back without the lost memory.
+    e.stop("f", Duration::ZERO).await.unwrap().unwrap();
+    std::fs::write(info.dir.join("state"), b"not a migration stream").unwrap();
+    let broken = e.start("f").await.unwrap_err();
+    assert!(broken.to_string().contains("Not a migration stream"), "{broken}");
+    assert_eq!(e.thermal("f").unwrap(), Thermal::Cold);
+    e.start_from_disk("f").await.unwrap();
+    let data = e.file_read("f", "/home/lohar/data.txt", ReadOptions::default()).await.unwrap();
+    assert_eq!(data.data, b"precious");
     let taps_before = e.netns().interfaces().await.unwrap();
     e.destroy("f").await.unwrap();
     assert!(!info.dir.exists());

@@ -543,7 +543,16 @@ impl Engine {
 
     /// Cold -> hot; after a crash, boots again from the disk.
     pub async fn start(&self, name: &str) -> Result<(), EngineError> {
-        self.handle(name)?.ask(name, Command::Start).await?
+        let start = |reply| Command::Start { from_disk: false, reply };
+        self.handle(name)?.ask(name, start).await?
+    }
+
+    /// Cold -> hot by booting from the disk overlay, discarding the saved memory: for a
+    /// sandbox whose saved state cannot be restored (v1 had `start --force`, which only retried).
+    /// Files on the disk and volumes are kept; processes and unsynced page cache are not.
+    pub async fn start_from_disk(&self, name: &str) -> Result<(), EngineError> {
+        let start = |reply| Command::Start { from_disk: true, reply };
+        self.handle(name)?.ask(name, start).await?
     }
 
     /// The host's activity cache, plus the agent's view when the sandbox is hot.
