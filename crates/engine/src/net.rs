@@ -256,7 +256,8 @@ impl Netns {
         .map_err(net_err(format!("delete neighbour {ip} in namespace {}", self.name)))
     }
 
-    /// The neighbour entries on `dev` (the namespace's ARP table).
+    /// The permanent neighbour entries on `dev` (those the engine installs; entries the kernel
+    /// is still resolving or has learnt come and go by themselves).
     pub async fn neighbours(&self, dev: &str) -> Result<Vec<Ipv4Addr>, EngineError> {
         let dev = dev.to_owned();
         self.enter(move || {
@@ -267,7 +268,11 @@ impl Netns {
                 .skip(1)
                 .filter_map(|l| {
                     let cols: Vec<&str> = l.split_whitespace().collect();
-                    (cols.get(5) == Some(&dev.as_str())).then(|| cols[0].parse().ok()).flatten()
+                    let flags =
+                        u32::from_str_radix(cols.get(2)?.trim_start_matches("0x"), 16).ok()?;
+                    let permanent = flags & libc::ATF_PERM as u32 != 0;
+                    (permanent && cols.get(5) == Some(&dev.as_str()))
+                        .then(|| cols[0].parse().ok())?
                 })
                 .collect())
         })

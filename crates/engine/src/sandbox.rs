@@ -35,6 +35,13 @@ pub(crate) struct Shared {
     last_activity_ms: AtomicU64,
     leases: AtomicUsize,
     idle: Notify,
+    /// Set by the engine when it removes the sandbox: an owner that then finds its queue closed
+    /// (the destroy's caller went away before its message was sent) still cleans up.
+    pub(crate) destroyed: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_ms() -> u64 {
@@ -48,6 +55,7 @@ impl Shared {
             last_activity_ms: AtomicU64::new(now_ms()),
             leases: AtomicUsize::new(0),
             idle: Notify::new(),
+            destroyed: std::sync::atomic::AtomicBool::new(false),
         };
         shared.set_thermal(thermal);
         shared
@@ -199,6 +207,14 @@ enum Power {
     Failed(String),
 }
 
+/// What a destroyed sandbox gives back to the engine: its address and its volume claims.
+#[derive(Debug, Clone)]
+pub(crate) struct Giveback {
+    pub(crate) pool: Arc<std::sync::Mutex<crate::ippool::IpPool>>,
+    pub(crate) claims: Arc<std::sync::Mutex<crate::volume::Claims>>,
+    pub(crate) bridge: String,
+}
+
 /// The owner task's state.
 pub(crate) struct Owner {
     pub(crate) name: String,
@@ -208,6 +224,7 @@ pub(crate) struct Owner {
     power: Power,
     shared: Arc<Shared>,
     boots: Arc<Semaphore>,
+    giveback: Giveback,
 }
 
 /// The handle the registry keeps.
@@ -232,6 +249,7 @@ impl Handle {
 }
 
 /// Starts the owner of a sandbox that is hot (`vm` given) or cold (files on disk).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     name: String,
     ns: Netns,
@@ -240,13 +258,15 @@ pub(crate) fn spawn(
     client: Arc<AgentClient>,
     snapshot: bool,
     boots: Arc<Semaphore>,
+    giveback: Giveback,
 ) -> Handle {
     let (power, thermal) = match vm {
         Some(vm) => (Power::Hot(vm), Thermal::Hot),
         None => (Power::Cold { snapshot }, Thermal::Cold),
     };
     let shared = Arc::new(Shared::new(thermal));
-    let owner = Owner { name, ns, spec, client, power, shared: Arc::clone(&shared), boots };
+    let owner =
+        Owner { name, ns, spec, client, power, shared: Arc::clone(&shared), boots, giveback };
     // A small queue: callers wait for their answer anyway.
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(owner.run(rx));
@@ -289,13 +309,40 @@ impl Owner {
                     let _ = reply.send(self.record());
                 }
                 Command::Destroy(reply) => {
-                    self.kill().await;
+                    self.destroy().await;
                     let _ = reply.send(());
                     return;
                 }
             }
         }
-        // The engine was dropped: the VM's QEMU is killed with it.
+        if self.shared.destroyed.load(Ordering::SeqCst) {
+            self.destroy().await;
+        }
+        // Otherwise the engine was dropped: the VM's QEMU is killed with it, files stay.
+    }
+
+    /// Ends the sandbox for good: QEMU (its TAP goes with it), the neighbour entry, the address,
+    /// the volume claims, every file. Runs in the owner, after whatever it was doing, so a boot
+    /// still in progress can never recreate what this removes.
+    async fn destroy(&mut self) {
+        self.kill().await;
+        let dir = self.spec.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            vm::kill_orphan(&dir);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
+            tracing::warn!(sandbox = %self.name, "removing its directory: {e}");
+        }
+        if let Err(e) = self.ns.delete_neighbour(&self.giveback.bridge, self.spec.ip).await {
+            tracing::warn!(sandbox = %self.name, "{e}");
+        }
+        lock(&self.giveback.claims).release(&self.name);
+        lock(&self.giveback.pool).release(self.spec.ip);
     }
 
     fn set_power(&mut self, power: Power) {

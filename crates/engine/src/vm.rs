@@ -241,10 +241,12 @@ async fn start_incoming(
         return Err(EngineError::Restore { source, stderr });
     }
     let loaded = t0.elapsed();
-    qemu.qmp.cont(Duration::from_secs(5)).await?;
+    let cont = qemu.qmp.cont(Duration::from_secs(5)).await;
+    // Consumed even when `cont` only timed out: the guest may have run, and its RAM with it.
     if let Err(e) = std::fs::remove_file(state) {
         tracing::warn!("removing the consumed state {}: {e}", state.display());
     }
+    cont?;
     Ok((qemu, [started, loaded, t0.elapsed()]))
 }
 

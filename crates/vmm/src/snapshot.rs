@@ -65,7 +65,12 @@ impl QemuProcess {
         let start = Instant::now();
         self.set_format(format).await?;
         let uri = format!("file:{}", path.display());
-        self.qmp.execute("migrate", Some(json!({ "uri": uri })), QMP_CALL).await?;
+        let started = self.qmp.execute("migrate", Some(json!({ "uri": uri })), QMP_CALL).await;
+        if let Err(e) = started {
+            // It may have started although the answer never came.
+            self.cancel_migration().await;
+            return Err(e);
+        }
         if let Err(e) = self.wait_migration("save state", timeout).await {
             // A migration left running would finish later and stop the VM behind the caller's
             // back (and deactivate its disks): cancel it and wait until it has ended.

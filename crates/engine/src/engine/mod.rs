@@ -117,9 +117,9 @@ impl Entry {
 pub struct Engine {
     config: EngineConfig,
     ns: Netns,
-    pool: Mutex<IpPool>,
+    pool: Arc<Mutex<IpPool>>,
     sandboxes: Mutex<BTreeMap<String, Entry>>,
-    claims: Mutex<Claims>,
+    claims: Arc<Mutex<Claims>>,
     boots: Arc<Semaphore>,
     /// One engine per data directory: a second would take the first's sandboxes for orphans.
     data_lock: Option<nix::fcntl::Flock<std::fs::File>>,
@@ -317,6 +317,11 @@ impl Engine {
             client,
             snapshot,
             Arc::clone(&self.boots),
+            sandbox::Giveback {
+                pool: Arc::clone(&self.pool),
+                claims: Arc::clone(&self.claims),
+                bridge: self.config.bridge.clone(),
+            },
         );
         let entry = Entry { name: name.to_owned(), ip, dir, handle };
         lock(&self.sandboxes).insert(name.to_owned(), entry);
@@ -344,7 +349,9 @@ impl Engine {
     pub fn delete_volume(&self, name: &str) -> Result<(), EngineError> {
         check_name("volume", name)?;
         let path = self.volume_path(name);
-        let users = lock(&self.claims).users(&path);
+        // Held until the file is gone, so no create claims it in between.
+        let claims = lock(&self.claims);
+        let users = claims.users(&path);
         if users > 0 {
             return Err(refused(format!("volume {name:?} is attached to {users} sandbox(es)")));
         }
@@ -573,20 +580,12 @@ impl Engine {
         let entry = lock(&self.sandboxes)
             .remove(name)
             .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
-        let cleanup = Reservation {
-            engine: self,
-            name: name.to_owned(),
-            ip: entry.ip,
-            dir: entry.dir.clone(),
-            value: (),
-            kept: false,
-        };
-        // The owner may already be gone (engine shutting down); the files go regardless.
+        // The owner does the work, after anything it is busy with (a boot from disk, say): it
+        // alone knows when nothing can recreate the files any more. Should this call be
+        // dropped before the message goes out, the flag has the owner clean up anyway once its
+        // queue closes.
+        entry.handle.shared.destroyed.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = entry.handle.ask(name, Command::Destroy).await;
-        if let Err(e) = self.ns.delete_neighbour(&self.config.bridge, entry.ip).await {
-            tracing::warn!(sandbox = name, "{e}");
-        }
-        drop(cleanup);
         Ok(())
     }
 

@@ -37,12 +37,16 @@ fn clean_orphans(sandboxes_dir: &Path, keep: &[PathBuf]) -> Result<usize, Engine
     let mut removed = 0;
     for entry in std::fs::read_dir(sandboxes_dir)?.flatten() {
         let dir = entry.path();
-        if !dir.is_dir() || keep.contains(&dir) {
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        if !dir.is_dir() || keep.contains(&canonical) {
             continue;
         }
         vm::kill_orphan(&dir);
-        std::fs::remove_dir_all(&dir)?;
-        removed += 1;
+        // One directory that will not go must not keep the engine from starting.
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("removing orphan {}: {e}", dir.display()),
+        }
     }
     Ok(removed)
 }
@@ -70,15 +74,24 @@ impl Engine {
         std::fs::create_dir_all(&sandboxes_dir)?;
         super::checkpoints::clean_staging(&config.data_dir.join("checkpoints"));
         let engine = Self {
-            pool: Mutex::new(IpPool::new(config.subnet)),
+            pool: Arc::new(Mutex::new(IpPool::new(config.subnet))),
             sandboxes: Mutex::new(BTreeMap::new()),
-            claims: Mutex::new(Claims::default()),
+            claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
             data_lock: Some(data_lock),
             ns,
             config,
         };
-        let keep: Vec<PathBuf> = records.iter().map(|r| r.dir.clone()).collect();
+        // Every directory a record names is kept, however the record spells it: the path it
+        // stored and the one its name gives here (the data directory may be reached another way).
+        let keep: Vec<PathBuf> = records
+            .iter()
+            .flat_map(|r| {
+                let by_name = super::valid_name(&r.name).then(|| sandboxes_dir.join(&r.name));
+                [Some(r.dir.clone()), by_name].into_iter().flatten()
+            })
+            .map(|p| p.canonicalize().unwrap_or(p))
+            .collect();
         let mut failed = Vec::new();
         for record in records {
             let name = record.name.clone();
@@ -113,7 +126,8 @@ impl Engine {
             && record.dir.join(checkpoint::RAM_FILE).exists();
         let mac = parse_mac(&record.mac)?;
         lock(&self.pool).claim_free(record.ip).map_err(|e| refused(e.to_string()))?;
-        if let Err(e) = lock(&self.claims).claim(&record.name, &record.volumes) {
+        let claimed = lock(&self.claims).claim(&record.name, &record.volumes);
+        if let Err(e) = claimed {
             lock(&self.pool).release(record.ip);
             return Err(e);
         }
