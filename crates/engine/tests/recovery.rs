@@ -75,3 +75,35 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
         second.destroy(name).await.unwrap();
     }
 }
+
+/// A clean daemon shutdown suspends every sandbox, even one with a shell attached, and the next
+/// engine wakes it with its memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_suspends_everything_and_the_next_engine_wakes_it() {
+    let data = tempfile::tempdir().unwrap();
+    let (config, _guard) = engine_config(data.path());
+    let first = Engine::new(config.clone()).await.unwrap();
+    let mut spec = small("kept");
+    spec.memory_mib = 256;
+    first.create(&spec).await.unwrap();
+    let mut sleeper = ExecRequest::command(["sleep", "600"]);
+    sleeper.output_file = Some("/tmp/sleeper.log".into());
+    let pid = first.exec_detached("kept", &sleeper).await.unwrap().pid;
+    // An attached shell holds a lease: a plain stop would be refused as busy.
+    let shell = first.shell("kept", &ExecRequest::command(["sh"])).await.unwrap();
+    assert!(first.stop("kept", Duration::ZERO).await.is_err());
+
+    let records = first.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(records.len(), 1);
+    let (record, error) = &records[0];
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((record.thermal, record.snapshot), (Thermal::Cold, true));
+    drop(shell);
+    drop(first);
+
+    let (second, failed) = Engine::new_recovering(config, vec![record.clone()]).await.unwrap();
+    assert!(failed.is_empty());
+    let alive = second.exec("kept", &["kill", "-0", &pid.to_string()]).await.unwrap();
+    assert_eq!(alive.exit_code, 0, "the process did not survive the daemon restart");
+    second.destroy("kept").await.unwrap();
+}
