@@ -2,9 +2,7 @@
 //! -> frames -> client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,8 +31,9 @@ fn lohar_bin() -> PathBuf {
 }
 
 struct Lohar {
-    child: Child,
-    dir: tempfile::TempDir,
+    process: testkit::TestLohar,
+    dir: PathBuf,
+    /// TCP control and forward addresses, when started with TCP listeners.
     tcp: Vec<String>,
 }
 
@@ -44,39 +43,27 @@ impl Lohar {
     }
 
     fn start_in(dir: tempfile::TempDir, token: Option<&str>, tcp: bool) -> Self {
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
-        let mut cmd = Command::new(lohar_bin());
-        cmd.env("LOHAR_TEST", "1")
-            .env("LOHAR_SOCK", dir.path().join("control.sock"))
-            .env("LOHAR_FWD_SOCK", dir.path().join("forward.sock"))
-            .stderr(Stdio::piped());
-        if let Some(token) = token {
-            let config = dir.path().join("config.json");
-            std::fs::write(&config, format!(r#"{{"token":"{token}"}}"#)).unwrap();
-            cmd.env("LOHAR_CONFIG", config);
-        }
-        if tcp {
-            cmd.env("LOHAR_TCP_CONTROL", "127.0.0.1:0").env("LOHAR_TCP_FORWARD", "127.0.0.1:0");
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut addrs = Vec::new();
-        loop {
-            let line = lines.next().expect("lohar exited early").unwrap();
-            if let Some((_, addr)) = line.split_once('=') {
-                addrs.push(addr.to_owned());
-            }
-            if line.contains("test mode ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Lohar { child, dir, tcp: addrs }
+        let config = token.map(|t| format!(r#"{{"token":"{t}"}}"#));
+        let env: &[(&str, &str)] = if tcp {
+            &[("LOHAR_TCP_CONTROL", "127.0.0.1:0"), ("LOHAR_TCP_FORWARD", "127.0.0.1:0")]
+        } else {
+            &[]
+        };
+        let options = testkit::Options {
+            config: config.as_deref().map(str::as_bytes),
+            env,
+            echo_stderr: false,
+        };
+        let process = testkit::TestLohar::start(&lohar_bin(), dir, options);
+        let tcp = ["LOHAR_TCP_CONTROL", "LOHAR_TCP_FORWARD"]
+            .iter()
+            .filter_map(|v| process.tcp.get(*v).cloned())
+            .collect();
+        Lohar { dir: process.dir().to_owned(), process, tcp }
     }
 
     fn endpoint(&self) -> Endpoint {
-        Endpoint::unix(self.dir.path().join("control.sock"), self.dir.path().join("forward.sock"))
+        Endpoint::unix(self.process.control(), self.process.forward())
     }
 
     fn client(&self) -> AgentClient {
@@ -84,34 +71,12 @@ impl Lohar {
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
+        self.dir.join(name).display().to_string()
     }
 
     /// Stops the agent but keeps its directory for a successor.
-    fn stop(mut self) -> tempfile::TempDir {
-        self.terminate();
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
-    }
-
-    fn terminate(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Lohar {
-    fn drop(&mut self) {
-        self.terminate();
+    fn stop(self) -> tempfile::TempDir {
+        self.process.stop().1
     }
 }
 
@@ -364,7 +329,7 @@ async fn client_files_round_trip_stat_and_list() {
     assert!(!read.is_truncated());
     let info = c.file_stat(&p).await.unwrap();
     assert_eq!((info.name.as_str(), info.size, info.is_dir), ("data.bin", 300_000, false));
-    let list = c.file_list(&lohar.dir.path().display().to_string()).await.unwrap();
+    let list = c.file_list(&lohar.dir.as_path().display().to_string()).await.unwrap();
     assert!(list.iter().any(|e| e.name == "data.bin"));
     // Streaming into a writer.
     let mut sink = Vec::new();
@@ -526,14 +491,14 @@ impl Relay {
     }
 
     fn endpoint(&self, lohar: &Lohar) -> Endpoint {
-        Endpoint::unix(self.dir.path().join("relay.sock"), lohar.dir.path().join("forward.sock"))
+        Endpoint::unix(self.dir.path().join("relay.sock"), lohar.dir.as_path().join("forward.sock"))
     }
 }
 
 #[tokio::test]
 async fn client_pools_connections_with_a_reuse_agent() {
     let lohar = Lohar::start();
-    let relay = Relay::start(lohar.dir.path().join("control.sock"), false).await;
+    let relay = Relay::start(lohar.dir.as_path().join("control.sock"), false).await;
     let c = AgentClient::new(relay.endpoint(&lohar), None);
     for i in 0..20 {
         let out = c.exec(&["sh", "-c", &format!("echo {i}")]).await.unwrap();
@@ -556,7 +521,7 @@ async fn client_pools_connections_with_a_reuse_agent() {
 #[tokio::test]
 async fn client_falls_back_to_one_request_per_connection_with_a_v1_agent() {
     let lohar = Lohar::start();
-    let relay = Relay::start(lohar.dir.path().join("control.sock"), true).await;
+    let relay = Relay::start(lohar.dir.as_path().join("control.sock"), true).await;
     let c = AgentClient::new(relay.endpoint(&lohar), None);
     for i in 0..5 {
         assert_eq!(

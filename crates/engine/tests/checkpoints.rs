@@ -26,9 +26,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     e.create(&spec).await.unwrap();
     e.file_write("src", "/home/lohar/note.txt", "0644", b"before").await.unwrap();
     e.file_write("src", "/work/vol.txt", "0644", b"volume before").await.unwrap();
-    let mut sleeper = ExecRequest::command(["sleep", "600"]);
-    sleeper.output_file = Some("/tmp/sleeper.log".into());
-    let pid = e.exec_detached("src", &sleeper).await.unwrap().pid;
+    let pid = start_sleeper(&e, "src").await;
 
     let t = Instant::now();
     let dir = e.checkpoint("src", "cp1").await.unwrap();
@@ -64,8 +62,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     assert_eq!(read("clone", "/work/vol.txt").await, b"volume before");
     assert_eq!(read("src", "/home/lohar/note.txt").await, b"after", "the source was touched");
     assert_eq!(read("src", "/work/vol.txt").await, b"volume after");
-    let alive = e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap();
-    assert_eq!(alive.exit_code, 0, "the process from the checkpoint is gone");
+    assert!(process_alive(&e, "clone", pid).await, "the process from the checkpoint is gone");
     assert_eq!(e.exec("clone", &["nproc"]).await.unwrap().stdout_text(), "2\n");
     // The guest really moved: its interface has the new address, and it reaches its source.
     let ip =
@@ -128,7 +125,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     assert_eq!(again.ip, clone.ip);
     assert_eq!(read("clone", "/home/lohar/nested.txt").await, b"second generation");
     assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
-    assert_eq!(e.exec("clone", &["kill", "-0", &pid.to_string()]).await.unwrap().exit_code, 0);
+    assert!(process_alive(&e, "clone", pid).await);
 
     // A cold sandbox cannot be checkpointed; a checkpoint resumes only once at a time.
     e.stop("clone", Duration::from_secs(5)).await.unwrap();

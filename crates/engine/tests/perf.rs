@@ -144,9 +144,7 @@ async fn perf_warm_wake_exec() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_cold_wake_exec() {
     let e = sandbox("p", 256).await;
-    let mut sleeper = ExecRequest::command(["sleep", "600"]);
-    sleeper.output_file = Some("/tmp/s.log".into());
-    let pid = e.exec_detached("p", &sleeper).await.unwrap().pid.to_string();
+    let pid = start_sleeper(&e, "p").await;
     let (mut plain, mut wake_exec, mut wake, mut exec_after, mut stop) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..20 {
@@ -163,8 +161,7 @@ async fn perf_cold_wake_exec() {
             exec_after.push(time(e.exec("p", &["true"])).await.1);
         }
     }
-    let sleeping = e.exec("p", &["kill", "-0", &pid]).await.unwrap();
-    assert_eq!(sleeping.exit_code, 0, "the process did not survive the cycles");
+    assert!(process_alive(&e, "p", pid).await, "the process did not survive the cycles");
     header("cold wake (256 MiB guest)");
     let (base, _, _) = row("plain exec `true` (baseline)", &plain, "");
     row("stop (save, quit, fsync)", &stop, "");

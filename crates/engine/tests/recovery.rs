@@ -23,9 +23,7 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
     first.create(&small("busy")).await.unwrap();
     first.file_write("sleepy", "/home/lohar/a.txt", "0644", b"sleepy data").await.unwrap();
     first.file_write("busy", "/home/lohar/b.txt", "0644", b"busy data").await.unwrap();
-    let mut sleeper = ExecRequest::command(["sleep", "600"]);
-    sleeper.output_file = Some("/tmp/sleeper.log".into());
-    let pid = first.exec_detached("sleepy", &sleeper).await.unwrap().pid;
+    let pid = start_sleeper(&first, "sleepy").await;
     first.stop("sleepy", Duration::ZERO).await.unwrap();
 
     // What a store would keep, through its JSON form.
@@ -56,8 +54,7 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
     assert_eq!(names, [("busy".to_owned(), Thermal::Cold), ("sleepy".to_owned(), Thermal::Cold)]);
 
     // The stopped one wakes with its memory: the process still runs.
-    let alive = second.exec("sleepy", &["kill", "-0", &pid.to_string()]).await.unwrap();
-    assert_eq!(alive.exit_code, 0);
+    assert!(process_alive(&second, "sleepy", pid).await);
     let out = second.exec("sleepy", &["sh", "-c", "echo $KIND"]).await.unwrap();
     assert_eq!(out.stdout_text(), "sleepy\n");
     let read =
@@ -86,9 +83,7 @@ async fn shutdown_suspends_everything_and_the_next_engine_wakes_it() {
     let mut spec = small("kept");
     spec.memory_mib = 256;
     first.create(&spec).await.unwrap();
-    let mut sleeper = ExecRequest::command(["sleep", "600"]);
-    sleeper.output_file = Some("/tmp/sleeper.log".into());
-    let pid = first.exec_detached("kept", &sleeper).await.unwrap().pid;
+    let pid = start_sleeper(&first, "kept").await;
     // An attached shell holds a lease: a plain stop would be refused as busy.
     let shell = first.shell("kept", &ExecRequest::command(["sh"])).await.unwrap();
     assert!(first.stop("kept", Duration::ZERO).await.is_err());
@@ -103,7 +98,6 @@ async fn shutdown_suspends_everything_and_the_next_engine_wakes_it() {
 
     let (second, failed) = Engine::new_recovering(config, vec![record.clone()]).await.unwrap();
     assert!(failed.is_empty());
-    let alive = second.exec("kept", &["kill", "-0", &pid.to_string()]).await.unwrap();
-    assert_eq!(alive.exit_code, 0, "the process did not survive the daemon restart");
+    assert!(process_alive(&second, "kept", pid).await, "the process did not survive the restart");
     second.destroy("kept").await.unwrap();
 }

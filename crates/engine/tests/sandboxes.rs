@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use engine::{CreateSpec, Engine, EngineConfig, EngineError};
+use engine::{CreateSpec, Engine, EngineError};
 
 fn spec(name: &str, image: &std::path::Path) -> CreateSpec {
     let mut spec = CreateSpec::new(name, image);
@@ -16,19 +16,10 @@ fn spec(name: &str, image: &std::path::Path) -> CreateSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_exec_destroy_and_cleanup() {
-    let (kernel, image) = artifacts();
+    let (_, image) = artifacts();
     let data = tempfile::tempdir().unwrap();
-    let netns = format!("bhatti-e{}", std::process::id());
-    let _cleanup = NetnsGuard(netns.clone());
-    let engine = Engine::new(EngineConfig {
-        netns,
-        bridge: "br0".into(),
-        subnet: format!("10.{}.8.0/29", std::process::id() % 200 + 20).parse().unwrap(),
-        max_concurrent_boots: 1,
-        ..EngineConfig::new(data.path().to_owned(), kernel)
-    })
-    .await
-    .unwrap();
+    let (config, _cleanup) = engine_config(data.path());
+    let engine = Engine::new(config).await.unwrap();
 
     // Two at once: the boot limit serialises them, both succeed.
     let (alpha_spec, beta_spec) = (spec("alpha", &image), spec("beta", &image));
@@ -70,17 +61,9 @@ async fn create_exec_destroy_and_cleanup() {
 /// data directory kills it and removes the sandbox's files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_engine_removes_what_a_crashed_one_left() {
-    let (kernel, image) = artifacts();
+    let (_, image) = artifacts();
     let data = tempfile::tempdir().unwrap();
-    let netns = format!("bhatti-o{}", std::process::id());
-    let _cleanup = NetnsGuard(netns.clone());
-    let config = EngineConfig {
-        netns,
-        bridge: "br0".into(),
-        subnet: format!("10.{}.9.0/29", std::process::id() % 200 + 20).parse().unwrap(),
-        max_concurrent_boots: 1,
-        ..EngineConfig::new(data.path().to_owned(), kernel)
-    };
+    let (config, _cleanup) = engine_config(data.path());
     let first = Engine::new(config.clone()).await.unwrap();
     let info = first.create(&spec("orphan", &image)).await.unwrap();
     let pid: i32 =

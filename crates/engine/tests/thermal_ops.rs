@@ -11,10 +11,6 @@ use agent::{ExecEvent, ExecRequest, ReadOptions};
 use common::*;
 use engine::{EngineError, Thermal};
 
-fn guest_pid_alive_cmd(pid: i64) -> Vec<String> {
-    vec!["kill".into(), "-0".into(), pid.to_string()]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     let e = test_engine().await;
@@ -22,11 +18,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     spec.memory_mib = 256;
     e.create(&spec).await.unwrap();
     e.file_write("t", "/home/lohar/keep.txt", "0644", b"kept").await.unwrap();
-    let mut sleeper = ExecRequest::command(["sleep", "600"]);
-    sleeper.output_file = Some("/tmp/sleeper.log".into());
-    let pid = e.exec_detached("t", &sleeper).await.unwrap().pid;
-    let alive = guest_pid_alive_cmd(pid);
-    let alive: Vec<&str> = alive.iter().map(String::as_str).collect();
+    let pid = start_sleeper(&e, "t").await;
 
     // Activity: the host cache moves with every operation; the agent's view is there when hot.
     let before = e.activity("t").await.unwrap();
@@ -49,7 +41,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     let warm = e.activity("t").await.unwrap();
     assert!(warm.agent.is_none());
     assert_eq!(e.thermal("t").unwrap(), Thermal::Warm);
-    assert_eq!(e.exec("t", &alive).await.unwrap().exit_code, 0);
+    assert!(process_alive(&e, "t", pid).await);
     assert_eq!(e.thermal("t").unwrap(), Thermal::Hot);
 
     // Cold from hot and from warm; the QEMU is gone; a stop of a cold sandbox is a no-op.
@@ -68,7 +60,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     assert!(!e.info("t").unwrap().dir.join("state").exists());
     let file = e.file_read("t", "/home/lohar/keep.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(file.data, b"kept");
-    assert_eq!(e.exec("t", &alive).await.unwrap().exit_code, 0);
+    assert!(process_alive(&e, "t", pid).await);
     let guest_now: i64 =
         e.exec("t", &["date", "+%s"]).await.unwrap().stdout_text().trim().parse().unwrap();
     let host_now =
@@ -79,7 +71,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     e.pause("t", Duration::ZERO).await.unwrap();
     e.stop("t", Duration::ZERO).await.unwrap().unwrap();
     e.start("t").await.unwrap();
-    assert_eq!(e.exec("t", &alive).await.unwrap().exit_code, 0);
+    assert!(process_alive(&e, "t", pid).await);
 
     // Authentication still holds after a restore: a client with a wrong token is refused.
     let info = e.info("t").unwrap();

@@ -25,10 +25,10 @@
 mod ring;
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use proto::messages::{
@@ -65,43 +65,20 @@ fn env_usize(name: &str, default: usize) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
+    process: testkit::TestLohar,
+    dir: PathBuf,
     control: PathBuf,
 }
 
 impl Agent {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Commands run as uid 1000 when the bench runs as root; they must be able to use it.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
-        let control = dir.path().join("control.sock");
-        let forward = dir.path().join("forward.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lohar"))
-            .env("LOHAR_TEST", "1")
-            .env("LOHAR_SOCK", &control)
-            .env("LOHAR_FWD_SOCK", &forward)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lohar");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("lohar exited before it was ready").unwrap();
-            if line.contains("test mode ready") {
-                break;
-            }
-            eprintln!("{line}");
-        }
-        // Keep draining (and showing) stderr so the agent never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                eprintln!("[lohar] {line}");
-            }
-        });
-        Agent { child, dir, control }
+        let options = testkit::Options { echo_stderr: true, ..Default::default() };
+        let process = testkit::TestLohar::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_lohar")),
+            tempfile::tempdir().unwrap(),
+            options,
+        );
+        Agent { dir: process.dir().to_owned(), control: process.control(), process }
     }
 
     /// A fresh connection without HELLO: exactly one request (v1 behaviour).
@@ -122,22 +99,8 @@ impl Agent {
     }
 
     /// SIGTERM, then wait (at most 10 s) for the agent to exit.
-    fn stop(mut self) -> Option<ExitStatus> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
+    fn stop(self) -> Option<ExitStatus> {
+        self.process.stop().0
     }
 }
 
@@ -687,7 +650,7 @@ fn main() {
 
     eprintln!("agent bench: runs={runs} warmup={warmup} stream_runs={stream_runs}");
     let agent = Agent::start();
-    eprintln!("agent bench: lohar pid {}", agent.child.id());
+    eprintln!("agent bench: lohar pid {}", agent.process.pid());
 
     eprintln!("agent bench: exec `true` (baseline / new connection / reused, interleaved)");
     let [baseline, exec_new, exec_reused] = bench_exec_true(
@@ -708,7 +671,7 @@ fn main() {
             .unwrap();
         dir
     });
-    let file_dir_path = file_dir.as_ref().map_or(agent.dir.path(), |d| d.path()).to_path_buf();
+    let file_dir_path = file_dir.as_ref().map_or(agent.dir.as_path(), |d| d.path()).to_path_buf();
     let file_fs = fs_type(&file_dir_path);
     let files = only.has("files").then(|| {
         eprintln!("agent bench: files in {}", file_dir_path.display());

@@ -169,7 +169,7 @@ fn file_unicode_names_round_trip() {
     assert_eq!(read_all(&agent, &p), content);
     let mut s = agent.request_json(
         FrameType::FILE_LS_REQ,
-        &PathRequest { path: agent.dir.path().display().to_string() },
+        &PathRequest { path: agent.dir.as_path().display().to_string() },
     );
     let entries: Vec<FileInfo> = read(&mut s).json().unwrap();
     assert!(entries.iter().any(|e| e.name == "日本語 file (1).txt"));
@@ -224,7 +224,7 @@ fn file_write_connection_lost_leaves_the_old_content_and_no_temp_file() {
     write_frame(&mut s, FrameType::STDIN, b"partial").unwrap();
     drop(s);
     assert!(wait_for(std::time::Duration::from_secs(5), || {
-        std::fs::read_dir(agent.dir.path())
+        std::fs::read_dir(agent.dir.as_path())
             .unwrap()
             .flatten()
             .all(|e| !e.file_name().to_string_lossy().contains("bhatti-tmp"))
@@ -462,7 +462,7 @@ fn file_stat_reports_name_size_mode_and_type() {
     assert!(info.mtime > 1_600_000_000);
     let mut s = agent.request_json(
         FrameType::FILE_STAT_REQ,
-        &PathRequest { path: agent.dir.path().display().to_string() },
+        &PathRequest { path: agent.dir.as_path().display().to_string() },
     );
     assert!(read(&mut s).json::<FileInfo>().unwrap().is_dir);
 }

@@ -1,6 +1,5 @@
 //! Named checkpoints through the engine: capture, delete, and resume as a new sandbox.
 
-use std::net::Ipv4Addr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -60,11 +59,10 @@ impl Engine {
         let manifest = Manifest::read(&from)?;
         let old = manifest.sandbox.ip;
         let reservation = self.reserve(name, |pool| match pool.claim_free(old) {
-            Ok(()) => Ok((old, None)),
-            Err(_) => Ok((pool.allocate().map_err(|e| refused(e.to_string()))?, Some(old))),
+            Ok(()) => Ok(old),
+            Err(_) => pool.allocate().map_err(|e| refused(e.to_string())),
         })?;
-        let (ip, moved_from) = reservation.value;
-        self.restore_from(&from, &manifest, name, &reservation, ip, moved_from).await?;
+        self.restore_from(&from, &manifest, name, &reservation).await?;
         reservation.keep();
         self.info(name)
     }
@@ -74,11 +72,12 @@ impl Engine {
         from: &Path,
         manifest: &Manifest,
         name: &str,
-        reservation: &Reservation<'_, (Ipv4Addr, Option<Ipv4Addr>)>,
-        ip: Ipv4Addr,
-        moved_from: Option<Ipv4Addr>,
+        reservation: &Reservation<'_>,
     ) -> Result<(), EngineError> {
         let record = &manifest.sandbox;
+        let ip = reservation.ip;
+        // Another address than the checkpoint's: the guest moves to it before joining the bridge.
+        let moved_from = (ip != record.ip).then_some(record.ip);
         let dir = reservation.dir.clone();
         let mut pairs = vec![
             (from.join(STATE_FILE), dir.join(STATE_FILE)),

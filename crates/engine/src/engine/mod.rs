@@ -131,20 +131,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// What a create, resume or destroy holds: the sandbox's name (its directory exists), its
+/// What a create or checkpoint resume holds: the sandbox's name (its directory exists), its
 /// address, its volume claims. Dropped without [`Reservation::keep`], it gives everything back
 /// and removes the directory, whether the operation failed or its caller went away.
-pub(crate) struct Reservation<'a, T> {
+pub(crate) struct Reservation<'a> {
     engine: &'a Engine,
     name: String,
     ip: Ipv4Addr,
     dir: PathBuf,
-    /// What the reservation was made for (the address and where it came from, ...).
-    value: T,
     kept: bool,
 }
 
-impl<T> Reservation<'_, T> {
+impl Reservation<'_> {
     /// Claims volumes for the sandbox (given back with the rest on drop).
     fn claim_volumes(&self, volumes: &[VolumeMount]) -> Result<(), EngineError> {
         lock(&self.engine.claims).claim(&self.name, volumes)
@@ -156,7 +154,7 @@ impl<T> Reservation<'_, T> {
     }
 }
 
-impl<T> Drop for Reservation<'_, T> {
+impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.kept {
             return;
@@ -263,14 +261,11 @@ impl Engine {
     }
 
     /// Reserves `name` and an address chosen by `pick` under the registry lock.
-    fn reserve<T>(
+    fn reserve(
         &self,
         name: &str,
-        pick: impl FnOnce(&mut IpPool) -> Result<(Ipv4Addr, T), EngineError>,
-    ) -> Result<Reservation<'_, (Ipv4Addr, T)>, EngineError>
-    where
-        T: Clone,
-    {
+        pick: impl FnOnce(&mut IpPool) -> Result<Ipv4Addr, EngineError>,
+    ) -> Result<Reservation<'_>, EngineError> {
         let dir = self.config.data_dir.join("sandboxes").join(name);
         let sandboxes = lock(&self.sandboxes);
         let exists = || refused(format!("sandbox {name:?} already exists"));
@@ -286,14 +281,7 @@ impl Engine {
         let picked = pick(&mut lock(&self.pool));
         drop(sandboxes);
         match picked {
-            Ok((ip, extra)) => Ok(Reservation {
-                engine: self,
-                name: name.to_owned(),
-                ip,
-                dir,
-                value: (ip, extra),
-                kept: false,
-            }),
+            Ok(ip) => Ok(Reservation { engine: self, name: name.to_owned(), ip, dir, kept: false }),
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(e)
@@ -408,9 +396,6 @@ impl Engine {
     }
 
     fn check_volumes(&self, volumes: &[VolumeMount]) -> Result<(), EngineError> {
-        if volumes.len() > MAX_VOLUMES {
-            return Err(refused(format!("at most {MAX_VOLUMES} volumes per sandbox")));
-        }
         for (i, v) in volumes.iter().enumerate() {
             v.validate()?;
             if volumes[..i].iter().any(|o| o.path == v.path || o.mount == v.mount) {
@@ -436,10 +421,10 @@ impl Engine {
         if !spec.image.is_file() || inside_engine_files(&self.config.data_dir, &spec.image) {
             return Err(refused(format!("image {} does not exist", spec.image.display())));
         }
-        self.check_volumes(&spec.volumes)?;
         if spec.volumes.len() + spec.scratch_volumes.len() > MAX_VOLUMES {
             return Err(refused(format!("at most {MAX_VOLUMES} volumes per sandbox")));
         }
+        self.check_volumes(&spec.volumes)?;
         let dir = self.config.data_dir.join("sandboxes").join(&spec.name);
         // Scratch volumes live in the sandbox's directory and go with it.
         let scratch: Vec<(VolumeMount, u32)> = spec
@@ -459,9 +444,8 @@ impl Engine {
             }
             volumes.push(volume.clone());
         }
-        let reservation = self.reserve(&spec.name, |pool| {
-            pool.allocate().map(|ip| (ip, ())).map_err(|e| refused(e.to_string()))
-        })?;
+        let reservation =
+            self.reserve(&spec.name, |pool| pool.allocate().map_err(|e| refused(e.to_string())))?;
         reservation.claim_volumes(&spec.volumes)?;
         let ip = reservation.ip;
         let guest = GuestConfig {

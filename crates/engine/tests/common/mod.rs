@@ -220,3 +220,16 @@ pub fn p50_95_99(values: &[f64]) -> (f64, f64, f64) {
     sorted.sort_by(f64::total_cmp);
     (percentile(&sorted, 50.0), percentile(&sorted, 95.0), percentile(&sorted, 99.0))
 }
+
+/// Starts a long `sleep` in sandbox `name` that outlives the request; returns its PID, to check
+/// later that the process survived whatever the test did to the sandbox.
+pub async fn start_sleeper(e: &engine::Engine, name: &str) -> i64 {
+    let mut sleeper = agent::ExecRequest::command(["sleep", "600"]);
+    sleeper.output_file = Some("/tmp/sleeper.log".into());
+    e.exec_detached(name, &sleeper).await.unwrap().pid
+}
+
+/// Whether process `pid` still runs in sandbox `name` (waking the sandbox if needed).
+pub async fn process_alive(e: &engine::Engine, name: &str, pid: i64) -> bool {
+    e.exec(name, &["kill", "-0", &pid.to_string()]).await.unwrap().exit_code == 0
+}

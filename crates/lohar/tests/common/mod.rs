@@ -2,10 +2,9 @@
 //! temp dir and speaks raw frames to it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use proto::messages::ExecRequest;
@@ -17,8 +16,8 @@ use proto::{Frame, FrameType, read_frame, send_json, write_frame};
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Agent {
-    child: Child,
-    pub dir: tempfile::TempDir,
+    lohar: testkit::TestLohar,
+    pub dir: PathBuf,
     pub control: PathBuf,
     pub forward: PathBuf,
     pub tcp_control: Option<String>,
@@ -31,52 +30,28 @@ impl Agent {
 
     /// Starts lohar with an optional config.json and extra environment.
     pub fn start_with(config: Option<serde_json::Value>, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Commands run as uid 1000 and must be able to use the temp dir.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
-        let control = dir.path().join("control.sock");
-        let forward = dir.path().join("forward.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lohar"));
-        cmd.env("LOHAR_TEST", "1")
-            .env("LOHAR_SOCK", &control)
-            .env("LOHAR_FWD_SOCK", &forward)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(config) = config {
-            let path = dir.path().join("config.json");
-            std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
-            cmd.env("LOHAR_CONFIG", &path);
+        let config = config.map(|c| serde_json::to_vec(&c).unwrap());
+        let options = testkit::Options { config: config.as_deref(), env, echo_stderr: false };
+        let lohar = testkit::TestLohar::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_lohar")),
+            tempfile::tempdir().unwrap(),
+            options,
+        );
+        Agent {
+            dir: lohar.dir().to_owned(),
+            control: lohar.control(),
+            forward: lohar.forward(),
+            tcp_control: lohar.tcp.get("LOHAR_TCP_CONTROL").cloned(),
+            lohar,
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start lohar");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut tcp_control = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "lohar did not become ready");
-            let line = lines.next().expect("lohar exited before it was ready").unwrap();
-            if let Some(addr) = line.strip_prefix("lohar: LOHAR_TCP_CONTROL=") {
-                tcp_control = Some(addr.to_owned());
-            }
-            if line.contains("test mode ready") {
-                break;
-            }
-        }
-        // Keep draining stderr so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Agent { child, dir, control, forward, tcp_control }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.lohar.pid()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     pub fn connect(&self) -> UnixStream {
@@ -121,25 +96,6 @@ impl Agent {
     pub fn exec_req(&self, req: &ExecRequest) -> ExecResult {
         let mut s = self.request_json(FrameType::EXEC_REQ, req);
         collect_exec(&mut s)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SIGTERM makes test-mode lohar kill every command it started, then exit.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
