@@ -279,8 +279,10 @@ fn exec_kill_sigkills_a_session_and_reports_missing_ones() {
 #[test]
 fn exited_detached_session_can_be_attached_for_scrollback_and_exit_code() {
     let agent = Agent::start();
-    let (s, info) = create(&agent, &piped_request(&["sh", "-c", "sleep 0.3; echo done; exit 7"]));
+    let (s, info) = create(&agent, &piped_request(&["sh", "-c", "sleep 2; echo done; exit 7"]));
     drop(s);
+    // Detached before it exits (a session exiting while attached goes with its client).
+    assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
     assert!(
         wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| i.exit_code == Some(7)))
     );
@@ -380,6 +382,9 @@ fn session_limit_is_enforced_and_exited_sessions_make_room() {
     // slot against new sessions (v1 refused new sessions for 30 s).
     let (conn, victim) = conns.pop().unwrap();
     drop(conn);
+    // The agent sees the hang-up in its own time; a session that exits while still attached is
+    // dropped with its client (it told the client its exit), which is not the case under test.
+    assert!(wait_for(WAIT, || find(&agent, &victim.session_id).is_some_and(|i| !i.attached)));
     let mut k = agent
         .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: victim.session_id.clone() });
     read(&mut k);
