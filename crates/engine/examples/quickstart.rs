@@ -90,7 +90,7 @@ async fn create_and_run(
     let exec_ms = start.elapsed().as_secs_f64() * 1000.0;
     if json {
         let doc = serde_json::json!({
-            "sandbox": info.name,
+            "sandbox": info.id,
             "ip": info.ip.to_string(),
             "ready_ms": ready_ms,
             "exec_ms": exec_ms,
@@ -100,7 +100,7 @@ async fn create_and_run(
         });
         println!("{doc}");
     } else {
-        eprintln!("sandbox {} at {} ready after {ready_ms:.0} ms", info.name, info.ip);
+        eprintln!("sandbox {} at {} ready after {ready_ms:.0} ms", info.id, info.ip);
         print!("{}", out.stdout_text());
         eprint!("{}", out.stderr_text());
         eprintln!("[exit {} in {exec_ms:.1} ms]", out.exit_code);

@@ -14,23 +14,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, Resource};
+use crate::layout::CheckpointFiles;
 use crate::run::run;
-use crate::sandbox::STATE_FILE;
 use crate::state::SandboxRecord;
-use crate::vm::{self, BootSpec, Vm};
-
-/// The manifest's file name.
-pub const MANIFEST: &str = "manifest.json";
-/// The RAM copy's file name.
-pub const RAM_FILE: &str = "ram";
+use crate::vm::{BootSpec, Vm};
 
 /// What a checkpoint directory holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Manifest format version (1).
     pub version: u32,
-    /// The source sandbox.
+    /// The source sandbox's ID.
     pub source: String,
     /// Seconds since the epoch.
     pub created_at: u64,
@@ -40,30 +35,26 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads `manifest.json` from a checkpoint directory.
-    pub fn read(dir: &Path) -> Result<Self, EngineError> {
-        let text = std::fs::read_to_string(dir.join(MANIFEST)).map_err(|e| {
+    /// Reads the manifest of the checkpoint `name` from its directory.
+    pub fn read(files: &CheckpointFiles, name: &str) -> Result<Self, EngineError> {
+        let text = std::fs::read_to_string(files.manifest()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                EngineError::NotFound(format!("checkpoint {}", dir.display()))
+                EngineError::not_found(Resource::Checkpoint, name)
             } else {
                 e.into()
             }
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Refused(format!("bad checkpoint manifest: {e}")))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+            EngineError::invalid(format!("checkpoint {name:?} has a damaged manifest: {e}"))
+        })?;
         if manifest.version != 1 {
-            return Err(EngineError::Refused(format!(
-                "checkpoint manifest version {} is not supported",
+            return Err(EngineError::invalid(format!(
+                "checkpoint {name:?}: manifest version {} is not supported",
                 manifest.version
             )));
         }
         Ok(manifest)
     }
-}
-
-/// The file name of the `index`-th volume copy.
-pub fn volume_file(index: usize) -> String {
-    format!("vol{index}.ext4")
 }
 
 /// Copies files concurrently with `cp --sparse=always --reflink=auto` (holes stay holes, and a
@@ -86,66 +77,96 @@ pub async fn copy_files(pairs: Vec<(PathBuf, PathBuf)>) -> Result<(), EngineErro
     Ok(())
 }
 
-/// Captures a running (hot or warm) VM into `dest`. The VM is left paused; the caller runs it
-/// again if it was hot. Fails before pausing if `dest` exists; a failure leaves no directory.
+/// Flushes every file of `dir` and then the directory itself to the disk (off the async
+/// threads): what a rename then publishes is complete even after a power loss.
+pub async fn sync_tree(dir: &Path) -> Result<(), EngineError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::File::open(entry.path())?.sync_all()?;
+            }
+        }
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    Ok(())
+}
+
+/// Flushes a directory's entries (a rename or removal inside it) to the disk.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Captures a running (hot or warm) VM into the checkpoint `name` at `dest`. The VM is left
+/// paused; the caller runs it again if it was hot. Fails before pausing if `dest` exists; a
+/// failure leaves no directory. Every file, the manifest and the directory are fsynced before
+/// the rename that publishes the checkpoint.
 pub async fn capture(
     vm: &Vm,
     spec: &BootSpec,
     record: &SandboxRecord,
-    dest: &Path,
+    dest: &CheckpointFiles,
+    name: &str,
 ) -> Result<(), EngineError> {
-    if dest.exists() {
-        return Err(EngineError::Refused(format!("checkpoint {} already exists", dest.display())));
+    if dest.dir().exists() {
+        return Err(EngineError::exists(Resource::Checkpoint, name));
     }
     let Some(ram) = &spec.memory_file else {
-        return Err(EngineError::Refused("the sandbox has no RAM file to checkpoint".into()));
+        return Err(EngineError::invalid("the sandbox has no RAM file to checkpoint"));
     };
     // A staging directory of its own (two captures to one name must not share one); the final
     // name is taken atomically at the end, by the first to finish.
     static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let staging = dest.with_file_name(format!("{file_name}.tmp-{}-{n}", std::process::id()));
-    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staging = dest.staging(STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    std::fs::DirBuilder::new().mode(0o700).create(staging.dir())?;
     let result = async {
         vm.qemu.qmp.stop(Duration::from_secs(5)).await?;
-        vm.qemu.save_state(&staging.join(STATE_FILE), Duration::from_secs(30)).await?;
+        vm.qemu.save_state(&staging.state(), Duration::from_secs(30)).await?;
         let mut pairs = vec![
-            (ram.clone(), staging.join(RAM_FILE)),
-            (spec.dir.join(vm::OVERLAY), staging.join(vm::OVERLAY)),
-            (spec.dir.join(vm::CONFIG_DRIVE), staging.join(vm::CONFIG_DRIVE)),
+            (ram.clone(), staging.ram()),
+            (spec.files.overlay(), staging.overlay()),
+            (spec.files.config_drive(), staging.config_drive()),
         ];
         let mut sandbox = record.clone();
         for (i, volume) in sandbox.volumes.iter_mut().enumerate() {
-            pairs.push((volume.path.clone(), staging.join(volume_file(i))));
-            volume.path = PathBuf::from(volume_file(i));
+            pairs.push((volume.path.clone(), staging.volume(i)));
+            volume.path = PathBuf::from(CheckpointFiles::volume_name(i));
         }
         copy_files(pairs).await?;
         let manifest = Manifest {
             version: 1,
-            source: record.name.clone(),
+            source: record.id.clone(),
             created_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             sandbox,
         };
         let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-        std::fs::write(staging.join(MANIFEST), text)?;
+        std::fs::write(staging.manifest(), text)?;
+        sync_tree(staging.dir()).await?;
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
-            &staging,
+            staging.dir(),
             nix::fcntl::AT_FDCWD,
-            dest,
+            dest.dir(),
             nix::fcntl::RenameFlags::RENAME_NOREPLACE,
         )
         .map_err(|e| match e {
             nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY => {
-                EngineError::Refused(format!("checkpoint {} already exists", dest.display()))
+                EngineError::exists(Resource::Checkpoint, name)
             }
             e => std::io::Error::from(e).into(),
-        })
+        })?;
+        // The rename itself reaches the disk with the parent directory.
+        if let Some(parent) = dest.dir().parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(staging.dir());
     }
     result
 }
@@ -153,6 +174,7 @@ pub async fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use crate::state::{RECORD_VERSION, Thermal};
 
     fn manifest() -> Manifest {
@@ -162,7 +184,10 @@ mod tests {
             created_at: 1_700_000_000,
             sandbox: SandboxRecord {
                 version: RECORD_VERSION,
-                name: "src".into(),
+                id: "src".into(),
+                owner: "usr_1".into(),
+                hostname: "src".into(),
+                disk_size_mib: None,
                 dir: "/d/sandboxes/src".into(),
                 image: "/d/images/test.ext4".into(),
                 ip: "10.0.0.2".parse().unwrap(),
@@ -173,7 +198,7 @@ mod tests {
                 env: Default::default(),
                 init: String::new(),
                 volumes: vec![crate::volume::VolumeMount {
-                    path: volume_file(0).into(),
+                    path: CheckpointFiles::volume_name(0).into(),
                     mount: "/work".into(),
                     read_only: false,
                 }],
@@ -186,14 +211,17 @@ mod tests {
     #[test]
     fn manifest_round_trips_and_refuses_what_it_cannot_read() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Manifest::read(dir.path()), Err(EngineError::NotFound(_))));
+        let files = CheckpointFiles::new(dir.path());
+        let missing = Manifest::read(&files, "cp").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.to_string(), r#"checkpoint "cp" not found"#);
         let m = manifest();
-        std::fs::write(dir.path().join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
-        assert_eq!(Manifest::read(dir.path()).unwrap(), m);
+        std::fs::write(files.manifest(), serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(Manifest::read(&files, "cp").unwrap(), m);
         let v2 = serde_json::to_string(&m).unwrap().replacen(r#""version":1"#, r#""version":9"#, 1);
-        std::fs::write(dir.path().join(MANIFEST), v2).unwrap();
-        assert!(Manifest::read(dir.path()).unwrap_err().to_string().contains("version 9"));
-        std::fs::write(dir.path().join(MANIFEST), "{").unwrap();
-        assert!(matches!(Manifest::read(dir.path()), Err(EngineError::Refused(_))));
+        std::fs::write(files.manifest(), v2).unwrap();
+        assert!(Manifest::read(&files, "cp").unwrap_err().to_string().contains("version 9"));
+        std::fs::write(files.manifest(), "{").unwrap();
+        assert_eq!(Manifest::read(&files, "cp").unwrap_err().kind(), ErrorKind::Invalid);
     }
 }

@@ -14,11 +14,23 @@ pub const DEFAULT_VCPUS: u8 = 1;
 /// Guest RAM in MiB when neither the request nor a template says (v1's code default).
 pub const DEFAULT_MEMORY_MIB: u32 = 1024;
 
+/// The owner of sandboxes created without one (a single-user engine, the tests).
+pub const DEFAULT_OWNER: &str = "local";
+
 /// What to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CreateSpec {
-    /// Unique name: lower-case letters, digits and `-`, at most 32 characters.
-    pub name: String,
+    /// The caller's opaque, unique ID for the sandbox (the store's ID): lower-case letters,
+    /// digits and `-`, at most 32 characters. Every per-sandbox resource is keyed by it.
+    pub id: String,
+    /// Who the sandbox belongs to: guests of one owner reach each other, guests of different
+    /// owners never do. Letters, digits, `_` and `-`, at most 64 characters.
+    pub owner: String,
+    /// The guest's hostname (RFC 1123 label); the ID when empty.
+    pub hostname: String,
+    /// Grow the disk to this size (MiB); the guest grows its root filesystem to fill it at
+    /// boot. `None` keeps the image's size; smaller than the image is refused.
+    pub disk_size_mib: Option<u32>,
     /// Root filesystem image.
     pub image: PathBuf,
     /// Guest RAM in MiB.
@@ -48,10 +60,14 @@ pub struct ScratchVolume {
 }
 
 impl CreateSpec {
-    /// A template-free create with the defaults (1 vCPU, 1024 MiB, no env, init or volumes).
-    pub fn new(name: impl Into<String>, image: impl Into<PathBuf>) -> Self {
+    /// A template-free create with the defaults (1 vCPU, 1024 MiB, the default owner, the ID as
+    /// hostname, no env, init or volumes).
+    pub fn new(id: impl Into<String>, image: impl Into<PathBuf>) -> Self {
         Self {
-            name: name.into(),
+            id: id.into(),
+            owner: DEFAULT_OWNER.into(),
+            hostname: String::new(),
+            disk_size_mib: None,
             image: image.into(),
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: DEFAULT_VCPUS,
@@ -65,9 +81,12 @@ impl CreateSpec {
 
     /// A create from a template: everything the template says; the caller may then override
     /// fields (a request's own env entries win over the template's, as in v1).
-    pub fn from_template(name: impl Into<String>, template: &Template) -> Self {
+    pub fn from_template(id: impl Into<String>, template: &Template) -> Self {
         Self {
-            name: name.into(),
+            id: id.into(),
+            owner: DEFAULT_OWNER.into(),
+            hostname: String::new(),
+            disk_size_mib: template.disk_size_mib,
             image: template.image.clone(),
             memory_mib: template.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
             vcpus: template.vcpus.unwrap_or(DEFAULT_VCPUS),
@@ -100,6 +119,42 @@ pub struct Template {
     /// Volumes every sandbox of this template gets.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// Disk size in MiB; the image's size when absent.
+    #[serde(default)]
+    pub disk_size_mib: Option<u32>,
+}
+
+impl CreateSpec {
+    /// The same spec for another owner.
+    pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// The hostname the guest gets.
+    pub fn guest_hostname(&self) -> &str {
+        if self.hostname.is_empty() { &self.id } else { &self.hostname }
+    }
+}
+
+/// Environment values and file contents are the user's secrets: Debug shows their keys only.
+impl std::fmt::Debug for CreateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSpec")
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("hostname", &self.hostname)
+            .field("image", &self.image)
+            .field("memory_mib", &self.memory_mib)
+            .field("vcpus", &self.vcpus)
+            .field("disk_size_mib", &self.disk_size_mib)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("init", &format_args!("<{} bytes>", self.init.len()))
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("volumes", &self.volumes)
+            .field("scratch_volumes", &self.scratch_volumes)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -115,14 +170,25 @@ mod tests {
             env: [("NODE_ENV".to_owned(), "test".to_owned())].into(),
             init: "npm start".into(),
             volumes: vec![],
+            disk_size_mib: Some(2048),
         };
         let spec = CreateSpec::from_template("web", &template);
         assert_eq!((spec.vcpus, spec.memory_mib), (2, DEFAULT_MEMORY_MIB));
         assert_eq!(spec.env["NODE_ENV"], "test");
         assert_eq!(spec.init, "npm start");
         assert_eq!(spec.image, PathBuf::from("/images/node.ext4"));
+        assert_eq!(spec.disk_size_mib, Some(2048));
+        assert_eq!(spec.guest_hostname(), "web");
         let bare = CreateSpec::new("x", "/i.ext4");
         assert_eq!((bare.vcpus, bare.memory_mib), (1, 1024));
+    }
+
+    #[test]
+    fn debug_shows_env_keys_but_never_values() {
+        let mut spec = CreateSpec::new("x", "/i.ext4");
+        spec.env.insert("API_KEY".into(), "sekrit-value".into());
+        let text = format!("{spec:?}");
+        assert!(text.contains("API_KEY") && !text.contains("sekrit-value"), "{text}");
     }
 
     #[test]

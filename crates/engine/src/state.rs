@@ -14,7 +14,7 @@ use crate::error::EngineError;
 use crate::volume::VolumeMount;
 
 /// The version this engine writes and reads.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// Thermal state of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,12 +42,19 @@ impl std::fmt::Display for Thermal {
 }
 
 /// Everything needed to restore a sandbox after a daemon restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
     /// [`RECORD_VERSION`] when written.
     pub version: u32,
-    /// Sandbox name.
-    pub name: String,
+    /// The caller's opaque sandbox ID.
+    pub id: String,
+    /// Owner.
+    pub owner: String,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Disk size the overlay was grown to (MiB), if any.
+    #[serde(default)]
+    pub disk_size_mib: Option<u32>,
     /// Its directory (disk overlay, RAM file, device state, config drive).
     pub dir: PathBuf,
     /// Base image of the overlay.
@@ -80,8 +87,8 @@ impl SandboxRecord {
     /// are added by the engine).
     pub fn guest_config(&self) -> proto::guest::GuestConfig {
         proto::guest::GuestConfig {
-            sandbox_id: self.name.clone(),
-            hostname: self.name.clone(),
+            sandbox_id: self.id.clone(),
+            hostname: self.hostname.clone(),
             token: self.token.clone(),
             env: self.env.clone(),
             init: self.init.clone(),
@@ -89,7 +96,8 @@ impl SandboxRecord {
         }
     }
 
-    /// The record as JSON.
+    /// The record as JSON (it holds the agent token: store it as privately as the sandbox's
+    /// directory).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -101,15 +109,39 @@ impl SandboxRecord {
             version: u32,
         }
         let refused =
-            |e: serde_json::Error| EngineError::Refused(format!("bad sandbox record: {e}"));
+            |e: serde_json::Error| EngineError::invalid(format!("bad sandbox record: {e}"));
         let v: Versioned = serde_json::from_str(text).map_err(refused)?;
         if v.version != RECORD_VERSION {
-            return Err(EngineError::Refused(format!(
+            return Err(EngineError::invalid(format!(
                 "sandbox record version {} is not supported (this engine reads {RECORD_VERSION})",
                 v.version
             )));
         }
         serde_json::from_str(text).map_err(refused)
+    }
+}
+
+/// The agent token and environment values never reach a log: Debug leaves them out.
+impl std::fmt::Debug for SandboxRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxRecord")
+            .field("version", &self.version)
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("hostname", &self.hostname)
+            .field("dir", &self.dir)
+            .field("image", &self.image)
+            .field("ip", &self.ip)
+            .field("mac", &self.mac)
+            .field("token", &"<redacted>")
+            .field("vcpus", &self.vcpus)
+            .field("memory_mib", &self.memory_mib)
+            .field("disk_size_mib", &self.disk_size_mib)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("volumes", &self.volumes)
+            .field("thermal", &self.thermal)
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +152,10 @@ mod tests {
     fn record() -> SandboxRecord {
         SandboxRecord {
             version: RECORD_VERSION,
-            name: "dev".into(),
+            id: "dev".into(),
+            owner: "usr_1".into(),
+            hostname: "dev".into(),
+            disk_size_mib: Some(2048),
             dir: "/var/lib/bhatti/sandboxes/dev".into(),
             image: "/var/lib/bhatti/images/minimal.ext4".into(),
             ip: Ipv4Addr::new(10, 0, 0, 2),
@@ -151,10 +186,18 @@ mod tests {
 
     #[test]
     fn other_versions_and_garbage_are_refused() {
-        let json = record().to_json().replace(r#""version":1"#, r#""version":2"#);
-        let err = SandboxRecord::from_json(&json).unwrap_err().to_string();
-        assert!(err.contains("version 2"), "{err}");
+        let json = record().to_json().replace(r#""version":2"#, r#""version":9"#);
+        let err = SandboxRecord::from_json(&json).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+        assert_eq!(err.kind(), crate::ErrorKind::Invalid);
         assert!(SandboxRecord::from_json("{").is_err());
-        assert!(SandboxRecord::from_json(r#"{"version":1}"#).is_err());
+        assert!(SandboxRecord::from_json(r#"{"version":2}"#).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_token_or_env_values() {
+        let text = format!("{:?}", record());
+        assert!(!text.contains(&"t".repeat(32)), "{text}");
+        assert!(text.contains("\"A\"") && !text.contains("\"b\""), "{text}");
     }
 }

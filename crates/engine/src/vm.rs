@@ -12,26 +12,30 @@ use tokio::process::Command;
 use vmm::{Accel, Accelerator, Disk, DiskFormat, NetDevice, QemuProcess, VmConfig};
 
 use crate::error::EngineError;
+use crate::layout::SandboxFiles;
 use crate::net::Netns;
 use crate::run::run;
 
-/// The sandbox's disk: a qcow2 overlay over the read-only base image.
-pub const OVERLAY: &str = "root.qcow2";
-/// The config drive.
-pub const CONFIG_DRIVE: &str = "config.ext4";
+/// The serial console is rotated once it passes this size (the guest writes it, so it must
+/// not grow without bound): the newest part moves to `serial.log.1`, the log starts again.
+pub const SERIAL_LOG_CAP: u64 = 1024 * 1024;
+/// How much of the console an error message carries.
+const CONSOLE_TAIL: u64 = 16 * 1024;
 
 /// The descriptor number QEMU sees for the TAP.
 const TAP_FD: i32 = 3;
 
-/// Everything needed to boot one guest.
-#[derive(Debug, Clone)]
+/// Everything needed to boot one guest. Debug leaves out the config drive (token, env values).
+#[derive(Clone)]
 pub struct BootSpec {
     /// Guest kernel (vmlinux).
     pub kernel: PathBuf,
     /// Base root filesystem image (ext4, never written).
     pub image: PathBuf,
-    /// Directory for this VM's files (overlay, config drive, sockets, console log).
-    pub dir: PathBuf,
+    /// This VM's files (overlay, config drive, sockets, console log) in its own directory.
+    pub files: SandboxFiles,
+    /// Grow the overlay to this size (MiB) when it is made; the guest grows its filesystem.
+    pub disk_size_mib: Option<u32>,
     /// Guest RAM in MiB.
     pub memory_mib: u32,
     /// Keep guest RAM in this file (shared mapping) so the VM can be suspended to disk by
@@ -58,6 +62,8 @@ pub struct BootSpec {
     pub mac: [u8; 6],
     /// Accelerator request.
     pub accel: Accel,
+    /// Host caching of the disks.
+    pub disk_cache: vmm::DiskCache,
     /// How long to wait for the agent.
     pub ready_timeout: Duration,
 }
@@ -88,25 +94,109 @@ pub struct Vm {
     pub ip: Ipv4Addr,
     /// QEMU spawn to the first successful authenticated exec.
     pub ready_after: Duration,
-    /// The VM's directory.
-    pub dir: PathBuf,
+    /// The VM's files.
+    pub files: SandboxFiles,
+    /// QMP events of this QEMU (stops, I/O errors), read by the sandbox's owner.
+    pub events: tokio::sync::broadcast::Receiver<vmm::qmp::Event>,
 }
 
 impl Vm {
-    /// The serial console so far.
+    /// The end of the serial console (at most 16 KiB: what an error message can carry).
     pub fn serial_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serial.log")).unwrap_or_default()
+        console_tail(&self.files, CONSOLE_TAIL)
     }
 }
 
-/// The host TSC rate in kHz, from /proc/cpuinfo. Under TCG the guest often cannot calibrate
-/// its TSC; telling it the rate fixes that.
+impl std::fmt::Debug for BootSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootSpec")
+            .field("dir", &self.files.dir())
+            .field("image", &self.image)
+            .field("memory_mib", &self.memory_mib)
+            .field("vcpus", &self.vcpus)
+            .field("ip", &self.ip)
+            .field("tap", &self.tap)
+            .field("volumes", &self.volumes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The last `max` bytes of the serial console (the rotated generation included).
+pub fn console_tail(files: &SandboxFiles, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let tail = |path: PathBuf, max: u64| -> Vec<u8> {
+        let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut buf = Vec::new();
+        if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_ok() {
+            let _ = file.take(max).read_to_end(&mut buf);
+        }
+        buf
+    };
+    let newest = tail(files.serial_log(), max);
+    let rest = max.saturating_sub(newest.len() as u64);
+    let mut text = if rest > 0 { tail(files.serial_log_old(), rest) } else { Vec::new() };
+    text.extend_from_slice(&newest);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Keeps the console log bounded: past [`SERIAL_LOG_CAP`], its newest 64 KiB move to the old
+/// generation and the log is truncated (QEMU appends, so it goes on writing at the new end).
+pub fn cap_console(files: &SandboxFiles) -> std::io::Result<bool> {
+    let len = std::fs::metadata(files.serial_log()).map(|m| m.len()).unwrap_or(0);
+    if len <= SERIAL_LOG_CAP {
+        return Ok(false);
+    }
+    std::fs::write(
+        files.serial_log_old(),
+        console_tail(&SandboxFiles::new(files.dir()), 64 * 1024),
+    )?;
+    std::fs::OpenOptions::new().write(true).open(files.serial_log())?.set_len(0)?;
+    Ok(true)
+}
+
+/// The host TSC rate in kHz, for guests under TCG, which read the host's TSC but cannot
+/// calibrate against it in time and fall back to a 10 ms jiffies clock. From a stable source:
+/// the kernel's own `tsc_freq_khz` where it exists, else measured once against
+/// CLOCK_MONOTONIC_RAW (the "cpu MHz" line of /proc/cpuinfo follows frequency scaling and is
+/// not the TSC rate).
 pub fn host_tsc_khz() -> Option<u64> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse().ok())?;
-    Some((mhz * 1000.0) as u64)
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .or_else(measure_tsc_khz)
+    })
+}
+
+/// Counts TSC ticks over 50 ms of CLOCK_MONOTONIC_RAW, rounded to 1 MHz (the invariant TSC
+/// runs at a fixed rate; the rounding hides the measurement's own jitter).
+#[cfg(target_arch = "x86_64")]
+fn measure_tsc_khz() -> Option<u64> {
+    use nix::time::{ClockId, clock_gettime};
+    let raw = || clock_gettime(ClockId::CLOCK_MONOTONIC_RAW).ok();
+    let ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+    let (t0, c0) = (raw()?, rdtsc());
+    std::thread::sleep(Duration::from_millis(50));
+    let (t1, c1) = (raw()?, rdtsc());
+    let elapsed_ns = ns(t1) - ns(t0);
+    if elapsed_ns <= 0 || c1 <= c0 {
+        return None;
+    }
+    let khz = (i128::from(c1 - c0) * 1_000_000 / elapsed_ns) as u64;
+    Some((khz + 500) / 1000 * 1000)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_tsc_khz() -> Option<u64> {
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; every x86_64 CPU has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// The kernel command line for a guest at `ip` behind `gateway`.
@@ -117,7 +207,10 @@ pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, prefix: u8, accel: Accele
          ip={ip}::{gateway}:{mask}::eth0:off no_timer_check tsc=reliable lpj=5000000 \
          mitigations=off quiet loglevel=1 8250.nr_uarts=1"
     );
-    if let Some(khz) = host_tsc_khz() {
+    // Under KVM the guest calibrates its TSC itself (and KVM may scale it); only TCG needs it.
+    if accel == Accelerator::Tcg
+        && let Some(khz) = host_tsc_khz()
+    {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
     if accel == Accelerator::Tcg {
@@ -135,34 +228,37 @@ pub(crate) fn mac_text(mac: [u8; 6]) -> String {
 /// Boots a guest and waits until its agent runs `true`. On failure the error carries the
 /// console log; QEMU is killed.
 pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
-    std::fs::create_dir_all(&spec.dir)?;
+    let dir = spec.files.dir();
+    std::fs::create_dir_all(dir)?;
     // Console logs and the config drive are the owner's business only.
-    std::fs::set_permissions(&spec.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let overlay = spec.dir.join(OVERLAY);
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let overlay = spec.files.overlay();
     // A sandbox booted again (after a crash or a daemon restart) keeps its disk.
     if !overlay.exists() {
-        let partial = spec.dir.join("root.qcow2.partial");
-        run(
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&spec.image)
-                .arg(&partial),
-            Duration::from_secs(30),
-        )
-        .await?;
+        let partial = spec.files.overlay_partial();
+        let mut create = Command::new("qemu-img");
+        create
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&spec.image)
+            .arg(&partial);
+        // The overlay's virtual size: the guest grows its root filesystem to fill it at boot.
+        if let Some(mib) = spec.disk_size_mib {
+            create.arg(format!("{mib}M"));
+        }
+        run(&mut create, Duration::from_secs(30)).await?;
         std::fs::rename(&partial, &overlay)?;
     }
-    let config_drive = spec.dir.join(CONFIG_DRIVE);
+    let config_drive = spec.files.config_drive();
     crate::configdrive::build(&spec.guest, &config_drive).await?;
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
     let cfg = vm_config(spec)?;
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
-    record_pid(&spec.dir, qemu.pid);
+    record_pid(&spec.files, qemu.pid);
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
     let ready_after = qemu.spawned_at.elapsed();
-    let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
+    let vm = Vm::new(qemu, client, spec, ready_after);
     match ready {
         Ok(_) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
@@ -175,20 +271,21 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     let mut cfg = VmConfig::new(
         spec.kernel.clone(),
         kernel_cmdline(spec.ip, spec.gateway, spec.prefix, accel),
-        spec.dir.join("serial.log"),
-        spec.dir.join("qmp.sock"),
+        spec.files.serial_log(),
+        spec.files.qmp_socket(),
     );
     cfg.accel = spec.accel;
+    cfg.disk_cache = spec.disk_cache;
     cfg.memory.size_mib = spec.memory_mib;
     cfg.memory.file = spec.memory_file.clone();
     cfg.vcpus = spec.vcpus;
     cfg.disks.push(Disk {
-        path: spec.dir.join(OVERLAY),
+        path: spec.files.overlay(),
         format: DiskFormat::Qcow2,
         read_only: false,
     });
     cfg.disks.push(Disk {
-        path: spec.dir.join(CONFIG_DRIVE),
+        path: spec.files.config_drive(),
         format: DiskFormat::Raw,
         read_only: true,
     });
@@ -232,7 +329,7 @@ async fn start_incoming(
     cfg.incoming = true;
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     let started = t0.elapsed();
-    record_pid(&spec.dir, qemu.pid);
+    record_pid(&spec.files, qemu.pid);
     let mut qemu = qemu;
     if let Err(source) = qemu.load_state(state, Duration::from_secs(30)).await {
         // QEMU ends on a state it cannot load; what it printed says why.
@@ -253,14 +350,26 @@ async fn start_incoming(
 /// What suspending to disk cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Suspended {
-    /// `stop` through QEMU's exit, including the fsync of RAM and state.
+    /// `stop` through QEMU's exit, including every flush.
     pub total: Duration,
     /// The device-state migration alone.
     pub save: Duration,
     /// Flushing the RAM file and the state file to disk.
     pub fsync: Duration,
+    /// Flushing the disk overlay and the writable volumes to disk.
+    pub disk_fsync: Duration,
     /// Size of the device state.
     pub state_bytes: u64,
+    /// Bytes this QEMU caused to be written since it started (its `/proc/<pid>/io`
+    /// `write_bytes`: RAM pages dirtied since the last flush, disk writes), plus the state;
+    /// `None` where the kernel does not account I/O per task.
+    pub bytes_written: Option<u64>,
+}
+
+/// Bytes a process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`).
+pub fn process_write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Cold: pauses the VM, saves its device state to `state` (RAM stays in its memory file),
@@ -300,30 +409,44 @@ pub async fn end_after_save(
     started: Instant,
     saved: vmm::StateSaved,
 ) -> Result<(Suspended, Arc<AgentClient>), EngineError> {
-    // The state is complete: QEMU goes now, politely or not.
+    // Read before QEMU goes: the page-cache writes its guest caused are accounted to it.
+    let qemu_written = process_write_bytes(vm.qemu.pid);
+    // The state is complete: QEMU goes now, politely or not (quitting flushes its own caches
+    // into the host's page cache).
     if let Err(e) = vm.qemu.qmp.quit(Duration::from_secs(5)).await {
         tracing::warn!("QEMU did not take quit after a save: {e}");
     }
     if vm.qemu.wait(Duration::from_secs(10)).await.is_err() {
         vm.qemu.kill().await?;
     }
-    let fsync_start = Instant::now();
     // Only pages the guest dirtied since the last flush are written; still seconds on a slow
-    // disk with a big guest, so off the async threads.
+    // disk with a big guest, so off the async threads. The disk and the writable volumes are
+    // flushed too: a cold sandbox must survive a power loss with what its guest wrote.
     let (ram, state_path) = (spec.memory_file.clone(), state.to_owned());
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if let Some(ram) = ram {
-            std::fs::File::open(ram)?.sync_data()?;
-        }
-        std::fs::File::open(state_path)?.sync_all()
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let mut disks = vec![spec.files.overlay()];
+    disks.extend(spec.volumes.iter().filter(|v| !v.read_only).map(|v| v.path.clone()));
+    let (fsync, disk_fsync) =
+        tokio::task::spawn_blocking(move || -> std::io::Result<(Duration, Duration)> {
+            let t0 = Instant::now();
+            if let Some(ram) = ram {
+                std::fs::File::open(ram)?.sync_data()?;
+            }
+            std::fs::File::open(&state_path)?.sync_all()?;
+            let memory = t0.elapsed();
+            for disk in disks {
+                std::fs::File::open(disk)?.sync_data()?;
+            }
+            Ok((memory, t0.elapsed() - memory))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
     let suspended = Suspended {
         total: started.elapsed(),
         save: saved.duration,
-        fsync: fsync_start.elapsed(),
+        fsync,
+        disk_fsync,
         state_bytes: saved.bytes,
+        bytes_written: qemu_written.map(|b| b + saved.bytes),
     };
     Ok((suspended, vm.client))
 }
@@ -368,7 +491,7 @@ pub async fn resume_from_disk(
         "restored from disk"
     );
     let ready_after = qemu.spawned_at.elapsed();
-    let vm = Vm { qemu, client, ip: spec.ip, ready_after, dir: spec.dir.clone() };
+    let vm = Vm::new(qemu, client, spec, ready_after);
     match ready {
         Ok(()) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
@@ -409,13 +532,7 @@ pub async fn resume_moved(
         confirm.wait_ready(spec.ready_timeout).await
     }
     .await;
-    let vm = |qemu, client| Vm {
-        qemu,
-        client,
-        ip: spec.ip,
-        ready_after: Duration::ZERO,
-        dir: spec.dir.clone(),
-    };
+    let vm = |qemu, client| Vm::new(qemu, client, spec, Duration::ZERO);
     if let Err(source) = moved {
         let failed = vm(qemu, Arc::new(confirm));
         return Err(EngineError::NotReady { source, console: failed.serial_log() });
@@ -458,21 +575,39 @@ async fn correct_clock(client: &AgentClient) {
     }
 }
 
-/// The file naming a VM's QEMU, so a restarted engine can find QEMUs a crashed one left behind.
-pub const PID_FILE: &str = "qemu.pid";
-
-fn record_pid(dir: &Path, pid: u32) {
-    if let Err(e) = std::fs::write(dir.join(PID_FILE), format!("{pid}\n")) {
-        tracing::warn!("cannot record QEMU's pid in {}: {e}", dir.display());
+impl Vm {
+    fn new(
+        qemu: QemuProcess,
+        client: Arc<AgentClient>,
+        spec: &BootSpec,
+        ready_after: Duration,
+    ) -> Self {
+        let events = qemu.qmp.subscribe();
+        Vm { qemu, client, ip: spec.ip, ready_after, files: spec.files.clone(), events }
     }
 }
 
-/// Kills the QEMU recorded in `dir` if it is still running *and* is ours: its command line must
-/// name a file in `dir` (a recycled PID belongs to someone else and is left alone). Returns
-/// whether one was killed.
-pub fn kill_orphan(dir: &Path) -> bool {
+fn record_pid(files: &SandboxFiles, pid: u32) {
+    if let Err(e) = std::fs::write(files.pid_file(), format!("{pid}\n")) {
+        tracing::warn!("cannot record QEMU's pid in {}: {e}", files.dir().display());
+    }
+}
+
+/// Whether a QEMU command line (NUL-separated arguments) is the one of the sandbox whose QMP
+/// socket is `qmp_socket`: one argument must name exactly that socket (a sandbox whose
+/// directory name is a prefix of another's does not match the other's QEMU).
+fn is_sandbox_qemu(cmdline: &[u8], qmp_socket: &Path) -> bool {
+    let wanted = format!("unix:{},", qmp_socket.display());
+    cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(wanted.as_bytes()))
+}
+
+/// Kills the QEMU recorded in a sandbox directory if it is still running *and* is that
+/// sandbox's: its command line must name the sandbox's QMP socket (a recycled PID belongs to
+/// someone else and is left alone). Returns whether one was killed. Blocks up to 1 s while the
+/// process goes: call it from a blocking thread.
+pub fn kill_orphan(files: &SandboxFiles) -> bool {
     let Some(pid) =
-        std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok())
+        std::fs::read_to_string(files.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok())
     else {
         return false;
     };
@@ -480,8 +615,7 @@ pub fn kill_orphan(dir: &Path) -> bool {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = String::from_utf8_lossy(&cmdline).contains(&dir.display().to_string());
-    if !ours {
+    if !is_sandbox_qemu(&cmdline, &files.qmp_socket()) {
         return false;
     }
     let killed =
@@ -496,4 +630,43 @@ pub fn kill_orphan(dir: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orphan_matches_its_own_socket_only() {
+        let cmd = b"qemu-system-x86_64\0-qmp\0unix:/d/sandboxes/abc/qmp.sock,server=on,wait=off\0";
+        assert!(is_sandbox_qemu(cmd, Path::new("/d/sandboxes/abc/qmp.sock")));
+        // A directory whose name is a prefix of another's is not the other.
+        assert!(!is_sandbox_qemu(cmd, Path::new("/d/sandboxes/ab/qmp.sock")));
+        assert!(!is_sandbox_qemu(cmd, Path::new("/d/sandboxes/abc/qmp")));
+        assert!(!is_sandbox_qemu(b"", Path::new("/d/sandboxes/abc/qmp.sock")));
+    }
+
+    #[test]
+    fn the_console_is_capped_and_its_tail_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SandboxFiles::new(dir.path());
+        std::fs::write(files.serial_log(), b"boot line\n").unwrap();
+        assert!(!cap_console(&files).unwrap());
+        let big = vec![b'x'; SERIAL_LOG_CAP as usize + 10];
+        let mut content = big.clone();
+        content.extend_from_slice(b"last words\n");
+        std::fs::write(files.serial_log(), &content).unwrap();
+        assert!(cap_console(&files).unwrap());
+        assert_eq!(std::fs::metadata(files.serial_log()).unwrap().len(), 0);
+        assert!(std::fs::metadata(files.serial_log_old()).unwrap().len() <= 64 * 1024);
+        assert!(console_tail(&files, 100).ends_with("last words\n"));
+    }
+
+    #[test]
+    fn the_tsc_rate_comes_from_a_stable_source() {
+        // Two reads agree exactly (measured once, cached) and the rate is plausible.
+        let khz = host_tsc_khz().expect("x86_64 hosts have a TSC");
+        assert_eq!(host_tsc_khz(), Some(khz));
+        assert!((500_000..10_000_000).contains(&khz), "{khz} kHz");
+    }
 }

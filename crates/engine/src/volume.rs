@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, Resource};
 use crate::run::run;
 
 /// Guest paths a volume may not cover: the system's own directories.
@@ -49,18 +49,20 @@ impl VolumeMount {
     pub fn validate(&self) -> Result<(), EngineError> {
         self.validate_mount()?;
         if !self.path.is_file() {
-            return Err(EngineError::Refused(format!(
-                "volume file {} does not exist",
-                self.path.display()
-            )));
+            return Err(EngineError::not_found(Resource::Volume, self.volume_name()));
         }
         Ok(())
+    }
+
+    /// The volume's name as callers know it: its file's stem (messages never show host paths).
+    pub fn volume_name(&self) -> String {
+        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     /// Checks the mount point: absolute, no `..`, not a system directory.
     pub fn validate_mount(&self) -> Result<(), EngineError> {
         let refuse =
-            |why: &str| EngineError::Refused(format!("volume mount {:?}: {why}", self.mount));
+            |why: &str| EngineError::invalid(format!("volume mount {:?}: {why}", self.mount));
         if !self.mount.starts_with('/') {
             return Err(refuse("must be an absolute path"));
         }
@@ -90,7 +92,7 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Claims `volumes` for `sandbox`, all or nothing. Paths are compared canonicalised, so
+    /// Claims `volumes` for `sandbox` (its unique ID, never a reusable name), all or nothing. Paths are compared canonicalised, so
     /// two spellings of one file are one file.
     pub fn claim(&mut self, sandbox: &str, volumes: &[VolumeMount]) -> Result<(), EngineError> {
         let mut wanted = Vec::new();
@@ -98,13 +100,10 @@ impl Claims {
             let path = v.path.canonicalize().unwrap_or_else(|_| v.path.clone());
             let others = self.by_path.get(&path).map(Vec::as_slice).unwrap_or(&[]);
             let conflict =
-                others.iter().find(|(name, ro)| name != sandbox && (!ro || !v.read_only));
-            if let Some((holder, _)) = conflict {
-                return Err(EngineError::Refused(format!(
-                    "volume {} is attached to sandbox {holder:?}{}",
-                    v.path.display(),
-                    if v.read_only { " read-write" } else { "" }
-                )));
+                others.iter().any(|(holder, ro)| holder != sandbox && (!ro || !v.read_only));
+            if conflict {
+                let users = others.iter().filter(|(holder, _)| holder != sandbox).count();
+                return Err(EngineError::InUse { name: v.volume_name(), users });
             }
             wanted.push((path, v.read_only));
         }
@@ -134,10 +133,11 @@ impl Claims {
 /// leaves a half-made volume under the real name.
 pub async fn create(path: &Path, size_mib: u32) -> Result<(), EngineError> {
     if size_mib == 0 {
-        return Err(EngineError::Refused("volume size must be at least 1 MiB".into()));
+        return Err(EngineError::invalid("volume size must be at least 1 MiB"));
     }
     if path.exists() {
-        return Err(EngineError::Refused(format!("volume {} already exists", path.display())));
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        return Err(EngineError::exists(Resource::Volume, name));
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -162,6 +162,7 @@ pub async fn create(path: &Path, size_mib: u32) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn mount(m: &str, path: &Path) -> VolumeMount {
         VolumeMount { path: path.to_owned(), mount: m.into(), read_only: false }
@@ -175,7 +176,9 @@ mod tests {
         for bad in ["data", "/data/../etc", "/", "/etc", "/usr/", "//proc", "/./tmp"] {
             assert!(mount(bad, file.path()).validate().is_err(), "{bad} accepted");
         }
-        assert!(mount("/data", Path::new("/nonexistent/volume.ext4")).validate().is_err());
+        let missing = mount("/data", Path::new("/nonexistent/volume.ext4")).validate().unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.to_string(), r#"volume "volume" not found"#);
     }
 
     #[test]
@@ -190,7 +193,7 @@ mod tests {
         assert_eq!(claims.users(&file), 2);
         // A writer while readers exist, and a second writer, are refused; nothing is half-claimed.
         let both = [mount_ro("/w", &file, false)];
-        assert!(claims.claim("c", &both).unwrap_err().to_string().contains("attached to sandbox"));
+        assert_eq!(claims.claim("c", &both).unwrap_err().kind(), ErrorKind::InUse);
         claims.release("a");
         claims.release("b");
         assert_eq!(claims.users(&file), 0);
@@ -213,11 +216,11 @@ mod tests {
         // The ext4 superblock magic 0xEF53 at offset 1024 + 56.
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xEF]);
-        assert!(matches!(create(&path, 16).await, Err(EngineError::Refused(_))));
-        assert!(matches!(
-            create(&dir.path().join("z.ext4"), 0).await,
-            Err(EngineError::Refused(_))
-        ));
+        assert_eq!(create(&path, 16).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+        assert_eq!(
+            create(&dir.path().join("z.ext4"), 0).await.unwrap_err().kind(),
+            ErrorKind::Invalid
+        );
         assert!(!dir.path().join("v/data.partial").exists());
     }
 }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use agent::{ExecRequest, ReadOptions};
 use common::*;
-use engine::{EngineError, Thermal};
+use engine::{ErrorKind, Thermal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_then_resume_as_a_new_sandbox() {
     let e = test_engine().await;
-    let volume = e.create_volume("work", 32).await.unwrap();
+    let volume = e.create_volume(engine::DEFAULT_OWNER, "work", 32).await.unwrap();
     let mut spec = small("src");
     spec.memory_mib = 256;
     spec.vcpus = 2;
@@ -42,14 +42,14 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     // A duplicate name fails fast and does not pause the source.
     let t = Instant::now();
     let dup = e.checkpoint("src", "cp1").await.unwrap_err();
-    assert!(dup.to_string().contains("already exists"), "{dup}");
+    assert_eq!(dup.kind(), ErrorKind::AlreadyExists, "{dup}");
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(e.thermal("src").unwrap(), Thermal::Hot);
 
     // Resumed while the source runs with the address the checkpoint remembers: the clone is
     // moved to a new address before it joins the bridge, and both run side by side.
     let t = Instant::now();
-    let clone = e.resume_checkpoint("cp1", "clone").await.unwrap();
+    let clone = e.resume_checkpoint(engine::DEFAULT_OWNER, "cp1", "clone").await.unwrap();
     let resumed_in = t.elapsed();
     let src_ip = e.info("src").unwrap().ip;
     assert_ne!(clone.ip, src_ip);
@@ -81,12 +81,12 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
         tokio::join!(e.checkpoint("src", "race"), e.stop("src", Duration::from_secs(30)));
     stop.unwrap();
     if let Err(err) = cp {
-        assert!(err.to_string().contains("not running"), "{err}");
+        assert_eq!(err.kind(), ErrorKind::WrongState, "{err}");
     }
     e.ensure_hot("src").await.unwrap();
 
     // A damaged checkpoint fails to resume and leaves no directory, TAP or address behind.
-    let broken = e.data.path().join("checkpoints/broken");
+    let broken = e.data.path().join("checkpoints/local/broken");
     std::fs::create_dir(&broken).unwrap();
     for file in ["manifest.json", "ram", "root.qcow2", "config.ext4", "vol0.ext4"] {
         std::fs::copy(dir.join(file), broken.join(file)).unwrap();
@@ -98,10 +98,10 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     assert_eq!(taps_without_src.len() + 1, taps.len());
     // The clone carries on without its source.
     assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
-    assert!(e.resume_checkpoint("broken", "wreck").await.is_err());
+    assert!(e.resume_checkpoint(engine::DEFAULT_OWNER, "broken", "wreck").await.is_err());
     assert!(!e.data.path().join("sandboxes/wreck").exists());
     assert_eq!(e.netns().interfaces().await.unwrap(), taps_without_src);
-    e.delete_checkpoint("broken").unwrap();
+    e.delete_checkpoint(engine::DEFAULT_OWNER, "broken").unwrap();
 
     // The shared volume was not touched by the clone: it has the source's last write.
     assert!(std::fs::metadata(&volume).unwrap().len() > 0);
@@ -121,7 +121,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     e.checkpoint("clone", "cp-nested").await.unwrap();
     e.destroy("clone").await.unwrap();
     // Its address is free again, so this resume keeps it (no move).
-    let again = e.resume_checkpoint("cp-nested", "clone").await.unwrap();
+    let again = e.resume_checkpoint(engine::DEFAULT_OWNER, "cp-nested", "clone").await.unwrap();
     assert_eq!(again.ip, clone.ip);
     assert_eq!(read("clone", "/home/lohar/nested.txt").await, b"second generation");
     assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
@@ -130,11 +130,17 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     // A cold sandbox cannot be checkpointed; a checkpoint resumes only once at a time.
     e.stop("clone", Duration::from_secs(5)).await.unwrap();
     let cold = e.checkpoint("clone", "cp2").await.unwrap_err();
-    assert!(cold.to_string().contains("not running"), "{cold}");
-    assert!(!e.data.path().join("checkpoints/cp2").exists());
-    assert!(!e.data.path().join("checkpoints/cp2.tmp").exists());
+    assert_eq!(cold.kind(), ErrorKind::WrongState, "{cold}");
+    assert!(!e.data.path().join("checkpoints/local/cp2").exists());
+    assert!(!e.data.path().join("checkpoints/local/cp2.tmp").exists());
     println!("checkpoint of a 256 MiB guest: {took:?}; resume as a new sandbox: {resumed_in:?}");
-    e.delete_checkpoint("cp1").unwrap();
-    assert!(matches!(e.delete_checkpoint("cp1"), Err(EngineError::NotFound(_))));
-    assert!(matches!(e.resume_checkpoint("cp1", "again").await, Err(EngineError::NotFound(_))));
+    e.delete_checkpoint(engine::DEFAULT_OWNER, "cp1").unwrap();
+    assert!(
+        e.delete_checkpoint(engine::DEFAULT_OWNER, "cp1").unwrap_err().kind()
+            == ErrorKind::NotFound
+    );
+    assert!(
+        e.resume_checkpoint(engine::DEFAULT_OWNER, "cp1", "again").await.unwrap_err().kind()
+            == ErrorKind::NotFound
+    );
 }

@@ -77,7 +77,7 @@ async fn create_to_ready_against_bare_qemu() {
         let t = Instant::now();
         e.create(&spec).await.unwrap();
         create.push(ms(t.elapsed()));
-        e.destroy(&spec.name).await.unwrap();
+        e.destroy(&spec.id).await.unwrap();
     }
     let (b50, b95, b99) = p50_95_99(&bare);
     let (c50, c95, c99) = p50_95_99(&create);

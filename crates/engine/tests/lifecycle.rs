@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use agent::{ExecEvent, ExecRequest, ReadOptions, SessionEvent};
 use common::*;
-use engine::{CreateSpec, EngineError, Template};
+use engine::{CreateSpec, ErrorKind, Template};
 use proto::guest::GuestFile;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +118,7 @@ async fn create_without_template_then_exec_stream_shell_files_sessions() {
         e.file_list("plain", "/home/lohar/w").await.unwrap().into_iter().map(|f| f.name).collect();
     assert_eq!(names, ["x.txt"]);
     let missing = e.file_read("plain", "/nope", ReadOptions::default()).await.unwrap_err();
-    assert!(missing.to_string().contains("no such file"), "{missing}");
+    assert!(matches!(missing.kind(), ErrorKind::Guest(_)), "{missing}");
 
     // Name servers from the engine's config; a scratch volume, writable by the guest user.
     let out = e
@@ -142,14 +142,15 @@ async fn create_without_template_then_exec_stream_shell_files_sessions() {
 
     // Destroy removes the sandbox and every file of it.
     e.destroy("plain").await.unwrap();
-    assert!(!info.dir.exists());
-    assert!(matches!(e.exec("plain", &["true"]).await, Err(EngineError::NotFound(_))));
+    assert!(!e.dir_of(&info.id).exists());
+    assert!(e.exec("plain", &["true"]).await.unwrap_err().kind() == ErrorKind::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_from_a_template_and_refuse_bad_requests() {
     let e = test_engine().await;
     let template = Template {
+        disk_size_mib: None,
         image: e.image.clone(),
         vcpus: Some(2),
         memory_mib: Some(192),
@@ -181,23 +182,33 @@ async fn create_from_a_template_and_refuse_bad_requests() {
 
     // Bad requests fail before anything is booted, and leave nothing behind.
     let mut bad = small("Bad_Name");
-    assert!(matches!(e.create(&bad).await, Err(EngineError::Refused(_))));
+    assert_eq!(e.create(&bad).await.unwrap_err().kind(), ErrorKind::Invalid);
     bad = small("noimage");
     bad.image = "/nonexistent.ext4".into();
-    assert!(e.create(&bad).await.unwrap_err().to_string().contains("does not exist"));
+    let no_image = e.create(&bad).await.unwrap_err();
+    assert_eq!(no_image.kind(), ErrorKind::NotFound);
+    assert_eq!(no_image.to_string(), r#"image "nonexistent" not found"#);
+    bad = small("badhost");
+    bad.hostname = "not_a_hostname".into();
+    assert_eq!(e.create(&bad).await.unwrap_err().kind(), ErrorKind::Invalid);
+    bad = small("badowner").owned_by("a/b");
+    assert_eq!(e.create(&bad).await.unwrap_err().kind(), ErrorKind::Invalid);
+    bad = small("tinydisk");
+    bad.disk_size_mib = Some(1);
+    assert_eq!(e.create(&bad).await.unwrap_err().kind(), ErrorKind::Invalid);
     bad = small("novol");
     bad.volumes = vec![engine::volume::VolumeMount {
         path: e.data.path().join("missing.ext4"),
         mount: "/data".into(),
         read_only: false,
     }];
-    assert!(matches!(e.create(&bad).await, Err(EngineError::Refused(_))));
+    assert_eq!(e.create(&bad).await.unwrap_err().kind(), ErrorKind::NotFound);
     bad = small("tpl");
-    assert!(e.create(&bad).await.unwrap_err().to_string().contains("already exists"));
+    assert_eq!(e.create(&bad).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
     for missing in ["nope", "x"] {
-        assert!(matches!(e.exec(missing, &["true"]).await, Err(EngineError::NotFound(_))));
-        assert!(matches!(e.stop(missing, Duration::ZERO).await, Err(EngineError::NotFound(_))));
-        assert!(matches!(e.destroy(missing).await, Err(EngineError::NotFound(_))));
+        assert!(e.exec(missing, &["true"]).await.unwrap_err().kind() == ErrorKind::NotFound);
+        assert!(e.stop(missing, Duration::ZERO).await.unwrap_err().kind() == ErrorKind::NotFound);
+        assert!(e.destroy(missing).await.unwrap_err().kind() == ErrorKind::NotFound);
     }
     // A create whose caller stops waiting mid-boot leaves nothing, and the name is free again.
     let gave_up = tokio::time::timeout(Duration::from_millis(300), e.create(&small("gone"))).await;
@@ -205,7 +216,7 @@ async fn create_from_a_template_and_refuse_bad_requests() {
     assert!(!e.data.path().join("sandboxes/gone").exists());
     e.create(&small("gone")).await.unwrap();
     e.destroy("gone").await.unwrap();
-    let names: Vec<String> = e.list().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = e.list().into_iter().map(|s| s.id).collect();
     assert_eq!(names, ["tpl"]);
     let dirs = std::fs::read_dir(e.data.path().join("sandboxes")).unwrap().count();
     assert_eq!(dirs, 1);

@@ -193,7 +193,7 @@ async fn perf_pause_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_diff_vs_full_snapshot() {
     let e = sandbox("p", 1024).await;
-    let dir = e.info("p").unwrap().dir;
+    let dir = e.dir_of("p");
     // Make the guest touch memory the way a workload would, then take the first stop.
     e.exec("p", &["dd", "if=/dev/urandom", "of=/tmp/fill", "bs=1M", "count=64"]).await.unwrap();
     let (mut diff_ms, mut diff_bytes) = (Vec::new(), Vec::new());

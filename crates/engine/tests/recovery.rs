@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agent::{ExecRequest, ReadOptions};
 use common::*;
-use engine::{Engine, SandboxRecord, Thermal};
+use engine::{Engine, ErrorKind, SandboxRecord, Thermal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_bring_sandboxes_back_after_a_daemon_restart() {
@@ -40,17 +40,17 @@ async fn records_bring_sandboxes_back_after_a_daemon_restart() {
     first.simulate_crash();
 
     let mut lost = records[1].clone();
-    lost.name = "lost".into();
+    lost.id = "lost".into();
     lost.dir = data.path().join("sandboxes/lost");
     records.push(lost);
     let (second, failed) = Engine::new_recovering(config, records).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, "lost");
-    assert!(failed[0].1.to_string().contains("disk is missing"), "{}", failed[0].1);
+    assert_eq!(failed[0].1.kind(), ErrorKind::NotFound, "{}", failed[0].1);
     let gone = std::fs::read_to_string(format!("/proc/{busy_pid}/stat"))
         .map_or(true, |s| s.contains(") Z"));
     assert!(gone, "the dead daemon's QEMU still runs");
-    let names: Vec<_> = second.list().into_iter().map(|s| (s.name, s.thermal)).collect();
+    let names: Vec<_> = second.list().into_iter().map(|s| (s.id, s.thermal)).collect();
     assert_eq!(names, [("busy".to_owned(), Thermal::Cold), ("sleepy".to_owned(), Thermal::Cold)]);
 
     // The stopped one wakes with its memory: the process still runs.
@@ -88,11 +88,17 @@ async fn shutdown_suspends_everything_and_the_next_engine_wakes_it() {
     let shell = first.shell("kept", &ExecRequest::command(["sh"])).await.unwrap();
     assert!(first.stop("kept", Duration::ZERO).await.is_err());
 
-    let records = first.shutdown(Duration::from_millis(200)).await;
+    let records = first.shutdown(Duration::from_millis(200), Duration::from_secs(60)).await;
     assert_eq!(records.len(), 1);
-    let (record, error) = &records[0];
+    let (id, result) = &records[0];
+    assert_eq!(id, "kept");
+    let (record, error) = result.as_ref().unwrap();
     assert!(error.is_none(), "{error:?}");
     assert_eq!((record.thermal, record.snapshot), (Thermal::Cold, true));
+    // The gate is closed: nothing starts once a shutdown began.
+    assert_eq!(first.lease("kept").await.unwrap_err().kind(), ErrorKind::ShuttingDown);
+    assert_eq!(first.create(&small("late")).await.unwrap_err().kind(), ErrorKind::ShuttingDown);
+    assert_eq!(first.start("kept").await.unwrap_err().kind(), ErrorKind::ShuttingDown);
     drop(shell);
     drop(first);
 

@@ -5,7 +5,11 @@
 mod common;
 
 use common::*;
-use engine::{CreateSpec, Engine, EngineError};
+use engine::{CreateSpec, Engine, ErrorKind};
+
+fn dir_in(data: &std::path::Path, id: &str) -> std::path::PathBuf {
+    engine::layout::DataDir::new(data).sandbox(id).dir().to_owned()
+}
 
 fn spec(name: &str, image: &std::path::Path) -> CreateSpec {
     let mut spec = CreateSpec::new(name, image);
@@ -31,10 +35,16 @@ async fn create_exec_destroy_and_cleanup() {
         assert_eq!(out.stdout_text(), format!("{name}\n{name}\n"));
     }
 
-    assert!(matches!(engine.create(&spec("alpha", &image)).await, Err(EngineError::Refused(_))));
-    assert!(matches!(engine.create(&spec("Bad_Name", &image)).await, Err(EngineError::Refused(_))));
-    assert!(matches!(engine.exec("nope", &["true"]).await, Err(EngineError::NotFound(_))));
-    assert!(matches!(engine.destroy("nope").await, Err(EngineError::NotFound(_))));
+    assert_eq!(
+        engine.create(&spec("alpha", &image)).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        engine.create(&spec("Bad_Name", &image)).await.unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+    assert!(engine.exec("nope", &["true"]).await.unwrap_err().kind() == ErrorKind::NotFound);
+    assert!(engine.destroy("nope").await.unwrap_err().kind() == ErrorKind::NotFound);
 
     let taps_before = engine.netns().interfaces().await.unwrap();
     let neighbours = engine.netns().neighbours("br0").await.unwrap();
@@ -42,11 +52,11 @@ async fn create_exec_destroy_and_cleanup() {
     engine.destroy("alpha").await.unwrap();
     let neighbours = engine.netns().neighbours("br0").await.unwrap();
     assert!(!neighbours.contains(&alpha.ip) && neighbours.contains(&beta.ip), "{neighbours:?}");
-    assert!(!alpha.dir.exists(), "sandbox files left behind");
+    assert!(!dir_in(data.path(), &alpha.id).exists(), "sandbox files left behind");
     let taps_after = engine.netns().interfaces().await.unwrap();
     assert_eq!(taps_after.len() + 1, taps_before.len(), "{taps_before:?} -> {taps_after:?}");
-    assert!(matches!(engine.info("alpha"), Err(EngineError::NotFound(_))));
-    assert_eq!(engine.list().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["beta"]);
+    assert!(engine.info("alpha").unwrap_err().kind() == ErrorKind::NotFound);
+    assert_eq!(engine.list().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["beta"]);
 
     // The pool hands out new addresses (alpha's is reused last) and the name is free again.
     let again = engine.create(&spec("alpha", &image)).await.unwrap();
@@ -54,7 +64,7 @@ async fn create_exec_destroy_and_cleanup() {
     engine.destroy("alpha").await.unwrap();
     engine.destroy("beta").await.unwrap();
     assert!(engine.list().is_empty());
-    assert!(!beta.dir.exists());
+    assert!(!dir_in(data.path(), &beta.id).exists());
 }
 
 /// An engine that dies (no destroy, no drop) leaves QEMU running; the next engine on the same
@@ -66,8 +76,11 @@ async fn a_restarted_engine_removes_what_a_crashed_one_left() {
     let (config, _cleanup) = engine_config(data.path());
     let first = Engine::new(config.clone()).await.unwrap();
     let info = first.create(&spec("orphan", &image)).await.unwrap();
-    let pid: i32 =
-        std::fs::read_to_string(info.dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(dir_in(data.path(), &info.id).join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // One engine per data directory: a second one would take the first's sandboxes for orphans.
     let second = Engine::new(config.clone()).await.unwrap_err();
     assert!(second.to_string().contains("in use by another engine"), "{second}");
@@ -79,7 +92,7 @@ async fn a_restarted_engine_removes_what_a_crashed_one_left() {
     let gone =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"));
     assert!(gone, "the orphaned QEMU still runs");
-    assert!(!info.dir.exists(), "the orphan's files are still there");
+    assert!(!dir_in(data.path(), &info.id).exists(), "the orphan's files are still there");
     assert!(second.list().is_empty());
     // Its address and name are usable again.
     second.create(&spec("orphan", &image)).await.unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use agent::{ExecEvent, ExecRequest, ReadOptions};
 use common::*;
-use engine::{EngineError, Thermal};
+use engine::{EngineError, ErrorKind, Thermal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
@@ -45,7 +45,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     assert_eq!(e.thermal("t").unwrap(), Thermal::Hot);
 
     // Cold from hot and from warm; the QEMU is gone; a stop of a cold sandbox is a no-op.
-    let qemu_pid = std::fs::read_to_string(e.info("t").unwrap().dir.join("qemu.pid")).unwrap();
+    let qemu_pid = std::fs::read_to_string(e.dir_of("t").join("qemu.pid")).unwrap();
     let stopped = e.stop("t", Duration::ZERO).await.unwrap().unwrap();
     assert!(stopped.state_bytes < 10 << 20, "state carried RAM: {}", stopped.state_bytes);
     assert_eq!(e.thermal("t").unwrap(), Thermal::Cold);
@@ -57,7 +57,7 @@ async fn ensure_hot_from_warm_and_cold_keeps_state_and_tracks_activity() {
     e.ensure_hot("t").await.unwrap();
     assert_eq!(e.thermal("t").unwrap(), Thermal::Hot);
     // The state is consumed by the wake: the guest's RAM has moved on since.
-    assert!(!e.info("t").unwrap().dir.join("state").exists());
+    assert!(!e.dir_of("t").join("state").exists());
     let file = e.file_read("t", "/home/lohar/keep.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(file.data, b"kept");
     assert!(process_alive(&e, "t", pid).await);
@@ -216,25 +216,28 @@ async fn a_failed_stop_and_a_killed_qemu_lose_nothing() {
 
     // The state file cannot be written (its path is a directory): the stop fails, the sandbox
     // runs on with everything.
-    std::fs::create_dir(info.dir.join("state")).unwrap();
-    std::fs::write(info.dir.join("state/blocker"), b"x").unwrap();
+    std::fs::create_dir(e.dir_of(&info.id).join("state")).unwrap();
+    std::fs::write(e.dir_of(&info.id).join("state/blocker"), b"x").unwrap();
     let failed = e.stop("f", Duration::ZERO).await.unwrap_err();
     println!("failed stop: {failed}");
     assert_eq!(e.thermal("f").unwrap(), Thermal::Hot);
     let data = e.file_read("f", "/home/lohar/data.txt", ReadOptions::default()).await.unwrap();
     assert_eq!(data.data, b"precious");
-    std::fs::remove_dir_all(info.dir.join("state")).unwrap();
+    std::fs::remove_dir_all(e.dir_of(&info.id).join("state")).unwrap();
 
     // QEMU killed behind the engine's back: a clear error, then `start` boots from the disk.
-    let pid: i32 =
-        std::fs::read_to_string(info.dir.join("qemu.pid")).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(e.dir_of(&info.id).join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let err = e.exec("f", &["true"]).await.unwrap_err();
     assert!(matches!(err, EngineError::Crashed { .. }), "{err}");
     assert_eq!(e.thermal("f").unwrap(), Thermal::Failed);
-    assert!(err.to_string().contains("stopped unexpectedly"), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Crashed, "{err}");
     assert!(matches!(e.exec("f", &["true"]).await, Err(EngineError::Crashed { .. })));
     e.start("f").await.unwrap();
     let data = e.file_read("f", "/home/lohar/data.txt", ReadOptions::default()).await.unwrap();
@@ -243,7 +246,7 @@ async fn a_failed_stop_and_a_killed_qemu_lose_nothing() {
     // A saved state that cannot be restored: the wake fails clearly, the sandbox stays cold
     // with its files, and `start_from_disk` brings it back without the lost memory.
     e.stop("f", Duration::ZERO).await.unwrap().unwrap();
-    std::fs::write(info.dir.join("state"), b"not a migration stream").unwrap();
+    std::fs::write(e.dir_of(&info.id).join("state"), b"not a migration stream").unwrap();
     let broken = e.start("f").await.unwrap_err();
     assert!(broken.to_string().contains("Not a migration stream"), "{broken}");
     assert_eq!(e.thermal("f").unwrap(), Thermal::Cold);
@@ -252,6 +255,6 @@ async fn a_failed_stop_and_a_killed_qemu_lose_nothing() {
     assert_eq!(data.data, b"precious");
     let taps_before = e.netns().interfaces().await.unwrap();
     e.destroy("f").await.unwrap();
-    assert!(!info.dir.exists());
+    assert!(!e.dir_of(&info.id).exists());
     assert_eq!(e.netns().interfaces().await.unwrap().len() + 1, taps_before.len());
 }

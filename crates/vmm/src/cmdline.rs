@@ -37,14 +37,16 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
     }
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     push(&["-kernel", &cfg.kernel.display().to_string(), "-append", &cfg.cmdline]);
-    let serial = format!("file,id=console,path={}", cfg.serial_log.display());
+    // Appending, so the engine can truncate a full log while QEMU goes on writing at its end.
+    let serial = format!("file,id=console,path={},append=on", cfg.serial_log.display());
     push(&["-chardev", &serial, "-serial", "chardev:console"]);
     for (i, disk) in cfg.disks.iter().enumerate() {
         let drive = format!(
-            "id=disk{i},file={},format={},if=none,read-only={},cache=unsafe",
+            "id=disk{i},file={},format={},if=none,read-only={},cache={}",
             disk.path.display(),
             VmConfig::disk_format(disk),
             if disk.read_only { "on" } else { "off" },
+            cfg.disk_cache.as_str(),
         );
         let device = format!("virtio-blk-device,drive=disk{i}");
         push(&["-drive", &drive, "-device", &device]);
@@ -99,9 +101,9 @@ mod tests {
         assert!(
             line.contains("-kernel /k/vmlinux -append console=ttyS0 init=/usr/local/bin/lohar")
         );
-        assert!(
-            line.contains("-chardev file,id=console,path=/vm/serial.log -serial chardev:console")
-        );
+        assert!(line.contains(
+            "-chardev file,id=console,path=/vm/serial.log,append=on -serial chardev:console"
+        ));
         assert!(line.contains("-qmp unix:/vm/qmp.sock,server=on,wait=off"));
         assert!(!line.contains("memory-backend"));
         assert!(!line.contains("-netdev"));

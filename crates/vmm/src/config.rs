@@ -35,6 +35,28 @@ impl DiskFormat {
     }
 }
 
+/// How QEMU caches a disk on the host (`-drive cache=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskCache {
+    /// Host page cache, guest flushes honoured (a guest fsync reaches the disk).
+    #[default]
+    Writeback,
+    /// O_DIRECT, guest flushes honoured: no double caching, every write waits for the device.
+    None,
+    /// Guest flushes ignored: fast, and a host crash loses what guests thought durable.
+    Unsafe,
+}
+
+impl DiskCache {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DiskCache::Writeback => "writeback",
+            DiskCache::None => "none",
+            DiskCache::Unsafe => "unsafe",
+        }
+    }
+}
+
 /// A virtio-blk disk; the guest sees them as /dev/vda, /dev/vdb, ... in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -71,6 +93,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Disks in order.
     pub disks: Vec<Disk>,
+    /// Host caching of every disk.
+    pub disk_cache: DiskCache,
     /// Network device, if any.
     pub net: Option<NetDevice>,
     /// File receiving the serial console.
@@ -94,6 +118,7 @@ impl VmConfig {
     /// A config with the defaults we use: 1 vCPU, 256 MiB anonymous RAM, TCG cache 8 MiB.
     pub fn new(kernel: PathBuf, cmdline: String, serial_log: PathBuf, qmp_socket: PathBuf) -> Self {
         Self {
+            disk_cache: DiskCache::default(),
             qemu: PathBuf::from("qemu-system-x86_64"),
             kernel,
             cmdline,

@@ -13,7 +13,7 @@ pub mod qmp;
 mod snapshot;
 
 pub use accel::{Accel, Accelerator};
-pub use config::{Disk, DiskFormat, Memory, NetDevice, VmConfig};
+pub use config::{Disk, DiskCache, DiskFormat, Memory, NetDevice, VmConfig};
 pub use error::VmmError;
 pub use process::QemuProcess;
 pub use snapshot::{StateFormat, StateSaved};

@@ -124,7 +124,9 @@ pub fn spec_for(
     BootSpec {
         kernel,
         image,
-        dir: dir.to_owned(),
+        files: engine::layout::SandboxFiles::new(dir),
+        disk_size_mib: None,
+        disk_cache: vmm::DiskCache::default(),
         memory_mib,
         memory_file: memory_file.then(|| dir.join("ram")),
         vcpus: 1,
@@ -161,6 +163,13 @@ impl std::ops::Deref for TestEngine {
     type Target = engine::Engine;
     fn deref(&self) -> &engine::Engine {
         &self.engine
+    }
+}
+
+impl TestEngine {
+    /// A sandbox's directory, as the engine's layout names it.
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        engine::layout::DataDir::new(self.data.path()).sandbox(id).dir().to_owned()
     }
 }
 

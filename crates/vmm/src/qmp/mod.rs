@@ -43,6 +43,8 @@ pub struct Qmp {
     writer: mpsc::Sender<Vec<u8>>,
     pending: Arc<Mutex<Pending>>,
     events: broadcast::Sender<Event>,
+    /// Turns true when the reader saw QEMU close the socket (QEMU exited or crashed).
+    closed: tokio::sync::watch::Receiver<bool>,
     next_id: AtomicU64,
     /// QEMU's version from the greeting.
     pub version: (u64, u64, u64),
@@ -110,10 +112,21 @@ impl Qmp {
             .map_err(|_| VmmError::Timeout { op: "QMP connect".into(), after: timeout })??;
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (events, _) = broadcast::channel(256);
-        tokio::spawn(read_loop(lines, Arc::clone(&pending), events.clone()));
+        let (pending_reader, events_reader) = (Arc::clone(&pending), events.clone());
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            read_loop(lines, pending_reader, events_reader).await;
+            let _ = closed_tx.send(true);
+        });
         let (writer, lines_out) = mpsc::channel(64);
         tokio::spawn(write_loop(write, lines_out));
-        Ok(Self { writer, pending, events, next_id: AtomicU64::new(1), version })
+        Ok(Self { writer, pending, events, closed, next_id: AtomicU64::new(1), version })
+    }
+
+    /// Completes once QEMU has closed the QMP connection (it exited, was killed or crashed).
+    pub async fn gone(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|c| *c).await;
     }
 
     /// Receives every event from now on.

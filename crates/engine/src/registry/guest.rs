@@ -7,9 +7,13 @@ use agent::{
     SessionInfo, Stream,
 };
 
-use super::{Engine, refused};
+use super::Engine;
 use crate::error::EngineError;
-use crate::sandbox::Leased;
+use crate::lease::{Lease, Leased};
+
+/// The most of one `/proc/net/tcp*` table read: 4 MiB is ~27,000 sockets (150 bytes a line);
+/// a guest cannot make the host buffer more.
+const MAX_PORT_TABLE_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Engine {
     /// Runs `argv` and buffers its output (within the engine's exec deadline).
@@ -132,12 +136,28 @@ impl Engine {
         Ok(lease.client().file_list(path).await?)
     }
 
-    /// TCP ports the guest listens on (IPv4 and IPv6), sorted.
+    /// TCP ports the guest listens on (IPv4 and IPv6), sorted; wakes the sandbox.
     pub async fn listening_ports(&self, name: &str) -> Result<Vec<u16>, EngineError> {
         let lease = self.lease(name).await?;
+        ports_of(&lease).await
+    }
+
+    /// The listening ports of a hot sandbox; `None` when it is not hot (it is never woken).
+    pub async fn listening_ports_if_hot(&self, id: &str) -> Result<Option<Vec<u16>>, EngineError> {
+        match self.try_lease(id)? {
+            Some(lease) => ports_of(&lease).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The listening ports the guest's kernel tables show, each table read with a size cap.
+async fn ports_of(lease: &Lease) -> Result<Vec<u16>, EngineError> {
+    {
         let mut ports = std::collections::BTreeSet::new();
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            match lease.client().file_read(table, ReadOptions::default()).await {
+            let opts = ReadOptions { max_bytes: MAX_PORT_TABLE_BYTES, ..ReadOptions::default() };
+            match lease.client().file_read(table, opts).await {
                 Ok(content) => {
                     ports.extend(crate::ports::listening(&String::from_utf8_lossy(&content.data)))
                 }
@@ -148,11 +168,13 @@ impl Engine {
         }
         Ok(ports.into_iter().collect())
     }
+}
 
+impl Engine {
     /// A byte stream to `localhost:port` in the guest; hot while open.
     pub async fn forward(&self, name: &str, port: u16) -> Result<Leased<Stream>, EngineError> {
         if port == 0 {
-            return Err(refused("port 0 is not a valid port".into()));
+            return Err(EngineError::invalid("port 0 is not a valid port"));
         }
         let lease = self.lease(name).await?;
         let stream = lease.client().forward(port).await?;

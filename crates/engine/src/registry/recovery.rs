@@ -3,36 +3,44 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use super::{Engine, EngineConfig, check_name, check_socket_room, lock, parse_mac, refused};
-use crate::checkpoint;
-use crate::error::EngineError;
+use super::{
+    Engine, EngineConfig, Shape, check_name, check_owner, check_socket_room, lock, parse_mac,
+};
+use crate::error::{EngineError, Resource};
+use crate::events::Events;
 use crate::ippool::IpPool;
+use crate::layout::{DataDir, SandboxFiles};
 use crate::net::Netns;
-use crate::sandbox::STATE_FILE;
+use crate::owner::Identity;
 use crate::state::{SandboxRecord, Thermal};
 use crate::vm;
 use crate::volume::Claims;
 
 /// Takes the data directory's lock file, so two engines never share one data directory (the
 /// second would take the first's sandboxes for orphans and remove them).
-fn lock_data_dir(data_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
-    std::fs::create_dir_all(data_dir)?;
+fn lock_data_dir(layout: &DataDir) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
+    std::fs::create_dir_all(layout.root())?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(data_dir.join("engine.lock"))?;
+        .open(layout.lock_file())?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        refused(format!("data directory {} is in use by another engine", data_dir.display()))
+        EngineError::invalid(format!(
+            "data directory {} is in use by another engine",
+            layout.root().display()
+        ))
     })
 }
 
 /// Sandbox directories that no record names were left by an engine that died before its store
-/// knew them: kill their QEMUs (the TAPs vanish with them) and remove them.
+/// knew them: kill their QEMUs (the TAPs vanish with them) and remove them. Blocking: runs on
+/// a blocking thread.
 fn clean_orphans(sandboxes_dir: &Path, keep: &[PathBuf]) -> Result<usize, EngineError> {
     let mut removed = 0;
     for entry in std::fs::read_dir(sandboxes_dir)?.flatten() {
@@ -41,7 +49,7 @@ fn clean_orphans(sandboxes_dir: &Path, keep: &[PathBuf]) -> Result<usize, Engine
         if !dir.is_dir() || keep.contains(&canonical) {
             continue;
         }
-        vm::kill_orphan(&dir);
+        vm::kill_orphan(&SandboxFiles::new(&dir));
         // One directory that will not go must not keep the engine from starting.
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => removed += 1,
@@ -55,14 +63,15 @@ impl Engine {
     /// Like [`Engine::new`], and brings back the sandboxes of `records` (from the store) as
     /// cold sandboxes: one whose state was saved wakes with its memory, one that was running
     /// when the daemon died (its QEMU is killed) boots again from its disk. Records that cannot
-    /// be recovered are returned with the reason; their directories are kept (a subnet change
-    /// must not delete disks), only directories no record names are removed.
+    /// be recovered are returned with the reason (by sandbox ID); their directories are kept (a
+    /// subnet change must not delete disks), only directories no record names are removed.
     pub async fn new_recovering(
         config: EngineConfig,
         records: Vec<SandboxRecord>,
     ) -> Result<(Self, Vec<(String, EngineError)>), EngineError> {
-        check_socket_room(&config.data_dir)?;
-        let data_lock = lock_data_dir(&config.data_dir)?;
+        let layout = DataDir::new(config.data_dir.clone());
+        check_socket_room(&layout)?;
+        let data_lock = lock_data_dir(&layout)?;
         let ns = Netns::create(&config.netns).await?;
         ns.setup_bridge(&config.bridge, config.subnet.gateway(), config.subnet.prefix()).await?;
         // The namespace outlives the engine: egress from an earlier configuration is undone.
@@ -70,37 +79,54 @@ impl Engine {
             Some(egress) => crate::egress::enable(&ns, config.subnet, egress).await?,
             None => crate::egress::disable_any(&ns).await?,
         }
-        let sandboxes_dir = config.data_dir.join("sandboxes");
+        let sandboxes_dir = layout.sandboxes();
         std::fs::create_dir_all(&sandboxes_dir)?;
-        super::checkpoints::clean_staging(&config.data_dir.join("checkpoints"));
+        super::checkpoints::clean_staging(&layout.checkpoints());
+        // Measured once, off the async threads, before the first boot needs it.
+        let _ = tokio::task::spawn_blocking(vm::host_tsc_khz).await;
         let engine = Self {
             pool: Arc::new(Mutex::new(IpPool::new(config.subnet))),
             sandboxes: Mutex::new(BTreeMap::new()),
             claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
+            events: Events::new(),
+            closing: AtomicBool::new(false),
             data_lock: Some(data_lock),
             ns,
+            layout,
             config,
         };
         // Every directory a record names is kept, however the record spells it: the path it
-        // stored and the one its name gives here (the data directory may be reached another way).
+        // stored and the one its ID gives here (the data directory may be reached another way).
         let keep: Vec<PathBuf> = records
             .iter()
             .flat_map(|r| {
-                let by_name = super::valid_name(&r.name).then(|| sandboxes_dir.join(&r.name));
-                [Some(r.dir.clone()), by_name].into_iter().flatten()
+                let by_id =
+                    super::valid_id(&r.id).then(|| engine.layout.sandbox(&r.id).dir().to_owned());
+                [Some(r.dir.clone()), by_id].into_iter().flatten()
             })
             .map(|p| p.canonicalize().unwrap_or(p))
             .collect();
         let mut failed = Vec::new();
         for record in records {
-            let name = record.name.clone();
-            if let Err(e) = engine.recover(record) {
-                tracing::warn!(sandbox = %name, "not recovered: {e}");
-                failed.push((name, e));
+            let id = record.id.clone();
+            let dir = engine.layout.sandbox(&id);
+            let recovered = tokio::task::spawn_blocking(move || {
+                // A QEMU left running by a dead daemon cannot be adopted (its QMP client is
+                // gone with the daemon); what it wrote to the disk stays, its memory is lost.
+                vm::kill_orphan(&dir);
+            })
+            .await
+            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))
+            .and_then(|()| engine.recover(record));
+            if let Err(e) = recovered {
+                tracing::warn!(sandbox = %id, "not recovered: {e}");
+                failed.push((id, e));
             }
         }
-        let orphans = clean_orphans(&sandboxes_dir, &keep)?;
+        let orphans = tokio::task::spawn_blocking(move || clean_orphans(&sandboxes_dir, &keep))
+            .await
+            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
         if orphans > 0 {
             tracing::warn!("removed {orphans} sandboxes left by an earlier engine");
         }
@@ -108,40 +134,39 @@ impl Engine {
     }
 
     fn recover(&self, record: SandboxRecord) -> Result<(), EngineError> {
-        check_name("sandbox", &record.name)?;
-        let expected = self.config.data_dir.join("sandboxes").join(&record.name);
-        if record.dir != expected || !record.dir.join(vm::OVERLAY).exists() {
-            return Err(refused(format!("sandbox {:?}: its disk is missing", record.name)));
+        check_name(Resource::Sandbox, &record.id)?;
+        check_owner(&record.owner)?;
+        let files = self.layout.sandbox(&record.id);
+        if record.dir != files.dir() || !files.overlay().exists() {
+            return Err(EngineError::not_found(Resource::Sandbox, &record.id));
         }
-        if lock(&self.sandboxes).contains_key(&record.name) {
-            return Err(refused(format!("sandbox {:?} is recorded twice", record.name)));
+        if lock(&self.sandboxes).contains_key(&record.id) {
+            return Err(EngineError::exists(Resource::Sandbox, &record.id));
         }
-        // A QEMU left running by a dead daemon cannot be adopted (its QMP client is gone with
-        // the daemon); what it wrote to the disk stays, its memory is lost.
-        vm::kill_orphan(&record.dir);
         // A restore consumes the state file, so one that is still there was never woken from.
         let snapshot = record.snapshot
             && record.thermal == Thermal::Cold
-            && record.dir.join(STATE_FILE).exists()
-            && record.dir.join(checkpoint::RAM_FILE).exists();
+            && files.state().exists()
+            && files.ram().exists();
         let mac = parse_mac(&record.mac)?;
-        lock(&self.pool).claim_free(record.ip).map_err(|e| refused(e.to_string()))?;
-        let claimed = lock(&self.claims).claim(&record.name, &record.volumes);
+        lock(&self.pool).claim_free(record.ip).map_err(super::address_pool_exhausted)?;
+        let claimed = lock(&self.claims).claim(&record.id, &record.volumes);
         if let Err(e) = claimed {
             lock(&self.pool).release(record.ip);
             return Err(e);
         }
-        let spec = self.boot_spec(
-            &record.dir,
-            &record.image,
-            record.memory_mib,
-            record.vcpus,
-            record.guest_config(),
-            &record.volumes,
-            record.ip,
+        let shape = Shape {
+            image: &record.image,
+            memory_mib: record.memory_mib,
+            vcpus: record.vcpus,
+            disk_size_mib: record.disk_size_mib,
+            volumes: &record.volumes,
+            ip: record.ip,
             mac,
-        );
-        self.adopt(&record.name, spec, None, snapshot);
+        };
+        let spec = self.boot_spec(files, shape, record.guest_config());
+        let who = Identity { id: record.id.clone(), owner: record.owner.clone() };
+        self.adopt(who, spec, None, snapshot);
         Ok(())
     }
 }

@@ -1,0 +1,730 @@
+//! One sandbox's owner: a task that alone holds the VM and changes its thermal state.
+//!
+//! Every thermal change (pause, stop, wake, checkpoint, destroy) is a message to the owner, which
+//! handles them one at a time, so two wakes never start two QEMUs and a stop never runs beside a
+//! restore. What each message does in each state is decided by [`step`], a pure function with
+//! a table test. Guest operations do not run inside the owner: they take a [`Lease`] and talk to
+//! the agent themselves, so a long exec never blocks the owner. A pause or stop waits, up to a
+//! deadline the caller gives, until no lease is out, and refuses with [`EngineError::Busy`]
+//! otherwise. (A checkpoint does pause the guest for as long as its files take to copy, leases
+//! or not: the guest sees a pause, never an error, as with v1.)
+//!
+//! Between messages the owner watches its QEMU: a QEMU that exits (killed, crashed) or pauses
+//! on a full disk is reported as an event at once, not at the next operation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::AgentClient;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::error::EngineError;
+use crate::events::{EventKind, Events};
+use crate::lease::{Lease, Shared};
+use crate::net::Netns;
+use crate::state::{RECORD_VERSION, SandboxRecord, Thermal};
+use crate::vm::{self, BootSpec, Suspended, Vm};
+use crate::volume::VolumeMount;
+
+/// A message to the owner.
+pub(crate) enum Command {
+    Lease(oneshot::Sender<Result<Lease, EngineError>>),
+    Pause {
+        wait: Duration,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Stop {
+        wait: Duration,
+        /// Stop even if operations are still in flight after `wait` (daemon shutdown).
+        force: bool,
+        reply: oneshot::Sender<Result<Option<Suspended>, EngineError>>,
+    },
+    Start {
+        /// Discard the saved memory (if any) and boot from the disk overlay.
+        from_disk: bool,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Checkpoint {
+        dest: crate::layout::CheckpointFiles,
+        name: String,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Export(oneshot::Sender<SandboxRecord>),
+    Destroy(oneshot::Sender<()>),
+    /// Test support: the owner panics, as a bug in it would.
+    #[cfg(feature = "test-support")]
+    Panic,
+}
+
+/// What a request asks of the owner, for [`step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Make hot (a lease, a wake).
+    Wake,
+    /// Start: like a wake, and a crashed sandbox boots again from its disk.
+    Start,
+    /// Start from the disk, discarding saved memory.
+    StartFromDisk,
+    Pause,
+    Stop,
+    Checkpoint,
+}
+
+/// What the owner does for a request in a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Already where the request wants it.
+    Nothing,
+    /// `cont` a paused VM.
+    Resume,
+    /// Start QEMU from the saved device state and RAM.
+    Restore,
+    /// Boot from the disk overlay (no saved memory, or it is discarded).
+    Boot,
+    /// Pause the vCPUs.
+    Pause,
+    /// Save device state, flush, end QEMU.
+    Save,
+    /// Capture a checkpoint.
+    Capture,
+    /// A crashed sandbox counts as stopped: the next start boots from its disk.
+    MarkCold,
+    /// The state does not allow it.
+    WrongState,
+    /// QEMU ended on its own; only a start helps.
+    Crashed,
+}
+
+/// The owner's state machine: what `request` means in `thermal` (with `snapshot`: a cold
+/// sandbox's memory is on disk).
+pub(crate) fn step(thermal: Thermal, snapshot: bool, request: Request) -> Step {
+    use Request as R;
+    use Thermal as T;
+    match (request, thermal) {
+        (R::Wake | R::Start | R::StartFromDisk, T::Hot) => Step::Nothing,
+        (R::Wake | R::Start | R::StartFromDisk, T::Warm) => Step::Resume,
+        (R::Wake | R::Start, T::Cold) if snapshot => Step::Restore,
+        (R::Wake | R::Start | R::StartFromDisk, T::Cold) => Step::Boot,
+        (R::Wake, T::Failed) => Step::Crashed,
+        (R::Start | R::StartFromDisk, T::Failed) => Step::Boot,
+        (R::Pause, T::Hot) => Step::Pause,
+        (R::Pause, T::Warm) => Step::Nothing,
+        (R::Pause, T::Cold) => Step::WrongState,
+        (R::Pause, T::Failed) => Step::Crashed,
+        (R::Stop, T::Hot | T::Warm) => Step::Save,
+        (R::Stop, T::Cold) => Step::Nothing,
+        (R::Stop, T::Failed) => Step::MarkCold,
+        (R::Checkpoint, T::Hot | T::Warm) => Step::Capture,
+        (R::Checkpoint, T::Cold) => Step::WrongState,
+        (R::Checkpoint, T::Failed) => Step::Crashed,
+    }
+}
+
+/// Where the VM is.
+enum Power {
+    Hot(Vm),
+    Warm(Vm),
+    /// QEMU gone. With `snapshot`, device state and RAM are on disk and a wake restores them;
+    /// without, a wake boots from the disk overlay.
+    Cold {
+        snapshot: bool,
+    },
+    /// QEMU ended on its own (killed, crashed); an explicit start boots from the disk.
+    Failed(String),
+}
+
+impl Power {
+    fn thermal(&self) -> Thermal {
+        match self {
+            Power::Hot(_) => Thermal::Hot,
+            Power::Warm(_) => Thermal::Warm,
+            Power::Cold { .. } => Thermal::Cold,
+            Power::Failed(_) => Thermal::Failed,
+        }
+    }
+
+    fn snapshot(&self) -> bool {
+        matches!(self, Power::Cold { snapshot: true })
+    }
+}
+
+/// What a destroyed sandbox gives back to the engine: its address and its volume claims.
+#[derive(Debug, Clone)]
+pub(crate) struct Giveback {
+    pub(crate) pool: Arc<std::sync::Mutex<crate::ippool::IpPool>>,
+    pub(crate) claims: Arc<std::sync::Mutex<crate::volume::Claims>>,
+    pub(crate) bridge: String,
+}
+
+impl Giveback {
+    /// Returns the address and the claims of sandbox `id`.
+    pub(crate) fn release(&self, id: &str, ip: std::net::Ipv4Addr) {
+        lock(&self.claims).release(id);
+        lock(&self.pool).release(ip);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who the sandbox is.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) id: String,
+    pub(crate) owner: String,
+}
+
+/// The owner task's state.
+pub(crate) struct Owner {
+    who: Identity,
+    ns: Netns,
+    spec: BootSpec,
+    client: Arc<AgentClient>,
+    power: Power,
+    shared: Arc<Shared>,
+    boots: Arc<Semaphore>,
+    giveback: Giveback,
+    events: Events,
+}
+
+/// The handle the registry keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct Handle {
+    tx: mpsc::Sender<Command>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Test support: the owner's queue itself.
+    #[cfg(feature = "test-support")]
+    pub(crate) fn tx_for_tests(&self) -> &mpsc::Sender<Command> {
+        &self.tx
+    }
+
+    /// Sends a command and waits for its answer. An owner that is gone failed (it panicked):
+    /// the sandbox is reported crashed.
+    pub(crate) async fn ask<T>(
+        &self,
+        id: &str,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || EngineError::Crashed {
+            id: id.to_owned(),
+            reason: lock(&self.shared.failure)
+                .clone()
+                .unwrap_or_else(|| "its owner task ended".to_owned()),
+        };
+        self.tx.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+/// What a new owner starts with.
+pub(crate) struct Start {
+    pub(crate) who: Identity,
+    pub(crate) ns: Netns,
+    pub(crate) spec: BootSpec,
+    /// Hot with a VM; cold without.
+    pub(crate) vm: Option<Vm>,
+    pub(crate) client: Arc<AgentClient>,
+    /// For a cold start: its memory is on disk.
+    pub(crate) snapshot: bool,
+    pub(crate) boots: Arc<Semaphore>,
+    pub(crate) giveback: Giveback,
+    pub(crate) events: Events,
+}
+
+/// Starts the owner of a sandbox, and a supervisor that notices if it panics: the sandbox is
+/// then marked failed (QEMU went with the owner's unwinding), its address and claims are given
+/// back and a crash event goes out.
+pub(crate) fn spawn(start: Start) -> Handle {
+    let Start { who, ns, spec, vm, client, snapshot, boots, giveback, events } = start;
+    let power = match vm {
+        Some(vm) => Power::Hot(vm),
+        None => Power::Cold { snapshot },
+    };
+    let shared = Arc::new(Shared::new(power.thermal()));
+    if let Power::Hot(_) = power {
+        shared.open(&client);
+    }
+    let ip = spec.ip;
+    let (id, supervisor_giveback, supervisor_events) =
+        (who.id.clone(), giveback.clone(), events.clone());
+    let owner = Owner {
+        who,
+        ns,
+        spec,
+        client,
+        power,
+        shared: Arc::clone(&shared),
+        boots,
+        giveback,
+        events,
+    };
+    // A small queue: callers wait for their answer anyway.
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(owner.run(rx));
+    let watched = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let Err(e) = task.await else { return };
+        if !e.is_panic() {
+            return; // The runtime is shutting down.
+        }
+        let reason = "the sandbox's owner task failed (a bug: see the daemon's log)".to_owned();
+        tracing::error!(sandbox = %id, "owner task panicked: {e}");
+        *lock(&watched.failure) = Some(reason.clone());
+        watched.close();
+        watched.set_thermal(Thermal::Failed);
+        supervisor_giveback.release(&id, ip);
+        supervisor_events.send(&id, EventKind::Crashed { reason });
+    });
+    Handle { tx, shared }
+}
+
+/// What the watched QEMU did between messages.
+enum VmSignal {
+    /// QEMU closed its QMP socket: it exited.
+    Gone,
+    /// QEMU paused the guest on a full disk.
+    DiskFull,
+}
+
+/// Waits for something the running VM does on its own; never completes without a VM.
+async fn watch(power: &mut Power) -> VmSignal {
+    let (Power::Hot(vm) | Power::Warm(vm)) = power else {
+        return std::future::pending().await;
+    };
+    let Vm { qemu, events, .. } = vm;
+    loop {
+        tokio::select! {
+            () = qemu.qmp.gone() => return VmSignal::Gone,
+            event = events.recv() => match event {
+                Ok(e) if e.name == "BLOCK_IO_ERROR"
+                    && e.data["nospace"].as_bool() == Some(true)
+                    && e.data["action"].as_str() == Some("stop") => return VmSignal::DiskFull,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return std::future::pending().await;
+                }
+            },
+        }
+    }
+}
+
+/// How often the console log's size is checked while QEMU runs.
+const CONSOLE_CHECK: Duration = Duration::from_secs(2);
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut console = tokio::time::interval(CONSOLE_CHECK);
+        console.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = rx.recv() => {
+                    let Some(command) = command else { break };
+                    if self.handle(command).await {
+                        return;
+                    }
+                }
+                signal = watch(&mut self.power) => self.on_signal(signal).await,
+                _ = console.tick() => self.cap_console(),
+            }
+        }
+        if self.shared.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.destroy().await;
+        }
+        // Otherwise the engine was dropped: the VM's QEMU is killed with it, files stay.
+    }
+
+    /// Handles one message; true when the owner is done (destroyed).
+    async fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Lease(reply) => {
+                let lease = self
+                    .make_hot(Request::Wake)
+                    .await
+                    .map(|()| self.shared.lease_from_owner(&self.client));
+                // A caller that gave up drops the lease here, which returns it.
+                let _ = reply.send(lease);
+            }
+            Command::Pause { wait, reply } => {
+                let _ = reply.send(self.pause(wait).await);
+            }
+            Command::Stop { wait, force, reply } => {
+                let _ = reply.send(self.stop(wait, force).await);
+            }
+            Command::Start { from_disk, reply } => {
+                let request = if from_disk { Request::StartFromDisk } else { Request::Start };
+                let _ = reply.send(self.make_hot(request).await);
+            }
+            Command::Checkpoint { dest, name, reply } => {
+                let _ = reply.send(self.checkpoint(&dest, &name).await);
+            }
+            Command::Export(reply) => {
+                let _ = reply.send(self.record());
+            }
+            Command::Destroy(reply) => {
+                self.destroy().await;
+                let _ = reply.send(());
+                return true;
+            }
+            #[cfg(feature = "test-support")]
+            Command::Panic => panic!("owner of {} told to panic (test support)", self.who.id),
+        }
+        false
+    }
+
+    async fn on_signal(&mut self, signal: VmSignal) {
+        match signal {
+            VmSignal::Gone => {
+                if let Err(e) = self.check_alive(Duration::from_secs(2)).await {
+                    tracing::warn!(sandbox = %self.who.id, "{e}");
+                }
+            }
+            VmSignal::DiskFull => {
+                if let Power::Hot(_) = self.power {
+                    let Power::Hot(vm) =
+                        std::mem::replace(&mut self.power, Power::Cold { snapshot: false })
+                    else {
+                        return;
+                    };
+                    self.set_power(Power::Warm(vm));
+                }
+                tracing::warn!(sandbox = %self.who.id, "paused by QEMU: a disk is full");
+                self.events.send(&self.who.id, EventKind::DiskFull);
+            }
+        }
+    }
+
+    /// Keeps the guest-written console log bounded.
+    fn cap_console(&self) {
+        if matches!(self.power, Power::Hot(_) | Power::Warm(_))
+            && let Err(e) = vm::cap_console(&self.spec.files)
+        {
+            tracing::warn!(sandbox = %self.who.id, "capping the console log: {e}");
+        }
+    }
+
+    /// Ends the sandbox for good: QEMU (its TAP goes with it), the neighbour entry, the address,
+    /// the volume claims, every file. Runs in the owner, after whatever it was doing, so a boot
+    /// still in progress can never recreate what this removes.
+    async fn destroy(&mut self) {
+        self.kill().await;
+        let files = self.spec.files.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            vm::kill_orphan(&files);
+            match std::fs::remove_dir_all(files.dir()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
+            tracing::warn!(sandbox = %self.who.id, "removing its directory: {e}");
+        }
+        if let Err(e) = self.ns.delete_neighbour(&self.giveback.bridge, self.spec.ip).await {
+            tracing::warn!(sandbox = %self.who.id, "{e}");
+        }
+        self.giveback.release(&self.who.id, self.spec.ip);
+        self.events.send(&self.who.id, EventKind::Destroyed);
+    }
+
+    fn set_power(&mut self, power: Power) {
+        let thermal = power.thermal();
+        match &power {
+            Power::Hot(vm) => self.shared.open(&vm.client),
+            _ => self.shared.close(),
+        }
+        self.power = power;
+        self.shared.set_thermal(thermal);
+    }
+
+    /// Fails with a clear message when QEMU is no longer running (killed, crashed), waiting up
+    /// to `grace` for a QEMU whose QMP socket closed to finish exiting.
+    async fn check_alive(&mut self, grace: Duration) -> Result<(), EngineError> {
+        let (Power::Hot(vm) | Power::Warm(vm)) = &mut self.power else {
+            return Ok(());
+        };
+        if !vm.qemu.qmp.is_closed() && vm.qemu.is_running() {
+            return Ok(());
+        }
+        if vm.qemu.wait(grace).await.is_err() {
+            // QMP closed but the process lingers: it is of no use any more.
+            let _ = vm.qemu.kill().await;
+        }
+        let stderr = vm.qemu.stderr();
+        let why = if stderr.trim().is_empty() {
+            "QEMU exited unexpectedly".to_owned()
+        } else {
+            format!("QEMU exited unexpectedly: {}", stderr.trim())
+        };
+        tracing::warn!(sandbox = %self.who.id, "{why}");
+        self.set_power(Power::Failed(why.clone()));
+        self.events.send(&self.who.id, EventKind::Crashed { reason: why });
+        self.crashed()
+    }
+
+    fn crashed(&self) -> Result<(), EngineError> {
+        match &self.power {
+            Power::Failed(why) => {
+                Err(EngineError::Crashed { id: self.who.id.clone(), reason: why.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn wrong_state(&self, op: &'static str) -> EngineError {
+        EngineError::WrongState { id: self.who.id.clone(), thermal: self.power.thermal(), op }
+    }
+
+    async fn make_hot(&mut self, request: Request) -> Result<(), EngineError> {
+        self.check_alive(Duration::ZERO).await.or_else(|e| match request {
+            Request::Wake => Err(e),
+            _ => Ok(()),
+        })?;
+        let from = self.power.thermal();
+        let started = Instant::now();
+        match step(from, self.power.snapshot(), request) {
+            Step::Nothing => return Ok(()),
+            Step::Crashed => return self.crashed(),
+            Step::Resume => {
+                if let Power::Warm(vm) = &self.power {
+                    vm::resume(vm).await?;
+                }
+                if let Power::Warm(vm) =
+                    std::mem::replace(&mut self.power, Power::Cold { snapshot: false })
+                {
+                    self.set_power(Power::Hot(vm));
+                }
+            }
+            Step::Restore | Step::Boot => {
+                let restore = step(from, self.power.snapshot(), request) == Step::Restore;
+                if !restore {
+                    // Booting from the disk: a saved state (if any) must never be restored
+                    // over a disk the new boot changes, and the old RAM is meaningless.
+                    let _ = std::fs::remove_file(self.spec.files.state());
+                    if let Some(ram) = &self.spec.memory_file {
+                        let _ = std::fs::remove_file(ram);
+                    }
+                    self.set_power(Power::Cold { snapshot: false });
+                }
+                let permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
+                let vm = if restore {
+                    let state = self.spec.files.state();
+                    let client = Some(Arc::clone(&self.client));
+                    vm::resume_from_disk(&self.ns, &self.spec, &state, client).await?
+                } else {
+                    vm::boot(&self.ns, &self.spec).await?
+                };
+                drop(permit);
+                self.client = Arc::clone(&vm.client);
+                self.set_power(Power::Hot(vm));
+                if !restore {
+                    self.events.send(&self.who.id, EventKind::Started);
+                    return Ok(());
+                }
+            }
+            other => {
+                debug_assert!(false, "make_hot planned {other:?}");
+                return Err(self.wrong_state("wake"));
+            }
+        }
+        let duration = started.elapsed();
+        self.events.send(&self.who.id, EventKind::Woke { from, duration });
+        Ok(())
+    }
+
+    async fn pause(&mut self, wait: Duration) -> Result<(), EngineError> {
+        self.check_alive(Duration::ZERO).await?;
+        match step(self.power.thermal(), self.power.snapshot(), Request::Pause) {
+            Step::Pause => {}
+            Step::Nothing => return Ok(()),
+            Step::Crashed => return self.crashed(),
+            _ => return Err(self.wrong_state("pause")),
+        }
+        self.shared.close_when_idle(&self.who.id, wait).await?;
+        if let Power::Hot(vm) = &self.power
+            && let Err(e) = vm::pause(vm).await
+        {
+            self.shared.reopen_if_hot();
+            return Err(e);
+        }
+        if let Power::Hot(vm) = std::mem::replace(&mut self.power, Power::Cold { snapshot: false })
+        {
+            self.set_power(Power::Warm(vm));
+        }
+        self.events.send(&self.who.id, EventKind::Paused);
+        Ok(())
+    }
+
+    async fn stop(
+        &mut self,
+        wait: Duration,
+        force: bool,
+    ) -> Result<Option<Suspended>, EngineError> {
+        // A QEMU that died since the last operation: nothing runs, so this sandbox is stopped.
+        let _ = self.check_alive(Duration::ZERO).await;
+        let was_hot = match step(self.power.thermal(), self.power.snapshot(), Request::Stop) {
+            Step::Save => matches!(self.power, Power::Hot(_)),
+            Step::MarkCold => {
+                // The next start boots from the disk.
+                self.set_power(Power::Cold { snapshot: false });
+                return Ok(None);
+            }
+            _ => return Ok(None),
+        };
+        if let Err(busy) = self.shared.close_when_idle(&self.who.id, wait).await {
+            if !force {
+                return Err(busy);
+            }
+            self.shared.close_now();
+            tracing::warn!(sandbox = %self.who.id, "stopping with operations in flight: {busy}");
+        }
+        let state = self.spec.files.state();
+        let started = Instant::now();
+        let saved = match &self.power {
+            Power::Hot(vm) | Power::Warm(vm) => vm::save_device_state(vm, &self.spec, &state).await,
+            _ => return Ok(None),
+        };
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                // Nothing is lost: the VM is paused with its memory; run it again if it ran.
+                let _ = std::fs::remove_file(&state);
+                if was_hot
+                    && let Power::Hot(vm) = &self.power
+                    && let Err(cont) = vm::resume(vm).await
+                {
+                    tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {cont}");
+                }
+                self.shared.reopen_if_hot();
+                return Err(e);
+            }
+        };
+        let (Power::Hot(vm) | Power::Warm(vm)) =
+            std::mem::replace(&mut self.power, Power::Cold { snapshot: true })
+        else {
+            return Ok(None);
+        };
+        self.set_power(Power::Cold { snapshot: true });
+        // The state is saved; from here QEMU goes whatever happens, and only a failed flush to
+        // the disk is an error (the wake would still work from the page cache).
+        let (suspended, _client) =
+            vm::end_after_save(vm, &self.spec, &state, started, saved).await?;
+        self.events
+            .send(&self.who.id, EventKind::Stopped { bytes_written: suspended.bytes_written });
+        Ok(Some(suspended))
+    }
+
+    async fn checkpoint(
+        &mut self,
+        dest: &crate::layout::CheckpointFiles,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        self.check_alive(Duration::ZERO).await?;
+        match step(self.power.thermal(), self.power.snapshot(), Request::Checkpoint) {
+            Step::Capture => {}
+            Step::Crashed => return self.crashed(),
+            _ => return Err(self.wrong_state("take a checkpoint")),
+        }
+        let record = self.record();
+        let (Power::Hot(vm) | Power::Warm(vm)) = &self.power else {
+            return Err(self.wrong_state("take a checkpoint"));
+        };
+        let was_hot = matches!(self.power, Power::Hot(_));
+        let result = crate::checkpoint::capture(vm, &self.spec, &record, dest, name).await;
+        if was_hot && let Err(e) = vm::resume(vm).await {
+            tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {e}");
+        }
+        result
+    }
+
+    async fn kill(&mut self) {
+        if let Power::Hot(vm) | Power::Warm(vm) = &mut self.power
+            && let Err(e) = vm.qemu.kill().await
+        {
+            tracing::warn!(sandbox = %self.who.id, "killing QEMU: {e}");
+        }
+        self.set_power(Power::Cold { snapshot: false });
+    }
+
+    fn record(&self) -> SandboxRecord {
+        let spec = &self.spec;
+        let volumes = spec
+            .volumes
+            .iter()
+            .zip(&spec.guest.volumes)
+            .map(|(disk, guest)| VolumeMount {
+                path: disk.path.clone(),
+                mount: guest.mount.clone(),
+                read_only: disk.read_only,
+            })
+            .collect();
+        SandboxRecord {
+            version: RECORD_VERSION,
+            id: self.who.id.clone(),
+            owner: self.who.owner.clone(),
+            hostname: spec.guest.hostname.clone(),
+            disk_size_mib: spec.disk_size_mib,
+            dir: spec.files.dir().to_owned(),
+            image: spec.image.clone(),
+            ip: spec.ip,
+            mac: vm::mac_text(spec.mac),
+            token: spec.guest.token.clone(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            env: spec.guest.env.clone(),
+            init: spec.guest.init.clone(),
+            volumes,
+            thermal: self.power.thermal(),
+            snapshot: self.power.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_in_every_state() {
+        use Request as R;
+        use Step as S;
+        use Thermal as T;
+        // (request, state, memory on disk) -> step
+        let table = [
+            (R::Wake, T::Hot, false, S::Nothing),
+            (R::Wake, T::Warm, false, S::Resume),
+            (R::Wake, T::Cold, true, S::Restore),
+            (R::Wake, T::Cold, false, S::Boot),
+            (R::Wake, T::Failed, false, S::Crashed),
+            (R::Start, T::Hot, false, S::Nothing),
+            (R::Start, T::Warm, false, S::Resume),
+            (R::Start, T::Cold, true, S::Restore),
+            (R::Start, T::Cold, false, S::Boot),
+            (R::Start, T::Failed, false, S::Boot),
+            (R::StartFromDisk, T::Hot, false, S::Nothing),
+            (R::StartFromDisk, T::Warm, false, S::Resume),
+            (R::StartFromDisk, T::Cold, true, S::Boot),
+            (R::StartFromDisk, T::Cold, false, S::Boot),
+            (R::StartFromDisk, T::Failed, false, S::Boot),
+            (R::Pause, T::Hot, false, S::Pause),
+            (R::Pause, T::Warm, false, S::Nothing),
+            (R::Pause, T::Cold, true, S::WrongState),
+            (R::Pause, T::Failed, false, S::Crashed),
+            (R::Stop, T::Hot, false, S::Save),
+            (R::Stop, T::Warm, false, S::Save),
+            (R::Stop, T::Cold, true, S::Nothing),
+            (R::Stop, T::Failed, false, S::MarkCold),
+            (R::Checkpoint, T::Hot, false, S::Capture),
+            (R::Checkpoint, T::Warm, false, S::Capture),
+            (R::Checkpoint, T::Cold, true, S::WrongState),
+            (R::Checkpoint, T::Failed, false, S::Crashed),
+        ];
+        for (request, thermal, snapshot, want) in table {
+            assert_eq!(step(thermal, snapshot, request), want, "{request:?} in {thermal:?}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Named checkpoints through the engine: capture, delete, and resume as a new sandbox.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use super::{
+    Engine, Reservation, SandboxInfo, Shape, address_pool_exhausted, check_name, check_owner,
+    mac_for, parse_mac,
+};
+use crate::checkpoint::{self, Manifest};
+use crate::error::{EngineError, Resource};
+use crate::events::EventKind;
+use crate::layout::{CheckpointFiles, SandboxFiles};
+use crate::owner::{Command, Identity};
+use crate::vm;
+
+impl Engine {
+    /// Captures a running sandbox as the checkpoint `checkpoint` of its owner. The sandbox is
+    /// paused only while its files are copied and keeps running (a warm one stays warm). A
+    /// cold sandbox is refused.
+    /// Returns the checkpoint's directory.
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        checkpoint: &str,
+    ) -> Result<std::path::PathBuf, EngineError> {
+        check_name(Resource::Checkpoint, checkpoint)?;
+        let owner = self.owner_of(id)?;
+        let dest = self.layout.checkpoint(&owner, checkpoint);
+        if dest.dir().exists() {
+            return Err(EngineError::exists(Resource::Checkpoint, checkpoint));
+        }
+        // RAM copies and agent tokens live here: the owner's eyes only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.layout.owner_checkpoints(&owner))?;
+        let handle = self.handle(id)?;
+        let name = checkpoint.to_owned();
+        let dir = dest.dir().to_owned();
+        handle.ask(id, |reply| Command::Checkpoint { dest, name, reply }).await??;
+        Ok(dir)
+    }
+
+    /// Deletes a checkpoint of `owner`.
+    pub fn delete_checkpoint(&self, owner: &str, checkpoint: &str) -> Result<(), EngineError> {
+        check_owner(owner)?;
+        check_name(Resource::Checkpoint, checkpoint)?;
+        let files = self.layout.checkpoint(owner, checkpoint);
+        if !files.dir().exists() {
+            return Err(EngineError::not_found(Resource::Checkpoint, checkpoint));
+        }
+        Ok(std::fs::remove_dir_all(files.dir())?)
+    }
+
+    /// Resumes the checkpoint `checkpoint` of `owner` as a new sandbox `id` (same owner), with
+    /// the memory, processes and files of the moment it was taken; the new sandbox has private
+    /// copies of every file. It keeps the checkpoint's address when that is free; when the
+    /// source (or another resume) holds it, the guest is moved to a new address before it
+    /// joins the bridge, so both run side by side.
+    pub async fn resume_checkpoint(
+        &self,
+        owner: &str,
+        checkpoint: &str,
+        id: &str,
+    ) -> Result<SandboxInfo, EngineError> {
+        self.check_open()?;
+        check_owner(owner)?;
+        check_name(Resource::Checkpoint, checkpoint)?;
+        check_name(Resource::Sandbox, id)?;
+        let from = self.layout.checkpoint(owner, checkpoint);
+        let manifest = Manifest::read(&from, checkpoint)?;
+        let old = manifest.sandbox.ip;
+        let reservation = self.reserve(id, |pool| match pool.claim_free(old) {
+            Ok(()) => Ok(old),
+            Err(_) => pool.allocate().map_err(address_pool_exhausted),
+        })?;
+        let who = Identity { id: id.to_owned(), owner: owner.to_owned() };
+        self.restore_from(&from, &manifest, who, &reservation).await?;
+        reservation.keep();
+        self.events.send(id, EventKind::Created);
+        self.info(id)
+    }
+
+    async fn restore_from(
+        &self,
+        from: &CheckpointFiles,
+        manifest: &Manifest,
+        who: Identity,
+        reservation: &Reservation<'_>,
+    ) -> Result<(), EngineError> {
+        let record = &manifest.sandbox;
+        let ip = reservation.ip;
+        // Another address than the checkpoint's: the guest moves to it before joining the bridge.
+        let moved_from = (ip != record.ip).then_some(record.ip);
+        let files: SandboxFiles = reservation.files.clone();
+        let mut pairs = vec![
+            (from.state(), files.state()),
+            (from.ram(), files.ram()),
+            (from.overlay(), files.overlay()),
+            (from.config_drive(), files.config_drive()),
+        ];
+        // The resumed sandbox gets private copies of the volumes as they were (v1 did too);
+        // they live in its directory, as scratch volumes do.
+        let mut volumes = record.volumes.clone();
+        for (i, volume) in volumes.iter_mut().enumerate() {
+            let private = files.scratch(i);
+            pairs.push((from.volume(i), private.clone()));
+            volume.path = private;
+        }
+        checkpoint::copy_files(pairs).await?;
+        reservation.claim_volumes(&volumes)?;
+        let mac = match moved_from {
+            None => parse_mac(&record.mac)?,
+            Some(_) => mac_for(ip),
+        };
+        let shape = Shape {
+            image: &record.image,
+            memory_mib: record.memory_mib,
+            vcpus: record.vcpus,
+            disk_size_mib: record.disk_size_mib,
+            volumes: &volumes,
+            ip,
+            mac,
+        };
+        let spec = self.boot_spec(files, shape, record.guest_config());
+        let state = spec.files.state();
+        let vm = {
+            let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
+            self.check_open()?;
+            match moved_from {
+                None => vm::resume_from_disk(&self.ns, &spec, &state, None).await?,
+                Some(old) => vm::resume_moved(&self.ns, &spec, &state, old).await?,
+            }
+        };
+        self.adopt(who, spec, Some(vm), false);
+        Ok(())
+    }
+}
+
+/// Removes checkpoint staging directories a crash left (`<name>.tmp-*`), under every owner.
+pub(super) fn clean_staging(checkpoints: &Path) {
+    let Ok(owners) = std::fs::read_dir(checkpoints) else {
+        return;
+    };
+    for owner in owners.flatten() {
+        let Ok(entries) = std::fs::read_dir(owner.path()) else { continue };
+        for entry in entries.flatten() {
+            if CheckpointFiles::is_staging(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
