@@ -43,6 +43,14 @@ impl DataDir {
         SandboxFiles::new(self.sandboxes().join(id))
     }
 
+    /// Where an unfinished sandbox's directory moves to be removed in the background (a name
+    /// no ID can have, so the ID is free at once; a crash leaves it for the orphan sweep).
+    pub fn trash(&self, id: &str) -> SandboxFiles {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SandboxFiles::new(self.sandboxes().join(format!(".trash-{id}-{}-{n}", std::process::id())))
+    }
+
     /// Where checkpoints live (every owner).
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")

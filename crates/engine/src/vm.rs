@@ -606,8 +606,14 @@ fn is_sandbox_qemu(cmdline: &[u8], qmp_socket: &Path) -> bool {
 /// someone else and is left alone). Returns whether one was killed. Blocks up to 1 s while the
 /// process goes: call it from a blocking thread.
 pub fn kill_orphan(files: &SandboxFiles) -> bool {
+    kill_recorded(&files.pid_file(), &files.qmp_socket())
+}
+
+/// [`kill_orphan`] for a directory that was moved: the pid from `pid_file`, the QEMU matched by
+/// the QMP socket it was started with.
+pub fn kill_recorded(pid_file: &Path, qmp_socket: &Path) -> bool {
     let Some(pid) =
-        std::fs::read_to_string(files.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok())
+        std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok())
     else {
         return false;
     };
@@ -615,7 +621,7 @@ pub fn kill_orphan(files: &SandboxFiles) -> bool {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if !is_sandbox_qemu(&cmdline, &files.qmp_socket()) {
+    if !is_sandbox_qemu(&cmdline, qmp_socket) {
         return false;
     }
     let killed =

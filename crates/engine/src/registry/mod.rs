@@ -178,9 +178,16 @@ impl Drop for Reservation<'_> {
         if self.kept {
             return;
         }
-        let files = self.files.clone();
-        // The address and claims go back only once the files (and a QEMU the owner has not
-        // ended yet, when the caller went away mid-create) are gone.
+        // The ID is free at once: the directory moves aside (one rename), and the slow part
+        // (a QEMU still dying when the caller went away mid-create, a large removal) goes to a
+        // blocking thread. The address and claims go back only after that, so no new TAP can
+        // meet the old one.
+        let original = self.files.clone();
+        let trash = self.engine.layout.trash(&self.id);
+        let files = match std::fs::rename(original.dir(), trash.dir()) {
+            Ok(()) => trash,
+            Err(_) => original.clone(),
+        };
         let (pool, claims, id, ip) = (
             Arc::clone(&self.engine.pool),
             Arc::clone(&self.engine.claims),
@@ -188,7 +195,7 @@ impl Drop for Reservation<'_> {
             self.ip,
         );
         off_thread(move || {
-            vm::kill_orphan(&files);
+            vm::kill_recorded(&files.pid_file(), &original.qmp_socket());
             if let Err(e) = std::fs::remove_dir_all(files.dir())
                 && e.kind() != std::io::ErrorKind::NotFound
             {
