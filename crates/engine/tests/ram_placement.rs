@@ -46,10 +46,10 @@ async fn ram_file_on_disk_against_mapped_ram() {
     let (mut file_stop, mut file_wake, mut file_bytes) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         dirty(&vm.client, round).await;
-        let before = disk_written_bytes(dir.path()).unwrap_or(0);
+        let before = disk_written_bytes(dir.path());
         let (suspended, client) = engine::vm::suspend_to_disk(vm, &spec, &state).await.unwrap();
         file_stop.push(ms(suspended.total));
-        file_bytes.push(disk_written_bytes(dir.path()).unwrap_or(0).saturating_sub(before) as f64);
+        file_bytes.push(disk_written_bytes(dir.path()).saturating_sub(before) as f64);
         let t = Instant::now();
         vm = engine::vm::resume_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
         file_wake.push(ms(t.elapsed()));
@@ -66,7 +66,7 @@ async fn ram_file_on_disk_against_mapped_ram() {
     for round in 0..rounds {
         dirty(&client, round).await;
         let state = dir.path().join(format!("state-{round}"));
-        let before = disk_written_bytes(dir.path()).unwrap_or(0);
+        let before = disk_written_bytes(dir.path());
         let t = Instant::now();
         vm.qemu.qmp.stop(Duration::from_secs(5)).await.unwrap();
         vm.qemu
@@ -78,7 +78,7 @@ async fn ram_file_on_disk_against_mapped_ram() {
         std::fs::File::open(&state).unwrap().sync_all().unwrap();
         mapped_stop.push(ms(t.elapsed()));
         mapped_bytes
-            .push(disk_written_bytes(dir.path()).unwrap_or(0).saturating_sub(before) as f64);
+            .push(disk_written_bytes(dir.path()).saturating_sub(before) as f64);
         assert!(allocated(&state) > 32 << 20, "mapped-ram wrote only {} bytes", allocated(&state));
 
         let t = Instant::now();

@@ -210,13 +210,24 @@ pub fn small(name: &str) -> engine::CreateSpec {
 
 /// Bytes written so far to the block device holding `path` (from /sys/dev/block/*/stat), to
 /// measure what an operation cost the disk. `None` where the device has no stat file.
-pub fn disk_written_bytes(path: &std::path::Path) -> Option<u64> {
+/// Bytes written to the block device holding `path` (its `/sys/dev/block/<dev>/stat`). A
+/// measurement that is not available fails the test: it never passes on a zero.
+pub fn disk_written_bytes(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(path).ok()?.dev();
+    let dev = std::fs::metadata(path).unwrap().dev();
     let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
-    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
-    Some(sectors * 512)
+    let file = format!("/sys/dev/block/{major}:{minor}/stat");
+    let stat = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("measurement unavailable: {file}: {e}"));
+    let sectors: u64 = stat.split_whitespace().nth(6).and_then(|s| s.parse().ok()).unwrap();
+    sectors * 512
+}
+
+/// Bytes this test process caused to be written (`/proc/self/io`); fails the test when the
+/// kernel does not account them.
+pub fn own_write_bytes() -> u64 {
+    engine::vm::process_write_bytes(std::process::id())
+        .expect("measurement unavailable: /proc/self/io has no write_bytes")
 }
 
 pub fn ms(d: Duration) -> f64 {
