@@ -8,6 +8,7 @@
 //! - otherwise the PID 1 agent, which refuses to run unless it really is PID 1.
 
 mod activity;
+mod auth;
 mod config;
 mod conn;
 mod exec;
@@ -18,6 +19,7 @@ mod netif;
 mod pid1;
 mod pty;
 mod reaper;
+mod reply;
 mod ring;
 mod server;
 mod session;
