@@ -4,19 +4,17 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use proto::limits::{FILE_CHUNK_BYTES, MAX_EXEC_OUTPUT_BYTES, MAX_FILE_WRITE_BYTES};
+use proto::limits::{FILE_CHUNK_BYTES, MAX_EXEC_OUTPUT_BYTES};
 use proto::messages::{
-    ActivityInfo, DetachedExec, ExecRequest, FEATURE_REUSE, FileInfo, FileReadRequest,
-    FileReadResponse, FileWriteRequest, ForwardRequest, ForwardResponse, Hello, KillRequest,
-    PathRequest, SessionInfo,
+    ActivityInfo, DetachedExec, ExecRequest, FEATURE_REUSE, FileInfo, ForwardRequest,
+    ForwardResponse, Hello, KillRequest, PathRequest, SessionInfo,
 };
 use proto::payload::decode_exit;
 use proto::{Frame, FrameType};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, send_json, write_frame};
-use crate::error::AgentError;
+use crate::error::{AgentError, AgentErrorKind};
 use crate::session::Session;
 use crate::stream::Stream;
 use crate::transport::Endpoint;
@@ -147,39 +145,11 @@ impl ExecInput {
     }
 }
 
-/// Line selection for file reads (all zero means the whole file, byte-exact).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadOptions {
-    /// First line, 1-based.
-    pub offset: u64,
-    /// Maximum lines.
-    pub limit: u64,
-    /// Maximum bytes.
-    pub max_bytes: u64,
-}
-
-/// A file read into memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FileContent {
-    /// The bytes received (all of the file, or the selected window).
-    pub data: Vec<u8>,
-    /// The file's total size, whatever part was sent.
-    pub total_size: u64,
-    /// Permission bits, 4-digit octal.
-    pub mode: String,
-}
-
-impl FileContent {
-    /// True when fewer bytes were received than the file holds.
-    pub fn is_truncated(&self) -> bool {
-        (self.data.len() as u64) < self.total_size
-    }
-}
-
 /// A pooled or fresh connection and whether it may go back to the pool.
-struct Conn {
-    stream: Stream,
-    reusable: bool,
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    pub(crate) reusable: bool,
 }
 
 /// Client of one agent.
@@ -187,25 +157,28 @@ struct Conn {
 pub struct AgentClient {
     endpoint: Endpoint,
     token: Option<String>,
-    config: ClientConfig,
+    pub(crate) config: ClientConfig,
     pool: Mutex<Vec<Stream>>,
     mode: AtomicU8,
 }
 
-fn expect_kind(
+pub(crate) fn expect_kind(
     frame: Option<Frame>,
     kind: FrameType,
     op: &'static str,
 ) -> Result<Frame, AgentError> {
     match frame {
         Some(f) if f.kind == kind => Ok(f),
-        Some(f) if f.kind == FrameType::ERROR => Err(AgentError::Agent(f.text())),
+        Some(f) if f.kind == FrameType::ERROR => Err(AgentError::guest(f.text())),
         Some(f) => Err(AgentError::Protocol(format!("{op}: expected {kind:?}, got {}", f.kind))),
         None => Err(AgentError::Closed(op)),
     }
 }
 
-fn json<T: serde::de::DeserializeOwned>(frame: &Frame, op: &'static str) -> Result<T, AgentError> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    frame: &Frame,
+    op: &'static str,
+) -> Result<T, AgentError> {
     frame.json().map_err(|e| AgentError::Protocol(format!("{op}: bad JSON from the agent: {e}")))
 }
 
@@ -255,7 +228,7 @@ impl AgentClient {
         None
     }
 
-    fn release(&self, conn: Conn) {
+    pub(crate) fn release(&self, conn: Conn) {
         if conn.reusable {
             let mut pool = self.pool();
             if pool.len() < self.config.pool_size {
@@ -305,20 +278,20 @@ impl AgentClient {
                 self.mode.store(if reuse { MODE_REUSE } else { MODE_V1 }, Ordering::Relaxed);
                 Ok(Conn { stream, reusable: reuse })
             }
-            // A v1 agent does not know HELLO and closes the connection after its error.
-            Some(f)
-                if f.kind == FrameType::ERROR && f.text().starts_with("unexpected frame type") =>
-            {
-                self.mode.store(MODE_V1, Ordering::Relaxed);
-                Ok(Conn { stream: self.authenticated(false).await?, reusable: false })
-            }
-            Some(f) if f.kind == FrameType::ERROR => Err(AgentError::Agent(f.text())),
+            Some(f) if f.kind == FrameType::ERROR => match AgentError::guest(f.text()) {
+                // A v1 agent does not know HELLO and closes the connection after its error.
+                e if e.kind() == AgentErrorKind::Unsupported => {
+                    self.mode.store(MODE_V1, Ordering::Relaxed);
+                    Ok(Conn { stream: self.authenticated(false).await?, reusable: false })
+                }
+                e => Err(e),
+            },
             Some(f) => Err(AgentError::Protocol(format!("hello: unexpected frame {}", f.kind))),
             None => Err(AgentError::Closed("hello")),
         }
     }
 
-    async fn connect(&self) -> Result<(Conn, bool), AgentError> {
+    pub(crate) async fn connect(&self) -> Result<(Conn, bool), AgentError> {
         match self.take_pooled() {
             Some(stream) => Ok((Conn { stream, reusable: true }, true)),
             None => Ok((self.dial_control().await?, false)),
@@ -389,7 +362,7 @@ impl AgentClient {
                                 .map_err(|e| AgentError::Protocol(e.to_string()))?;
                             return Ok(out);
                         }
-                        FrameType::ERROR => return Err(AgentError::Agent(frame.text())),
+                        FrameType::ERROR => return Err(AgentError::guest(frame.text())),
                         _ => continue,
                     };
                     let room =
@@ -463,7 +436,7 @@ impl AgentClient {
                         FrameType::EXIT => decode_exit(&f.payload)
                             .map(ExecEvent::Exit)
                             .map_err(|e| AgentError::Protocol(e.to_string())),
-                        FrameType::ERROR => Err(AgentError::Agent(f.text())),
+                        FrameType::ERROR => Err(AgentError::guest(f.text())),
                         _ => continue,
                     },
                     Ok(None) => Err(AgentError::Closed("exec")),
@@ -627,113 +600,6 @@ impl AgentClient {
             })
         })
         .await
-    }
-
-    /// Reads a file (or a window of its lines) into memory.
-    pub async fn file_read(
-        &self,
-        path: &str,
-        opts: ReadOptions,
-    ) -> Result<FileContent, AgentError> {
-        let mut data = Vec::new();
-        let (total_size, mode) = self.file_read_to(path, opts, &mut data).await?;
-        Ok(FileContent { data, total_size, mode })
-    }
-
-    /// Streams a file (or a window of its lines) into `out`; returns the file's total size and
-    /// mode. Dropping the future closes the connection, which stops the agent's read.
-    pub async fn file_read_to<W: AsyncWrite + Unpin + Send>(
-        &self,
-        path: &str,
-        opts: ReadOptions,
-        out: &mut W,
-    ) -> Result<(u64, String), AgentError> {
-        let positive = |v: u64| (v > 0).then_some(v as i64);
-        let req = FileReadRequest {
-            path: path.to_owned(),
-            offset: positive(opts.offset),
-            limit: positive(opts.limit),
-            max_bytes: positive(opts.max_bytes),
-        };
-        let transfer = async {
-            let (mut conn, _) = self.connect().await?;
-            let s = &mut conn.stream;
-            send_json(s, FrameType::FILE_READ_REQ, &req).await?;
-            let head = expect_kind(read_frame(s).await?, FrameType::FILE_READ_RESP, "file read")?;
-            let head: FileReadResponse = json(&head, "file read")?;
-            loop {
-                let f = read_frame(s).await?.ok_or(AgentError::Closed("file read"))?;
-                match f.kind {
-                    FrameType::STDOUT => out.write_all(&f.payload).await?,
-                    FrameType::EXIT => break,
-                    FrameType::ERROR => return Err(AgentError::Agent(f.text())),
-                    _ => {}
-                }
-            }
-            out.flush().await?;
-            self.release(conn);
-            Ok((head.size.max(0) as u64, head.mode))
-        };
-        let after = self.config.transfer_timeout;
-        tokio::time::timeout(after, transfer)
-            .await
-            .map_err(|_| AgentError::Timeout { op: "file read", after })?
-    }
-
-    /// Writes `data` to `path` atomically with an octal `mode` such as `"0644"`.
-    pub async fn file_write(&self, path: &str, mode: &str, data: &[u8]) -> Result<(), AgentError> {
-        self.file_write_from(path, mode, data.len() as u64, &mut &data[..]).await
-    }
-
-    /// Writes exactly `size` bytes from `src` to `path` atomically.
-    pub async fn file_write_from<R: AsyncRead + Unpin + Send>(
-        &self,
-        path: &str,
-        mode: &str,
-        size: u64,
-        src: &mut R,
-    ) -> Result<(), AgentError> {
-        if size > MAX_FILE_WRITE_BYTES as u64 {
-            // The agent's own message, without streaming 100 MiB first.
-            return Err(AgentError::Agent(format!(
-                "file too large: {size} bytes (max {MAX_FILE_WRITE_BYTES})"
-            )));
-        }
-        let req =
-            FileWriteRequest { path: path.to_owned(), mode: mode.to_owned(), size: size as i64 };
-        let transfer = async {
-            let (mut conn, _) = self.connect().await?;
-            let s = &mut conn.stream;
-            send_json(s, FrameType::FILE_WRITE_REQ, &req).await?;
-            let mut buf = vec![0u8; FILE_CHUNK_BYTES];
-            let mut sent = 0u64;
-            while sent < size {
-                let want = buf.len().min((size - sent) as usize);
-                let n = src.read(&mut buf[..want]).await?;
-                if n == 0 {
-                    return Err(AgentError::Protocol(format!(
-                        "source ended after {sent} of {size} bytes"
-                    )));
-                }
-                if let Err(e) = write_frame(s, FrameType::STDIN, &buf[..n]).await {
-                    // The agent may have refused the write and closed: its error says why.
-                    if let Ok(Some(f)) = read_frame(s).await
-                        && f.kind == FrameType::ERROR
-                    {
-                        return Err(AgentError::Agent(f.text()));
-                    }
-                    return Err(e.into());
-                }
-                sent += n as u64;
-            }
-            expect_kind(read_frame(s).await?, FrameType::FILE_WRITE_RESP, "file write")?;
-            self.release(conn);
-            Ok(())
-        };
-        let after = self.config.transfer_timeout;
-        tokio::time::timeout(after, transfer)
-            .await
-            .map_err(|_| AgentError::Timeout { op: "file write", after })?
     }
 
     /// Opens a byte stream to `port` inside the guest (the agent dials its loopback).

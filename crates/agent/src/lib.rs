@@ -10,15 +10,14 @@
 mod client;
 mod codec;
 mod error;
+mod files;
 mod session;
 mod stream;
 mod transport;
 
-pub use client::{
-    AgentClient, ClientConfig, ExecEvent, ExecInput, ExecOutput, ExecStream, FileContent,
-    ReadOptions,
-};
-pub use error::AgentError;
+pub use client::{AgentClient, ClientConfig, ExecEvent, ExecInput, ExecOutput, ExecStream};
+pub use error::{AgentError, AgentErrorKind, GuestError};
+pub use files::{FileContent, FileReader, MAX_BUFFERED_READ_BYTES, ReadOptions};
 pub use session::{Session, SessionEvent, SessionReader, SessionWriter};
 pub use stream::Stream;
 pub use transport::Endpoint;

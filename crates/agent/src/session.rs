@@ -99,7 +99,7 @@ impl SessionReader {
                         .map_err(|e| AgentError::Protocol(e.to_string()))?;
                     return Ok(Some(SessionEvent::Exit(code)));
                 }
-                FrameType::ERROR => return Err(AgentError::Agent(frame.text())),
+                FrameType::ERROR => return Err(AgentError::guest(frame.text())),
                 // Forward compatibility: unknown frames are skipped.
                 _ => {}
             }

@@ -8,7 +8,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// A connection to the agent. After a successful forward handshake it is a raw byte stream to
-/// the guest port.
+/// the guest port: `AsyncRead + AsyncWrite + Unpin + Send + 'static`, with `shutdown` as a
+/// half-close, so it can serve as a hyper connection (through `hyper_util::rt::TokioIo`).
 #[derive(Debug)]
 pub enum Stream {
     /// TCP to the guest IP.

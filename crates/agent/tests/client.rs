@@ -13,72 +13,9 @@ use agent::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "feedfacefeedfacefeedfacefeedface";
+mod common;
 
-/// The lohar binary: `LOHAR_BIN`, or the one cargo built next to this test's target dir.
-fn lohar_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("LOHAR_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("lohar");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build -p lohar` first or set LOHAR_BIN",
-        bin.display()
-    );
-    bin
-}
-
-struct Lohar {
-    process: testkit::TestLohar,
-    dir: PathBuf,
-    /// TCP control and forward addresses, when started with TCP listeners.
-    tcp: Vec<String>,
-}
-
-impl Lohar {
-    fn start() -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), None, false)
-    }
-
-    fn start_in(dir: tempfile::TempDir, token: Option<&str>, tcp: bool) -> Self {
-        let config = token.map(|t| format!(r#"{{"token":"{t}"}}"#));
-        let env: &[(&str, &str)] = if tcp {
-            &[("LOHAR_TCP_CONTROL", "127.0.0.1:0"), ("LOHAR_TCP_FORWARD", "127.0.0.1:0")]
-        } else {
-            &[]
-        };
-        let options = testkit::Options {
-            config: config.as_deref().map(str::as_bytes),
-            env,
-            echo_stderr: false,
-        };
-        let process = testkit::TestLohar::start(&lohar_bin(), dir, options);
-        let tcp = ["LOHAR_TCP_CONTROL", "LOHAR_TCP_FORWARD"]
-            .iter()
-            .filter_map(|v| process.tcp.get(*v).cloned())
-            .collect();
-        Lohar { dir: process.dir().to_owned(), process, tcp }
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::unix(self.process.control(), self.process.forward())
-    }
-
-    fn client(&self) -> AgentClient {
-        AgentClient::new(self.endpoint(), None)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    /// Stops the agent but keeps its directory for a successor.
-    fn stop(self) -> tempfile::TempDir {
-        self.process.stop().1
-    }
-}
+use common::*;
 
 #[tokio::test]
 async fn client_exec_returns_stdout_stderr_and_code() {
@@ -113,7 +50,9 @@ async fn client_exec_not_found_keeps_the_agent_text() {
     let lohar = Lohar::start();
     let err = lohar.client().exec(&["/nonexistent"]).await.unwrap_err();
     match &err {
-        AgentError::Agent(text) => assert!(text.starts_with("start: /nonexistent"), "{text}"),
+        AgentError::Agent(text) => {
+            assert!(text.message().starts_with("start: /nonexistent"), "{text}")
+        }
         other => panic!("expected an agent error, got {other:?}"),
     }
     assert!(err.to_string().starts_with("agent error: start:"));
@@ -360,7 +299,7 @@ async fn client_file_errors_keep_the_agent_text() {
         "{err:?}"
     );
     let err = c.file_stat("/nonexistent").await.unwrap_err();
-    assert!(matches!(&err, AgentError::Agent(t) if t.contains("no such file")));
+    assert!(matches!(&err, AgentError::Agent(t) if t.message().contains("no such file")));
     let err = c.file_write(&lohar.path("x/\0bad"), "0644", b"x").await.unwrap_err();
     assert!(err.is_agent_error(), "{err:?}");
     let big = 100 * 1024 * 1024 + 1;
@@ -368,13 +307,13 @@ async fn client_file_errors_keep_the_agent_text() {
         .file_write_from(&lohar.path("big"), "0644", big, &mut tokio::io::empty())
         .await
         .unwrap_err();
-    assert!(matches!(&err, AgentError::Agent(t) if t.starts_with("file too large")));
+    assert!(matches!(&err, AgentError::TooLarge { what: "file write", .. }), "{err:?}");
     // A source shorter than announced fails cleanly and leaves nothing behind.
     let err = c
         .file_write_from(&lohar.path("short"), "0644", 100, &mut &b"only ten.."[..])
         .await
         .unwrap_err();
-    assert!(matches!(err, AgentError::Protocol(_)), "{err:?}");
+    assert!(matches!(err, AgentError::SourceEnded { sent: 10, size: 100 }), "{err:?}");
     assert!(!Path::new(&lohar.path("short")).exists());
     // The client is still healthy.
     assert_eq!(c.exec(&["true"]).await.unwrap().exit_code, 0);

@@ -4,21 +4,89 @@ use std::path::Path;
 
 pub use proto::guest::GuestConfig;
 
-/// Why a config file could not be used.
-#[derive(Debug)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why no usable config was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// There is no config drive (or, in test mode, `LOHAR_CONFIG` names nothing).
+    #[error("no config drive at {0}")]
+    Missing(String),
+    /// The config drive is there but cannot be mounted.
+    #[error("cannot mount the config drive {device}")]
+    Mount {
+        /// The block device.
+        device: String,
+        /// Why.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// `config.json` cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `config.json` is not the expected JSON.
+    #[error("cannot parse {path}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Loads and parses a `config.json`.
 pub fn load(path: &Path) -> Result<GuestConfig, ConfigError> {
-    let text =
-        std::fs::read(path).map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
-    serde_json::from_slice(&text).map_err(|e| ConfigError(format!("parse {}: {e}", path.display())))
+    let shown = || path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ConfigError::Missing(shown()),
+        _ => ConfigError::Read { path: shown(), source },
+    })?;
+    serde_json::from_slice(&text).map_err(|source| ConfigError::Parse { path: shown(), source })
+}
+
+/// Why the agent serves nothing on its ports.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No config, or one that cannot be read.
+    #[error("no usable config: {}", chain(.0))]
+    NoConfig(ConfigError),
+    /// A config without a token: serving would let anyone who reaches the guest run commands.
+    #[error("the config has no token")]
+    NoToken,
+}
+
+/// An error and its sources on one line, for the console.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+/// Whether the agent may serve, given what loading the config gave. Inside a VM lohar fails
+/// closed: no config, a damaged one or an empty token means no listeners at all (v1 served
+/// everyone without auth then). In test mode only a damaged config refuses: a missing one (no
+/// `LOHAR_CONFIG`) or an empty token means an open agent, which the test suites rely on.
+pub fn decide(
+    mode: Mode,
+    require_token: bool,
+    loaded: Result<GuestConfig, ConfigError>,
+) -> Result<GuestConfig, Refusal> {
+    let strict = mode == Mode::Vm || require_token;
+    match loaded {
+        Ok(config) if strict && config.token.is_empty() => Err(Refusal::NoToken),
+        Ok(config) => Ok(config),
+        Err(ConfigError::Missing(_)) if !strict => Ok(GuestConfig::default()),
+        Err(e) => Err(Refusal::NoConfig(e)),
+    }
 }
 
 /// Where the agent runs; the differences between the two modes all follow from it.
@@ -56,5 +124,60 @@ impl Agent {
     /// SET_NET may reconfigure interfaces only inside the VM, never the host's in test mode.
     pub fn may_configure_network(&self) -> bool {
         self.mode == Mode::Vm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(token: &str) -> GuestConfig {
+        GuestConfig { token: token.into(), ..GuestConfig::default() }
+    }
+
+    fn damaged() -> ConfigError {
+        let source = serde_json::from_slice::<GuestConfig>(b"{not json").unwrap_err();
+        ConfigError::Parse { path: "/run/bhatti/config/config.json".into(), source }
+    }
+
+    #[test]
+    fn vm_serves_only_with_a_config_and_a_token() {
+        let ok = decide(Mode::Vm, false, Ok(with_token("feedface"))).unwrap();
+        assert_eq!(ok.token, "feedface");
+        let missing = ConfigError::Missing("/dev/vdb".into());
+        assert!(matches!(decide(Mode::Vm, false, Err(missing)), Err(Refusal::NoConfig(_))));
+        assert!(matches!(decide(Mode::Vm, false, Err(damaged())), Err(Refusal::NoConfig(_))));
+        assert!(matches!(decide(Mode::Vm, false, Ok(with_token(""))), Err(Refusal::NoToken)));
+    }
+
+    #[test]
+    fn test_mode_is_open_unless_the_config_is_damaged_or_a_token_is_required() {
+        let missing = || ConfigError::Missing("LOHAR_CONFIG".into());
+        assert_eq!(decide(Mode::Test, false, Err(missing())).unwrap(), GuestConfig::default());
+        assert!(decide(Mode::Test, false, Ok(with_token(""))).is_ok());
+        assert!(matches!(decide(Mode::Test, false, Err(damaged())), Err(Refusal::NoConfig(_))));
+        assert!(matches!(decide(Mode::Test, true, Err(missing())), Err(Refusal::NoConfig(_))));
+        assert!(matches!(decide(Mode::Test, true, Ok(with_token(""))), Err(Refusal::NoToken)));
+        assert!(decide(Mode::Test, true, Ok(with_token("t"))).is_ok());
+    }
+
+    #[test]
+    fn refusals_say_why_on_one_line() {
+        let text = Refusal::NoConfig(damaged()).to_string();
+        assert!(
+            text.starts_with("no usable config: cannot parse /run/bhatti/config/config.json: ")
+        );
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn load_tells_missing_from_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        assert!(matches!(load(&path), Err(ConfigError::Missing(_))));
+        std::fs::write(&path, b"{\"token\": 5}").unwrap();
+        assert!(matches!(load(&path), Err(ConfigError::Parse { .. })));
+        std::fs::write(&path, b"{\"token\": \"abc\"}").unwrap();
+        assert_eq!(load(&path).unwrap().token, "abc");
     }
 }

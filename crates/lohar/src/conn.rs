@@ -4,6 +4,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A stream socket of either family; the handlers do not care which.
@@ -76,5 +77,24 @@ impl AsFd for Conn {
 impl AsRawFd for Conn {
     fn as_raw_fd(&self) -> RawFd {
         self.as_fd().as_raw_fd()
+    }
+}
+
+/// One place in a bounded count of connections, given back when dropped.
+#[derive(Debug)]
+pub struct CountSlot<'a>(&'a AtomicUsize);
+
+impl<'a> CountSlot<'a> {
+    /// Takes a place if fewer than `limit` are taken.
+    pub fn take(counter: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        // Counted before the check, so concurrent takers cannot both see room for one.
+        let slot = CountSlot(counter);
+        (counter.fetch_add(1, Ordering::SeqCst) < limit).then_some(slot)
+    }
+}
+
+impl Drop for CountSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

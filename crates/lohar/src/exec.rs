@@ -20,7 +20,7 @@ use proto::{FrameType, read_frame, send_json, write_frame};
 use crate::config::Agent;
 use crate::conn::Conn;
 use crate::reaper::{self, ExitWatch};
-use crate::server::{Outcome, send_error};
+use crate::reply::{Outcome, send_error};
 use crate::spawn::{self, Grouping, RunAs};
 
 /// Host input buffered for a child that is not reading its stdin before the host is

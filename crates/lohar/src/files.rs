@@ -19,25 +19,8 @@ use proto::payload::encode_exit;
 use proto::{FrameType, read_frame, send_json, write_frame};
 
 use crate::conn::Conn;
-use crate::server::{Outcome, send_error};
+use crate::reply::{Outcome, os_error, refuse_content, send_error, sent};
 use crate::spawn::{USER_GID, USER_UID};
-
-/// An OS error as Go prints it: `op path: no such file or directory`.
-pub fn os_error(op: &str, path: &str, err: &io::Error) -> String {
-    format!("{op} {path}: {}", errno_text(err))
-}
-
-/// The reason of an OS error in lower case, without Rust's ` (os error N)` suffix.
-pub fn errno_text(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
-        None => err.to_string(),
-    }
-}
-
-fn sent(result: Result<(), proto::FrameError>) -> Outcome {
-    if result.is_ok() { Outcome::Done } else { Outcome::Close }
-}
 
 /// FILE_READ: FILE_READ_RESP with the total size, content as STDOUT frames, EXIT 0.
 pub fn read(conn: &mut Conn, req: &FileReadRequest) -> Outcome {
@@ -209,7 +192,12 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
     let mode = parse_mode(&req.mode).unwrap_or(0o644);
     let path = Path::new(&req.path);
     let temp = temp_path(path);
-    let mut target = prepare_temp(path, &temp, mode);
+    // Opened before any content is read, so an impossible target is refused at once
+    // (agent.md 3.10): a client that waits for the answer before sending must not hang.
+    let mut file = match prepare_temp(path, &temp, mode) {
+        Ok(file) => file,
+        Err(msg) => return refuse_content(conn, &msg, size),
+    };
     let mut written: u64 = 0;
     while written < size {
         let frame = match read_frame(conn) {
@@ -224,34 +212,16 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
         }
         // A frame overshooting `size` is cut at `size`: the file is exactly what was announced.
         let take = frame.payload.len().min((size - written) as usize);
-        if let Ok(file) = &mut target
-            && let Err(e) = file.write_all(&frame.payload[..take])
-        {
-            // Keep draining the announced content so the error reaches the host in order.
-            target = Err(os_error("write", &req.path, &e));
+        if let Err(e) = file.write_all(&frame.payload[..take]) {
+            // Answered at once too (a full disk, say), not after the rest of the content.
+            drop(file);
+            let _ = fs::remove_file(&temp);
+            let unread = size - written - take as u64;
+            return refuse_content(conn, &os_error("write", &req.path, &e), unread);
         }
         written += take as u64;
     }
-    let finished = target.and_then(|file| {
-        // Owner first, so the file never appears under its name owned by root; through the
-        // descriptor, since the temp path lives in a directory the guest user may control.
-        if nix::unistd::geteuid().is_root() {
-            let _ = std::os::unix::fs::fchown(&file, Some(USER_UID), Some(USER_GID));
-        }
-        file.sync_all().map_err(|e| os_error("sync", &req.path, &e))?;
-        drop(file);
-        fs::rename(&temp, path).map_err(|e| os_error("rename", &req.path, &e))?;
-        // The rename is durable only once the directory is: without this, a VM killed within
-        // the journal's commit interval comes back without the file.
-        // The content is in place either way; a directory that cannot be synced is only
-        // worth a line on the console.
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if let Err(e) = fs::File::open(parent).and_then(|dir| dir.sync_all()) {
-            eprintln!("lohar: sync directory of {}: {e}", req.path);
-        }
-        Ok(())
-    });
-    match finished {
+    match commit(file, &temp, path) {
         Ok(()) => {
             let reply = FileWriteResponse { status: STATUS_OK.to_owned() };
             sent(send_json(conn, FrameType::FILE_WRITE_RESP, &reply))
@@ -263,7 +233,29 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
     }
 }
 
-/// Creates the parent directories and the temp file with the requested mode.
+/// Makes a fully received temp file the target: owner, fsync, rename, directory fsync.
+fn commit(file: File, temp: &Path, path: &Path) -> Result<(), String> {
+    let shown = path.display().to_string();
+    // Owner first, so the file never appears under its name owned by root; through the
+    // descriptor, since the temp path lives in a directory the guest user may control.
+    if nix::unistd::geteuid().is_root() {
+        let _ = std::os::unix::fs::fchown(&file, Some(USER_UID), Some(USER_GID));
+    }
+    file.sync_all().map_err(|e| os_error("sync", &shown, &e))?;
+    drop(file);
+    fs::rename(temp, path).map_err(|e| os_error("rename", &shown, &e))?;
+    // The rename is durable only once the directory is: without this, a VM killed within the
+    // journal's commit interval comes back without the file. The content is in place either
+    // way; a directory that cannot be synced is only worth a line on the console.
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Err(e) = fs::File::open(parent).and_then(|dir| dir.sync_all()) {
+        eprintln!("lohar: sync directory of {shown}: {e}");
+    }
+    Ok(())
+}
+
+/// Creates the parent directories and the temp file with the requested mode; leaves nothing
+/// behind on failure.
 fn prepare_temp(path: &Path, temp: &Path, mode: u32) -> Result<File, String> {
     let shown = path.display().to_string();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -284,8 +276,10 @@ fn prepare_temp(path: &Path, temp: &Path, mode: u32) -> Result<File, String> {
         .open(temp)
         .map_err(|e| os_error("open", &shown, &e))?;
     // The requested mode exactly, not the mode filtered by the agent's umask.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| os_error("chmod", &shown, &e))?;
+    if let Err(e) = file.set_permissions(fs::Permissions::from_mode(mode)) {
+        let _ = fs::remove_file(temp);
+        return Err(os_error("chmod", &shown, &e));
+    }
     Ok(file)
 }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use proto::messages::{ForwardRequest, ForwardResponse};
 use proto::{FrameType, read_frame, send_json};
 
+use crate::auth::authenticate;
 use crate::config::Agent;
 use crate::conn::Conn;
-use crate::files::errno_text;
-use crate::server::{authenticate, send_error};
+use crate::reply::{errno_text, send_error};
 
 /// How long to wait for the guest-local service to accept.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);

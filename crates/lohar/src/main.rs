@@ -8,6 +8,7 @@
 //! - otherwise the PID 1 agent, which refuses to run unless it really is PID 1.
 
 mod activity;
+mod auth;
 mod config;
 mod conn;
 mod exec;
@@ -18,7 +19,9 @@ mod netif;
 mod pid1;
 mod pty;
 mod reaper;
+mod reply;
 mod ring;
+mod rootfs;
 mod server;
 mod session;
 mod spawn;
@@ -28,7 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use config::{Agent, GuestConfig, Mode};
+use config::{Agent, Mode};
 
 use server::{Listener, Port};
 
@@ -61,15 +64,21 @@ fn test_mode() -> ExitCode {
         return ExitCode::from(1);
     };
     let (control, forward) = (PathBuf::from(control), PathBuf::from(forward));
-    let config = match std::env::var_os("LOHAR_CONFIG") {
-        Some(path) => match config::load(path.as_ref()) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("lohar: {e}");
-                return ExitCode::from(1);
-            }
-        },
-        None => GuestConfig::default(),
+    let loaded = match std::env::var_os("LOHAR_CONFIG") {
+        Some(path) => config::load(path.as_ref()),
+        None => Err(config::ConfigError::Missing("LOHAR_CONFIG".into())),
+    };
+    // LOHAR_REQUIRE_TOKEN=1 applies the VM's fail-closed rule, so tests can watch it.
+    let require_token = std::env::var_os("LOHAR_REQUIRE_TOKEN").is_some_and(|v| v == "1");
+    let config = match config::decide(Mode::Test, require_token, loaded) {
+        Ok(config) => config,
+        Err(refusal) if require_token => {
+            return serve_nothing(&refusal);
+        }
+        Err(refusal) => {
+            eprintln!("lohar: {refusal}");
+            return ExitCode::from(1);
+        }
     };
     // Orphans of our commands are re-parented to us and reaped, as they would be under PID 1.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -116,6 +125,15 @@ fn test_mode() -> ExitCode {
         let _ = std::fs::remove_file(&forward);
         std::process::exit(0);
     });
+    ExitCode::SUCCESS
+}
+
+/// Test mode under LOHAR_REQUIRE_TOKEN=1 without a usable token: like PID 1 in that case, no
+/// listener at all, only the reaper; stops on SIGTERM.
+fn serve_nothing(refusal: &config::Refusal) -> ExitCode {
+    eprintln!("lohar: refusing to serve on the control and forward sockets: {refusal}");
+    eprintln!("lohar: test mode ready (serving nothing)");
+    reaper::run(|| std::process::exit(0));
     ExitCode::SUCCESS
 }
 

@@ -14,11 +14,12 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use proto::guest::GuestConfig;
 use proto::limits::{CONTROL_PORT, FORWARD_PORT};
 
-use crate::config::Agent;
+use crate::config::chain;
+use crate::config::{self, Agent, ConfigError, Mode};
 use crate::guest_setup::{self, DEFAULT_HOSTNAME, FALLBACK_RESOLV_CONF};
 use crate::server::{self, Listener, Port};
 use crate::spawn::DEFAULT_PATH;
-use crate::{netif, reaper, session};
+use crate::{netif, reaper, rootfs, session};
 
 /// Where the config drive appears (the second virtio-blk disk).
 const CONFIG_DEVICE: &str = "/dev/vdb";
@@ -74,30 +75,26 @@ pub fn run() -> ! {
     mkdir("/run/systemd/system", 0o755);
     mkdir("/run/bhatti", 0o755);
 
-    let config = read_config_drive();
+    grow_root();
+    log.phase("rootfs_grown");
+
+    let (config, refusal) = match config::decide(Mode::Vm, false, read_config_drive()) {
+        Ok(config) => (config, None),
+        Err(refusal) => (GuestConfig::default(), Some(refusal)),
+    };
     apply_config(&config);
     log.phase("config_applied");
     check_network();
     log.phase("network_done");
 
-    let agent =
-        Arc::new(Agent { config, mode: crate::config::Mode::Vm, sessions: Default::default() });
-    for (port, which) in [(CONTROL_PORT, Port::Control), (FORWARD_PORT, Port::Forward)] {
-        match TcpListener::bind(("0.0.0.0", port)) {
-            Ok(listener) => {
-                let agent = Arc::clone(&agent);
-                std::thread::spawn(move || server::serve(agent, Listener::Tcp(listener), which));
-            }
-            Err(e) => eprintln!("lohar: listen on port {port}: {e}"),
-        }
-    }
-    log.phase("tcp_listen");
-    eprintln!("lohar: ready");
-    write_config_env(&agent.config);
-    if !agent.config.init.is_empty()
-        && let Err(e) = session::start_init(&agent)
-    {
-        eprintln!("lohar: init session: {e}");
+    let agent = Arc::new(Agent { config, mode: Mode::Vm, sessions: Default::default() });
+    match refusal {
+        None => serve(&agent, &log),
+        // Fail closed: without a token anyone who reaches the guest could run commands. PID 1
+        // goes on (reaping, power-off on SIGTERM); the host sees a guest that never gets ready.
+        Some(refusal) => eprintln!(
+            "lohar: refusing to serve on ports {CONTROL_PORT} and {FORWARD_PORT}: {refusal}"
+        ),
     }
     reaper::run(power_off);
     power_off();
@@ -128,26 +125,67 @@ fn mount_early() {
     mount_fs("binfmt_misc", "/proc/sys/fs/binfmt_misc", "binfmt_misc", nosuid, None);
 }
 
+/// Grows the root filesystem to fill its disk (the host may have grown the disk since the
+/// image was made). A failure is only reported: the guest works with the smaller filesystem.
+fn grow_root() {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let Some(device) = rootfs::root_device(&read("/proc/cmdline"), &read("/proc/self/mountinfo"))
+    else {
+        eprintln!("lohar: cannot grow the root filesystem: {}", rootfs::GrowError::NoDevice);
+        return;
+    };
+    let started = Instant::now();
+    match rootfs::grow(Path::new("/"), &device) {
+        Ok(Some(growth)) => eprintln!(
+            "lohar: root filesystem grown from {} to {} blocks in {} ms",
+            growth.from,
+            growth.to,
+            started.elapsed().as_millis()
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "lohar: cannot grow the root filesystem on {}: {}",
+            device.display(),
+            chain(&e)
+        ),
+    }
+}
+
+/// Listens on the control and forward ports, then starts the init session.
+fn serve(agent: &Arc<Agent>, log: &BootLog) {
+    for (port, which) in [(CONTROL_PORT, Port::Control), (FORWARD_PORT, Port::Forward)] {
+        match TcpListener::bind(("0.0.0.0", port)) {
+            Ok(listener) => {
+                let agent = Arc::clone(agent);
+                std::thread::spawn(move || server::serve(agent, Listener::Tcp(listener), which));
+            }
+            Err(e) => eprintln!("lohar: listen on port {port}: {e}"),
+        }
+    }
+    log.phase("tcp_listen");
+    eprintln!("lohar: ready");
+    write_config_env(&agent.config);
+    if !agent.config.init.is_empty()
+        && let Err(e) = session::start_init(agent)
+    {
+        eprintln!("lohar: init session: {e}");
+    }
+}
+
 /// Reads `config.json` from the config drive, then unmounts and removes it: the token and env
-/// are plaintext and must not stay readable. No drive or a bad one means "no config".
-fn read_config_drive() -> GuestConfig {
+/// are plaintext and must not stay readable.
+fn read_config_drive() -> Result<GuestConfig, ConfigError> {
     if !Path::new(CONFIG_DEVICE).exists() {
-        return GuestConfig::default();
+        return Err(ConfigError::Missing(CONFIG_DEVICE.to_owned()));
     }
     mkdir(CONFIG_MOUNT, 0o700);
-    if let Err(e) =
+    if let Err(source) =
         mount(Some(CONFIG_DEVICE), CONFIG_MOUNT, Some("ext4"), MsFlags::MS_RDONLY, None::<&str>)
     {
-        eprintln!("lohar: mount config drive: {e}");
-        return GuestConfig::default();
+        let _ = std::fs::remove_dir(CONFIG_MOUNT);
+        return Err(ConfigError::Mount { device: CONFIG_DEVICE.to_owned(), source });
     }
-    let config = match crate::config::load(&Path::new(CONFIG_MOUNT).join("config.json")) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("lohar: config drive: {e}");
-            GuestConfig::default()
-        }
-    };
+    let config = crate::config::load(&Path::new(CONFIG_MOUNT).join("config.json"));
     if let Err(e) = umount2(CONFIG_MOUNT, MntFlags::MNT_DETACH) {
         eprintln!("lohar: unmount config drive: {e}");
     }

@@ -1,13 +1,13 @@
 //! Listeners, the per-connection handshake (connection limit, auth, hello) and request dispatch.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
-use proto::limits::{AUTH_TIMEOUT_SECS, MAX_CONTROL_CONNECTIONS};
+use proto::limits::MAX_CONTROL_CONNECTIONS;
 use proto::messages::{
     ExecRequest, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello, KillRequest, PathRequest,
     SetNet, SetTime,
@@ -15,26 +15,12 @@ use proto::messages::{
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};
 
+use crate::auth::authenticate;
 use crate::config::Agent;
-use crate::conn::Conn;
+use crate::conn::{Conn, CountSlot};
+use crate::reply::{Outcome, send_error, sent};
 use crate::session::{self, Kind};
 use crate::{activity, exec, files, forward};
-
-/// What a handler left behind on the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The request completed and the stream is at a frame boundary: a reuse connection may
-    /// carry the next request.
-    Done,
-    /// The connection must be closed (an ERROR was sent, a session ended, the host left).
-    Close,
-}
-
-/// Sends an ERROR frame; the connection is closed afterwards, as in v1.
-pub fn send_error(conn: &mut Conn, message: &str) -> Outcome {
-    let _ = write_frame(conn, FrameType::ERROR, message.as_bytes());
-    Outcome::Close
-}
 
 /// A listening socket of either family.
 #[derive(Debug)]
@@ -99,97 +85,15 @@ pub fn serve(agent: Arc<Agent>, listener: Listener, port: Port) {
     }
 }
 
-/// Counts a control connection for as long as it lives.
-struct ConnSlot<'a>(&'a AtomicUsize);
-
-impl Drop for ConnSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 fn handle_control(agent: &Agent, mut conn: Conn, counter: &AtomicUsize) {
-    let _slot = ConnSlot(counter);
-    if counter.fetch_add(1, Ordering::SeqCst) >= MAX_CONTROL_CONNECTIONS {
+    let Some(_slot) = CountSlot::take(counter, MAX_CONTROL_CONNECTIONS) else {
         send_error(&mut conn, "connection limit exceeded");
         return;
-    }
+    };
     if !authenticate(agent, &mut conn) {
         return;
     }
     request_loop(agent, &mut conn);
-}
-
-/// Constant-time comparison, so the time to reject a token says nothing about its prefix.
-fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-/// Longest AUTH payload accepted (v1 tokens are 32 hex characters). Checked before anything is
-/// allocated, so an unauthenticated peer cannot make the agent allocate a 1 MiB frame.
-const MAX_TOKEN_LEN: usize = 256;
-/// Connections allowed to be in the auth phase at once, both ports together (the forward port
-/// has no other cap, as in v1).
-const MAX_PENDING_AUTH: usize = 64;
-
-static PENDING_AUTH: AtomicUsize = AtomicUsize::new(0);
-
-/// Requires the AUTH frame within 5 s when the agent has a token. Sends `auth required` and
-/// returns false on a missing, late, oversized or wrong token. The 5 s are a deadline for the
-/// whole frame (v1's absolute read deadline), not an idle timeout that a peer trickling one byte
-/// at a time could stretch forever.
-pub fn authenticate(agent: &Agent, conn: &mut Conn) -> bool {
-    let token = agent.config.token.as_bytes();
-    if token.is_empty() {
-        return true;
-    }
-    let _pending = ConnSlot(&PENDING_AUTH);
-    if PENDING_AUTH.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_AUTH {
-        send_error(conn, "connection limit exceeded");
-        return false;
-    }
-    let deadline = Instant::now() + Duration::from_secs(AUTH_TIMEOUT_SECS);
-    let ok = read_auth_frame(conn, deadline).is_ok_and(|given| tokens_match(&given, token));
-    if !ok {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        send_error(conn, "auth required");
-        return false;
-    }
-    conn.set_read_timeout(None).is_ok()
-}
-
-/// Reads one AUTH frame by `deadline`; returns its payload.
-fn read_auth_frame(conn: &mut Conn, deadline: Instant) -> io::Result<Vec<u8>> {
-    let mut header = [0u8; 5];
-    read_exact_by(conn, &mut header, deadline)?;
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if header[4] != FrameType::AUTH.0 || len == 0 || len > 1 + MAX_TOKEN_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an AUTH frame"));
-    }
-    let mut payload = vec![0u8; len - 1];
-    read_exact_by(conn, &mut payload, deadline)?;
-    Ok(payload)
-}
-
-fn read_exact_by(conn: &mut Conn, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        conn.set_read_timeout(Some(left))?;
-        match conn.read(&mut buf[filled..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn request_loop(agent: &Agent, conn: &mut Conn) {
@@ -242,10 +146,10 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
             }
         }
         FrameType::EXEC_LIST_REQ => {
-            outcome(send_json(conn, FrameType::EXEC_LIST_RESP, &agent.sessions.list()))
+            sent(send_json(conn, FrameType::EXEC_LIST_RESP, &agent.sessions.list()))
         }
         FrameType::ACTIVITY_REQ => {
-            outcome(send_json(conn, FrameType::ACTIVITY_RESP, &agent.sessions.activity()))
+            sent(send_json(conn, FrameType::ACTIVITY_RESP, &agent.sessions.activity()))
         }
         FrameType::SET_TIME => match frame.json::<SetTime>() {
             Err(e) => send_error(conn, &format!("bad request: {e}")),
@@ -253,7 +157,7 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
                 send_error(conn, "set time: refused in test mode (it would set the host's clock)")
             }
             Ok(time) => match set_clock(time.unix_nanos) {
-                Ok(()) => outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
+                Ok(()) => sent(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
                 Err(e) => send_error(conn, &format!("set time: {e}")),
             },
         },
@@ -269,15 +173,15 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
                     send_error(conn, &format!("set net: bad prefix {}", req.prefix))
                 }
                 Some(mac) => {
-                    let sent = write_frame(conn, FrameType::EXIT, &encode_exit(0));
+                    let answered = write_frame(conn, FrameType::EXIT, &encode_exit(0));
                     crate::netif::move_interface_later(req, mac);
-                    outcome(sent)
+                    sent(answered)
                 }
             },
         },
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {
             Ok(req) if agent.sessions.kill(&req.session_id) => {
-                outcome(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
+                sent(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
             }
             Ok(_) => send_error(conn, "session not found"),
             Err(_) => send_error(conn, "bad kill request"),
@@ -331,8 +235,4 @@ fn set_clock(unix_nanos: u64) -> nix::Result<()> {
     use nix::sys::time::TimeSpec;
     let ts = TimeSpec::new((unix_nanos / 1_000_000_000) as _, (unix_nanos % 1_000_000_000) as _);
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
-}
-
-fn outcome(result: Result<(), proto::FrameError>) -> Outcome {
-    if result.is_ok() { Outcome::Done } else { Outcome::Close }
 }

@@ -33,8 +33,8 @@ use crate::config::Agent;
 use crate::conn::Conn;
 use crate::pty;
 use crate::reaper::{self, ExitWatch};
+use crate::reply::{Outcome, send_error};
 use crate::ring::RingBuffer;
-use crate::server::{Outcome, send_error};
 use crate::spawn::{self, Grouping, RunAs};
 
 /// How long an exited, detached session stays listed so a later attach can read its scrollback

@@ -383,3 +383,96 @@ fn set_net_is_refused_in_test_mode_and_checks_its_input() {
     let mut s = agent.request(FrameType::SET_NET, br#"{"ip":"10.0.0.300"}"#);
     assert!(collect_exec(&mut s).error.unwrap().starts_with("bad request: "));
 }
+
+/// Starts lohar in test mode with `config` (if any) and LOHAR_REQUIRE_TOKEN=1, the VM's
+/// fail-closed rule; returns the process, its directory and its stderr up to the ready line.
+fn start_requiring_token(
+    config: Option<&[u8]>,
+) -> (std::process::Child, tempfile::TempDir, Vec<String>) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lohar"));
+    cmd.env("LOHAR_TEST", "1")
+        .env("LOHAR_REQUIRE_TOKEN", "1")
+        .env("LOHAR_SOCK", dir.path().join("control.sock"))
+        .env("LOHAR_FWD_SOCK", dir.path().join("forward.sock"))
+        .env_remove("LOHAR_CONFIG")
+        .stderr(std::process::Stdio::piped());
+    if let Some(config) = config {
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        cmd.env("LOHAR_CONFIG", dir.path().join("config.json"));
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines.last().is_some_and(|l: &String| l.contains("test mode ready")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        lines.push(rx.recv_timeout(left).expect("lohar did not get ready"));
+    }
+    (child, dir, lines)
+}
+
+fn stop(mut child: std::process::Child) -> Option<i32> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    assert!(wait_for(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }));
+    status.and_then(|s| s.code())
+}
+
+#[test]
+fn without_a_usable_token_the_agent_fails_closed() {
+    let cases: [(Option<&[u8]>, &str); 3] = [
+        (None, "no usable config"),
+        (Some(b"{\"token\": "), "no usable config: cannot parse"),
+        (Some(b"{\"token\": \"\"}"), "the config has no token"),
+    ];
+    for (config, why) in cases {
+        let (mut child, dir, lines) = start_requiring_token(config);
+        let refusal = lines.iter().find(|l| l.contains("refusing to serve")).cloned();
+        assert!(refusal.as_deref().is_some_and(|l| l.contains(why)), "{why}: {lines:?}");
+        // Nothing listens, and the process stays up (PID 1 keeps reaping) until told to stop.
+        assert!(std::os::unix::net::UnixStream::connect(dir.path().join("control.sock")).is_err());
+        assert!(std::os::unix::net::UnixStream::connect(dir.path().join("forward.sock")).is_err());
+        assert!(child.try_wait().unwrap().is_none(), "lohar exited instead of idling");
+        assert_eq!(stop(child), Some(0));
+    }
+}
+
+#[test]
+fn with_a_token_the_fail_closed_rule_serves_and_requires_it() {
+    let config = format!(r#"{{"token": "{TOKEN}"}}"#);
+    let (child, dir, lines) = start_requiring_token(Some(config.as_bytes()));
+    assert!(!lines.iter().any(|l| l.contains("refusing")), "{lines:?}");
+    let mut s = std::os::unix::net::UnixStream::connect(dir.path().join("control.sock")).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    send_json(&mut s, FrameType::EXEC_REQ, &ExecRequest::command(["true"])).unwrap();
+    assert_eq!(collect_exec(&mut s).error.as_deref(), Some("auth required"));
+    assert_eq!(stop(child), Some(0));
+}
+
+#[test]
+fn test_mode_refuses_a_damaged_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), b"{\"token\": 5}").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lohar"))
+        .env("LOHAR_TEST", "1")
+        .env("LOHAR_SOCK", dir.path().join("control.sock"))
+        .env("LOHAR_FWD_SOCK", dir.path().join("forward.sock"))
+        .env("LOHAR_CONFIG", dir.path().join("config.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no usable config: cannot parse"), "{stderr}");
+}

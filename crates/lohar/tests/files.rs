@@ -212,6 +212,77 @@ fn file_write_beneath_a_regular_file_is_not_a_directory() {
     assert!(err.contains("not a directory"), "{err}");
 }
 
+/// Announces `size` bytes for `path` and sends none of them; returns the agent's answer, which
+/// must come within 5 s (the content it would otherwise wait for never comes).
+fn write_without_content(s: &mut UnixStream, path: &Path, size: i64) -> Result<(), String> {
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    send_json(
+        s,
+        FrameType::FILE_WRITE_REQ,
+        &FileWriteRequest { path: path.display().to_string(), mode: "0644".into(), size },
+    )
+    .unwrap();
+    let f = read_frame(s).expect("no answer within 5 s before any content").expect("EOF");
+    match f.kind {
+        FrameType::ERROR => Err(f.text()),
+        other => panic!("expected ERROR, got {other:?}: {}", f.text()),
+    }
+}
+
+#[test]
+fn file_write_impossible_target_is_refused_before_any_content() {
+    let agent = Agent::start();
+    let plain = agent.path("plain");
+    std::fs::write(&plain, "x").unwrap();
+    // Tests run as root, so "unwritable" needs a filesystem that refuses root: sysfs refuses
+    // new files (EACCES) and new directories (EPERM).
+    let cases = [
+        (plain.join("child"), "mkdir ", "not a directory"),
+        (Path::new("/sys/bhatti-no-such-file").to_owned(), "open /sys/", "permission denied"),
+        (
+            Path::new("/sys/bhatti-no-such-dir/file").to_owned(),
+            "mkdir /sys/bhatti-no-such-dir",
+            "operation not permitted",
+        ),
+    ];
+    for (path, prefix, reason) in cases {
+        let mut s = agent.connect();
+        let started = std::time::Instant::now();
+        let err = write_without_content(&mut s, &path, 1_000_000).unwrap_err();
+        assert!(err.starts_with(prefix) && err.ends_with(reason), "{}: {err}", path.display());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // The connection is closed after the ERROR, as after any ERROR in v1.
+        assert!(read_frame(&mut s).unwrap().is_none(), "connection left open after ERROR");
+    }
+    // Nothing was left behind, and the agent still serves.
+    assert!(
+        !std::fs::read_dir(agent.dir.as_path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("bhatti-tmp"))
+    );
+    assert_eq!(agent.exec(&["true"]).exit, Some(0));
+}
+
+#[test]
+fn file_write_refusal_closes_a_reused_connection_even_while_content_flows() {
+    let agent = Agent::start();
+    let plain = agent.path("plain");
+    std::fs::write(&plain, "x").unwrap();
+    let mut s = agent.connect();
+    assert_eq!(hello_reuse(&mut s).features, vec!["reuse".to_owned()]);
+    let err = write_without_content(&mut s, &plain.join("child"), 3 * 32 * 1024).unwrap_err();
+    assert!(err.contains("not a directory"), "{err}");
+    // A client that streamed regardless: its content is drained, not read as requests, and
+    // the connection ends with EOF rather than a reset.
+    for _ in 0..3 {
+        if write_frame(&mut s, FrameType::STDIN, &[7u8; 32 * 1024]).is_err() {
+            break;
+        }
+    }
+    assert!(read_frame(&mut s).unwrap().is_none(), "reuse connection kept after ERROR");
+}
+
 #[test]
 fn file_write_connection_lost_leaves_the_old_content_and_no_temp_file() {
     let agent = Agent::start();
