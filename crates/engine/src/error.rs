@@ -57,8 +57,16 @@ pub enum GuestErrorKind {
     IsADirectory,
     /// A directory was expected.
     NotADirectory,
+    /// The path exists already.
+    AlreadyExists,
     /// The content exceeds a limit.
     TooLarge,
+    /// The guest's disk is full.
+    NoSpace,
+    /// A session is attached elsewhere.
+    Busy,
+    /// Nothing listens on the forwarded guest port.
+    PortClosed,
     /// The request itself was invalid (bad path, bad argument).
     Invalid,
     /// A session or connection limit of the agent.
@@ -117,7 +125,11 @@ impl ErrorKind {
             ErrorKind::Guest(GuestErrorKind::PermissionDenied) => "guest_permission_denied",
             ErrorKind::Guest(GuestErrorKind::IsADirectory) => "guest_is_a_directory",
             ErrorKind::Guest(GuestErrorKind::NotADirectory) => "guest_not_a_directory",
+            ErrorKind::Guest(GuestErrorKind::AlreadyExists) => "guest_already_exists",
             ErrorKind::Guest(GuestErrorKind::TooLarge) => "guest_too_large",
+            ErrorKind::Guest(GuestErrorKind::NoSpace) => "guest_no_space",
+            ErrorKind::Guest(GuestErrorKind::Busy) => "guest_busy",
+            ErrorKind::Guest(GuestErrorKind::PortClosed) => "guest_port_closed",
             ErrorKind::Guest(GuestErrorKind::Invalid) => "guest_invalid",
             ErrorKind::Guest(GuestErrorKind::LimitReached) => "guest_limit_reached",
             ErrorKind::Guest(GuestErrorKind::Other) => "guest_error",
@@ -281,15 +293,30 @@ impl EngineError {
     }
 }
 
-/// The kind of an agent error: the guest's own refusals by what they were, transport failures
-/// as unavailable.
+/// The kind of an agent error, from the agent client's own classification (the one place that
+/// reads the guest's error texts): the guest's refusals by what they were, transport failures
+/// as unavailable, broken promises of the protocol as internal.
 fn agent_kind(e: &agent::AgentError) -> ErrorKind {
-    use agent::AgentError as A;
-    match e {
-        A::Agent(_) => ErrorKind::Guest(GuestErrorKind::Other),
-        A::ForwardRefused { .. } => ErrorKind::Unavailable,
-        A::Timeout { .. } | A::Connect { .. } | A::Closed(_) | A::Io(_) => ErrorKind::Unavailable,
-        A::Protocol(_) | A::Frame(_) => ErrorKind::Internal,
+    use GuestErrorKind as G;
+    use agent::AgentErrorKind as A;
+    match e.kind() {
+        A::NotFound => ErrorKind::Guest(G::NotFound),
+        A::PermissionDenied => ErrorKind::Guest(G::PermissionDenied),
+        A::IsADirectory => ErrorKind::Guest(G::IsADirectory),
+        A::NotADirectory => ErrorKind::Guest(G::NotADirectory),
+        A::AlreadyExists => ErrorKind::Guest(G::AlreadyExists),
+        A::TooLarge => ErrorKind::Guest(G::TooLarge),
+        A::NoSpace => ErrorKind::Guest(G::NoSpace),
+        A::Invalid => ErrorKind::Guest(G::Invalid),
+        A::LimitReached => ErrorKind::Guest(G::LimitReached),
+        A::Busy => ErrorKind::Guest(G::Busy),
+        A::ForwardRefused => ErrorKind::Guest(G::PortClosed),
+        A::Unsupported | A::Other => ErrorKind::Guest(G::Other),
+        A::Timeout | A::Unreachable | A::Closed | A::Io => ErrorKind::Unavailable,
+        // The engine holds the token and speaks the protocol: these are our faults.
+        A::Unauthenticated | A::Protocol => ErrorKind::Internal,
+        // A kind the agent client learns later: a guest error until it is mapped here.
+        _ => ErrorKind::Guest(G::Other),
     }
 }
 
@@ -315,7 +342,11 @@ mod tests {
             ErrorKind::Guest(GuestErrorKind::PermissionDenied),
             ErrorKind::Guest(GuestErrorKind::IsADirectory),
             ErrorKind::Guest(GuestErrorKind::NotADirectory),
+            ErrorKind::Guest(GuestErrorKind::AlreadyExists),
             ErrorKind::Guest(GuestErrorKind::TooLarge),
+            ErrorKind::Guest(GuestErrorKind::NoSpace),
+            ErrorKind::Guest(GuestErrorKind::Busy),
+            ErrorKind::Guest(GuestErrorKind::PortClosed),
             ErrorKind::Guest(GuestErrorKind::Invalid),
             ErrorKind::Guest(GuestErrorKind::LimitReached),
             ErrorKind::Guest(GuestErrorKind::Other),

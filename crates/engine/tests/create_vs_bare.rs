@@ -13,14 +13,18 @@ use agent::{AgentClient, Endpoint};
 use common::*;
 
 /// Boots the test image with a hand-written QEMU command line (the image itself with
-/// `snapshot=on`, anonymous RAM, no config drive, so lohar runs without a token) on a TAP in the
-/// engine's namespace, and returns spawn -> first exec through the same readiness probe.
+/// `snapshot=on`, anonymous RAM, a minimal config drive with the token, which lohar needs to
+/// serve at all) on a TAP in the engine's namespace, and returns spawn -> first exec through
+/// the same readiness probe.
 async fn bare_boot(e: &TestEngine, run: usize) -> f64 {
     let (kernel, image) = artifacts();
     let gateway = e.config.subnet.gateway();
     let ip = Ipv4Addr::from(u32::from(gateway) + 240);
     let tap = e.netns().open_tap(&format!("tapbare{run}"), &e.config.bridge).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let drive = dir.path().join("config.ext4");
+    let guest = proto::guest::GuestConfig { token: TOKEN.into(), ..Default::default() };
+    engine::configdrive::build(&guest, &drive).await.unwrap();
     let cmdline = engine::vm::kernel_cmdline(ip, gateway, 24, vmm::Accelerator::Tcg);
     let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "microvm,acpi=off,x-option-roms=off", "-accel", "tcg,tb-size=64"])
@@ -31,7 +35,9 @@ async fn bare_boot(e: &TestEngine, run: usize) -> f64 {
         .arg(format!("file:{}", dir.path().join("serial.log").display()))
         .arg("-drive")
         .arg(format!("id=root,file={},format=raw,if=none,snapshot=on", image.display()))
-        .args(["-device", "virtio-blk-device,drive=root"])
+        .args(["-device", "virtio-blk-device,drive=root", "-drive"])
+        .arg(format!("id=cfg,file={},format=raw,if=none,read-only=on", drive.display()))
+        .args(["-device", "virtio-blk-device,drive=cfg"])
         .args(["-netdev", "tap,id=n0,fd=3,vhost=off", "-device"])
         .arg(format!("virtio-net-device,netdev=n0,mac=52:54:00:ee:00:{run:02x}"))
         .stdout(std::process::Stdio::null())
@@ -54,7 +60,7 @@ async fn bare_boot(e: &TestEngine, run: usize) -> f64 {
             forward: SocketAddr::new(IpAddr::V4(ip), 1025),
             device: None,
         },
-        None,
+        Some(TOKEN.into()),
     );
     let t = Instant::now();
     let mut child = cmd.spawn().unwrap();
