@@ -11,6 +11,7 @@ mod client;
 mod codec;
 mod error;
 mod files;
+mod netns_dial;
 mod session;
 mod stream;
 mod transport;

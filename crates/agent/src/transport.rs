@@ -72,8 +72,8 @@ impl Endpoint {
                 }
                 Endpoint::TcpInNetns { netns, control, forward: fwd, device } => {
                     let addr = if forward { *fwd } else { *control };
-                    let stream =
-                        connect_in_netns(netns.clone(), addr, device.clone(), timeout).await?;
+                    // The deadline around this match bounds the connect.
+                    let stream = crate::netns_dial::connect(netns, addr, device.clone()).await?;
                     stream.set_nodelay(true)?;
                     Ok(Stream::Tcp(stream))
                 }
@@ -104,46 +104,4 @@ impl fmt::Display for Endpoint {
             Endpoint::Unix { control, .. } => write!(f, "{}", control.display()),
         }
     }
-}
-
-/// Connects from a fresh thread that entered `netns` (never a pooled runtime thread, which would
-/// then run unrelated work in the wrong namespace). The socket keeps its namespace for life.
-async fn connect_in_netns(
-    netns: PathBuf,
-    addr: SocketAddr,
-    device: Option<String>,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("netns-dial".into()).spawn(move || {
-        let result = std::fs::File::open(&netns)
-            .and_then(|ns| {
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            })
-            .and_then(|()| connect_socket(addr, device.as_deref(), timeout))
-            .and_then(|s| s.set_nonblocking(true).map(|()| s));
-        let _ = tx.send(result);
-    })?;
-    let stream = rx.await.map_err(|_| std::io::Error::other("namespace dial thread died"))??;
-    TcpStream::from_std(stream)
-}
-
-/// A blocking TCP connect, through `device` only when given.
-fn connect_socket(
-    addr: SocketAddr,
-    device: Option<&str>,
-    timeout: Duration,
-) -> std::io::Result<std::net::TcpStream> {
-    let Some(device) = device else {
-        return std::net::TcpStream::connect_timeout(&addr, timeout);
-    };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.bind_device(Some(device.as_bytes()))?;
-    socket.connect_timeout(&addr.into(), timeout)?;
-    Ok(socket.into())
 }

@@ -233,7 +233,8 @@ async fn perf_diff_vs_full_snapshot() {
         std::fs::remove_file(&target).unwrap();
     }
     header("stop with every flush vs full snapshot (1 GiB guest, ~40 MiB dirtied per cycle)");
-    let (d50, _, d99) = row("stop, diff (ours), every flush included", &diff_ms, "target p50 <= 100 ms");
+    let (d50, _, d99) =
+        row("stop, diff (ours), every flush included", &diff_ms, "target p50 <= 100 ms");
     row("- device state save", &save_ms, "");
     row("- fsync of RAM file and state", &fsync_ms, "");
     row("- fsync of disk overlay and volumes", &disk_ms, "");

@@ -77,8 +77,7 @@ async fn ram_file_on_disk_against_mapped_ram() {
         vm.qemu.wait(Duration::from_secs(10)).await.unwrap();
         std::fs::File::open(&state).unwrap().sync_all().unwrap();
         mapped_stop.push(ms(t.elapsed()));
-        mapped_bytes
-            .push(disk_written_bytes(dir.path()).saturating_sub(before) as f64);
+        mapped_bytes.push(disk_written_bytes(dir.path()).saturating_sub(before) as f64);
         assert!(allocated(&state) > 32 << 20, "mapped-ram wrote only {} bytes", allocated(&state));
 
         let t = Instant::now();

@@ -113,8 +113,7 @@ async fn repeated_stops_write_only_what_changed_and_data_accumulates() {
         e.exec("d", &["dd", "if=/dev/urandom", "of=/tmp/dirty", "bs=1M", "count=8"]).await.unwrap();
         let suspended = e.stop("d", Duration::ZERO).await.unwrap().unwrap();
         // QEMU's own I/O accounting: what its guest dirtied since it started, plus the state.
-        let written =
-            suspended.bytes_written.expect("measurement unavailable: /proc/<qemu>/io");
+        let written = suspended.bytes_written.expect("measurement unavailable: /proc/<qemu>/io");
         rows.push((cycle, suspended, written));
         e.start("d").await.unwrap();
         for earlier in 0..=cycle {

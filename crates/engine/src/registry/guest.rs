@@ -124,6 +124,46 @@ impl Engine {
         Ok(lease.client().file_write(path, mode, data).await?)
     }
 
+    /// Reads a file into `out`, streaming: `sized(size, mode)` is called once the guest has
+    /// said how big the file is (before the first byte reaches `out`, so an HTTP answer can
+    /// send its headers); a file over `max_bytes` fails with a too-large guest error before any
+    /// byte is sent. Returns the bytes written to `out`.
+    pub async fn file_read_into<W>(
+        &self,
+        id: &str,
+        path: &str,
+        opts: ReadOptions,
+        max_bytes: u64,
+        sized: impl FnOnce(u64, &str),
+        out: &mut W,
+    ) -> Result<u64, EngineError>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let lease = self.lease(id).await?;
+        let reader = lease.client().file_open_read(path, opts, max_bytes).await?;
+        sized(reader.size(), reader.mode());
+        Ok(reader.copy_to(out).await?)
+    }
+
+    /// Writes a file atomically from `src`, which must yield exactly `size` bytes (at most the
+    /// agent's 100 MiB); streamed in chunks, never held whole. A target the guest cannot create
+    /// fails before the content is read.
+    pub async fn file_write_from<R>(
+        &self,
+        id: &str,
+        path: &str,
+        mode: &str,
+        size: u64,
+        src: &mut R,
+    ) -> Result<(), EngineError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + ?Sized,
+    {
+        let lease = self.lease(id).await?;
+        Ok(lease.client().file_write_from(path, mode, size, src).await?)
+    }
+
     /// Stats a path.
     pub async fn file_stat(&self, name: &str, path: &str) -> Result<FileInfo, EngineError> {
         let lease = self.lease(name).await?;
@@ -171,7 +211,8 @@ async fn ports_of(lease: &Lease) -> Result<Vec<u16>, EngineError> {
 }
 
 impl Engine {
-    /// A byte stream to `localhost:port` in the guest; hot while open.
+    /// A byte stream to `localhost:port` in the guest (`AsyncRead + AsyncWrite`: hyper can use
+    /// it as a connection); the sandbox stays hot while it is open.
     pub async fn forward(&self, name: &str, port: u16) -> Result<Leased<Stream>, EngineError> {
         if port == 0 {
             return Err(EngineError::invalid("port 0 is not a valid port"));
