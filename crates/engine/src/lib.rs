@@ -13,6 +13,7 @@ pub mod egress;
 mod engine;
 mod error;
 pub mod ippool;
+pub mod isolation;
 pub mod net;
 pub mod ports;
 mod run;
