@@ -15,7 +15,9 @@
 //!     that port's MAC or is broadcast/multicast. So a unicast for B that the bridge floods
 //!     (unknown or flushed FDB entry) never leaves through A's port.
 //!   - *output* (frames from the namespace's own stack, once per output port): the same
-//!     destination check, no group check (the host talks to every guest).
+//!     destination check, no group check (the host talks to every guest), and nothing with a
+//!     guest's source address (a guest's packet routed back through the gateway, when
+//!     forwarding is on, would otherwise go around the group check).
 //!   - *input* (frames to the namespace's own stack): ARP only when it asks for or answers the
 //!     gateway.
 //!
@@ -55,6 +57,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::error::EngineError;
+use crate::ippool::Subnet;
 use crate::net::Netns;
 use crate::run::run;
 
@@ -95,14 +98,14 @@ pub struct Port {
 pub async fn install(
     ns: &Netns,
     bridge: &str,
-    gateway: Ipv4Addr,
+    subnet: Subnet,
     ports: &[Port],
 ) -> Result<(), EngineError> {
     for port in ports {
         check_tap(&port.tap)?;
     }
     check_tap(bridge)?;
-    nft(ns, &install_doc(bridge, gateway, ports)).await
+    nft(ns, &install_doc(bridge, subnet, ports)).await
 }
 
 /// Admits a port (idempotent; replaces whatever an earlier admission of the same TAP name
@@ -222,8 +225,15 @@ fn chains(tap: &str) -> [String; 3] {
 
 /// Both tables from scratch (add; delete; add: replaces an earlier copy whatever it held),
 /// then the given ports.
-fn install_doc(bridge: &str, gateway: Ipv4Addr, ports: &[Port]) -> Value {
+fn install_doc(bridge: &str, subnet: Subnet, ports: &[Port]) -> Value {
+    let gateway = subnet.gateway();
     let gw = gateway.to_string();
+    // Subnet has no network accessor; the gateway is always the network address + 1.
+    let network = Ipv4Addr::from(u32::from(gateway).saturating_sub(1));
+    let guest_source = is(
+        payload("ip", "saddr"),
+        json!({ "prefix": { "addr": network.to_string(), "len": subnet.prefix() } }),
+    );
     let mut cmds = vec![
         json!({ "add": { "table": bridge_table() } }),
         json!({ "delete": { "table": bridge_table() } }),
@@ -248,6 +258,18 @@ fn install_doc(bridge: &str, gateway: Ipv4Addr, ports: &[Port]) -> Value {
             }})],
         ),
         base_chain("bridge", BRIDGE_TABLE, "output", BRIDGE_PRIO, "drop"),
+        // The namespace's stack never sends from a guest's address; such a packet is a guest's,
+        // routed back onto the bridge through the gateway (when forwarding is on, as egress
+        // turns it on), which would go around the owner check of `forward`.
+        bridge_rule(
+            "output",
+            vec![
+                is(payload("ether", "type"), "ip"),
+                guest_source,
+                is_not(payload("ip", "saddr"), gw.clone()),
+                drop_(),
+            ],
+        ),
         bridge_rule(
             "output",
             vec![json!({ "vmap": {
@@ -464,7 +486,7 @@ mod tests {
 
     #[test]
     fn install_replaces_both_tables_and_drops_what_no_port_claims() {
-        let doc = install_doc("br0", Ipv4Addr::new(10, 7, 0, 1), &[]);
+        let doc = install_doc("br0", "10.7.0.0/24".parse().unwrap(), &[]);
         let cmds = doc["nftables"].as_array().unwrap();
         assert_eq!(verbs(&doc)[..3], ["add", "delete", "add"]);
         assert_eq!(cmds[1]["delete"]["table"], json!({ "family": "bridge", "name": "bhatti_iso" }));
@@ -496,6 +518,7 @@ mod tests {
         assert!(has(&doc, &json!({ "vmap": { "key": meta("oifname"), "data": "@output_ports" } })));
         assert!(has(&doc, &is_not(payload("arp", "daddr ip"), "10.7.0.1")), "{text}");
         assert!(has(&doc, &is(payload("ip", "daddr"), "10.7.0.1")), "{text}");
+        assert!(has(&doc, &json!({ "prefix": { "addr": "10.7.0.0", "len": 24 } })), "{text}");
         assert!(has(&doc, &is(meta("iifname"), "br0")), "{text}");
         assert!(has(&doc, &json!(["established", "related"])), "{text}");
     }
@@ -527,7 +550,7 @@ mod tests {
             assert!(has(&doc, &needle), "{needle} missing in {doc}");
         }
         // Admitted ports come with install, in the same transaction.
-        let installed = install_doc("br0", Ipv4Addr::new(10, 7, 0, 1), &[p]);
+        let installed = install_doc("br0", "10.7.0.0/24".parse().unwrap(), &[p]);
         assert!(has(&installed, &json!({ "jump": { "target": "fwd_tap0-5" } })));
     }
 

@@ -26,6 +26,10 @@ fn port(net: &TestNet, host: u8, group: u32) -> Port {
     }
 }
 
+fn subnet(net: &TestNet) -> engine::ippool::Subnet {
+    format!("10.{}.0.0/24", net.subnet).parse().unwrap()
+}
+
 fn mac_text(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -99,7 +103,6 @@ async fn host_fetch(net: &TestNet, ip: Ipv4Addr, port: u16) -> std::io::Result<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_apply_idempotently_and_ports_come_and_go() {
     let net = TestNet::new().await;
-    let gw = net.gateway();
     let list = |net: &TestNet| {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", net.ns.name(), "nft", "-j", "list", "ruleset"])
@@ -127,8 +130,8 @@ async fn rules_apply_idempotently_and_ports_come_and_go() {
             .collect()
     };
     let p = port(&net, 9, 4);
-    isolation::install(&net.ns, "br0", gw, std::slice::from_ref(&p)).await.unwrap();
-    isolation::install(&net.ns, "br0", gw, std::slice::from_ref(&p)).await.unwrap();
+    isolation::install(&net.ns, "br0", subnet(&net), std::slice::from_ref(&p)).await.unwrap();
+    isolation::install(&net.ns, "br0", subnet(&net), std::slice::from_ref(&p)).await.unwrap();
     isolation::admit(&net.ns, &p).await.unwrap();
     let doc = list(&net);
     assert_eq!(tables(&doc), ["bridge bhatti_iso", "inet bhatti_guard"]);
@@ -162,7 +165,7 @@ async fn owners_are_separated_and_guests_reach_nothing_in_the_namespace() {
     let started = Instant::now();
     let net = TestNet::new().await;
     let gw = net.gateway();
-    isolation::install(&net.ns, "br0", gw, &[]).await.unwrap();
+    isolation::install(&net.ns, "br0", subnet(&net), &[]).await.unwrap();
     // Owner 1: a1 and a2; owner 2: b.
     let a1 = admit_and_boot(&net, 5, 1).await;
     let a2 = admit_and_boot(&net, 6, 1).await;
@@ -206,11 +209,20 @@ async fn owners_are_separated_and_guests_reach_nothing_in_the_namespace() {
     assert!(ping(&a1, gw).await);
     let (text, code) = fetch(&a1, gw, 7100).await;
     assert_eq!((text.as_str(), code), ("", 1), "a1 reached the namespace's listener");
+    // Nor through the gateway, routed, once the namespace forwards (as egress makes it).
+    net.ns.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).await.unwrap();
+    let via_gw = format!("ip route add {}/32 via {gw}", b.ip);
+    assert_eq!(sh(&a1, &via_gw, Duration::from_secs(10)).await.1, 0);
+    let (text, code) = fetch(&a1, b.ip, 7000).await;
+    assert_eq!((text.as_str(), code), ("", 1), "a1 reached b through the gateway");
     // The host still reaches b after all that.
     assert_eq!(b.client.exec(&["echo", "ok"]).await.unwrap().stdout_text(), "ok\n");
 
-    // Control: without the filter the very same commands succeed.
+    // Control: without the filter the very same commands succeed (a1 to b through the
+    // gateway first, then directly).
     isolation::uninstall(&net.ns).await.unwrap();
+    assert_eq!(fetch(&a1, b.ip, 7000).await, ("hello-from-b\n".into(), 0));
+    sh(&a1, &format!("ip route del {}/32", b.ip), Duration::from_secs(10)).await;
     assert_eq!(fetch(&a1, b.ip, 7000).await, ("hello-from-b\n".into(), 0));
     assert!(ping(&b, a2.ip).await);
     assert_eq!(fetch(&a1, gw, 7100).await, ("hello-from-host\n".into(), 0));
@@ -347,7 +359,7 @@ impl NetRef {
 async fn a_guest_wearing_anothers_mac_and_ip_receives_and_steals_nothing() {
     let started = Instant::now();
     let net = TestNet::new().await;
-    isolation::install(&net.ns, "br0", net.gateway(), &[]).await.unwrap();
+    isolation::install(&net.ns, "br0", subnet(&net), &[]).await.unwrap();
     let a = admit_and_boot(&net, 5, 1).await;
     let b = admit_and_boot(&net, 6, 2).await;
     // The measure works: a datagram the host sends to a's own address counts in a.
