@@ -215,12 +215,18 @@ async fn owners_are_separated_and_guests_reach_nothing_in_the_namespace() {
     assert_eq!(sh(&a1, &via_gw, Duration::from_secs(10)).await.1, 0);
     let (text, code) = fetch(&a1, b.ip, 7000).await;
     assert_eq!((text.as_str(), code), ("", 1), "a1 reached b through the gateway");
+    // (b's answers could not come back anyway: b talks to a1 directly. So count what arrives.)
+    let echos = guest_in_echos(&b).await;
+    sh(&a1, &format!("ping -c 3 -W 1 {}", b.ip), Duration::from_secs(15)).await;
+    assert_eq!(guest_in_echos(&b).await, echos, "a1's pings reached b through the gateway");
     // The host still reaches b after all that.
     assert_eq!(b.client.exec(&["echo", "ok"]).await.unwrap().stdout_text(), "ok\n");
 
     // Control: without the filter the very same commands succeed (a1 to b through the
     // gateway first, then directly).
     isolation::uninstall(&net.ns).await.unwrap();
+    sh(&a1, &format!("ping -c 3 -W 1 {}", b.ip), Duration::from_secs(15)).await;
+    assert!(guest_in_echos(&b).await > echos, "the control's pings never reached b");
     assert_eq!(fetch(&a1, b.ip, 7000).await, ("hello-from-b\n".into(), 0));
     sh(&a1, &format!("ip route del {}/32", b.ip), Duration::from_secs(10)).await;
     assert_eq!(fetch(&a1, b.ip, 7000).await, ("hello-from-b\n".into(), 0));
@@ -230,14 +236,25 @@ async fn owners_are_separated_and_guests_reach_nothing_in_the_namespace() {
     eprintln!("owners test took {:?}", started.elapsed());
 }
 
-/// Udp NoPorts of the guest (/proc/net/snmp): datagrams it received for a port nobody listens
-/// on. A guest that gets a datagram sent to port 9 counts it here.
-fn no_ports(snmp: &str) -> u64 {
-    let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+/// A counter of /proc/net/snmp (`section` as "Udp:", `name` as "NoPorts").
+fn snmp_counter(snmp: &str, section: &str, name: &str) -> u64 {
+    let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with(section)).collect();
     let names: Vec<&str> = lines[0].split_whitespace().collect();
     let values: Vec<&str> = lines[1].split_whitespace().collect();
-    let i = names.iter().position(|n| *n == "NoPorts").unwrap();
+    let i = names.iter().position(|n| *n == name).unwrap();
     values[i].parse().unwrap()
+}
+
+/// Udp NoPorts of the guest: datagrams it received for a port nobody listens on. A guest that
+/// gets a datagram sent to port 9 counts it here.
+fn no_ports(snmp: &str) -> u64 {
+    snmp_counter(snmp, "Udp:", "NoPorts")
+}
+
+/// ICMP echo requests the guest received (whether or not its answer got anywhere).
+async fn guest_in_echos(vm: &BootedVm) -> u64 {
+    let snmp = sh(vm, "cat /proc/net/snmp", Duration::from_secs(10)).await.0;
+    snmp_counter(&snmp, "Icmp:", "InEchos")
 }
 
 async fn guest_no_ports(vm: &BootedVm) -> u64 {
