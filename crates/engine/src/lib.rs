@@ -17,6 +17,7 @@ pub mod egress;
 mod error;
 pub mod events;
 pub mod ippool;
+pub mod isolation;
 pub mod layout;
 mod lease;
 pub mod net;

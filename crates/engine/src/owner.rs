@@ -427,6 +427,10 @@ impl Owner {
         if let Err(e) = self.ns.delete_neighbour(&self.giveback.bridge, self.spec.ip).await {
             tracing::warn!(sandbox = %self.who.id, "{e}");
         }
+        // QEMU is gone: its port's rules go too (a later sandbox on this TAP is admitted anew).
+        if let Err(e) = crate::isolation::remove(&self.ns, &self.spec.tap).await {
+            tracing::warn!(sandbox = %self.who.id, "{e}");
+        }
         self.giveback.release(&self.who.id, self.spec.ip);
         self.events.send(&self.who.id, EventKind::Destroyed);
     }

@@ -108,7 +108,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
 
     // Its record names its private copy of the volume.
     let record = e.export("clone").await.unwrap();
-    assert_eq!(record.volumes[0].path, e.data.path().join("sandboxes/clone/vol0.ext4"));
+    assert_eq!(record.volumes[0].path, e.data.path().join("sandboxes/clone/scratch0.ext4"));
     assert_eq!(record.volumes[0].mount, "/work");
 
     // The resumed sandbox is a full sandbox: it goes cold and wakes again, volume included.

@@ -124,6 +124,7 @@ impl Engine {
             mac,
         };
         let spec = self.boot_spec(files, shape, record.guest_config());
+        crate::isolation::admit(&self.ns, &self.port(&who.owner, &spec)).await?;
         let state = spec.files.state();
         let vm = {
             let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;

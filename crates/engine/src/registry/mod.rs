@@ -111,6 +111,7 @@ struct Entry {
     who: Identity,
     hostname: String,
     ip: Ipv4Addr,
+    mac: [u8; 6],
     files: SandboxFiles,
     handle: Handle,
 }
@@ -137,6 +138,9 @@ pub struct Engine {
     claims: Arc<Mutex<Claims>>,
     boots: Arc<Semaphore>,
     events: Events,
+    /// Each owner's network group (ports of one group reach each other, of different groups
+    /// never); numbered from 1 as owners appear.
+    groups: Mutex<BTreeMap<String, u32>>,
     /// Set when shutdown begins: nothing new starts after it.
     closing: AtomicBool,
     /// One engine per data directory: a second would take the first's sandboxes for orphans.
@@ -377,10 +381,28 @@ impl Engine {
         }
     }
 
+    /// The network group of `owner`, assigned on first use.
+    fn group_of(&self, owner: &str) -> u32 {
+        let mut groups = lock(&self.groups);
+        let next = u32::try_from(groups.len()).unwrap_or(u32::MAX - 1).saturating_add(1);
+        *groups.entry(owner.to_owned()).or_insert(next)
+    }
+
+    /// The bridge port of a sandbox as the isolation filter knows it.
+    fn port(&self, owner: &str, spec: &BootSpec) -> crate::isolation::Port {
+        crate::isolation::Port {
+            tap: spec.tap.clone(),
+            mac: spec.mac,
+            ip: spec.ip,
+            group: self.group_of(owner),
+        }
+    }
+
     /// Starts the owner of a sandbox (hot with `vm`, else cold: with `snapshot`, its memory is
     /// on disk) and adds it to the registry.
     fn adopt(&self, who: Identity, spec: BootSpec, vm: Option<Vm>, snapshot: bool) {
-        let (ip, files, hostname) = (spec.ip, spec.files.clone(), spec.guest.hostname.clone());
+        let (ip, mac, files, hostname) =
+            (spec.ip, spec.mac, spec.files.clone(), spec.guest.hostname.clone());
         let client = match &vm {
             Some(vm) => Arc::clone(&vm.client),
             None => vm::agent_client(&self.ns, &spec),
@@ -401,7 +423,7 @@ impl Engine {
             events: self.events.clone(),
         });
         let id = who.id.clone();
-        let entry = Entry { who, hostname, ip, files, handle };
+        let entry = Entry { who, hostname, ip, mac, files, handle };
         lock(&self.sandboxes).insert(id, entry);
     }
 
@@ -580,6 +602,8 @@ impl Engine {
             mac: mac_for(ip),
         };
         let boot = self.boot_spec(files, shape, guest);
+        // Filtered before QEMU exists: the guest's first frame already meets its rules.
+        crate::isolation::admit(&self.ns, &self.port(&spec.owner, &boot)).await?;
         for (volume, size_mib) in &scratch {
             crate::volume::create(&volume.path, *size_mib).await?;
         }
@@ -747,6 +771,9 @@ impl Engine {
             });
             let _ = rx.await;
             if let Err(e) = self.ns.delete_neighbour(&self.config.bridge, entry.ip).await {
+                tracing::warn!(sandbox = %id, "{e}");
+            }
+            if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(entry.ip)).await {
                 tracing::warn!(sandbox = %id, "{e}");
             }
             self.events.send(id, EventKind::Destroyed);

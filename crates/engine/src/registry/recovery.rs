@@ -90,6 +90,7 @@ impl Engine {
             claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
             events: Events::new(),
+            groups: Mutex::new(BTreeMap::new()),
             closing: AtomicBool::new(false),
             data_lock: Some(data_lock),
             ns,
@@ -124,6 +125,23 @@ impl Engine {
                 failed.push((id, e));
             }
         }
+        // The filter is replaced whole, with the recovered sandboxes' ports already admitted:
+        // none of them is ever unfiltered, and ports an earlier engine left are gone.
+        let ports: Vec<_> = lock(&engine.sandboxes)
+            .values()
+            .map(|entry| (entry.who.owner.clone(), entry.ip, entry.mac))
+            .collect();
+        let ports: Vec<_> = ports
+            .into_iter()
+            .map(|(owner, ip, mac)| crate::isolation::Port {
+                tap: super::tap_name(ip),
+                mac,
+                ip,
+                group: engine.group_of(&owner),
+            })
+            .collect();
+        crate::isolation::install(&engine.ns, &engine.config.bridge, engine.config.subnet, &ports)
+            .await?;
         let orphans = tokio::task::spawn_blocking(move || clean_orphans(&sandboxes_dir, &keep))
             .await
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
