@@ -2,7 +2,7 @@
 //! gives it a stable kind that the server maps to a status code in one place. Messages name
 //! sandboxes, volumes and checkpoints by the caller's names, never by host paths.
 
-use crate::state::Thermal;
+use crate::thermal::Thermal;
 
 /// What a name refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

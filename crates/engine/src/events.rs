@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::state::Thermal;
+use crate::thermal::Thermal;
 
 /// Events kept for a slow subscriber.
 pub const CAPACITY: usize = 1024;

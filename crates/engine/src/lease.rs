@@ -15,7 +15,7 @@ use agent::AgentClient;
 use tokio::sync::Notify;
 
 use crate::error::EngineError;
-use crate::state::Thermal;
+use crate::thermal::Thermal;
 
 /// The lease count and whether new leases may be taken without the owner.
 #[derive(Debug, Default)]

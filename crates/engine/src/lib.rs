@@ -27,6 +27,7 @@ mod registry;
 mod run;
 pub mod spec;
 pub mod state;
+mod thermal;
 pub mod vm;
 pub mod volume;
 
@@ -40,4 +41,5 @@ pub use events::{Event, EventKind};
 pub use lease::{Activity, Lease, Leased};
 pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
 pub use spec::{CreateSpec, DEFAULT_OWNER, Template};
-pub use state::{SandboxRecord, Thermal};
+pub use state::SandboxRecord;
+pub use thermal::Thermal;

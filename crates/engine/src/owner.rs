@@ -22,7 +22,8 @@ use crate::error::EngineError;
 use crate::events::{EventKind, Events};
 use crate::lease::{Lease, Shared};
 use crate::net::Netns;
-use crate::state::{RECORD_VERSION, SandboxRecord, Thermal};
+use crate::state::{RECORD_VERSION, SandboxRecord};
+use crate::thermal::Thermal;
 use crate::vm::{self, BootSpec, Suspended, Vm};
 use crate::volume::VolumeMount;
 

@@ -104,7 +104,7 @@ fn test_mode() -> ExitCode {
     };
     let agent = Arc::new(Agent { config, mode: Mode::Test, sessions: Default::default() });
     if !agent.config.init.is_empty()
-        && let Err(e) = session::start_init(&agent)
+        && let Err(e) = session::start_init(&agent.sessions, &agent.config)
     {
         eprintln!("lohar: init session: {e}");
     }

@@ -166,7 +166,7 @@ fn serve(agent: &Arc<Agent>, log: &BootLog) {
     eprintln!("lohar: ready");
     write_config_env(&agent.config);
     if !agent.config.init.is_empty()
-        && let Err(e) = session::start_init(agent)
+        && let Err(e) = session::start_init(&agent.sessions, &agent.config)
     {
         eprintln!("lohar: init session: {e}");
     }

@@ -214,7 +214,7 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
 
 fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     if let Some(id) = &req.session_id {
-        return session::attach(agent, conn, id, req.if_detached.unwrap_or(false));
+        return session::attach(&agent.sessions, conn, id, req.if_detached.unwrap_or(false));
     }
     if req.argv.is_empty() {
         return send_error(conn, "empty argv");
@@ -222,9 +222,9 @@ fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     if req.detach == Some(true) {
         exec::run_detached(agent, conn, req)
     } else if req.tty == Some(true) {
-        session::create(agent, conn, req, Kind::Tty)
+        session::create(&agent.sessions, &agent.config, conn, req, Kind::Tty)
     } else if req.session == Some(true) {
-        session::create(agent, conn, req, Kind::Piped)
+        session::create(&agent.sessions, &agent.config, conn, req, Kind::Piped)
     } else {
         exec::run(agent, conn, req)
     }

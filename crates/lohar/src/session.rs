@@ -29,13 +29,13 @@ use proto::payload::{WindowSize, decode_resize, encode_exit};
 use proto::{FrameType, read_frame, write_frame};
 
 use crate::activity;
-use crate::config::Agent;
 use crate::conn::Conn;
 use crate::pty;
 use crate::reaper::{self, ExitWatch};
 use crate::reply::{Outcome, send_error};
 use crate::ring::RingBuffer;
 use crate::spawn::{self, Grouping, RunAs};
+use proto::guest::GuestConfig;
 
 /// How long an exited, detached session stays listed so a later attach can read its scrollback
 /// and exit code.
@@ -348,11 +348,16 @@ fn start_output_thread(registry: Registry, session: Arc<Session>, output: File, 
 }
 
 /// Creates a session for this connection's request and attaches the connection to it.
-pub fn create(agent: &Agent, conn: &mut Conn, req: &ExecRequest, kind: Kind) -> Outcome {
+pub fn create(
+    registry: &Registry,
+    guest: &GuestConfig,
+    conn: &mut Conn,
+    req: &ExecRequest,
+    kind: Kind,
+) -> Outcome {
     let run_as = RunAs::from_request(req.user.as_deref());
-    let env = spawn::build_env(run_as, &agent.config.env, req.env.as_ref());
+    let env = spawn::build_env(run_as, &guest.env, req.env.as_ref());
     let spawn_env = SpawnEnv { env: &env, cwd: req.cwd.as_deref(), run_as };
-    let registry = &agent.sessions;
     let session = {
         // Held across the spawn so concurrent creates cannot overshoot the cap.
         let mut inner = lock(&registry.inner);
@@ -413,10 +418,10 @@ fn new_session(
 }
 
 /// Starts the `init` session from the config's init script (no client attached).
-pub fn start_init(agent: &Agent) -> Result<(), String> {
-    let script = &agent.config.init;
-    let run_as = if agent.config.user == "root" { RunAs::Root } else { RunAs::User };
-    let env = spawn::build_env(run_as, &agent.config.env, None);
+pub fn start_init(registry: &Registry, guest: &GuestConfig) -> Result<(), String> {
+    let script = &guest.init;
+    let run_as = if guest.user == "root" { RunAs::Root } else { RunAs::User };
+    let env = spawn::build_env(run_as, &guest.env, None);
     // v1 required /workspace and silently dropped the init session without it.
     let home = env.get("HOME").cloned().unwrap_or_default();
     let cwd = ["/workspace", home.as_str(), "/"]
@@ -424,19 +429,19 @@ pub fn start_init(agent: &Agent) -> Result<(), String> {
         .find(|d| !d.is_empty() && std::path::Path::new(d).is_dir());
     let argv = vec!["sh".to_owned(), "-c".to_owned(), script.clone()];
     let spawn_env = SpawnEnv { env: &env, cwd, run_as };
-    let mut inner = lock(&agent.sessions.inner);
+    let mut inner = lock(&registry.inner);
     inner.make_room()?;
     let spawned = spawn_tty(&argv, &spawn_env, DEFAULT_SIZE)?;
     let session = new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned);
     inner.by_id.insert(session.id.clone(), Arc::clone(&session));
-    start_output_thread(agent.sessions.clone(), session, spawned.output, spawned.watch);
+    start_output_thread(registry.clone(), session, spawned.output, spawned.watch);
     Ok(())
 }
 
 /// Attaches this connection to an existing session (`session_id` in the request).
-pub fn attach(agent: &Agent, conn: &mut Conn, id: &str, if_detached: bool) -> Outcome {
-    match agent.sessions.get(id) {
-        Some(session) => attach_to(&agent.sessions, conn, &session, if_detached),
+pub fn attach(registry: &Registry, conn: &mut Conn, id: &str, if_detached: bool) -> Outcome {
+    match registry.get(id) {
+        Some(session) => attach_to(registry, conn, &session, if_detached),
         None => send_error(conn, "session not found"),
     }
 }

@@ -39,7 +39,8 @@ use crate::lease::{Activity, Lease};
 use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
 pub use crate::spec::CreateSpec;
-use crate::state::{SandboxRecord, Thermal};
+use crate::state::SandboxRecord;
+use crate::thermal::Thermal;
 use crate::vm::{self, BootSpec, Suspended, Vm, VolumeDisk};
 use crate::volume::{Claims, VolumeMount};
 

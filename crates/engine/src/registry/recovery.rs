@@ -17,7 +17,8 @@ use crate::ippool::IpPool;
 use crate::layout::{DataDir, SandboxFiles};
 use crate::net::Netns;
 use crate::owner::Identity;
-use crate::state::{SandboxRecord, Thermal};
+use crate::state::SandboxRecord;
+use crate::thermal::Thermal;
 use crate::vm;
 use crate::volume::Claims;
 
