@@ -18,7 +18,8 @@ use crate::error::{EngineError, Resource};
 use crate::layout::CheckpointFiles;
 use crate::run::run;
 use crate::state::SandboxRecord;
-use crate::vm::{BootSpec, Vm};
+use crate::machine::Machine;
+use crate::vm::BootSpec;
 
 /// What a checkpoint directory holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +106,7 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// failure leaves no directory. Every file, the manifest and the directory are fsynced before
 /// the rename that publishes the checkpoint.
 pub async fn capture(
-    vm: &Vm,
+    vm: &dyn Machine,
     spec: &BootSpec,
     record: &SandboxRecord,
     dest: &CheckpointFiles,
@@ -123,8 +124,7 @@ pub async fn capture(
     let staging = dest.staging(STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     std::fs::DirBuilder::new().mode(0o700).create(staging.dir())?;
     let result = async {
-        vm.qemu.qmp.stop(Duration::from_secs(5)).await?;
-        vm.qemu.save_state(&staging.state(), Duration::from_secs(30)).await?;
+        vm.save(spec, &staging.state()).await?;
         let mut pairs = vec![
             (ram.clone(), staging.ram()),
             (spec.files.overlay(), staging.overlay()),

@@ -62,6 +62,7 @@ pub async fn enable(ns: &Netns, subnet: Subnet, egress: &Egress) -> Result<(), E
 /// Turns egress off: forwarding off first (so nothing is routed unfiltered), then the default
 /// route via `egress.next_hop` and the `bhatti` table are removed. Missing pieces are not an
 /// error, so it can run at every start and after a partial [`enable`].
+#[cfg(any(test, feature = "test-support"))]
 pub async fn disable(ns: &Netns, egress: &Egress) -> Result<(), EngineError> {
     teardown(ns, Some(egress.next_hop)).await
 }

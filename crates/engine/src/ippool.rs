@@ -96,6 +96,7 @@ impl IpPool {
     }
 
     /// The pool's subnet.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn subnet(&self) -> Subnet {
         self.subnet
     }
@@ -115,6 +116,7 @@ impl IpPool {
     }
 
     /// Marks an address as taken (recovering sandboxes after a daemon restart).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn claim(&mut self, ip: Ipv4Addr) -> Result<(), IpPoolError> {
         let offset = self.offset(ip)?;
         self.in_use.insert(offset);
@@ -139,6 +141,7 @@ impl IpPool {
     }
 
     /// Addresses in use.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn in_use(&self) -> usize {
         self.in_use.len()
     }

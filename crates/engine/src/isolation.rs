@@ -123,6 +123,7 @@ pub async fn remove(ns: &Netns, tap: &str) -> Result<(), EngineError> {
 }
 
 /// Removes both tables (idempotent): the bridge is open again, as without isolation.
+#[cfg(any(test, feature = "test-support"))]
 pub async fn uninstall(ns: &Netns) -> Result<(), EngineError> {
     nft(
         ns,

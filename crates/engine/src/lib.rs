@@ -11,35 +11,58 @@
 //!
 //! Errors are [`EngineError`]s with a stable [`ErrorKind`] for callers to map.
 
-pub mod checkpoint;
-pub mod configdrive;
-pub mod egress;
+/// Declares modules that are the engine's internals: crate-private, public only with the
+/// `test-support` feature (the crate's own integration tests drive VMs, namespaces and filters
+/// below the [`Engine`]).
+macro_rules! internal {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[cfg(feature = "test-support")]
+        pub mod $name;
+        $(#[$doc])*
+        #[cfg(not(feature = "test-support"))]
+        pub(crate) mod $name;
+    )*};
+}
+
+internal! {
+    checkpoint;
+    configdrive;
+    egress;
+    ippool;
+    isolation;
+    layout;
+    machine;
+    net;
+    ports;
+    vm;
+    volume;
+}
 mod error;
-pub mod events;
-pub mod ippool;
-pub mod isolation;
-pub mod layout;
+mod events;
 mod lease;
-pub mod net;
 mod owner;
-pub mod ports;
 mod registry;
 mod run;
-pub mod spec;
-pub mod state;
+mod spec;
+mod state;
 mod thermal;
-pub mod vm;
-pub mod volume;
 
 /// The agent's types the engine's API hands out.
 pub use agent::{
-    ActivityInfo, DetachedExec, ExecOutput, ExecRequest, ExecStream, FileContent, FileInfo,
-    ReadOptions, Session, SessionInfo, Stream,
+    ActivityInfo, AgentError, DetachedExec, ExecEvent, ExecOutput, ExecRequest, ExecStream,
+    FileContent, FileInfo, ReadOptions, Session, SessionInfo, Stream,
 };
+pub use egress::Egress;
 pub use error::{EngineError, ErrorKind, Exhausted, GuestErrorKind, Resource};
 pub use events::{Event, EventKind};
+pub use ippool::Subnet;
 pub use lease::{Activity, Lease, Leased};
 pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
-pub use spec::{CreateSpec, DEFAULT_OWNER, Template};
+pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
+pub use state::RECORD_VERSION;
 pub use state::SandboxRecord;
 pub use thermal::Thermal;
+pub use vm::Suspended;
+pub use vmm::{Accel, DiskCache};
+pub use volume::VolumeMount;

@@ -21,10 +21,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::error::EngineError;
 use crate::events::{EventKind, Events};
 use crate::lease::{Lease, Shared};
+use crate::machine::{Backend, Machine, Signal};
 use crate::net::Netns;
 use crate::state::{RECORD_VERSION, SandboxRecord};
 use crate::thermal::Thermal;
-use crate::vm::{self, BootSpec, Suspended, Vm};
+use crate::vm::{self, BootSpec, Suspended};
 use crate::volume::VolumeMount;
 
 /// A message to the owner.
@@ -123,8 +124,8 @@ pub(crate) fn step(thermal: Thermal, snapshot: bool, request: Request) -> Step {
 
 /// Where the VM is.
 enum Power {
-    Hot(Vm),
-    Warm(Vm),
+    Hot(Box<dyn Machine>),
+    Warm(Box<dyn Machine>),
     /// QEMU gone. With `snapshot`, device state and RAM are on disk and a wake restores them;
     /// without, a wake boots from the disk overlay.
     Cold {
@@ -185,6 +186,7 @@ pub(crate) struct Owner {
     power: Power,
     shared: Arc<Shared>,
     boots: Arc<Semaphore>,
+    backend: Arc<dyn Backend>,
     giveback: Giveback,
     events: Events,
 }
@@ -228,11 +230,12 @@ pub(crate) struct Start {
     pub(crate) ns: Netns,
     pub(crate) spec: BootSpec,
     /// Hot with a VM; cold without.
-    pub(crate) vm: Option<Vm>,
+    pub(crate) vm: Option<Box<dyn Machine>>,
     pub(crate) client: Arc<AgentClient>,
     /// For a cold start: its memory is on disk.
     pub(crate) snapshot: bool,
     pub(crate) boots: Arc<Semaphore>,
+    pub(crate) backend: Arc<dyn Backend>,
     pub(crate) giveback: Giveback,
     pub(crate) events: Events,
 }
@@ -241,7 +244,7 @@ pub(crate) struct Start {
 /// then marked failed (QEMU went with the owner's unwinding), its address and claims are given
 /// back and a crash event goes out.
 pub(crate) fn spawn(start: Start) -> Handle {
-    let Start { who, ns, spec, vm, client, snapshot, boots, giveback, events } = start;
+    let Start { who, ns, spec, vm, client, snapshot, boots, backend, giveback, events } = start;
     let power = match vm {
         Some(vm) => Power::Hot(vm),
         None => Power::Cold { snapshot },
@@ -261,6 +264,7 @@ pub(crate) fn spawn(start: Start) -> Handle {
         power,
         shared: Arc::clone(&shared),
         boots,
+        backend,
         giveback,
         events,
     };
@@ -284,33 +288,11 @@ pub(crate) fn spawn(start: Start) -> Handle {
     Handle { tx, shared }
 }
 
-/// What the watched QEMU did between messages.
-enum VmSignal {
-    /// QEMU closed its QMP socket: it exited.
-    Gone,
-    /// QEMU paused the guest on a full disk.
-    DiskFull,
-}
-
 /// Waits for something the running VM does on its own; never completes without a VM.
-async fn watch(power: &mut Power) -> VmSignal {
-    let (Power::Hot(vm) | Power::Warm(vm)) = power else {
-        return std::future::pending().await;
-    };
-    let Vm { qemu, events, .. } = vm;
-    loop {
-        tokio::select! {
-            () = qemu.qmp.gone() => return VmSignal::Gone,
-            event = events.recv() => match event {
-                Ok(e) if e.name == "BLOCK_IO_ERROR"
-                    && e.data["nospace"].as_bool() == Some(true)
-                    && e.data["action"].as_str() == Some("stop") => return VmSignal::DiskFull,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return std::future::pending().await;
-                }
-            },
-        }
+async fn watch(power: &mut Power) -> Signal {
+    match power {
+        Power::Hot(vm) | Power::Warm(vm) => vm.watch().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -377,14 +359,14 @@ impl Owner {
         false
     }
 
-    async fn on_signal(&mut self, signal: VmSignal) {
+    async fn on_signal(&mut self, signal: Signal) {
         match signal {
-            VmSignal::Gone => {
+            Signal::Gone => {
                 if let Err(e) = self.check_alive(Duration::from_secs(2)).await {
                     tracing::warn!(sandbox = %self.who.id, "{e}");
                 }
             }
-            VmSignal::DiskFull => {
+            Signal::DiskFull => {
                 if let Power::Hot(_) = self.power {
                     let Power::Hot(vm) =
                         std::mem::replace(&mut self.power, Power::Cold { snapshot: false })
@@ -439,7 +421,7 @@ impl Owner {
     fn set_power(&mut self, power: Power) {
         let thermal = power.thermal();
         match &power {
-            Power::Hot(vm) => self.shared.open(&vm.client),
+            Power::Hot(vm) => self.shared.open(vm.client()),
             _ => self.shared.close(),
         }
         self.power = power;
@@ -452,18 +434,8 @@ impl Owner {
         let (Power::Hot(vm) | Power::Warm(vm)) = &mut self.power else {
             return Ok(());
         };
-        if !vm.qemu.qmp.is_closed() && vm.qemu.is_running() {
+        let Some(why) = vm.exited(grace).await else {
             return Ok(());
-        }
-        if vm.qemu.wait(grace).await.is_err() {
-            // QMP closed but the process lingers: it is of no use any more.
-            let _ = vm.qemu.kill().await;
-        }
-        let stderr = vm.qemu.stderr();
-        let why = if stderr.trim().is_empty() {
-            "QEMU exited unexpectedly".to_owned()
-        } else {
-            format!("QEMU exited unexpectedly: {}", stderr.trim())
         };
         tracing::warn!(sandbox = %self.who.id, "{why}");
         self.set_power(Power::Failed(why.clone()));
@@ -496,7 +468,7 @@ impl Owner {
             Step::Crashed => return self.crashed(),
             Step::Resume => {
                 if let Power::Warm(vm) = &self.power {
-                    vm::resume(vm).await?;
+                    vm.resume().await?;
                 }
                 if let Power::Warm(vm) =
                     std::mem::replace(&mut self.power, Power::Cold { snapshot: false })
@@ -519,12 +491,12 @@ impl Owner {
                 let vm = if restore {
                     let state = self.spec.files.state();
                     let client = Some(Arc::clone(&self.client));
-                    vm::resume_from_disk(&self.ns, &self.spec, &state, client).await?
+                    self.backend.restore(&self.ns, &self.spec, &state, client).await?
                 } else {
-                    vm::boot(&self.ns, &self.spec).await?
+                    self.backend.boot(&self.ns, &self.spec).await?
                 };
                 drop(permit);
-                self.client = Arc::clone(&vm.client);
+                self.client = Arc::clone(vm.client());
                 self.set_power(Power::Hot(vm));
                 if !restore {
                     self.events.send(&self.who.id, EventKind::Started);
@@ -551,7 +523,7 @@ impl Owner {
         }
         self.shared.close_when_idle(&self.who.id, wait).await?;
         if let Power::Hot(vm) = &self.power
-            && let Err(e) = vm::pause(vm).await
+            && let Err(e) = vm.pause().await
         {
             self.shared.reopen_if_hot();
             return Err(e);
@@ -590,7 +562,7 @@ impl Owner {
         let state = self.spec.files.state();
         let started = Instant::now();
         let saved = match &self.power {
-            Power::Hot(vm) | Power::Warm(vm) => vm::save_device_state(vm, &self.spec, &state).await,
+            Power::Hot(vm) | Power::Warm(vm) => vm.save(&self.spec, &state).await,
             _ => return Ok(None),
         };
         let saved = match saved {
@@ -600,7 +572,7 @@ impl Owner {
                 let _ = std::fs::remove_file(&state);
                 if was_hot
                     && let Power::Hot(vm) = &self.power
-                    && let Err(cont) = vm::resume(vm).await
+                    && let Err(cont) = vm.resume().await
                 {
                     tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {cont}");
                 }
@@ -616,8 +588,7 @@ impl Owner {
         self.set_power(Power::Cold { snapshot: true });
         // The state is saved; from here QEMU goes whatever happens, and only a failed flush to
         // the disk is an error (the wake would still work from the page cache).
-        let (suspended, _client) =
-            vm::end_after_save(vm, &self.spec, &state, started, saved).await?;
+        let suspended = vm.finish_stop(&self.spec, &state, started, saved).await?;
         self.events
             .send(&self.who.id, EventKind::Stopped { bytes_written: suspended.bytes_written });
         Ok(Some(suspended))
@@ -639,8 +610,8 @@ impl Owner {
             return Err(self.wrong_state("take a checkpoint"));
         };
         let was_hot = matches!(self.power, Power::Hot(_));
-        let result = crate::checkpoint::capture(vm, &self.spec, &record, dest, name).await;
-        if was_hot && let Err(e) = vm::resume(vm).await {
+        let result = crate::checkpoint::capture(vm.as_ref(), &self.spec, &record, dest, name).await;
+        if was_hot && let Err(e) = vm.resume().await {
             tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {e}");
         }
         result
@@ -648,7 +619,7 @@ impl Owner {
 
     async fn kill(&mut self) {
         if let Power::Hot(vm) | Power::Warm(vm) = &mut self.power
-            && let Err(e) = vm.qemu.kill().await
+            && let Err(e) = vm.kill().await
         {
             tracing::warn!(sandbox = %self.who.id, "killing QEMU: {e}");
         }

@@ -13,6 +13,7 @@ use vmm::{Accel, Accelerator, Disk, DiskFormat, NetDevice, QemuProcess, VmConfig
 
 use crate::error::EngineError;
 use crate::layout::SandboxFiles;
+use crate::machine::{Backend, Fut, Machine, Saved, Signal};
 use crate::net::Netns;
 use crate::run::run;
 
@@ -90,7 +91,8 @@ pub struct Vm {
     pub qemu: QemuProcess,
     /// Client of the guest's agent.
     pub client: Arc<AgentClient>,
-    /// Guest address.
+    /// Guest address (read by the crate's own tests).
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub ip: Ipv4Addr,
     /// QEMU spawn to the first successful authenticated exec.
     pub ready_after: Duration,
@@ -374,6 +376,7 @@ pub fn process_write_bytes(pid: u32) -> Option<u64> {
 
 /// Cold: pauses the VM, saves its device state to `state` (RAM stays in its memory file),
 /// flushes both to disk and ends QEMU, which frees the guest's memory.
+#[cfg(any(test, feature = "test-support"))]
 pub async fn suspend_to_disk(
     vm: Vm,
     spec: &BootSpec,
@@ -636,6 +639,122 @@ pub fn kill_recorded(pid_file: &Path, qmp_socket: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     killed
+}
+
+/// QEMU as the engine's [`Backend`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Qemu;
+
+impl Backend for Qemu {
+    fn boot<'a>(
+        &'a self,
+        ns: &'a Netns,
+        spec: &'a BootSpec,
+    ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>> {
+        Box::pin(async move { boot(ns, spec).await.map(|vm| Box::new(vm) as Box<dyn Machine>) })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        ns: &'a Netns,
+        spec: &'a BootSpec,
+        state: &'a Path,
+        client: Option<Arc<AgentClient>>,
+    ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>> {
+        Box::pin(async move {
+            resume_from_disk(ns, spec, state, client).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
+        })
+    }
+
+    fn restore_moved<'a>(
+        &'a self,
+        ns: &'a Netns,
+        spec: &'a BootSpec,
+        state: &'a Path,
+        from: Ipv4Addr,
+    ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>> {
+        Box::pin(async move {
+            resume_moved(ns, spec, state, from).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
+        })
+    }
+}
+
+impl Machine for Vm {
+    fn client(&self) -> &Arc<AgentClient> {
+        &self.client
+    }
+
+    fn pause(&self) -> Fut<'_, Result<(), EngineError>> {
+        Box::pin(pause(self))
+    }
+
+    fn resume(&self) -> Fut<'_, Result<(), EngineError>> {
+        Box::pin(resume(self))
+    }
+
+    fn save<'a>(&'a self, spec: &'a BootSpec, state: &'a Path) -> Fut<'a, Result<Saved, EngineError>> {
+        Box::pin(async move {
+            let saved = save_device_state(self, spec, state).await?;
+            Ok(Saved { duration: saved.duration, bytes: saved.bytes })
+        })
+    }
+
+    fn finish_stop<'a>(
+        self: Box<Self>,
+        spec: &'a BootSpec,
+        state: &'a Path,
+        started: Instant,
+        saved: Saved,
+    ) -> Fut<'a, Result<Suspended, EngineError>> {
+        Box::pin(async move {
+            let saved = vmm::StateSaved { duration: saved.duration, bytes: saved.bytes };
+            end_after_save(*self, spec, state, started, saved).await.map(|(s, _)| s)
+        })
+    }
+
+    fn watch(&mut self) -> Fut<'_, Signal> {
+        Box::pin(async move {
+            let Vm { qemu, events, .. } = self;
+            loop {
+                tokio::select! {
+                    () = qemu.qmp.gone() => return Signal::Gone,
+                    event = events.recv() => match event {
+                        // QEMU's default `werror=enospc` stops the guest on a full host disk.
+                        Ok(e) if e.name == "BLOCK_IO_ERROR"
+                            && e.data["nospace"].as_bool() == Some(true)
+                            && e.data["action"].as_str() == Some("stop") => return Signal::DiskFull,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            return std::future::pending().await;
+                        }
+                    },
+                }
+            }
+        })
+    }
+
+    fn exited(&mut self, grace: Duration) -> Fut<'_, Option<String>> {
+        Box::pin(async move {
+            if !self.qemu.qmp.is_closed() && self.qemu.is_running() {
+                return None;
+            }
+            if self.qemu.wait(grace).await.is_err() {
+                // QMP closed but the process lingers: it is of no use any more.
+                let _ = self.qemu.kill().await;
+            }
+            let stderr = self.qemu.stderr();
+            Some(if stderr.trim().is_empty() {
+                "QEMU exited unexpectedly".to_owned()
+            } else {
+                format!("QEMU exited unexpectedly: {}", stderr.trim())
+            })
+        })
+    }
+
+    fn kill(&mut self) -> Fut<'_, Result<(), EngineError>> {
+        Box::pin(async move { Ok(self.qemu.kill().await?) })
+    }
+
 }
 
 #[cfg(test)]

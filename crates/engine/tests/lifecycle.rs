@@ -17,8 +17,7 @@ async fn create_without_template_then_exec_stream_shell_files_sessions() {
     let mut spec = small("plain");
     spec.env = [("GREETING".to_owned(), "it's \"quoted\" $HOME & more".to_owned())].into();
     spec.init = "echo init-ran-as-$(whoami); sleep 600".into();
-    spec.scratch_volumes =
-        vec![engine::spec::ScratchVolume { mount: "/scratch".into(), size_mib: 32 }];
+    spec.scratch_volumes = vec![engine::ScratchVolume { mount: "/scratch".into(), size_mib: 32 }];
     spec.files = [(
         "/home/lohar/.config/app.toml".to_owned(),
         GuestFile { content: "YSA9IDEK".into(), mode: "0600".into() },

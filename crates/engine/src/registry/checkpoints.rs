@@ -12,7 +12,6 @@ use crate::error::{EngineError, Resource};
 use crate::events::EventKind;
 use crate::layout::{CheckpointFiles, SandboxFiles};
 use crate::owner::{Command, Identity};
-use crate::vm;
 
 impl Engine {
     /// Captures a running sandbox as the checkpoint `checkpoint` of its owner. The sandbox is
@@ -130,8 +129,8 @@ impl Engine {
             let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
             self.check_open()?;
             match moved_from {
-                None => vm::resume_from_disk(&self.ns, &spec, &state, None).await?,
-                Some(old) => vm::resume_moved(&self.ns, &spec, &state, old).await?,
+                None => self.backend.restore(&self.ns, &spec, &state, None).await?,
+                Some(old) => self.backend.restore_moved(&self.ns, &spec, &state, old).await?,
             }
         };
         self.adopt(who, spec, Some(vm), false);

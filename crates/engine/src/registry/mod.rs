@@ -36,12 +36,13 @@ use crate::events::{Event, EventKind, Events};
 use crate::ippool::{IpPool, Subnet};
 use crate::layout::{DataDir, SandboxFiles};
 use crate::lease::{Activity, Lease};
+use crate::machine::{Backend, Machine};
 use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
 pub use crate::spec::CreateSpec;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
-use crate::vm::{self, BootSpec, Suspended, Vm, VolumeDisk};
+use crate::vm::{self, BootSpec, Suspended, VolumeDisk};
 use crate::volume::{Claims, VolumeMount};
 
 /// Engine-wide settings.
@@ -138,6 +139,8 @@ pub struct Engine {
     sandboxes: Mutex<BTreeMap<String, Entry>>,
     claims: Arc<Mutex<Claims>>,
     boots: Arc<Semaphore>,
+    /// The VMM (QEMU today) behind the narrow machine interface.
+    backend: Arc<dyn Backend>,
     events: Events,
     /// Each owner's network group (ports of one group reach each other, of different groups
     /// never); numbered from 1 as owners appear.
@@ -401,11 +404,11 @@ impl Engine {
 
     /// Starts the owner of a sandbox (hot with `vm`, else cold: with `snapshot`, its memory is
     /// on disk) and adds it to the registry.
-    fn adopt(&self, who: Identity, spec: BootSpec, vm: Option<Vm>, snapshot: bool) {
+    fn adopt(&self, who: Identity, spec: BootSpec, vm: Option<Box<dyn Machine>>, snapshot: bool) {
         let (ip, mac, files, hostname) =
             (spec.ip, spec.mac, spec.files.clone(), spec.guest.hostname.clone());
         let client = match &vm {
-            Some(vm) => Arc::clone(&vm.client),
+            Some(vm) => Arc::clone(vm.client()),
             None => vm::agent_client(&self.ns, &spec),
         };
         let handle = owner::spawn(owner::Start {
@@ -416,6 +419,7 @@ impl Engine {
             client,
             snapshot,
             boots: Arc::clone(&self.boots),
+            backend: Arc::clone(&self.backend),
             giveback: Giveback {
                 pool: Arc::clone(&self.pool),
                 claims: Arc::clone(&self.claims),
@@ -611,7 +615,7 @@ impl Engine {
         let vm = {
             let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
             self.check_open()?;
-            vm::boot(&self.ns, &boot).await?
+            self.backend.boot(&self.ns, &boot).await?
         };
         let who = Identity { id: spec.id.clone(), owner: spec.owner.clone() };
         self.adopt(who, boot, Some(vm), false);

@@ -90,6 +90,7 @@ impl Engine {
             sandboxes: Mutex::new(BTreeMap::new()),
             claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
+            backend: Arc::new(vm::Qemu),
             events: Events::new(),
             groups: Mutex::new(BTreeMap::new()),
             closing: AtomicBool::new(false),
