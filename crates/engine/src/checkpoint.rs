@@ -78,6 +78,19 @@ pub async fn copy_files(pairs: Vec<(PathBuf, PathBuf)>) -> Result<(), EngineErro
     Ok(())
 }
 
+/// What a capture produced.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The checkpoint's directory.
+    pub dir: PathBuf,
+    /// Bytes its files take on the disk (sparse files count what they hold).
+    pub bytes: u64,
+    /// The whole capture.
+    pub took: Duration,
+    /// Of which: flushing its files, manifest and directory before publishing it.
+    pub sync: Duration,
+}
+
 /// Flushes every file of `dir` and then the directory itself to the disk (off the async
 /// threads): what a rename then publishes is complete even after a power loss.
 pub async fn sync_tree(dir: &Path) -> Result<(), EngineError> {
@@ -96,6 +109,14 @@ pub async fn sync_tree(dir: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The bytes the files of `dir` occupy on the disk.
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum())
+        .unwrap_or(0)
+}
+
 /// Flushes a directory's entries (a rename or removal inside it) to the disk.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -111,7 +132,8 @@ pub async fn capture(
     record: &SandboxRecord,
     dest: &CheckpointFiles,
     name: &str,
-) -> Result<(), EngineError> {
+) -> Result<Captured, EngineError> {
+    let started = std::time::Instant::now();
     if dest.dir().exists() {
         return Err(EngineError::exists(Resource::Checkpoint, name));
     }
@@ -144,7 +166,9 @@ pub async fn capture(
         };
         let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
         std::fs::write(staging.manifest(), text)?;
+        let sync_started = std::time::Instant::now();
         sync_tree(staging.dir()).await?;
+        let sync = sync_started.elapsed();
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             staging.dir(),
@@ -162,7 +186,12 @@ pub async fn capture(
         if let Some(parent) = dest.dir().parent() {
             sync_dir(parent)?;
         }
-        Ok(())
+        Ok(Captured {
+            dir: dest.dir().to_owned(),
+            bytes: allocated_bytes(dest.dir()),
+            took: started.elapsed(),
+            sync,
+        })
     }
     .await;
     if result.is_err() {

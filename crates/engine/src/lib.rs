@@ -53,6 +53,7 @@ pub use agent::{
     ActivityInfo, AgentError, DetachedExec, ExecEvent, ExecOutput, ExecRequest, ExecStream,
     FileContent, FileInfo, ReadOptions, Session, SessionInfo, Stream,
 };
+pub use checkpoint::Captured;
 pub use egress::Egress;
 pub use error::{EngineError, ErrorKind, Exhausted, GuestErrorKind, Resource};
 pub use events::{Event, EventKind};

@@ -49,7 +49,7 @@ pub(crate) enum Command {
     Checkpoint {
         dest: crate::layout::CheckpointFiles,
         name: String,
-        reply: oneshot::Sender<Result<(), EngineError>>,
+        reply: oneshot::Sender<Result<crate::checkpoint::Captured, EngineError>>,
     },
     Export(oneshot::Sender<SandboxRecord>),
     Destroy(oneshot::Sender<()>),
@@ -445,11 +445,18 @@ impl Owner {
 
     fn crashed(&self) -> Result<(), EngineError> {
         match &self.power {
-            Power::Failed(why) => {
-                Err(EngineError::Crashed { id: self.who.id.clone(), reason: why.clone() })
-            }
+            Power::Failed(_) => Err(self.crash_error()),
             _ => Ok(()),
         }
+    }
+
+    /// The error of a crashed sandbox, with what QEMU said.
+    fn crash_error(&self) -> EngineError {
+        let reason = match &self.power {
+            Power::Failed(why) => why.clone(),
+            _ => "its VM is not running".to_owned(),
+        };
+        EngineError::Crashed { id: self.who.id.clone(), reason }
     }
 
     fn wrong_state(&self, op: &'static str) -> EngineError {
@@ -598,11 +605,11 @@ impl Owner {
         &mut self,
         dest: &crate::layout::CheckpointFiles,
         name: &str,
-    ) -> Result<(), EngineError> {
+    ) -> Result<crate::checkpoint::Captured, EngineError> {
         self.check_alive(Duration::ZERO).await?;
         match step(self.power.thermal(), self.power.snapshot(), Request::Checkpoint) {
             Step::Capture => {}
-            Step::Crashed => return self.crashed(),
+            Step::Crashed => return Err(self.crash_error()),
             _ => return Err(self.wrong_state("take a checkpoint")),
         }
         let record = self.record();

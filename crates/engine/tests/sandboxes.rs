@@ -25,10 +25,32 @@ async fn create_exec_destroy_and_cleanup() {
     let (config, _cleanup) = engine_config(data.path());
     let engine = Engine::new(config).await.unwrap();
 
-    // Two at once: the boot limit serialises them, both succeed.
+    // Two at once: the boot limit (1 here) serialises them, both succeed. Serialised means one
+    // QEMU started (its pid file written) only after the other's create had its agent ready.
     let (alpha_spec, beta_spec) = (spec("alpha", &image), spec("beta", &image));
-    let (alpha, beta) = tokio::join!(engine.create(&alpha_spec), engine.create(&beta_spec));
+    let timed = |spec| {
+        let engine = &engine;
+        async move {
+            let info = engine.create(spec).await;
+            (info, std::time::SystemTime::now())
+        }
+    };
+    let ((alpha, alpha_done), (beta, beta_done)) =
+        tokio::join!(timed(&alpha_spec), timed(&beta_spec));
     let (alpha, beta) = (alpha.unwrap(), beta.unwrap());
+    let started = |id: &str| {
+        std::fs::metadata(dir_in(data.path(), id).join("qemu.pid")).unwrap().modified().unwrap()
+    };
+    let (alpha_start, beta_start) = (started("alpha"), started("beta"));
+    // The permit goes back just before the create returns (then the registry entry is made):
+    // 50 ms of slack, against boots of seconds.
+    let slack = std::time::Duration::from_millis(50);
+    let serialised = if alpha_start < beta_start {
+        beta_start + slack >= alpha_done
+    } else {
+        alpha_start + slack >= beta_done
+    };
+    assert!(serialised, "both QEMUs booted at once: {alpha_start:?} {beta_start:?}");
     assert_ne!(alpha.ip, beta.ip);
     for name in ["alpha", "beta"] {
         let out = engine.exec(name, &["sh", "-c", "hostname; echo $SANDBOX"]).await.unwrap();

@@ -7,7 +7,7 @@ use super::{
     Engine, Reservation, SandboxInfo, Shape, address_pool_exhausted, check_name, check_owner,
     mac_for, parse_mac,
 };
-use crate::checkpoint::{self, Manifest};
+use crate::checkpoint::{self, Captured, Manifest};
 use crate::error::{EngineError, Resource};
 use crate::events::EventKind;
 use crate::layout::{CheckpointFiles, SandboxFiles};
@@ -17,12 +17,8 @@ impl Engine {
     /// Captures a running sandbox as the checkpoint `checkpoint` of its owner. The sandbox is
     /// paused only while its files are copied and keeps running (a warm one stays warm). A
     /// cold sandbox is refused.
-    /// Returns the checkpoint's directory.
-    pub async fn checkpoint(
-        &self,
-        id: &str,
-        checkpoint: &str,
-    ) -> Result<std::path::PathBuf, EngineError> {
+    /// Returns what the capture made and cost.
+    pub async fn checkpoint(&self, id: &str, checkpoint: &str) -> Result<Captured, EngineError> {
         check_name(Resource::Checkpoint, checkpoint)?;
         let owner = self.owner_of(id)?;
         let dest = self.layout.checkpoint(&owner, checkpoint);
@@ -36,9 +32,7 @@ impl Engine {
             .create(self.layout.owner_checkpoints(&owner))?;
         let handle = self.handle(id)?;
         let name = checkpoint.to_owned();
-        let dir = dest.dir().to_owned();
-        handle.ask(id, |reply| Command::Checkpoint { dest, name, reply }).await??;
-        Ok(dir)
+        handle.ask(id, |reply| Command::Checkpoint { dest, name, reply }).await?
     }
 
     /// Deletes a checkpoint of `owner`.
