@@ -45,7 +45,7 @@ pub struct User {
     pub name: String,
     /// Limits.
     pub quotas: Quotas,
-    /// The owner's network (bridge) index, unique, from 1.
+    /// The owner's network (bridge) index, unique among users, from 1.
     pub subnet_index: u32,
     /// Creation time.
     pub created_at: Timestamp,
@@ -95,8 +95,8 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 impl Store {
-    /// Creates a user with a fresh API key and the next subnet index (MAX + 1, from 1; never
-    /// reused, so a deleted user's network is not handed to someone else).
+    /// Creates a user with a fresh API key and the next subnet index (MAX + 1, from 1, as v1:
+    /// only the highest index of a deleted user, who owns no live sandbox, can come back).
     pub fn create_user(&mut self, name: &str, quotas: Quotas) -> Result<(User, ApiKey)> {
         if name.is_empty() {
             return Err(StoreError::Invalid("user name is empty".into()));
@@ -244,5 +244,28 @@ impl Store {
         tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_key_hashes_are_refused_by_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("state.db")).unwrap();
+        let (a, _) = store.create_user("a", Quotas::default()).unwrap();
+        let (b, _) = store.create_user("b", Quotas::default()).unwrap();
+        let err = store
+            .conn
+            .execute(
+                "UPDATE users SET api_key_hash = (SELECT api_key_hash FROM users WHERE id = ?1) \
+                 WHERE id = ?2",
+                [&a.id, &b.id],
+            )
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Conflict, "{err}");
     }
 }
