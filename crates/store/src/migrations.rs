@@ -104,6 +104,64 @@ mod tests {
         assert!(migrate(&mut conn).unwrap().is_empty(), "second run applies nothing");
     }
 
+    /// Rows a database of schema `version` could hold.
+    fn seed(conn: &Connection, version: u32) {
+        if version >= 1 {
+            conn.execute_batch(
+                "INSERT INTO users VALUES ('usr_1', 'alice', 'hash', 5, 4, 4096, 20480, 10, 5, 1, 0);
+                 INSERT INTO sandboxes (id, owner, name, status, image, cpus, memory_mb,
+                     disk_size_mb, created_at, updated_at)
+                     VALUES ('sb1', 'usr_1', 'dev', 'running', 'minimal', 1, 1024, 0, 0, 0);
+                 INSERT INTO volumes VALUES ('vol_1', 'usr_1', 'data', 10, '/v', 'ready', 0);
+                 INSERT INTO volume_attachments VALUES ('vol_1', 'sb1', '/data', 0, 0);",
+            )
+            .unwrap();
+        }
+        if version >= 2 {
+            conn.execute_batch(
+                "INSERT INTO tasks (id, owner, kind, status, created_at)
+                     VALUES ('task_1', 'usr_1', 'image_pull', 'running', 0);
+                 INSERT INTO events (ts, type) VALUES (0, 'sandbox.created');",
+            )
+            .unwrap();
+        }
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn migrates_from_every_earlier_version_keeping_the_data() {
+        for from in 0..SCHEMA_VERSION {
+            let mut conn = Connection::open_in_memory().unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            migrate_to(&mut conn, from).unwrap();
+            assert_eq!(version(&conn).unwrap(), from);
+            seed(&conn, from);
+            let applied = migrate(&mut conn).unwrap();
+            assert_eq!(applied, (from + 1..=SCHEMA_VERSION).collect::<Vec<_>>(), "from {from}");
+            for table in ["users", "sandboxes", "volumes", "volume_attachments"] {
+                assert_eq!(count(&conn, table), i64::from(from >= 1), "{table} from v{from}");
+            }
+            for table in ["tasks", "events"] {
+                assert_eq!(count(&conn, table), i64::from(from >= 2), "{table} from v{from}");
+            }
+            // The latest schema works on the migrated data.
+            if from >= 1 {
+                conn.execute(
+                    "INSERT INTO transitions (sandbox_id, intent, started_at) VALUES ('sb1', 'stop', 0)",
+                    [],
+                )
+                .unwrap();
+            }
+            let fk_problems: i64 = conn
+                .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(fk_problems, 0, "from v{from}");
+        }
+    }
+
     #[test]
     fn refuses_a_newer_database() {
         let mut conn = Connection::open_in_memory().unwrap();
