@@ -10,6 +10,7 @@
 //! -> [`Store::clean_up_at_start`].
 
 mod async_store;
+mod backups;
 mod cleanup;
 mod db;
 mod error;
@@ -30,6 +31,7 @@ mod users;
 mod volumes;
 
 pub use async_store::AsyncStore;
+pub use backups::VolumeBackup;
 pub use cleanup::{CleanupReport, DataDirs};
 pub use db::{Options, Store};
 pub use error::{ErrorKind, Resource, Result, StoreError};

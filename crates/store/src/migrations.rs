@@ -37,6 +37,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "pending transitions",
         sql: include_str!("schema/003_transitions.sql"),
     },
+    Migration {
+        version: 4,
+        name: "volume backups",
+        sql: include_str!("schema/004_volume_backups.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -125,6 +130,12 @@ mod tests {
             )
             .unwrap();
         }
+        if version >= 3 {
+            conn.execute_batch(
+                "INSERT INTO transitions (sandbox_id, intent, started_at) VALUES ('sb1', 'stop', 0);",
+            )
+            .unwrap();
+        }
     }
 
     fn count(conn: &Connection, table: &str) -> i64 {
@@ -147,10 +158,11 @@ mod tests {
             for table in ["tasks", "events"] {
                 assert_eq!(count(&conn, table), i64::from(from >= 2), "{table} from v{from}");
             }
+            assert_eq!(count(&conn, "transitions"), i64::from(from >= 3), "from v{from}");
             // The latest schema works on the migrated data.
             if from >= 1 {
                 conn.execute(
-                    "INSERT INTO transitions (sandbox_id, intent, started_at) VALUES ('sb1', 'stop', 0)",
+                    "INSERT INTO volume_backups VALUES ('bkp_1', 'usr_1', 'data', 'k', 1, '', 0)",
                     [],
                 )
                 .unwrap();

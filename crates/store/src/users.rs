@@ -233,6 +233,7 @@ impl Store {
             ("volume(s)", "SELECT count(*) FROM volumes WHERE owner = ?1"),
             ("image(s)", "SELECT count(*) FROM images WHERE owner = ?1"),
             ("snapshot(s)", "SELECT count(*) FROM snapshots WHERE owner = ?1"),
+            ("volume backup(s)", "SELECT count(*) FROM volume_backups WHERE owner = ?1"),
         ];
         for (what, sql) in checks {
             let n: i64 = tx.query_row(sql, [id], |r| r.get(0))?;

@@ -227,3 +227,29 @@ fn destroying_a_sandbox_row_removes_its_attachments() {
     s.delete_sandbox(&u.id, &sb.id).unwrap();
     assert!(s.volume(&u.id, "data").unwrap().attachments.is_empty(), "foreign-key cascade");
 }
+
+#[test]
+fn volume_backup_crud_order_retention_and_isolation() {
+    let (_d, mut s) = store();
+    let a = user(&mut s, "alice");
+    let b = user(&mut s, "bob");
+    let ids: Vec<String> = (0..5)
+        .map(|i| s.create_volume_backup(&a.id, "data", &format!("k{i}"), 100 + i, "").unwrap().id)
+        .collect();
+    let got = s.volume_backup(&a.id, &ids[0]).unwrap();
+    assert_eq!((got.s3_key.as_str(), got.size_bytes), ("k0", 100));
+    let listed: Vec<_> =
+        s.list_volume_backups(&a.id, "data").unwrap().into_iter().map(|x| x.id).collect();
+    let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+    let beyond: Vec<_> =
+        s.volume_backups_beyond(&a.id, "data", 3).unwrap().into_iter().map(|x| x.id).collect();
+    assert_eq!(beyond, [ids[1].clone(), ids[0].clone()], "keep 3 of 5: the 2 oldest go");
+    assert_eq!(s.volume_backup(&b.id, &ids[0]).unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(s.list_volume_backups(&b.id, "data").unwrap().is_empty());
+    assert_eq!(s.delete_volume_backup(&b.id, &ids[0]).unwrap_err().kind(), ErrorKind::NotFound);
+    s.delete_volume_backup(&a.id, &ids[0]).unwrap();
+    assert_eq!(s.list_volume_backups(&a.id, "data").unwrap().len(), 4);
+    let err = s.delete_user(&a.id).unwrap_err();
+    assert!(err.to_string().contains("backup"), "{err}");
+}
