@@ -157,3 +157,34 @@ async fn async_store_survives_a_panicking_call_and_honours_its_deadline() {
     release.send(()).unwrap();
     assert!(a.read(|s| s.schema_version()).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_and_daemon_share_the_file() {
+    // The daemon holds its async handle; the CLI opens the same file with a plain `Store`
+    // (as `bhatti user create` does) while the daemon writes.
+    let (d, s) = store();
+    drop(s);
+    let path = d.path().join("state.db");
+    let daemon = AsyncStore::open(&path, &Options::default()).unwrap();
+    let cli_path = path.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        let mut cli = Store::open(&cli_path).unwrap();
+        (0..20)
+            .map(|i| cli.create_user(&format!("u{i}"), store::Quotas::default()).unwrap().1)
+            .collect::<Vec<_>>()
+    });
+    for i in 0..20 {
+        daemon
+            .write(move |s| s.record_events(&[NewEvent::now(format!("daemon.e{i}"))]))
+            .await
+            .unwrap();
+    }
+    let keys = cli.await.unwrap();
+    // Every key the CLI made authenticates through the daemon's reader at once.
+    for key in keys {
+        let user = daemon.read(move |s| s.user_by_api_key(key.expose())).await.unwrap();
+        assert!(user.name.starts_with('u'));
+    }
+    let n = daemon.read(|s| s.count_events(&EventQuery::default())).await.unwrap();
+    assert_eq!(n, 20);
+}
