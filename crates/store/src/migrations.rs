@@ -42,6 +42,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "volume backups",
         sql: include_str!("schema/004_volume_backups.sql"),
     },
+    Migration {
+        version: 5,
+        name: "metrics snapshots",
+        sql: include_str!("schema/005_metrics.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -130,6 +135,12 @@ mod tests {
             )
             .unwrap();
         }
+        if version >= 4 {
+            conn.execute_batch(
+                "INSERT INTO volume_backups VALUES ('bkp_0', 'usr_1', 'data', 'k0', 1, '', 0);",
+            )
+            .unwrap();
+        }
         if version >= 3 {
             conn.execute_batch(
                 "INSERT INTO transitions (sandbox_id, intent, started_at) VALUES ('sb1', 'stop', 0);",
@@ -159,6 +170,7 @@ mod tests {
                 assert_eq!(count(&conn, table), i64::from(from >= 2), "{table} from v{from}");
             }
             assert_eq!(count(&conn, "transitions"), i64::from(from >= 3), "from v{from}");
+            assert_eq!(count(&conn, "volume_backups"), i64::from(from >= 4), "from v{from}");
             // The latest schema works on the migrated data.
             if from >= 1 {
                 conn.execute(
@@ -167,6 +179,16 @@ mod tests {
                 )
                 .unwrap();
             }
+            conn.execute(
+                "INSERT INTO metrics_snapshots (ts, api_requests, api_errors, \
+                api_auth_failures, api_rate_limited, proxy_requests, proxy_errors, \
+                proxy_cold_wakes, proxy_rate_limited, events_dropped, sandboxes_total, \
+                sandboxes_hot, sandboxes_warm, sandboxes_cold, users_total, users_active, \
+                websockets_active, host_mem_total_mb, host_mem_avail_mb, host_load_1m) \
+                VALUES (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.5)",
+                [],
+            )
+            .unwrap();
             let fk_problems: i64 = conn
                 .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
                 .unwrap();

@@ -10,7 +10,7 @@ use crate::error::{Resource, Result, StoreError};
 
 /// A point in time, milliseconds since the Unix epoch (UTC). Stored as an INTEGER so that
 /// comparisons and ordering are numeric, not textual.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {

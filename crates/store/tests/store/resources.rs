@@ -361,3 +361,24 @@ fn event_retention() {
     assert_eq!(s.count_events(&EventQuery::default()).unwrap(), 1);
     assert_eq!(s.purge_events(Timestamp::now()).unwrap(), 1, "everything older than now");
 }
+
+#[test]
+fn metrics_snapshots_query_sum_and_retention() {
+    let (_d, mut s) = store();
+    for (ts, requests) in [(1000, 10), (2000, 11), (3000, 12)] {
+        let m = store::MetricsSnapshot {
+            ts: Timestamp(ts),
+            api_requests: requests,
+            host_load_1m: 0.25,
+            sandboxes_hot: 2,
+            ..Default::default()
+        };
+        s.record_metrics(&m).unwrap();
+    }
+    let all = s.metrics_since(Timestamp(0)).unwrap();
+    assert_eq!(all.iter().map(|m| m.api_requests).sum::<u64>(), 33);
+    assert_eq!((all[0].host_load_1m, all[0].sandboxes_hot), (0.25, 2));
+    assert_eq!(s.metrics_since(Timestamp(2000)).unwrap().len(), 2);
+    assert_eq!(s.purge_metrics(Timestamp(2500)).unwrap(), 2);
+    assert_eq!(s.metrics_since(Timestamp(0)).unwrap()[0].api_requests, 12);
+}
