@@ -1,0 +1,220 @@
+//! The store's errors: typed, so the server maps them to a status in one place and no caller
+//! reads an error's text to decide anything.
+
+use std::fmt;
+
+/// What a row is, in errors ("sandbox \"dev\" not found").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// A user (tenant).
+    User,
+    /// A sandbox.
+    Sandbox,
+    /// A template.
+    Template,
+    /// A secret.
+    Secret,
+    /// A persistent volume.
+    Volume,
+    /// A volume attachment.
+    Attachment,
+    /// An image.
+    Image,
+    /// A named snapshot (checkpoint).
+    Snapshot,
+    /// A publish rule.
+    PublishRule,
+    /// A background task.
+    Task,
+    /// A pending transition of a sandbox.
+    Transition,
+    /// The database schema itself.
+    Schema,
+}
+
+impl Resource {
+    /// The word used in messages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::User => "user",
+            Resource::Sandbox => "sandbox",
+            Resource::Template => "template",
+            Resource::Secret => "secret",
+            Resource::Volume => "volume",
+            Resource::Attachment => "attachment",
+            Resource::Image => "image",
+            Resource::Snapshot => "snapshot",
+            Resource::PublishRule => "publish rule",
+            Resource::Task => "task",
+            Resource::Transition => "transition",
+            Resource::Schema => "schema",
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The class of an error, stable across releases: the server maps it to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The row does not exist or belongs to someone else (404).
+    NotFound,
+    /// The change conflicts with a row that exists (409).
+    Conflict,
+    /// The request is malformed or breaks a rule (400).
+    Invalid,
+    /// A quota of the owner is used up (429).
+    Limit,
+    /// The database stayed locked past the deadline, or the store is shut down (503).
+    Unavailable,
+    /// Anything else: a corrupt row, an I/O error (500).
+    Internal,
+}
+
+impl ErrorKind {
+    /// A stable snake_case code for API error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Limit => "limit",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// An error of the store. Messages name rows by ID or name, never by secret values: a secret,
+/// token hash or engine record never reaches an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such row visible to the caller (another owner's rows are "not found", never
+    /// "forbidden", so IDs cannot be probed).
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// What was looked for.
+        kind: Resource,
+        /// The ID or name asked for.
+        name: String,
+    },
+    /// The change conflicts with existing state; `what` says with what.
+    #[error("{kind} {name:?}: {what}")]
+    Conflict {
+        /// What was being changed.
+        kind: Resource,
+        /// Its ID or name.
+        name: String,
+        /// The conflict, e.g. `name is already in use`, `has 2 active attachment(s)`.
+        what: String,
+    },
+    /// The request is malformed or breaks a rule of the store.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A quota is used up, checked in the same transaction as the insert (two racing creates
+    /// cannot both take the last slot).
+    #[error("{kind} limit reached ({used}/{max})")]
+    Limit {
+        /// What is limited.
+        kind: Resource,
+        /// How many (or MiB) are in use.
+        used: u64,
+        /// The quota.
+        max: u64,
+    },
+    /// The database stayed busy past the busy timeout.
+    #[error("database busy: {0}")]
+    Busy(#[source] rusqlite::Error),
+    /// The async store's thread is gone or the deadline of a call passed (the call's effect
+    /// is then unknown: it may still commit).
+    #[error("store unavailable: {0}")]
+    Unavailable(&'static str),
+    /// A stored value that cannot be decoded (a row written by something else).
+    #[error("corrupt {kind} row {id:?}: {what}")]
+    Corrupt {
+        /// The table's resource.
+        kind: Resource,
+        /// The row.
+        id: String,
+        /// What is wrong (never the value itself).
+        what: String,
+    },
+    /// Any other SQLite error.
+    #[error("database: {0}")]
+    Database(#[source] rusqlite::Error),
+    /// File-system errors (opening the data directory, clean-ups).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Conflict { .. } => ErrorKind::Conflict,
+            StoreError::Invalid(_) => ErrorKind::Invalid,
+            StoreError::Limit { .. } => ErrorKind::Limit,
+            StoreError::Busy(_) | StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Io(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
+
+    pub(crate) fn not_found(kind: Resource, name: impl Into<String>) -> Self {
+        StoreError::NotFound { kind, name: name.into() }
+    }
+
+    pub(crate) fn conflict(
+        kind: Resource,
+        name: impl Into<String>,
+        what: impl Into<String>,
+    ) -> Self {
+        StoreError::Conflict { kind, name: name.into(), what: what.into() }
+    }
+
+    pub(crate) fn corrupt(kind: Resource, id: impl Into<String>, what: impl Into<String>) -> Self {
+        StoreError::Corrupt { kind, id: id.into(), what: what.into() }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy(e),
+            // Uniqueness is checked by queries inside the write transaction (with a message
+            // that names the conflict); a constraint firing anyway is still a conflict, not a
+            // server fault. Classified by SQLite's code, never by its message.
+            Some(ErrorCode::ConstraintViolation) => {
+                StoreError::conflict(Resource::Schema, "constraint", "violates a constraint")
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+/// The store's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_stable() {
+        let nf = StoreError::not_found(Resource::Sandbox, "dev");
+        assert_eq!(nf.kind(), ErrorKind::NotFound);
+        assert_eq!(nf.to_string(), r#"sandbox "dev" not found"#);
+        let c = StoreError::conflict(Resource::Volume, "data", "has 2 active attachment(s)");
+        assert_eq!(c.kind(), ErrorKind::Conflict);
+        assert_eq!(c.to_string(), r#"volume "data": has 2 active attachment(s)"#);
+        assert_eq!(StoreError::Invalid("x".into()).kind().as_str(), "invalid");
+        assert_eq!(StoreError::Unavailable("closed").kind(), ErrorKind::Unavailable);
+    }
+}
