@@ -46,8 +46,11 @@ pub fn sandbox(s: &mut Store, owner: &str, name: &str, status: Status) -> Sandbo
 /// The one place tests build an engine record: a field the engine adds is a one-line fix here.
 pub fn record(name: &str, snapshot: bool, thermal: Thermal) -> SandboxRecord {
     SandboxRecord {
-        version: engine::state::RECORD_VERSION,
-        name: name.into(),
+        version: engine::RECORD_VERSION,
+        id: name.into(),
+        owner: "usr_test".into(),
+        hostname: name.into(),
+        disk_size_mib: None,
         dir: format!("/var/lib/bhatti/sandboxes/{name}").into(),
         image: "/var/lib/bhatti/images/minimal.ext4".into(),
         ip: std::net::Ipv4Addr::new(10, 0, 0, 2),

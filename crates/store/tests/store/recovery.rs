@@ -199,7 +199,7 @@ fn recover_malformed_record_marks_that_sandbox_unknown_and_goes_on() {
     // Damage one record behind the store's back (valid JSON, wrong shape, as a record of a
     // future engine version would be).
     let raw = rusqlite::Connection::open(d.path().join("state.db")).unwrap();
-    raw.execute("UPDATE sandboxes SET record = '{\"version\":1,\"name\":7}' WHERE id = ?1", [&bad])
+    raw.execute("UPDATE sandboxes SET record = '{\"version\":2,\"id\":7}' WHERE id = ?1", [&bad])
         .unwrap();
     drop(raw);
     let plan = recover(&mut s);
