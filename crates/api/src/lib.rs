@@ -1,0 +1,403 @@
+//! The REST contract of `bhatti serve`: request and response bodies as v1 shapes them
+//! (host.md section 1), shared by the server and the CLI so neither can drift from the other.
+//! Additions to v1 are marked as ours; v1 clients ignore unknown fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The daemon's version, sent as `X-Bhatti-Version` on every response.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Response header with the daemon's version.
+pub const VERSION_HEADER: &str = "x-bhatti-version";
+/// Response header of an idempotent create that found the sandbox already there.
+pub const EXISTING_HEADER: &str = "x-bhatti-existing";
+/// Response header with a file's full size.
+pub const FILE_SIZE_HEADER: &str = "x-file-size";
+/// Response header with a file's mode (HEAD).
+pub const FILE_MODE_HEADER: &str = "x-file-mode";
+/// Response header telling whether a path is a directory (HEAD).
+pub const FILE_IS_DIR_HEADER: &str = "x-file-isdir";
+/// The media type of a streaming exec.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Every error: `{"error": "..."}`, plus a stable `code` (ours) and, for internal errors, the
+/// request ID to find the log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// A stable code for programs (ours; v1 clients ignore it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code: String,
+    /// Set on internal errors only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// A sandbox as the API shows it (v1's `store.Sandbox`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// ID (16 hex).
+    pub id: String,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Template it was made from.
+    #[serde(default)]
+    pub template_id: String,
+    /// The engine's ID for it (ours: the same as `id`).
+    #[serde(default)]
+    pub engine_id: String,
+    /// `running`, `stopped`, `unknown`.
+    pub status: String,
+    /// Guest address.
+    #[serde(default)]
+    pub ip: String,
+    /// Always `{}` (v1).
+    #[serde(default)]
+    pub engine_meta: serde_json::Value,
+    /// Owner's user ID.
+    #[serde(default)]
+    pub created_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    /// Never paused or stopped by the thermal manager.
+    #[serde(default)]
+    pub keep_hot: bool,
+    /// vCPUs (a float in v1).
+    pub cpus: f64,
+    /// Guest RAM.
+    pub memory_mb: u32,
+    /// Disk size (0: the image's).
+    #[serde(default)]
+    pub disk_size_mb: u32,
+    /// Image name.
+    #[serde(default)]
+    pub image: String,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `hot`, `warm` or `cold` (lists, and only while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thermal: Option<String>,
+    /// Published URLs (lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+}
+
+/// A file to write into the guest before init runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFile {
+    /// Absolute path in the guest.
+    pub guest_path: String,
+    /// Base64 content.
+    #[serde(default)]
+    pub content: String,
+    /// Octal mode, default `0644`.
+    #[serde(default)]
+    pub mode: String,
+}
+
+/// A persistent volume to attach at create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    /// Volume name.
+    pub name: String,
+    /// Mount point in the guest.
+    pub mount: String,
+    /// Size when auto-created.
+    #[serde(default)]
+    pub size_mb: u32,
+    /// Create when missing.
+    #[serde(default)]
+    pub auto_create: bool,
+    /// Read-only attachment.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `POST /sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Name (`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`); `sandbox-<6 hex>` when empty.
+    #[serde(default)]
+    pub name: String,
+    /// Template (resources issue).
+    #[serde(default)]
+    pub template_id: String,
+    /// Image name (resources issue); the default image when empty.
+    #[serde(default)]
+    pub image: String,
+    /// vCPUs (default 1).
+    #[serde(default)]
+    pub cpus: f64,
+    /// Guest RAM (default 1024).
+    #[serde(default)]
+    pub memory_mb: u32,
+    /// Disk size (default: the image's).
+    #[serde(default)]
+    pub disk_size_mb: u32,
+    /// Environment for every exec.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Init script.
+    #[serde(default)]
+    pub init: String,
+    /// Files written before init.
+    #[serde(default)]
+    pub files: Vec<CreateFile>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Never paused or stopped by the thermal manager.
+    #[serde(default)]
+    pub keep_hot: bool,
+    /// Persistent volumes (resources issue).
+    #[serde(default)]
+    pub persistent_volumes: Vec<CreateVolume>,
+    /// Secret names (resources issue).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Ephemeral volumes made empty for this sandbox (v1's legacy `new_volumes`).
+    #[serde(default)]
+    pub new_volumes: Vec<NewVolume>,
+    /// v1's legacy named volumes: accepted for compatibility; v1 recorded them but never
+    /// attached them, and neither do we (use `persistent_volumes`).
+    #[serde(default)]
+    pub volumes: Vec<serde_json::Value>,
+    /// v1's huge pages switch: accepted, without effect here.
+    #[serde(default)]
+    pub hugepages: bool,
+}
+
+/// An ephemeral volume (v1's `new_volumes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewVolume {
+    /// Name (informational).
+    #[serde(default)]
+    pub name: String,
+    /// Size in MiB.
+    pub size_mb: u32,
+    /// Mount point in the guest.
+    pub mount: String,
+}
+
+/// `POST /sandboxes/:id/start`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Boot from the disk, discarding saved memory.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /sandboxes/:id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusBody {
+    /// `destroyed`, `ok`.
+    pub status: String,
+}
+
+/// `POST /sandboxes/:id/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// argv, non-empty.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// 1..86400, else 300.
+    #[serde(default)]
+    pub timeout_sec: i64,
+    /// Start and return at once.
+    #[serde(default)]
+    pub detach: bool,
+    /// Where a detached command's output goes.
+    #[serde(default)]
+    pub output_file: String,
+    /// Extra environment (ours).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (ours).
+    #[serde(default)]
+    pub cwd: String,
+}
+
+/// A buffered exec's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit code.
+    pub exit_code: i32,
+    /// Standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Standard error (lossy UTF-8).
+    pub stderr: String,
+}
+
+/// A detached exec's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachedResult {
+    /// Process ID in the guest.
+    pub pid: i64,
+    /// Where its output goes.
+    pub output_file: String,
+    /// Always true.
+    pub detached: bool,
+}
+
+/// One line of a streaming exec (`Accept: application/x-ndjson`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ExecEvent {
+    /// Output on stdout.
+    Stdout {
+        /// The bytes (lossy UTF-8).
+        data: String,
+    },
+    /// Output on stderr.
+    Stderr {
+        /// The bytes (lossy UTF-8).
+        data: String,
+    },
+    /// The command ended (terminal).
+    Exit {
+        /// Exit code.
+        exit_code: i32,
+    },
+    /// The exec failed (terminal).
+    Error {
+        /// Why.
+        data: String,
+    },
+}
+
+/// A listening port of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// The sandbox (`GET /ports` only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sandbox_id: String,
+    /// Port in the guest.
+    pub container_port: u16,
+    /// Where the authenticated proxy serves it.
+    pub proxy_url: String,
+}
+
+/// A file or directory entry in the guest (the agent's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Base name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Octal mode, e.g. `0644`.
+    pub mode: String,
+    /// Directory.
+    pub is_dir: bool,
+    /// Unix seconds.
+    pub mtime: i64,
+}
+
+/// A session in the guest (the agent's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session ID.
+    pub session_id: String,
+    /// Command line.
+    pub argv: String,
+    /// Has a terminal.
+    pub tty: bool,
+    /// Still running.
+    pub running: bool,
+    /// Exit code once ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A client is attached.
+    pub attached: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The first message of a piped session WebSocket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipedStart {
+    /// argv, non-empty.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds a detached session lives (default 3600).
+    #[serde(default)]
+    pub max_idle_sec: u64,
+}
+
+/// Control messages on the session WebSockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WsMessage {
+    /// Server -> client, first: the session's ID.
+    Session {
+        /// Session ID.
+        session_id: String,
+    },
+    /// Client -> server (TTY): the terminal's size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Server -> client (piped): the command ended.
+    Exit {
+        /// Exit code.
+        exit_code: i32,
+    },
+    /// Server -> client (piped): the session failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_events_have_v1_shapes() {
+        let line = serde_json::to_string(&ExecEvent::Stdout { data: "hi\n".into() }).unwrap();
+        assert_eq!(line, r#"{"type":"stdout","data":"hi\n"}"#);
+        let exit = serde_json::to_string(&ExecEvent::Exit { exit_code: 3 }).unwrap();
+        assert_eq!(exit, r#"{"type":"exit","exit_code":3}"#);
+        let session = WsMessage::Session { session_id: "s1".into() };
+        assert_eq!(
+            serde_json::to_string(&session).unwrap(),
+            r#"{"type":"session","session_id":"s1"}"#
+        );
+    }
+
+    #[test]
+    fn errors_omit_empty_extensions_and_unknown_fields_are_refused() {
+        let body = ErrorBody { error: "not found".into(), code: String::new(), request_id: None };
+        assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"error":"not found"}"#);
+        assert!(serde_json::from_str::<CreateSandbox>(r#"{"nmae":"x"}"#).is_err());
+        let c: CreateSandbox = serde_json::from_str(r#"{"name":"x","cpus":2}"#).unwrap();
+        assert_eq!((c.name.as_str(), c.cpus), ("x", 2.0));
+    }
+}

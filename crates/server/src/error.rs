@@ -1,0 +1,153 @@
+//! The one place where errors become HTTP answers.
+//!
+//! Handlers return [`ApiError`]; its status comes from the engine's or the store's error kind
+//! (never from a message). Internal errors answer `internal error` with the request ID; the
+//! middleware that knows the ID logs the whole cause chain (see `request.rs`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use engine::{ErrorKind as E, GuestErrorKind as G};
+use store::ErrorKind as S;
+
+/// An error a handler answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 with a message that says what to change.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 404 (also for another owner's things).
+    #[error("{0}")]
+    NotFound(String),
+    /// 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 502: the guest's service did not answer as HTTP.
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
+    /// 501: not built yet (a later issue's routes).
+    #[error("{0}")]
+    NotImplemented(&'static str),
+    /// From the engine.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Anything else that is our fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Marks a response as an internal error, with the cause for the log (the body the client sees
+/// is replaced by `internal error` and the request ID).
+#[derive(Debug, Clone)]
+pub struct InternalCause(pub String);
+
+impl ApiError {
+    /// The status and the stable code.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            ApiError::Engine(e) => (engine_status(e.kind()), e.kind().code()),
+            ApiError::Store(e) => store_status(e.kind()),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// The status of each engine error kind.
+fn engine_status(kind: E) -> StatusCode {
+    match kind {
+        E::Invalid | E::Guest(G::Invalid | G::IsADirectory | G::NotADirectory) => {
+            StatusCode::BAD_REQUEST
+        }
+        E::NotFound | E::Guest(G::NotFound) => StatusCode::NOT_FOUND,
+        E::Guest(G::PermissionDenied) => StatusCode::FORBIDDEN,
+        E::AlreadyExists | E::WrongState | E::InUse | E::Busy | E::Crashed => StatusCode::CONFLICT,
+        E::Guest(G::AlreadyExists | G::Busy) => StatusCode::CONFLICT,
+        E::Guest(G::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        E::Guest(G::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
+        E::Guest(G::LimitReached) => StatusCode::TOO_MANY_REQUESTS,
+        E::Guest(G::PortClosed) => StatusCode::BAD_GATEWAY,
+        E::Exhausted | E::ShuttingDown | E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        E::Guest(G::Other) => StatusCode::UNPROCESSABLE_ENTITY,
+        E::RestoreFailed | E::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn store_status(kind: S) -> (StatusCode, &'static str) {
+    match kind {
+        S::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        S::Conflict => (StatusCode::CONFLICT, "conflict"),
+        S::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        S::Limit => (StatusCode::TOO_MANY_REQUESTS, "limit"),
+        S::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        S::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// Writes a JSON error body.
+pub fn error_response(status: StatusCode, error: String, code: &str) -> Response {
+    let body = api::ErrorBody { error, code: code.to_owned(), request_id: None };
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // The chain goes to the log only; the client gets the request ID.
+            let mut cause = self.to_string();
+            let mut source = std::error::Error::source(&self);
+            while let Some(s) = source {
+                cause.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            let mut response = error_response(status, "internal error".into(), code);
+            response.extensions_mut().insert(InternalCause(cause));
+            return response;
+        }
+        error_response(status, self.to_string(), code)
+    }
+}
+
+/// The result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_statuses_in_one_place() {
+        let nf = ApiError::Engine(engine::EngineError::NotFound {
+            kind: engine::Resource::Sandbox,
+            name: "x".into(),
+        });
+        assert_eq!(nf.status().0, StatusCode::NOT_FOUND);
+        let busy = ApiError::Engine(engine::EngineError::Busy { id: "x".into(), in_flight: 1 });
+        assert_eq!(busy.status(), (StatusCode::CONFLICT, "busy"));
+        let limit = ApiError::Store(store::StoreError::Limit {
+            kind: store::Resource::Sandbox,
+            used: 5,
+            max: 5,
+        });
+        assert_eq!(limit.status().0, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause_from_the_client() {
+        let response = ApiError::Internal("disk on fire at /var/lib/secret".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let cause = response.extensions().get::<InternalCause>().unwrap();
+        assert!(cause.0.contains("disk on fire"));
+    }
+}

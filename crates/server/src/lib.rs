@@ -1,0 +1,60 @@
+//! `bhatti serve`'s HTTP API over the engine and the store (host.md section 1, v1's paths,
+//! JSON shapes, status codes and headers).
+//!
+//! The caller gives the engine, the store, the listener and the shutdown signal, so tests run
+//! the real server in-process on an ephemeral port. Every request passes `request::around`
+//! (request ID, version header, internal errors logged with their cause, the log line) and
+//! `auth::authenticate` (everything but `/health`); errors become answers in `error.rs` only.
+
+pub mod auth;
+pub mod error;
+mod exec;
+mod files;
+mod labels;
+pub mod request;
+mod sandboxes;
+pub mod state;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::routing::{any, get, post};
+
+pub use error::{ApiError, ApiResult};
+pub use state::{AppState, Settings};
+
+/// `GET /health`.
+async fn health() -> axum::Json<api::Health> {
+    axum::Json(api::Health { status: "ok".into(), version: api::VERSION.into() })
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::destroy))
+        .route("/sandboxes/{id}/stop", post(sandboxes::stop))
+        .route("/sandboxes/{id}/start", post(sandboxes::start))
+        .route("/sandboxes/{id}/exec", post(exec::exec))
+        .route("/sandboxes/{id}/files", any(files::files))
+        .fallback(request::not_found)
+        .method_not_allowed_fallback(request::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn(request::around))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
+/// finish (the caller bounds that with its own deadline).
+pub async fn serve<L>(
+    state: AppState,
+    listener: L,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

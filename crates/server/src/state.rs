@@ -1,0 +1,58 @@
+//! What every handler shares: the engine, the store, and the daemon's settings.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings the handlers need (the binary builds them from the config file).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Built-in images: `<images_dir>/<name>/current/rootfs.ext4` (what the image scripts
+    /// build), `<data_dir>/images` by default.
+    pub images_dir: PathBuf,
+    /// The image a create without `image` uses.
+    pub default_image: String,
+    /// Hot -> warm after this long without activity.
+    pub warm_after: Duration,
+    /// Warm -> cold after this long warm.
+    pub cold_after: Duration,
+    /// How often the thermal manager looks.
+    pub thermal_tick: Duration,
+    /// How long a running exec may finish when the daemon shuts down.
+    pub drain_timeout: Duration,
+}
+
+impl Settings {
+    /// v1's defaults: 30 s to warm, 30 min to cold, a tick every 10 s.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            images_dir: data_dir.join("images"),
+            data_dir,
+            default_image: "minimal".into(),
+            warm_after: Duration::from_secs(30),
+            cold_after: Duration::from_secs(30 * 60),
+            thermal_tick: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The application's state, cheap to clone into every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The sandbox engine.
+    pub engine: Arc<engine::Engine>,
+    /// The database.
+    pub store: store::AsyncStore,
+    /// Settings.
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// A state over an engine and a store.
+    pub fn new(engine: Arc<engine::Engine>, store: store::AsyncStore, settings: Settings) -> Self {
+        Self { engine, store, settings: Arc::new(settings) }
+    }
+}

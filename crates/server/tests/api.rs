@@ -1,0 +1,243 @@
+//! The API against a real daemon with real VMs: sandbox CRUD, exec in all three modes, files,
+//! auth and owner scoping, and the 4xx answers for bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Daemon;
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_health_and_bad_requests() {
+    let d = Daemon::start().await;
+    let health = d.client.get(format!("{}/health", d.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()[api::VERSION_HEADER], api::VERSION);
+    // Everything else needs a key; the clean path decides, so a dot-dot does not bypass.
+    for path in ["/sandboxes", "/health/../sandboxes", "/health/%2e%2e/sandboxes"] {
+        let r = d.client.get(format!("{}{path}", d.url)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers().contains_key(api::VERSION_HEADER));
+        let body: api::ErrorBody = r.json().await.unwrap();
+        assert_eq!(body.error, "authorization required");
+    }
+    let wrong = d.client.get(format!("{}/sandboxes", d.url)).bearer_auth("bht_nope").send().await;
+    let wrong = wrong.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.json::<api::ErrorBody>().await.unwrap().error, "invalid api key");
+    // A query token is no key for plain routes.
+    let q = d.client.get(format!("{}/sandboxes?token={}", d.url, d.key)).send().await.unwrap();
+    assert_eq!(q.status(), 401);
+
+    let list = d.req(Method::GET, "/sandboxes").send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    assert_eq!(list.text().await.unwrap(), "[]");
+    // Malformed, unknown fields, oversize, bad names, bad labels: 4xx that say what is wrong.
+    let bad = |body: &'static str| {
+        d.req(Method::POST, "/sandboxes").header("content-type", "application/json").body(body)
+    };
+    let r = bad("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<api::ErrorBody>().await.unwrap().error.starts_with("invalid json"));
+    let r = bad(r#"{"nmae":"x"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<api::ErrorBody>().await.unwrap().error.contains("nmae"));
+    let huge = format!(r#"{{"name":"x","init":"{}"}}"#, "a".repeat(2 << 20));
+    let r = d.req(Method::POST, "/sandboxes").body(huge).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let r = bad(r#"{"name":"-bad"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = bad(r#"{"name":"ok","labels":{"bhatti.sh/x":"y"}}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = bad(r#"{"name":"ok","image":"../../etc"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = bad(r#"{"name":"ok","cpus":64}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = d.req(Method::GET, "/sandboxes/nope").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = d.req(Method::GET, "/sandboxes?label=novalue").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = d.req(Method::PATCH, "/health").send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = d.req(Method::GET, "/nowhere").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_lifecycle_exec_and_files() {
+    let d = Daemon::start().await;
+    let created = d.create("dev").await;
+    assert_eq!((created.name.as_str(), created.status.as_str()), ("dev", "running"));
+    assert!(!created.ip.is_empty());
+    // Idempotent by name.
+    let again = d
+        .req(Method::POST, "/sandboxes")
+        .json(&serde_json::json!({"name": "dev", "memory_mb": 512}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()[api::EXISTING_HEADER], "true");
+    assert_eq!(again.json::<api::Sandbox>().await.unwrap().id, created.id);
+    // By name and by ID; the list shows the engine's thermal state.
+    for key in ["dev", created.id.as_str()] {
+        let got: api::Sandbox = d
+            .req(Method::GET, &format!("/sandboxes/{key}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got.id, created.id);
+    }
+    let list: Vec<api::Sandbox> =
+        d.req(Method::GET, "/sandboxes").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].thermal.as_deref(), Some("hot"));
+
+    // Exec, buffered.
+    let r = d
+        .req(Method::POST, "/sandboxes/dev/exec")
+        .json(&serde_json::json!({"cmd": ["sh", "-c", "echo out; echo err >&2; exit 3"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out: api::ExecResult = r.json().await.unwrap();
+    assert_eq!((out.exit_code, out.stdout.as_str(), out.stderr.as_str()), (3, "out\n", "err\n"));
+    // Streaming: one event per output frame, as it happens; exit last.
+    let r = d
+        .req(Method::POST, "/sandboxes/dev/exec")
+        .header("accept", api::NDJSON)
+        .json(&serde_json::json!({"cmd": ["sh", "-c", "echo one; sleep 1; echo two"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], api::NDJSON);
+    let mut r = r;
+    let mut first_at = None;
+    let started = std::time::Instant::now();
+    let mut text = String::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        first_at.get_or_insert(started.elapsed());
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<api::ExecEvent> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.last(), Some(&api::ExecEvent::Exit { exit_code: 0 }));
+    let out: String = events
+        .iter()
+        .filter_map(|e| match e {
+            api::ExecEvent::Stdout { data } => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(out, "one\ntwo\n");
+    // The first line came before the command's second half ran.
+    assert!(first_at.unwrap() < started.elapsed() - std::time::Duration::from_millis(500));
+    // Detached.
+    let r = d
+        .req(Method::POST, "/sandboxes/dev/exec")
+        .json(&serde_json::json!({"cmd": ["sh", "-c", "echo bg"], "detach": true}))
+        .send()
+        .await
+        .unwrap();
+    let det: api::DetachedResult = r.json().await.unwrap();
+    assert!(det.detached && det.pid > 0 && det.output_file.starts_with("/tmp/bhatti-exec-"));
+    let r = d
+        .req(Method::POST, "/sandboxes/dev/exec")
+        .json(&serde_json::json!({"cmd": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Files: write (streamed), read with the size first, stat, list.
+    let data = vec![b'q'; 300_000];
+    let r = d
+        .req(Method::PUT, "/sandboxes/dev/files?path=/home/lohar/a.bin&mode=0600")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = d.req(Method::GET, "/sandboxes/dev/files?path=/home/lohar/a.bin").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()[api::FILE_SIZE_HEADER], "300000");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    let r = d
+        .req(Method::GET, "/sandboxes/dev/files?path=/home/lohar/a.bin&max_bytes=10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[api::FILE_SIZE_HEADER], "300000");
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
+    let r =
+        d.req(Method::HEAD, "/sandboxes/dev/files?path=/home/lohar/a.bin").send().await.unwrap();
+    assert_eq!(r.headers()[api::FILE_MODE_HEADER], "0600");
+    assert_eq!(r.headers()[api::FILE_IS_DIR_HEADER], "false");
+    let r = d.req(Method::HEAD, "/sandboxes/dev/files?path=/nope").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let list: Vec<api::FileInfo> = d
+        .req(Method::GET, "/sandboxes/dev/files?path=/home/lohar&ls=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.iter().any(|f| f.name == "a.bin" && f.size == 300_000));
+    let r =
+        d.req(Method::GET, "/sandboxes/dev/files?path=/home/lohar/missing").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = d.req(Method::GET, "/sandboxes/dev/files").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Chunked (no Content-Length): refused before anything reaches the guest.
+    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(vec![1u8; 10])]);
+    let r = d
+        .req(Method::PUT, "/sandboxes/dev/files?path=/home/lohar/c.bin")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Another owner sees nothing: not found, never forbidden.
+    let other = d.other_user("mallory").await;
+    let r = d.client.get(format!("{}/sandboxes/dev", d.url)).bearer_auth(&other).send().await;
+    assert_eq!(r.unwrap().status(), 404);
+    let r = d
+        .client
+        .post(format!("{}/sandboxes/{}/exec", d.url, created.id))
+        .bearer_auth(&other)
+        .json(&serde_json::json!({"cmd": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Stop and start, both idempotent; files survive.
+    for _ in 0..2 {
+        let r = d.req(Method::POST, "/sandboxes/dev/stop").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<api::Sandbox>().await.unwrap().status, "stopped");
+    }
+    for _ in 0..2 {
+        let r = d.req(Method::POST, "/sandboxes/dev/start").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<api::Sandbox>().await.unwrap().status, "running");
+    }
+    let r = d.req(Method::GET, "/sandboxes/dev/files?path=/home/lohar/a.bin").send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+
+    let r = d.req(Method::DELETE, "/sandboxes/dev").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<api::StatusBody>().await.unwrap().status, "destroyed");
+    let r = d.req(Method::GET, "/sandboxes/dev").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // The name is free again.
+    d.create("dev").await;
+    d.stop().await;
+}
