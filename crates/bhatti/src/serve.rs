@@ -1,0 +1,213 @@
+//! `bhatti serve`: the daemon.
+//!
+//! Start: the data directory (0700), the store, the first admin user (its key in
+//! `<data_dir>/admin.key`, 0600, printed once), recovery (the store's pure decision over its
+//! rows and the engine's records, then the engine brings the sandboxes back, then the start-up
+//! clean-ups), the background tasks, the listeners (TCP and `<data_dir>/api.sock`, 0600), and
+//! the wakes of keep-hot sandboxes. Stop (SIGTERM, SIGINT): no new connections, requests in
+//! flight get the drain timeout, every sandbox is suspended to disk and its record stored.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// How long a shutdown gives guest operations before cutting them, and the whole suspend.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a keep-hot sandbox may take to wake after a start.
+const KEEP_HOT_WAKE: Duration = Duration::from_secs(60);
+
+/// Runs the daemon until a signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let db = config.data_dir.join("state.db");
+    let mut sync = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    ensure_admin(&mut sync, &config.data_dir)?;
+    let (engine, recovered) = recover(&config, &mut sync).await?;
+    drop(sync);
+    let store = store::AsyncStore::open(&db, &store::Options::default())?;
+    let state = server::AppState::new(Arc::new(engine), store, config.server());
+    tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = server::spawn_background(&state, stop_rx.clone());
+    wake_keep_hot(&state);
+
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let socket_path = config.data_dir.join("api.sock");
+    let unix = bind_unix(&socket_path)?;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tcp_server = tokio::spawn(server::serve(state.clone(), tcp, stopped(stop_rx.clone())));
+    let unix_server = tokio::spawn(server::serve(state.clone(), unix, stopped(stop_rx.clone())));
+
+    let signal = wait_for_signal().await?;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(true);
+    // Requests in flight get the drain timeout; the listeners are closed already.
+    let drain = state.settings.drain_timeout;
+    for server in [tcp_server, unix_server] {
+        if tokio::time::timeout(drain, server).await.is_err() {
+            tracing::warn!("requests still running after {drain:?}; going on");
+        }
+    }
+    for task in background {
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
+    suspend_all(&state).await;
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+/// The first start makes an admin user and writes its key where only root can read it.
+fn ensure_admin(store: &mut store::Store, data_dir: &Path) -> anyhow::Result<()> {
+    if !store.list_users()?.is_empty() {
+        return Ok(());
+    }
+    let quotas = store::Quotas { max_sandboxes: 50, ..store::Quotas::default() };
+    let (user, key) = store.create_user("admin", quotas)?;
+    let path = data_dir.join("admin.key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{}\n", key.expose()).as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(user = %user.id, file = %path.display(), "created the admin user");
+    // Printed once, to the terminal that started the daemon; never logged.
+    eprintln!("bhatti: admin API key (also in {}): {}", path.display(), key.expose());
+    Ok(())
+}
+
+/// Recovery: the store decides over its rows, the engine brings back what it can, and what it
+/// could not is marked unknown; then the start-up clean-ups.
+async fn recover(
+    config: &Config,
+    store: &mut store::Store,
+) -> anyhow::Result<(engine::Engine, usize)> {
+    let inputs = store.recovery_inputs()?;
+    let records: std::collections::HashMap<String, store::StoredRecord> =
+        inputs.iter().filter_map(|i| Some((i.id.clone(), i.record.clone()?))).collect();
+    let mut plan = store::recovery::plan(inputs);
+    // Ours, beyond v1: a sandbox that ran without a saved memory image still has its disk;
+    // the engine boots it from there at its next wake (files kept, processes lost) instead of
+    // leaving it unknown.
+    for outcome in &mut plan.outcomes {
+        if outcome.decision == store::Decision::MarkUnknown(store::UnknownReason::NoSnapshot)
+            && let Some(Ok(record)) = records.get(&outcome.id).map(store::StoredRecord::decode)
+        {
+            outcome.decision =
+                store::Decision::Restore { record: Box::new(record), mark_stopped: true };
+        }
+    }
+    store.apply_recovery(&plan)?;
+    let wanted: Vec<engine::SandboxRecord> = plan.records().into_iter().map(|(_, r)| r).collect();
+    let count = wanted.len();
+    let (engine, failed) = engine::Engine::new_recovering(config.engine(), wanted)
+        .await
+        .context("starting the engine")?;
+    for (id, error) in &failed {
+        tracing::warn!(sandbox = %id, "not recovered: {error}");
+        store.set_status(id, store::Status::Unknown)?;
+    }
+    let report = store.clean_up_at_start(&store::DataDirs::under(&config.data_dir))?;
+    tracing::info!(?report, "start-up clean-ups");
+    Ok((engine, count - failed.len()))
+}
+
+/// Wakes keep-hot sandboxes in the background (recovery brings everything back cold).
+fn wake_keep_hot(state: &server::AppState) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let rows = match state.store.read(|s| s.list_all_sandboxes()).await {
+            Ok(rows) => rows,
+            Err(e) => return tracing::warn!("listing keep-hot sandboxes: {e}"),
+        };
+        let wanted = |r: &store::Sandbox| {
+            r.keep_hot && matches!(r.status, store::Status::Running | store::Status::Stopped)
+        };
+        for row in rows.into_iter().filter(wanted) {
+            match tokio::time::timeout(KEEP_HOT_WAKE, state.engine.ensure_hot(&row.id)).await {
+                Ok(Ok(())) => tracing::info!(sandbox = %row.id, "keep-hot sandbox woken"),
+                Ok(Err(e)) => tracing::warn!(sandbox = %row.id, "waking a keep-hot sandbox: {e}"),
+                Err(_) => tracing::warn!(sandbox = %row.id, "waking a keep-hot sandbox timed out"),
+            }
+        }
+    });
+}
+
+/// The Unix socket listener, 0600, replacing a stale socket a crash left.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", path.display()));
+        }
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("listening on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Suspends every sandbox to disk and stores the records, so the next start wakes them with
+/// their memory.
+async fn suspend_all(state: &server::AppState) {
+    let results = state.engine.shutdown(SHUTDOWN_WAIT, SHUTDOWN_DEADLINE).await;
+    for (id, result) in results {
+        let (record, error) = match result {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, "not suspended: {e}");
+                continue;
+            }
+        };
+        if let Some(e) = error {
+            tracing::warn!(sandbox = %id, "suspend failed (it boots from its disk next time): {e}");
+        }
+        let stored = state
+            .store
+            .write(move |s| {
+                let ip = record.ip.to_string();
+                let change = store::Change {
+                    status: Some(store::Status::Stopped),
+                    thermal: Some(record.thermal),
+                    ip: Some(&ip),
+                    record: Some(&record),
+                };
+                s.update_sandbox(&id, &change)
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::error!("storing a sandbox's record at shutdown: {e}");
+        }
+    }
+}
