@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let tcp = server::nodelay(tcp);
     let tcp_server = tokio::spawn(server::serve(state.clone(), tcp, stopped(stop_rx.clone())));
     let unix_server = tokio::spawn(server::serve(state.clone(), unix, stopped(stop_rx.clone())));
 

@@ -54,6 +54,19 @@ pub fn spawn_background(
     Vec::new()
 }
 
+/// A TCP listener whose connections send small writes at once (no Nagle delay: a response's
+/// headers and its first body bytes would otherwise wait for the client's delayed ACK).
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    })
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
 /// finish (the caller bounds that with its own deadline).
 pub async fn serve<L>(

@@ -66,9 +66,10 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(state.clone(), listener, async move {
-            let _ = rx.await;
-        }));
+        let task =
+            tokio::spawn(server::serve(state.clone(), server::nodelay(listener), async move {
+                let _ = rx.await;
+            }));
         Daemon {
             url,
             key: key.expose().to_owned(),
