@@ -33,6 +33,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Listeners first: a taken port fails the start before anything else is touched.
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let socket_path = config.data_dir.join("api.sock");
+    let unix = bind_unix(&socket_path)?;
     let db = config.data_dir.join("state.db");
     let mut sync = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
     ensure_admin(&mut sync, &config.data_dir)?;
@@ -46,11 +52,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let background = server::spawn_background(&state, stop_rx.clone());
     wake_keep_hot(&state);
 
-    let tcp = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let socket_path = config.data_dir.join("api.sock");
-    let unix = bind_unix(&socket_path)?;
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
