@@ -198,6 +198,24 @@ pub struct NewVolume {
     pub mount: String,
 }
 
+/// `PATCH /sandboxes/:id`: every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSandbox {
+    /// New name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep-hot on or off (on wakes the sandbox at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hot: Option<bool>,
+    /// Labels to set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels_add: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels_remove: Vec<String>,
+}
+
 /// `POST /sandboxes/:id/start`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

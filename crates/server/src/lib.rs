@@ -33,7 +33,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
-        .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::destroy))
+        .route(
+            "/sandboxes/{id}",
+            get(sandboxes::get).patch(sandboxes::update).delete(sandboxes::destroy),
+        )
         .route("/sandboxes/{id}/stop", post(sandboxes::stop))
         .route("/sandboxes/{id}/start", post(sandboxes::start))
         .route("/sandboxes/{id}/exec", post(exec::exec))

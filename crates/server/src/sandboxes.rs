@@ -315,6 +315,50 @@ pub async fn get(
     Ok(axum::Json(out).into_response())
 }
 
+/// `PATCH /sandboxes/:id`: rename, labels, keep-hot (v1: applied in that order; keep-hot on
+/// wakes the sandbox at once).
+pub async fn update(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    Json(req): Json<api::UpdateSandbox>,
+) -> ApiResult<Response> {
+    let sandbox = resolve(&state, &user, &id).await?;
+    if let Some(name) = &req.name
+        && !valid_name(name)
+    {
+        return Err(ApiError::BadRequest(format!("invalid name {name:?}")));
+    }
+    crate::labels::check(&req.labels_add)?;
+    if req.labels_remove.len() > crate::labels::MAX_LABELS {
+        return Err(ApiError::BadRequest(format!("at most {} labels", crate::labels::MAX_LABELS)));
+    }
+    for key in &req.labels_remove {
+        crate::labels::check_key(key)?;
+    }
+    let (owner, sid) = (user.id.clone(), sandbox.id.clone());
+    let keep_hot = req.keep_hot;
+    let row = state
+        .store
+        .write(move |s| {
+            if let Some(name) = &req.name {
+                s.rename_sandbox(&owner, &sid, name)?;
+            }
+            s.update_labels(&owner, &sid, &req.labels_add, &req.labels_remove)?;
+            if let Some(keep_hot) = req.keep_hot {
+                s.set_keep_hot(&owner, &sid, keep_hot)?;
+            }
+            s.sandbox_by_id(&sid)
+        })
+        .await?;
+    if keep_hot == Some(true) {
+        state.engine.ensure_hot(&row.id).await?;
+    }
+    let mut out = to_api(&row);
+    out.thermal = thermal_of(&state, &row);
+    Ok(axum::Json(out).into_response())
+}
+
 /// `DELETE /sandboxes/:id`.
 pub async fn destroy(
     State(state): State<AppState>,

@@ -218,6 +218,33 @@ async fn sandbox_lifecycle_exec_and_files() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
+    // PATCH: rename, labels, keep-hot; a taken name is a conflict.
+    d.create("other").await;
+    let patch = |body: serde_json::Value| d.req(Method::PATCH, "/sandboxes/dev").json(&body).send();
+    let r = patch(serde_json::json!({"name": "other"})).await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = patch(serde_json::json!({"labels_add": {"team": "infra"}, "keep_hot": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got: api::Sandbox = r.json().await.unwrap();
+    assert!(got.keep_hot && got.labels["team"] == "infra");
+    let r = patch(serde_json::json!({"labels_remove": ["team"], "keep_hot": false})).await.unwrap();
+    assert!(r.json::<api::Sandbox>().await.unwrap().labels.is_empty());
+    let r = patch(serde_json::json!({"labels_add": {"bhatti.sh/x": "y"}})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let filtered: Vec<api::Sandbox> = d
+        .req(Method::GET, "/sandboxes?label=team=infra")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(filtered.is_empty());
+    let r = d.req(Method::DELETE, "/sandboxes/other").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
     // Stop and start, both idempotent; files survive.
     for _ in 0..2 {
         let r = d.req(Method::POST, "/sandboxes/dev/stop").send().await.unwrap();
