@@ -152,14 +152,23 @@ pub(crate) struct Conn {
     pub(crate) reusable: bool,
 }
 
-/// Client of one agent.
-#[derive(Debug)]
+/// Client of one agent. `Debug` never shows the token.
 pub struct AgentClient {
     endpoint: Endpoint,
     token: Option<String>,
     pub(crate) config: ClientConfig,
     pool: Mutex<Vec<Stream>>,
     mode: AtomicU8,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn expect_kind(

@@ -154,15 +154,26 @@ fn exec_large_output_arrives_complete() {
 #[test]
 fn exec_slow_reader_back_pressures_the_command() {
     let agent = Agent::start();
-    let mut s = agent.request_json(
-        FrameType::EXEC_REQ,
-        &ExecRequest::command(["head", "-c", "4194304", "/dev/zero"]),
-    );
-    // Do not read for a while: the command must block, not buffer 4 MiB in the agent.
-    std::thread::sleep(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    // Commands run as the unprivileged user: let it write the marker.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .unwrap();
+    let done = dir.path().join("done");
+    let script = format!("head -c 4194304 /dev/zero; touch {}", done.display());
+    let mut s =
+        agent.request_json(FrameType::EXEC_REQ, &ExecRequest::command(["sh", "-c", &script]));
+    // Not reading: the command must block on its output (socket and pipe buffers hold far less
+    // than 4 MiB), so it cannot finish. Watched for 500 ms.
+    let watch_until = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < watch_until {
+        assert!(!done.exists(), "the command finished with nobody reading: output was buffered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = collect_exec(&mut s);
     assert_eq!(r.stdout.len(), 4_194_304);
     assert_eq!(r.exit, Some(0));
+    // The positive control: once read, it runs to its end.
+    assert!(done.exists());
 }
 
 #[test]

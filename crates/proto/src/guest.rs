@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The config drive's `config.json` (bhatti v1 schema).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The config drive's `config.json` (bhatti v1 schema). `Debug` leaves out the token, env
+/// values and file contents (they are secrets; a log line must not carry them).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestConfig {
     /// Sandbox id, for logs.
     #[serde(default)]
@@ -40,6 +41,22 @@ pub struct GuestConfig {
     pub user: String,
 }
 
+impl std::fmt::Debug for GuestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestConfig")
+            .field("sandbox_id", &self.sandbox_id)
+            .field("hostname", &self.hostname)
+            .field("token", &if self.token.is_empty() { "<none>" } else { "<redacted>" })
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("volumes", &self.volumes)
+            .field("init", &format_args!("<{} bytes>", self.init.len()))
+            .field("dns", &self.dns)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A file to materialise in the guest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestFile {
@@ -63,4 +80,21 @@ pub struct GuestVolume {
     /// Mount read-only.
     #[serde(default)]
     pub read_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_token_env_values_or_file_contents() {
+        let mut c = GuestConfig { token: "sekrit-token-0123".into(), ..Default::default() };
+        c.env.insert("KEY".into(), "sekrit-env".into());
+        c.files.insert("/f".into(), GuestFile { content: "c2Vrcml0".into(), mode: String::new() });
+        let text = format!("{c:?}");
+        assert!(text.contains("KEY") && text.contains("<redacted>"), "{text}");
+        for secret in ["sekrit-token-0123", "sekrit-env", "c2Vrcml0"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
 }
