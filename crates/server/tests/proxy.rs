@@ -100,7 +100,12 @@ echo first
 sleep 1
 echo second
 EOF
-chmod 0755 /home/lohar/www/cgi-bin/env /home/lohar/www/cgi-bin/echo /home/lohar/www/cgi-bin/slow
+cat > /home/lohar/www/cgi-bin/ticks <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/event-stream\r\n\r\n'
+while true; do echo "data: tick"; echo; sleep 0.2; done
+EOF
+chmod 0755 /home/lohar/www/cgi-bin/*
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,6 +182,19 @@ async fn http_through_the_proxy_and_ports() {
     assert_eq!(text, "first\nsecond\n");
     assert!(total >= Duration::from_secs(1), "{total:?}");
     assert!(first_at + Duration::from_millis(500) < total, "first {first_at:?}, total {total:?}");
+
+    // An endless stream (SSE): events arrive while it runs, and a client that goes away
+    // closes the guest connection and gives the lease back.
+    let mut r = d.req(Method::GET, "/sandboxes/web/proxy/8080/cgi-bin/ticks").send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while text.matches("data: tick").count() < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), r.chunk()).await.unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    wait_in_flight(&d, &web.id, |n| n >= 1, ">= 1 while the stream is open").await;
+    drop(r);
+    wait_in_flight(&d, &web.id, |n| n == 0, "0 after the client went away").await;
 
     // Errors: a bad port is refused before any lookup, then unknown / other owner's sandbox,
     // then a port nothing listens on.
