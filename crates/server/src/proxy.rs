@@ -314,9 +314,16 @@ async fn upgrade(
 ) -> ApiResult<Response> {
     let client_side = hyper::upgrade::on(&mut request);
     let (mut sender, conn) = handshake::<http_body_util::Empty<Bytes>>(stream).await?;
+    // As for plain HTTP: a declined upgrade's connection ends with its answer's body.
+    let (done, mut gone) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("proxy upgrade connection: {e}");
+        tokio::select! {
+            result = conn.with_upgrades() => {
+                if let Err(e) = result {
+                    tracing::debug!("proxy upgrade connection: {e}");
+                }
+            }
+            _ = &mut gone => {}
         }
     });
     let upstream =
@@ -327,10 +334,11 @@ async fn upgrade(
         // The guest declined: its answer passes through as a plain one.
         let (mut parts, body) = answer.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, Body::new(IdleBody::new(body, None))));
+        return Ok(Response::from_parts(parts, Body::new(IdleBody::new(body, Some(done)))));
     }
     let guest_side = hyper::upgrade::on(&mut answer);
     tokio::spawn(async move {
+        let _done = done;
         let sides = tokio::time::timeout(UPGRADE_TIMEOUT, async {
             let (client, guest) = tokio::join!(client_side, guest_side);
             Ok::<_, hyper::Error>((client?, guest?))

@@ -227,6 +227,17 @@ async fn http_through_the_proxy_and_ports() {
     let body: api::ErrorBody = r.json().await.unwrap();
     assert_eq!(body.code, "guest_port_closed", "{body:?}");
 
+    // An upgrade the guest declines (httpd answers it as a plain GET) passes through as HTTP.
+    let r = d
+        .req(Method::GET, "/sandboxes/web/proxy/8080/index.html")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello-from-guest\n");
+
     // Time to first byte: through the proxy vs a direct forward connection to the guest port.
     let get = b"GET /index.html HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let (mut direct, mut proxied) = (Vec::new(), Vec::new());
