@@ -11,6 +11,8 @@ pub mod error;
 mod exec;
 mod files;
 mod labels;
+mod ports;
+pub mod proxy;
 pub mod request;
 mod sandboxes;
 pub mod state;
@@ -41,6 +43,11 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/start", post(sandboxes::start))
         .route("/sandboxes/{id}/exec", post(exec::exec))
         .route("/sandboxes/{id}/files", any(files::files))
+        .route("/sandboxes/{id}/ports", get(ports::sandbox_ports))
+        .route("/ports", get(ports::all_ports))
+        .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy))
+        .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy))
+        .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
         .fallback(request::not_found)
         .method_not_allowed_fallback(request::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
@@ -80,6 +87,9 @@ pub async fn serve<L>(
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    proxy::ClientAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let app = router(state).into_make_service_with_connect_info::<proxy::ClientAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -1,0 +1,405 @@
+//! The authenticated reverse proxy and the ports API against a real daemon with real VMs:
+//! busybox `httpd` (static files and CGI) and a raw `nc` upgrade server in the guest.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs a shell script in the guest (as `lohar`) and checks it succeeded.
+async fn sh(d: &Daemon, sandbox: &str, script: &str) {
+    let r = d
+        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
+        .json(&serde_json::json!({"cmd": ["sh", "-c", script]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out: api::ExecResult = r.json().await.unwrap();
+    assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
+}
+
+/// Starts a command detached in the guest.
+async fn detach(d: &Daemon, sandbox: &str, cmd: &[&str]) {
+    let r = d
+        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
+        .json(&serde_json::json!({"cmd": cmd, "detach": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+}
+
+/// `GET /sandboxes/<sandbox>/ports`.
+async fn ports(d: &Daemon, sandbox: &str) -> Vec<api::Port> {
+    let r = d.req(Method::GET, &format!("/sandboxes/{sandbox}/ports")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Waits (bounded) until the guest listens on `port`.
+async fn wait_listening(d: &Daemon, sandbox: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if ports(d, sandbox).await.iter().any(|p| p.container_port == port) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sandbox}: nothing listens on {port} after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (bounded) until the sandbox's leases out satisfy `pred`.
+async fn wait_in_flight(d: &Daemon, id: &str, pred: impl Fn(usize) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = d.state.engine.host_activity(id).unwrap().in_flight;
+        if pred(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "in_flight {n}: expected {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    (at(0.50), at(0.95), at(0.99))
+}
+
+const SITE: &str = r#"
+set -e
+mkdir -p /home/lohar/www/cgi-bin
+echo hello-from-guest > /home/lohar/www/index.html
+cat > /home/lohar/www/cgi-bin/env <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "QUERY=$QUERY_STRING"
+echo "XFH=$HTTP_X_FORWARDED_HOST"
+echo "XFP=$HTTP_X_FORWARDED_PROTO"
+echo "XFF=$HTTP_X_FORWARDED_FOR"
+echo "AUTH=$HTTP_AUTHORIZATION"
+echo "CUSTOM=$HTTP_X_CUSTOM"
+echo "HOST=$HTTP_HOST"
+echo "METHOD=$REQUEST_METHOD"
+EOF
+cat > /home/lohar/www/cgi-bin/echo <<'EOF'
+#!/bin/sh
+printf 'Content-Type: application/octet-stream\r\n\r\n'
+head -c "$CONTENT_LENGTH"
+EOF
+cat > /home/lohar/www/cgi-bin/slow <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo first
+sleep 1
+echo second
+EOF
+cat > /home/lohar/www/cgi-bin/ticks <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/event-stream\r\n\r\n'
+while true; do echo "data: tick"; echo; sleep 0.2; done
+EOF
+chmod 0755 /home/lohar/www/cgi-bin/*
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_through_the_proxy_and_ports() {
+    let d = Daemon::start().await;
+    let web = d.create("web").await;
+    sh(&d, "web", SITE).await;
+    detach(&d, "web", &["httpd", "-f", "-p", "8080", "-h", "/home/lohar/www"]).await;
+    wait_listening(&d, "web", 8080).await;
+
+    // Routing: the root (with and without the trailing slash), a file, the guest's own 404.
+    for path in [
+        "/sandboxes/web/proxy/8080/",
+        "/sandboxes/web/proxy/8080",
+        "/sandboxes/web/proxy/8080/index.html",
+    ] {
+        let r = d.req(Method::GET, path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.text().await.unwrap(), "hello-from-guest\n", "{path}");
+    }
+    let by_id = format!("/sandboxes/{}/proxy/8080/", web.id);
+    assert_eq!(d.req(Method::GET, &by_id).send().await.unwrap().status(), 200);
+    let r = d.req(Method::GET, "/sandboxes/web/proxy/8080/missing.html").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("404 Not Found") && !body.contains("\"code\""), "{body}");
+
+    // The rewrite: query kept, forwarded headers set, Host rewritten, the caller's key gone,
+    // other headers (the positive control) passed.
+    let r = d
+        .req(Method::GET, "/sandboxes/web/proxy/8080/cgi-bin/env?a=1&b=two%20words")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let env = r.text().await.unwrap();
+    let host = d.url.strip_prefix("http://").unwrap();
+    for line in [
+        "QUERY=a=1&b=two%20words".to_owned(),
+        format!("XFH={host}"),
+        "XFP=http".to_owned(),
+        "XFF=127.0.0.1".to_owned(),
+        "AUTH=".to_owned(),
+        "CUSTOM=kept".to_owned(),
+        "HOST=localhost:8080".to_owned(),
+        "METHOD=GET".to_owned(),
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line:?} missing in:\n{env}");
+    }
+    assert!(!env.contains(&d.key), "the API key reached the guest");
+    // A request body streams to the guest and back.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let r = d
+        .req(Method::POST, "/sandboxes/web/proxy/8080/cgi-bin/echo")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), payload.as_slice());
+
+    // Streaming: the first line arrives before the guest has written the second.
+    let started = Instant::now();
+    let mut r = d.req(Method::GET, "/sandboxes/web/proxy/8080/cgi-bin/slow").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut first_at = None;
+    let mut text = String::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        first_at.get_or_insert(started.elapsed());
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (first_at, total) = (first_at.unwrap(), started.elapsed());
+    assert_eq!(text, "first\nsecond\n");
+    assert!(total >= Duration::from_secs(1), "{total:?}");
+    assert!(first_at + Duration::from_millis(500) < total, "first {first_at:?}, total {total:?}");
+
+    // An endless stream (SSE): events arrive while it runs, and a client that goes away
+    // closes the guest connection and gives the lease back.
+    let mut r = d.req(Method::GET, "/sandboxes/web/proxy/8080/cgi-bin/ticks").send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while text.matches("data: tick").count() < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), r.chunk()).await.unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    wait_in_flight(&d, &web.id, |n| n >= 1, ">= 1 while the stream is open").await;
+    drop(r);
+    wait_in_flight(&d, &web.id, |n| n == 0, "0 after the client went away").await;
+
+    // Errors: a bad port is refused before any lookup, then unknown / other owner's sandbox,
+    // then a port nothing listens on.
+    for sandbox in ["web", "nope"] {
+        for port in ["0", "70000", "abc"] {
+            let r = d
+                .req(Method::GET, &format!("/sandboxes/{sandbox}/proxy/{port}/x"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{sandbox} {port}");
+            assert_eq!(r.json::<api::ErrorBody>().await.unwrap().error, "invalid port");
+        }
+    }
+    let r = d.req(Method::GET, "/sandboxes/nope/proxy/8080/").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let other = d.other_user("mallory").await;
+    let r = d
+        .client
+        .get(format!("{}/sandboxes/web/proxy/8080/", d.url))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = d.client.get(format!("{}/sandboxes/web/proxy/8080/", d.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = d.req(Method::GET, "/sandboxes/web/proxy/9999/").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: api::ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.code, "guest_port_closed", "{body:?}");
+
+    // An upgrade the guest declines (httpd answers it as a plain GET) passes through as HTTP.
+    let r = d
+        .req(Method::GET, "/sandboxes/web/proxy/8080/index.html")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello-from-guest\n");
+
+    // Time to first byte: through the proxy vs a direct forward connection to the guest port.
+    let get = b"GET /index.html HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        let mut s = d.state.engine.forward(&web.id, 8080).await.unwrap();
+        s.write_all(get).await.unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+        direct.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(s);
+        let t = Instant::now();
+        let r = d.req(Method::GET, "/sandboxes/web/proxy/8080/index.html").send().await.unwrap();
+        proxied.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let (d50, d95, d99) = percentiles(direct);
+    let (p50, p95, p99) = percentiles(proxied);
+    println!("ttfb direct forward: p50 {d50:.2} ms, p95 {d95:.2} ms, p99 {d99:.2} ms");
+    println!("ttfb via the proxy:  p50 {p50:.2} ms, p95 {p95:.2} ms, p99 {p99:.2} ms");
+    println!("proxy overhead at p50: {:.2} ms", p50 - d50);
+    assert!(p99 < 2000.0, "proxy p99 {p99:.1} ms");
+
+    // Every proxied exchange gave its lease back.
+    wait_in_flight(&d, &web.id, |n| n == 0, "0 after the exchanges").await;
+
+    // Ports: per sandbox (the URL uses the ID as given) and across the user's hot sandboxes.
+    let listed = ports(&d, "web").await;
+    assert!(
+        listed.iter().any(|p| p.container_port == 8080
+            && p.proxy_url == "/sandboxes/web/proxy/8080/"
+            && p.sandbox_id.is_empty()),
+        "{listed:?}"
+    );
+    let all: Vec<api::Port> =
+        d.req(Method::GET, "/ports").send().await.unwrap().json().await.unwrap();
+    assert!(
+        all.iter().any(|p| p.sandbox_id == web.id
+            && p.container_port == 8080
+            && p.proxy_url == format!("/sandboxes/{}/proxy/8080/", web.id)),
+        "{all:?}"
+    );
+    // Another user sees none of it.
+    let theirs = d.client.get(format!("{}/ports", d.url)).bearer_auth(&other).send().await;
+    assert_eq!(theirs.unwrap().text().await.unwrap(), "[]");
+    // A warm sandbox is left out of `/ports` and stays warm.
+    d.state.engine.pause(&web.id, Duration::ZERO).await.unwrap();
+    assert_eq!(d.state.engine.thermal(&web.id).unwrap(), engine::Thermal::Warm);
+    let all: Vec<api::Port> =
+        d.req(Method::GET, "/ports").send().await.unwrap().json().await.unwrap();
+    assert!(all.is_empty(), "{all:?}");
+    assert_eq!(d.state.engine.thermal(&web.id).unwrap(), engine::Thermal::Warm);
+    // The per-sandbox route does wake it (and so does the proxy).
+    assert!(ports(&d, "web").await.iter().any(|p| p.container_port == 8080));
+    assert_eq!(d.state.engine.thermal(&web.id).unwrap(), engine::Thermal::Hot);
+    d.state.engine.pause(&web.id, Duration::ZERO).await.unwrap();
+    let r = d.req(Method::GET, "/sandboxes/web/proxy/8080/").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello-from-guest\n");
+    assert_eq!(d.state.engine.thermal(&web.id).unwrap(), engine::Thermal::Hot);
+    d.stop().await;
+}
+
+const UPGRADE_SERVER: &str = r#"
+set -e
+cat > /home/lohar/upgrade.sh <<'EOF'
+#!/bin/sh
+while IFS= read -r line; do
+    line=$(printf '%s' "$line" | tr -d '\r')
+    [ -z "$line" ] && break
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: from-guest\r\n\r\n'
+exec "$@"
+EOF
+printf '#!/bin/sh\nexec /home/lohar/upgrade.sh cat\n' > /home/lohar/ws.sh
+printf '#!/bin/sh\nexec /home/lohar/upgrade.sh head -c 1\n' > /home/lohar/once.sh
+chmod 0755 /home/lohar/upgrade.sh /home/lohar/ws.sh /home/lohar/once.sh
+"#;
+
+/// Reads an HTTP head (bounded) from a raw connection.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 16 * 1024, "head too long");
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut byte))
+            .await
+            .expect("no answer in 30 s")
+            .unwrap();
+        assert_eq!(n, 1, "eof in the head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_relays_raw_bytes_and_keeps_the_sandbox_hot() {
+    let d = Daemon::start().await;
+    let ws = d.create("ws").await;
+    sh(&d, "ws", UPGRADE_SERVER).await;
+    // 9000 echoes everything (cat); 9001 echoes one byte and closes (head -c 1).
+    detach(&d, "ws", &["nc", "-ll", "-p", "9000", "-e", "/home/lohar/ws.sh"]).await;
+    detach(&d, "ws", &["nc", "-ll", "-p", "9001", "-e", "/home/lohar/once.sh"]).await;
+    wait_listening(&d, "ws", 9000).await;
+    wait_listening(&d, "ws", 9001).await;
+    wait_in_flight(&d, &ws.id, |n| n == 0, "0 before the upgrade").await;
+
+    let upgrade = |port: u16| {
+        format!(
+            "GET /sandboxes/ws/proxy/{port}/chat?room=1 HTTP/1.1\r\nHost: {}\r\n\
+             Authorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            d.url.strip_prefix("http://").unwrap(),
+            d.key
+        )
+    };
+    let addr = d.url.strip_prefix("http://").unwrap().to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(upgrade(9000).as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("sec-websocket-accept: from-guest"), "{head}");
+    // Raw bytes (a fake frame header, NUL, 0xff) come back as they were: nothing is parsed.
+    let payload: Vec<u8> = [&[0x81u8, 0x05, 0x00, 0xff][..], b"hello through the proxy\n"].concat();
+    for _ in 0..3 {
+        s.write_all(&payload).await.unwrap();
+        let mut back = vec![0u8; payload.len()];
+        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut back))
+            .await
+            .expect("no echo in 30 s")
+            .unwrap();
+        assert_eq!(back, payload);
+    }
+    // The open relay holds the lease: the sandbox cannot be paused under it.
+    wait_in_flight(&d, &ws.id, |n| n >= 1, ">= 1 while the relay is open").await;
+    let busy = d.state.engine.pause(&ws.id, Duration::ZERO).await.unwrap_err();
+    assert_eq!(busy.kind(), engine::ErrorKind::Busy);
+    assert_eq!(d.state.engine.thermal(&ws.id).unwrap(), engine::Thermal::Hot);
+    // Closing the client ends the relay and gives the lease back; then pausing works.
+    drop(s);
+    wait_in_flight(&d, &ws.id, |n| n == 0, "0 after the client closed").await;
+    d.state.engine.pause(&ws.id, Duration::ZERO).await.unwrap();
+    assert_eq!(d.state.engine.thermal(&ws.id).unwrap(), engine::Thermal::Warm);
+
+    // The guest closing ends it too (and the upgrade wakes the warm sandbox): 9001 echoes
+    // one byte and exits, and the client's read then sees the end.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(upgrade(9001).as_bytes()).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    assert_eq!(d.state.engine.thermal(&ws.id).unwrap(), engine::Thermal::Hot);
+    s.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut one)).await.unwrap().unwrap();
+    assert_eq!(&one, b"x");
+    let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut one)).await.unwrap();
+    assert_eq!(n.unwrap(), 0, "the client side was not closed");
+    wait_in_flight(&d, &ws.id, |n| n == 0, "0 after the guest closed").await;
+
+    // An upgrade to a port nothing listens on is a 502.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(upgrade(9998).as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    d.stop().await;
+}
