@@ -7,6 +7,7 @@
 //! `auth::authenticate` (everything but `/health`); errors become answers in `error.rs` only.
 
 pub mod auth;
+pub mod engine_events;
 pub mod error;
 mod exec;
 mod files;
@@ -14,6 +15,7 @@ mod labels;
 pub mod request;
 mod sandboxes;
 pub mod state;
+pub mod thermal;
 
 use std::future::Future;
 
@@ -22,6 +24,7 @@ use axum::routing::{any, get, post};
 
 pub use error::{ApiError, ApiResult};
 pub use state::{AppState, Settings};
+pub use thermal::spawn_background;
 
 /// `GET /health`.
 async fn health() -> axum::Json<api::Health> {
