@@ -81,7 +81,9 @@ enum Outcome {
 pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut manager = Manager::new(state);
-        let mut ticker = tokio::time::interval(manager.state.settings.thermal_tick);
+        // A zero period would panic; nothing needs ticks faster than this.
+        let period = manager.state.settings.thermal_tick.max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {

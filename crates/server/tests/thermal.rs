@@ -48,9 +48,9 @@ impl Background {
     }
 }
 
-/// Every engine event from now on.
+/// Every engine event from now on, with when it arrived.
 #[derive(Clone)]
-struct Events(Arc<Mutex<Vec<engine::Event>>>);
+struct Events(Arc<Mutex<Vec<(Instant, engine::Event)>>>);
 
 impl Events {
     fn record(d: &Daemon) -> Self {
@@ -59,14 +59,20 @@ impl Events {
         let sink = Arc::clone(&seen);
         tokio::spawn(async move {
             while let Ok(e) = rx.recv().await {
-                sink.lock().unwrap().push(e);
+                sink.lock().unwrap().push((Instant::now(), e));
             }
         });
         Self(seen)
     }
 
     fn count(&self, id: &str, f: impl Fn(&EventKind) -> bool) -> usize {
-        self.0.lock().unwrap().iter().filter(|e| e.id == id && f(&e.kind)).count()
+        self.0.lock().unwrap().iter().filter(|(_, e)| e.id == id && f(&e.kind)).count()
+    }
+
+    /// When each matching event arrived.
+    fn times(&self, id: &str, f: impl Fn(&EventKind) -> bool) -> Vec<Instant> {
+        let seen = self.0.lock().unwrap();
+        seen.iter().filter(|(_, e)| e.id == id && f(&e.kind)).map(|(t, _)| *t).collect()
     }
 }
 
@@ -224,34 +230,41 @@ async fn a_long_exec_is_not_paused_and_execs_racing_pauses_all_succeed() {
     // Control: once idle, it is paused.
     until("warm after the exec", LIMIT, || async { thermal(&d, &sb.id) == Thermal::Warm }).await;
 
-    // Bursts of execs around the moment the manager pauses (idle 1 s, then the first tick,
-    // an agent query and the pause): the burst starts a little later each round, so some
-    // arrive before the decision, some during the agent query or the pause, some after.
-    // Every exec answers.
-    let paused = |e: &Events| e.count(&sb.id, |k| matches!(k, EventKind::Paused));
-    let woke_warm =
-        |e: &Events| e.count(&sb.id, |k| matches!(k, EventKind::Woke { from: Thermal::Warm, .. }));
-    let (paused_before, woke_before) = (paused(&events), woke_warm(&events));
+    // Bursts of execs while the manager pauses: the manager's agent query is the one lease
+    // out when the sandbox is idle, so the burst starts as soon as it is seen; its execs
+    // arrive during the query, the pause, or just after it. Every exec answers.
+    let spans = Arc::new(Mutex::new(Vec::new()));
     for round in 0..8u64 {
         exec(&d, "busy", "true").await;
-        let start = Instant::now() + WARM_AFTER + Duration::from_millis(40 * round);
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let host = d.state.engine.host_activity(&sb.id).unwrap();
+            if host.in_flight > 0 || host.thermal == Thermal::Warm {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the manager never looked");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let start = Instant::now();
         let burst = (0..6u64).map(|i| {
-            let d = &d;
+            let (d, spans) = (&d, &spans);
             async move {
-                tokio::time::sleep_until((start + Duration::from_millis(20 * i)).into()).await;
+                tokio::time::sleep_until((start + Duration::from_millis(4 * i)).into()).await;
+                let began = Instant::now();
                 let out = exec(d, "busy", &format!("echo {round}.{i}")).await;
+                spans.lock().unwrap().push((began, Instant::now()));
                 assert_eq!((out.exit_code, out.stdout), (0, format!("{round}.{i}\n")));
             }
         });
         futures_util::future::join_all(burst).await;
     }
-    let rounds = 8;
-    assert!(paused(&events) > paused_before, "no burst met a pause");
-    assert!(woke_warm(&events) > woke_before, "no exec woke a paused sandbox");
-    println!(
-        "{rounds} rounds, pauses: {}",
-        events.count(&sb.id, |k| matches!(k, EventKind::Paused))
-    );
+    // The race was met: some pause completed while an exec of a burst was waiting for the
+    // sandbox (a pause needs no lease out, so that exec's lease was queued behind it).
+    let spans = spans.lock().unwrap().clone();
+    let pauses = events.times(&sb.id, |k| matches!(k, EventKind::Paused));
+    let raced = pauses.iter().filter(|&&p| spans.iter().any(|&(b, e)| b <= p && p <= e)).count();
+    println!("{} pauses, {raced} with an exec waiting", pauses.len());
+    assert!(raced >= 1, "no exec met a pause");
     bg.stop().await;
     d.stop().await;
 }
