@@ -7,6 +7,7 @@
 //! `auth::authenticate` (everything but `/health`); errors become answers in `error.rs` only.
 
 pub mod auth;
+pub mod engine_events;
 pub mod error;
 mod exec;
 mod files;
@@ -16,6 +17,7 @@ pub mod proxy;
 pub mod request;
 mod sandboxes;
 pub mod state;
+pub mod thermal;
 
 use std::future::Future;
 
@@ -24,6 +26,7 @@ use axum::routing::{any, get, post};
 
 pub use error::{ApiError, ApiResult};
 pub use state::{AppState, Settings};
+pub use thermal::spawn_background;
 
 /// `GET /health`.
 async fn health() -> axum::Json<api::Health> {
@@ -53,15 +56,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn(request::around))
         .with_state(state)
-}
-
-/// Starts the daemon's background tasks (the thermal manager, engine events applied to the
-/// store); they end when `shutdown` turns true.
-pub fn spawn_background(
-    _state: &AppState,
-    _shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    Vec::new()
 }
 
 /// A TCP listener whose connections send small writes at once (no Nagle delay: a response's

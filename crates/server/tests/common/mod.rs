@@ -39,6 +39,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A daemon whose settings `f` adjusts first (short thermal timings, say).
+    pub async fn start_with(f: impl FnOnce(&mut server::Settings)) -> Self {
         let data = tempfile::tempdir().unwrap();
         let kernel = data_dir().join("kernel/current/vmlinux");
         assert!(kernel.exists(), "{} missing: run images/kernel/build", kernel.display());
@@ -62,6 +67,7 @@ impl Daemon {
         let mut settings = server::Settings::new(data.path().to_owned());
         settings.images_dir = data_dir().join("images");
         settings.default_image = "test".into();
+        f(&mut settings);
         let state = server::AppState::new(engine, store, settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
