@@ -60,15 +60,30 @@ pub fn router(state: AppState) -> Router {
 
 /// A TCP listener whose connections send small writes at once (no Nagle delay: a response's
 /// headers and its first body bytes would otherwise wait for the client's delayed ACK).
-pub fn nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+#[derive(Debug)]
+pub struct NodelayListener(tokio::net::TcpListener);
+
+impl axum::serve::Listener for NodelayListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own accept loop (it logs and retries failed accepts).
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
         }
-    })
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Wraps a TCP listener so every connection gets `TCP_NODELAY`.
+pub fn nodelay(listener: tokio::net::TcpListener) -> NodelayListener {
+    NodelayListener(listener)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight

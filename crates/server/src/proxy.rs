@@ -76,6 +76,12 @@ impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
     }
 }
 
+impl Connected<IncomingStream<'_, crate::NodelayListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::NodelayListener>) -> Self {
+        ClientAddr(Some(stream.remote_addr().ip()))
+    }
+}
+
 impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for ClientAddr {
     fn connect_info(_: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         ClientAddr(None)
