@@ -23,6 +23,7 @@
 use std::time::Duration;
 
 use agent::{AgentError, SessionEvent, SessionReader, SessionWriter};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
@@ -94,8 +95,11 @@ fn session_param(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn capped(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE)
+/// The upgrade with the client's messages capped; a request that is no WebSocket handshake is
+/// a 400 (after the owner check, so a stranger still gets 404).
+fn capped(ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> ApiResult<WebSocketUpgrade> {
+    let ws = ws.map_err(|e| ApiError::BadRequest(format!("websocket upgrade required: {e}")))?;
+    Ok(ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE))
 }
 
 /// `GET /sandboxes/:id/ws`.
@@ -104,11 +108,11 @@ pub async fn tty(
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let sandbox = resolve(&state, &user, &id).await?;
     let q = parse_tty_query(query.as_deref())?;
-    Ok(capped(ws).on_upgrade(move |socket| run_tty(state, sandbox.id, q, socket)))
+    Ok(capped(ws)?.on_upgrade(move |socket| run_tty(state, sandbox.id, q, socket)))
 }
 
 /// `GET /sandboxes/:id/exec/ws`.
@@ -117,11 +121,11 @@ pub async fn piped(
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let sandbox = resolve(&state, &user, &id).await?;
     let session = session_param(query.as_deref());
-    Ok(capped(ws).on_upgrade(move |socket| run_piped(state, sandbox.id, session, socket)))
+    Ok(capped(ws)?.on_upgrade(move |socket| run_piped(state, sandbox.id, session, socket)))
 }
 
 /// What a client may read about an engine error: its message, unless it is an internal one

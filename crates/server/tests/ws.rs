@@ -121,6 +121,12 @@ async fn websocket_auth_happens_before_the_upgrade() {
     assert_eq!(status_of(dial(&d, &path, Some(&other)).await), 404);
     assert_eq!(status_of(dial(&d, &format!("{path}?token={other}"), None).await), 404);
     assert_eq!(status_of(dial(&d, "/sandboxes/nope/ws", Some(&d.key)).await), 404);
+    // A plain GET is no handshake: 400 for the owner, still 404 for a stranger.
+    let plain = d.req(Method::GET, &path).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    assert!(plain.json::<api::ErrorBody>().await.unwrap().error.contains("websocket"));
+    let r = d.client.get(format!("{}{path}", d.url)).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     // The owner's bearer and query token both open a terminal that answers.
     let mut by_header = dial(&d, &path, Some(&d.key)).await.unwrap();
     let first = session_of(&mut by_header).await;
