@@ -16,13 +16,15 @@ mod ports;
 pub mod proxy;
 pub mod request;
 mod sandboxes;
+mod sessions;
 pub mod state;
 pub mod thermal;
+pub mod ws;
 
 use std::future::Future;
 
 use axum::Router;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 
 pub use error::{ApiError, ApiResult};
 pub use state::{AppState, Settings};
@@ -51,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy))
         .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy))
         .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
+        .route("/sandboxes/{id}/ws", get(ws::tty))
+        .route("/sandboxes/{id}/exec/ws", get(ws::piped))
+        .route("/sandboxes/{id}/sessions", get(sessions::list))
+        .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
         .fallback(request::not_found)
         .method_not_allowed_fallback(request::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
