@@ -1,0 +1,181 @@
+//! The CLI: every command but `serve` is a client of the daemon's HTTP API (over TCP or the
+//! local Unix socket), except `user`, which opens the daemon's store directly (v1: no HTTP
+//! surface for users). Output is for people unless `--json`, which prints the API's JSON, one
+//! document per command. Exit codes: `error::exit`.
+
+mod client;
+mod completion;
+mod endpoint;
+mod error;
+mod exec;
+mod files;
+mod sandboxes;
+mod shell;
+mod ui;
+mod users;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+pub use error::{exit_code, hint};
+
+/// Flags every command takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Global {
+    /// The daemon's address: http://host:port or unix:/path/to/api.sock.
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// The API key.
+    #[arg(long, global = true, value_name = "KEY", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine output: the API's JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The daemon's data directory (its socket; `state.db` for `user`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The client commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a sandbox (idempotent by name).
+    Create(sandboxes::CreateArgs),
+    /// List sandboxes.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only sandboxes with this label (k=v; repeat to AND).
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Show one sandbox.
+    #[command(visible_alias = "info")]
+    Inspect {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+    },
+    /// Run a command in a sandbox; exits with its exit code.
+    Exec(exec::ExecArgs),
+    /// Open an interactive shell (Ctrl+\ detaches; the session keeps running).
+    #[command(visible_alias = "sh")]
+    Shell(shell::ShellArgs),
+    /// List a sandbox's sessions.
+    Ps {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+    },
+    /// List a sandbox's listening ports and their proxy URLs.
+    Ports {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+    },
+    /// Stop a sandbox (saves its memory to disk).
+    Stop {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+    },
+    /// Start a stopped sandbox.
+    Start {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+        /// Boot from the disk, discarding the saved memory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Destroy a sandbox and its disk.
+    #[command(visible_alias = "rm")]
+    Destroy {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+        /// Do not ask.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Read, write and list files in a sandbox.
+    #[command(subcommand)]
+    File(files::FileCommand),
+    /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Show the CLI's and the daemon's versions.
+    Version,
+    /// Print a shell completion script.
+    Completion {
+        /// bash, zsh or fish.
+        shell: completion::Shell,
+    },
+}
+
+/// Everything a client command needs.
+#[derive(Debug)]
+pub struct Ctx {
+    client: client::Client,
+    json: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Runs a client command; the exit code on success (`exec` passes the remote one through).
+pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::User(cmd) => {
+            let dir = endpoint::data_dir(global.data_dir.as_deref(), &env)?;
+            return users::run(&dir, cmd, global.json);
+        }
+        Command::Completion { shell } => return completion::print(shell),
+        _ => {}
+    }
+    let endpoint = endpoint::resolve(
+        global.url.as_deref(),
+        global.token.as_deref(),
+        global.data_dir.as_deref(),
+        &env,
+    )?;
+    let ctx = Ctx { client: client::Client::new(endpoint), json: global.json };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let code = runtime.block_on(dispatch(&ctx, command));
+    // Nothing left to wait for (a shell's stdin thread blocks in a read it cannot leave).
+    runtime.shutdown_background();
+    code
+}
+
+async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Create(args) => sandboxes::create(ctx, args).await,
+        Command::List { labels } => sandboxes::list(ctx, &labels).await,
+        Command::Inspect { sandbox } => sandboxes::inspect(ctx, &sandbox).await,
+        Command::Exec(args) => exec::run(ctx, args).await,
+        Command::Shell(args) => shell::run(ctx, args).await,
+        Command::Ps { sandbox } => sandboxes::ps(ctx, &sandbox).await,
+        Command::Ports { sandbox } => sandboxes::ports(ctx, &sandbox).await,
+        Command::Stop { sandbox } => sandboxes::stop(ctx, &sandbox).await,
+        Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
+        Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
+        Command::File(cmd) => files::run(ctx, cmd).await,
+        Command::Version => sandboxes::version(ctx).await,
+        Command::User(_) | Command::Completion { .. } => Ok(error::exit::OK),
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Splits `KEY=VAL` arguments.
+fn key_values(
+    items: &[String],
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, String>, error::CliError> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(error::CliError::Usage(format!("{what} {kv:?}: use KEY=VALUE"))),
+        })
+        .collect()
+}

@@ -1,0 +1,143 @@
+//! The daemon as a real process for the tests: `Setup` (a data directory, a namespace, a
+//! port), `start` waits until it answers, and `Drop` kills what a failed test left.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+pub fn artifacts_dir() -> PathBuf {
+    std::env::var_os("BHATTI_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/bhatti".into())
+}
+
+/// One daemon configuration (data directory, namespace, port) and the processes started on it.
+pub struct Setup {
+    pub data: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub netns: String,
+    pub subnet: String,
+    pub child: Option<Child>,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let config = data.path().join("config.yaml");
+        std::fs::write(&config, "log_format: text\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pid = std::process::id();
+        Setup {
+            netns: format!("bhatti-r{pid}"),
+            subnet: format!("10.{}.250.0/24", pid % 200 + 20),
+            data,
+            config,
+            port,
+            child: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Starts `bhatti serve` and waits until it answers.
+    pub async fn start(&mut self) {
+        let artifacts = artifacts_dir();
+        let child = Command::new(env!("CARGO_BIN_EXE_bhatti"))
+            .arg("serve")
+            .env("BHATTI_CONFIG", &self.config)
+            .env("BHATTI_DATA_DIR", self.data.path().join("state"))
+            .env("BHATTI_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("BHATTI_NETNS", &self.netns)
+            .env("BHATTI_SUBNET", &self.subnet)
+            .env("BHATTI_KERNEL", artifacts.join("kernel/current/vmlinux"))
+            .env("BHATTI_IMAGES_DIR", artifacts.join("images"))
+            .env("BHATTI_DEFAULT_IMAGE", "test")
+            .stdout(std::fs::File::create(self.data.path().join("daemon.log")).unwrap())
+            .stderr(std::fs::File::create(self.data.path().join("daemon.err")).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(self.url("/health")).await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the daemon exited ({status}): {}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "the daemon never answered: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.data.path().join(f)).unwrap_or_default();
+        format!("{}\n{}", read("daemon.err"), read("daemon.log"))
+    }
+
+    pub fn key(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("state/admin.key")).unwrap().trim().to_owned()
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().request(method, self.url(path)).bearer_auth(self.key())
+    }
+
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status within the shutdown's deadline.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Kills what a failed test left: the daemon, QEMUs whose command line names this test's data
+/// directory (ours alone), the namespace.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_qemus_under(self.data.path());
+        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
+    }
+}
+
+pub fn kill_qemus_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
