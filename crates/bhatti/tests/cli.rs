@@ -266,9 +266,6 @@ async fn users_made_by_the_cli_authenticate_and_the_local_socket_needs_no_url() 
 /// The daemon must see the CLI's changes to the store at once: a rotated key dies, the new one
 /// works, a deleted user's key dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "store bug: Store::open_with opens and closes state.db with std::fs, dropping the \
-            daemon's SQLite (fcntl) locks, so the CLI's close resets the WAL under the \
-            daemon, whose reader then serves stale rows; reported, fix is in crates/store"]
 async fn a_rotated_or_deleted_users_key_stops_working_at_once() {
     let mut s = Setup::new();
     s.start().await;
@@ -339,7 +336,6 @@ async fn exec_true_through_the_cli_costs_little_over_the_api() {
 /// `bhatti shell` in a real pseudo-terminal: attach, type, detach with Ctrl+\, reattach and see
 /// the scrollback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the /ws route, merged later"]
 async fn the_shell_attaches_detaches_and_replays_the_scrollback() {
     let mut s = Setup::new();
     s.start().await;

@@ -59,14 +59,16 @@ impl Store {
     /// [`Store::open`] with options.
     pub fn open_with(path: impl AsRef<Path>, options: &Options) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        // Created here so it is private from the first byte; SQLite gives the -wal and -shm
-        // files the database file's permissions.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
+        // Created here (only when missing) so it is private from the first byte; SQLite gives
+        // the -wal and -shm files the database file's permissions. An existing file is never
+        // opened by other means: closing any descriptor of it drops every POSIX lock this
+        // process holds on it, SQLite's included, and another connection could then reset the
+        // WAL under this process's feet (found by the CLI's key-rotation test).
+        match std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
