@@ -1,5 +1,5 @@
-//! `bhatti serve` as a real process with real VMs: killed with SIGKILL while sandboxes are hot
-//! and cold, started again, every sandbox comes back usable with its files and its name; a
+//! `bhatti serve` as a real process with real VMs: killed with SIGKILL while sandboxes are hot,
+//! warm and cold, started again, every sandbox comes back usable with its files and its name; a
 //! clean SIGTERM suspends everything and the next start wakes sandboxes with their memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,12 +19,6 @@ async fn exec(s: &Setup, name: &str, cmd: &[&str]) -> api::ExecResult {
     r.json().await.unwrap()
 }
 
-async fn create(s: &Setup, name: &str) {
-    let body = serde_json::json!({ "name": name, "memory_mb": 128 });
-    let r = s.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
-}
-
 async fn write_file(s: &Setup, name: &str, path: &str, data: &str) {
     let r = s
         .req(Method::PUT, &format!("/sandboxes/{name}/files?path={path}"))
@@ -42,26 +36,42 @@ async fn read_file(s: &Setup, name: &str, path: &str) -> String {
     r.text().await.unwrap()
 }
 
+async fn thermal_of(s: &Setup, name: &str) -> Option<String> {
+    let r = s.req(Method::GET, &format!("/sandboxes/{name}")).send().await.unwrap();
+    r.json::<api::Sandbox>().await.unwrap().thermal
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_loses_no_sandbox_and_a_stopped_one_keeps_memory() {
     let mut s = Setup::new();
+    // Idle sandboxes go warm after a second; `hot` is kept hot, `cold` is stopped by hand.
+    std::fs::write(&s.config, "log_format: text\nthermal: {warm_after_secs: 1, tick_secs: 1}\n")
+        .unwrap();
     s.start().await;
-    for name in ["hot", "cold"] {
-        create(&s, name).await;
+    for name in ["hot", "warm", "cold"] {
+        let body = serde_json::json!({ "name": name, "memory_mb": 128, "keep_hot": name == "hot" });
+        let r = s.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
         write_file(&s, name, "/home/lohar/note.txt", &format!("kept by {name}")).await;
     }
     let r = s.req(Method::POST, "/sandboxes/cold/stop").send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while thermal_of(&s, "warm").await.as_deref() != Some("warm") {
+        assert!(std::time::Instant::now() < deadline, "never went warm: {}", s.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(thermal_of(&s, "hot").await.as_deref(), Some("hot"));
 
-    // SIGKILL: no shutdown code runs; hot's QEMU is orphaned.
+    // SIGKILL: no shutdown code runs; the hot and warm QEMUs are orphaned.
     s.kill();
     s.start().await;
     let list: Vec<api::Sandbox> =
         s.req(Method::GET, "/sandboxes").send().await.unwrap().json().await.unwrap();
     let mut names: Vec<&str> = list.iter().map(|x| x.name.as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["cold", "hot"], "{}", s.logs());
-    for name in ["hot", "cold"] {
+    assert_eq!(names, ["cold", "hot", "warm"], "{}", s.logs());
+    for name in ["hot", "warm", "cold"] {
         assert_eq!(read_file(&s, name, "/home/lohar/note.txt").await, format!("kept by {name}"));
         assert_eq!(exec(&s, name, &["echo", "alive"]).await.stdout, "alive\n");
     }
