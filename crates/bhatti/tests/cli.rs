@@ -365,3 +365,49 @@ async fn the_shell_attaches_detaches_and_replays_the_scrollback() {
     p.send_line("exit").unwrap();
     p.expect(expectrl::Eof).unwrap();
 }
+
+/// `edit` renames and labels through PATCH (nothing to change is a usage error); `setup`
+/// writes the CLI's config only for a key the daemon accepts, and the next command uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
+    let mut s = Setup::new();
+    s.start().await;
+    let r = bhatti(&s, &["create", "--name", "before", "--memory", "128"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = bhatti(&s, &["edit", "before"]);
+    assert_eq!(r.code, 2, "nothing to change: {}", r.stderr);
+    let r = bhatti(&s, &["edit", "before", "--name", "after", "--label", "team=infra"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = bhatti(&s, &["--json", "inspect", "after"]);
+    let got: api::Sandbox = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!((got.name.as_str(), got.labels["team"].as_str()), ("after", "infra"));
+    let r = bhatti(&s, &["edit", "after", "--label-delete", "team"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = bhatti(&s, &["inspect", "before"]);
+    assert_eq!(r.code, 3, "the old name is gone: {}", r.stdout);
+
+    // setup: a wrong key writes nothing; the right one writes the file, 0600.
+    let config = home(&s).join(".bhatti/config.yaml");
+    let no_env = [("BHATTI_URL", ""), ("BHATTI_TOKEN", "")];
+    let url = s.url("");
+    let r = bhatti_with(&s, &no_env, None, &["setup", "--api-url", &url, "--api-key", "bht_wrong"]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(!config.exists());
+    let key = s.key();
+    let r = bhatti_with(
+        &s,
+        &no_env,
+        Some(format!("{key}\n").as_bytes()),
+        &["setup", "--api-url", &url],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!r.stdout.contains(&key), "the key was printed");
+    // The next command finds the daemon and the key through the written file alone.
+    let only_home = [("BHATTI_URL", ""), ("BHATTI_TOKEN", ""), ("BHATTI_CONFIG", "")];
+    let r = bhatti_with(&s, &only_home, None, &["ls"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("after"), "{}", r.stdout);
+}

@@ -10,6 +10,7 @@ mod error;
 mod exec;
 mod files;
 mod sandboxes;
+mod setup;
 mod shell;
 mod ui;
 mod users;
@@ -49,6 +50,10 @@ pub enum Command {
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
+    /// Change a sandbox: rename, labels, keep-hot.
+    Edit(sandboxes::EditArgs),
+    /// Write the CLI's config (~/.bhatti/config.yaml) after checking the key.
+    Setup(setup::SetupArgs),
     /// Show one sandbox.
     #[command(visible_alias = "info")]
     Inspect {
@@ -126,6 +131,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
             return users::run(&dir, cmd, global.json);
         }
         Command::Completion { shell } => return completion::print(shell),
+        Command::Setup(args) => return setup::run(global.url, global.token, args),
         _ => {}
     }
     let endpoint = endpoint::resolve(
@@ -147,6 +153,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Create(args) => sandboxes::create(ctx, args).await,
         Command::List { labels } => sandboxes::list(ctx, &labels).await,
         Command::Inspect { sandbox } => sandboxes::inspect(ctx, &sandbox).await,
+        Command::Edit(args) => sandboxes::edit(ctx, args).await,
         Command::Exec(args) => exec::run(ctx, args).await,
         Command::Shell(args) => shell::run(ctx, args).await,
         Command::Ps { sandbox } => sandboxes::ps(ctx, &sandbox).await,
@@ -156,7 +163,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
-        Command::User(_) | Command::Completion { .. } => Ok(error::exit::OK),
+        Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }
 }
 

@@ -193,6 +193,65 @@ pub async fn inspect(ctx: &Ctx, sandbox: &str) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// `bhatti edit` flags.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// Name, ID or ID prefix.
+    pub sandbox: String,
+    /// New name (the guest's hostname stays).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Never pause or stop it (wakes it now).
+    #[arg(long, conflicts_with = "allow_cold")]
+    pub keep_hot: bool,
+    /// Let the thermal manager pause and stop it again.
+    #[arg(long)]
+    pub allow_cold: bool,
+    /// Set a label (k=v; repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Remove a label (repeatable).
+    #[arg(long = "label-delete", value_name = "KEY")]
+    pub label_delete: Vec<String>,
+}
+
+/// `bhatti edit`: PATCH; nothing to change is a usage error (v1).
+pub async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<u8> {
+    let keep_hot = match (args.keep_hot, args.allow_cold) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let body = api::UpdateSandbox {
+        name: args.name.clone(),
+        keep_hot,
+        labels_add: key_values(&args.labels, "label")?,
+        labels_remove: args.label_delete.clone(),
+    };
+    if body == api::UpdateSandbox::default() {
+        return Err(CliError::Usage(
+            "nothing to change: give --name, --keep-hot, --allow-cold, --label or --label-delete"
+                .into(),
+        )
+        .into());
+    }
+    let path = sb_path(&args.sandbox, "");
+    let s: api::Sandbox = ctx.client.json(Method::PATCH, &path, Some(&body), LIFECYCLE).await?;
+    if args.name.is_some() {
+        cache_edit(&args.sandbox, false);
+        cache_edit(&s.name, true);
+    }
+    if ctx.json {
+        print_json(&s)?;
+    } else {
+        println!("sandbox/{} updated", s.name);
+        if args.name.is_some() {
+            println!("(the guest's hostname is unchanged)");
+        }
+    }
+    Ok(exit::OK)
+}
+
 /// `bhatti stop`.
 pub async fn stop(ctx: &Ctx, sandbox: &str) -> anyhow::Result<u8> {
     let spinner = Spinner::start(format!("stopping {sandbox}"));
