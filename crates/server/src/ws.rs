@@ -402,10 +402,13 @@ async fn input(mode: Mode, source: &mut Source, writer: &mut SessionWriter) {
         };
         let written = match message {
             Message::Binary(data) => timeout(INPUT_DEADLINE, writer.write(&data)).await,
-            Message::Text(text) => match (mode, resize_of(&text)) {
-                (Mode::Tty, Some((rows, cols))) => {
+            Message::Text(text) => match (mode, control_of(&text)) {
+                (Mode::Tty, Control::Resize(rows, cols)) => {
                     timeout(INPUT_DEADLINE, writer.resize(rows, cols)).await
                 }
+                // A resize to nothing (a client without a terminal size) is dropped: typing
+                // the JSON into the user's shell would be worse.
+                (Mode::Tty, Control::EmptyResize) => continue,
                 _ => timeout(INPUT_DEADLINE, writer.write(text.as_bytes())).await,
             },
             Message::Close(_) => return,
@@ -417,10 +420,24 @@ async fn input(mode: Mode, source: &mut Source, writer: &mut SessionWriter) {
     }
 }
 
-fn resize_of(text: &str) -> Option<(u16, u16)> {
+/// What a terminal client's text message is.
+#[derive(Debug, PartialEq, Eq)]
+enum Control {
+    /// A resize to rows x cols.
+    Resize(u16, u16),
+    /// A resize message with a zero dimension.
+    EmptyResize,
+    /// Keystrokes.
+    Input,
+}
+
+fn control_of(text: &str) -> Control {
     match serde_json::from_str(text) {
-        Ok(api::WsMessage::Resize { rows, cols }) if rows > 0 && cols > 0 => Some((rows, cols)),
-        _ => None,
+        Ok(api::WsMessage::Resize { rows, cols }) if rows > 0 && cols > 0 => {
+            Control::Resize(rows, cols)
+        }
+        Ok(api::WsMessage::Resize { .. }) => Control::EmptyResize,
+        _ => Control::Input,
     }
 }
 
@@ -520,10 +537,11 @@ mod tests {
 
     #[test]
     fn resize_is_json_and_anything_else_is_input() {
-        assert_eq!(resize_of(r#"{"type":"resize","rows":40,"cols":100}"#), Some((40, 100)));
-        assert_eq!(resize_of(r#"{"type":"resize","rows":0,"cols":100}"#), None);
-        assert_eq!(resize_of("ls\n"), None);
-        assert_eq!(resize_of(r#"{"type":"session","session_id":"s1"}"#), None);
+        let c = control_of;
+        assert_eq!(c(r#"{"type":"resize","rows":40,"cols":100}"#), Control::Resize(40, 100));
+        assert_eq!(c(r#"{"type":"resize","rows":0,"cols":0}"#), Control::EmptyResize);
+        assert_eq!(c("ls\n"), Control::Input);
+        assert_eq!(c(r#"{"type":"session","session_id":"s1"}"#), Control::Input);
     }
 
     #[test]

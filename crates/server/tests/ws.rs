@@ -158,8 +158,13 @@ async fn terminal_output_resize_reattach_kill_and_exit() {
     // Resize is a JSON text frame; other text is keystrokes.
     let resize = serde_json::to_string(&api::WsMessage::Resize { rows: 33, cols: 111 }).unwrap();
     ws.send(Message::text(resize)).await.unwrap();
-    ws.send(Message::text("stty size\n")).await.unwrap();
-    read_until(&mut ws, "33 111").await;
+    // A resize to 0x0 (a client with no terminal size) is dropped, never typed into the shell.
+    let empty = serde_json::to_string(&api::WsMessage::Resize { rows: 0, cols: 0 }).unwrap();
+    ws.send(Message::text(empty)).await.unwrap();
+    ws.send(Message::text("stty size; echo typed-$((1+1))\n")).await.unwrap();
+    let seen = read_until(&mut ws, "typed-2").await;
+    assert!(seen.contains("33 111"), "{seen}");
+    assert!(!seen.contains("resize"), "the JSON reached the shell: {seen}");
     ws.close(None).await.unwrap();
     drop(ws);
     // Detached: the lease is back, the session keeps running.

@@ -70,6 +70,10 @@ fn resize_message() -> Option<Message> {
     let ws = rustix::termios::tcgetwinsize(std::io::stdout())
         .or_else(|_| rustix::termios::tcgetwinsize(std::io::stdin()))
         .ok()?;
+    // No size (not a real terminal): say nothing rather than 0x0.
+    if ws.ws_row == 0 || ws.ws_col == 0 {
+        return None;
+    }
     let msg = api::WsMessage::Resize { rows: ws.ws_row, cols: ws.ws_col };
     Some(Message::text(serde_json::to_string(&msg).ok()?))
 }
