@@ -85,8 +85,12 @@ impl Baseline {
         let image = self.image("test");
         let gateway = self.config.subnet.gateway();
         let ip = Ipv4Addr::from(u32::from(gateway) + 240);
-        let tap_name = format!("tapbare{}", run % 1000);
-        let mac_last = (run % 250) as u8;
+        // One TAP name, MAC and address for every bare boot, each admitted and removed again: a
+        // new MAC on a reused address leaves the namespace's neighbour entry pointing at the
+        // old one, and boots then wait seconds for it to expire.
+        let _ = run;
+        let tap_name = "tapbare".to_owned();
+        let mac_last = 0u8;
         let mac = [0x52, 0x54, 0x00, 0xee, 0x00, mac_last];
         let port = engine::isolation::Port { tap: tap_name.clone(), mac, ip, group: 1 };
         Self::call(engine::isolation::admit(self.engine.netns(), &port)).await?;
@@ -143,6 +147,8 @@ impl Baseline {
         let ready = client.wait_ready(Duration::from_secs(120)).await;
         let took = crate::report::ms(t.elapsed());
         let _ = child.kill().await;
+        let _ = child.wait().await;
+        let _ = Self::call(engine::isolation::remove(self.engine.netns(), &tap_name)).await;
         ready.map_err(|e| anyhow::anyhow!("bare QEMU never became ready: {e}"))?;
         Ok(took)
     }

@@ -15,6 +15,13 @@ use crate::report::{Report, Row, Samples, Target, ms};
 const WARMUP: usize = 3;
 const MEMORY_MIB: u32 = 512;
 const HTTPD_PORT: u16 = 8080;
+const OS_RELEASE_PATH: &str = "/home/lohar/os-release";
+const OS_RELEASE: &str = "PRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\n\
+VERSION=\"24.04.1 LTS (Noble Numbat)\"\nVERSION_CODENAME=noble\nID=ubuntu\nID_LIKE=debian\n\
+HOME_URL=\"https://www.ubuntu.com/\"\nSUPPORT_URL=\"https://help.ubuntu.com/\"\n\
+BUG_REPORT_URL=\"https://bugs.launchpad.net/ubuntu/\"\n\
+PRIVACY_POLICY_URL=\"https://www.ubuntu.com/legal/terms-and-policies/privacy-policy\"\n\
+UBUNTU_CODENAME=noble\nLOGO=ubuntu-logo\n";
 const PAUSE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Bench {
@@ -154,10 +161,14 @@ impl Bench {
             api.exec(&x, &["true"]).await?;
             base.exec(&ex, &["true"]).await?;
         }
+        // v1 cats /etc/os-release; the test image (busybox) has none: the same bytes, placed.
+        api.write_file(&x, OS_RELEASE_PATH, OS_RELEASE.as_bytes().to_vec()).await?;
+        Baseline::call(base.engine.file_write(&ex, OS_RELEASE_PATH, "0644", OS_RELEASE.as_bytes()))
+            .await?;
         for (label, argv) in [
             ("exec true", &["true"][..]),
             ("exec echo hello", &["echo", "hello"][..]),
-            ("exec cat /etc/os-release", &["cat", "/etc/os-release"][..]),
+            ("exec cat os-release (a 400 B file)", &["cat", OS_RELEASE_PATH][..]),
         ] {
             let (mut a, mut e) = (Samples::default(), Samples::default());
             for _ in 0..self.n {
@@ -269,25 +280,39 @@ impl Bench {
             (Samples::default(), Samples::default(), Samples::default(), Samples::default());
         let (mut rss_hot, mut rss_warm, mut rss_engine) =
             (Samples::default(), Samples::default(), Samples::default());
+        let mut manager = true;
         for _ in 0..self.ln {
             // The daemon's thermal manager pauses `w` after 2 s idle: checked, not assumed.
-            match api.wait_thermal(&w, "warm", Duration::from_secs(30)).await {
+            let warm = if manager {
+                api.wait_thermal(&w, "warm", Duration::from_secs(15)).await
+            } else {
+                Err(anyhow::anyhow!("skipped: the sandbox never went warm"))
+            };
+            if manager && warm.is_err() && a.ok.is_empty() {
+                manager = false;
+                let note = "warm rows through the API not measured: a sandbox idle for 15 s with \
+                            warm_after = 2 s stayed hot (no thermal manager in this daemon yet?)";
+                println!("  {note}");
+                self.notes.push(note.into());
+            }
+            match api.qemu_rss_mib(&hot_id) {
+                Ok(v) => rss_hot.push(v),
+                Err(e) => rss_hot.fail(e),
+            }
+            match warm {
                 Ok(()) => {
-                    match (api.qemu_rss_mib(&hot_id), api.qemu_rss_mib(&w_id)) {
-                        (Ok(h), Ok(wr)) => {
-                            rss_hot.push(h);
-                            rss_warm.push(wr);
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            rss_hot.fail(anyhow::anyhow!("{e:#}"));
-                            rss_warm.fail(e);
-                        }
+                    match api.qemu_rss_mib(&w_id) {
+                        Ok(v) => rss_warm.push(v),
+                        Err(e) => rss_warm.fail(e),
                     }
                     let t = Instant::now();
                     let r = api.exec(&w, &["true"]).await;
                     a.record(t, r);
                 }
-                Err(err) => a.fail(err),
+                Err(err) => {
+                    rss_warm.fail(anyhow::anyhow!("not warm"));
+                    a.fail(err);
+                }
             }
             if let Ok(v) = base.qemu_rss_mib(&ew) {
                 rss_engine.push(v);
