@@ -211,6 +211,7 @@ impl Report {
             };
             let ratio = match (&r.baseline, r.ratio) {
                 (Some(b), Some(x)) => format!("{x:.2}x {b}"),
+                (Some(_), None) if r.p50.is_none() => "–".into(),
                 (Some(b), None) => format!("– ({b} missing)"),
                 (None, _) if r.is_baseline => "baseline".into(),
                 (None, _) => String::new(),
