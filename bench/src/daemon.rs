@@ -1,0 +1,279 @@
+//! The daemon under test: one this runner starts (`bhatti serve` on a temp data directory, its
+//! own namespace and port) or a live one (`--url`), and the HTTP calls the scenarios make.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A daemon this runner started; killed (with its QEMUs and namespace) when dropped.
+pub struct OwnDaemon {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    netns: String,
+}
+
+impl OwnDaemon {
+    /// Starts `bin serve` and waits up to 60 s for `/health`.
+    pub async fn start(bin: &Path, artifacts: &Path) -> anyhow::Result<(OwnDaemon, Api)> {
+        let dir = tempfile::Builder::new().prefix("bhatti-bench-").tempdir()?;
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, "log_format: text\n")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let pid = std::process::id();
+        let netns = format!("bhatti-bd{pid}");
+        let child = Command::new(bin)
+            .arg("serve")
+            .env("BHATTI_CONFIG", &config)
+            .env("BHATTI_DATA_DIR", dir.path().join("state"))
+            .env("BHATTI_LISTEN", format!("127.0.0.1:{port}"))
+            .env("BHATTI_NETNS", &netns)
+            .env("BHATTI_SUBNET", format!("10.{}.0.0/20", pid % 100 + 120))
+            .env("BHATTI_KERNEL", artifacts.join("kernel/current/vmlinux"))
+            .env("BHATTI_IMAGES_DIR", artifacts.join("images"))
+            .env("BHATTI_DEFAULT_IMAGE", "test")
+            // Warm rows must measure warm sandboxes: idle sandboxes go warm after 2 s (checked
+            // through the API before timing); nothing goes cold by itself during the run.
+            .env("BHATTI_WARM_AFTER_SECS", "2")
+            .env("BHATTI_THERMAL_TICK_SECS", "1")
+            .env("BHATTI_COLD_AFTER_SECS", "86400")
+            .stdout(std::fs::File::create(dir.path().join("daemon.log"))?)
+            .stderr(std::fs::File::create(dir.path().join("daemon.err"))?)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut d = OwnDaemon { dir, child: Some(child), netns };
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let http = client()?;
+        loop {
+            if let Ok(r) = http.get(format!("{base}/health")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            if let Some(c) = d.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("the daemon exited ({status}): {}", d.logs());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon never answered /health: {}", d.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let key = std::fs::read_to_string(d.dir.path().join("state/admin.key"))
+            .context("reading the admin key")?;
+        let api = Api { base, token: key.trim().to_owned(), http, data_dir: Some(d.state()) };
+        Ok((d, api))
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        let all = format!("{}\n{}", read("daemon.err"), read("daemon.log"));
+        let tail: Vec<&str> = all.lines().rev().take(30).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        kill_processes_naming(self.dir.path());
+        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
+    }
+}
+
+/// SIGKILLs every process whose command line names `dir` (the QEMUs of a data directory that
+/// is ours alone).
+pub fn kill_processes_naming(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(180))
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+/// The HTTP API, authenticated.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    /// The daemon's data directory when known (QEMU pid files for the RSS rows).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    /// Sends, and fails on a non-2xx status with the body's text.
+    async fn call(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let r = rb.send().await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            bail!("{status}: {}", body.chars().take(300).collect::<String>());
+        }
+        Ok(r)
+    }
+
+    /// Creates a sandbox; returns its ID.
+    pub async fn create(
+        &self,
+        name: &str,
+        image: &str,
+        memory_mb: u32,
+        keep_hot: bool,
+    ) -> anyhow::Result<String> {
+        let body =
+            json!({"name": name, "image": image, "memory_mb": memory_mb, "keep_hot": keep_hot});
+        let r = self.call(self.req(Method::POST, "/sandboxes").json(&body)).await?;
+        let v: Value = r.json().await?;
+        v["id"].as_str().map(str::to_owned).context("no id in the create answer")
+    }
+
+    pub async fn post(&self, path: &str) -> anyhow::Result<()> {
+        self.call(self.req(Method::POST, path)).await?.bytes().await?;
+        Ok(())
+    }
+
+    pub async fn destroy(&self, name: &str) -> anyhow::Result<()> {
+        self.call(self.req(Method::DELETE, &format!("/sandboxes/{name}"))).await?.bytes().await?;
+        Ok(())
+    }
+
+    /// GET, the body read in full; returns its length.
+    pub async fn get(&self, path: &str) -> anyhow::Result<usize> {
+        Ok(self.call(self.req(Method::GET, path)).await?.bytes().await?.len())
+    }
+
+    /// The ID of a sandbox by name.
+    pub async fn get_id(&self, name: &str) -> anyhow::Result<String> {
+        let r = self.call(self.req(Method::GET, &format!("/sandboxes/{name}"))).await?;
+        let v: Value = r.json().await?;
+        v["id"].as_str().map(str::to_owned).context("no id")
+    }
+
+    /// Buffered exec; a non-zero exit is a failure.
+    pub async fn exec(&self, name: &str, cmd: &[&str]) -> anyhow::Result<String> {
+        let r = self
+            .call(
+                self.req(Method::POST, &format!("/sandboxes/{name}/exec"))
+                    .json(&json!({ "cmd": cmd })),
+            )
+            .await?;
+        let v: Value = r.json().await?;
+        if v["exit_code"].as_i64() != Some(0) {
+            bail!("exit {}: {}", v["exit_code"], v["stderr"]);
+        }
+        Ok(v["stdout"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Starts `cmd` detached.
+    pub async fn exec_detached(&self, name: &str, cmd: &[&str]) -> anyhow::Result<()> {
+        let body = json!({ "cmd": cmd, "detach": true, "output_file": "/tmp/detached.log" });
+        self.call(self.req(Method::POST, &format!("/sandboxes/{name}/exec")).json(&body))
+            .await?
+            .bytes()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn write_file(&self, name: &str, path: &str, data: Vec<u8>) -> anyhow::Result<()> {
+        self.call(
+            self.req(Method::PUT, &format!("/sandboxes/{name}/files?path={path}")).body(data),
+        )
+        .await?
+        .bytes()
+        .await?;
+        Ok(())
+    }
+
+    pub async fn read_file(&self, name: &str, path: &str) -> anyhow::Result<usize> {
+        let r = self.call(self.req(Method::GET, &format!("/sandboxes/{name}/files?path={path}")));
+        Ok(r.await?.bytes().await?.len())
+    }
+
+    /// The `thermal` field of `GET /sandboxes/<name>`.
+    pub async fn thermal(&self, name: &str) -> anyhow::Result<String> {
+        let r = self.call(self.req(Method::GET, &format!("/sandboxes/{name}"))).await?;
+        let v: Value = r.json().await?;
+        Ok(v["thermal"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Polls until the sandbox reports `want` (bounded).
+    pub async fn wait_thermal(
+        &self,
+        name: &str,
+        want: &str,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.thermal(name).await?;
+            if now == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{name} is {now:?}, not {want:?}, after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// VmRSS (MiB) of the sandbox's QEMU, from its pid file in the daemon's data directory.
+    pub fn qemu_rss_mib(&self, id: &str) -> anyhow::Result<f64> {
+        let dir = self.data_dir.as_ref().context("the daemon's data directory is unknown")?;
+        qemu_rss_mib(&dir.join("engine/sandboxes").join(id).join("qemu.pid"))
+    }
+}
+
+pub fn qemu_rss_mib(pid_file: &Path) -> anyhow::Result<f64> {
+    let pid = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb / 1024.0)
+}

@@ -1,0 +1,751 @@
+//! The scenarios. Every bhatti row is measured interleaved with its baseline where one exists,
+//! so drift on a shared machine hits both alike. Failed iterations are counted, not hidden.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Args;
+use crate::baseline::Baseline;
+use crate::daemon::Api;
+use crate::report::{Report, Row, Samples, Target, ms};
+
+const WARMUP: usize = 3;
+const MEMORY_MIB: u32 = 512;
+const HTTPD_PORT: u16 = 8080;
+const OS_RELEASE_PATH: &str = "/home/lohar/os-release";
+const OS_RELEASE: &str = "PRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\n\
+VERSION=\"24.04.1 LTS (Noble Numbat)\"\nVERSION_CODENAME=noble\nID=ubuntu\nID_LIKE=debian\n\
+HOME_URL=\"https://www.ubuntu.com/\"\nSUPPORT_URL=\"https://help.ubuntu.com/\"\n\
+BUG_REPORT_URL=\"https://bugs.launchpad.net/ubuntu/\"\n\
+PRIVACY_POLICY_URL=\"https://www.ubuntu.com/legal/terms-and-policies/privacy-policy\"\n\
+UBUNTU_CODENAME=noble\nLOGO=ubuntu-logo\n";
+const PAUSE_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Bench {
+    pub api: Api,
+    pub base: Arc<Baseline>,
+    run: String,
+    n: usize,
+    ln: usize,
+    images: Vec<String>,
+    /// Sandbox names this run created through the API (destroyed at the end).
+    pub created: Vec<String>,
+    /// Sandbox IDs created on the in-process engine.
+    engine_created: Vec<String>,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+impl Bench {
+    pub fn new(api: Api, base: Baseline, run: String, args: &Args) -> Bench {
+        let images = args
+            .images
+            .iter()
+            .filter(|i| {
+                let exists =
+                    args.artifacts.join("images").join(i).join("current/rootfs.ext4").exists();
+                if !exists {
+                    println!("image {i} is not built: its create row is skipped");
+                }
+                exists
+            })
+            .cloned()
+            .collect();
+        Bench {
+            api,
+            base: Arc::new(base),
+            run,
+            n: args.n,
+            ln: args.lifecycle_n,
+            images,
+            created: Vec::new(),
+            engine_created: Vec::new(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("bench-{}-{what}", self.run)
+    }
+
+    fn eid(&self, what: &str) -> String {
+        format!("b{}-{what}", self.run)
+    }
+
+    fn row(&mut self, section: &str, name: &str, s: &Samples) {
+        let row = Row::new(section, name, "ms", s);
+        let p = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+        println!(
+            "  {name:<44} n={:<3} failed={} p50={} p95={} p99={} max={}",
+            row.n,
+            row.failed,
+            p(row.p50),
+            p(row.p95),
+            p(row.p99),
+            p(row.max)
+        );
+        for e in &row.errors {
+            println!("    failure: {e}");
+        }
+        self.rows.push(row);
+    }
+
+    fn mib_row(&mut self, section: &str, name: &str, s: &Samples) {
+        self.row(section, name, s);
+        if let Some(r) = self.rows.last_mut() {
+            r.unit = "MiB".into();
+        }
+    }
+
+    async fn api_create(
+        &mut self,
+        what: &str,
+        image: &str,
+        mib: u32,
+        keep_hot: bool,
+    ) -> anyhow::Result<String> {
+        let name = self.name(what);
+        self.created.push(name.clone());
+        self.api.create(&name, image, mib, keep_hot).await?;
+        Ok(name)
+    }
+
+    async fn engine_create(&mut self, what: &str, mib: u32) -> anyhow::Result<String> {
+        let id = self.eid(what);
+        self.engine_created.push(id.clone());
+        Baseline::call(self.base.engine.create(&self.base.spec(&id, mib))).await?;
+        Ok(id)
+    }
+
+    /// Destroys what the run created (sequentially, a few retries each).
+    pub async fn cleanup(&mut self) {
+        for name in std::mem::take(&mut self.created) {
+            for attempt in 0..3 {
+                match self.api.destroy(&name).await {
+                    Ok(()) => break,
+                    Err(e) if e.to_string().starts_with("404") => break,
+                    Err(e) if attempt == 2 => eprintln!("could not destroy {name}: {e:#}"),
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        }
+        for id in std::mem::take(&mut self.engine_created) {
+            let _ = Baseline::call(self.base.engine.destroy(&id)).await;
+        }
+    }
+
+    pub async fn all(&mut self) -> anyhow::Result<()> {
+        println!("\n== exec, concurrency, files, API (hot sandboxes)");
+        self.hot().await?;
+        println!("\n== thermal: warm wake, pause/resume, idle RSS");
+        self.warm().await?;
+        println!("\n== proxy");
+        self.proxy().await?;
+        println!("\n== lifecycle");
+        self.lifecycle().await?;
+        Ok(())
+    }
+
+    async fn hot(&mut self) -> anyhow::Result<()> {
+        let x = self
+            .api_create("x", "test", MEMORY_MIB, true)
+            .await
+            .context("creating the exec sandbox")?;
+        let ex = self.engine_create("x", MEMORY_MIB).await.context("engine create")?;
+        let (api, base) = (self.api.clone(), self.base.clone());
+        for _ in 0..WARMUP {
+            api.exec(&x, &["true"]).await?;
+            base.exec(&ex, &["true"]).await?;
+        }
+        // v1 cats /etc/os-release; the test image (busybox) has none: the same bytes, placed.
+        api.write_file(&x, OS_RELEASE_PATH, OS_RELEASE.as_bytes().to_vec()).await?;
+        Baseline::call(base.engine.file_write(&ex, OS_RELEASE_PATH, "0644", OS_RELEASE.as_bytes()))
+            .await?;
+        for (label, argv) in [
+            ("exec true", &["true"][..]),
+            ("exec echo hello", &["echo", "hello"][..]),
+            ("exec cat os-release (a 400 B file)", &["cat", OS_RELEASE_PATH][..]),
+        ] {
+            let (mut a, mut e) = (Samples::default(), Samples::default());
+            for _ in 0..self.n {
+                let t = Instant::now();
+                let r = api.exec(&x, argv).await;
+                a.record(t, r);
+                let t = Instant::now();
+                let r = base.exec(&ex, argv).await;
+                e.record(t, r);
+            }
+            self.row("Exec (hot sandbox)", label, &a);
+            self.row("Exec (hot sandbox)", &format!("engine {label}"), &e);
+        }
+
+        let reps = (self.n / 3).max(3);
+        for par in [5usize, 10, 20] {
+            let (mut a, mut e) = (Samples::default(), Samples::default());
+            for _ in 0..reps {
+                let t = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..par {
+                    let (api, x) = (api.clone(), x.clone());
+                    set.spawn(async move { api.exec(&x, &["true"]).await });
+                }
+                let r = join_all(set).await;
+                a.record(t, r);
+                let t = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..par {
+                    let (base, ex) = (base.clone(), ex.clone());
+                    set.spawn(async move { base.exec(&ex, &["true"]).await });
+                }
+                let r = join_all(set).await;
+                e.record(t, r);
+            }
+            self.row("Concurrency (wall clock)", &format!("{par} parallel exec true"), &a);
+            self.row("Concurrency (wall clock)", &format!("engine {par} parallel exec true"), &e);
+        }
+
+        for (label, size) in
+            [("1 KiB", 1024usize), ("10 KiB", 10 << 10), ("100 KiB", 100 << 10), ("1 MiB", 1 << 20)]
+        {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let path = format!("/home/lohar/bench-{size}.bin");
+            let (mut aw, mut ew, mut ar, mut er) =
+                (Samples::default(), Samples::default(), Samples::default(), Samples::default());
+            for _ in 0..self.n {
+                let t = Instant::now();
+                let r = api.write_file(&x, &path, data.clone()).await;
+                aw.record(t, r);
+                let t = Instant::now();
+                let r = Baseline::call(base.engine.file_write(&ex, &path, "0644", &data)).await;
+                ew.record(t, r);
+                let t = Instant::now();
+                let r = api.read_file(&x, &path).await.and_then(|len| {
+                    if len == size { Ok(()) } else { bail!("read {len} bytes, wrote {size}") }
+                });
+                ar.record(t, r);
+                let t = Instant::now();
+                let r = Baseline::call(base.engine.file_read(
+                    &ex,
+                    &path,
+                    engine::ReadOptions::default(),
+                ))
+                .await
+                .and_then(|c| {
+                    if c.data.len() == size { Ok(()) } else { bail!("read {} bytes", c.data.len()) }
+                });
+                er.record(t, r);
+            }
+            self.row("Files", &format!("file write {label}"), &aw);
+            self.row("Files", &format!("engine file write {label}"), &ew);
+            self.row("Files", &format!("file read {label}"), &ar);
+            self.row("Files", &format!("engine file read {label}"), &er);
+        }
+
+        let (mut h, mut l, mut i) = (Samples::default(), Samples::default(), Samples::default());
+        for _ in 0..self.n {
+            let t = Instant::now();
+            let r = api.get("/health").await;
+            h.record(t, r);
+            let t = Instant::now();
+            let r = api.get("/sandboxes").await;
+            l.record(t, r);
+            let t = Instant::now();
+            let r = api.get(&format!("/sandboxes/{x}")).await;
+            i.record(t, r);
+        }
+        self.row("API", "GET /health (HTTP floor)", &h);
+        self.row("API", "list (GET /sandboxes)", &l);
+        self.row("API", "inspect (GET /sandboxes/<name>)", &i);
+        Ok(())
+    }
+
+    async fn warm(&mut self) -> anyhow::Result<()> {
+        let (api, base) = (self.api.clone(), self.base.clone());
+        // Two identical fresh sandboxes for the RSS rows: one kept hot, one left to go warm.
+        let hot = self.api_create("mh", "test", MEMORY_MIB, true).await?;
+        let w = self.api_create("w", "test", MEMORY_MIB, false).await?;
+        let ew = self.engine_create("w", MEMORY_MIB).await?;
+        for _ in 0..WARMUP {
+            api.exec(&hot, &["true"]).await?;
+            api.exec(&w, &["true"]).await?;
+            base.exec(&ew, &["true"]).await?;
+        }
+        let hot_id = api.get_id(&hot).await?;
+        let w_id = api.get_id(&w).await?;
+        let (mut a, mut e, mut pause, mut resume) =
+            (Samples::default(), Samples::default(), Samples::default(), Samples::default());
+        let (mut rss_hot, mut rss_warm, mut rss_engine) =
+            (Samples::default(), Samples::default(), Samples::default());
+        let mut manager = true;
+        for _ in 0..self.ln {
+            // The daemon's thermal manager pauses `w` after 2 s idle: checked, not assumed.
+            let warm = if manager {
+                api.wait_thermal(&w, "warm", Duration::from_secs(15)).await
+            } else {
+                Err(anyhow::anyhow!("skipped: the sandbox never went warm"))
+            };
+            if manager && warm.is_err() && a.ok.is_empty() {
+                manager = false;
+                let note = "warm rows through the API not measured: a sandbox idle for 15 s with \
+                            warm_after = 2 s stayed hot (no thermal manager in this daemon yet?)";
+                println!("  {note}");
+                self.notes.push(note.into());
+            }
+            match api.qemu_rss_mib(&hot_id) {
+                Ok(v) => rss_hot.push(v),
+                Err(e) => rss_hot.fail(e),
+            }
+            match warm {
+                Ok(()) => {
+                    match api.qemu_rss_mib(&w_id) {
+                        Ok(v) => rss_warm.push(v),
+                        Err(e) => rss_warm.fail(e),
+                    }
+                    let t = Instant::now();
+                    let r = api.exec(&w, &["true"]).await;
+                    a.record(t, r);
+                }
+                Err(err) => {
+                    rss_warm.fail(anyhow::anyhow!("not warm"));
+                    a.fail(err);
+                }
+            }
+            if let Ok(v) = base.qemu_rss_mib(&ew) {
+                rss_engine.push(v);
+            }
+            // Keeps the hot twin's history like the warm one's.
+            let _ = api.exec(&hot, &["true"]).await;
+            let t = Instant::now();
+            let r = Baseline::call(base.engine.pause(&ew, PAUSE_WAIT)).await;
+            pause.record(t, r);
+            let t = Instant::now();
+            let r = base.exec(&ew, &["true"]).await;
+            e.record(t, r);
+            if Baseline::call(base.engine.pause(&ew, PAUSE_WAIT)).await.is_ok() {
+                let t = Instant::now();
+                let r = Baseline::call(base.engine.resume(&ew)).await;
+                resume.record(t, r);
+            }
+        }
+        self.row("Thermal", "warm wake + exec true", &a);
+        self.row("Thermal", "engine warm wake + exec true", &e);
+        self.row("Thermal", "engine pause (QMP stop)", &pause);
+        self.row("Thermal", "engine resume (QMP cont)", &resume);
+        self.mib_row("Memory (idle QEMU VmRSS, 512 MiB guests)", "idle RSS, hot sandbox", &rss_hot);
+        self.mib_row(
+            "Memory (idle QEMU VmRSS, 512 MiB guests)",
+            "idle RSS, warm sandbox",
+            &rss_warm,
+        );
+        self.mib_row(
+            "Memory (idle QEMU VmRSS, 512 MiB guests)",
+            "engine sandbox RSS (hot)",
+            &rss_engine,
+        );
+        Ok(())
+    }
+
+    async fn proxy(&mut self) -> anyhow::Result<()> {
+        let (api, base) = (self.api.clone(), self.base.clone());
+        let p = self.api_create("p", "test", MEMORY_MIB, false).await?;
+        let serve = ["sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/index.html"];
+        api.exec(&p, &serve).await?;
+        api.exec_detached(&p, &["httpd", "-f", "-p", &HTTPD_PORT.to_string(), "-h", "/tmp/www"])
+            .await?;
+        let url = format!("/sandboxes/{p}/proxy/{HTTPD_PORT}/");
+        // Does the daemon have the proxy route? 404 from a known sandbox means no.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = api.req(reqwest::Method::GET, &url).send().await?.status();
+            if status == 404 {
+                let note = "proxy rows skipped: GET /sandboxes/{id}/proxy/{port}/ answers 404 on this daemon (no proxy route yet)";
+                println!("  {note}");
+                self.notes.push(note.into());
+                return Ok(());
+            }
+            if status.is_success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the proxy never answered 200 (last {status})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let ep = self.engine_create("p", MEMORY_MIB).await?;
+        Baseline::call(base.engine.exec(&ep, &serve)).await?;
+        let mut req = engine::ExecRequest::command(["httpd", "-f", "-p", "8080", "-h", "/tmp/www"]);
+        req.output_file = Some("/tmp/httpd.log".into());
+        Baseline::call(base.engine.exec_detached(&ep, &req)).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = forward_ttfb(&base, &ep).await {
+            if Instant::now() > deadline {
+                bail!("httpd in the engine sandbox never answered: {e:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let ttfb = |api: Api, url: String| async move {
+            let t = Instant::now();
+            let r = api.req(reqwest::Method::GET, &url).send().await?;
+            let took = ms(t.elapsed());
+            anyhow::ensure!(r.status().is_success(), "{}", r.status());
+            r.bytes().await?;
+            anyhow::Ok(took)
+        };
+        for (label, mode) in [("hot", 0), ("warm", 1), ("cold", 2)] {
+            let count = if mode == 0 { self.n } else { self.ln };
+            let (mut a, mut e) = (Samples::default(), Samples::default());
+            for _ in 0..count {
+                let prep = match mode {
+                    1 => api.wait_thermal(&p, "warm", Duration::from_secs(30)).await,
+                    2 => api.post(&format!("/sandboxes/{p}/stop")).await,
+                    _ => Ok(()),
+                };
+                match prep {
+                    Ok(()) => match ttfb(api.clone(), url.clone()).await {
+                        Ok(v) => a.push(v),
+                        Err(err) => a.fail(err),
+                    },
+                    Err(err) => a.fail(err),
+                }
+                let prep = match mode {
+                    1 => Baseline::call(base.engine.pause(&ep, PAUSE_WAIT)).await,
+                    2 => Baseline::call(base.engine.stop(&ep, PAUSE_WAIT)).await.map(drop),
+                    _ => Ok(()),
+                };
+                match prep {
+                    Ok(()) => match forward_ttfb(&base, &ep).await {
+                        Ok(v) => e.push(v),
+                        Err(err) => e.fail(err),
+                    },
+                    Err(err) => e.fail(err),
+                }
+            }
+            self.row(
+                "Proxy (time to first byte, busybox httpd)",
+                &format!("proxy TTFB {label}"),
+                &a,
+            );
+            self.row(
+                "Proxy (time to first byte, busybox httpd)",
+                &format!("engine forward TTFB {label}"),
+                &e,
+            );
+        }
+        Ok(())
+    }
+
+    async fn lifecycle(&mut self) -> anyhow::Result<()> {
+        let (api, base) = (self.api.clone(), self.base.clone());
+        let mut s = Table::new();
+        let names = [
+            "bare QEMU boot (test, 512 MiB)",
+            "create (test, 512 MiB)",
+            "engine create (test, 512 MiB)",
+            "create (minimal, 512 MiB)",
+            "stop (cold, 512 MiB)",
+            "engine stop (512 MiB)",
+            "stop (cold, 1 GiB)",
+            "engine stop (1 GiB)",
+            "start",
+            "engine start",
+            "cold wake + exec true",
+            "engine cold wake + exec true",
+            "destroy",
+            "engine destroy",
+        ];
+        for n in names {
+            s.insert(n, Samples::default());
+        }
+        let minimal = self.images.iter().any(|i| i == "minimal");
+        let test = self.images.iter().any(|i| i == "test");
+        for i in 0..self.ln {
+            println!("  iteration {}/{}", i + 1, self.ln);
+            let r = base.bare_boot(i, MEMORY_MIB).await;
+            match r {
+                Ok(v) => sample(&mut s, names[0]).push(v),
+                Err(e) => sample(&mut s, names[0]).fail(e),
+            }
+            if test {
+                let t = Instant::now();
+                let r = self.api_create(&format!("l{i}"), "test", MEMORY_MIB, false).await;
+                if let Some(name) = sample(&mut s, "create (test, 512 MiB)").record(t, r) {
+                    self.api_cycle(&mut s, &name).await;
+                }
+            }
+            let t = Instant::now();
+            let r = self.engine_create(&format!("l{i}"), MEMORY_MIB).await;
+            if let Some(id) = sample(&mut s, "engine create (test, 512 MiB)").record(t, r) {
+                engine_cycle(&base, &mut s, &id).await;
+            }
+            if minimal {
+                let t = Instant::now();
+                let r = self.api_create(&format!("m{i}"), "minimal", MEMORY_MIB, false).await;
+                if let Some(name) = sample(&mut s, "create (minimal, 512 MiB)").record(t, r) {
+                    let _ = api.destroy(&name).await;
+                }
+            }
+            // 1 GiB guests: booted, one exec, stopped (they dirtied far under 50 MiB).
+            if let Ok(name) = self.api_create(&format!("g{i}"), "test", 1024, false).await {
+                let r = api.exec(&name, &["true"]).await;
+                let t = Instant::now();
+                let r = match r {
+                    Ok(_) => api.post(&format!("/sandboxes/{name}/stop")).await,
+                    Err(e) => Err(e),
+                };
+                sample(&mut s, "stop (cold, 1 GiB)").record(t, r);
+                let _ = api.destroy(&name).await;
+            } else {
+                sample(&mut s, "stop (cold, 1 GiB)").fail(anyhow::anyhow!("create failed"));
+            }
+            if let Ok(id) = self.engine_create(&format!("g{i}"), 1024).await {
+                let r = base.exec(&id, &["true"]).await;
+                let t = Instant::now();
+                let r = match r {
+                    Ok(()) => Baseline::call(base.engine.stop(&id, PAUSE_WAIT)).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                sample(&mut s, "engine stop (1 GiB)").record(t, r);
+                let _ = Baseline::call(base.engine.destroy(&id)).await;
+            }
+        }
+        for n in names {
+            if n == "create (minimal, 512 MiB)" && !minimal {
+                continue;
+            }
+            if let Some(v) = s.remove(n) {
+                self.row("Lifecycle", n, &v);
+            }
+        }
+        self.notes.push(
+            "cold wake + exec: stop writes the snapshot and the wake reads it right after, while \
+             it is still in the host's page cache: this is the best case. v1 measured ~6x slower \
+             steady-state cold wakes once other writes had evicted the cache (host.md section 7)."
+                .into(),
+        );
+        self.notes.push(
+            "start returns once the guest runs again; pages fault in lazily, so `cold wake + exec \
+             true` is the real cold-start figure."
+                .into(),
+        );
+        Ok(())
+    }
+
+    /// stop -> start -> exec -> stop -> (timed) exec -> destroy on an API sandbox.
+    async fn api_cycle(&self, s: &mut Table, name: &str) {
+        let api = &self.api;
+        if let Err(e) = api.exec(name, &["true"]).await {
+            sample(s, "stop (cold, 512 MiB)").fail(e);
+            return;
+        }
+        let t = Instant::now();
+        let r = api.post(&format!("/sandboxes/{name}/stop")).await;
+        if sample(s, "stop (cold, 512 MiB)").record(t, r).is_none() {
+            return;
+        }
+        let t = Instant::now();
+        let r = api.post(&format!("/sandboxes/{name}/start")).await;
+        sample(s, "start").record(t, r);
+        let r = async {
+            api.exec(name, &["true"]).await?;
+            api.post(&format!("/sandboxes/{name}/stop")).await
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                let t = Instant::now();
+                let r = api.exec(name, &["true"]).await;
+                sample(s, "cold wake + exec true").record(t, r);
+            }
+            Err(e) => sample(s, "cold wake + exec true").fail(e),
+        }
+        let t = Instant::now();
+        let r = api.destroy(name).await;
+        sample(s, "destroy").record(t, r);
+    }
+}
+
+async fn engine_cycle(base: &Baseline, s: &mut Table, id: &str) {
+    let e = &base.engine;
+    if let Err(err) = base.exec(id, &["true"]).await {
+        sample(s, "engine stop (512 MiB)").fail(err);
+        return;
+    }
+    let t = Instant::now();
+    let r = Baseline::call(e.stop(id, PAUSE_WAIT)).await;
+    if sample(s, "engine stop (512 MiB)").record(t, r).is_none() {
+        return;
+    }
+    let t = Instant::now();
+    let r = Baseline::call(e.start(id)).await;
+    sample(s, "engine start").record(t, r);
+    let r = async {
+        base.exec(id, &["true"]).await?;
+        Baseline::call(e.stop(id, PAUSE_WAIT)).await
+    }
+    .await;
+    match r {
+        Ok(_) => {
+            let t = Instant::now();
+            let r = base.exec(id, &["true"]).await;
+            sample(s, "engine cold wake + exec true").record(t, r);
+        }
+        Err(err) => sample(s, "engine cold wake + exec true").fail(err),
+    }
+    let t = Instant::now();
+    let r = Baseline::call(e.destroy(id)).await;
+    sample(s, "engine destroy").record(t, r);
+}
+
+type Table = std::collections::BTreeMap<&'static str, Samples>;
+
+fn sample<'a>(s: &'a mut Table, name: &'static str) -> &'a mut Samples {
+    s.entry(name).or_default()
+}
+
+/// Waits for every task; the first failure fails the whole (parallel) sample.
+async fn join_all(
+    mut set: tokio::task::JoinSet<anyhow::Result<impl Send + 'static>>,
+) -> anyhow::Result<()> {
+    let mut first = None;
+    while let Some(r) = set.join_next().await {
+        let r = r.map_err(anyhow::Error::from).and_then(|r| r.map(drop));
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// `engine.forward` to the guest's httpd, one HTTP/1.0 request, time to its first byte.
+async fn forward_ttfb(base: &Baseline, id: &str) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let fut = async {
+        let mut stream = base.engine.forward(id, HTTPD_PORT).await?;
+        stream.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n").await?;
+        let mut first = [0u8; 1];
+        let n = stream.read(&mut first).await?;
+        let took = ms(t.elapsed());
+        anyhow::ensure!(n == 1, "connection closed before any byte");
+        // Drain (bounded) so the server is not left with a reset.
+        let mut rest = Vec::new();
+        let _ = (&mut stream).take(64 * 1024).read_to_end(&mut rest).await;
+        anyhow::Ok(took)
+    };
+    tokio::time::timeout(crate::baseline::DEADLINE, fut).await.context("timed out")?
+}
+
+/// Links every row to its baseline and checks the issue's targets.
+pub fn link_and_check(r: &mut Report) {
+    let pairs: Vec<(String, String)> = r
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let base = format!("engine {}", row.name);
+            r.row(&base).map(|_| (row.name.clone(), base))
+        })
+        .collect();
+    for (row, base) in pairs {
+        r.link(&row, &base);
+    }
+    for (row, base) in [
+        ("stop (cold, 512 MiB)", "engine stop (512 MiB)"),
+        ("stop (cold, 1 GiB)", "engine stop (1 GiB)"),
+        ("create (test, 512 MiB)", "bare QEMU boot (test, 512 MiB)"),
+        ("engine create (test, 512 MiB)", "bare QEMU boot (test, 512 MiB)"),
+        ("list (GET /sandboxes)", "GET /health (HTTP floor)"),
+        ("inspect (GET /sandboxes/<name>)", "GET /health (HTTP floor)"),
+        ("idle RSS, warm sandbox", "idle RSS, hot sandbox"),
+    ] {
+        r.link(row, base);
+    }
+    for t in ["proxy TTFB hot", "proxy TTFB warm", "proxy TTFB cold"] {
+        let base = t.replace("proxy TTFB", "engine forward TTFB");
+        r.link(t, &base);
+    }
+    for name in ["engine pause (QMP stop)", "engine resume (QMP cont)"] {
+        if let Some(row) = r.rows.iter_mut().find(|x| x.name == name) {
+            row.is_baseline = true;
+        }
+    }
+
+    let get = |name: &str, f: fn(&Row) -> Option<f64>| r.row(name).and_then(f);
+    let p50 = |row: &Row| row.p50;
+    let p99 = |row: &Row| row.p99;
+    let mut targets = Vec::new();
+    let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, limit: f64, what: &str| {
+        let (measured, met) = match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => {
+                (format!("{:.2}x ({a:.1} / {b:.1} ms)", a / b), Some(a / b <= limit))
+            }
+            _ => ("–".into(), None),
+        };
+        targets.push(Target {
+            name: name.into(),
+            measured,
+            limit: format!("<= {limit}x {what}"),
+            met,
+        });
+    };
+    ratio(
+        "API exec `true` p50 vs the engine's",
+        get("exec true", p50),
+        get("engine exec true", p50),
+        1.3,
+        "engine exec p50",
+    );
+    ratio(
+        "20 parallel execs p99 vs one exec p99",
+        get("20 parallel exec true", p99),
+        get("exec true", p99),
+        2.5,
+        "single exec p99",
+    );
+    ratio(
+        "create p50 vs bare QEMU boot p50",
+        get("create (test, 512 MiB)", p50),
+        get("bare QEMU boot (test, 512 MiB)", p50),
+        1.2,
+        "bare boot p50",
+    );
+    let abs = |name: &str, v: Option<f64>, limit: f64, unit: &str| {
+        let (measured, met) = match v {
+            Some(v) => (format!("{v:.1} {unit}"), Some(v <= limit)),
+            None => ("–".into(), None),
+        };
+        Target { name: name.into(), measured, limit: format!("<= {limit} {unit}"), met }
+    };
+    let warm_add = match (get("warm wake + exec true", p50), get("exec true", p50)) {
+        (Some(a), Some(b)) => Some(a - b),
+        _ => None,
+    };
+    targets.push(abs("warm wake adds to an exec (p50 difference)", warm_add, 5.0, "ms"));
+    targets.push(abs(
+        "stop of a 1 GiB guest (dirtied < 50 MiB), p50",
+        get("stop (cold, 1 GiB)", p50),
+        100.0,
+        "ms",
+    ));
+    let (warm, hot) = (get("idle RSS, warm sandbox", p50), get("idle RSS, hot sandbox", p50));
+    targets.push(match (warm, hot) {
+        (Some(w), Some(h)) => Target {
+            name: "idle warm RSS vs idle hot RSS (p50)".into(),
+            measured: format!("{w:.1} MiB vs {h:.1} MiB"),
+            limit: "warm <= hot".into(),
+            met: Some(w <= h),
+        },
+        _ => Target {
+            name: "idle warm RSS vs idle hot RSS (p50)".into(),
+            measured: "–".into(),
+            limit: "warm <= hot".into(),
+            met: None,
+        },
+    });
+    for t in &targets {
+        println!("target {}: {} ({}) {}", t.name, t.measured, t.limit, t.verdict());
+    }
+    r.targets = targets;
+}
