@@ -11,7 +11,6 @@
 //! addresses are JSON values, never spliced into a rule language, and no output is parsed.
 //! (Kept off in tests, except in `tests/egress.rs`, which builds a "remote host" namespace.)
 
-use std::io::{self, Seek, Write};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -48,7 +47,7 @@ pub struct Egress {
 /// atomic nftables transaction (never two copies, never a moment without rules) and replaces the
 /// default route.
 pub async fn enable(ns: &Netns, subnet: Subnet, egress: &Egress) -> Result<(), EngineError> {
-    nft(ns, &ruleset(subnet, &egress.uplink)).await?;
+    ns.nft(&ruleset(subnet, &egress.uplink)).await?;
     run(
         Command::new("ip")
             .args(["netns", "exec", ns.name(), "ip", "route", "replace", "default"])
@@ -86,8 +85,7 @@ async fn teardown(ns: &Netns, via: Option<Ipv4Addr>) -> Result<(), EngineError> 
     run(&mut flush, TOOL_DEADLINE).await?;
     // "add" of an existing table is a no-op, so add-then-delete removes it whether or not it
     // was there (this nft predates `destroy`).
-    nft(
-        ns,
+    ns.nft(
         &json!({ "nftables": [
             { "add": { "table": table() } },
             { "delete": { "table": table() } },
@@ -156,26 +154,6 @@ fn table() -> Value {
     json!({ "family": "ip", "name": TABLE })
 }
 
-/// Applies an nft JSON document inside the namespace. The document goes in through stdin from
-/// an anonymous temporary file, so the shared `run` (deadline, stderr in the error) applies
-/// unchanged and there is no pipe to feed while waiting.
-async fn nft(ns: &Netns, doc: &Value) -> Result<(), EngineError> {
-    let io_err = |source: io::Error| EngineError::Net {
-        op: format!("prepare nftables input for namespace {}", ns.name()),
-        source,
-    };
-    let mut input = tempfile::tempfile().map_err(io_err)?;
-    input.write_all(doc.to_string().as_bytes()).map_err(io_err)?;
-    input.rewind().map_err(io_err)?;
-    run(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-j", "-f", "-"])
-            .stdin(std::process::Stdio::from(input)),
-        TOOL_DEADLINE,
-    )
-    .await
-    .map(drop)
-}
 
 /// Writes the namespace's IPv4 forwarding switch from a thread inside it (`/proc/sys/net`
 /// shows the namespace of the thread that opens it).

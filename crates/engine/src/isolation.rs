@@ -49,24 +49,20 @@
 //! The iso table owns the packet mark of frames from guests; nothing else in the namespace may
 //! use marks.
 
-use std::io::{self, Seek, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 use crate::error::EngineError;
 use crate::ippool::Subnet;
 use crate::net::Netns;
-use crate::run::run;
 
 /// The bridge-family table (anti-spoof, owner separation, destination check).
 pub const BRIDGE_TABLE: &str = "bhatti_iso";
 /// The inet-family table guarding the namespace's own addresses.
 pub const GUARD_TABLE: &str = "bhatti_guard";
 
-const TOOL_DEADLINE: Duration = Duration::from_secs(10);
 /// Bridge filter priority (`NF_BR_PRI_FILTER_BRIDGED`).
 const BRIDGE_PRIO: i32 = -200;
 /// The group bit of a MAC address: set for broadcast and multicast.
@@ -105,28 +101,27 @@ pub async fn install(
         check_tap(&port.tap)?;
     }
     check_tap(bridge)?;
-    nft(ns, &install_doc(bridge, subnet, ports)).await
+    ns.nft(&install_doc(bridge, subnet, ports)).await
 }
 
 /// Admits a port (idempotent; replaces whatever an earlier admission of the same TAP name
 /// allowed). Call it before the port's QEMU starts.
 pub async fn admit(ns: &Netns, port: &Port) -> Result<(), EngineError> {
     check_tap(&port.tap)?;
-    nft(ns, &json!({ "nftables": admit_cmds(port) })).await
+    ns.nft(&json!({ "nftables": admit_cmds(port) })).await
 }
 
 /// Removes a port (idempotent): its frames are dropped again. Call it when the sandbox is
 /// destroyed (after its QEMU is gone).
 pub async fn remove(ns: &Netns, tap: &str) -> Result<(), EngineError> {
     check_tap(tap)?;
-    nft(ns, &remove_doc(tap)).await
+    ns.nft(&remove_doc(tap)).await
 }
 
 /// Removes both tables (idempotent): the bridge is open again, as without isolation.
 #[cfg(any(test, feature = "test-support"))]
 pub async fn uninstall(ns: &Netns) -> Result<(), EngineError> {
-    nft(
-        ns,
+    ns.nft(
         &json!({ "nftables": [
             { "add": { "table": bridge_table() } },
             { "delete": { "table": bridge_table() } },
@@ -433,25 +428,6 @@ fn remove_doc(tap: &str) -> Value {
     json!({ "nftables": cmds })
 }
 
-/// Applies an nft JSON document inside the namespace (as `egress` does: stdin from an anonymous
-/// temporary file, under the shared deadline).
-async fn nft(ns: &Netns, doc: &Value) -> Result<(), EngineError> {
-    let io_err = |source: io::Error| EngineError::Net {
-        op: format!("prepare nftables input for namespace {}", ns.name()),
-        source,
-    };
-    let mut input = tempfile::tempfile().map_err(io_err)?;
-    input.write_all(doc.to_string().as_bytes()).map_err(io_err)?;
-    input.rewind().map_err(io_err)?;
-    run(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), "nft", "-j", "-f", "-"])
-            .stdin(std::process::Stdio::from(input)),
-        TOOL_DEADLINE,
-    )
-    .await
-    .map(drop)
-}
 
 #[cfg(test)]
 mod tests {

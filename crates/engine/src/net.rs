@@ -90,6 +90,29 @@ impl Netns {
         rx.await.map_err(|_| io::Error::other("namespace thread died"))?
     }
 
+    /// Applies an nftables JSON document inside the namespace, atomically (nft applies a file
+    /// as one transaction). The document goes in through stdin from an anonymous temporary
+    /// file, so the shared `run` (deadline, stderr in the error) applies unchanged and there
+    /// is no pipe to feed while waiting.
+    pub async fn nft(&self, doc: &serde_json::Value) -> Result<(), EngineError> {
+        use std::io::{Seek, Write};
+        let io_err = |source: io::Error| EngineError::Net {
+            op: format!("prepare nftables input for namespace {}", self.name),
+            source,
+        };
+        let mut input = tempfile::tempfile().map_err(io_err)?;
+        input.write_all(doc.to_string().as_bytes()).map_err(io_err)?;
+        input.rewind().map_err(io_err)?;
+        run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, "nft", "-j", "-f", "-"])
+                .stdin(std::process::Stdio::from(input)),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Creates the bridge (if missing), gives it `gateway/prefix` and brings it up.
     pub async fn setup_bridge(
         &self,
