@@ -90,8 +90,7 @@ impl Baseline {
         // old one, and boots then wait seconds for it to expire.
         let _ = run;
         let tap_name = "tapbare".to_owned();
-        let mac_last = 0u8;
-        let mac = [0x52, 0x54, 0x00, 0xee, 0x00, mac_last];
+        let mac = [0x52, 0x54, 0x00, 0xee, 0x00, 0x00];
         let port = engine::isolation::Port { tap: tap_name.clone(), mac, ip, group: 1 };
         Self::call(engine::isolation::admit(self.engine.netns(), &port)).await?;
         let tap = Self::call(self.engine.netns().open_tap(&tap_name, &self.config.bridge)).await?;
@@ -101,37 +100,18 @@ impl Baseline {
         Self::call(engine::configdrive::build(&guest, &drive)).await?;
         let accel = vmm::Accel::Auto.resolve().map_err(|e| anyhow::anyhow!("{e}"))?;
         let cmdline = engine::vm::kernel_cmdline(ip, gateway, 24, accel);
-        let accel_arg = match accel {
-            vmm::Accelerator::Kvm => "kvm",
-            vmm::Accelerator::Tcg => "tcg,tb-size=64",
-        };
-        let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "microvm,acpi=off,x-option-roms=off", "-accel", accel_arg])
-            .args(["-cpu", "max", "-m", &format!("{memory_mib}M"), "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-kernel"])
-            .arg(&kernel)
-            .args(["-append", &cmdline, "-serial"])
-            .arg(format!("file:{}", dir.path().join("serial.log").display()))
-            .arg("-drive")
-            .arg(format!("id=root,file={},format=raw,if=none,snapshot=on", image.display()))
-            .args(["-device", "virtio-blk-device,drive=root", "-drive"])
-            .arg(format!("id=cfg,file={},format=raw,if=none,read-only=on", drive.display()))
-            .args(["-device", "virtio-blk-device,drive=cfg"])
-            .args(["-netdev", "tap,id=n0,fd=3,vhost=off", "-device"])
-            .arg(format!("virtio-net-device,netdev=n0,mac=52:54:00:ee:00:{mac_last:02x}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let fd = tap.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let serial = dir.path().join("serial.log");
+        let mut cmd = engine::vm::bare_qemu_command(&engine::vm::BareBoot {
+            kernel: &kernel,
+            image: &image,
+            config_drive: &drive,
+            serial_log: &serial,
+            cmdline: &cmdline,
+            memory_mib,
+            accel,
+            mac,
+            tap_fd: tap.as_raw_fd(),
+        });
         let client = AgentClient::new(
             Endpoint::TcpInNetns {
                 netns: self.engine.netns().path().to_owned(),

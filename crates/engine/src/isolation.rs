@@ -189,6 +189,14 @@ fn bridge_rule(chain: &str, expr: Vec<Value>) -> Value {
     }}})
 }
 
+/// A base chain's one lookup: the port's own chain, found by interface name in `map`.
+fn dispatch(chain: &str, interface: &str, map: &str) -> Value {
+    bridge_rule(
+        chain,
+        vec![json!({ "vmap": { "key": meta(interface), "data": format!("@{map}") } })],
+    )
+}
+
 fn guard_rule(chain: &str, expr: Vec<Value>) -> Value {
     json!({ "add": { "rule": {
         "family": "inet", "table": GUARD_TABLE, "chain": chain, "expr": expr,
@@ -240,19 +248,9 @@ fn install_doc(bridge: &str, subnet: Subnet, ports: &[Port]) -> Value {
         // Policy drop everywhere a port is involved: a port nobody admitted sends and receives
         // nothing.
         base_chain("bridge", BRIDGE_TABLE, "prerouting", BRIDGE_PRIO, "drop"),
-        bridge_rule(
-            "prerouting",
-            vec![json!({ "vmap": {
-                "key": meta("iifname"), "data": format!("@{INGRESS_MAP}"),
-            }})],
-        ),
+        dispatch("prerouting", "iifname", INGRESS_MAP),
         base_chain("bridge", BRIDGE_TABLE, "forward", BRIDGE_PRIO, "drop"),
-        bridge_rule(
-            "forward",
-            vec![json!({ "vmap": {
-                "key": meta("oifname"), "data": format!("@{FORWARD_MAP}"),
-            }})],
-        ),
+        dispatch("forward", "oifname", FORWARD_MAP),
         base_chain("bridge", BRIDGE_TABLE, "output", BRIDGE_PRIO, "drop"),
         // The namespace's stack never sends from a guest's address; such a packet is a guest's,
         // routed back onto the bridge through the gateway (when forwarding is on, as egress
@@ -266,12 +264,7 @@ fn install_doc(bridge: &str, subnet: Subnet, ports: &[Port]) -> Value {
                 drop_(),
             ],
         ),
-        bridge_rule(
-            "output",
-            vec![json!({ "vmap": {
-                "key": meta("oifname"), "data": format!("@{OUTPUT_MAP}"),
-            }})],
-        ),
+        dispatch("output", "oifname", OUTPUT_MAP),
         // To the namespace's stack (prerouting already let only ARP and IPv4 in): ARP only for
         // the gateway (a request for it, or the answer to its own request), so guests cannot
         // probe the namespace's other addresses. IPv4 is judged by the guard table.

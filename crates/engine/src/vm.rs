@@ -757,6 +757,70 @@ impl Machine for Vm {
 
 }
 
+/// What a bare QEMU boot (a baseline for the engine's create: no overlay, no RAM file, no QMP)
+/// is made of.
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug)]
+pub struct BareBoot<'a> {
+    /// Guest kernel.
+    pub kernel: &'a Path,
+    /// Root image, used with `snapshot=on` (never written).
+    pub image: &'a Path,
+    /// A config drive (lohar serves nothing without its token).
+    pub config_drive: &'a Path,
+    /// Where the console goes.
+    pub serial_log: &'a Path,
+    /// Kernel command line.
+    pub cmdline: &'a str,
+    /// Guest RAM.
+    pub memory_mib: u32,
+    /// TCG or KVM.
+    pub accel: Accelerator,
+    /// Guest MAC.
+    pub mac: [u8; 6],
+    /// The TAP, passed as descriptor 3; keep it open until the command is spawned.
+    pub tap_fd: std::os::fd::RawFd,
+}
+
+/// The hand-written QEMU command line of a bare boot, for the benchmarks' and tests' baseline:
+/// one definition, so both measure the same thing.
+#[cfg(any(test, feature = "test-support"))]
+pub fn bare_qemu_command(b: &BareBoot<'_>) -> Command {
+    let accel = match b.accel {
+        Accelerator::Kvm => "kvm",
+        Accelerator::Tcg => "tcg,tb-size=64",
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "microvm,acpi=off,x-option-roms=off", "-accel", accel])
+        .args(["-cpu", "max", "-m", &format!("{}M", b.memory_mib), "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-kernel"])
+        .arg(b.kernel)
+        .args(["-append", b.cmdline, "-serial"])
+        .arg(format!("file:{}", b.serial_log.display()))
+        .arg("-drive")
+        .arg(format!("id=root,file={},format=raw,if=none,snapshot=on", b.image.display()))
+        .args(["-device", "virtio-blk-device,drive=root", "-drive"])
+        .arg(format!("id=cfg,file={},format=raw,if=none,read-only=on", b.config_drive.display()))
+        .args(["-device", "virtio-blk-device,drive=cfg"])
+        .args(["-netdev", "tap,id=n0,fd=3,vhost=off", "-device"])
+        .arg(format!("virtio-net-device,netdev=n0,mac={}", mac_text(b.mac)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let fd = b.tap_fd;
+    // SAFETY: runs in the forked child before exec and only calls dup2, which is
+    // async-signal-safe, on a descriptor that stays open across the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,33 +32,18 @@ async fn bare_boot(e: &TestEngine, run: usize) -> f64 {
     let guest = proto::guest::GuestConfig { token: TOKEN.into(), ..Default::default() };
     engine::configdrive::build(&guest, &drive).await.unwrap();
     let cmdline = engine::vm::kernel_cmdline(ip, gateway, 24, vmm::Accelerator::Tcg);
-    let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "microvm,acpi=off,x-option-roms=off", "-accel", "tcg,tb-size=64"])
-        .args(["-cpu", "max", "-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config"])
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(&kernel)
-        .args(["-append", &cmdline, "-serial"])
-        .arg(format!("file:{}", dir.path().join("serial.log").display()))
-        .arg("-drive")
-        .arg(format!("id=root,file={},format=raw,if=none,snapshot=on", image.display()))
-        .args(["-device", "virtio-blk-device,drive=root", "-drive"])
-        .arg(format!("id=cfg,file={},format=raw,if=none,read-only=on", drive.display()))
-        .args(["-device", "virtio-blk-device,drive=cfg"])
-        .args(["-netdev", "tap,id=n0,fd=3,vhost=off", "-device"])
-        .arg(format!("virtio-net-device,netdev=n0,mac=52:54:00:ee:00:{run:02x}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let fd = tap.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let serial = dir.path().join("serial.log");
+    let mut cmd = engine::vm::bare_qemu_command(&engine::vm::BareBoot {
+        kernel: &kernel,
+        image: &image,
+        config_drive: &drive,
+        serial_log: &serial,
+        cmdline: &cmdline,
+        memory_mib: 256,
+        accel: vmm::Accelerator::Tcg,
+        mac,
+        tap_fd: tap.as_raw_fd(),
+    });
     let client = AgentClient::new(
         Endpoint::TcpInNetns {
             netns: e.netns().path().to_owned(),

@@ -173,13 +173,7 @@ async fn run_tty(state: AppState, id: String, q: TtyQuery, socket: WebSocket) {
         Ok(session) => session,
         Err(message) => return fail_tty(&mut sink, message).await,
     };
-    // The lease lives until this function returns: the sandbox stays hot while attached.
-    let (session, _lease) = session.into_parts();
-    let (info, reader, writer) = session.split();
-    if !send(&mut sink, json(&api::WsMessage::Session { session_id: info.session_id })).await {
-        return;
-    }
-    relay(Mode::Tty, reader, writer, sink, source).await;
+    serve_session(Mode::Tty, session, sink, source).await;
 }
 
 /// Attaches or creates the terminal's session; the error is the text for the client.
@@ -259,12 +253,23 @@ async fn run_piped(state: AppState, id: String, session: Option<String>, socket:
         Ok(session) => session,
         Err(message) => return fail_piped(&mut sink, message).await,
     };
+    serve_session(Mode::Piped, session, sink, source).await;
+}
+
+/// Announces an open session to the client and relays it. The lease lives until this returns:
+/// the sandbox stays hot while a client is attached.
+async fn serve_session(
+    mode: Mode,
+    session: engine::Leased<engine::Session>,
+    mut sink: Sink,
+    source: Source,
+) {
     let (session, _lease) = session.into_parts();
     let (info, reader, writer) = session.split();
     if !send(&mut sink, json(&api::WsMessage::Session { session_id: info.session_id })).await {
         return;
     }
-    relay(Mode::Piped, reader, writer, sink, source).await;
+    relay(mode, reader, writer, sink, source).await;
 }
 
 /// The piped session's start message; the error is the text for the client.
