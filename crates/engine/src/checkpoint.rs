@@ -117,6 +117,21 @@ fn allocated_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Moves `from` to `to`: a rename, or a copy and a removal across file systems.
+async fn move_file(from: &Path, to: &Path) -> Result<(), EngineError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_files(vec![(from.to_owned(), to.to_owned())]).await?;
+            Ok(std::fs::remove_file(from)?)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(from);
+            Err(e.into())
+        }
+    }
+}
+
 /// Flushes a directory's entries (a rename or removal inside it) to the disk.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -146,7 +161,11 @@ pub async fn capture(
     let staging = dest.staging(STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     std::fs::DirBuilder::new().mode(0o700).create(staging.dir())?;
     let result = async {
-        vm.save(spec, &staging.state()).await?;
+        // A jailed QEMU can write only inside its sandbox's directory: the state is written
+        // there, then moved into the checkpoint (same file system: a rename).
+        let written = spec.files.capture_state();
+        vm.save(spec, &written).await?;
+        move_file(&written, &staging.state()).await?;
         let mut pairs = vec![
             (ram.clone(), staging.ram()),
             (spec.files.overlay(), staging.overlay()),

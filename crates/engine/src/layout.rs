@@ -145,6 +145,17 @@ impl SandboxFiles {
         self.dir.join("qemu.pid")
     }
 
+    /// An empty directory the jail's root is mounted on, in the QEMU's own mount namespace only.
+    pub fn jail_root(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
+
+    /// Where a checkpoint's device state is written first: inside the directory the jailed QEMU
+    /// can write to, then moved into the checkpoint.
+    pub fn capture_state(&self) -> PathBuf {
+        self.dir.join("capture.state")
+    }
+
     /// The `index`-th scratch volume (lives and dies with the sandbox).
     pub fn scratch(&self, index: usize) -> PathBuf {
         self.dir.join(format!("scratch{index}.ext4"))

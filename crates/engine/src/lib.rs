@@ -31,6 +31,7 @@ internal! {
     egress;
     ippool;
     isolation;
+    jail;
     layout;
     machine;
     net;

@@ -67,6 +67,8 @@ pub struct BootSpec {
     pub disk_cache: vmm::DiskCache,
     /// How long to wait for the agent.
     pub ready_timeout: Duration,
+    /// Confine QEMU (see `jail`); `None` only for benchmark baselines.
+    pub confine: Option<crate::jail::Confinement>,
 }
 
 /// A volume's backing file as the VMM sees it.
@@ -119,6 +121,7 @@ impl std::fmt::Debug for BootSpec {
             .field("ip", &self.ip)
             .field("tap", &self.tap)
             .field("volumes", &self.volumes)
+            .field("confine", &self.confine)
             .finish_non_exhaustive()
     }
 }
@@ -267,7 +270,8 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     }
 }
 
-/// The VMM configuration of a boot spec (what [`boot`] and the restores start QEMU with).
+/// The VMM configuration of a boot spec (what [`boot`] and the restores start QEMU with). A
+/// confined spec's files are handed to its jail's uid here.
 pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     let accel = spec.accel.resolve()?;
     let mut cfg = VmConfig::new(
@@ -299,6 +303,11 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
         });
     }
     cfg.net = Some(NetDevice { tap_fd: TAP_FD, mac: mac_text(spec.mac) });
+    if spec.confine.is_some() {
+        let host = crate::jail::HostFiles::get()?;
+        cfg.qemu = host.qemu.clone();
+        cfg.jail = Some(crate::jail::prepare(spec, accel, host)?);
+    }
     Ok(cfg)
 }
 

@@ -36,6 +36,9 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
         push(&["-object", &backend]);
     }
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    if cfg.jail.is_some() {
+        push(&["-sandbox", crate::jail::SECCOMP_POLICY]);
+    }
     push(&["-kernel", &cfg.kernel.display().to_string(), "-append", &cfg.cmdline]);
     // Appending, so the engine can truncate a full log while QEMU goes on writing at its end.
     let serial = format!("file,id=console,path={},append=on", cfg.serial_log.display());
@@ -108,6 +111,23 @@ mod tests {
         assert!(!line.contains("memory-backend"));
         assert!(!line.contains("-netdev"));
         assert!(!line.contains(" -S"));
+        assert!(!line.contains("-sandbox"));
+    }
+
+    #[test]
+    fn a_jailed_qemu_gets_the_strictest_seccomp_policy() {
+        let mut cfg = base();
+        cfg.jail = Some(crate::jail::Jail {
+            uid: 1_000_002,
+            gid: 1_000_002,
+            mount_point: "/vm/jail".into(),
+            binds: Vec::new(),
+            cgroup_procs: Vec::new(),
+        });
+        let line = joined(&cfg, Accelerator::Tcg);
+        assert!(line.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct VmConfig {
     /// Wait for an incoming migration (`-incoming defer`); load it with
     /// [`crate::QemuProcess::load_state`]. The VM stays paused until `cont`.
     pub incoming: bool,
+    /// Confine the process (see [`crate::jail`]); `None` runs QEMU with the caller's privileges
+    /// (benchmark baselines only). A confined QEMU also gets QEMU's strictest seccomp policy.
+    pub jail: Option<crate::jail::Jail>,
 }
 
 impl VmConfig {
@@ -132,6 +135,7 @@ impl VmConfig {
             tcg_tb_size_mib: 64,
             start_paused: false,
             incoming: false,
+            jail: None,
         }
     }
 

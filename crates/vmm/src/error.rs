@@ -58,6 +58,9 @@ pub enum VmmError {
         /// Where we looked.
         path: PathBuf,
     },
+    /// The jail could not be built (a bound path is missing, or confining the child failed).
+    #[error("confining QEMU: {0}")]
+    Jail(#[source] std::io::Error),
     /// Socket or process IO failed.
     #[error("VMM IO: {0}")]
     Io(#[from] std::io::Error),

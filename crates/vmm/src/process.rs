@@ -49,6 +49,9 @@ impl QemuProcess {
             }
         }
         let accel = cfg.accel.resolve()?;
+        // Encoded before the fork: the child may only make system calls.
+        let jail =
+            cfg.jail.as_ref().map(crate::jail::Jail::plan).transpose().map_err(VmmError::Jail)?;
         let _ = std::fs::remove_file(&cfg.qmp_socket);
         let mut cmd = Command::new(&cfg.qemu);
         cmd.args(qemu_args(cfg, accel))
@@ -74,9 +77,20 @@ impl QemuProcess {
                 });
             }
         }
+        if let Some(plan) = jail {
+            // SAFETY: runs in the forked child before exec (after the TAP is in place) and
+            // makes only system calls on the plan, which was prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || plan.enter());
+            }
+        }
         let spawned_at = Instant::now();
         let binary = cfg.qemu.display().to_string();
-        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn { binary, source })?;
+        let confined = cfg.jail.is_some();
+        let mut child = cmd.spawn().map_err(|source| {
+            // The child's confinement steps fail with nothing but an errno; say where it happened.
+            if confined { VmmError::Jail(source) } else { VmmError::Spawn { binary, source } }
+        })?;
         drop(tap);
         let pid = child.id().unwrap_or(0);
         let stderr = Arc::new(Mutex::new(Vec::new()));

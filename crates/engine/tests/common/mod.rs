@@ -140,6 +140,7 @@ pub fn spec_for(
         mac: [0x52, 0x54, 0x00, 0x00, net.subnet, host],
         accel: vmm::Accel::Auto,
         ready_timeout: Duration::from_secs(60),
+        confine: Some(engine::jail::Confinement { cpu_millis: 1000 }),
     }
 }
 
