@@ -38,6 +38,7 @@ internal! {
     vm;
     volume;
 }
+pub mod cgroup;
 mod error;
 mod events;
 mod lease;
