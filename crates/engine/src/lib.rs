@@ -39,6 +39,7 @@ internal! {
     vm;
     volume;
 }
+pub mod cgroup;
 mod error;
 mod events;
 mod lease;

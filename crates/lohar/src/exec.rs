@@ -8,6 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -19,6 +20,7 @@ use proto::{FrameType, read_frame, send_json, write_frame};
 
 use crate::config::Agent;
 use crate::conn::Conn;
+use crate::files::{Links, open_regular};
 use crate::reaper::{self, ExitWatch};
 use crate::reply::{Outcome, send_error};
 use crate::spawn::{self, Grouping, RunAs};
@@ -242,8 +244,13 @@ pub fn run_detached(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcom
         Some(path) if !path.is_empty() => path.to_owned(),
         _ => format!("/tmp/bhatti-detach-{}.log", unix_nanos()),
     };
-    let file = match OpenOptions::new().create(true).write(true).truncate(true).open(&output_file) {
-        Ok(file) => file,
+    // Opened by root on the host's behalf in a guest the user controls: a link planted at the
+    // path would redirect root's truncating write (Links::Refuse), and a FIFO, terminal or device
+    // is refused rather than blocked on or written to (open_regular).
+    let mut options = OpenOptions::new();
+    options.create(true).write(true).truncate(true).mode(0o644);
+    let file = match open_regular(&output_file, options, Links::Refuse) {
+        Ok((file, _)) => file,
         Err(e) => return send_error(conn, &format!("open output file: {e}")),
     };
     let run_as = RunAs::from_request(req.user.as_deref());

@@ -10,6 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use proto::limits::{FILE_CHUNK_BYTES, MAX_FILE_WRITE_BYTES, MAX_LIST_ENTRIES, MAX_PAYLOAD_LEN};
 use proto::messages::{
     FileInfo, FileReadRequest, FileReadResponse, FileWriteRequest, FileWriteResponse, PathRequest,
@@ -24,20 +25,12 @@ use crate::spawn::{USER_GID, USER_UID};
 
 /// FILE_READ: FILE_READ_RESP with the total size, content as STDOUT frames, EXIT 0.
 pub fn read(conn: &mut Conn, req: &FileReadRequest) -> Outcome {
-    let file = match File::open(&req.path) {
-        Ok(file) => file,
-        Err(e) => return send_error(conn, &os_error("open", &req.path, &e)),
+    let mut options = OpenOptions::new();
+    options.read(true);
+    let (file, meta) = match open_regular(&req.path, options, Links::Follow) {
+        Ok(opened) => opened,
+        Err(e) => return send_error(conn, &e.to_string()),
     };
-    let meta = match file.metadata() {
-        Ok(meta) => meta,
-        Err(e) => return send_error(conn, &os_error("stat", &req.path, &e)),
-    };
-    if meta.is_dir() {
-        return send_error(conn, &format!("{} is a directory", req.path));
-    }
-    if !meta.is_file() {
-        return send_error(conn, &format!("{} is not a regular file", req.path));
-    }
     let head = FileReadResponse { mode: format_mode(meta.mode()), size: meta.len() as i64 };
     if send_json(conn, FrameType::FILE_READ_RESP, &head).is_err() {
         return Outcome::Close;
@@ -51,6 +44,90 @@ pub fn read(conn: &mut Conn, req: &FileReadRequest) -> Outcome {
         Ok(()) => sent(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
         Err(StreamError::Host) => Outcome::Close,
         Err(StreamError::File(e)) => send_error(conn, &os_error("read", &req.path, &e)),
+    }
+}
+
+/// Why a path was not opened as a regular file. The texts are v1's (agent.md 1.13), plus
+/// `is a symbolic link` for a refused link.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{}", os_error("open", .path, .source))]
+    Open { path: String, source: io::Error },
+    #[error("{}", os_error("stat", .path, .source))]
+    Stat { path: String, source: io::Error },
+    #[error("{}", os_error("fcntl", .path, .source))]
+    Flags { path: String, source: io::Error },
+    #[error("{path} is a directory")]
+    Directory { path: String },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: String },
+    #[error("{path} is a symbolic link")]
+    Symlink { path: String },
+}
+
+/// Whether [`open_regular`] follows a symbolic link at the path's last component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    Follow,
+    /// `O_NOFOLLOW`: for files the agent (root) creates or truncates on the host's behalf,
+    /// where a link planted by the guest user would redirect root's write.
+    Refuse,
+}
+
+/// Opens `path` with `options` and returns it only if it is a regular file.
+///
+/// `O_NONBLOCK` makes the open itself safe: a FIFO without a writer opens at once for reading and
+/// one without a reader fails at once (ENXIO) for writing, where a blocking open would hang this
+/// connection forever. `O_NOCTTY` keeps a terminal from becoming the agent's controlling terminal.
+/// The kind is decided by `fstat` on the opened descriptor, so it cannot change between check
+/// and use; then `O_NONBLOCK` is cleared, since a child handed the file shares its flags.
+pub fn open_regular(
+    path: &str,
+    mut options: OpenOptions,
+    links: Links,
+) -> Result<(File, fs::Metadata), OpenError> {
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = options.custom_flags(flags).open(path).map_err(|e| open_failure(path, e, links))?;
+    let meta = file.metadata().map_err(|source| OpenError::Stat { path: path.into(), source })?;
+    if meta.is_dir() {
+        return Err(OpenError::Directory { path: path.into() });
+    }
+    if !meta.is_file() {
+        return Err(OpenError::NotRegular { path: path.into() });
+    }
+    let flags_error = |e: nix::errno::Errno| OpenError::Flags {
+        path: path.into(),
+        source: io::Error::from_raw_os_error(e as i32),
+    };
+    let status = fcntl(&file, FcntlArg::F_GETFL).map_err(flags_error)?;
+    let status = OFlag::from_bits_retain(status) - OFlag::O_NONBLOCK;
+    fcntl(&file, FcntlArg::F_SETFL(status)).map_err(flags_error)?;
+    Ok((file, meta))
+}
+
+/// Names the cause of a failed open when the OS text would hide it: a refused link (ELOOP under
+/// `O_NOFOLLOW`), a FIFO or device that cannot be opened without blocking (ENXIO, EAGAIN), a
+/// directory opened for writing (EISDIR).
+fn open_failure(path: &str, source: io::Error, links: Links) -> OpenError {
+    let path = path.to_owned();
+    let kind = || match links {
+        Links::Follow => fs::metadata(&path),
+        Links::Refuse => fs::symlink_metadata(&path),
+    };
+    match source.raw_os_error() {
+        Some(libc::ELOOP)
+            if links == Links::Refuse && kind().is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            OpenError::Symlink { path }
+        }
+        Some(libc::ENXIO | libc::EAGAIN) if kind().is_ok_and(|m| !m.is_file()) => {
+            OpenError::NotRegular { path }
+        }
+        Some(libc::EISDIR) => OpenError::Directory { path },
+        _ => OpenError::Open { path, source },
     }
 }
 
@@ -191,6 +268,11 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
     let size = req.size as u64;
     let mode = parse_mode(&req.mode).unwrap_or(0o644);
     let path = Path::new(&req.path);
+    // The rename would replace a FIFO, socket or device node (say /dev/null) with a regular
+    // file; refused before any content, like every impossible target.
+    if let Err(e) = check_target(&req.path) {
+        return refuse_content(conn, &e.to_string(), size);
+    }
     let temp = temp_path(path);
     // Opened before any content is read, so an impossible target is refused at once
     // (agent.md 3.10): a client that waits for the answer before sending must not hang.
@@ -230,6 +312,19 @@ pub fn write(conn: &mut Conn, req: &FileWriteRequest) -> Outcome {
             let _ = fs::remove_file(&temp);
             send_error(conn, &msg)
         }
+    }
+}
+
+/// A write target must be missing, a regular file or a symbolic link (the rename replaces the
+/// link itself, as in v1, and never opens what it points to). Other errors of the `lstat` are left
+/// to the temp file's creation, which reports them with v1's texts.
+fn check_target(path: &str) -> Result<(), OpenError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(OpenError::Directory { path: path.into() }),
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => {
+            Err(OpenError::NotRegular { path: path.into() })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -351,7 +353,106 @@ fn exec_detached_bad_output_file_is_an_error() {
     let mut req = ExecRequest::command(["true"]);
     req.detach = Some(true);
     req.output_file = Some("/nonexistent-dir/x.log".into());
-    assert!(agent.exec_req(&req).error.unwrap().starts_with("open output file: "));
+    assert_eq!(
+        agent.exec_req(&req).error.unwrap(),
+        "open output file: open /nonexistent-dir/x.log: no such file or directory"
+    );
+}
+
+/// A detached exec writing `script`'s output to `output_file`, answered within 5 s (an agent
+/// blocked in `open` would not answer at all). Returns the ERROR text or the output file's
+/// content once `expect` appears in it.
+fn detach_to(agent: &Agent, output_file: &Path, expect: &str) -> Result<String, String> {
+    let mut req = ExecRequest::command(["sh", "-c", &format!("echo {expect}")]);
+    req.detach = Some(true);
+    req.output_file = Some(output_file.display().to_string());
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &req);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let r = collect_exec(&mut s);
+    assert!(started.elapsed() < Duration::from_secs(5), "detached exec answered late");
+    if let Some(error) = r.error {
+        return Err(error);
+    }
+    assert_eq!(r.exit, Some(0));
+    let mut content = String::new();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            content = std::fs::read_to_string(output_file).unwrap_or_default();
+            content.contains(expect)
+        }),
+        "{expect:?} never reached {}",
+        output_file.display()
+    );
+    Ok(content)
+}
+
+#[test]
+fn exec_detached_output_file_refuses_a_symlink_and_leaves_its_target_alone() {
+    let agent = Agent::start();
+    let target = agent.path("precious");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = agent.path("out.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_eq!(
+        detach_to(&agent, &link, "redirected").unwrap_err(),
+        format!("open output file: {} is a symbolic link", link.display())
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    // Control: an existing regular file is truncated and written, as in v1.
+    assert_eq!(detach_to(&agent, &target, "fresh").unwrap(), "fresh\n");
+}
+
+#[test]
+fn exec_detached_output_fifo_or_device_is_refused_at_once() {
+    let agent = Agent::start();
+    let fifo = agent.path("out.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let refused = |p: &Path| format!("open output file: {} is not a regular file", p.display());
+    // No reader: a blocking open would wait for one forever.
+    assert_eq!(detach_to(&agent, &fifo, "x").unwrap_err(), refused(&fifo));
+    // With a reader the open succeeds; fstat refuses it all the same, and nothing is written.
+    let mut reader =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    assert_eq!(detach_to(&agent, &fifo, "x").unwrap_err(), refused(&fifo));
+    let mut got = Vec::new();
+    // EOF (the agent's write end is closed) rather than data; WouldBlock cannot happen without
+    // a writer, so any data or error fails here.
+    assert_eq!(std::io::Read::read_to_end(&mut reader, &mut got).unwrap(), 0);
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    // A device is no output file either (the output is meant to be read back).
+    let null = Path::new("/dev/null");
+    assert_eq!(detach_to(&agent, null, "x").unwrap_err(), refused(null));
+    assert!(std::fs::metadata(null).unwrap().file_type().is_char_device());
+    // A directory (EISDIR from the open) is named as such.
+    assert_eq!(
+        detach_to(&agent, &agent.dir, "x").unwrap_err(),
+        format!("open output file: {} is a directory", agent.dir.display())
+    );
+    // Control: a regular path next to them works.
+    assert_eq!(detach_to(&agent, &agent.path("plain.log"), "ok").unwrap(), "ok\n");
+}
+
+#[test]
+fn exec_detached_output_is_handed_over_blocking() {
+    // The output file is opened O_NONBLOCK; the command shares that open file description, so
+    // the flag must be cleared before it runs. fdinfo shows the flags in octal.
+    let agent = Agent::start();
+    let out = agent.path("flags.log");
+    let mut req = ExecRequest::command(["sh", "-c", "grep '^flags:' /proc/self/fdinfo/1"]);
+    req.detach = Some(true);
+    req.output_file = Some(out.display().to_string());
+    assert_eq!(agent.exec_req(&req).exit, Some(0));
+    let mut text = String::new();
+    assert!(wait_for(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.ends_with('\n')
+    }));
+    let flags = text.trim().trim_start_matches("flags:").trim();
+    let flags = i32::from_str_radix(flags, 8).unwrap_or_else(|_| panic!("bad fdinfo: {text:?}"));
+    assert_eq!(flags & libc::O_ACCMODE, libc::O_WRONLY, "{text:?}");
+    assert_eq!(flags & libc::O_NONBLOCK, 0, "output file left non-blocking: {text:?}");
 }
 
 #[test]

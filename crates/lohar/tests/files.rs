@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 use proto::messages::{
@@ -406,6 +407,134 @@ fn file_read_errors_are_clear() {
     assert_eq!(dev.head.unwrap_err(), "/dev/null is not a regular file");
     let mut s = agent.request(FrameType::FILE_READ_REQ, b"[]");
     assert!(collect_exec(&mut s).error.unwrap().starts_with("bad request: "));
+}
+
+/// A read whose answer must come within 5 s: the ERROR text, or the content.
+fn read_within_5s(agent: &Agent, path: &Path) -> Result<Vec<u8>, String> {
+    let mut s = agent.connect();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let req = FileReadRequest { path: path.display().to_string(), ..Default::default() };
+    send_json(&mut s, FrameType::FILE_READ_REQ, &req).unwrap();
+    let f = read_frame(&mut s).expect("no answer within 5 s").expect("EOF");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    if f.kind == FrameType::ERROR {
+        return Err(f.text());
+    }
+    assert_eq!(f.kind, FrameType::FILE_READ_RESP, "{}", f.text());
+    let mut content = Vec::new();
+    loop {
+        let f = read(&mut s);
+        match f.kind {
+            FrameType::STDOUT => content.extend_from_slice(&f.payload),
+            FrameType::EXIT => return Ok(content),
+            other => panic!("unexpected {other:?}: {}", f.text()),
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+#[test]
+fn file_read_of_a_fifo_or_device_is_refused_at_once() {
+    let agent = Agent::start();
+    // A FIFO without a writer: a blocking open would wait for one forever.
+    let fifo = agent.path("pipe");
+    mkfifo(&fifo);
+    assert_eq!(
+        read_within_5s(&agent, &fifo).unwrap_err(),
+        format!("{} is not a regular file", fifo.display())
+    );
+    // Endless devices would stream forever.
+    for dev in ["/dev/zero", "/dev/urandom"] {
+        let err = read_within_5s(&agent, Path::new(dev)).unwrap_err();
+        assert_eq!(err, format!("{dev} is not a regular file"));
+    }
+    // A link is followed, as in v1: to a FIFO it is refused, to a regular file it is read.
+    let to_fifo = agent.path("to-pipe");
+    std::os::unix::fs::symlink(&fifo, &to_fifo).unwrap();
+    assert!(read_within_5s(&agent, &to_fifo).unwrap_err().ends_with(" is not a regular file"));
+    // Controls: a regular file, directly and through a link.
+    let plain = agent.path("plain");
+    std::fs::write(&plain, "content").unwrap();
+    assert_eq!(read_within_5s(&agent, &plain).unwrap(), b"content");
+    let to_plain = agent.path("to-plain");
+    std::os::unix::fs::symlink(&plain, &to_plain).unwrap();
+    assert_eq!(read_within_5s(&agent, &to_plain).unwrap(), b"content");
+}
+
+#[test]
+fn file_write_onto_a_fifo_socket_or_device_is_refused_before_any_content() {
+    let agent = Agent::start();
+    let fifo = agent.path("pipe");
+    mkfifo(&fifo);
+    let socket = agent.path("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let dir = agent.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let not_regular = |p: &Path| format!("{} is not a regular file", p.display());
+    let cases = [
+        (fifo.clone(), not_regular(&fifo)),
+        (socket.clone(), not_regular(&socket)),
+        // Only the announcement is sent, never content, so /dev/null is safe to name.
+        (Path::new("/dev/null").to_owned(), "/dev/null is not a regular file".to_owned()),
+        (dir.clone(), format!("{} is a directory", dir.display())),
+    ];
+    for (path, expected) in &cases {
+        let mut s = agent.connect();
+        assert_eq!(&write_without_content(&mut s, path, 1_000).unwrap_err(), expected);
+        assert!(read_frame(&mut s).unwrap().is_none(), "connection left open after ERROR");
+    }
+    // Every target is still what it was, and no temp file was made.
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket());
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(std::fs::metadata(&dir).unwrap().is_dir());
+    let temps = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("bhatti-tmp"))
+    };
+    assert!(!temps(agent.dir.as_path()) && !temps(Path::new("/dev")));
+    // Controls: a new file, an existing regular file, and a link (replaced by the file, as in
+    // v1, its target untouched).
+    let plain = agent.path("plain");
+    write_file(&agent, &plain, "0644", b"new").unwrap();
+    write_file(&agent, &plain, "0644", b"newer").unwrap();
+    assert_eq!(read_all(&agent, &plain), b"newer");
+    let link = agent.path("link");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    write_file(&agent, &link, "0644", b"over the link").unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+#[test]
+fn file_stat_and_list_do_not_block_on_a_fifo() {
+    let agent = Agent::start();
+    let d = agent.path("with-fifo");
+    std::fs::create_dir(&d).unwrap();
+    let fifo = d.join("pipe");
+    mkfifo(&fifo);
+    let ask = |kind: FrameType, path: &Path| {
+        let mut s = agent.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        send_json(&mut s, kind, &PathRequest { path: path.display().to_string() }).unwrap();
+        read_frame(&mut s).expect("no answer within 5 s").expect("EOF")
+    };
+    let f = ask(FrameType::FILE_STAT_REQ, &fifo);
+    assert_eq!(f.kind, FrameType::FILE_STAT_RESP, "{}", f.text());
+    let info: FileInfo = f.json().unwrap();
+    assert_eq!((info.name.as_str(), info.size, info.is_dir), ("pipe", 0, false));
+    let f = ask(FrameType::FILE_LS_REQ, &d);
+    assert_eq!(f.kind, FrameType::FILE_LS_RESP, "{}", f.text());
+    let entries: Vec<FileInfo> = f.json().unwrap();
+    assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["pipe"]);
+    let f = ask(FrameType::FILE_LS_REQ, &fifo);
+    assert_eq!(f.text(), format!("{} is not a directory", fifo.display()));
 }
 
 #[test]
