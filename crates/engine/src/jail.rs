@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 use vmm::{Access, Accelerator, Bind, Jail};
 
+use crate::cgroup::{Hierarchy, Limits, SandboxCgroup};
 use crate::error::EngineError;
 use crate::vm::BootSpec;
 
@@ -39,6 +40,74 @@ pub struct Confinement {
     /// CPU bound in thousandths of a core: 1000 per vCPU unless the caller asked for a fraction
     /// (v1 accepts `cpus: 0.5`).
     pub cpu_millis: u32,
+    /// The sandbox's cgroup, under [`CGROUP_PARENT`]: unique on the host (engines in tests run
+    /// side by side, so the engine's namespace is part of it).
+    pub cgroup: String,
+}
+
+/// The cgroup every sandbox's cgroup lives under.
+pub const CGROUP_PARENT: &str = "bhatti";
+
+/// Memory a QEMU may use beyond its guest's RAM: under TCG the translation cache (64 MiB), the
+/// vCPU and I/O threads' stacks, QEMU's heap and the page cache of its disk writes, which the
+/// kernel reclaims at the limit rather than failing (see the engine README for the measurement).
+pub const QEMU_OVERHEAD_MIB: u64 = 192;
+
+/// Processes and threads one QEMU may have: vCPU threads, the main loop, RCU, and QEMU's I/O
+/// worker pool (up to 64). A guest cannot make QEMU fork (seccomp), so this is a backstop.
+pub const PIDS_MAX: u32 = 256;
+
+/// The cgroup name of the sandbox `id` of the engine whose namespace is `netns`.
+pub fn cgroup_name(netns: &str, id: &str) -> String {
+    format!("{netns}.{id}")
+}
+
+/// The host's cgroup hierarchy, found once. `None` (said once in the log) where the host has no
+/// usable one: sandboxes then run jailed but without resource bounds.
+pub fn hierarchy() -> Option<&'static Hierarchy> {
+    static FOUND: OnceLock<Option<Hierarchy>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| match Hierarchy::detect() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("sandboxes run without cgroup limits: {e}");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// The limits of a sandbox with `memory_mib` of guest RAM.
+pub fn limits(memory_mib: u32, confinement: &Confinement) -> Limits {
+    Limits {
+        memory_bytes: (u64::from(memory_mib) + QEMU_OVERHEAD_MIB) << 20,
+        cpu_millis: confinement.cpu_millis,
+        pids: PIDS_MAX,
+    }
+}
+
+/// Removes a sandbox's cgroup when dropped: held by the running VM, declared after its QEMU so
+/// the QEMU is reaped first and the directory is empty.
+#[derive(Debug)]
+pub struct CgroupGuard {
+    name: String,
+}
+
+impl CgroupGuard {
+    /// A guard for the cgroup `name`.
+    pub fn new(name: String) -> Self {
+        Self { name }
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(h) = hierarchy()
+            && let Err(e) = SandboxCgroup::remove_by_name(h, CGROUP_PARENT, &self.name)
+        {
+            tracing::warn!("removing cgroup {}: {e}", self.name);
+        }
+    }
 }
 
 /// What every QEMU needs from the host: its binary, loader and libraries, and firmware.
@@ -120,7 +189,12 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 
 /// The jail of `spec`'s QEMU. Makes the sandbox's files its uid's first (the directory and what
 /// is in it, writable volumes); blocking file-system calls, a handful.
-pub fn prepare(spec: &BootSpec, accel: Accelerator, host: &HostFiles) -> Result<Jail, EngineError> {
+pub fn prepare(
+    spec: &BootSpec,
+    confinement: &Confinement,
+    accel: Accelerator,
+    host: &HostFiles,
+) -> Result<Jail, EngineError> {
     let uid = sandbox_uid(spec.ip);
     let dir = spec.files.dir();
     let mount_point = spec.files.jail_root();
@@ -150,7 +224,16 @@ pub fn prepare(spec: &BootSpec, accel: Accelerator, host: &HostFiles) -> Result<
     if accel == Accelerator::Kvm {
         binds.push(Bind { path: "/dev/kvm".into(), access: Access::Device });
     }
-    Ok(Jail { uid, gid: uid, mount_point, binds, cgroup_procs: Vec::new() })
+    let cgroup_procs = match hierarchy() {
+        Some(h) => {
+            let limits = limits(spec.memory_mib, confinement);
+            SandboxCgroup::create(h, CGROUP_PARENT, &confinement.cgroup, &limits)
+                .map_err(|e| EngineError::Tool { tool: "cgroup".into(), message: e.to_string() })?
+                .procs_files()
+        }
+        None => Vec::new(),
+    };
+    Ok(Jail { uid, gid: uid, mount_point, binds, cgroup_procs })
 }
 
 /// Makes `path` belong to `uid` (and the group of the same number), without following a symlink.

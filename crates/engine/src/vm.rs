@@ -102,6 +102,8 @@ pub struct Vm {
     pub files: SandboxFiles,
     /// QMP events of this QEMU (stops, I/O errors), read by the sandbox's owner.
     pub events: tokio::sync::broadcast::Receiver<vmm::qmp::Event>,
+    /// Removes the QEMU's cgroup once the QEMU (declared first, so dropped first) is gone.
+    _cgroup: Option<crate::jail::CgroupGuard>,
 }
 
 impl Vm {
@@ -258,12 +260,14 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
     let cfg = vm_config(spec)?;
+    // Made by `vm_config`; removed when the start fails or the VM ends.
+    let cgroup = cgroup_guard(spec);
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     record_pid(&spec.files, qemu.pid);
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
     let ready_after = qemu.spawned_at.elapsed();
-    let vm = Vm::new(qemu, client, spec, ready_after);
+    let vm = Vm::new(qemu, cgroup, client, spec, ready_after);
     match ready {
         Ok(_) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
@@ -303,10 +307,10 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
         });
     }
     cfg.net = Some(NetDevice { tap_fd: TAP_FD, mac: mac_text(spec.mac) });
-    if spec.confine.is_some() {
+    if let Some(confinement) = &spec.confine {
         let host = crate::jail::HostFiles::get()?;
         cfg.qemu = host.qemu.clone();
-        cfg.jail = Some(crate::jail::prepare(spec, accel, host)?);
+        cfg.jail = Some(crate::jail::prepare(spec, confinement, accel, host)?);
     }
     Ok(cfg)
 }
@@ -334,10 +338,11 @@ async fn start_incoming(
     spec: &BootSpec,
     tap: std::os::fd::OwnedFd,
     state: &Path,
-) -> Result<(QemuProcess, [Duration; 3]), EngineError> {
+) -> Result<(Started, [Duration; 3]), EngineError> {
     let t0 = Instant::now();
     let mut cfg = vm_config(spec)?;
     cfg.incoming = true;
+    let cgroup = cgroup_guard(spec);
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     let started = t0.elapsed();
     record_pid(&spec.files, qemu.pid);
@@ -355,7 +360,14 @@ async fn start_incoming(
         tracing::warn!("removing the consumed state {}: {e}", state.display());
     }
     cont?;
-    Ok((qemu, [started, loaded, t0.elapsed()]))
+    Ok(((qemu, cgroup), [started, loaded, t0.elapsed()]))
+}
+
+/// A started QEMU and its cgroup's guard.
+type Started = (QemuProcess, Option<crate::jail::CgroupGuard>);
+
+fn cgroup_guard(spec: &BootSpec) -> Option<crate::jail::CgroupGuard> {
+    spec.confine.as_ref().map(|c| crate::jail::CgroupGuard::new(c.cgroup.clone()))
 }
 
 /// What suspending to disk cost.
@@ -481,7 +493,7 @@ pub async fn resume_from_disk(
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
     let t_tap = t0.elapsed();
-    let (qemu, [t_qemu, t_load, t_cont]) = start_incoming(spec, tap, state).await?;
+    let ((qemu, cgroup), [t_qemu, t_load, t_cont]) = start_incoming(spec, tap, state).await?;
     let client = client.unwrap_or_else(|| agent_client(ns, spec));
     // The clock correction doubles as the readiness probe (one round trip instead of two): a
     // pooled connection answers as soon as the guest runs. An agent error (a v1 agent without
@@ -503,7 +515,7 @@ pub async fn resume_from_disk(
         "restored from disk"
     );
     let ready_after = qemu.spawned_at.elapsed();
-    let vm = Vm::new(qemu, client, spec, ready_after);
+    let vm = Vm::new(qemu, cgroup, client, spec, ready_after);
     match ready {
         Ok(()) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
@@ -525,7 +537,7 @@ pub async fn resume_moved(
 ) -> Result<Vm, EngineError> {
     let bridge_mac = ns.mac(&spec.bridge).await?;
     let tap = ns.open_isolated_tap(&spec.tap, bridge_mac).await?;
-    let (qemu, _) = start_incoming(spec, tap, state).await?;
+    let ((qemu, cgroup), _) = start_incoming(spec, tap, state).await?;
     let private = client_at(ns, spec, from, Some(&spec.tap));
     let target = proto::messages::SetNet {
         ip: spec.ip,
@@ -544,7 +556,7 @@ pub async fn resume_moved(
         confirm.wait_ready(spec.ready_timeout).await
     }
     .await;
-    let vm = |qemu, client| Vm::new(qemu, client, spec, Duration::ZERO);
+    let vm = |qemu, client| Vm::new(qemu, cgroup, client, spec, Duration::ZERO);
     if let Err(source) = moved {
         let failed = vm(qemu, Arc::new(confirm));
         return Err(EngineError::NotReady { source, console: failed.serial_log() });
@@ -590,12 +602,14 @@ async fn correct_clock(client: &AgentClient) {
 impl Vm {
     fn new(
         qemu: QemuProcess,
+        cgroup: Option<crate::jail::CgroupGuard>,
         client: Arc<AgentClient>,
         spec: &BootSpec,
         ready_after: Duration,
     ) -> Self {
         let events = qemu.qmp.subscribe();
-        Vm { qemu, client, ip: spec.ip, ready_after, files: spec.files.clone(), events }
+        let files = spec.files.clone();
+        Vm { qemu, client, ip: spec.ip, ready_after, files, events, _cgroup: cgroup }
     }
 }
 

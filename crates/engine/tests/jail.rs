@@ -78,3 +78,55 @@ async fn every_qemu_runs_as_its_own_user_without_privileges_in_its_own_namespace
     let out = e.exec("a", &["echo", "jailed"]).await.unwrap();
     assert_eq!(out.stdout, b"jailed\n");
 }
+
+/// The v1 controller directory `controller` of process `pid` (from `/proc/<pid>/cgroup`).
+fn v1_cgroup_dir(pid: u32, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == controller).then(|| path.to_owned())
+        })
+        .unwrap_or_else(|| panic!("{controller} missing from {text}"));
+    PathBuf::from(format!("/sys/fs/cgroup/{controller}{path}"))
+}
+
+fn read_u64(path: PathBuf) -> u64 {
+    std::fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_sandbox_is_bounded_by_its_cgroup() {
+    let hierarchy = engine::cgroup::Hierarchy::detect().unwrap();
+    assert_eq!(hierarchy.name(), "v1", "these machines are v1-only; v2 is unit-tested");
+    let e = test_engine().await;
+    let mut spec = small("bounded");
+    spec.memory_mib = 160;
+    e.create(&spec).await.unwrap();
+    let dir = e.dir_of("bounded");
+    let pid = qemu_pid(&dir);
+    let name = engine::jail::cgroup_name(&e.config.netns, "bounded");
+    let memory = v1_cgroup_dir(pid, "memory");
+    assert!(memory.ends_with(format!("bhatti/{name}")), "{}", memory.display());
+    let limit = read_u64(memory.join("memory.limit_in_bytes"));
+    assert_eq!(limit, (160 + engine::jail::QEMU_OVERHEAD_MIB) << 20);
+    let cpu = v1_cgroup_dir(pid, "cpu");
+    assert_eq!(read_u64(cpu.join("cpu.cfs_quota_us")), 100_000, "1 vCPU = one core");
+    assert_eq!(read_u64(cpu.join("cpu.cfs_period_us")), 100_000);
+    let pids = v1_cgroup_dir(pid, "pids");
+    assert_eq!(read_u64(pids.join("pids.max")), u64::from(engine::jail::PIDS_MAX));
+    assert!(read_u64(pids.join("pids.current")) >= 2, "QEMU's threads are counted");
+    // What QEMU used so far stays under the limit, and is more than nothing.
+    let peak = read_u64(memory.join("memory.max_usage_in_bytes"));
+    assert!(peak > 16 << 20 && peak <= limit, "peak {peak} limit {limit}");
+    // Stopping the sandbox removes the cgroup; starting it makes it again.
+    e.stop("bounded", std::time::Duration::from_secs(30)).await.unwrap();
+    assert!(!memory.exists(), "{} left behind", memory.display());
+    e.start("bounded").await.unwrap();
+    let pid = qemu_pid(&dir);
+    assert_eq!(read_u64(v1_cgroup_dir(pid, "memory").join("memory.limit_in_bytes")), limit);
+    e.destroy("bounded").await.unwrap();
+    assert!(!memory.exists());
+}

@@ -492,6 +492,8 @@ impl Engine {
                 read_only: v.read_only,
             })
             .collect();
+        let id = files.dir().file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let cgroup = crate::jail::cgroup_name(&self.config.netns, &id);
         BootSpec {
             kernel: self.config.kernel.clone(),
             image: shape.image.to_owned(),
@@ -515,10 +517,10 @@ impl Engine {
             accel: self.config.accel,
             disk_cache: self.config.disk_cache,
             ready_timeout: self.config.ready_timeout,
-            confine: self
-                .config
-                .confine
-                .then(|| crate::jail::Confinement { cpu_millis: u32::from(shape.vcpus) * 1000 }),
+            confine: self.config.confine.then(|| crate::jail::Confinement {
+                cpu_millis: u32::from(shape.vcpus) * 1000,
+                cgroup,
+            }),
         }
     }
 
