@@ -242,6 +242,7 @@ mod tests {
                 mac: "52:54:00:00:00:02".into(),
                 token: "t".into(),
                 vcpus: 2,
+                cpu_millis: None,
                 memory_mib: 1024,
                 env: Default::default(),
                 init: String::new(),

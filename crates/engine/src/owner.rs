@@ -657,6 +657,7 @@ impl Owner {
             mac: vm::mac_text(spec.mac),
             token: spec.guest.token.clone(),
             vcpus: spec.vcpus,
+            cpu_millis: spec.confine.as_ref().map(|c| c.cpu_millis),
             memory_mib: spec.memory_mib,
             env: spec.guest.env.clone(),
             init: spec.guest.init.clone(),

@@ -37,6 +37,9 @@ pub struct CreateSpec {
     pub memory_mib: u32,
     /// vCPUs.
     pub vcpus: u8,
+    /// CPU time the sandbox may use, in thousandths of a core (v1's `cpus: 0.5` is 500), at most
+    /// `vcpus` cores; `None` is `vcpus` whole cores.
+    pub cpu_millis: Option<u32>,
     /// Environment for every exec.
     pub env: BTreeMap<String, String>,
     /// Init script, run as the `init` session.
@@ -71,6 +74,7 @@ impl CreateSpec {
             image: image.into(),
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: DEFAULT_VCPUS,
+            cpu_millis: None,
             env: BTreeMap::new(),
             init: String::new(),
             files: BTreeMap::new(),
@@ -90,6 +94,7 @@ impl CreateSpec {
             image: template.image.clone(),
             memory_mib: template.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
             vcpus: template.vcpus.unwrap_or(DEFAULT_VCPUS),
+            cpu_millis: None,
             env: template.env.clone(),
             init: template.init.clone(),
             files: BTreeMap::new(),

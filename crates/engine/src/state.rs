@@ -43,6 +43,10 @@ pub struct SandboxRecord {
     pub token: String,
     /// vCPUs.
     pub vcpus: u8,
+    /// CPU bound in thousandths of a core, when the caller gave a fraction (absent in records
+    /// written before bounds existed: `vcpus` cores).
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
     /// Guest RAM in MiB.
     pub memory_mib: u32,
     /// Environment (needed when the sandbox boots again from its disk).
@@ -138,6 +142,7 @@ mod tests {
             mac: "52:54:00:00:00:02".into(),
             token: "t".repeat(32),
             vcpus: 2,
+            cpu_millis: None,
             memory_mib: 1024,
             env: [("A".to_owned(), "b".to_owned())].into(),
             init: "sleep 1".into(),

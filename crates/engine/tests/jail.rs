@@ -130,3 +130,134 @@ async fn a_running_sandbox_is_bounded_by_its_cgroup() {
     e.destroy("bounded").await.unwrap();
     assert!(!memory.exists());
 }
+
+/// Runs the probe in the confinement of QEMU `pid`; the outcome of each check.
+fn probe(pid: u32, checks: &[String]) -> BTreeMap<String, bool> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jail-probe"))
+        .arg(pid.to_string())
+        .args(checks)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "probe failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    let results: BTreeMap<String, bool> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some((f.next()?.to_owned(), f.next()? == "allowed"))
+        })
+        .collect();
+    assert_eq!(results.len(), checks.len(), "{stdout}");
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qemu_taken_over_by_its_guest_cannot_reach_anything_of_the_host() {
+    use proto::guest::GuestConfig;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let net = TestNet::new().await;
+    let a = boot(&net, 2, 128).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let spec_b = spec_for(&net, 3, 128, GuestConfig::default(), dir_b.path(), true);
+    let b = engine::vm::boot(&net.ns, &spec_b).await.unwrap();
+    let (fa, fb) = (
+        engine::layout::SandboxFiles::new(a.dir.path()),
+        engine::layout::SandboxFiles::new(dir_b.path()),
+    );
+    assert!(fb.ram().exists() && fb.overlay().exists());
+
+    // What a daemon keeps beside its sandboxes: the store, the admin key, the API socket and
+    // TCP port. The host itself can read and reach all of them (the controls).
+    let daemon = tempfile::tempdir().unwrap();
+    let (store, key) = (daemon.path().join("state.db"), daemon.path().join("admin.key"));
+    std::fs::write(&store, b"SQLite format 3").unwrap();
+    std::fs::write(&key, b"bht_secret").unwrap();
+    let socket = daemon.path().join("api.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap();
+    std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::net::TcpStream::connect(port).unwrap();
+    std::fs::read("/etc/shadow").unwrap();
+
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let refused = [
+        format!("read:{}", path(fb.overlay())),
+        format!("read:{}", path(fb.ram())),
+        format!("write:{}", path(fb.overlay())),
+        format!("read:{}", path(store.clone())),
+        format!("read:{}", path(key.clone())),
+        "read:/etc/shadow".to_owned(),
+        "read:/proc/1/environ".to_owned(),
+        format!("read:{}", fb.dir().display()),
+        "create:/escape".to_owned(),
+        format!("create:{}/escape", a.dir.path().parent().unwrap().display()),
+        format!("unix:{}", socket.display()),
+        format!("tcp:{port}"),
+        "exec:/bin/sh".to_owned(),
+        "exec:/usr/bin/env".to_owned(),
+        format!("kill:{}", b.qemu.pid),
+        "kill:1".to_owned(),
+        format!("kill:{}", std::process::id()),
+        "setuid:0".to_owned(),
+        "mount".to_owned(),
+    ];
+    // The probe really holds the QEMU's powers: its own files and its own process.
+    let allowed = [
+        format!("read:{}", path(fa.overlay())),
+        format!("write:{}", path(fa.serial_log())),
+        format!("create:{}/probe-was-here", a.dir.path().display()),
+        format!("kill:{}", a.qemu.pid),
+    ];
+    let checks: Vec<String> = refused.iter().chain(&allowed).cloned().collect();
+    let results = probe(a.qemu.pid, &checks);
+    for check in &refused {
+        assert!(!results[check], "{check} was allowed from inside the jail");
+    }
+    for check in &allowed {
+        assert!(results[check], "{check} was refused: the probe did not hold the QEMU's powers");
+    }
+
+    // The same through the QEMU itself, seccomp included: QMP commands that open files, connect
+    // sockets and start programs.
+    let qmp = &a.qemu.qmp;
+    let t = Duration::from_secs(5);
+    let open = |file: String, node: &str| {
+        json!({"driver": "raw", "node-name": node, "read-only": true,
+               "file": {"driver": "file", "filename": file}})
+    };
+    for (i, file) in
+        [path(fb.overlay()), path(store), path(key), "/etc/shadow".into()].into_iter().enumerate()
+    {
+        let err = qmp.execute("blockdev-add", Some(open(file.clone(), &format!("x{i}"))), t).await;
+        assert!(err.is_err(), "QEMU opened {file}");
+    }
+    qmp.execute("blockdev-add", Some(open(path(fa.config_drive()), "own")), t).await.unwrap();
+    qmp.execute("blockdev-del", Some(json!({"node-name": "own"})), t).await.unwrap();
+    let chardev = |id: &str, addr: serde_json::Value| json!({"id": id, "backend": {"type": "socket", "data": {"addr": addr, "server": false}}});
+    let inet =
+        json!({"type": "inet", "data": {"host": "127.0.0.1", "port": port.port().to_string()}});
+    assert!(qmp.execute("chardev-add", Some(chardev("c1", inet)), t).await.is_err());
+    let unix_addr = json!({"type": "unix", "data": {"path": socket.display().to_string()}});
+    assert!(qmp.execute("chardev-add", Some(chardev("c2", unix_addr)), t).await.is_err());
+    tcp.set_nonblocking(true).unwrap();
+    unix.set_nonblocking(true).unwrap();
+    tcp.accept().map(drop).expect("the host's own connect");
+    assert!(tcp.accept().is_err(), "QEMU connected to the daemon's port");
+    unix.accept().map(drop).expect("the host's own connect");
+    assert!(unix.accept().is_err(), "QEMU connected to the daemon's socket");
+    let spawn = qmp.execute("migrate", Some(json!({"uri": "exec:/bin/true"})), t).await;
+    let refused = match spawn {
+        Err(e) => e.to_string(),
+        Ok(_) => qmp.execute("query-migrate", None, t).await.unwrap().to_string(),
+    };
+    assert!(refused.contains("not permitted") || refused.contains("failed"), "{refused}");
+
+    // Both guests run on, untouched.
+    for vm in [&a.vm, &b] {
+        let out = vm.client.exec(&["echo", "ok"]).await.unwrap();
+        assert_eq!(out.stdout, b"ok\n");
+    }
+}

@@ -111,6 +111,8 @@ fn engine_spec(
     let mut spec = engine::CreateSpec::new(id, image).owned_by(owner);
     spec.hostname = hostname_of(name);
     spec.vcpus = u8::try_from(cpus.ceil() as u64).unwrap_or(u8::MAX).max(1);
+    // v1's fractions are a CPU-time bound (0.5 is half a core), enforced by the sandbox's cgroup.
+    spec.cpu_millis = Some((cpus * 1000.0).round() as u32);
     spec.memory_mib = memory_mb;
     spec.disk_size_mib = (req.disk_size_mb > 0).then_some(req.disk_size_mb);
     spec.env = req.env.clone();

@@ -517,10 +517,10 @@ impl Engine {
             accel: self.config.accel,
             disk_cache: self.config.disk_cache,
             ready_timeout: self.config.ready_timeout,
-            confine: self.config.confine.then(|| crate::jail::Confinement {
-                cpu_millis: u32::from(shape.vcpus) * 1000,
-                cgroup,
-            }),
+            confine: self
+                .config
+                .confine
+                .then(|| crate::jail::Confinement { cpu_millis: shape.cpu_millis(), cgroup }),
         }
     }
 
@@ -546,6 +546,15 @@ impl Engine {
         check_hostname(spec.guest_hostname())?;
         if spec.vcpus == 0 || spec.memory_mib < 64 {
             return Err(EngineError::invalid("a sandbox needs at least 1 vCPU and 64 MiB"));
+        }
+        if let Some(millis) = spec.cpu_millis
+            && !(MIN_CPU_MILLIS..=u32::from(spec.vcpus) * 1000).contains(&millis)
+        {
+            return Err(EngineError::invalid(format!(
+                "cpus must be between 0.01 and the vCPU count ({}), got {}",
+                spec.vcpus,
+                f64::from(millis) / 1000.0
+            )));
         }
         let image_name =
             || spec.image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -611,6 +620,7 @@ impl Engine {
             image: &spec.image,
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
+            cpu_millis: spec.cpu_millis,
             disk_size_mib: spec.disk_size_mib,
             volumes: &volumes,
             ip,
@@ -848,14 +858,25 @@ impl Engine {
 pub const SHUTDOWN_PARALLEL: usize = 4;
 
 /// The shape of a VM to boot.
+/// The smallest CPU bound: the kernel's smallest quota is 1 ms per 100 ms period.
+const MIN_CPU_MILLIS: u32 = 10;
+
 pub(crate) struct Shape<'a> {
     image: &'a Path,
     memory_mib: u32,
     vcpus: u8,
+    cpu_millis: Option<u32>,
     disk_size_mib: Option<u32>,
     volumes: &'a [VolumeMount],
     ip: Ipv4Addr,
     mac: [u8; 6],
+}
+
+impl Shape<'_> {
+    /// The CPU bound: what the caller asked for, else every vCPU a whole core.
+    fn cpu_millis(&self) -> u32 {
+        self.cpu_millis.unwrap_or(u32::from(self.vcpus) * 1000)
+    }
 }
 
 #[cfg(test)]

@@ -179,6 +179,7 @@ impl Engine {
             image: &record.image,
             memory_mib: record.memory_mib,
             vcpus: record.vcpus,
+            cpu_millis: record.cpu_millis,
             disk_size_mib: record.disk_size_mib,
             volumes: &record.volumes,
             ip: record.ip,

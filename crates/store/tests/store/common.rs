@@ -57,6 +57,7 @@ pub fn record(name: &str, snapshot: bool, thermal: Thermal) -> SandboxRecord {
         mac: "52:54:00:00:00:02".into(),
         token: "agent-token-0123456789abcdef".into(),
         vcpus: 2,
+        cpu_millis: Some(1500),
         memory_mib: 1024,
         env: [("SECRET_ENV".to_owned(), "hunter2".to_owned())].into(),
         init: String::new(),
