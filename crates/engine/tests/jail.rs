@@ -261,3 +261,116 @@ async fn a_qemu_taken_over_by_its_guest_cannot_reach_anything_of_the_host() {
         assert_eq!(out.stdout, b"ok\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_past_the_bounds_is_paid_by_the_guest_or_its_own_qemu_never_the_host() {
+    use serde_json::json;
+    use std::time::Duration;
+
+    let net = TestNet::new().await;
+    let a = boot(&net, 2, 128).await;
+    let b = boot(&net, 3, 128).await;
+    let memory = v1_cgroup_dir(a.qemu.pid, "memory");
+    let limit = read_u64(memory.join("memory.limit_in_bytes"));
+    assert_eq!(limit, (128 + engine::jail::QEMU_OVERHEAD_MIB) << 20);
+
+    // The guest asks for more than its RAM: its own kernel kills the hog; the guest lives on.
+    let hog = a
+        .client
+        .exec(&["sh", "-c", "x=$(dd if=/dev/zero bs=1M count=256 2>/dev/null | tr '\\0' a); echo kept ${#x}"])
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&hog.stdout).contains("kept 268435456"), "{hog:?}");
+    assert_ne!(hog.exit_code, 0, "{hog:?}");
+    assert_eq!(a.client.exec(&["echo", "alive"]).await.unwrap().stdout, b"alive\n");
+    let peak = read_u64(memory.join("memory.max_usage_in_bytes"));
+    assert!(peak <= limit, "QEMU used {peak} past its bound {limit}");
+    let oom_kills = |dir: &Path| -> u64 {
+        let text = std::fs::read_to_string(dir.join("memory.oom_control")).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).unwrap().trim().parse().unwrap()
+    };
+    assert_eq!(oom_kills(&memory), 0, "the guest's OOM is the guest's business");
+
+    // QEMU itself asked (through QMP) to allocate 1 GiB: its cgroup kills it, and only it.
+    let t = Duration::from_secs(30);
+    let hog = json!({"qom-type": "memory-backend-ram", "id": "hog", "size": 1u64 << 30, "prealloc": true});
+    let _ = a.qemu.qmp.execute("object-add", Some(hog), t).await;
+    let gone = tokio::time::timeout(t, a.qemu.qmp.gone()).await;
+    assert!(gone.is_ok(), "QEMU survived allocating past its cgroup's bound");
+    assert!(oom_kills(&memory) >= 1, "killed by something else than its cgroup");
+    assert_eq!(b.client.exec(&["echo", "alive"]).await.unwrap().stdout, b"alive\n");
+}
+
+/// CPU time used by the cgroup of QEMU `pid` so far (its cpuacct.usage, in ns).
+fn cpu_ns(pid: u32) -> u64 {
+    read_u64(v1_cgroup_dir(pid, "cpuacct").join("cpuacct.usage"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_in_a_guest_leaves_the_host_and_its_neighbours_responsive() {
+    use std::time::{Duration, Instant};
+
+    let e = test_engine().await;
+    e.create(&small("calm")).await.unwrap();
+    e.create(&small("bomb")).await.unwrap();
+    let bomb_pid = qemu_pid(&e.dir_of("bomb"));
+    let mut req = agent::ExecRequest::command(["sh", "-c", "f(){ f | f & }; f"]);
+    req.output_file = Some("/tmp/bomb.log".into());
+    e.exec_detached("bomb", &req).await.unwrap();
+
+    let (cpu0, t0) = (cpu_ns(bomb_pid), Instant::now());
+    let (mut host, mut neighbour) = (Vec::new(), Vec::new());
+    while t0.elapsed() < Duration::from_secs(6) {
+        let t = Instant::now();
+        assert!(std::process::Command::new("true").status().unwrap().success());
+        host.push(ms(t.elapsed()));
+        let t = Instant::now();
+        assert_eq!(e.exec("calm", &["echo", "ok"]).await.unwrap().stdout, b"ok\n");
+        neighbour.push(ms(t.elapsed()));
+    }
+    let (cpu, wall) = (cpu_ns(bomb_pid) - cpu0, t0.elapsed());
+    let share = cpu as f64 / wall.as_nanos() as f64;
+    let (h50, _, h99) = p50_95_99(&host);
+    let (n50, _, n99) = p50_95_99(&neighbour);
+    println!(
+        "fork bomb: its QEMU used {share:.2} cores; host spawn p50 {h50:.1} p99 {h99:.1} ms; \
+         neighbour exec p50 {n50:.1} p99 {n99:.1} ms ({} rounds)",
+        host.len()
+    );
+    assert!(share > 0.3, "the bomb did not run ({share:.2} cores): the test proves nothing");
+    assert!(share < 1.15, "the bomb's QEMU took {share:.2} cores, past its one");
+    assert!(h99 < 500.0, "host spawn p99 {h99:.1} ms");
+    assert!(n99 < 5_000.0, "neighbour exec p99 {n99:.1} ms");
+    // The bombed sandbox can still be destroyed at once, and the host keeps nothing of it.
+    let t = Instant::now();
+    e.destroy("bomb").await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(!Path::new(&format!("/proc/{bomb_pid}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_cpu_is_half_a_core() {
+    use std::time::{Duration, Instant};
+
+    let e = test_engine().await;
+    let mut spec = small("half");
+    spec.cpu_millis = Some(500);
+    e.create(&spec).await.unwrap();
+    let pid = qemu_pid(&e.dir_of("half"));
+    assert_eq!(read_u64(v1_cgroup_dir(pid, "cpu").join("cpu.cfs_quota_us")), 50_000);
+    let mut busy = agent::ExecRequest::command(["sh", "-c", "while :; do :; done"]);
+    busy.output_file = Some("/tmp/busy.log".into());
+    e.exec_detached("half", &busy).await.unwrap();
+    let (cpu0, t0) = (cpu_ns(pid), Instant::now());
+    // Waiting is the measurement here: CPU time over a fixed wall-clock window.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let share = (cpu_ns(pid) - cpu0) as f64 / t0.elapsed().as_nanos() as f64;
+    println!("a busy guest with cpus 0.5 used {share:.2} cores");
+    assert!(share > 0.25, "the guest was not busy ({share:.2}): the test proves nothing");
+    assert!(share < 0.6, "cpus 0.5 took {share:.2} cores");
+    // Out of range fractions are refused with a clear error.
+    let mut bad = small("bad");
+    bad.cpu_millis = Some(1500);
+    let err = e.create(&bad).await.unwrap_err();
+    assert_eq!(err.kind(), engine::ErrorKind::Invalid, "{err}");
+}
