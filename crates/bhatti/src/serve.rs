@@ -45,6 +45,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (engine, recovered) = recover(&config, &mut sync).await?;
     drop(sync);
     let store = store::AsyncStore::open(&db, &store::Options::default())?;
+    // Which wall stands around each QEMU, and which cgroup hierarchy bounds it.
+    tracing::info!(confinement = %engine.confinement(), "sandboxes");
     let state = server::AppState::new(Arc::new(engine), store, config.server());
     tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
 

@@ -77,6 +77,29 @@ pub fn hierarchy() -> Option<&'static Hierarchy> {
         .as_ref()
 }
 
+/// Removes the cgroups an earlier engine on `netns` left behind (its QEMUs are gone, killed as
+/// orphans or dead with it); returns how many. One attempt each, no waiting: a cgroup with
+/// processes in it (a sandbox already running again) stays.
+pub fn sweep_cgroups(netns: &str) -> usize {
+    let Some(h) = hierarchy() else {
+        return 0;
+    };
+    let prefix = format!("{netns}.");
+    let mut removed = 0;
+    for root in h.dirs() {
+        let Ok(entries) = std::fs::read_dir(root.join(CGROUP_PARENT)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let ours = entry.file_name().to_string_lossy().starts_with(&prefix);
+            if ours && std::fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// The limits of a sandbox with `memory_mib` of guest RAM.
 pub fn limits(memory_mib: u32, confinement: &Confinement) -> Limits {
     Limits {

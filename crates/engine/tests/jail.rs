@@ -277,7 +277,11 @@ async fn memory_past_the_bounds_is_paid_by_the_guest_or_its_own_qemu_never_the_h
     // The guest asks for more than its RAM: its own kernel kills the hog; the guest lives on.
     let hog = a
         .client
-        .exec(&["sh", "-c", "x=$(dd if=/dev/zero bs=1M count=256 2>/dev/null | tr '\\0' a); echo kept ${#x}"])
+        .exec(&[
+            "sh",
+            "-c",
+            "x=$(dd if=/dev/zero bs=1M count=256 2>/dev/null | tr '\\0' a); echo kept ${#x}",
+        ])
         .await
         .unwrap();
     assert!(!String::from_utf8_lossy(&hog.stdout).contains("kept 268435456"), "{hog:?}");

@@ -387,3 +387,39 @@ async fn perf_truncated_read() {
     println!("| full / truncated p50 | | {:.1}x | | | |", f50 / t50);
     assert!(p99 < 2_000.0);
 }
+
+/// What confinement costs: create and cold wake + exec with every QEMU jailed (the default)
+/// against the same with `confine` off, two engines side by side in one run, interleaved so
+/// drift hits both alike. Target: at most 10% at p50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_confinement_cost() {
+    let jailed = test_engine().await;
+    let open = test_engine_with(|c| c.confine = false).await;
+    let (mut create, mut wake) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for i in 0..8 {
+        // Alternate which engine goes first.
+        let order: [(usize, &TestEngine); 2] =
+            if i % 2 == 0 { [(0, &jailed), (1, &open)] } else { [(1, &open), (0, &jailed)] };
+        for (k, e) in order {
+            let name = format!("c{i}");
+            let (made, t) = time(e.create(&small(&name))).await;
+            made.unwrap();
+            create[k].push(t);
+            e.stop(&name, Duration::ZERO).await.unwrap();
+            let (out, t) = time(e.exec(&name, &["true"])).await;
+            assert_eq!(out.unwrap().exit_code, 0);
+            wake[k].push(t);
+            e.destroy(&name).await.unwrap();
+        }
+    }
+    header("confinement cost (128 MiB guests, 8 each, interleaved)");
+    let (c_open, _, _) = row("create, unconfined", &create[1], "");
+    let (c_jail, _, c99) = row("create, jailed", &create[0], "");
+    let (w_open, _, _) = row("cold wake + exec, unconfined", &wake[1], "");
+    let (w_jail, _, w99) = row("cold wake + exec, jailed", &wake[0], "");
+    println!("| create jailed / unconfined p50 | | {:.3}x | | | target 1.10x |", c_jail / c_open);
+    println!("| cold wake jailed / unconfined p50 | | {:.3}x | | | target 1.10x |", w_jail / w_open);
+    // Loose bounds against regressions on a shared machine; the README has the quiet numbers.
+    assert!(c_jail / c_open < 1.3 && w_jail / w_open < 1.3);
+    assert!(c99 < 20_000.0 && w99 < 10_000.0);
+}

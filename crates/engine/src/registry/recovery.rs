@@ -85,6 +85,16 @@ impl Engine {
         super::checkpoints::clean_staging(&layout.checkpoints());
         // Measured once, off the async threads, before the first boot needs it.
         let _ = tokio::task::spawn_blocking(vm::host_tsc_khz).await;
+        if config.confine {
+            // Found once, off the async threads: QEMU's files for the jails (a host without them
+            // fails here, not at the first create) and the cgroup hierarchy.
+            tokio::task::spawn_blocking(|| {
+                crate::jail::hierarchy();
+                crate::jail::HostFiles::get().map(drop)
+            })
+            .await
+            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
+        }
         let engine = Self {
             pool: Arc::new(Mutex::new(IpPool::new(config.subnet))),
             sandboxes: Mutex::new(BTreeMap::new()),
@@ -149,6 +159,15 @@ impl Engine {
             .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
         if orphans > 0 {
             tracing::warn!("removed {orphans} sandboxes left by an earlier engine");
+        }
+        if engine.config.confine {
+            let netns = engine.config.netns.clone();
+            let swept = tokio::task::spawn_blocking(move || crate::jail::sweep_cgroups(&netns))
+                .await
+                .unwrap_or(0);
+            if swept > 0 {
+                tracing::info!("removed {swept} cgroups left by an earlier engine");
+            }
         }
         Ok((engine, failed))
     }
