@@ -491,14 +491,60 @@ impl SandboxCgroup {
     /// directory is retried for about 0.6 s (a killed QEMU takes a moment to be gone); a missing
     /// one is fine.
     pub fn remove(self) -> Result<(), CgroupError> {
+        rmdir_patiently(&self.cpu_dir().join(THREADS_CHILD))?;
         self.dirs.dirs().iter().try_for_each(|d| rmdir_patiently(d))
     }
 
     /// Removes `<parent>/<name>` without a [`SandboxCgroup`]: leftovers after a crash.
     pub fn remove_by_name(h: &Hierarchy, parent: &str, name: &str) -> Result<(), CgroupError> {
+        Self::existing(h, parent, name)?.remove()
+    }
+
+    /// The cgroup `<parent>/<name>` made earlier by [`SandboxCgroup::create`] (no file-system
+    /// access).
+    pub fn existing(h: &Hierarchy, parent: &str, name: &str) -> Result<Self, CgroupError> {
         check_name(parent)?;
         check_name(name)?;
-        SandboxCgroup { dirs: h.join(&Path::new(parent).join(name)) }.remove()
+        Ok(SandboxCgroup { dirs: h.join(&Path::new(parent).join(name)) })
+    }
+
+    /// The directory of the CPU controller (v1's `cpu` mount, or the v2 directory).
+    fn cpu_dir(&self) -> &Path {
+        match &self.dirs {
+            Hierarchy::V2 { root } => root,
+            Hierarchy::V1 { cpu, .. } => cpu,
+        }
+    }
+
+    /// Bounds the threads `tids` of the cgroup's process to `cpu_millis` together, in a child
+    /// of its CPU controller ([`THREADS_CHILD`]); the process's other threads stay under the
+    /// cgroup's own bound. This is libvirt's layout: a guest's vCPUs get exactly the CPU it
+    /// asked for, while the VMM's own threads (device emulation, the main loop) have an
+    /// allowance of their own instead of competing with the vCPUs for the same quota.
+    /// v1 moves each thread with `tasks`; v2 makes the child `threaded` and uses
+    /// `cgroup.threads`.
+    pub fn bound_threads(&self, tids: &[u32], cpu_millis: u32) -> Result<(), CgroupError> {
+        let limits = Limits { memory_bytes: 1, cpu_millis, pids: 1 };
+        limits.check()?;
+        let child = self.cpu_dir().join(THREADS_CHILD);
+        mkdir(&child)?;
+        let quota = limits.cpu_quota_us();
+        let threads = match &self.dirs {
+            Hierarchy::V2 { root } => {
+                // The child must be threaded before the parent, which holds the process, may
+                // enable a controller for it.
+                write_file(&child.join("cgroup.type"), "threaded")?;
+                write_file(&root.join("cgroup.subtree_control"), "+cpu")?;
+                write_file(&child.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                child.join("cgroup.threads")
+            }
+            Hierarchy::V1 { .. } => {
+                write_file(&child.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write_file(&child.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                child.join("tasks")
+            }
+        };
+        tids.iter().try_for_each(|tid| write_file(&threads, &tid.to_string()))
     }
 }
 
@@ -561,6 +607,9 @@ fn mkdir(path: &Path) -> Result<(), CgroupError> {
         _ => Ok(()),
     }
 }
+
+/// The child of a sandbox's CPU controller that holds its vCPU threads.
+pub const THREADS_CHILD: &str = "vcpus";
 
 /// rmdir, retried while the kernel still counts an exiting process in the cgroup.
 fn rmdir_patiently(path: &Path) -> Result<(), CgroupError> {
@@ -698,6 +747,33 @@ mod tests {
         SandboxCgroup::create(&h, "bhatti", "sb2", &LIMITS).unwrap();
         assert!(root.join("bhatti/sb1/memory.swap.max").exists());
         assert!(!root.join("bhatti/sb2/memory.swap.max").exists());
+    }
+
+    #[test]
+    fn vcpu_threads_get_a_bound_of_their_own_in_both_hierarchies() {
+        let t = fake_v2();
+        let root = t.path();
+        let h = Hierarchy::at(root).unwrap();
+        let cg = SandboxCgroup::create(&h, "bhatti", "sb1", &LIMITS).unwrap();
+        cg.bound_threads(&[41, 42], 250).unwrap();
+        let child = root.join("bhatti/sb1").join(THREADS_CHILD);
+        assert_eq!(read(&child.join("cgroup.type")), "threaded");
+        assert_eq!(read(&root.join("bhatti/sb1/cgroup.subtree_control")), "+cpu");
+        assert_eq!(read(&child.join("cpu.max")), "25000 100000");
+        // The fake file keeps the last write; the kernel's takes each thread in turn.
+        assert_eq!(read(&child.join("cgroup.threads")), "42");
+
+        let t = fake_v1(true);
+        let root = t.path();
+        let h = Hierarchy::at(root).unwrap();
+        let cg = SandboxCgroup::create(&h, "bhatti", "sb1", &LIMITS).unwrap();
+        cg.bound_threads(&[7], 1000).unwrap();
+        let child = root.join("cpu/bhatti/sb1").join(THREADS_CHILD);
+        assert_eq!(read(&child.join("cpu.cfs_quota_us")), "100000");
+        assert_eq!(read(&child.join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(&child.join("tasks")), "7");
+        assert!(!root.join("memory/bhatti/sb1").join(THREADS_CHILD).exists());
+        assert!(cg.bound_threads(&[7], 5).is_err(), "below the kernel's smallest quota");
     }
 
     #[test]

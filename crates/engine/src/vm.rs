@@ -264,6 +264,9 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     let cgroup = cgroup_guard(spec);
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     record_pid(&spec.files, qemu.pid);
+    if let Some(confinement) = &spec.confine {
+        crate::jail::bound_vcpus(&qemu, confinement).await?;
+    }
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
     let ready_after = qemu.spawned_at.elapsed();
@@ -346,6 +349,9 @@ async fn start_incoming(
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     let started = t0.elapsed();
     record_pid(&spec.files, qemu.pid);
+    if let Some(confinement) = &spec.confine {
+        crate::jail::bound_vcpus(&qemu, confinement).await?;
+    }
     let mut qemu = qemu;
     if let Err(source) = qemu.load_state(state, Duration::from_secs(30)).await {
         // QEMU ends on a state it cannot load; what it printed says why.

@@ -112,9 +112,20 @@ async fn a_running_sandbox_is_bounded_by_its_cgroup() {
     assert!(memory.ends_with(format!("bhatti/{name}")), "{}", memory.display());
     let limit = read_u64(memory.join("memory.limit_in_bytes"));
     assert_eq!(limit, (160 + engine::jail::QEMU_OVERHEAD_MIB) << 20);
+    // The whole QEMU may use its vCPU's core plus an allowance for its own threads; the vCPU
+    // thread alone (moved into a child) gets exactly the core it asked for.
     let cpu = v1_cgroup_dir(pid, "cpu");
-    assert_eq!(read_u64(cpu.join("cpu.cfs_quota_us")), 100_000, "1 vCPU = one core");
+    let emulator = u64::from(engine::jail::EMULATOR_MILLIS) * 100;
+    assert_eq!(read_u64(cpu.join("cpu.cfs_quota_us")), 100_000 + emulator);
     assert_eq!(read_u64(cpu.join("cpu.cfs_period_us")), 100_000);
+    let vcpus = cpu.join(engine::cgroup::THREADS_CHILD);
+    assert_eq!(read_u64(vcpus.join("cpu.cfs_quota_us")), 100_000, "1 vCPU = one core");
+    let threads = std::fs::read_to_string(vcpus.join("tasks")).unwrap();
+    assert_eq!(threads.lines().count(), 1, "one vCPU thread: {threads}");
+    let tid = threads.trim();
+    assert!(Path::new(&format!("/proc/{pid}/task/{tid}")).exists(), "not a QEMU thread: {tid}");
+    let main = std::fs::read_to_string(cpu.join("tasks")).unwrap();
+    assert!(main.lines().any(|t| t == pid.to_string()), "QEMU's main thread stays in {main}");
     let pids = v1_cgroup_dir(pid, "pids");
     assert_eq!(read_u64(pids.join("pids.max")), u64::from(engine::jail::PIDS_MAX));
     assert!(read_u64(pids.join("pids.current")) >= 2, "QEMU's threads are counted");
@@ -361,7 +372,8 @@ async fn half_a_cpu_is_half_a_core() {
     spec.cpu_millis = Some(500);
     e.create(&spec).await.unwrap();
     let pid = qemu_pid(&e.dir_of("half"));
-    assert_eq!(read_u64(v1_cgroup_dir(pid, "cpu").join("cpu.cfs_quota_us")), 50_000);
+    let vcpus = v1_cgroup_dir(pid, "cpu").join(engine::cgroup::THREADS_CHILD);
+    assert_eq!(read_u64(vcpus.join("cpu.cfs_quota_us")), 50_000);
     let mut busy = agent::ExecRequest::command(["sh", "-c", "while :; do :; done"]);
     busy.output_file = Some("/tmp/busy.log".into());
     e.exec_detached("half", &busy).await.unwrap();

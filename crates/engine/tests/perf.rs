@@ -418,7 +418,10 @@ async fn perf_confinement_cost() {
     let (w_open, _, _) = row("cold wake + exec, unconfined", &wake[1], "");
     let (w_jail, _, w99) = row("cold wake + exec, jailed", &wake[0], "");
     println!("| create jailed / unconfined p50 | | {:.3}x | | | target 1.10x |", c_jail / c_open);
-    println!("| cold wake jailed / unconfined p50 | | {:.3}x | | | target 1.10x |", w_jail / w_open);
+    println!(
+        "| cold wake jailed / unconfined p50 | | {:.3}x | | | target 1.10x |",
+        w_jail / w_open
+    );
     // Loose bounds against regressions on a shared machine; the README has the quiet numbers.
     assert!(c_jail / c_open < 1.3 && w_jail / w_open < 1.3);
     assert!(c99 < 20_000.0 && w99 < 10_000.0);
