@@ -1,6 +1,6 @@
 //! The jail of each sandbox's QEMU: its uid, what it sees, and which cgroup bounds it. The
 //! mechanism (namespaces, mounts, credentials between fork and exec) is `vmm::jail`; this module
-//! decides what goes in, from a [`BootSpec`].
+//! decides what goes in, from a [`Sandbox`] (what `vm` knows of the one it starts).
 //!
 //! - **Identity.** Each sandbox's QEMU runs as its own uid and gid, `UID_BASE` plus the low 24
 //!   bits of the sandbox's guest address. An address is unique among the engine's sandboxes and
@@ -23,7 +23,7 @@ use vmm::{Access, Accelerator, Bind, Jail};
 
 use crate::cgroup::{Hierarchy, Limits, SandboxCgroup};
 use crate::error::EngineError;
-use crate::vm::BootSpec;
+use crate::layout::SandboxFiles;
 
 /// First uid (and gid) of the range sandboxes' QEMUs run as: far above the uids distributions
 /// hand out to people and services, and above the usual subordinate-uid ranges.
@@ -258,10 +258,27 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
 
+/// What of one sandbox its jail shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Sandbox<'a> {
+    /// Its guest address (which gives its uid).
+    pub ip: Ipv4Addr,
+    /// Its directory.
+    pub files: &'a SandboxFiles,
+    /// Its kernel.
+    pub kernel: &'a Path,
+    /// Its base image.
+    pub image: &'a Path,
+    /// Its volumes.
+    pub volumes: &'a [vmm::Disk],
+    /// Its guest RAM in MiB.
+    pub memory_mib: u32,
+}
+
 /// The jail of `spec`'s QEMU. Makes the sandbox's files its uid's first (the directory and what
 /// is in it, writable volumes); blocking file-system calls, a handful.
 pub fn prepare(
-    spec: &BootSpec,
+    spec: &Sandbox<'_>,
     confinement: &Confinement,
     accel: Accelerator,
     host: &HostFiles,
@@ -280,9 +297,9 @@ pub fn prepare(
     }
     let mut binds = host.binds.clone();
     binds.push(Bind { path: dir.to_owned(), access: Access::ReadWrite });
-    binds.push(Bind { path: spec.kernel.clone(), access: Access::Read });
-    binds.push(Bind { path: spec.image.clone(), access: Access::Read });
-    for volume in &spec.volumes {
+    binds.push(Bind { path: spec.kernel.to_owned(), access: Access::Read });
+    binds.push(Bind { path: spec.image.to_owned(), access: Access::Read });
+    for volume in spec.volumes {
         if volume.path.starts_with(dir) {
             continue;
         }
@@ -292,8 +309,16 @@ pub fn prepare(
         }
         binds.push(Bind { path: volume.path.clone(), access });
     }
+    let mut groups = Vec::new();
     if accel == Accelerator::Kvm {
-        binds.push(Bind { path: "/dev/kvm".into(), access: Access::Device });
+        let kvm = Path::new("/dev/kvm");
+        binds.push(Bind { path: kvm.to_owned(), access: Access::Device });
+        // Where the device is not open to everyone, the jail keeps the group that owns it (as
+        // libvirt's qemu user is in `kvm`); nothing else of the host's groups.
+        let meta = std::fs::metadata(kvm)?;
+        if meta.permissions().mode() & 0o006 != 0o006 {
+            groups.push(std::os::unix::fs::MetadataExt::gid(&meta));
+        }
     }
     let cgroup_procs = match hierarchy() {
         Some(h) => {
@@ -304,7 +329,7 @@ pub fn prepare(
         }
         None => Vec::new(),
     };
-    Ok(Jail { uid, gid: uid, mount_point, binds, cgroup_procs })
+    Ok(Jail { uid, gid: uid, mount_point, binds, cgroup_procs, groups })
 }
 
 /// Makes `path` belong to `uid` (and the group of the same number), without following a symlink.

@@ -313,7 +313,17 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     if let Some(confinement) = &spec.confine {
         let host = crate::jail::HostFiles::get()?;
         cfg.qemu = host.qemu.clone();
-        cfg.jail = Some(crate::jail::prepare(spec, confinement, accel, host)?);
+        // The volumes are the disks after the overlay and the config drive.
+        let sandbox = crate::jail::Sandbox {
+            ip: spec.ip,
+            files: &spec.files,
+            kernel: &spec.kernel,
+            image: &spec.image,
+            volumes: cfg.disks.get(2..).unwrap_or_default(),
+            memory_mib: spec.memory_mib,
+        };
+        let jail = crate::jail::prepare(&sandbox, confinement, accel, host)?;
+        cfg.jail = Some(jail);
     }
     Ok(cfg)
 }

@@ -129,9 +129,23 @@ async fn a_running_sandbox_is_bounded_by_its_cgroup() {
     let pids = v1_cgroup_dir(pid, "pids");
     assert_eq!(read_u64(pids.join("pids.max")), u64::from(engine::jail::PIDS_MAX));
     assert!(read_u64(pids.join("pids.current")) >= 2, "QEMU's threads are counted");
-    // What QEMU used so far stays under the limit, and is more than nothing.
+    // Heavy ordinary use (all of the guest's RAM touched through a RAM-backed file, 100 MiB
+    // written to its disk and flushed, fresh code translated) never reaches the bound: the
+    // overhead allowance is what QEMU really needs, measured here.
+    let work = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=150 2>/dev/null; rm -f /dev/shm/fill; \
+                dd if=/dev/zero of=/home/lohar/big bs=1M count=100 2>/dev/null && sync; \
+                for i in 1 2 3 4 5; do ls -R / >/dev/null 2>&1; done; echo done";
+    let out = e.exec("bounded", &["sh", "-c", work]).await.unwrap();
+    assert_eq!(out.stdout, b"done\n", "{out:?}");
     let peak = read_u64(memory.join("memory.max_usage_in_bytes"));
-    assert!(peak > 16 << 20 && peak <= limit, "peak {peak} limit {limit}");
+    println!(
+        "QEMU of a 160 MiB guest: peak {} MiB in its cgroup (guest RAM + {} MiB), limit {} MiB",
+        peak >> 20,
+        (peak >> 20).saturating_sub(160),
+        limit >> 20
+    );
+    assert!(peak > 160 << 20 && peak <= limit, "peak {peak} limit {limit}");
+    assert_eq!(read_u64(memory.join("memory.failcnt")), 0, "ordinary use hit the memory bound");
     // Stopping the sandbox removes the cgroup; starting it makes it again.
     e.stop("bounded", std::time::Duration::from_secs(30)).await.unwrap();
     assert!(!memory.exists(), "{} left behind", memory.display());

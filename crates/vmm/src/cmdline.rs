@@ -123,6 +123,7 @@ mod tests {
             mount_point: "/vm/jail".into(),
             binds: Vec::new(),
             cgroup_procs: Vec::new(),
+            groups: Vec::new(),
         });
         let line = joined(&cfg, Accelerator::Tcg);
         assert!(line.contains(

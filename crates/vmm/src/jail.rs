@@ -64,6 +64,9 @@ pub struct Jail {
     pub binds: Vec<Bind>,
     /// `cgroup.procs` files the process joins before anything else.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Supplementary groups it keeps: only the group that owns `/dev/kvm` where that device is
+    /// not open to everyone (Debian: `root:kvm 0660`); none under TCG.
+    pub groups: Vec<u32>,
 }
 
 /// The QEMU seccomp policy of a confined process: QEMU's own filter, with every optional group of
@@ -85,6 +88,7 @@ enum Step {
 pub struct Plan {
     uid: libc::uid_t,
     gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
     cgroup_procs: Vec<CString>,
     mount_point: CString,
     steps: Vec<Step>,
@@ -161,6 +165,7 @@ impl Jail {
         Ok(Plan {
             uid: self.uid,
             gid: self.gid,
+            groups: self.groups.clone(),
             cgroup_procs: self.cgroup_procs.iter().map(|p| c_path(p)).collect::<Result<_, _>>()?,
             mount_point: c_path(root)?,
             steps,
@@ -273,21 +278,25 @@ impl Plan {
                 std::ptr::null(),
             ))?;
             libc::umask(0o077);
-            drop_privileges(self.uid, self.gid)
+            drop_privileges(self.uid, self.gid, &self.groups)
         }
     }
 }
 
-/// Becomes `uid`:`gid` with no supplementary groups, no capabilities in any set (bounding and
+/// Becomes `uid`:`gid` with only the supplementary `groups`, no capabilities in any set (bounding and
 /// ambient included) and `no_new_privs`, so nothing executed later can gain privileges back.
 ///
 /// # Safety
 /// Changes the credentials of the whole process: call it in a single-threaded process (a forked
 /// child, or a probe that runs no other thread). Only async-signal-safe system calls.
-pub unsafe fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+pub unsafe fn drop_privileges(
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: &[libc::gid_t],
+) -> io::Result<()> {
     // SAFETY: plain system calls on local data; see the function's contract.
     unsafe {
-        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgroups(groups.len(), groups.as_ptr()))?;
         // The bounding set can only shrink while we still hold CAP_SETPCAP, so before setuid.
         for cap in 0u32..64 {
             if libc::prctl(
@@ -367,6 +376,7 @@ mod tests {
                 Bind { path: inner.clone(), access: Access::ReadWrite },
             ],
             cgroup_procs: vec![],
+            groups: vec![],
         };
         let plan = jail.plan().unwrap();
         let binds: Vec<_> = plan

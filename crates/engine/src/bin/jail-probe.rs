@@ -50,6 +50,11 @@ fn status_id(status: &str, field: &str) -> Result<u32, Error> {
 fn enter(pid: &str) -> Result<(), Error> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let (uid, gid) = (status_id(&status, "Uid:")?, status_id(&status, "Gid:")?);
+    let groups: Vec<libc::gid_t> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default();
     // Its cgroups, from the host's view, before the host's tree is out of sight.
     for line in std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?.lines() {
         let mut parts = line.splitn(3, ':');
@@ -88,7 +93,7 @@ fn enter(pid: &str) -> Result<(), Error> {
     drop(namespaces);
     std::env::set_current_dir("/")?;
     // SAFETY: single-threaded process; the same credential change the QEMU's child made.
-    unsafe { vmm::jail::drop_privileges(uid, gid) }
+    unsafe { vmm::jail::drop_privileges(uid, gid, &groups) }
 }
 
 fn c(path: &str) -> Result<CString, Error> {
