@@ -61,7 +61,8 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
     }
     let qmp = format!("unix:{},server=on,wait=off", cfg.qmp_socket.display());
     push(&["-qmp", &qmp]);
-    if cfg.start_paused {
+    // A jailed QEMU waits, paused, until the parent has moved it into its cgroups.
+    if cfg.start_paused || cfg.joins_cgroups_after_spawn() {
         push(&["-S"]);
     }
     if cfg.incoming {
@@ -129,6 +130,12 @@ mod tests {
         assert!(line.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));
+        assert!(!line.contains(" -S"));
+        // Moved into its cgroups after the spawn: it waits paused until then.
+        if let Some(jail) = cfg.jail.as_mut() {
+            jail.cgroup_procs.push("/sys/fs/cgroup/memory/bhatti/x/cgroup.procs".into());
+        }
+        assert!(joined(&cfg, Accelerator::Tcg).contains(" -S"));
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl VmConfig {
         }
     }
 
+    /// Whether the process is moved into cgroups after the spawn (it then starts paused).
+    pub(crate) fn joins_cgroups_after_spawn(&self) -> bool {
+        self.jail.as_ref().is_some_and(|j| !j.cgroup_procs.is_empty())
+    }
+
     pub(crate) fn disk_format(disk: &Disk) -> &'static str {
         disk.format.as_str()
     }

@@ -93,6 +93,11 @@ impl QemuProcess {
         })?;
         drop(tap);
         let pid = child.id().unwrap_or(0);
+        // Off the async threads and alongside QEMU's own start-up (see `Jail::cgroup_procs`).
+        let joining = cfg.jail.as_ref().filter(|_| cfg.joins_cgroups_after_spawn()).map(|jail| {
+            let procs = jail.cgroup_procs.clone();
+            tokio::task::spawn_blocking(move || crate::jail::join_cgroups(pid, &procs))
+        });
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut pipe) = child.stderr.take() {
             let keep = Arc::clone(&stderr);
@@ -132,6 +137,16 @@ impl QemuProcess {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        if let Some(joining) = joining {
+            let joined = joining.await.map_err(|e| std::io::Error::other(e.to_string()));
+            if let Err(e) = joined.and_then(|r| r) {
+                let _ = child.start_kill();
+                return Err(VmmError::Jail(e));
+            }
+            if !cfg.start_paused && !cfg.incoming {
+                qmp.cont(timeout).await?;
+            }
+        }
         Ok(Self { child, qmp, pid, accel, spawned_at, stderr })
     }
 
