@@ -350,6 +350,20 @@ struct CapData {
     inheritable: u32,
 }
 
+/// Moves process `pid` (all its threads) into each cgroup whose `cgroup.procs` file is given.
+/// Blocking: each move waits for an RCU grace period on cgroup v1.
+pub fn join_cgroups(pid: u32, procs: &[PathBuf]) -> io::Result<()> {
+    // `0` would move the writer: the daemon itself.
+    if pid == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no process to move"));
+    }
+    for file in procs {
+        std::fs::write(file, pid.to_string())
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,18 +410,4 @@ mod tests {
         missing.binds.push(Bind { path: dir.path().join("nope"), access: Access::Read });
         assert!(missing.plan().unwrap_err().to_string().contains("nope"));
     }
-}
-
-/// Moves process `pid` (all its threads) into each cgroup whose `cgroup.procs` file is given.
-/// Blocking: each move waits for an RCU grace period on cgroup v1.
-pub fn join_cgroups(pid: u32, procs: &[PathBuf]) -> io::Result<()> {
-    // `0` would move the writer: the daemon itself.
-    if pid == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no process to move"));
-    }
-    for file in procs {
-        std::fs::write(file, pid.to_string())
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
-    }
-    Ok(())
 }
