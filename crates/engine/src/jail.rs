@@ -77,15 +77,24 @@ pub fn hierarchy() -> Option<&'static Hierarchy> {
         .as_ref()
 }
 
+/// What [`sweep_cgroups`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Cgroup directories removed.
+    pub removed: usize,
+    /// Directories that stay (processes still in them).
+    pub left: usize,
+}
+
 /// Removes the cgroups an earlier engine on `netns` left behind (its QEMUs are gone, killed as
-/// orphans or dead with it); returns how many. One attempt each, no waiting: a cgroup with
-/// processes in it (a sandbox already running again) stays.
-pub fn sweep_cgroups(netns: &str) -> usize {
+/// orphans or dead with it). One attempt each, no waiting: a cgroup with processes in it (a
+/// sandbox already running again, a QEMU still exiting) stays, and is counted in `left`.
+pub fn sweep_cgroups(netns: &str) -> Swept {
     let Some(h) = hierarchy() else {
-        return 0;
+        return Swept::default();
     };
     let prefix = format!("{netns}.");
-    let mut removed = 0;
+    let mut swept = Swept::default();
     for root in h.dirs() {
         let Ok(entries) = std::fs::read_dir(root.join(CGROUP_PARENT)) else {
             continue;
@@ -96,12 +105,13 @@ pub fn sweep_cgroups(netns: &str) -> usize {
             }
             // The vCPU child first (it exists in the CPU controller only).
             let _ = std::fs::remove_dir(entry.path().join(crate::cgroup::THREADS_CHILD));
-            if std::fs::remove_dir(entry.path()).is_ok() {
-                removed += 1;
+            match std::fs::remove_dir(entry.path()) {
+                Ok(()) => swept.removed += 1,
+                Err(_) => swept.left += 1,
             }
         }
     }
-    removed
+    swept
 }
 
 /// CPU QEMU's own threads (device emulation, the main loop, migration) may use beyond what its

@@ -60,6 +60,7 @@ pub use egress::Egress;
 pub use error::{EngineError, ErrorKind, Exhausted, GuestErrorKind, Resource};
 pub use events::{Event, EventKind};
 pub use ippool::Subnet;
+pub use jail::{Swept, sweep_cgroups as remove_leftover_cgroups};
 pub use lease::{Activity, Lease, Leased};
 pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
 pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};

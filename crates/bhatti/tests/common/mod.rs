@@ -123,13 +123,23 @@ impl Drop for Setup {
             let _ = child.wait();
         }
         kill_qemus_under(self.data.path());
+        // The daemon was killed, so nothing removed its sandboxes' cgroups. A QEMU just killed
+        // may still be leaving its cgroup: bounded retries.
+        for _ in 0..500 {
+            if engine::remove_leftover_cgroups(&self.netns).left == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
     }
 }
 
+/// SIGKILLs every QEMU whose command line names `dir` and waits (up to 5 s) until they are gone.
 pub fn kill_qemus_under(dir: &Path) {
     let needle = dir.display().to_string();
     let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    let mut killed = Vec::new();
     for entry in procs.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
@@ -138,6 +148,19 @@ pub fn kill_qemus_under(dir: &Path) {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            killed.push(pid);
         }
+    }
+    // Gone, or a zombie nobody has reaped yet (it has left its cgroups already).
+    let gone = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'))
+        })
+    };
+    for _ in 0..500 {
+        if killed.iter().all(gone) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

@@ -164,7 +164,7 @@ impl Engine {
             let netns = engine.config.netns.clone();
             let swept = tokio::task::spawn_blocking(move || crate::jail::sweep_cgroups(&netns))
                 .await
-                .unwrap_or(0);
+                .map_or(0, |s| s.removed);
             if swept > 0 {
                 tracing::info!("removed {swept} cgroups left by an earlier engine");
             }
