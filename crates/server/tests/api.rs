@@ -268,3 +268,37 @@ async fn sandbox_lifecycle_exec_and_files() {
     d.create("dev").await;
     d.stop().await;
 }
+
+/// v1's fractional `cpus` is a CPU-time bound on the sandbox's vCPUs (its cgroup); a fraction
+/// below the kernel's smallest quota is a clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fractional_cpus_bound_the_guest_and_nonsense_is_refused() {
+    let d = Daemon::start().await;
+    let body = serde_json::json!({"name": "half", "memory_mb": 128, "cpus": 0.5});
+    let r = d.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let sandbox: api::Sandbox = r.json().await.unwrap();
+    let pid_file = d.data.path().join("engine/sandboxes").join(&sandbox.id).join("qemu.pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap().trim().to_owned();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // This host has cgroup v1 (the engine's tests say so); the cpu controller's line.
+    let cpu = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":cpu:").map(|(_, path)| path.to_owned()))
+        .unwrap_or_else(|| panic!("no cpu controller in {cgroups}"));
+    let quota =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{cpu}/vcpus/cpu.cfs_quota_us")).unwrap();
+    assert_eq!(quota.trim(), "50000", "half of a 100 ms period");
+
+    let tiny = serde_json::json!({"name": "tiny", "memory_mb": 128, "cpus": 0.001});
+    let r = d.req(Method::POST, "/sandboxes").json(&tiny).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("cpus"), "{text}");
+    // Nothing of the refused sandbox stays.
+    let r = d.req(Method::GET, "/sandboxes").send().await.unwrap();
+    let names: Vec<api::Sandbox> = r.json().await.unwrap();
+    let names: Vec<&str> = names.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["half"]);
+    d.stop().await;
+}
