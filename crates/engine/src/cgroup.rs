@@ -278,6 +278,22 @@ impl Hierarchy {
         }
     }
 
+    /// The names of the cgroups under `parent`, in any controller.
+    pub fn children(&self, parent: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .join(Path::new(parent))
+            .dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Removes the parent directories themselves (after every sandbox under them is gone); a
     /// missing one is fine. For daemon shutdown and test cleanup.
     pub fn remove_parent(&self, parent: &str) -> Result<(), CgroupError> {
@@ -313,8 +329,13 @@ impl Limits {
 
     /// The CFS quota per [`CPU_PERIOD_US`]: 500 millis is 50000 µs.
     pub fn cpu_quota_us(&self) -> u64 {
-        u64::from(self.cpu_millis) * CPU_PERIOD_US / 1000
+        cpu_quota_us(self.cpu_millis)
     }
+}
+
+/// The CFS quota per [`CPU_PERIOD_US`] of `millis` thousandths of a core.
+fn cpu_quota_us(millis: u32) -> u64 {
+    u64::from(millis) * CPU_PERIOD_US / 1000
 }
 
 /// What the kernel holds for one sandbox: its limits and usage.
@@ -495,6 +516,16 @@ impl SandboxCgroup {
         self.dirs.dirs().iter().try_for_each(|d| rmdir_patiently(d))
     }
 
+    /// Removes the cgroup's directories in one attempt, without waiting: false when one stays
+    /// (processes still in it). For sweeps that must not stall on a live cgroup.
+    pub fn try_remove(&self) -> bool {
+        let gone = |d: &Path| match std::fs::remove_dir(d) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        gone(&self.cpu_dir().join(THREADS_CHILD)) && self.dirs.dirs().iter().all(|d| gone(d))
+    }
+
     /// Removes `<parent>/<name>` without a [`SandboxCgroup`]: leftovers after a crash.
     pub fn remove_by_name(h: &Hierarchy, parent: &str, name: &str) -> Result<(), CgroupError> {
         Self::existing(h, parent, name)?.remove()
@@ -524,11 +555,12 @@ impl SandboxCgroup {
     /// v1 moves each thread with `tasks`; v2 makes the child `threaded` and uses
     /// `cgroup.threads`.
     pub fn bound_threads(&self, tids: &[u32], cpu_millis: u32) -> Result<(), CgroupError> {
-        let limits = Limits { memory_bytes: 1, cpu_millis, pids: 1 };
-        limits.check()?;
+        if cpu_millis < MIN_CPU_MILLIS {
+            return Err(CgroupError::InvalidLimits("cpu_millis must be at least 10 (1 ms/100 ms)"));
+        }
         let child = self.cpu_dir().join(THREADS_CHILD);
         mkdir(&child)?;
-        let quota = limits.cpu_quota_us();
+        let quota = cpu_quota_us(cpu_millis);
         let threads = match &self.dirs {
             Hierarchy::V2 { root } => {
                 // The child must be threaded before the parent, which holds the process, may
@@ -793,6 +825,10 @@ mod tests {
             .map(|c| root.join(c).join("bhatti/sb1/cgroup.procs"))
             .collect();
         assert_eq!(cg.procs_files(), procs);
+
+        SandboxCgroup::create(&h, "bhatti", "sb2", &LIMITS).unwrap();
+        assert_eq!(h.children("bhatti"), ["sb1", "sb2"], "one name per cgroup, any controller");
+        assert!(h.children("nobody").is_empty());
 
         let again = Limits { memory_bytes: 1 << 30, cpu_millis: 2000, pids: 128 };
         SandboxCgroup::create(&h, "bhatti", "sb1", &again).unwrap();

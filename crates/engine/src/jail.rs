@@ -80,9 +80,9 @@ pub fn hierarchy() -> Option<&'static Hierarchy> {
 /// What [`sweep_cgroups`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Cgroup directories removed.
+    /// Cgroups removed.
     pub removed: usize,
-    /// Directories that stay (processes still in them).
+    /// Cgroups that stay (processes still in them).
     pub left: usize,
 }
 
@@ -95,20 +95,10 @@ pub fn sweep_cgroups(netns: &str) -> Swept {
     };
     let prefix = format!("{netns}.");
     let mut swept = Swept::default();
-    for root in h.dirs() {
-        let Ok(entries) = std::fs::read_dir(root.join(CGROUP_PARENT)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
-                continue;
-            }
-            // The vCPU child first (it exists in the CPU controller only).
-            let _ = std::fs::remove_dir(entry.path().join(crate::cgroup::THREADS_CHILD));
-            match std::fs::remove_dir(entry.path()) {
-                Ok(()) => swept.removed += 1,
-                Err(_) => swept.left += 1,
-            }
+    for name in h.children(CGROUP_PARENT).into_iter().filter(|n| n.starts_with(&prefix)) {
+        match SandboxCgroup::existing(h, CGROUP_PARENT, &name) {
+            Ok(cgroup) if cgroup.try_remove() => swept.removed += 1,
+            _ => swept.left += 1,
         }
     }
     swept

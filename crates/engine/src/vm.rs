@@ -259,18 +259,11 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     crate::configdrive::build(&spec.guest, &config_drive).await?;
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
-    let cfg = vm_config(spec)?;
-    // Made by `vm_config`; removed when the start fails or the VM ends.
-    let cgroup = cgroup_guard(spec);
-    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
-    record_pid(&spec.files, qemu.pid);
-    if let Some(confinement) = &spec.confine {
-        crate::jail::bound_vcpus(&qemu, confinement).await?;
-    }
+    let started = start_qemu(spec, &vm_config(spec)?, tap).await?;
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
-    let ready_after = qemu.spawned_at.elapsed();
-    let vm = Vm::new(qemu, cgroup, client, spec, ready_after);
+    let ready_after = started.qemu.spawned_at.elapsed();
+    let vm = Vm::new(started, client, spec, ready_after);
     match ready {
         Ok(_) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
@@ -355,14 +348,9 @@ async fn start_incoming(
     let t0 = Instant::now();
     let mut cfg = vm_config(spec)?;
     cfg.incoming = true;
-    let cgroup = cgroup_guard(spec);
-    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
+    let mut run = start_qemu(spec, &cfg, tap).await?;
+    let qemu = &mut run.qemu;
     let started = t0.elapsed();
-    record_pid(&spec.files, qemu.pid);
-    if let Some(confinement) = &spec.confine {
-        crate::jail::bound_vcpus(&qemu, confinement).await?;
-    }
-    let mut qemu = qemu;
     if let Err(source) = qemu.load_state(state, Duration::from_secs(30)).await {
         // QEMU ends on a state it cannot load; what it printed says why.
         let _ = qemu.wait(Duration::from_secs(2)).await;
@@ -376,14 +364,31 @@ async fn start_incoming(
         tracing::warn!("removing the consumed state {}: {e}", state.display());
     }
     cont?;
-    Ok(((qemu, cgroup), [started, loaded, t0.elapsed()]))
+    Ok((run, [started, loaded, t0.elapsed()]))
 }
 
-/// A started QEMU and its cgroup's guard.
-type Started = (QemuProcess, Option<crate::jail::CgroupGuard>);
+/// A started QEMU and its cgroup's guard, dropped in that order: the QEMU is gone before its
+/// cgroup is removed.
+#[derive(Debug)]
+struct Started {
+    qemu: QemuProcess,
+    cgroup: Option<crate::jail::CgroupGuard>,
+}
 
-fn cgroup_guard(spec: &BootSpec) -> Option<crate::jail::CgroupGuard> {
-    spec.confine.as_ref().map(|c| crate::jail::CgroupGuard::new(c.cgroup.clone()))
+/// Starts QEMU for `spec` (boot or restore), records its pid and bounds its vCPUs. The cgroup
+/// `vm_config` made is removed again when the start fails here or the VM ends later.
+async fn start_qemu(
+    spec: &BootSpec,
+    cfg: &VmConfig,
+    tap: std::os::fd::OwnedFd,
+) -> Result<Started, EngineError> {
+    let cgroup = spec.confine.as_ref().map(|c| crate::jail::CgroupGuard::new(c.cgroup.clone()));
+    let qemu = QemuProcess::start(cfg, Some(tap), Duration::from_secs(10)).await?;
+    record_pid(&spec.files, qemu.pid);
+    if let Some(confinement) = &spec.confine {
+        crate::jail::bound_vcpus(&qemu, confinement).await?;
+    }
+    Ok(Started { qemu, cgroup })
 }
 
 /// What suspending to disk cost.
@@ -509,7 +514,7 @@ pub async fn resume_from_disk(
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
     let t_tap = t0.elapsed();
-    let ((qemu, cgroup), [t_qemu, t_load, t_cont]) = start_incoming(spec, tap, state).await?;
+    let (started, [t_qemu, t_load, t_cont]) = start_incoming(spec, tap, state).await?;
     let client = client.unwrap_or_else(|| agent_client(ns, spec));
     // The clock correction doubles as the readiness probe (one round trip instead of two): a
     // pooled connection answers as soon as the guest runs. An agent error (a v1 agent without
@@ -530,8 +535,8 @@ pub async fn resume_from_disk(
         ready = ?t0.elapsed(),
         "restored from disk"
     );
-    let ready_after = qemu.spawned_at.elapsed();
-    let vm = Vm::new(qemu, cgroup, client, spec, ready_after);
+    let ready_after = started.qemu.spawned_at.elapsed();
+    let vm = Vm::new(started, client, spec, ready_after);
     match ready {
         Ok(()) => Ok(vm),
         Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
@@ -553,7 +558,7 @@ pub async fn resume_moved(
 ) -> Result<Vm, EngineError> {
     let bridge_mac = ns.mac(&spec.bridge).await?;
     let tap = ns.open_isolated_tap(&spec.tap, bridge_mac).await?;
-    let ((qemu, cgroup), _) = start_incoming(spec, tap, state).await?;
+    let (started, _) = start_incoming(spec, tap, state).await?;
     let private = client_at(ns, spec, from, Some(&spec.tap));
     let target = proto::messages::SetNet {
         ip: spec.ip,
@@ -572,9 +577,8 @@ pub async fn resume_moved(
         confirm.wait_ready(spec.ready_timeout).await
     }
     .await;
-    let vm = |qemu, client| Vm::new(qemu, cgroup, client, spec, Duration::ZERO);
     if let Err(source) = moved {
-        let failed = vm(qemu, Arc::new(confirm));
+        let failed = Vm::new(started, Arc::new(confirm), spec, Duration::ZERO);
         return Err(EngineError::NotReady { source, console: failed.serial_log() });
     }
     drop(confirm);
@@ -584,8 +588,8 @@ pub async fn resume_moved(
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
-    let mut vm = vm(qemu, client);
-    vm.ready_after = vm.qemu.spawned_at.elapsed();
+    let ready_after = started.qemu.spawned_at.elapsed();
+    let vm = Vm::new(started, client, spec, ready_after);
     match ready {
         Ok(_) => {
             correct_clock(&vm.client).await;
@@ -616,13 +620,8 @@ async fn correct_clock(client: &AgentClient) {
 }
 
 impl Vm {
-    fn new(
-        qemu: QemuProcess,
-        cgroup: Option<crate::jail::CgroupGuard>,
-        client: Arc<AgentClient>,
-        spec: &BootSpec,
-        ready_after: Duration,
-    ) -> Self {
+    fn new(started: Started, client: Arc<AgentClient>, spec: &BootSpec, ready_after: Duration) -> Self {
+        let Started { qemu, cgroup } = started;
         let events = qemu.qmp.subscribe();
         let files = spec.files.clone();
         Vm { qemu, client, ip: spec.ip, ready_after, files, events, _cgroup: cgroup }

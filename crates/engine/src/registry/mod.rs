@@ -564,7 +564,7 @@ impl Engine {
             return Err(EngineError::invalid("a sandbox needs at least 1 vCPU and 64 MiB"));
         }
         if let Some(millis) = spec.cpu_millis
-            && !(MIN_CPU_MILLIS..=u32::from(spec.vcpus) * 1000).contains(&millis)
+            && !(crate::cgroup::MIN_CPU_MILLIS..=u32::from(spec.vcpus) * 1000).contains(&millis)
         {
             return Err(EngineError::invalid(format!(
                 "cpus must be between 0.01 and the vCPU count ({}), got {}",
@@ -874,9 +874,6 @@ impl Engine {
 pub const SHUTDOWN_PARALLEL: usize = 4;
 
 /// The shape of a VM to boot.
-/// The smallest CPU bound: the kernel's smallest quota is 1 ms per 100 ms period.
-const MIN_CPU_MILLIS: u32 = 10;
-
 pub(crate) struct Shape<'a> {
     image: &'a Path,
     memory_mib: u32,
