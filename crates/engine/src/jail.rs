@@ -40,8 +40,11 @@ pub struct Confinement {
     /// CPU bound in thousandths of a core: 1000 per vCPU unless the caller asked for a fraction
     /// (v1 accepts `cpus: 0.5`).
     pub cpu_millis: u32,
-    /// The sandbox's cgroup, under [`CGROUP_PARENT`]: unique on the host (engines in tests run
-    /// side by side, so the engine's namespace is part of it).
+    /// The base of the sandbox's cgroup names, under [`CGROUP_PARENT`]: unique on the host
+    /// (engines in tests run side by side, so the engine's namespace is part of it). Each QEMU
+    /// start gets a cgroup of its own, `<base>.<n>`, so the guard of an earlier QEMU of the same
+    /// sandbox (a stop racing a start, an owner of a crashed engine) can never remove a later
+    /// one's.
     pub cgroup: String,
 }
 
@@ -57,7 +60,7 @@ pub const QEMU_OVERHEAD_MIB: u64 = 192;
 /// worker pool (up to 64). A guest cannot make QEMU fork (seccomp), so this is a backstop.
 pub const PIDS_MAX: u32 = 256;
 
-/// The cgroup name of the sandbox `id` of the engine whose namespace is `netns`.
+/// The base of the cgroup names of the sandbox `id` of the engine whose namespace is `netns`.
 pub fn cgroup_name(netns: &str, id: &str) -> String {
     format!("{netns}.{id}")
 }
@@ -127,7 +130,8 @@ pub fn limits(memory_mib: u32, confinement: &Confinement) -> Limits {
 /// right after QEMU starts (a restore's vCPUs have not run yet).
 pub async fn bound_vcpus(
     qemu: &vmm::QemuProcess,
-    confinement: &Confinement,
+    cgroup: &str,
+    cpu_millis: u32,
 ) -> Result<(), EngineError> {
     let Some(h) = hierarchy() else {
         return Ok(());
@@ -152,9 +156,15 @@ pub async fn bound_vcpus(
             message: "QEMU reported no vCPU threads".into(),
         });
     }
-    SandboxCgroup::existing(h, CGROUP_PARENT, &confinement.cgroup)
-        .and_then(|cg| cg.bound_threads(&tids, confinement.cpu_millis))
+    SandboxCgroup::existing(h, CGROUP_PARENT, cgroup)
+        .and_then(|cg| cg.bound_threads(&tids, cpu_millis))
         .map_err(cgroup_error)
+}
+
+/// The name of the cgroup `jail` joins (made by [`prepare`]), if it joins one.
+pub fn cgroup_of(jail: &Jail) -> Option<String> {
+    let procs = jail.cgroup_procs.first()?;
+    Some(procs.parent()?.file_name()?.to_string_lossy().into_owned())
 }
 
 /// Removes a sandbox's cgroup when dropped: held by the running VM, declared after its QEMU so
@@ -323,7 +333,11 @@ pub fn prepare(
     let cgroup_procs = match hierarchy() {
         Some(h) => {
             let limits = limits(spec.memory_mib, confinement);
-            SandboxCgroup::create(h, CGROUP_PARENT, &confinement.cgroup, &limits)
+            // This start's own cgroup (see `Confinement::cgroup`).
+            static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("{}.{n}", confinement.cgroup);
+            SandboxCgroup::create(h, CGROUP_PARENT, &name, &limits)
                 .map_err(|e| EngineError::Tool { tool: "cgroup".into(), message: e.to_string() })?
                 .procs_files()
         }

@@ -382,11 +382,12 @@ async fn start_qemu(
     cfg: &VmConfig,
     tap: std::os::fd::OwnedFd,
 ) -> Result<Started, EngineError> {
-    let cgroup = spec.confine.as_ref().map(|c| crate::jail::CgroupGuard::new(c.cgroup.clone()));
+    let name = cfg.jail.as_ref().and_then(crate::jail::cgroup_of);
+    let cgroup = name.clone().map(crate::jail::CgroupGuard::new);
     let qemu = QemuProcess::start(cfg, Some(tap), Duration::from_secs(10)).await?;
     record_pid(&spec.files, qemu.pid);
-    if let Some(confinement) = &spec.confine {
-        crate::jail::bound_vcpus(&qemu, confinement).await?;
+    if let (Some(name), Some(confinement)) = (&name, &spec.confine) {
+        crate::jail::bound_vcpus(&qemu, name, confinement.cpu_millis).await?;
     }
     Ok(Started { qemu, cgroup })
 }

@@ -109,7 +109,9 @@ async fn a_running_sandbox_is_bounded_by_its_cgroup() {
     let pid = qemu_pid(&dir);
     let name = engine::jail::cgroup_name(&e.config.netns, "bounded");
     let memory = v1_cgroup_dir(pid, "memory");
-    assert!(memory.ends_with(format!("bhatti/{name}")), "{}", memory.display());
+    let leaf = memory.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(leaf.starts_with(&format!("{name}.")), "{}", memory.display());
+    assert!(memory.parent().unwrap().ends_with(engine::jail::CGROUP_PARENT));
     let limit = read_u64(memory.join("memory.limit_in_bytes"));
     assert_eq!(limit, (160 + engine::jail::QEMU_OVERHEAD_MIB) << 20);
     // The whole QEMU may use its vCPU's core plus an allowance for its own threads; the vCPU

@@ -60,6 +60,8 @@ async fn ram_file_on_disk_against_mapped_ram() {
     // mapped-ram: anonymous RAM, all of it written to the state file at every stop.
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_for(&net, 4, MEMORY_MIB, GuestConfig::default(), dir.path(), false);
+    // Declared before the VM: dropped after it, once every QEMU is gone.
+    let mut cgroups = Vec::new();
     let mut vm = engine::vm::boot(&net.ns, &spec).await.unwrap();
     let client = std::sync::Arc::clone(&vm.client);
     let (mut mapped_stop, mut mapped_wake, mut mapped_bytes) = (Vec::new(), Vec::new(), Vec::new());
@@ -83,6 +85,10 @@ async fn ram_file_on_disk_against_mapped_ram() {
         let t = Instant::now();
         let tap = net.ns.open_tap(&spec.tap, &spec.bridge).await.unwrap();
         let mut cfg = engine::vm::vm_config(&spec).unwrap();
+        // Started by hand, so its cgroup is removed by hand (after its QEMU, at the end).
+        cgroups.extend(
+            cfg.jail.as_ref().and_then(engine::jail::cgroup_of).map(engine::jail::CgroupGuard::new),
+        );
         cfg.incoming = true;
         let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await.unwrap();
         qemu.load_state_as(&state, StateFormat::MappedRam, Duration::from_secs(120)).await.unwrap();
