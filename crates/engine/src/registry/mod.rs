@@ -43,7 +43,7 @@ pub use crate::spec::CreateSpec;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
 use crate::vm::{self, BootSpec, Suspended, VolumeDisk};
-use crate::volume::{Claims, VolumeMount};
+use crate::volume::{Claims, VolumeChecks, VolumeMount};
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]

@@ -204,7 +204,7 @@ impl Engine {
             ip: record.ip,
             mac,
         };
-        let spec = self.boot_spec(files, shape, record.guest_config());
+        let spec = self.boot_spec(files, shape, crate::state::guest_config(&record));
         let who = Identity { id: record.id.clone(), owner: record.owner.clone() };
         self.adopt(who, spec, None, snapshot);
         Ok(())
