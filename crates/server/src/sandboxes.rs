@@ -127,7 +127,7 @@ fn engine_spec(
         let mode = if file.mode.is_empty() { "0644".to_owned() } else { file.mode.clone() };
         spec.files.insert(
             file.guest_path.clone(),
-            proto::guest::GuestFile { content: file.content.clone(), mode },
+            engine::GuestFile { content: file.content.clone(), mode },
         );
     }
     spec.scratch_volumes = req
@@ -284,15 +284,11 @@ pub async fn list(
     Ok(axum::Json(list).into_response())
 }
 
-/// The status the engine's state implies for a row, if it differs.
+/// The status the engine's state implies for a row, if it differs (the rule the events task
+/// applies too).
 fn observed_status(state: &AppState, s: &store::Sandbox) -> Option<store::Status> {
     let thermal = state.engine.thermal(&s.id).ok()?;
-    let status = match thermal {
-        engine::Thermal::Hot | engine::Thermal::Warm => store::Status::Running,
-        engine::Thermal::Cold => store::Status::Stopped,
-        engine::Thermal::Failed => store::Status::Unknown,
-    };
-    (status != s.status && s.status != store::Status::Creating).then_some(status)
+    bhatti_core::status::change(s.status, thermal)
 }
 
 /// `GET /sandboxes/:id`: the engine's view, persisted; never wakes.
