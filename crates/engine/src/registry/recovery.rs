@@ -98,6 +98,7 @@ impl Engine {
         let engine = Self {
             pool: Arc::new(Mutex::new(IpPool::new(config.subnet))),
             sandboxes: Mutex::new(BTreeMap::new()),
+            creating: Mutex::new(BTreeMap::new()),
             claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
             backend: Arc::new(vm::Qemu),
