@@ -40,8 +40,24 @@ pub struct ErrorBody {
 pub struct Health {
     /// `ok`.
     pub status: String,
+    /// How long the daemon has run, as v1 writes it (a Go duration rounded to seconds:
+    /// `2h15m30s`).
+    #[serde(default)]
+    pub uptime: String,
     /// The daemon's version.
     pub version: String,
+}
+
+/// A duration as Go's `time.Duration.String()` writes whole seconds: `0s`, `45s`, `1m0s`,
+/// `2h15m30s` (v1's `/health` uptime).
+pub fn go_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
 }
 
 /// A sandbox as the API shows it (v1's `store.Sandbox`).
@@ -99,7 +115,6 @@ pub struct Sandbox {
 
 /// A file to write into the guest before init runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateFile {
     /// Absolute path in the guest.
     pub guest_path: String,
@@ -113,7 +128,6 @@ pub struct CreateFile {
 
 /// A persistent volume to attach at create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateVolume {
     /// Volume name.
     pub name: String,
@@ -132,7 +146,6 @@ pub struct CreateVolume {
 
 /// `POST /sandboxes`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
     /// Name (`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`); `sandbox-<6 hex>` when empty.
     #[serde(default)]
@@ -187,7 +200,6 @@ pub struct CreateSandbox {
 
 /// An ephemeral volume (v1's `new_volumes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewVolume {
     /// Name (informational).
     #[serde(default)]
@@ -200,7 +212,6 @@ pub struct NewVolume {
 
 /// `PATCH /sandboxes/:id`: every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateSandbox {
     /// New name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +229,6 @@ pub struct UpdateSandbox {
 
 /// `POST /sandboxes/:id/start`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// Boot from the disk, discarding saved memory.
     #[serde(default)]
@@ -234,7 +244,6 @@ pub struct StatusBody {
 
 /// `POST /sandboxes/:id/exec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// argv, non-empty.
     #[serde(default)]
@@ -398,6 +407,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uptimes_are_written_as_go_does() {
+        let table = [
+            ("nothing yet", 0, "0s"),
+            ("seconds", 45, "45s"),
+            ("a whole minute", 60, "1m0s"),
+            ("minutes and seconds", 61, "1m1s"),
+            ("an hour", 3600, "1h0m0s"),
+            ("v1's example", 2 * 3600 + 15 * 60 + 30, "2h15m30s"),
+            ("over a day stays in hours", 90_000, "25h0m0s"),
+        ];
+        for (name, secs, want) in table {
+            assert_eq!(go_duration(std::time::Duration::from_secs(secs)), want, "{name}");
+        }
+    }
+
+    #[test]
     fn exec_events_have_v1_shapes() {
         let line = serde_json::to_string(&ExecEvent::Stdout { data: "hi\n".into() }).unwrap();
         assert_eq!(line, r#"{"type":"stdout","data":"hi\n"}"#);
@@ -411,10 +436,12 @@ mod tests {
     }
 
     #[test]
-    fn errors_omit_empty_extensions_and_unknown_fields_are_refused() {
+    fn errors_omit_empty_extensions_and_unknown_fields_are_ignored() {
         let body = ErrorBody { error: "not found".into(), code: String::new(), request_id: None };
         assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"error":"not found"}"#);
-        assert!(serde_json::from_str::<CreateSandbox>(r#"{"nmae":"x"}"#).is_err());
+        // As v1's Go decoder: a newer client's fields pass (the server names them in a Warning).
+        let c: CreateSandbox = serde_json::from_str(r#"{"nmae":"x","net_policy":{}}"#).unwrap();
+        assert_eq!(c.name, "");
         let c: CreateSandbox = serde_json::from_str(r#"{"name":"x","cpus":2}"#).unwrap();
         assert_eq!((c.name.as_str(), c.cpus), ("x", 2.0));
     }

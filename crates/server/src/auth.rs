@@ -30,6 +30,13 @@ fn query_token(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(str::to_owned))
 }
 
+/// The key of an `Authorization` value: the scheme is matched case-insensitively (RFC 9110
+/// 11.1: `bearer` and `BEARER` are `Bearer`), one or more spaces follow it.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim_start())
+}
+
 /// The middleware: authenticates everything but `/health`.
 pub async fn authenticate(
     State(state): State<AppState>,
@@ -42,7 +49,7 @@ pub async fn authenticate(
     }
     let header = request.headers().get(axum::http::header::AUTHORIZATION);
     let key = match header {
-        Some(value) => match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(value) => match value.to_str().ok().and_then(bearer_credentials) {
             Some(key) => Some(key.trim().to_owned()),
             None => return ApiError::Unauthorized("authorization required").into_response(),
         },
@@ -82,6 +89,22 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let table = [
+            ("v1's spelling", "Bearer k1", Some("k1")),
+            ("lower case", "bearer k1", Some("k1")),
+            ("upper case", "BEARER k1", Some("k1")),
+            ("two spaces", "Bearer  k1", Some("k1")),
+            ("another scheme", "Basic k1", None),
+            ("no credentials", "Bearer", None),
+            ("glued", "Bearerk1", None),
+        ];
+        for (name, value, want) in table {
+            assert_eq!(bearer_credentials(value), want, "{name}");
+        }
+    }
 
     #[test]
     fn tokens_in_the_query_only_count_on_websocket_routes() {

@@ -135,7 +135,16 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(InternalCause(cause));
             return response;
         }
-        error_response(status, self.to_string(), code)
+        let mut response = error_response(status, self.to_string(), code);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is never read: the connection closes after this answer, and
+            // says so, so a client does not send its next request into it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

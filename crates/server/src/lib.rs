@@ -11,6 +11,7 @@ pub mod engine_events;
 pub mod error;
 mod exec;
 mod files;
+pub mod housekeeping;
 mod labels;
 mod lifecycle;
 mod ports;
@@ -32,8 +33,14 @@ pub use state::{AppState, Settings};
 pub use thermal::spawn_background;
 
 /// `GET /health`.
-async fn health() -> axum::Json<api::Health> {
-    axum::Json(api::Health { status: "ok".into(), version: api::VERSION.into() })
+async fn health(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<api::Health> {
+    axum::Json(api::Health {
+        status: "ok".into(),
+        uptime: api::go_duration(state.started.elapsed()),
+        version: api::VERSION.into(),
+    })
 }
 
 /// The whole API.

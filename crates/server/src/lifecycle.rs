@@ -14,12 +14,16 @@
 //!   caller gets `409 destroyed`.
 //! - **stop** / **start**: a transition row brackets the engine call; a failure closes it and
 //!   leaves the row as it was.
+//!
+//! Each success logs v1's event in the same store write as its result:
+//! `sandbox.created` (name, cpus, memory_mb, image, template_id, keep_hot), `sandbox.destroyed`
+//! (name, lifetime_s), `sandbox.stopped` and `sandbox.started` (reason `api`).
 
 use std::time::Duration;
 
 use bhatti_core::{Op, Plan, lifecycle};
 
-use crate::engine_events::sync_row;
+use crate::engine_events::{LogEntry, sync_row};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -109,7 +113,17 @@ async fn write_created(state: &AppState, id: &str) -> ApiResult<store::Sandbox> 
                 record: Some(&record),
             };
             s.update_sandbox(&id, &change)?;
-            s.sandbox_by_id(&id)
+            let row = s.sandbox_by_id(&id)?;
+            let meta = serde_json::json!({
+                "name": row.name,
+                "cpus": row.cpus,
+                "memory_mb": row.memory_mb,
+                "image": row.image,
+                "template_id": row.template_id.clone().unwrap_or_default(),
+                "keep_hot": row.keep_hot,
+            });
+            s.record_events(&[LogEntry::new("sandbox.created", meta).to_event(&row)])?;
+            Ok(row)
         })
         .await?)
 }
@@ -163,12 +177,23 @@ pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiRe
             return Err(e.into());
         }
     }
-    match state.store.write(move |s| s.delete_sandbox_by_id(&id)).await {
-        Ok(()) => Ok(()),
-        // The create it cancelled removed the row first.
-        Err(e) if e.kind() == store::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    let lifetime =
+        store::Timestamp::now().millis().saturating_sub(sandbox.created_at.millis()) / 1000;
+    let meta = serde_json::json!({ "name": sandbox.name, "lifetime_s": lifetime.max(0) });
+    let event = LogEntry::new("sandbox.destroyed", meta).to_event(sandbox);
+    let deleted = state
+        .store
+        .write(move |s| {
+            match s.delete_sandbox_by_id(&id) {
+                Ok(()) => {}
+                // The create it cancelled removed the row first.
+                Err(e) if e.kind() == store::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            s.record_events(&[event])
+        })
+        .await;
+    Ok(deleted?)
 }
 
 /// Suspends a sandbox to disk; a stopped one answers as it is.
@@ -182,7 +207,8 @@ pub(crate) async fn stop(state: &AppState, sandbox: store::Sandbox) -> ApiResult
     let transition = state.store.write(move |s| s.begin_transition(&sid, intent)).await?;
     let (_, transition) =
         guarded(state, transition, state.engine.stop(&sandbox.id, STOP_WAIT)).await?;
-    finish(state, transition, then).await
+    let event = LogEntry::new("sandbox.stopped", serde_json::json!({ "reason": "api" }));
+    finish(state, transition, then, event).await
 }
 
 /// Wakes a stopped sandbox (`force`: boots from its disk, discarding saved memory); a running
@@ -211,7 +237,9 @@ pub(crate) async fn start(
         }
     };
     let ((), transition) = guarded(state, transition, started).await?;
-    finish(state, transition, then).await
+    let event =
+        LogEntry::new("sandbox.started", serde_json::json!({ "reason": "api", "force": force }));
+    finish(state, transition, then, event).await
 }
 
 /// Wakes a sandbox (keep-hot turned on) and answers with its row as it is after the wake.
@@ -251,11 +279,12 @@ async fn guarded<T>(
 }
 
 /// Writes a sandbox's new status and the engine's record in one transaction that also closes
-/// the transition, and returns the row.
+/// the transition, logs `event`, and returns the row.
 async fn finish(
     state: &AppState,
     transition: store::Transition,
     status: store::Status,
+    event: LogEntry,
 ) -> ApiResult<store::Sandbox> {
     let id = transition.sandbox_id.clone();
     let record = state.engine.export(&id).await?;
@@ -271,7 +300,9 @@ async fn finish(
                 record: Some(&record),
             };
             s.finish_transition(&transition, &change)?;
-            s.sandbox_by_id(&transition.sandbox_id)
+            let row = s.sandbox_by_id(&transition.sandbox_id)?;
+            s.record_events(&[event.to_event(&row)])?;
+            Ok(row)
         })
         .await?)
 }

@@ -15,6 +15,44 @@ use crate::error::{ApiError, InternalCause, error_response};
 /// The largest JSON body a request may carry.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
+/// The most unknown field names a `Warning` header lists.
+const MAX_IGNORED_NAMED: usize = 8;
+
+/// Unknown JSON fields the body extractor ignored, in the request's extensions; [`around`]
+/// names them in a `Warning` header of the answer, so a typo stays visible while v1's clients
+/// (and newer ones sending fields this version does not know) keep working.
+#[derive(Debug, Clone, Default)]
+pub struct IgnoredFields(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl IgnoredFields {
+    fn push(&self, path: String) {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() < MAX_IGNORED_NAMED && !names.contains(&path) {
+            names.push(path);
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The `Warning` header (RFC 9111 5.5, code 299: a persistent warning) naming ignored fields.
+/// Names come from the client: only printable ASCII without quotes or backslashes is kept.
+fn ignored_warning(names: &[String]) -> Option<HeaderValue> {
+    if names.is_empty() {
+        return None;
+    }
+    let clean: Vec<String> = names
+        .iter()
+        .map(|n| {
+            n.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').take(64).collect()
+        })
+        .collect();
+    HeaderValue::from_str(&format!("299 bhatti \"unknown fields ignored: {}\"", clean.join(", ")))
+        .ok()
+}
+
 /// This request's ID (`req_` + 16 hex), in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -51,6 +89,8 @@ pub fn clean_path(path: &str) -> String {
 pub async fn around(mut request: Request, next: Next) -> Response {
     let id = new_request_id();
     request.extensions_mut().insert(RequestId(id.clone()));
+    let ignored = IgnoredFields::default();
+    request.extensions_mut().insert(ignored.clone());
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let started = Instant::now();
     let mut response = next.run(request).await;
@@ -64,6 +104,9 @@ pub async fn around(mut request: Request, next: Next) -> Response {
         response = (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
     }
     response.headers_mut().insert(api::VERSION_HEADER, HeaderValue::from_static(api::VERSION));
+    if let Some(warning) = ignored_warning(&ignored.take()) {
+        response.headers_mut().insert(axum::http::header::WARNING, warning);
+    }
     let user = response.extensions().get::<crate::auth::UserName>().map(|u| u.0.clone());
     tracing::info!(
         request_id = %id,
@@ -77,8 +120,10 @@ pub async fn around(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// A JSON body, at most [`MAX_JSON_BODY`] bytes, unknown fields refused by the types; every
-/// failure is a 4xx that says what is wrong.
+/// A JSON object body, at most [`MAX_JSON_BODY`] bytes (empty reads as `{}`). Unknown fields
+/// are ignored, as v1's Go decoder does, and named in the answer's `Warning` header; anything
+/// else that is wrong (not JSON, not an object, a missing field, a wrong type) is a 400 that
+/// names the field.
 #[derive(Debug)]
 pub struct Json<T>(pub T);
 
@@ -90,19 +135,40 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let ignored = request.extensions().get::<IgnoredFields>().cloned().unwrap_or_default();
         let body = request.into_body();
         let bytes = axum::body::to_bytes(body, MAX_JSON_BODY).await.map_err(|_| {
             ApiError::TooLarge(format!("request body over {} KiB", MAX_JSON_BODY / 1024))
         })?;
-        if bytes.is_empty() {
-            return serde_json::from_slice(b"{}")
-                .map(Json)
-                .map_err(|e| ApiError::BadRequest(format!("invalid json: {e}")));
-        }
-        serde_json::from_slice(&bytes)
-            .map(Json)
-            .map_err(|e| ApiError::BadRequest(format!("invalid json: {e}")))
+        decode(&bytes, |path| ignored.push(path)).map(Json)
     }
+}
+
+/// Decodes a JSON object body into `T`, reporting each ignored field's path.
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    on_ignored: impl FnMut(String),
+) -> Result<T, ApiError> {
+    let invalid = |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("invalid json: {e}"));
+    let value: serde_json::Value = if bytes.is_empty() {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| invalid(&e))?
+    };
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("invalid json: the body must be a JSON object".into()));
+    }
+    let mut on_ignored = on_ignored;
+    let mut callback = |path: serde_ignored::Path<'_>| on_ignored(path.to_string());
+    let ignoring = serde_ignored::Deserializer::new(value, &mut callback);
+    serde_path_to_error::deserialize(ignoring).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            invalid(e.inner())
+        } else {
+            ApiError::BadRequest(format!("invalid json: {path}: {}", e.inner()))
+        }
+    })
 }
 
 /// 404 for paths no route knows.
@@ -131,6 +197,62 @@ mod tests {
         assert_eq!(clean_path("/../../etc"), "/etc");
         assert_eq!(clean_path(""), "/");
         assert_eq!(clean_path("/sandboxes/x/proxy/80/a/"), "/sandboxes/x/proxy/80/a");
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Body {
+        name: String,
+        #[serde(default)]
+        size: u32,
+    }
+
+    fn decoded(text: &str) -> (Result<Body, String>, Vec<String>) {
+        let mut ignored = Vec::new();
+        let result =
+            decode::<Body>(text.as_bytes(), |p| ignored.push(p)).map_err(|e| e.to_string());
+        (result, ignored)
+    }
+
+    #[test]
+    fn bodies_table() {
+        /// (name, body, Ok or a part of the error, the ignored fields).
+        type Row = (&'static str, &'static str, Result<(), &'static str>, &'static [&'static str]);
+        let table: [Row; 7] = [
+            ("a plain object", r#"{"name":"a"}"#, Ok(()), &[]),
+            (
+                "unknown fields are ignored and named",
+                r#"{"name":"a","nmae":1,"from":{"x":1}}"#,
+                Ok(()),
+                &["nmae", "from"],
+            ),
+            ("a missing field is named", r#"{"size":1}"#, Err("missing field `name`"), &[]),
+            (
+                "a wrong type names its field",
+                r#"{"name":5}"#,
+                Err("invalid json: name: invalid type"),
+                &[],
+            ),
+            ("an array is not an object", "[]", Err("must be a JSON object"), &[]),
+            ("a string is not an object", r#""x""#, Err("must be a JSON object"), &[]),
+            ("not JSON", "{nope", Err("invalid json"), &[]),
+        ];
+        for (name, text, want, want_ignored) in table {
+            let (got, ignored) = decoded(text);
+            match (got, want) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err(part)) => assert!(e.contains(part), "{name}: {e}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+            assert_eq!(ignored, want_ignored, "{name}");
+        }
+        assert_eq!(decoded("").1, Vec::<String>::new(), "an empty body reads as {{}}");
+    }
+
+    #[test]
+    fn warning_header_names_ignored_fields_safely() {
+        assert!(ignored_warning(&[]).is_none());
+        let v = ignored_warning(&["nmae".into(), "a\"b\r\nc".into()]).unwrap();
+        assert_eq!(v.to_str().unwrap(), r#"299 bhatti "unknown fields ignored: nmae, abc""#);
     }
 
     #[test]

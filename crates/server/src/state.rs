@@ -22,6 +22,11 @@ pub struct Settings {
     pub thermal_tick: Duration,
     /// How long a running exec may finish when the daemon shuts down.
     pub drain_timeout: Duration,
+    /// Events older than this are purged (v1: 90 days), so the table cannot grow without
+    /// bound.
+    pub event_retention: Duration,
+    /// How often the purge runs (v1: hourly).
+    pub housekeeping_period: Duration,
 }
 
 impl Settings {
@@ -35,6 +40,8 @@ impl Settings {
             cold_after: Duration::from_secs(30 * 60),
             thermal_tick: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            event_retention: Duration::from_secs(90 * 24 * 3600),
+            housekeeping_period: Duration::from_secs(3600),
         }
     }
 }
@@ -48,11 +55,13 @@ pub struct AppState {
     pub store: store::AsyncStore,
     /// Settings.
     pub settings: Arc<Settings>,
+    /// When the daemon started (`/health`'s uptime).
+    pub started: std::time::Instant,
 }
 
 impl AppState {
     /// A state over an engine and a store.
     pub fn new(engine: Arc<engine::Engine>, store: store::AsyncStore, settings: Settings) -> Self {
-        Self { engine, store, settings: Arc::new(settings) }
+        Self { engine, store, settings: Arc::new(settings), started: std::time::Instant::now() }
     }
 }

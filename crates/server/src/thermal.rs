@@ -49,11 +49,12 @@ const STOP_DEADLINE: Duration = Duration::from_secs(120);
 /// Stops at once (they write to disk).
 const PARALLEL_STOPS: usize = engine::SHUTDOWN_PARALLEL;
 
-/// Starts the thermal manager and the engine-events task; the daemon's `serve` calls this
+/// Starts the thermal manager, the engine-events task and the housekeeping loop; the daemon's `serve` calls this
 /// after recovery. On `shutdown` both end after the work in progress; await the handles.
 pub fn spawn_background(state: &AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     vec![
         crate::engine_events::spawn(state.clone(), shutdown.clone()),
+        crate::housekeeping::spawn(state.clone(), shutdown.clone()),
         spawn(state.clone(), shutdown),
     ]
 }

@@ -13,6 +13,11 @@ async fn auth_health_and_bad_requests() {
     let health = d.client.get(format!("{}/health", d.url)).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.headers()[api::VERSION_HEADER], api::VERSION);
+    // v1's uptime beside the version: a Go duration in whole seconds.
+    let health: serde_json::Value = health.json().await.unwrap();
+    let uptime = health["uptime"].as_str().unwrap_or_else(|| panic!("no uptime: {health}"));
+    assert!(uptime.ends_with('s') && uptime.len() >= 2, "{uptime}");
+    assert_eq!(health["version"], api::VERSION);
     // Everything else needs a key; the clean path decides, so a dot-dot does not bypass.
     for path in ["/sandboxes", "/health/../sandboxes", "/health/%2e%2e/sandboxes"] {
         let r = d.client.get(format!("{}{path}", d.url)).send().await.unwrap();
@@ -32,6 +37,25 @@ async fn auth_health_and_bad_requests() {
     let list = d.req(Method::GET, "/sandboxes").send().await.unwrap();
     assert_eq!(list.status(), 200);
     assert_eq!(list.text().await.unwrap(), "[]");
+    // The scheme is case-insensitive (RFC 9110); the key is not.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let r = d
+            .client
+            .get(format!("{}/sandboxes", d.url))
+            .header("authorization", format!("{scheme} {}", d.key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    let r = d
+        .client
+        .get(format!("{}/sandboxes", d.url))
+        .header("authorization", format!("Bearer {}", d.key.to_uppercase()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     // Malformed, unknown fields, oversize, bad names, bad labels: 4xx that say what is wrong.
     let bad = |body: &'static str| {
         d.req(Method::POST, "/sandboxes").header("content-type", "application/json").body(body)
@@ -39,9 +63,23 @@ async fn auth_health_and_bad_requests() {
     let r = bad("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.json::<api::ErrorBody>().await.unwrap().error.starts_with("invalid json"));
-    let r = bad(r#"{"nmae":"x"}"#).send().await.unwrap();
+    // Unknown fields are ignored, as v1 does, and named in a Warning header (the unknown image
+    // keeps this from booting anything).
+    let r = bad(r#"{"nmae":"x","net_policy":{"a":1},"image":"nope"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 404, "the request went through to the image lookup");
+    let warning = r.headers()["warning"].to_str().unwrap().to_owned();
+    assert!(warning.starts_with("299 ") && warning.contains("nmae"), "{warning}");
+    assert!(warning.contains("net_policy"), "{warning}");
+    // A wrong type or a body that is no object is a 400 naming what is wrong.
+    let r = bad(r#"{"name":5}"#).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.json::<api::ErrorBody>().await.unwrap().error.contains("nmae"));
+    assert!(r.json::<api::ErrorBody>().await.unwrap().error.contains("name:"));
+    for body in ["[]", "5", r#""x""#, "null"] {
+        let r = bad(body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let error = r.json::<api::ErrorBody>().await.unwrap().error;
+        assert!(error.contains("JSON object"), "{body}: {error}");
+    }
     let huge = format!(r#"{{"name":"x","init":"{}"}}"#, "a".repeat(2 << 20));
     let r = d.req(Method::POST, "/sandboxes").body(huge).send().await.unwrap();
     assert_eq!(r.status(), 413);

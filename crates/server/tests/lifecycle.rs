@@ -185,3 +185,76 @@ async fn keep_hot_answers_with_the_row_after_the_wake() {
     assert_eq!(r.status(), 404);
     d.stop().await;
 }
+
+/// The event types of `sandbox`, oldest first.
+async fn events_of(d: &Daemon, sandbox: &str) -> Vec<(String, serde_json::Value)> {
+    let q = store::EventQuery {
+        sandbox_id: Some(sandbox.to_owned()),
+        limit: Some(100),
+        ..Default::default()
+    };
+    let mut events = d.state.store.read(move |s| s.query_events(&q)).await.unwrap();
+    events.reverse();
+    events
+        .into_iter()
+        .map(|e| (e.event.kind, serde_json::from_str(&e.event.meta).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_are_written_and_old_events_purged() {
+    let d = Daemon::start_with(|s| {
+        s.housekeeping_period = Duration::from_millis(50);
+        s.event_retention = Duration::from_secs(90 * 24 * 3600);
+    })
+    .await;
+    // One event from 91 days ago, one from 89: only the first goes.
+    let day = 24 * 3600 * 1000;
+    let now = store::Timestamp::now().millis();
+    let old = |age_days: i64, kind: &str| store::NewEvent {
+        ts: store::Timestamp(now - age_days * day),
+        kind: kind.into(),
+        user_id: String::new(),
+        sandbox_id: "aged".into(),
+        meta: String::new(),
+    };
+    let (stale, recent) = (old(91, "test.stale"), old(89, "test.recent"));
+    d.state.store.write(move |s| s.record_events(&[stale, recent])).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let background = server::spawn_background(&d.state, rx);
+    until("the stale event purged", LIMIT, || async {
+        events_of(&d, "aged").await.iter().all(|(kind, _)| kind != "test.stale")
+    })
+    .await;
+    assert_eq!(events_of(&d, "aged").await.len(), 1, "the recent event stays");
+
+    let sb = d.create("logged").await;
+    for op in ["stop", "start"] {
+        let r = d.req(Method::POST, &format!("/sandboxes/logged/{op}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{op}");
+    }
+    let r = d.req(Method::DELETE, "/sandboxes/logged").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let events = events_of(&d, &sb.id).await;
+    let lifecycle: Vec<&(String, serde_json::Value)> =
+        events.iter().filter(|(kind, _)| kind.starts_with("sandbox.")).collect();
+    let kinds: Vec<&str> = lifecycle.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["sandbox.created", "sandbox.stopped", "sandbox.started", "sandbox.destroyed"],
+        "{events:?}"
+    );
+    let created = &lifecycle[0].1;
+    assert_eq!(
+        (created["name"].as_str(), created["memory_mb"].as_u64()),
+        (Some("logged"), Some(128))
+    );
+    assert_eq!(lifecycle[1].1["reason"], "api");
+    assert_eq!(lifecycle[3].1["name"], "logged");
+    assert!(lifecycle[3].1["lifetime_s"].is_u64());
+    tx.send(true).unwrap();
+    for handle in background {
+        handle.await.unwrap();
+    }
+    d.stop().await;
+}

@@ -1,0 +1,41 @@
+//! The daemon's periodic clean-ups (v1's hourly retention job): events older than
+//! `settings.event_retention` (90 days) are purged, so the table cannot grow without bound.
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::state::AppState;
+
+/// Starts the clean-up loop: one pass at once, then every `settings.housekeeping_period`,
+/// until `shutdown` turns true or its sender goes.
+pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // A zero period would panic; nothing needs a faster pace than this.
+        let period = state.settings.housekeeping_period.max(std::time::Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = ticker.tick() => purge_events(&state).await,
+            }
+        }
+    })
+}
+
+/// Deletes events older than the retention.
+async fn purge_events(state: &AppState) {
+    let before = store::Timestamp::now().minus(state.settings.event_retention);
+    match state.store.write(move |s| s.purge_events(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(purged = n, "events past their retention purged"),
+        Err(e) => tracing::warn!("purging old events: {e}"),
+    }
+}
