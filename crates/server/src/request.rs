@@ -223,7 +223,7 @@ mod tests {
                 "unknown fields are ignored and named",
                 r#"{"name":"a","nmae":1,"from":{"x":1}}"#,
                 Ok(()),
-                &["nmae", "from"],
+                &["from", "nmae"],
             ),
             ("a missing field is named", r#"{"size":1}"#, Err("missing field `name`"), &[]),
             (
