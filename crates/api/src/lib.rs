@@ -156,12 +156,12 @@ pub struct CreateSandbox {
     /// Image name (resources issue); the default image when empty.
     #[serde(default)]
     pub image: String,
-    /// vCPUs (default 1).
-    #[serde(default)]
-    pub cpus: f64,
-    /// Guest RAM (default 1024).
-    #[serde(default)]
-    pub memory_mb: u32,
+    /// vCPUs, a fraction bounds CPU time (default 1; zero or below is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Guest RAM in MB (default 1024; zero is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
     /// Disk size (default: the image's).
     #[serde(default)]
     pub disk_size_mb: u32,
@@ -443,6 +443,6 @@ mod tests {
         let c: CreateSandbox = serde_json::from_str(r#"{"nmae":"x","net_policy":{}}"#).unwrap();
         assert_eq!(c.name, "");
         let c: CreateSandbox = serde_json::from_str(r#"{"name":"x","cpus":2}"#).unwrap();
-        assert_eq!((c.name.as_str(), c.cpus), ("x", 2.0));
+        assert_eq!((c.name.as_str(), c.cpus), ("x", Some(2.0)));
     }
 }

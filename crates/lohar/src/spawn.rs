@@ -154,6 +154,20 @@ pub fn command(
     let mut cmd = Command::new(resolve_program(program, env));
     cmd.args(args).env_clear().envs(env);
     if let Some(dir) = cwd.filter(|d| !d.is_empty()) {
+        // Checked here so the error names the directory (a failed chdir in the child only
+        // says "No such file or directory", as if the program were missing).
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("working directory {dir:?} is not a directory"),
+                ));
+            }
+            Err(e) => {
+                return Err(io::Error::new(e.kind(), format!("working directory {dir:?}: {e}")));
+            }
+        }
         cmd.current_dir(Path::new(dir));
     }
     if grouping == Grouping::ProcessGroup {

@@ -45,7 +45,12 @@ fn exec_bad_cwd_is_a_start_error() {
     let mut req = ExecRequest::command(["pwd"]);
     req.cwd = Some("/does/not/exist".into());
     let r = agent.exec_req(&req);
-    assert!(r.error.unwrap().starts_with("start: "));
+    let error = r.error.unwrap();
+    assert!(error.starts_with("start: "), "{error}");
+    assert!(error.contains("/does/not/exist"), "the error names the directory: {error}");
+    req.cwd = Some("/etc/passwd".into());
+    let error = agent.exec_req(&req).error.unwrap();
+    assert!(error.contains("/etc/passwd") && error.contains("not a directory"), "{error}");
 }
 
 #[test]

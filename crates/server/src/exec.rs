@@ -53,6 +53,7 @@ pub async fn exec(
     if body.cmd.is_empty() {
         return Err(ApiError::BadRequest("cmd required".into()));
     }
+    crate::sandboxes::check_env(&body.env).map_err(ApiError::BadRequest)?;
     let timeout = timeout_of(body.timeout_sec);
     let mut req = request_of(&body);
     if body.detach {

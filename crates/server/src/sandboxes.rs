@@ -95,6 +95,61 @@ fn image_path(state: &AppState, name: &str) -> ApiResult<std::path::PathBuf> {
     Ok(path)
 }
 
+/// The CPUs and memory a create asks for, defaults filled in; zero, below zero, not a number
+/// or over the owner's quota is refused with a message naming the field.
+fn shape(
+    cpus: Option<f64>,
+    memory_mb: Option<u32>,
+    quotas: &store::Quotas,
+) -> Result<(f64, u32), String> {
+    let cpus = cpus.unwrap_or(1.0);
+    if !(cpus.is_finite() && cpus > 0.0) {
+        return Err(format!("cpus must be a positive number, got {cpus}"));
+    }
+    if cpus > f64::from(quotas.max_cpus_per_sandbox) {
+        return Err(format!("cpus: max {} CPUs per sandbox", quotas.max_cpus_per_sandbox));
+    }
+    let memory_mb = memory_mb.unwrap_or(1024);
+    if memory_mb == 0 {
+        return Err("memory_mb must be positive, got 0".into());
+    }
+    if memory_mb > quotas.max_memory_mb_per_sandbox {
+        return Err(format!(
+            "memory_mb: max {} MB memory per sandbox",
+            quotas.max_memory_mb_per_sandbox
+        ));
+    }
+    Ok((cpus, memory_mb))
+}
+
+/// Environment names a process can be given: not empty, no `=` (it would split the name), no
+/// NUL anywhere (it would cut the string).
+pub(crate) fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(format!("env: invalid variable name {name:?}"));
+        }
+        if value.contains('\0') {
+            return Err(format!("env: the value of {name} contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
+/// A file's mode: octal digits (an optional leading `0o`), at most `07777`; empty is `0644`.
+fn file_mode(path: &str, mode: &str) -> Result<String, String> {
+    if mode.is_empty() {
+        return Ok("0644".into());
+    }
+    let digits = mode.strip_prefix("0o").unwrap_or(mode);
+    match u32::from_str_radix(digits, 8) {
+        Ok(bits) if !digits.is_empty() && !digits.starts_with('+') && bits <= 0o7777 => {
+            Ok(format!("{bits:04o}"))
+        }
+        _ => Err(format!("file {path:?}: mode {mode:?} is not an octal mode (like 0644)")),
+    }
+}
+
 /// The engine's create request for a validated API request.
 fn engine_spec(
     id: &str,
@@ -122,7 +177,7 @@ fn engine_spec(
         if base64::engine::general_purpose::STANDARD.decode(&file.content).is_err() {
             return Err(ApiError::BadRequest(format!("file {:?}: bad base64", file.guest_path)));
         }
-        let mode = if file.mode.is_empty() { "0644".to_owned() } else { file.mode.clone() };
+        let mode = file_mode(&file.guest_path, &file.mode).map_err(ApiError::BadRequest)?;
         spec.files.insert(
             file.guest_path.clone(),
             engine::GuestFile { content: file.content.clone(), mode },
@@ -148,20 +203,9 @@ pub async fn create(
             "templates, persistent volumes and secrets come with the resources API",
         ));
     }
-    let cpus = if req.cpus > 0.0 { req.cpus } else { 1.0 };
-    let memory_mb = if req.memory_mb > 0 { req.memory_mb } else { 1024 };
-    if !cpus.is_finite() || cpus > f64::from(user.quotas.max_cpus_per_sandbox) {
-        return Err(ApiError::BadRequest(format!(
-            "max {} CPUs per sandbox",
-            user.quotas.max_cpus_per_sandbox
-        )));
-    }
-    if memory_mb > user.quotas.max_memory_mb_per_sandbox {
-        return Err(ApiError::BadRequest(format!(
-            "max {} MB memory per sandbox",
-            user.quotas.max_memory_mb_per_sandbox
-        )));
-    }
+    let (cpus, memory_mb) =
+        shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;
+    check_env(&req.env).map_err(ApiError::BadRequest)?;
     let name =
         if req.name.is_empty() { format!("sandbox-{}", random_hex(3)) } else { req.name.clone() };
     if !valid_name(&name) {
@@ -372,6 +416,71 @@ mod tests {
         assert!(!valid_name("a b") && !valid_name(&"n".repeat(64)));
         assert_eq!(hostname_of("My.Box_1"), "my-box-1");
         assert_eq!(hostname_of("___"), "sandbox");
+    }
+
+    #[test]
+    fn shapes_table() {
+        let quotas = store::Quotas::default();
+        /// (name, cpus, memory, the shape or a part of the error).
+        type Row = (&'static str, Option<f64>, Option<u32>, Result<(f64, u32), &'static str>);
+        let table: [Row; 9] = [
+            ("defaults", None, None, Ok((1.0, 1024))),
+            ("half a core", Some(0.5), Some(128), Ok((0.5, 128))),
+            ("zero cpus", Some(0.0), None, Err("cpus must be a positive")),
+            ("negative cpus", Some(-1.0), None, Err("cpus must be a positive")),
+            ("not a number", Some(f64::NAN), None, Err("cpus must be a positive")),
+            ("infinite", Some(f64::INFINITY), None, Err("cpus must be a positive")),
+            ("over the quota", Some(1000.0), None, Err("cpus: max")),
+            ("zero memory", None, Some(0), Err("memory_mb must be positive")),
+            ("memory over the quota", None, Some(u32::MAX), Err("memory_mb: max")),
+        ];
+        for (name, cpus, memory, want) in table {
+            match (shape(cpus, memory, &quotas), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
+                (Err(e), Err(part)) => assert!(e.contains(part), "{name}: {e}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn env_names_table() {
+        let table = [
+            ("ordinary", "A_1", "x", true),
+            ("lower case", "path", "x", true),
+            ("empty name", "", "x", false),
+            ("= in the name", "A=B", "x", false),
+            ("NUL in the name", "A\0", "x", false),
+            ("NUL in the value", "A", "x\0y", false),
+            ("= in the value is fine", "A", "b=c", true),
+        ];
+        for (name, key, value, ok) in table {
+            let env = [(key.to_owned(), value.to_owned())].into();
+            assert_eq!(check_env(&env).is_ok(), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn file_modes_table() {
+        let table = [
+            ("empty is 0644", "", Ok("0644")),
+            ("plain", "0755", Ok("0755")),
+            ("short", "600", Ok("0600")),
+            ("go's 0o", "0o640", Ok("0640")),
+            ("setuid bits", "4755", Ok("4755")),
+            ("not octal", "0999", Err(())),
+            ("words", "rw-r--r--", Err(())),
+            ("too large", "17777", Err(())),
+            ("a sign", "+644", Err(())),
+            ("only the prefix", "0o", Err(())),
+        ];
+        for (name, mode, want) in table {
+            let got = file_mode("/x", mode);
+            match want {
+                Ok(m) => assert_eq!(got.as_deref(), Ok(m), "{name}"),
+                Err(()) => assert!(got.unwrap_err().contains("not an octal mode"), "{name}"),
+            }
+        }
     }
 
     #[test]

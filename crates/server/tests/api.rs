@@ -91,6 +91,25 @@ async fn auth_health_and_bad_requests() {
     assert_eq!(r.status(), 404);
     let r = bad(r#"{"name":"ok","cpus":64}"#).send().await.unwrap();
     assert_eq!(r.status(), 400);
+    // Silently coerced before: refused now, each naming its field.
+    let refused = [
+        (r#"{"name":"z","cpus":0}"#, "cpus"),
+        (r#"{"name":"z","cpus":-1}"#, "cpus"),
+        (r#"{"name":"z","memory_mb":0}"#, "memory_mb"),
+        (r#"{"name":"z","memory_mb":-1}"#, "memory_mb"),
+        (r#"{"name":"z","env":{"":"x"}}"#, "env"),
+        (r#"{"name":"z","env":{"A=B":"x"}}"#, "env"),
+        (r#"{"name":"z","env":{"A\u0000":"x"}}"#, "env"),
+        (r#"{"name":"z","files":[{"guest_path":"/x","content":"","mode":"rw-r--r--"}]}"#, "mode"),
+    ];
+    for (body, field) in refused {
+        let r = bad(body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let error = r.json::<api::ErrorBody>().await.unwrap().error;
+        assert!(error.contains(field), "{body}: {error}");
+    }
+    let r = d.req(Method::GET, "/sandboxes/z").send().await.unwrap();
+    assert_eq!(r.status(), 404, "nothing of the refused creates is left");
     let r = d.req(Method::GET, "/sandboxes/nope").send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = d.req(Method::GET, "/sandboxes?label=novalue").send().await.unwrap();

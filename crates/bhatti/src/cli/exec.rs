@@ -56,7 +56,7 @@ pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<u8> {
         cmd: a.cmd,
         timeout_sec: i64::try_from(timeout).unwrap_or(0),
         detach: a.detach,
-        env: key_values(&a.env, "--env")?,
+        env: key_values(&super::split_env_args(&a.env), "--env")?,
         cwd: a.workdir.unwrap_or_default(),
         ..api::ExecBody::default()
     };

@@ -174,6 +174,33 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// Splits `KEY=VAL` arguments.
+/// `--env` values as v1 takes them: `-e A=1,B=2` is two variables. A comma starts a new
+/// variable only where `NAME=` follows it, so a value with commas (`-e PATH=/a,/b`) stays whole;
+/// each `-e` may also carry one variable.
+fn split_env_args(items: &[String]) -> Vec<String> {
+    let starts_variable = |rest: &str| {
+        rest.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit()
+        })
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let mut current = String::new();
+        for (i, part) in item.split(',').enumerate() {
+            if i > 0 && starts_variable(part) {
+                out.push(std::mem::take(&mut current));
+            } else if i > 0 {
+                current.push(',');
+            }
+            current.push_str(part);
+        }
+        out.push(current);
+    }
+    out
+}
+
 fn key_values(
     items: &[String],
     what: &str,
@@ -185,4 +212,27 @@ fn key_values(
             _ => Err(error::CliError::Usage(format!("{what} {kv:?}: use KEY=VALUE"))),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_arguments_split_as_v1() {
+        let table: [(&str, &[&str], &[&str]); 6] = [
+            ("two in one", &["A=1,B=2"], &["A=1", "B=2"]),
+            ("repeated", &["A=1", "B=2"], &["A=1", "B=2"]),
+            ("a comma in a value", &["PATH=/a,/b"], &["PATH=/a,/b"]),
+            ("a comma, then a variable", &["L=x,y,B_2=3"], &["L=x,y", "B_2=3"]),
+            ("a digit does not start a name", &["A=1,2=3"], &["A=1,2=3"]),
+            ("an empty value", &["A=,B="], &["A=", "B="]),
+        ];
+        for (name, args, want) in table {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            assert_eq!(split_env_args(&args), want, "{name}");
+        }
+        let vars = key_values(&split_env_args(&["A=1,B=2".into()]), "--env").unwrap();
+        assert_eq!(vars.len(), 2);
+    }
 }

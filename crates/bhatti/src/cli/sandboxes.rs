@@ -38,7 +38,7 @@ pub struct CreateArgs {
     /// Image name.
     #[arg(long)]
     image: Option<String>,
-    /// Environment for every command (repeatable).
+    /// Environment for every command (repeatable; `A=1,B=2` sets two, as in v1).
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     env: Vec<String>,
     /// Init script, run as the attachable session `init`.
@@ -87,10 +87,10 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
     let body = api::CreateSandbox {
         name: a.name.unwrap_or_default(),
         image: a.image.unwrap_or_default(),
-        cpus: a.cpus.unwrap_or(0.0),
-        memory_mb: a.memory.unwrap_or(0),
+        cpus: a.cpus,
+        memory_mb: a.memory,
         disk_size_mb: a.disk_size.unwrap_or(0),
-        env: key_values(&a.env, "--env")?,
+        env: key_values(&super::split_env_args(&a.env), "--env")?,
         init: a.init.unwrap_or_default(),
         files: a.files.iter().map(|f| create_file(f)).collect::<anyhow::Result<_>>()?,
         labels: key_values(&a.labels, "--label")?,
