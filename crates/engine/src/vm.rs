@@ -759,9 +759,11 @@ impl Machine for Vm {
                     () = qemu.qmp.gone() => return Signal::Gone,
                     event = events.recv() => match event {
                         // QEMU's default `werror=enospc` stops the guest on a full host disk.
-                        Ok(e) if e.name == "BLOCK_IO_ERROR"
-                            && e.data["nospace"].as_bool() == Some(true)
-                            && e.data["action"].as_str() == Some("stop") => return Signal::DiskFull,
+                        Ok(vmm::qmp::Event::BlockIoError {
+                            nospace: true,
+                            action: vmm::qmp::IoErrorAction::Stop,
+                            ..
+                        }) => return Signal::DiskFull,
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                             return std::future::pending().await;

@@ -1,7 +1,7 @@
 //! Async QMP client: capabilities negotiation, commands with deadlines, events to subscribers.
 //!
 //! One reader task owns the socket's read half: replies are routed to their callers by id,
-//! events are broadcast. When QEMU goes away every pending and later call fails with
+//! events are typed once ([`Event`]) and broadcast. When QEMU goes away every pending and later call fails with
 //! [`VmmError::QemuGone`].
 
 pub mod wire;
@@ -19,8 +19,8 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use wire::Event;
 use wire::Message;
+pub use wire::{Event, IoErrorAction};
 
 use crate::error::VmmError;
 
