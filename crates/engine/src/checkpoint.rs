@@ -19,7 +19,7 @@ use crate::layout::CheckpointFiles;
 use crate::run::run;
 use crate::state::SandboxRecord;
 use crate::machine::Machine;
-use crate::vm::BootSpec;
+use crate::machine::BootSpec;
 
 /// What a checkpoint directory holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

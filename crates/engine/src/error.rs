@@ -251,6 +251,9 @@ pub enum EngineError {
     /// The VMM failed (QEMU did not start, QMP failed).
     #[error("VMM: {0}")]
     Vmm(#[from] vmm::VmmError),
+    /// A blocking task the engine ran (file work, a process wait) panicked or was cancelled.
+    #[error("an engine task failed")]
+    Join(#[from] tokio::task::JoinError),
     /// File IO failed.
     #[error("engine IO: {0}")]
     Io(#[from] std::io::Error),
@@ -276,6 +279,7 @@ impl EngineError {
             | EngineError::ToolTimeout { .. }
             | EngineError::Net { .. }
             | EngineError::Vmm(_)
+            | EngineError::Join(_)
             | EngineError::Io(_) => ErrorKind::Internal,
         }
     }

@@ -21,11 +21,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::error::EngineError;
 use crate::events::{EventKind, Events};
 use crate::lease::{Lease, Shared};
-use crate::machine::{Backend, Machine, Signal};
+use crate::machine::{Backend, BootSpec, Machine, Signal, Suspended};
 use crate::net::Netns;
 use crate::state::{RECORD_VERSION, SandboxRecord};
 use crate::thermal::Thermal;
-use crate::vm::{self, BootSpec, Suspended};
 use crate::volume::VolumeMount;
 
 /// A message to the owner.
@@ -312,7 +311,7 @@ impl Owner {
                     }
                 }
                 signal = watch(&mut self.power) => self.on_signal(signal).await,
-                _ = console.tick() => self.cap_console(),
+                _ = console.tick() => self.housekeeping().await,
             }
         }
         if self.shared.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -381,12 +380,16 @@ impl Owner {
         }
     }
 
-    /// Keeps the guest-written console log bounded.
-    fn cap_console(&self) {
-        if matches!(self.power, Power::Hot(_) | Power::Warm(_))
-            && let Err(e) = vm::cap_console(&self.spec.files)
-        {
-            tracing::warn!(sandbox = %self.who.id, "capping the console log: {e}");
+    /// Keeps what the machine writes on its own (the guest's console log) bounded. File work,
+    /// so on a blocking thread.
+    async fn housekeeping(&self) {
+        if !matches!(self.power, Power::Hot(_) | Power::Warm(_)) {
+            return;
+        }
+        let (backend, files) = (Arc::clone(&self.backend), self.spec.files.clone());
+        let done = tokio::task::spawn_blocking(move || backend.housekeeping(&files)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(sandbox = %self.who.id, "housekeeping: {e}");
         }
     }
 
@@ -395,9 +398,9 @@ impl Owner {
     /// still in progress can never recreate what this removes.
     async fn destroy(&mut self) {
         self.kill().await;
-        let files = self.spec.files.clone();
+        let (files, backend) = (self.spec.files.clone(), Arc::clone(&self.backend));
         let removed = tokio::task::spawn_blocking(move || {
-            vm::kill_orphan(&files);
+            backend.kill_orphan(&files);
             match std::fs::remove_dir_all(files.dir()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -654,7 +657,7 @@ impl Owner {
             dir: spec.files.dir().to_owned(),
             image: spec.image.clone(),
             ip: spec.ip,
-            mac: vm::mac_text(spec.mac),
+            mac: crate::net::mac_text(spec.mac),
             token: spec.guest.token.clone(),
             vcpus: spec.vcpus,
             cpu_millis: spec.confine.as_ref().map(|c| c.cpu_millis),

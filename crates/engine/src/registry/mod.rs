@@ -36,13 +36,12 @@ use crate::events::{Event, EventKind, Events};
 use crate::ippool::{IpPool, Subnet};
 use crate::layout::{DataDir, SandboxFiles};
 use crate::lease::{Activity, Lease};
-use crate::machine::{Backend, Machine};
+use crate::machine::{Backend, BootSpec, Machine, Suspended, VolumeDisk, guest_device};
 use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
 pub use crate::spec::CreateSpec;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
-use crate::vm::{self, BootSpec, Suspended, VolumeDisk};
 use crate::volume::{Claims, VolumeMount};
 
 /// Engine-wide settings.
@@ -200,14 +199,15 @@ impl Drop for Reservation<'_> {
             Ok(()) => trash,
             Err(_) => original.clone(),
         };
-        let (pool, claims, id, ip) = (
+        let (backend, pool, claims, id, ip) = (
+            Arc::clone(&self.engine.backend),
             Arc::clone(&self.engine.pool),
             Arc::clone(&self.engine.claims),
             self.id.clone(),
             self.ip,
         );
         off_thread(move || {
-            vm::kill_recorded(&files.pid_file(), &original.qmp_socket());
+            backend.kill_recorded(&files, &original);
             if let Err(e) = std::fs::remove_dir_all(files.dir())
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -429,7 +429,7 @@ impl Engine {
             (spec.ip, spec.mac, spec.files.clone(), spec.guest.hostname.clone());
         let client = match &vm {
             Some(vm) => Arc::clone(vm.client()),
-            None => vm::agent_client(&self.ns, &spec),
+            None => self.backend.agent_client(&self.ns, &spec),
         };
         let handle = owner::spawn(owner::Start {
             who: who.clone(),
@@ -502,7 +502,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, v)| GuestVolume {
-                device: vm::guest_device(i),
+                device: guest_device(i),
                 mount: v.mount.clone(),
                 fs: "ext4".into(),
                 read_only: v.read_only,
@@ -803,10 +803,10 @@ impl Engine {
         if entry.handle.ask(id, Command::Destroy).await.is_err() {
             // The owner failed earlier (its supervisor gave back the address and claims; its
             // QEMU went with it): only the files and the neighbour entry are left.
-            let files = entry.files.clone();
+            let (files, backend) = (entry.files.clone(), Arc::clone(&self.backend));
             let (tx, rx) = tokio::sync::oneshot::channel();
             off_thread(move || {
-                vm::kill_orphan(&files);
+                backend.kill_orphan(&files);
                 let _ = std::fs::remove_dir_all(files.dir());
                 let _ = tx.send(());
             });
@@ -921,7 +921,7 @@ mod tests {
         }
         let ip = Ipv4Addr::new(10, 200, 3, 7);
         assert_eq!(tap_name(ip), "tap3-7");
-        assert_eq!(parse_mac(&vm::mac_text(mac_for(ip))).unwrap(), mac_for(ip));
+        assert_eq!(parse_mac(&crate::net::mac_text(mac_for(ip))).unwrap(), mac_for(ip));
         assert!(parse_mac("52:54:00").is_err() && parse_mac("zz:54:00:00:00:00").is_err());
     }
 }
