@@ -168,26 +168,51 @@ pub fn cgroup_of(jail: &Jail) -> Option<String> {
 }
 
 /// Removes a sandbox's cgroup when dropped: held by the running VM, declared after its QEMU so
-/// the QEMU is reaped first and the directory is empty.
+/// the QEMU is reaped first and the directory is empty. The removal retries while the kernel
+/// still counts the last threads of a killed QEMU (up to about 0.6 s of sleeps), so it never
+/// runs on an async worker: [`CgroupGuard::release`] awaits it on a blocking thread (a stop or a
+/// kill, whose caller may look for the cgroup at once), a drop hands it to one.
 #[derive(Debug)]
 pub struct CgroupGuard {
-    name: String,
+    /// `None` once released.
+    name: Option<String>,
 }
 
 impl CgroupGuard {
     /// A guard for the cgroup `name`.
     pub fn new(name: String) -> Self {
-        Self { name }
+        Self { name: Some(name) }
+    }
+
+    /// The cgroup's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    /// Removes the cgroup now (its processes must be gone) and returns once it is removed.
+    pub async fn release(mut self) {
+        if let Some(name) = self.name.take()
+            && let Err(e) = tokio::task::spawn_blocking(move || remove_cgroup(&name)).await
+        {
+            tracing::warn!("removing a cgroup: {e}");
+        }
     }
 }
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        if let Some(h) = hierarchy()
-            && let Err(e) = SandboxCgroup::remove_by_name(h, CGROUP_PARENT, &self.name)
-        {
-            tracing::warn!("removing cgroup {}: {e}", self.name);
+        if let Some(name) = self.name.take() {
+            crate::run::off_thread(move || remove_cgroup(&name));
         }
+    }
+}
+
+/// Removes the sandbox cgroup `name`, retrying while it is busy. Blocking.
+fn remove_cgroup(name: &str) {
+    if let Some(h) = hierarchy()
+        && let Err(e) = SandboxCgroup::remove_by_name(h, CGROUP_PARENT, name)
+    {
+        tracing::warn!("removing cgroup {name}: {e}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! Running external tools with a deadline.
+//! Running external tools with a deadline, and blocking work off the async threads.
 
 use std::time::Duration;
 
@@ -19,4 +19,16 @@ pub async fn run(cmd: &mut Command, timeout: Duration) -> Result<Vec<u8>, Engine
         return Err(EngineError::Tool { tool, message: format!("{}: {stderr}", output.status) });
     }
     Ok(output.stdout)
+}
+
+/// Runs slow blocking work (a large `remove_dir_all`, waiting for a killed process, a cgroup
+/// removal that retries) on a blocking thread when a runtime is there, inline otherwise (a
+/// drop outside any runtime).
+pub(crate) fn off_thread(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(work);
+        }
+        Err(_) => work(),
+    }
 }

@@ -39,6 +39,7 @@ use crate::lease::{Activity, Lease};
 use crate::machine::{Backend, BootSpec, Machine, Suspended, VolumeDisk, guest_device};
 use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
+use crate::run::off_thread;
 pub use crate::spec::CreateSpec;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
@@ -216,17 +217,6 @@ impl Drop for Reservation<'_> {
             lock(&claims).release(&id);
             lock(&pool).release(ip);
         });
-    }
-}
-
-/// Runs slow file work (a large `remove_dir_all`, waiting for a killed process) on a blocking
-/// thread when a runtime is there, inline otherwise (a drop outside any runtime).
-pub(crate) fn off_thread(work: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn_blocking(work);
-        }
-        Err(_) => work(),
     }
 }
 

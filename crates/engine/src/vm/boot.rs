@@ -114,7 +114,7 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     crate::configdrive::build(&spec.guest, &config_drive).await?;
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
-    let started = start_qemu(spec, &vm_config(spec)?, tap).await?;
+    let started = start_qemu(spec, false, tap).await?;
     let client = agent_client(ns, spec);
     let ready = client.wait_ready(spec.ready_timeout).await;
     let ready_after = started.qemu.spawned_at.elapsed();
@@ -126,7 +126,8 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
 }
 
 /// The VMM configuration of a boot spec (what [`boot`] and the restores start QEMU with). A
-/// confined spec's files are handed to its jail's uid here.
+/// confined spec's files are handed to its jail's uid and its cgroup is made here: blocking
+/// file-system work (`start_qemu` runs it on a blocking thread).
 pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     let accel = spec.accel.resolve()?;
     let mut cfg = VmConfig::new(
@@ -200,19 +201,29 @@ pub(super) struct Started {
     pub(super) cgroup: Option<crate::jail::CgroupGuard>,
 }
 
-/// Starts QEMU for `spec` (boot or restore), records its pid and bounds its vCPUs. The cgroup
-/// `vm_config` made is removed again when the start fails here or the VM ends later.
+/// Starts QEMU for `spec` (a boot, or a restore when `incoming`), records its pid and bounds its
+/// vCPUs. The cgroup `vm_config` makes is removed again when the start fails here or the VM ends
+/// later.
 pub(super) async fn start_qemu(
     spec: &BootSpec,
-    cfg: &VmConfig,
+    incoming: bool,
     tap: std::os::fd::OwnedFd,
 ) -> Result<Started, EngineError> {
-    let name = cfg.jail.as_ref().and_then(crate::jail::cgroup_of);
-    let cgroup = name.clone().map(crate::jail::CgroupGuard::new);
-    let qemu = QemuProcess::start(cfg, Some(tap), Duration::from_secs(10)).await?;
+    let owned = spec.clone();
+    // Handing the files to the jail's uid and making the cgroup are file-system work, so off
+    // the async threads. The guard is made on that thread too: should this future be dropped
+    // meanwhile, the task's result (the guard) is dropped with it and the cgroup goes.
+    let (mut cfg, cgroup) = tokio::task::spawn_blocking(move || {
+        let cfg = vm_config(&owned)?;
+        let name = cfg.jail.as_ref().and_then(crate::jail::cgroup_of);
+        Ok::<_, EngineError>((cfg, name.map(crate::jail::CgroupGuard::new)))
+    })
+    .await??;
+    cfg.incoming = incoming;
+    let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     record_pid(&spec.files, qemu.pid);
-    if let (Some(name), Some(confinement)) = (&name, &spec.confine) {
-        crate::jail::bound_vcpus(&qemu, name, confinement.cpu_millis).await?;
+    if let (Some(cgroup), Some(confinement)) = (&cgroup, &spec.confine) {
+        crate::jail::bound_vcpus(&qemu, cgroup.name(), confinement.cpu_millis).await?;
     }
     Ok(Started { qemu, cgroup })
 }

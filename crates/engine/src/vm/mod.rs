@@ -51,7 +51,7 @@ pub struct Vm {
     /// QMP events of this QEMU (stops, I/O errors), read by the sandbox's owner.
     pub events: tokio::sync::broadcast::Receiver<Event>,
     /// Removes the QEMU's cgroup once the QEMU (declared first, so dropped first) is gone.
-    _cgroup: Option<crate::jail::CgroupGuard>,
+    cgroup: Option<crate::jail::CgroupGuard>,
 }
 
 impl Vm {
@@ -62,11 +62,19 @@ impl Vm {
 }
 
 impl Vm {
+    /// Removes the QEMU's cgroup once the QEMU is gone, and waits for it (on a blocking
+    /// thread): a caller of a stop or a kill may look for it at once.
+    async fn release_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.release().await;
+        }
+    }
+
     fn new(started: boot::Started, client: Arc<AgentClient>, spec: &BootSpec, ready_after: Duration) -> Self {
         let boot::Started { qemu, cgroup } = started;
         let events = qemu.qmp.subscribe();
         let files = spec.files.clone();
-        Vm { qemu, client, ip: spec.ip, ready_after, files, events, _cgroup: cgroup }
+        Vm { qemu, client, ip: spec.ip, ready_after, files, events, cgroup }
     }
 }
 
@@ -209,7 +217,11 @@ impl Machine for Vm {
     }
 
     fn kill(&mut self) -> Fut<'_, Result<(), EngineError>> {
-        Box::pin(async move { Ok(self.qemu.kill().await?) })
+        Box::pin(async move {
+            self.qemu.kill().await?;
+            self.release_cgroup().await;
+            Ok(())
+        })
     }
 
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agent::AgentClient;
 
 use super::Vm;
-use super::boot::{Started, agent_client, client_at, start_qemu, vm_config};
+use super::boot::{Started, agent_client, client_at, start_qemu};
 use crate::error::EngineError;
 use crate::machine::{BootSpec, Suspended};
 use crate::net::{Netns, mac_text};
@@ -89,6 +89,7 @@ pub async fn end_after_save(
     if vm.qemu.wait(Duration::from_secs(10)).await.is_err() {
         vm.qemu.kill().await?;
     }
+    vm.release_cgroup().await;
     // Only pages the guest dirtied since the last flush are written; still seconds on a slow
     // disk with a big guest, so off the async threads. The disk and the writable volumes are
     // flushed too: a cold sandbox must survive a power loss with what its guest wrote.
@@ -130,9 +131,7 @@ async fn start_incoming(
     state: &Path,
 ) -> Result<(Started, [Duration; 3]), EngineError> {
     let t0 = Instant::now();
-    let mut cfg = vm_config(spec)?;
-    cfg.incoming = true;
-    let mut run = start_qemu(spec, &cfg, tap).await?;
+    let mut run = start_qemu(spec, true, tap).await?;
     let qemu = &mut run.qemu;
     let started = t0.elapsed();
     if let Err(source) = qemu.load_state(state, Duration::from_secs(30)).await {
