@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use vmm::{Access, Accelerator, Bind, Jail};
 
 use crate::cgroup::{Hierarchy, Limits, SandboxCgroup};
-use crate::error::EngineError;
+use crate::error::{EngineError, io_at};
 use crate::layout::SandboxFiles;
 
 /// First uid (and gid) of the range sandboxes' QEMUs run as: far above the uids distributions
@@ -146,19 +146,12 @@ pub async fn bound_vcpus(
     // Single-threaded TCG runs every vCPU on one thread.
     tids.sort_unstable();
     tids.dedup();
-    let cgroup_error = |e: crate::cgroup::CgroupError| EngineError::Tool {
-        tool: "cgroup".into(),
-        message: e.to_string(),
-    };
     if tids.is_empty() {
-        return Err(EngineError::Tool {
-            tool: "cgroup".into(),
-            message: "QEMU reported no vCPU threads".into(),
-        });
+        // QEMU always runs its vCPUs on threads: an answer without one breaks QMP's promise.
+        return Err(vmm::VmmError::Protocol("query-cpus-fast: no vCPU thread".into()).into());
     }
-    SandboxCgroup::existing(h, CGROUP_PARENT, cgroup)
-        .and_then(|cg| cg.bound_threads(&tids, cpu_millis))
-        .map_err(cgroup_error)
+    Ok(SandboxCgroup::existing(h, CGROUP_PARENT, cgroup)
+        .and_then(|cg| cg.bound_threads(&tids, cpu_millis))?)
 }
 
 /// The name of the cgroup `jail` joins (made by [`prepare`]), if it joins one.
@@ -212,7 +205,7 @@ fn remove_cgroup(name: &str) {
     if let Some(h) = hierarchy()
         && let Err(e) = SandboxCgroup::remove_by_name(h, CGROUP_PARENT, name)
     {
-        tracing::warn!("removing cgroup {name}: {e}");
+        tracing::warn!("removing cgroup {name}: {}", crate::error::Report(&e));
     }
 }
 
@@ -224,7 +217,8 @@ pub struct HostFiles {
     binds: Vec<Bind>,
 }
 
-static HOST_FILES: OnceLock<Result<HostFiles, String>> = OnceLock::new();
+/// Found once; a failure too (shared: an `io::Error` cannot be cloned).
+static HOST_FILES: OnceLock<Result<HostFiles, std::sync::Arc<std::io::Error>>> = OnceLock::new();
 
 impl HostFiles {
     /// The host files of `qemu-system-x86_64` from `PATH`, found once per process (a few
@@ -232,9 +226,9 @@ impl HostFiles {
     /// the engine's start).
     pub fn get() -> Result<&'static HostFiles, EngineError> {
         HOST_FILES
-            .get_or_init(|| Self::discover("qemu-system-x86_64").map_err(|e| e.to_string()))
+            .get_or_init(|| Self::discover("qemu-system-x86_64").map_err(std::sync::Arc::new))
             .as_ref()
-            .map_err(|message| EngineError::Tool { tool: "jail".into(), message: message.clone() })
+            .map_err(|e| EngineError::JailHost(std::sync::Arc::clone(e)))
     }
 
     /// Finds `program`'s binary, the libraries `ldd` resolves for it and QEMU's firmware
@@ -321,11 +315,12 @@ pub fn prepare(
     let uid = sandbox_uid(spec.ip);
     let dir = spec.files.dir();
     let mount_point = spec.files.jail_root();
-    std::fs::create_dir_all(&mount_point)?;
-    std::fs::set_permissions(&mount_point, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::create_dir_all(&mount_point).map_err(io_at("creating", &mount_point))?;
+    std::fs::set_permissions(&mount_point, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_at("setting the mode of", &mount_point))?;
     give(dir, uid)?;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in std::fs::read_dir(dir).map_err(io_at("listing", dir))? {
+        let path = entry.map_err(io_at("listing", dir))?.path();
         if path != mount_point {
             give(&path, uid)?;
         }
@@ -350,7 +345,7 @@ pub fn prepare(
         binds.push(Bind { path: kvm.to_owned(), access: Access::Device });
         // Where the device is not open to everyone, the jail keeps the group that owns it (as
         // libvirt's qemu user is in `kvm`); nothing else of the host's groups.
-        let meta = std::fs::metadata(kvm)?;
+        let meta = std::fs::metadata(kvm).map_err(io_at("reading", kvm))?;
         if meta.permissions().mode() & 0o006 != 0o006 {
             groups.push(std::os::unix::fs::MetadataExt::gid(&meta));
         }
@@ -362,9 +357,7 @@ pub fn prepare(
             static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = format!("{}.{n}", confinement.cgroup);
-            SandboxCgroup::create(h, CGROUP_PARENT, &name, &limits)
-                .map_err(|e| EngineError::Tool { tool: "cgroup".into(), message: e.to_string() })?
-                .procs_files()
+            SandboxCgroup::create(h, CGROUP_PARENT, &name, &limits)?.procs_files()
         }
         None => Vec::new(),
     };
@@ -372,8 +365,8 @@ pub fn prepare(
 }
 
 /// Makes `path` belong to `uid` (and the group of the same number), without following a symlink.
-fn give(path: &Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+fn give(path: &Path, uid: u32) -> Result<(), EngineError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).map_err(io_at("handing to the jail", path))
 }
 
 #[cfg(test)]

@@ -362,7 +362,7 @@ impl Owner {
         match signal {
             Signal::Gone => {
                 if let Err(e) = self.check_alive(Duration::from_secs(2)).await {
-                    tracing::warn!(sandbox = %self.who.id, "{e}");
+                    tracing::warn!(sandbox = %self.who.id, "{}", e.report());
                 }
             }
             Signal::DiskFull => {
@@ -389,7 +389,7 @@ impl Owner {
         let (backend, files) = (Arc::clone(&self.backend), self.spec.files.clone());
         let done = tokio::task::spawn_blocking(move || backend.housekeeping(&files)).await;
         if let Ok(Err(e)) = done {
-            tracing::warn!(sandbox = %self.who.id, "housekeeping: {e}");
+            tracing::warn!(sandbox = %self.who.id, "housekeeping: {}", e.report());
         }
     }
 
@@ -411,11 +411,11 @@ impl Owner {
             tracing::warn!(sandbox = %self.who.id, "removing its directory: {e}");
         }
         if let Err(e) = self.ns.delete_neighbour(&self.giveback.bridge, self.spec.ip).await {
-            tracing::warn!(sandbox = %self.who.id, "{e}");
+            tracing::warn!(sandbox = %self.who.id, "{}", e.report());
         }
         // QEMU is gone: its port's rules go too (a later sandbox on this TAP is admitted anew).
         if let Err(e) = crate::isolation::remove(&self.ns, &self.spec.tap).await {
-            tracing::warn!(sandbox = %self.who.id, "{e}");
+            tracing::warn!(sandbox = %self.who.id, "{}", e.report());
         }
         self.giveback.release(&self.who.id, self.spec.ip);
         self.events.send(&self.who.id, EventKind::Destroyed);
@@ -584,7 +584,7 @@ impl Owner {
                     && let Power::Hot(vm) = &self.power
                     && let Err(cont) = vm.resume().await
                 {
-                    tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {cont}");
+                    tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {}", cont.report());
                 }
                 self.shared.reopen_if_hot();
                 return Err(e);
@@ -622,7 +622,7 @@ impl Owner {
         let was_hot = matches!(self.power, Power::Hot(_));
         let result = crate::checkpoint::capture(vm.as_ref(), &self.spec, &record, dest, name).await;
         if was_hot && let Err(e) = vm.resume().await {
-            tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {e}");
+            tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {}", e.report());
         }
         result
     }
@@ -631,7 +631,7 @@ impl Owner {
         if let Power::Hot(vm) | Power::Warm(vm) = &mut self.power
             && let Err(e) = vm.kill().await
         {
-            tracing::warn!(sandbox = %self.who.id, "killing QEMU: {e}");
+            tracing::warn!(sandbox = %self.who.id, "killing QEMU: {}", e.report());
         }
         self.set_power(Power::Cold { snapshot: false });
     }

@@ -13,10 +13,10 @@ pub async fn run(cmd: &mut Command, timeout: Duration) -> Result<Vec<u8>, Engine
     let output = tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| EngineError::ToolTimeout { tool: tool.clone(), secs: timeout.as_secs() })?
-        .map_err(|e| EngineError::Tool { tool: tool.clone(), message: e.to_string() })?;
+        .map_err(|source| EngineError::ToolStart { tool: tool.clone(), source })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        return Err(EngineError::Tool { tool, message: format!("{}: {stderr}", output.status) });
+        return Err(EngineError::Tool { tool, status: output.status, stderr });
     }
     Ok(output.stdout)
 }

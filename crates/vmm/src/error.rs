@@ -59,9 +59,9 @@ pub enum VmmError {
         path: PathBuf,
     },
     /// The jail could not be built (a bound path is missing, or confining the child failed).
-    #[error("confining QEMU: {0}")]
+    #[error("confining QEMU")]
     Jail(#[source] std::io::Error),
-    /// Socket or process IO failed.
-    #[error("VMM IO: {0}")]
+    /// IO with QEMU failed: its process (wait, kill) or its QMP socket.
+    #[error("IO with QEMU (its process or QMP socket)")]
     Io(#[from] std::io::Error),
 }

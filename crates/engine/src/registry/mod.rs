@@ -31,7 +31,7 @@ use std::time::Duration;
 use proto::guest::{GuestConfig, GuestVolume};
 use tokio::sync::{Semaphore, broadcast};
 
-use crate::error::{EngineError, Exhausted, Resource};
+use crate::error::{EngineError, Exhausted, Resource, io_at};
 use crate::events::{Event, EventKind, Events};
 use crate::ippool::{IpPool, Subnet};
 use crate::layout::{DataDir, SandboxFiles};
@@ -382,7 +382,7 @@ impl Engine {
         match std::fs::DirBuilder::new().mode(0o700).create(files.dir()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io_at("creating", files.dir())(e)),
         }
         let picked = pick(&mut lock(&self.pool));
         drop(sandboxes);
@@ -479,7 +479,7 @@ impl Engine {
         }
         std::fs::remove_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => EngineError::not_found(Resource::Volume, name),
-            _ => e.into(),
+            _ => io_at("removing", &path)(e),
         })
     }
 
@@ -568,7 +568,10 @@ impl Engine {
             return Err(EngineError::not_found(Resource::Image, image_name()));
         }
         if let Some(mib) = spec.disk_size_mib {
-            let image_mib = std::fs::metadata(&spec.image)?.len().div_ceil(1024 * 1024);
+            let image_mib = std::fs::metadata(&spec.image)
+                .map_err(io_at("reading", &spec.image))?
+                .len()
+                .div_ceil(1024 * 1024);
             if u64::from(mib) < image_mib || mib > MAX_DISK_MIB {
                 return Err(EngineError::invalid(format!(
                     "disk size {mib} MiB: must be between the image's {image_mib} MiB and \
@@ -802,10 +805,10 @@ impl Engine {
             });
             let _ = rx.await;
             if let Err(e) = self.ns.delete_neighbour(&self.config.bridge, entry.ip).await {
-                tracing::warn!(sandbox = %id, "{e}");
+                tracing::warn!(sandbox = %id, "{}", e.report());
             }
             if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(entry.ip)).await {
-                tracing::warn!(sandbox = %id, "{e}");
+                tracing::warn!(sandbox = %id, "{}", e.report());
             }
             self.events.send(id, EventKind::Destroyed);
         }

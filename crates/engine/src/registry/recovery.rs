@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use super::{
     Engine, EngineConfig, Shape, check_name, check_owner, check_socket_room, lock, parse_mac,
 };
-use crate::error::{EngineError, Resource};
+use crate::error::{EngineError, Resource, io_at};
 use crate::events::Events;
 use crate::ippool::IpPool;
 use crate::layout::{DataDir, SandboxFiles};
@@ -25,12 +25,13 @@ use crate::volume::Claims;
 /// Takes the data directory's lock file, so two engines never share one data directory (the
 /// second would take the first's sandboxes for orphans and remove them).
 fn lock_data_dir(layout: &DataDir) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
-    std::fs::create_dir_all(layout.root())?;
+    std::fs::create_dir_all(layout.root()).map_err(io_at("creating", layout.root()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(layout.lock_file())?;
+        .open(layout.lock_file())
+        .map_err(io_at("opening", layout.lock_file()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
         EngineError::invalid(format!(
             "data directory {} is in use by another engine",
@@ -48,7 +49,9 @@ fn clean_orphans(
     keep: &[PathBuf],
 ) -> Result<usize, EngineError> {
     let mut removed = 0;
-    for entry in std::fs::read_dir(sandboxes_dir)?.flatten() {
+    for entry in
+        std::fs::read_dir(sandboxes_dir).map_err(io_at("listing", sandboxes_dir))?.flatten()
+    {
         let dir = entry.path();
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
         if !dir.is_dir() || keep.contains(&canonical) {
@@ -85,7 +88,7 @@ impl Engine {
             None => crate::egress::disable_any(&ns).await?,
         }
         let sandboxes_dir = layout.sandboxes();
-        std::fs::create_dir_all(&sandboxes_dir)?;
+        std::fs::create_dir_all(&sandboxes_dir).map_err(io_at("creating", &sandboxes_dir))?;
         super::checkpoints::clean_staging(&layout.checkpoints());
         // The VMM (QEMU) behind the machine interface; its host probes run once, off the async
         // threads, before the first boot needs them (a host without QEMU's files for the jails
@@ -130,10 +133,10 @@ impl Engine {
                 backend.kill_orphan(&dir);
             })
             .await
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))
+            .map_err(EngineError::from)
             .and_then(|()| engine.recover(record));
             if let Err(e) = recovered {
-                tracing::warn!(sandbox = %id, "not recovered: {e}");
+                tracing::warn!(sandbox = %id, "not recovered: {}", e.report());
                 failed.push((id, e));
             }
         }
@@ -157,8 +160,7 @@ impl Engine {
         let backend = Arc::clone(&engine.backend);
         let orphans =
             tokio::task::spawn_blocking(move || clean_orphans(&*backend, &sandboxes_dir, &keep))
-                .await
-                .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
+                .await??;
         if orphans > 0 {
             tracing::warn!("removed {orphans} sandboxes left by an earlier engine");
         }

@@ -12,7 +12,7 @@ use tokio::process::Command;
 use vmm::{Accelerator, Disk, DiskFormat, NetDevice, QemuProcess, VmConfig};
 
 use super::Vm;
-use crate::error::EngineError;
+use crate::error::{EngineError, io_at};
 use crate::layout::SandboxFiles;
 use crate::machine::BootSpec;
 use crate::net::{Netns, mac_text};
@@ -91,9 +91,10 @@ pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, prefix: u8, accel: Accele
 /// console log; QEMU is killed.
 pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     let dir = spec.files.dir();
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(io_at("creating", dir))?;
     // Console logs and the config drive are the owner's business only.
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io_at("setting the mode of", dir))?;
     let overlay = spec.files.overlay();
     // A sandbox booted again (after a crash or a daemon restart) keeps its disk.
     if !overlay.exists() {
@@ -108,7 +109,7 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
             create.arg(format!("{mib}M"));
         }
         run(&mut create, Duration::from_secs(30)).await?;
-        std::fs::rename(&partial, &overlay)?;
+        std::fs::rename(&partial, &overlay).map_err(io_at("renaming", &partial))?;
     }
     let config_drive = spec.files.config_drive();
     crate::configdrive::build(&spec.guest, &config_drive).await?;

@@ -28,7 +28,7 @@ pub use {
     suspend::{process_write_bytes, suspend_to_disk},
 };
 
-use crate::error::EngineError;
+use crate::error::{EngineError, io_at};
 use crate::layout::SandboxFiles;
 use crate::machine::{Backend, BootSpec, Fut, Machine, Saved, Signal, Suspended};
 use crate::net::Netns;
@@ -125,7 +125,7 @@ impl Backend for Qemu {
     }
 
     fn housekeeping(&self, files: &SandboxFiles) -> Result<(), EngineError> {
-        cap_console(files).map(drop).map_err(EngineError::from)
+        cap_console(files).map(drop).map_err(io_at("capping", files.serial_log()))
     }
 
     fn prepare_host(&self, confine: bool) -> Result<(), EngineError> {

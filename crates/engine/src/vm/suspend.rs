@@ -11,7 +11,7 @@ use agent::AgentClient;
 
 use super::Vm;
 use super::boot::{Started, agent_client, client_at, start_qemu};
-use crate::error::EngineError;
+use crate::error::{EngineError, Precondition, io_at};
 use crate::machine::{BootSpec, Suspended};
 use crate::net::{Netns, mac_text};
 
@@ -62,10 +62,7 @@ pub async fn save_device_state(
     state: &Path,
 ) -> Result<vmm::StateSaved, EngineError> {
     if spec.memory_file.is_none() {
-        return Err(EngineError::Tool {
-            tool: "suspend".into(),
-            message: "the VM has no memory file".into(),
-        });
+        return Err(EngineError::Precondition(Precondition::NoMemoryFile));
     }
     vm.qemu.qmp.stop(Duration::from_secs(5)).await?;
     Ok(vm.qemu.save_state(state, Duration::from_secs(30)).await?)
@@ -84,7 +81,7 @@ pub async fn end_after_save(
     // The state is complete: QEMU goes now, politely or not (quitting flushes its own caches
     // into the host's page cache).
     if let Err(e) = vm.qemu.qmp.quit(Duration::from_secs(5)).await {
-        tracing::warn!("QEMU did not take quit after a save: {e}");
+        tracing::warn!("QEMU did not take quit after a save: {}", crate::error::Report(&e));
     }
     if vm.qemu.wait(Duration::from_secs(10)).await.is_err() {
         vm.qemu.kill().await?;
@@ -97,20 +94,24 @@ pub async fn end_after_save(
     let mut disks = vec![spec.files.overlay()];
     disks.extend(spec.volumes.iter().filter(|v| !v.read_only).map(|v| v.path.clone()));
     let (fsync, disk_fsync) =
-        tokio::task::spawn_blocking(move || -> std::io::Result<(Duration, Duration)> {
+        tokio::task::spawn_blocking(move || -> Result<(Duration, Duration), EngineError> {
+            let flush = |path: &Path, all: bool| {
+                std::fs::File::open(path)
+                    .and_then(|f| if all { f.sync_all() } else { f.sync_data() })
+                    .map_err(io_at("flushing", path))
+            };
             let t0 = Instant::now();
             if let Some(ram) = ram {
-                std::fs::File::open(ram)?.sync_data()?;
+                flush(&ram, false)?;
             }
-            std::fs::File::open(&state_path)?.sync_all()?;
+            flush(&state_path, true)?;
             let memory = t0.elapsed();
             for disk in disks {
-                std::fs::File::open(disk)?.sync_data()?;
+                flush(&disk, false)?;
             }
             Ok((memory, t0.elapsed() - memory))
         })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        .await??;
     let suspended = Suspended {
         total: started.elapsed(),
         save: saved.duration,
