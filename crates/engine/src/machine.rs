@@ -210,6 +210,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// a host that cannot run confined machines fails at start, not at the first create.
     /// Blocking: call it from a blocking thread.
     fn prepare_host(&self, confine: bool) -> Result<(), EngineError>;
+    /// How machines are confined (`confine` is the engine's setting), in a sentence for the
+    /// daemon's start log.
+    fn confinement(&self, confine: bool) -> String;
     /// Removes what the machines of an earlier engine on `netns` left on the host (their
     /// cgroups) and returns how many it removed. Blocking: call it from a blocking thread.
     fn sweep_leftovers(&self, netns: &str) -> usize;

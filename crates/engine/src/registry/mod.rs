@@ -340,18 +340,7 @@ impl Engine {
 
     /// How sandboxes' QEMUs are confined, in a sentence for the daemon's start log.
     pub fn confinement(&self) -> String {
-        if !self.config.confine {
-            return "each QEMU runs unconfined (confine is off)".into();
-        }
-        let bounds = match crate::jail::hierarchy() {
-            Some(h) => format!("bounded by {}", h.describe()),
-            None => "without cgroup bounds (the host has no usable hierarchy)".into(),
-        };
-        format!(
-            "each QEMU jailed (its own uid from {}, a private root, empty network namespace, \
-             no capabilities, seccomp), {bounds}",
-            crate::jail::UID_BASE
-        )
+        self.backend.confinement(self.config.confine)
     }
 
     /// Every thermal change of every sandbox from now on.

@@ -59,9 +59,7 @@ impl Vm {
     pub fn serial_log(&self) -> String {
         console_tail(&self.files, console::CONSOLE_TAIL)
     }
-}
 
-impl Vm {
     /// Removes the QEMU's cgroup once the QEMU is gone, and waits for it (on a blocking
     /// thread): a caller of a stop or a kill may look for it at once.
     async fn release_cgroup(&mut self) {
@@ -137,6 +135,21 @@ impl Backend for Qemu {
             crate::jail::HostFiles::get()?;
         }
         Ok(())
+    }
+
+    fn confinement(&self, confine: bool) -> String {
+        if !confine {
+            return "each QEMU runs unconfined (confine is off)".into();
+        }
+        let bounds = match crate::jail::hierarchy() {
+            Some(h) => format!("bounded by {}", h.describe()),
+            None => "without cgroup bounds (the host has no usable hierarchy)".into(),
+        };
+        format!(
+            "each QEMU jailed (its own uid from {}, a private root, empty network namespace, \
+             no capabilities, seccomp), {bounds}",
+            crate::jail::UID_BASE
+        )
     }
 
     fn sweep_leftovers(&self, netns: &str) -> usize {
