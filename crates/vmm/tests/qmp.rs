@@ -194,3 +194,19 @@ async fn real_qemu_stop_cont_quit() {
     assert!(status.success());
     assert!(matches!(qmp.query_status(T).await.unwrap_err(), VmmError::QemuGone));
 }
+
+#[tokio::test]
+async fn a_socket_nobody_listens_on_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("none.sock");
+    let err = Qmp::connect(&path, T).await.unwrap_err();
+    match &err {
+        VmmError::Connect { path: named, .. } => assert_eq!(named, &path),
+        other => panic!("{other:?}"),
+    }
+    // The message says what failed; the cause is the source, printed once by a chain walk.
+    assert_eq!(err.to_string(), format!("connecting to QMP at {}", path.display()));
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("No such file"), "{source}");
+    assert!(!err.to_string().contains(&source));
+}

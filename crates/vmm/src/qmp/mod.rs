@@ -78,7 +78,9 @@ impl Qmp {
     /// `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, VmmError> {
         let setup = async {
-            let stream = UnixStream::connect(path).await?;
+            let stream = UnixStream::connect(path)
+                .await
+                .map_err(|source| VmmError::Connect { path: path.to_owned(), source })?;
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read);
             let version = match read_message(&mut lines).await? {
