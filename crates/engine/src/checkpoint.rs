@@ -143,7 +143,7 @@ fn sync_file(path: &Path) -> Result<(), EngineError> {
 
 /// Captures a running (hot or warm) VM into the checkpoint `name` at `dest`. The VM is left
 /// paused; the caller runs it again if it was hot. Fails before pausing if `dest` exists; a
-/// failure leaves no directory. Every file, the manifest and the directory are fsynced before
+/// failure publishes nothing (its staging copy is removed on a blocking thread). Every file, the manifest and the directory are fsynced before
 /// the rename that publishes the checkpoint.
 pub async fn capture(
     vm: &dyn Machine,
@@ -208,9 +208,10 @@ pub async fn capture(
             }
             e => io_at("publishing", staging.dir())(e.into()),
         })?;
-        // The rename itself reaches the disk with the parent directory.
-        if let Some(parent) = dest.dir().parent() {
-            sync_dir(parent)?;
+        // The rename itself reaches the disk with the parent directory (an fsync: off the
+        // async threads).
+        if let Some(parent) = dest.dir().parent().map(Path::to_owned) {
+            tokio::task::spawn_blocking(move || sync_dir(&parent)).await??;
         }
         Ok(Captured {
             dir: dest.dir().to_owned(),
@@ -221,7 +222,12 @@ pub async fn capture(
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(staging.dir());
+        // Copies of the RAM, disk and volumes: a large removal, on a blocking thread. A staging
+        // directory that outlives a crash is removed at the next engine start.
+        let dir = staging.dir().to_owned();
+        crate::run::off_thread(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
     }
     result
 }

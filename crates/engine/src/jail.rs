@@ -150,8 +150,15 @@ pub async fn bound_vcpus(
         // QEMU always runs its vCPUs on threads: an answer without one breaks QMP's promise.
         return Err(vmm::VmmError::Protocol("query-cpus-fast: no vCPU thread".into()).into());
     }
-    Ok(SandboxCgroup::existing(h, CGROUP_PARENT, cgroup)
-        .and_then(|cg| cg.bound_threads(&tids, cpu_millis))?)
+    // Moving threads between v1 cgroups waits for an RCU grace period each: off the async
+    // threads.
+    let cgroup = cgroup.to_owned();
+    tokio::task::spawn_blocking(move || {
+        SandboxCgroup::existing(h, CGROUP_PARENT, &cgroup)
+            .and_then(|cg| cg.bound_threads(&tids, cpu_millis))
+    })
+    .await??;
+    Ok(())
 }
 
 /// The name of the cgroup `jail` joins (made by [`prepare`]), if it joins one.
