@@ -236,7 +236,8 @@ pub async fn capture(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::state::{RECORD_VERSION, Thermal};
+    use crate::state::RECORD_VERSION;
+    use crate::thermal::Thermal;
 
     fn manifest() -> Manifest {
         Manifest {

@@ -86,6 +86,8 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The sandbox is in a state that does not allow the operation.
     WrongState,
+    /// The operation was cancelled: a destroy overtook a create.
+    Cancelled,
     /// A volume is attached elsewhere.
     InUse,
     /// A pool or limit is exhausted.
@@ -114,6 +116,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::WrongState => "wrong_state",
+            ErrorKind::Cancelled => "destroyed",
             ErrorKind::InUse => "in_use",
             ErrorKind::Exhausted => "exhausted",
             ErrorKind::ShuttingDown => "shutting_down",
@@ -169,6 +172,12 @@ pub enum EngineError {
         thermal: Thermal,
         /// What was asked.
         op: &'static str,
+    },
+    /// A destroy of the same sandbox cancelled its create; everything it took is back.
+    #[error("sandbox {id:?} was destroyed while it was being created")]
+    Cancelled {
+        /// Sandbox.
+        id: String,
     },
     /// A volume is attached to sandboxes.
     #[error("volume {name:?} is attached to {users} sandbox(es)")]
@@ -348,6 +357,7 @@ impl EngineError {
             EngineError::NotFound { .. } => ErrorKind::NotFound,
             EngineError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             EngineError::WrongState { .. } => ErrorKind::WrongState,
+            EngineError::Cancelled { .. } => ErrorKind::Cancelled,
             EngineError::InUse { .. } => ErrorKind::InUse,
             EngineError::Exhausted(_) => ErrorKind::Exhausted,
             EngineError::ShuttingDown => ErrorKind::ShuttingDown,

@@ -141,7 +141,6 @@ impl IpPool {
     }
 
     /// Addresses in use.
-    #[cfg(any(test, feature = "test-support"))]
     pub fn in_use(&self) -> usize {
         self.in_use.len()
     }

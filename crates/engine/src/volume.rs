@@ -6,47 +6,23 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use crate::error::{EngineError, Resource, io_at};
 use crate::run::run;
 
-/// Guest paths a volume may not cover: the system's own directories.
-const RESERVED_MOUNTS: &[&str] = &[
-    "/",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/dev/pts",
-    "/run",
-    "/tmp",
-    "/etc",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib64",
-    "/usr",
-    "/usr/local/bin",
-    "/boot",
-    "/root",
-];
+pub use bhatti_core::VolumeMount;
 
-/// A volume attached to a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeMount {
-    /// The ext4 image on the host.
-    pub path: PathBuf,
-    /// Absolute mount point in the guest.
-    pub mount: String,
-    /// Read-only in QEMU and in the guest's mount.
-    #[serde(default)]
-    pub read_only: bool,
+/// The engine's checks of a volume on top of the pure mount-point rule.
+pub trait VolumeChecks {
+    /// Checks the mount point and that the volume file exists.
+    fn validate(&self) -> Result<(), EngineError>;
+    /// Checks the mount point: absolute, no `..`, not a system directory.
+    fn validate_mount(&self) -> Result<(), EngineError>;
 }
 
-impl VolumeMount {
-    /// Checks the mount point and that the volume file exists.
-    pub fn validate(&self) -> Result<(), EngineError> {
+impl VolumeChecks for VolumeMount {
+    fn validate(&self) -> Result<(), EngineError> {
         self.validate_mount()?;
         if !self.path.is_file() {
             return Err(EngineError::not_found(Resource::Volume, self.volume_name()));
@@ -54,33 +30,9 @@ impl VolumeMount {
         Ok(())
     }
 
-    /// The volume's name as callers know it: its file's stem (messages never show host paths).
-    pub fn volume_name(&self) -> String {
-        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-    }
-
-    /// Checks the mount point: absolute, no `..`, not a system directory.
-    pub fn validate_mount(&self) -> Result<(), EngineError> {
-        let refuse =
-            |why: &str| EngineError::invalid(format!("volume mount {:?}: {why}", self.mount));
-        if !self.mount.starts_with('/') {
-            return Err(refuse("must be an absolute path"));
-        }
-        if self.mount.split('/').any(|c| c == "..") {
-            return Err(refuse("must not contain '..'"));
-        }
-        let cleaned = format!(
-            "/{}",
-            self.mount
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .collect::<Vec<_>>()
-                .join("/")
-        );
-        if RESERVED_MOUNTS.contains(&cleaned.as_str()) {
-            return Err(refuse("is a system directory"));
-        }
-        Ok(())
+    fn validate_mount(&self) -> Result<(), EngineError> {
+        self.check_mount()
+            .map_err(|why| EngineError::invalid(format!("volume mount {:?}: {why}", self.mount)))
     }
 }
 

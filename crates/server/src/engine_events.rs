@@ -8,7 +8,8 @@
 //! overwritten by the write of the newer one. Nothing here depends on event order, so a lagged
 //! receiver resynchronises by syncing every row.
 //!
-//! Mapping (engine thermal -> store status), [`status_for`]:
+//! Mapping (engine thermal -> store status), `bhatti_core::status::observed`, the one rule
+//! `GET` uses too:
 //! - hot, warm -> `running`; cold -> `stopped`;
 //! - failed (QEMU ended on its own) -> `unknown`, thermal `failed`: the memory is lost, which is
 //!   what the store's `unknown` means ("a crash without a snapshot"), and `GET` maps it the same
@@ -34,22 +35,6 @@ pub(crate) const EXPORT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Longest reason text kept in the event log.
 const MAX_REASON: usize = 1024;
-
-/// The status a row should have when the engine says `thermal`, if it differs from `current`.
-/// Rows being created or destroyed are their routes' business.
-pub fn status_for(current: store::Status, thermal: engine::Thermal) -> Option<store::Status> {
-    use engine::Thermal as T;
-    use store::Status as S;
-    let want = match (current, thermal) {
-        (S::Creating | S::Destroyed, _) => return None,
-        // Given up on by the thermal manager: stays so until it is used again.
-        (S::Unknown, T::Warm) => S::Unknown,
-        (_, T::Hot | T::Warm) => S::Running,
-        (_, T::Cold) => S::Stopped,
-        (_, T::Failed) => S::Unknown,
-    };
-    (want != current).then_some(want)
-}
 
 /// A log entry about a sandbox, its owner filled in when written.
 #[derive(Debug, Clone)]
@@ -96,7 +81,7 @@ pub(crate) async fn sync_row(
                 return Ok(false);
             }
             let Ok(thermal) = engine.thermal(&id) else { return Ok(false) };
-            let status = status_for(row.status, thermal);
+            let status = bhatti_core::status::change(row.status, thermal);
             let changed = status.is_some() || row.thermal != Some(thermal);
             if changed {
                 let change = store::Change { status, thermal: Some(thermal), ..Default::default() };
@@ -264,25 +249,6 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle
 mod tests {
     use super::*;
     use engine::Thermal as T;
-    use store::Status as S;
-
-    #[test]
-    fn engine_states_map_to_statuses() {
-        assert_eq!(status_for(S::Running, T::Hot), None);
-        assert_eq!(status_for(S::Running, T::Warm), None);
-        assert_eq!(status_for(S::Running, T::Cold), Some(S::Stopped));
-        assert_eq!(status_for(S::Running, T::Failed), Some(S::Unknown));
-        assert_eq!(status_for(S::Stopped, T::Hot), Some(S::Running));
-        assert_eq!(status_for(S::Stopped, T::Cold), None);
-        // Given up on while warm: stays unknown until used.
-        assert_eq!(status_for(S::Unknown, T::Warm), None);
-        assert_eq!(status_for(S::Unknown, T::Hot), Some(S::Running));
-        assert_eq!(status_for(S::Unknown, T::Failed), None);
-        for t in [T::Hot, T::Warm, T::Cold, T::Failed] {
-            assert_eq!(status_for(S::Creating, t), None);
-            assert_eq!(status_for(S::Destroyed, t), None);
-        }
-    }
 
     #[test]
     fn events_plan_their_writes() {

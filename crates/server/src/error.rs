@@ -36,9 +36,22 @@ pub enum ApiError {
     /// From the store.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A lifecycle operation the sandbox's state does not allow (core's transition table).
+    #[error("{}", refusal_message(*.0))]
+    Refused(bhatti_core::Refusal),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
+}
+
+fn refusal_message(refusal: bhatti_core::Refusal) -> &'static str {
+    match refusal {
+        bhatti_core::Refusal::Creating => "sandbox is still being created",
+        bhatti_core::Refusal::Gone => "not found",
+        bhatti_core::Refusal::Lost => {
+            "the sandbox's VM could not be recovered after a daemon restart; destroy it"
+        }
+    }
 }
 
 /// Marks a response as an internal error, with the cause for the log (the body the client sees
@@ -58,6 +71,11 @@ impl ApiError {
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ApiError::Engine(e) => (engine_status(e.kind()), e.kind().code()),
             ApiError::Store(e) => store_status(e.kind()),
+            ApiError::Refused(refusal) => match refusal {
+                bhatti_core::Refusal::Creating => (StatusCode::CONFLICT, "creating"),
+                bhatti_core::Refusal::Gone => (StatusCode::NOT_FOUND, "not_found"),
+                bhatti_core::Refusal::Lost => (StatusCode::CONFLICT, "lost"),
+            },
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -71,7 +89,9 @@ fn engine_status(kind: E) -> StatusCode {
         }
         E::NotFound | E::Guest(G::NotFound) => StatusCode::NOT_FOUND,
         E::Guest(G::PermissionDenied) => StatusCode::FORBIDDEN,
-        E::AlreadyExists | E::WrongState | E::InUse | E::Busy | E::Crashed => StatusCode::CONFLICT,
+        E::AlreadyExists | E::WrongState | E::Cancelled | E::InUse | E::Busy | E::Crashed => {
+            StatusCode::CONFLICT
+        }
         E::Guest(G::AlreadyExists | G::Busy) => StatusCode::CONFLICT,
         E::Guest(G::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         E::Guest(G::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,

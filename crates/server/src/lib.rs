@@ -12,6 +12,7 @@ pub mod error;
 mod exec;
 mod files;
 mod labels;
+mod lifecycle;
 mod ports;
 pub mod proxy;
 pub mod request;

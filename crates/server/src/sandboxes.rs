@@ -12,11 +12,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::Created;
 use crate::request::Json;
 use crate::state::AppState;
-
-/// How long a stop waits for guest operations in flight before answering busy.
-const STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// RFC 3339 of a stored time.
 pub fn rfc3339(t: store::Timestamp) -> String {
@@ -127,7 +125,7 @@ fn engine_spec(
         let mode = if file.mode.is_empty() { "0644".to_owned() } else { file.mode.clone() };
         spec.files.insert(
             file.guest_path.clone(),
-            proto::guest::GuestFile { content: file.content.clone(), mode },
+            engine::GuestFile { content: file.content.clone(), mode },
         );
     }
     spec.scratch_volumes = req
@@ -173,64 +171,35 @@ pub async fn create(
         )));
     }
     crate::labels::check(&req.labels)?;
-    // Idempotent by name: an existing sandbox of this owner is the answer.
-    if let Some(existing) = existing(&state, &user, &name).await? {
-        return Ok(existing_response(&existing));
-    }
     let image_name =
         if req.image.is_empty() { state.settings.default_image.clone() } else { req.image.clone() };
-    let image = image_path(&state, &image_name)?;
     let new = store::NewSandbox {
         owner: user.id.clone(),
         name: name.clone(),
         template_id: None,
-        image: image_name,
+        image: image_name.clone(),
         cpus,
         memory_mb,
         disk_size_mb: req.disk_size_mb,
         labels: req.labels.clone(),
         keep_hot: req.keep_hot,
     };
-    // The row (status `creating`) reserves the name and the quota before the VM is built.
-    let row = match state.store.write(move |s| s.create_sandbox(&new)).await {
-        Ok(row) => row,
-        Err(e) if e.kind() == store::ErrorKind::Conflict => {
-            // Another request with this name won the race: its sandbox is the answer.
+    // An unknown image is refused before anything is written; an existing sandbox of this
+    // name is still the answer (create is idempotent by name, whatever it asks for).
+    let image = match image_path(&state, &image_name) {
+        Ok(image) => image,
+        Err(e) => {
             return match existing(&state, &user, &name).await? {
-                Some(winner) => Ok(existing_response(&winner)),
-                None => Err(e.into()),
+                Some(existing) => Ok(existing_response(&existing)),
+                None => Err(e),
             };
         }
-        Err(e) => return Err(e.into()),
     };
-    let spec = engine_spec(&row.id, &user.id, &name, image, &req, cpus, memory_mb);
-    let built = match spec {
-        Ok(spec) => state.engine.create(&spec).await.map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = built {
-        let id = row.id.clone();
-        if let Err(cleanup) = state.store.write(move |s| s.delete_sandbox_by_id(&id)).await {
-            tracing::error!(sandbox = %row.id, "removing the row of a failed create: {cleanup}");
-        }
-        return Err(e);
+    let spec_for = |id: &str| engine_spec(id, &user.id, &name, image, &req, cpus, memory_mb);
+    match crate::lifecycle::create(&state, new, spec_for).await? {
+        Created::New(row) => Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response()),
+        Created::Existing(row) => Ok(existing_response(&row)),
     }
-    let record = state.engine.export(&row.id).await?;
-    let (id, ip) = (row.id.clone(), record.ip.to_string());
-    let sandbox = state
-        .store
-        .write(move |s| {
-            let change = store::Change {
-                status: Some(store::Status::Running),
-                thermal: Some(engine::Thermal::Hot),
-                ip: Some(&ip),
-                record: Some(&record),
-            };
-            s.update_sandbox(&id, &change)?;
-            s.sandbox_by_id(&id)
-        })
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(to_api(&sandbox))).into_response())
 }
 
 async fn existing(
@@ -284,15 +253,11 @@ pub async fn list(
     Ok(axum::Json(list).into_response())
 }
 
-/// The status the engine's state implies for a row, if it differs.
+/// The status the engine's state implies for a row, if it differs (the rule the events task
+/// applies too).
 fn observed_status(state: &AppState, s: &store::Sandbox) -> Option<store::Status> {
     let thermal = state.engine.thermal(&s.id).ok()?;
-    let status = match thermal {
-        engine::Thermal::Hot | engine::Thermal::Warm => store::Status::Running,
-        engine::Thermal::Cold => store::Status::Stopped,
-        engine::Thermal::Failed => store::Status::Unknown,
-    };
-    (status != s.status && s.status != store::Status::Creating).then_some(status)
+    bhatti_core::status::change(s.status, thermal)
 }
 
 /// `GET /sandboxes/:id`: the engine's view, persisted; never wakes.
@@ -353,91 +318,24 @@ pub async fn update(
             s.sandbox_by_id(&sid)
         })
         .await?;
-    if keep_hot == Some(true) {
-        state.engine.ensure_hot(&row.id).await?;
-    }
+    let row = match keep_hot {
+        Some(true) => crate::lifecycle::wake(&state, &row).await?,
+        _ => row,
+    };
     let mut out = to_api(&row);
     out.thermal = thermal_of(&state, &row);
     Ok(axum::Json(out).into_response())
 }
 
-/// `DELETE /sandboxes/:id`.
+/// `DELETE /sandboxes/:id` (also while it is being created).
 pub async fn destroy(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let sandbox = resolve(&state, &user, &id).await?;
-    let id = sandbox.id.clone();
-    // The intent goes first: a daemon killed mid-destroy leaves a row recovery recognises.
-    let transition = {
-        let id = id.clone();
-        state.store.write(move |s| s.begin_transition(&id, store::Intent::Destroy)).await?
-    };
-    match state.engine.destroy(&id).await {
-        Ok(()) => {}
-        // A sandbox the engine does not know (recovery marked it unknown): only rows are left.
-        Err(e) if e.kind() == engine::ErrorKind::NotFound => {}
-        Err(e) => {
-            abandon(&state, transition).await;
-            return Err(e.into());
-        }
-    }
-    state.store.write(move |s| s.delete_sandbox_by_id(&id)).await?;
+    crate::lifecycle::destroy(&state, &sandbox).await?;
     Ok(axum::Json(api::StatusBody { status: "destroyed".into() }).into_response())
-}
-
-/// Closes a transition whose side effect failed, leaving the row as it was.
-async fn abandon(state: &AppState, transition: store::Transition) {
-    let id = transition.sandbox_id.clone();
-    let closed = state
-        .store
-        .write(move |s| s.finish_transition(&transition, &store::Change::default()))
-        .await;
-    if let Err(e) = closed {
-        tracing::error!(sandbox = %id, "closing a failed transition: {e}");
-    }
-}
-
-/// Runs `op`, closing `transition` if it fails.
-async fn guarded<T>(
-    state: &AppState,
-    transition: store::Transition,
-    op: impl std::future::Future<Output = Result<T, engine::EngineError>>,
-) -> ApiResult<(T, store::Transition)> {
-    match op.await {
-        Ok(value) => Ok((value, transition)),
-        Err(e) => {
-            abandon(state, transition).await;
-            Err(e.into())
-        }
-    }
-}
-
-/// Writes a sandbox's new status and the engine's record in one transaction that also closes
-/// the transition, and returns the row.
-async fn finish(
-    state: &AppState,
-    transition: store::Transition,
-    status: store::Status,
-) -> ApiResult<store::Sandbox> {
-    let id = transition.sandbox_id.clone();
-    let record = state.engine.export(&id).await?;
-    let thermal = record.thermal;
-    Ok(state
-        .store
-        .write(move |s| {
-            let ip = record.ip.to_string();
-            let change = store::Change {
-                status: Some(status),
-                thermal: Some(thermal),
-                ip: Some(&ip),
-                record: Some(&record),
-            };
-            s.finish_transition(&transition, &change)?;
-            s.sandbox_by_id(&transition.sandbox_id)
-        })
-        .await?)
 }
 
 /// `POST /sandboxes/:id/stop`: idempotent (a stopped sandbox answers as it is).
@@ -447,17 +345,7 @@ pub async fn stop(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let sandbox = resolve(&state, &user, &id).await?;
-    if state.engine.thermal(&sandbox.id)? == engine::Thermal::Cold
-        && sandbox.status == store::Status::Stopped
-    {
-        return Ok(axum::Json(to_api(&sandbox)).into_response());
-    }
-    let sid = sandbox.id.clone();
-    let transition =
-        state.store.write(move |s| s.begin_transition(&sid, store::Intent::Stop)).await?;
-    let (_, transition) =
-        guarded(&state, transition, state.engine.stop(&sandbox.id, STOP_WAIT)).await?;
-    let row = finish(&state, transition, store::Status::Stopped).await?;
+    let row = crate::lifecycle::stop(&state, sandbox).await?;
     Ok(axum::Json(to_api(&row)).into_response())
 }
 
@@ -470,24 +358,7 @@ pub async fn start(
     Json(req): Json<api::StartRequest>,
 ) -> ApiResult<Response> {
     let sandbox = resolve(&state, &user, &id).await?;
-    let thermal = state.engine.thermal(&sandbox.id)?;
-    if matches!(thermal, engine::Thermal::Hot | engine::Thermal::Warm) && !req.force {
-        let mut out = to_api(&sandbox);
-        out.status = "running".into();
-        return Ok(axum::Json(out).into_response());
-    }
-    let sid = sandbox.id.clone();
-    let transition =
-        state.store.write(move |s| s.begin_transition(&sid, store::Intent::Start)).await?;
-    let started = async {
-        if req.force {
-            state.engine.start_from_disk(&sandbox.id).await
-        } else {
-            state.engine.start(&sandbox.id).await
-        }
-    };
-    let ((), transition) = guarded(&state, transition, started).await?;
-    let row = finish(&state, transition, store::Status::Running).await?;
+    let row = crate::lifecycle::start(&state, sandbox, req.force).await?;
     Ok(axum::Json(to_api(&row)).into_response())
 }
 

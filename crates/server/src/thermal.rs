@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -38,10 +38,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::engine_events::{EXPORT_DEADLINE, LogEntry, sync_row};
 use crate::state::AppState;
 
-/// Failed stops in a row after which a sandbox is marked `unknown` (v1).
-pub const MAX_STOP_FAILURES: u32 = 3;
-/// Evaluations in a row without an answer from the agent after which the host's view decides.
-pub const AGENT_SILENCE_LIMIT: u32 = 10;
+use bhatti_core::thermal_policy::{self as policy, Action, PauseVerdict};
+pub use bhatti_core::thermal_policy::{AGENT_SILENCE_LIMIT, MAX_STOP_FAILURES};
 /// How long the agent may take to say how idle it is.
 const AGENT_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a pause may wait behind the sandbox's owner.
@@ -142,44 +140,59 @@ impl Manager {
         let settings = Arc::clone(&self.state.settings);
         let mut managed = HashSet::new();
         for row in rows {
-            if row.status != store::Status::Running || row.keep_hot {
-                continue;
-            }
-            managed.insert(row.id.clone());
             if busy.contains(&row.id) {
+                // Still managed while its task runs; nothing new for it this tick.
+                if row.status == store::Status::Running && !row.keep_hot {
+                    managed.insert(row.id.clone());
+                }
                 continue;
             }
             // Not in the engine (recovery left it out): nothing to cool.
-            let Ok(host) = self.state.engine.host_activity(&row.id) else { continue };
-            match host.thermal {
-                engine::Thermal::Hot => {
+            let Ok(host) = self.state.engine.host_activity(&row.id) else {
+                if row.status == store::Status::Running && !row.keep_hot {
+                    managed.insert(row.id.clone());
+                }
+                continue;
+            };
+            let warm_for = match host.thermal {
+                engine::Thermal::Warm => Some(
+                    self.warm_since.entry(row.id.clone()).or_insert_with(Instant::now).elapsed(),
+                ),
+                _ => {
                     self.warm_since.remove(&row.id);
-                    self.stop_failures.remove(&row.id);
-                    if host.in_flight > 0
-                        || idle_since(SystemTime::now(), host.last_host_activity, None)
-                            < settings.warm_after
-                    {
-                        continue;
-                    }
-                    let silent = self.agent_silence.get(&row.id).copied().unwrap_or(0);
-                    let task = pause_if_idle(self.state.clone(), row.id.clone(), silent);
+                    None
+                }
+            };
+            if host.thermal == engine::Thermal::Hot {
+                self.stop_failures.remove(&row.id);
+            }
+            let view = policy::Row {
+                status: row.status,
+                keep_hot: row.keep_hot,
+                warm_after: settings.warm_after,
+                cold_after: settings.cold_after,
+            };
+            let failures = policy::Failures {
+                stops: self.stop_failures.get(&row.id).copied().unwrap_or(0),
+                agent_silence: self.agent_silence.get(&row.id).copied().unwrap_or(0),
+            };
+            let action =
+                policy::decide(&view, &activity_view(&host, warm_for), SystemTime::now(), failures);
+            if action != Action::Unmanaged {
+                managed.insert(row.id.clone());
+            }
+            match action {
+                Action::Unmanaged | Action::Wait | Action::Behind => {}
+                Action::CheckIdle { agent_silence } => {
+                    let task = pause_if_idle(self.state.clone(), row.id.clone(), agent_silence);
                     self.dispatch(row.id, task);
                 }
-                engine::Thermal::Warm => {
-                    let since = *self.warm_since.entry(row.id.clone()).or_insert_with(Instant::now);
-                    let warm_for = since.elapsed();
-                    if host.in_flight > 0 || warm_for < settings.cold_after {
-                        continue;
-                    }
-                    let attempt = self.stop_failures.get(&row.id).copied().unwrap_or(0) + 1;
+                Action::Stop { attempt } => {
+                    let warm_for = warm_for.unwrap_or_default();
                     let permits = Arc::clone(&self.stops);
                     let task =
                         stop_cold(self.state.clone(), row.id.clone(), attempt, warm_for, permits);
                     self.dispatch(row.id, task);
-                }
-                // The row is behind the engine: the events task brings it in step.
-                engine::Thermal::Cold | engine::Thermal::Failed => {
-                    self.warm_since.remove(&row.id);
                 }
             }
         }
@@ -222,7 +235,7 @@ impl Manager {
                 self.warm_since.remove(&id);
                 self.stop_failures.remove(&id);
             }
-            Outcome::StopFailed { attempt } if attempt >= MAX_STOP_FAILURES => {
+            Outcome::StopFailed { attempt } if policy::gives_up(attempt) => {
                 self.stop_failures.remove(&id);
             }
             Outcome::StopFailed { attempt } => {
@@ -232,15 +245,22 @@ impl Manager {
     }
 }
 
-/// How long since the newer of the host's and the agent's last activity (a guest clock ahead
-/// of the host's counts as now).
-fn idle_since(now: SystemTime, host: SystemTime, agent: Option<&engine::ActivityInfo>) -> Duration {
-    let agent = agent
-        .and_then(|a| u64::try_from(a.last_activity_unix).ok())
-        .filter(|&secs| secs > 0)
-        .map(|secs| (UNIX_EPOCH + Duration::from_secs(secs)).min(now));
-    let last = agent.map_or(host, |a| a.max(host));
-    now.duration_since(last).unwrap_or(Duration::ZERO)
+/// The policy's view of the engine's host-side activity.
+fn activity_view(host: &engine::Activity, warm_for: Option<Duration>) -> policy::Activity {
+    policy::Activity {
+        thermal: host.thermal,
+        in_flight: host.in_flight,
+        last_host_activity: host.last_host_activity,
+        warm_for,
+    }
+}
+
+/// The policy's view of the agent's answer.
+fn agent_view(agent: &engine::ActivityInfo) -> policy::AgentView {
+    policy::AgentView {
+        last_activity_unix: agent.last_activity_unix,
+        attached_sessions: agent.attached_sessions,
+    }
 }
 
 /// Errors that mean "not now" rather than "failed".
@@ -261,25 +281,22 @@ async fn pause_if_idle(state: AppState, id: String, silent: u32) -> Outcome {
             Err(_) => return Outcome::Skipped,
         },
     };
-    if activity.thermal != engine::Thermal::Hot || activity.in_flight > 0 {
-        return Outcome::Skipped;
-    }
-    let now = SystemTime::now();
-    let idle = match &activity.agent {
-        Some(agent) if agent.attached_sessions > 0 => {
-            tracing::debug!(sandbox = %id, "thermal: a session is attached, staying hot");
+    let agent = activity.agent.as_ref().map(agent_view);
+    let view = activity_view(&activity, None);
+    let idle = match policy::pause_verdict(&view, agent, SystemTime::now(), warm_after, silent) {
+        PauseVerdict::Skip => return Outcome::Skipped,
+        PauseVerdict::Active => {
+            tracing::debug!(sandbox = %id, "thermal: in use (recent activity or a session attached)");
             return Outcome::Active;
         }
-        Some(agent) => idle_since(now, activity.last_host_activity, Some(agent)),
-        None if silent + 1 < AGENT_SILENCE_LIMIT => return Outcome::AgentSilent,
-        None => {
-            tracing::warn!(sandbox = %id, "thermal: the agent is silent, pausing on the host's view");
-            idle_since(now, activity.last_host_activity, None)
+        PauseVerdict::AgentSilent => return Outcome::AgentSilent,
+        PauseVerdict::Pause { idle, agent_silent } => {
+            if agent_silent {
+                tracing::warn!(sandbox = %id, "thermal: the agent is silent, pausing on the host's view");
+            }
+            idle
         }
     };
-    if idle < warm_after {
-        return Outcome::Active;
-    }
     match tokio::time::timeout(PAUSE_DEADLINE, state.engine.pause(&id, Duration::ZERO)).await {
         Ok(Ok(())) => {
             let meta = serde_json::json!({ "idle_s": idle.as_secs() });
@@ -385,7 +402,7 @@ async fn record_stop(state: &AppState, id: &str, warm_for: Duration) {
 async fn record_failed_stop(state: &AppState, id: &str, attempt: u32, error: String) {
     let engine = state.engine.clone();
     let sid = id.to_owned();
-    let give_up = attempt >= MAX_STOP_FAILURES;
+    let give_up = policy::gives_up(attempt);
     let written = state
         .store
         .write(move |s| {
@@ -418,30 +435,6 @@ async fn record_failed_stop(state: &AppState, id: &str, attempt: u32, error: Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn agent(last: i64, attached: u32) -> engine::ActivityInfo {
-        engine::ActivityInfo {
-            last_activity_unix: last,
-            active_sessions: 0,
-            attached_sessions: attached,
-        }
-    }
-
-    #[test]
-    fn idle_counts_from_the_newer_of_host_and_agent() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let host = UNIX_EPOCH + Duration::from_secs(900);
-        assert_eq!(idle_since(now, host, None), Duration::from_secs(100));
-        // The agent saw something later than the host.
-        assert_eq!(idle_since(now, host, Some(&agent(990, 0))), Duration::from_secs(10));
-        // An older agent view does not make it idler; "nothing since boot" is no view.
-        assert_eq!(idle_since(now, host, Some(&agent(100, 0))), Duration::from_secs(100));
-        assert_eq!(idle_since(now, host, Some(&agent(0, 0))), Duration::from_secs(100));
-        // A guest clock ahead of the host's counts as now, not as the future.
-        assert_eq!(idle_since(now, host, Some(&agent(5_000, 0))), Duration::ZERO);
-        // A host timestamp after now (clock stepped back) is not idle.
-        assert_eq!(idle_since(host, now, None), Duration::ZERO);
-    }
 
     #[test]
     fn busy_and_vanished_are_not_failures() {

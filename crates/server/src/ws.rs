@@ -22,12 +22,12 @@
 
 use std::time::Duration;
 
-use agent::{AgentError, SessionEvent, SessionReader, SessionWriter};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
+use engine::{AgentError, SessionEvent, SessionReader, SessionWriter};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine::SandboxRecord;
+use bhatti_core::SandboxRecord;
 use store::{AsyncStore, NewEvent, NewSandbox, Options, Quotas, Status, Store};
 
 const USERS: usize = 10;
@@ -35,7 +35,7 @@ fn record(name: &str) -> SandboxRecord {
     // A record of realistic size; the bench only stores it.
     let json = format!(
         r#"{{"version":{v},"id":"{name}","owner":"usr_bench","hostname":"{name}","dir":"/var/lib/bhatti/sandboxes/{name}","image":"/var/lib/bhatti/images/minimal.ext4","ip":"10.0.0.2","mac":"52:54:00:00:00:02","token":"0123456789abcdef0123456789abcdef","vcpus":1,"memory_mib":1024,"env":{{"A":"b"}},"init":"","volumes":[],"thermal":"cold","snapshot":true}}"#,
-        v = engine::RECORD_VERSION
+        v = bhatti_core::RECORD_VERSION
     );
     SandboxRecord::from_json(&json).unwrap_or_else(|_| panic!("the bench's record JSON is stale"))
 }

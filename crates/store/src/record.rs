@@ -6,7 +6,7 @@
 //! produced, host.md 4.5) decodes like the integer; a fraction where an integer belongs does
 //! not, and makes the record malformed.
 
-use engine::SandboxRecord;
+use bhatti_core::SandboxRecord;
 use serde_json::Value;
 
 /// A stored record, not yet decoded. It holds the agent token (and the sandbox's environment,

@@ -20,7 +20,7 @@
 //! (the only one known to be complete), and the outcome names the intent so the daemon reports
 //! it. Restored sandboxes come back cold, whatever the record said.
 
-use engine::{SandboxRecord, Thermal};
+use bhatti_core::{SandboxRecord, Thermal};
 use rusqlite::params;
 
 use crate::db::Store;
@@ -198,7 +198,7 @@ impl Store {
             Ok(RecoveryInput {
                 id: r.get(0)?,
                 owner: r.get(1)?,
-                status: r.get(2)?,
+                status: crate::types::status_col(r, 2)?,
                 record: r.get::<_, Option<String>>(3)?.map(StoredRecord),
                 pending,
             })
@@ -221,7 +221,7 @@ impl Store {
             };
             let still: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE id = ?1 AND status = ?2)",
-                params![o.id, o.status],
+                params![o.id, o.status.as_str()],
                 |r| r.get(0),
             )?;
             if !still {

@@ -6,15 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use engine::{SandboxRecord, Thermal};
+use bhatti_core::{SandboxRecord, Thermal};
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::db::Store;
 use crate::error::{Resource, Result, StoreError};
 use crate::record::StoredRecord;
 use crate::types::{
-    Status, Timestamp, constant_time_eq, f64_col, json_col, new_id, parse_thermal, sha256_hex,
-    thermal_str, to_json, u32_col,
+    Status, Timestamp, constant_time_eq, f64_col, json_col, new_id, sha256_hex, status_col,
+    to_json, u32_col,
 };
 
 /// The shortest ID prefix [`Store::resolve_sandbox`] accepts (shorter ones match too much).
@@ -114,7 +114,7 @@ fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
             id: r.get(0)?,
             owner: r.get(1)?,
             name: r.get(2)?,
-            status: r.get(3)?,
+            status: status_col(r, 3)?,
             thermal: None,
             template_id: r.get(5)?,
             image: r.get(6)?,
@@ -140,7 +140,7 @@ fn finish(raw: RawSandbox) -> Result<Sandbox> {
     s.labels = json_col(Resource::Sandbox, &s.id, &raw.labels)?;
     s.thermal = match raw.thermal.as_deref() {
         None => None,
-        Some(t) => Some(parse_thermal(t).ok_or_else(|| {
+        Some(t) => Some(Thermal::parse(t).ok_or_else(|| {
             StoreError::corrupt(Resource::Sandbox, &s.id, format!("bad thermal state {t:?}"))
         })?),
     };
@@ -494,7 +494,7 @@ pub(crate) fn apply_change(
     change: &Change<'_>,
 ) -> Result<()> {
     let status: Option<Status> = conn
-        .query_row("SELECT status FROM sandboxes WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT status FROM sandboxes WHERE id = ?1", [id], |r| status_col(r, 0))
         .optional()?;
     match status {
         None => return Err(StoreError::not_found(Resource::Sandbox, id)),
@@ -511,8 +511,8 @@ pub(crate) fn apply_change(
          stopped_at = COALESCE(?6, stopped_at), updated_at = ?7 WHERE id = ?1",
         params![
             id,
-            change.status,
-            change.thermal.map(thermal_str),
+            change.status.map(Status::as_str),
+            change.thermal.map(Thermal::as_str),
             change.ip,
             change.record.map(SandboxRecord::to_json),
             stopped_at,

@@ -21,53 +21,7 @@ use crate::error::{Resource, Result, StoreError};
 use crate::sandboxes::{Change, apply_change};
 use crate::types::Timestamp;
 
-/// What a transition is about to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Intent {
-    /// Build the VM of a new row.
-    Create,
-    /// Boot or restore a stopped sandbox.
-    Start,
-    /// Save a sandbox to disk (cold) or shut it down.
-    Stop,
-    /// Pause the vCPUs (warm).
-    Pause,
-    /// Wake a warm or cold sandbox.
-    Wake,
-    /// Capture a named checkpoint.
-    Checkpoint,
-    /// Destroy the VM and its files.
-    Destroy,
-}
-
-impl Intent {
-    /// Stored text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Intent::Create => "create",
-            Intent::Start => "start",
-            Intent::Stop => "stop",
-            Intent::Pause => "pause",
-            Intent::Wake => "wake",
-            Intent::Checkpoint => "checkpoint",
-            Intent::Destroy => "destroy",
-        }
-    }
-
-    /// Parses stored text.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "create" => Intent::Create,
-            "start" => Intent::Start,
-            "stop" => Intent::Stop,
-            "pause" => Intent::Pause,
-            "wake" => Intent::Wake,
-            "checkpoint" => Intent::Checkpoint,
-            "destroy" => Intent::Destroy,
-            _ => return None,
-        })
-    }
-}
+pub use bhatti_core::Intent;
 
 /// A begun transition, to be finished.
 #[derive(Debug, Clone, PartialEq, Eq)]

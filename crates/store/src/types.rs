@@ -80,82 +80,14 @@ fn from_sql(idx: usize, e: FromSqlError) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Null, Box::new(e))
 }
 
-/// The store's status of a sandbox (the engine's thermal state is separate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// The row exists, the engine is building the VM (the name is already taken).
-    Creating,
-    /// The VM exists and is hot or warm.
-    Running,
-    /// The VM is cold (its state on disk) or shut down.
-    Stopped,
-    /// The VM's state is lost or unknowable (a failed create, a crash without a snapshot).
-    Unknown,
-    /// Destroyed; the row is kept only until deleted, its name is free again.
-    Destroyed,
-}
+pub use bhatti_core::Status;
 
-impl Status {
-    /// The stored text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Creating => "creating",
-            Status::Running => "running",
-            Status::Stopped => "stopped",
-            Status::Unknown => "unknown",
-            Status::Destroyed => "destroyed",
-        }
-    }
-
-    /// Parses the stored text.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "creating" => Status::Creating,
-            "running" => Status::Running,
-            "stopped" => Status::Stopped,
-            "unknown" => Status::Unknown,
-            "destroyed" => Status::Destroyed,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl ToSql for Status {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for Status {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        Status::parse(s).ok_or_else(|| FromSqlError::Other(format!("bad status {s:?}").into()))
-    }
-}
-
-pub(crate) fn thermal_str(t: engine::Thermal) -> &'static str {
-    match t {
-        engine::Thermal::Hot => "hot",
-        engine::Thermal::Warm => "warm",
-        engine::Thermal::Cold => "cold",
-        engine::Thermal::Failed => "failed",
-    }
-}
-
-pub(crate) fn parse_thermal(s: &str) -> Option<engine::Thermal> {
-    Some(match s {
-        "hot" => engine::Thermal::Hot,
-        "warm" => engine::Thermal::Warm,
-        "cold" => engine::Thermal::Cold,
-        "failed" => engine::Thermal::Failed,
-        _ => return None,
-    })
+/// Reads a status column (the type lives in `bhatti-core`, so it is decoded here, not by
+/// `FromSql`).
+pub(crate) fn status_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Status> {
+    let text: String = row.get(idx)?;
+    Status::parse(&text)
+        .ok_or_else(|| from_sql(idx, FromSqlError::Other(format!("bad status {text:?}").into())))
 }
 
 /// Lowercase hex.
@@ -233,15 +165,5 @@ mod tests {
         assert!(constant_time_eq(&sha256_hex("x"), &sha256_hex("x")));
         assert!(!constant_time_eq(&sha256_hex("x"), &sha256_hex("y")));
         assert!(!constant_time_eq("ab", "abc"));
-    }
-
-    #[test]
-    fn status_round_trips() {
-        for s in
-            [Status::Creating, Status::Running, Status::Stopped, Status::Unknown, Status::Destroyed]
-        {
-            assert_eq!(Status::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(Status::parse("hot"), None);
     }
 }

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use engine::Thermal;
+use bhatti_core::Thermal;
 use store::{EventQuery, Store};
 
 const EPOCHS: u64 = 4;

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::guest::{GuestConfig, GuestVolume};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast, oneshot, watch};
 
 use crate::error::{EngineError, Exhausted, Resource, io_at};
 use crate::events::{Event, EventKind, Events};
@@ -43,7 +43,7 @@ use crate::run::off_thread;
 pub use crate::spec::CreateSpec;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
-use crate::volume::{Claims, VolumeMount};
+use crate::volume::{Claims, VolumeChecks, VolumeMount};
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -141,6 +141,9 @@ pub struct Engine {
     ns: Netns,
     pool: Arc<Mutex<IpPool>>,
     sandboxes: Mutex<BTreeMap<String, Entry>>,
+    /// Creates in flight, by ID (locked after `sandboxes` when both are held): a destroy
+    /// cancels one and waits until everything it took is given back.
+    creating: Mutex<BTreeMap<String, InFlightCreate>>,
     claims: Arc<Mutex<Claims>>,
     boots: Arc<Semaphore>,
     /// The VMM (QEMU today) behind the narrow machine interface.
@@ -163,14 +166,18 @@ impl std::fmt::Debug for Engine {
 
 /// What a create or checkpoint resume holds: the sandbox's ID (its directory exists), its
 /// address, its volume claims. Dropped without [`Reservation::keep`], it gives everything back
-/// and removes the directory (on a blocking thread), whether the operation failed or its
-/// caller went away.
+/// (the QEMU a cancelled boot left, the directory, the neighbour entry, the port's filter
+/// rules, then the address and claims) on a task of its own, whether the operation failed,
+/// was cancelled by a destroy, or its caller went away.
 pub(crate) struct Reservation<'a> {
     engine: &'a Engine,
     id: String,
     ip: Ipv4Addr,
     files: SandboxFiles,
     kept: bool,
+    /// Dropped when everything is back (or at once when kept): a destroy that cancelled the
+    /// create waits for that.
+    done: Option<watch::Sender<()>>,
 }
 
 impl Reservation<'_> {
@@ -191,32 +198,119 @@ impl Drop for Reservation<'_> {
             return;
         }
         // The ID is free at once: the directory moves aside (one rename), and the slow part
-        // (a QEMU still dying when the caller went away mid-create, a large removal) goes to a
-        // blocking thread. The address and claims go back only after that, so no new TAP can
-        // meet the old one.
+        // (a QEMU still dying when the caller went away mid-create, a large removal, the
+        // network clean-up) goes to a task. The address and claims go back only after that,
+        // so no new TAP can meet the old one.
         let original = self.files.clone();
         let trash = self.engine.layout.trash(&self.id);
         let files = match std::fs::rename(original.dir(), trash.dir()) {
             Ok(()) => trash,
             Err(_) => original.clone(),
         };
-        let (backend, pool, claims, id, ip) = (
-            Arc::clone(&self.engine.backend),
-            Arc::clone(&self.engine.pool),
-            Arc::clone(&self.engine.claims),
-            self.id.clone(),
-            self.ip,
-        );
-        off_thread(move || {
-            backend.kill_recorded(&files, &original);
-            if let Err(e) = std::fs::remove_dir_all(files.dir())
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(sandbox = %id, "removing its directory: {e}");
+        let giveback = GiveBack {
+            backend: Arc::clone(&self.engine.backend),
+            pool: Arc::clone(&self.engine.pool),
+            claims: Arc::clone(&self.engine.claims),
+            ns: self.engine.ns.clone(),
+            bridge: self.engine.config.bridge.clone(),
+            id: self.id.clone(),
+            ip: self.ip,
+            original,
+            files,
+            _done: self.done.take(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(giveback.run());
             }
-            lock(&claims).release(&id);
-            lock(&pool).release(ip);
+            // No runtime (a drop at process end): the files and the pool, no namespace work.
+            Err(_) => giveback.files_and_pool(),
+        }
+    }
+}
+
+/// What an unfinished [`Reservation`] gives back.
+struct GiveBack {
+    backend: Arc<dyn Backend>,
+    pool: Arc<Mutex<IpPool>>,
+    claims: Arc<Mutex<Claims>>,
+    ns: Netns,
+    bridge: String,
+    id: String,
+    ip: Ipv4Addr,
+    /// Where the directory was (the QMP socket path QEMU was started with).
+    original: SandboxFiles,
+    /// Where it is now.
+    files: SandboxFiles,
+    /// Held for its drop: closed once everything is back.
+    _done: Option<watch::Sender<()>>,
+}
+
+impl GiveBack {
+    async fn run(self) {
+        let (files, original, id) = (self.files.clone(), self.original.clone(), self.id.clone());
+        let backend = Arc::clone(&self.backend);
+        let removed = tokio::task::spawn_blocking(move || {
+            remove_leftovers(&*backend, &id, &files, &original);
         });
+        if removed.await.is_err() {
+            tracing::warn!(sandbox = %self.id, "removing a failed create's files did not finish");
+        }
+        // Both are idempotent: a boot that failed before setting them up leaves nothing to do.
+        if let Err(e) = self.ns.delete_neighbour(&self.bridge, self.ip).await {
+            tracing::warn!(sandbox = %self.id, "{}", e.report());
+        }
+        if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(self.ip)).await {
+            tracing::warn!(sandbox = %self.id, "{}", e.report());
+        }
+        self.release();
+    }
+
+    fn files_and_pool(self) {
+        remove_leftovers(&*self.backend, &self.id, &self.files, &self.original);
+        self.release();
+    }
+
+    /// The address and claims go back last; `done` drops with `self`.
+    fn release(self) {
+        lock(&self.claims).release(&self.id);
+        lock(&self.pool).release(self.ip);
+    }
+}
+
+/// Kills a QEMU a dropped boot left running and removes the directory.
+fn remove_leftovers(
+    backend: &dyn Backend,
+    id: &str,
+    files: &SandboxFiles,
+    original: &SandboxFiles,
+) {
+    backend.kill_recorded(files, original);
+    if let Err(e) = std::fs::remove_dir_all(files.dir())
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(sandbox = %id, "removing its directory: {e}");
+    }
+}
+
+/// A create in flight, as a destroy finds it.
+struct InFlightCreate {
+    /// Fires the cancellation (taken by the first destroy).
+    cancel: Option<oneshot::Sender<()>>,
+    /// Closed when the create's reservation is kept or fully given back.
+    done: watch::Receiver<()>,
+}
+
+/// Removes a create's entry from [`Engine::creating`] however the create ends (also when its
+/// future is dropped).
+struct CreatingEntry<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl Drop for CreatingEntry<'_> {
+    fn drop(&mut self) {
+        lock(&self.engine.creating).remove(&self.id);
     }
 }
 
@@ -361,6 +455,17 @@ impl Engine {
         id: &str,
         pick: impl FnOnce(&mut IpPool) -> Result<Ipv4Addr, EngineError>,
     ) -> Result<Reservation<'_>, EngineError> {
+        self.reserve_tracked(id, pick, None)
+    }
+
+    /// [`Engine::reserve`], registering a create in flight under the same lock, so a destroy
+    /// finds the ID either reserved (and cancels it) or not at all.
+    fn reserve_tracked(
+        &self,
+        id: &str,
+        pick: impl FnOnce(&mut IpPool) -> Result<Ipv4Addr, EngineError>,
+        track: Option<oneshot::Sender<()>>,
+    ) -> Result<Reservation<'_>, EngineError> {
         let files = self.layout.sandbox(id);
         let sandboxes = lock(&self.sandboxes);
         let exists = || EngineError::exists(Resource::Sandbox, id);
@@ -374,14 +479,22 @@ impl Engine {
             Err(e) => return Err(io_at("creating", files.dir())(e)),
         }
         let picked = pick(&mut lock(&self.pool));
-        drop(sandboxes);
-        match picked {
-            Ok(ip) => Ok(Reservation { engine: self, id: id.to_owned(), ip, files, kept: false }),
+        let ip = match picked {
+            Ok(ip) => ip,
             Err(e) => {
                 let _ = std::fs::remove_dir(files.dir());
-                Err(e)
+                return Err(e);
             }
+        };
+        let mut done = None;
+        if let Some(cancel) = track {
+            let (tx, rx) = watch::channel(());
+            lock(&self.creating)
+                .insert(id.to_owned(), InFlightCreate { cancel: Some(cancel), done: rx });
+            done = Some(tx);
         }
+        drop(sandboxes);
+        Ok(Reservation { engine: self, id: id.to_owned(), ip, files, kept: false, done })
     }
 
     /// The network group of `owner`, assigned on first use.
@@ -429,6 +542,12 @@ impl Engine {
         let id = who.id.clone();
         let entry = Entry { who, hostname, ip, mac, files, handle };
         lock(&self.sandboxes).insert(id, entry);
+    }
+
+    /// Guest addresses taken (by sandboxes, and by creates and resumes in flight): what a test
+    /// checks to see that a failed or cancelled create gave its address back.
+    pub fn addresses_in_use(&self) -> usize {
+        lock(&self.pool).in_use()
     }
 
     /// The engine's network namespace.
@@ -574,8 +693,9 @@ impl Engine {
         self.check_volumes(&spec.volumes)
     }
 
-    /// Creates a sandbox and returns once its agent answers. On failure, or when the caller
-    /// stops waiting, nothing is left behind.
+    /// Creates a sandbox and returns once its agent answers. On failure, when the caller stops
+    /// waiting, or when a [`Engine::destroy`] of the same ID cancels it, nothing is left behind
+    /// (a cancelled create answers [`EngineError::Cancelled`]).
     pub async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo, EngineError> {
         self.check_open()?;
         self.check_spec(spec)?;
@@ -601,8 +721,32 @@ impl Engine {
             }
             volumes.push(volume.clone());
         }
-        let reservation =
-            self.reserve(&spec.id, |pool| pool.allocate().map_err(address_pool_exhausted))?;
+        let (cancel, mut cancelled) = oneshot::channel();
+        let reservation = self.reserve_tracked(
+            &spec.id,
+            |pool| pool.allocate().map_err(address_pool_exhausted),
+            Some(cancel),
+        )?;
+        let _entry = CreatingEntry { engine: self, id: spec.id.clone() };
+        let build = self.build(spec, reservation, volumes, scratch);
+        tokio::select! {
+            // A destroy wins over a boot that has not finished: dropping `build` drops its
+            // reservation, which gives everything back.
+            biased;
+            Ok(()) = &mut cancelled => Err(EngineError::Cancelled { id: spec.id.clone() }),
+            built = build => built,
+        }
+    }
+
+    /// The part of a create that a destroy may cancel: everything after the reservation.
+    async fn build(
+        &self,
+        spec: &CreateSpec,
+        reservation: Reservation<'_>,
+        volumes: Vec<VolumeMount>,
+        scratch: Vec<(VolumeMount, u32)>,
+    ) -> Result<SandboxInfo, EngineError> {
+        let files = self.layout.sandbox(&spec.id);
         reservation.claim_volumes(&spec.volumes)?;
         let ip = reservation.ip;
         let guest = GuestConfig {
@@ -774,9 +918,35 @@ impl Engine {
     /// config drive, scratch volumes, logs) is removed. Volumes attached to it are kept. Once it
     /// has begun, it completes even if the caller stops waiting.
     pub async fn destroy(&self, id: &str) -> Result<(), EngineError> {
-        let entry = lock(&self.sandboxes)
-            .remove(id)
-            .ok_or_else(|| EngineError::not_found(Resource::Sandbox, id))?;
+        let entry = loop {
+            let found = {
+                let mut sandboxes = lock(&self.sandboxes);
+                match sandboxes.remove(id) {
+                    Some(entry) => Ok(entry),
+                    None => match lock(&self.creating).get_mut(id) {
+                        Some(create) => Err(Some((create.cancel.take(), create.done.clone()))),
+                        None => Err(None),
+                    },
+                }
+            };
+            match found {
+                Ok(entry) => break entry,
+                Err(None) => return Err(EngineError::not_found(Resource::Sandbox, id)),
+                // A create in flight: cancel it and wait until all it took is back. Should
+                // its boot have finished first, the sandbox is registered by then, and the
+                // next turn destroys it as any other.
+                Err(Some((cancel, mut done))) => {
+                    if let Some(cancel) = cancel {
+                        let _ = cancel.send(());
+                    }
+                    while done.changed().await.is_ok() {}
+                    if !lock(&self.sandboxes).contains_key(id) {
+                        self.events.send(id, EventKind::Destroyed);
+                        return Ok(());
+                    }
+                }
+            }
+        };
         // The owner does the work, after anything it is busy with (a boot from disk, say): it
         // alone knows when nothing can recreate the files any more. Should this call be
         // dropped before the message goes out, the flag has the owner clean up anyway once its

@@ -100,6 +100,7 @@ impl Engine {
         let engine = Self {
             pool: Arc::new(Mutex::new(IpPool::new(config.subnet))),
             sandboxes: Mutex::new(BTreeMap::new()),
+            creating: Mutex::new(BTreeMap::new()),
             claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
             backend,
@@ -208,7 +209,7 @@ impl Engine {
             ip: record.ip,
             mac,
         };
-        let spec = self.boot_spec(files, shape, record.guest_config());
+        let spec = self.boot_spec(files, shape, crate::state::guest_config(&record));
         let who = Identity { id: record.id.clone(), owner: record.owner.clone() };
         self.adopt(who, spec, None, snapshot);
         Ok(())

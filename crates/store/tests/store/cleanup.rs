@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use engine::Thermal;
+use bhatti_core::Thermal;
 use store::{DataDirs, Status};
 
 use crate::common::{record, sandbox, store, user};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use engine::{SandboxRecord, Thermal};
+use bhatti_core::{SandboxRecord, Thermal};
 use store::{NewSandbox, Quotas, Sandbox, Status, Store, User};
 use tempfile::TempDir;
 
@@ -46,7 +46,7 @@ pub fn sandbox(s: &mut Store, owner: &str, name: &str, status: Status) -> Sandbo
 /// The one place tests build an engine record: a field the engine adds is a one-line fix here.
 pub fn record(name: &str, snapshot: bool, thermal: Thermal) -> SandboxRecord {
     SandboxRecord {
-        version: engine::RECORD_VERSION,
+        version: bhatti_core::RECORD_VERSION,
         id: name.into(),
         owner: "usr_test".into(),
         hostname: name.into(),

@@ -2,7 +2,7 @@
 //! The engine's state comes from records stored in the real store (or built by hand for the
 //! pure decision); no VMs.
 
-use engine::Thermal;
+use bhatti_core::Thermal;
 use store::{
     Change, Decision, ErrorKind, Intent, RecoveryInput, SkipReason, Status, Store, StoredRecord,
     UnknownReason, recovery,

@@ -1,4 +1,4 @@
-use engine::Thermal;
+use bhatti_core::Thermal;
 use store::{Change, ErrorKind, Resource, Status, StoreError};
 
 use crate::common::{labels, new_sandbox, record, sandbox, store, user};

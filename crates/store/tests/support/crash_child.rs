@@ -99,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut value = template.clone();
             value["name"] = serde_json::Value::from(name.clone());
             value["snapshot"] = serde_json::Value::from(snapshot);
-            let record = engine::SandboxRecord::from_json(&value.to_string())?;
+            let record = bhatti_core::SandboxRecord::from_json(&value.to_string())?;
             say(&format!("B finish {name} stopped {snapshot}"))?;
             if let Some(t) = pending.remove(&name) {
                 let change = Change {

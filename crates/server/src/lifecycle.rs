@@ -1,0 +1,277 @@
+//! The lifecycle service: create, stop, start, destroy and wake, each one protocol of "write
+//! the intent, call the engine, write the result or undo", so handlers only parse, call and
+//! map.
+//!
+//! Which operation may run in which state is `bhatti_core::lifecycle::plan` (a pure table);
+//! this module does the IO around it:
+//! - **create**: a `creating` row reserves the name and the quota slot; the engine builds the
+//!   VM; the row becomes `running`. A failed build removes the row. A final write that fails
+//!   (the row was destroyed meanwhile, or the store failed) destroys the VM and removes the
+//!   row, so no VM runs without a row and no row holds a name for a VM that is not there.
+//! - **destroy**: at any point, a create in flight included. The intent is written first; the
+//!   engine cancels a create in flight and waits until everything it took is back (QEMU, TAP,
+//!   filter rules, neighbour entry, cgroup, directory, address); the row goes last. The create's
+//!   caller gets `409 destroyed`.
+//! - **stop** / **start**: a transition row brackets the engine call; a failure closes it and
+//!   leaves the row as it was.
+
+use std::time::Duration;
+
+use bhatti_core::{Op, Plan, lifecycle};
+
+use crate::engine_events::sync_row;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// How long a stop waits for guest operations in flight before answering busy.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// What a create answered.
+#[derive(Debug)]
+pub(crate) enum Created {
+    /// A new sandbox, running.
+    New(store::Sandbox),
+    /// The owner's sandbox of that name already existed (create is idempotent by name).
+    Existing(store::Sandbox),
+}
+
+/// Creates a sandbox: the row, then the VM (`spec_for` turns the new row's ID into the
+/// engine's request), then the row's result.
+pub(crate) async fn create(
+    state: &AppState,
+    new: store::NewSandbox,
+    spec_for: impl FnOnce(&str) -> ApiResult<engine::CreateSpec>,
+) -> ApiResult<Created> {
+    let (owner, name) = (new.owner.clone(), new.name.clone());
+    if let Some(existing) = by_name(state, &owner, &name).await? {
+        return Ok(Created::Existing(existing));
+    }
+    // The row (status `creating`) reserves the name and the quota before the VM is built.
+    let row = match state.store.write(move |s| s.create_sandbox(&new)).await {
+        Ok(row) => row,
+        Err(e) if e.kind() == store::ErrorKind::Conflict => {
+            // Another request with this name won the race: its sandbox is the answer.
+            return match by_name(state, &owner, &name).await? {
+                Some(winner) => Ok(Created::Existing(winner)),
+                None => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let id = row.id.clone();
+    let built = match spec_for(&id) {
+        Ok(spec) => state.engine.create(&spec).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = built {
+        remove_row(state, &id).await;
+        return Err(e);
+    }
+    match write_created(state, &id).await {
+        Ok(row) => Ok(Created::New(row)),
+        Err(e) => {
+            // Undo: no VM may run without its row, and no row may hold the name of a VM that
+            // is not there.
+            match state.engine.destroy(&id).await {
+                Ok(()) => {}
+                Err(gone) if gone.kind() == engine::ErrorKind::NotFound => {}
+                Err(undo) => tracing::error!(sandbox = %id, "undoing a create: {undo}"),
+            }
+            remove_row(state, &id).await;
+            match &e {
+                // The row is gone or destroyed: a destroy overtook the create.
+                ApiError::Store(s)
+                    if matches!(
+                        s.kind(),
+                        store::ErrorKind::NotFound | store::ErrorKind::Conflict
+                    ) =>
+                {
+                    Err(engine::EngineError::Cancelled { id }.into())
+                }
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// The row of a built sandbox: `running`, hot, its address and the engine's record.
+async fn write_created(state: &AppState, id: &str) -> ApiResult<store::Sandbox> {
+    let record = state.engine.export(id).await?;
+    let id = id.to_owned();
+    let ip = record.ip.to_string();
+    Ok(state
+        .store
+        .write(move |s| {
+            let change = store::Change {
+                status: Some(store::Status::Running),
+                thermal: Some(engine::Thermal::Hot),
+                ip: Some(&ip),
+                record: Some(&record),
+            };
+            s.update_sandbox(&id, &change)?;
+            s.sandbox_by_id(&id)
+        })
+        .await?)
+}
+
+/// The owner's live sandbox named exactly `name`.
+async fn by_name(state: &AppState, owner: &str, name: &str) -> ApiResult<Option<store::Sandbox>> {
+    let (owner, key) = (owner.to_owned(), name.to_owned());
+    match state.store.read(move |s| s.resolve_sandbox(&owner, &key)).await {
+        Ok(s) if s.name == name && s.status != store::Status::Destroyed => Ok(Some(s)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == store::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a row whose VM is not there (a failed or cancelled create); already gone is fine.
+async fn remove_row(state: &AppState, id: &str) {
+    let sid = id.to_owned();
+    match state.store.write(move |s| s.delete_sandbox_by_id(&sid)).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == store::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(sandbox = %id, "removing the row of a failed create: {e}"),
+    }
+}
+
+/// The table's plan for `op` on `sandbox` as the engine sees it now.
+fn plan(state: &AppState, op: Op, sandbox: &store::Sandbox) -> Plan {
+    lifecycle::plan(op, sandbox.status, state.engine.thermal(&sandbox.id).ok())
+}
+
+/// Destroys a sandbox, a create in flight included.
+pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiResult<()> {
+    let intent = match plan(state, Op::Destroy, sandbox) {
+        Plan::Run { intent, .. } => intent,
+        Plan::AlreadyDone => return Ok(()),
+        Plan::Refuse(refusal) => return Err(ApiError::Refused(refusal)),
+    };
+    let id = sandbox.id.clone();
+    // The intent goes first: a daemon killed mid-destroy leaves a row recovery recognises.
+    let transition = {
+        let id = id.clone();
+        state.store.write(move |s| s.begin_transition(&id, intent)).await?
+    };
+    match state.engine.destroy(&id).await {
+        Ok(()) => {}
+        // A sandbox the engine does not know (recovery marked it unknown, or its create had
+        // not reached the engine yet and will find its row gone): only rows are left.
+        Err(e) if e.kind() == engine::ErrorKind::NotFound => {}
+        Err(e) => {
+            abandon(state, transition).await;
+            return Err(e.into());
+        }
+    }
+    match state.store.write(move |s| s.delete_sandbox_by_id(&id)).await {
+        Ok(()) => Ok(()),
+        // The create it cancelled removed the row first.
+        Err(e) if e.kind() == store::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Suspends a sandbox to disk; a stopped one answers as it is.
+pub(crate) async fn stop(state: &AppState, sandbox: store::Sandbox) -> ApiResult<store::Sandbox> {
+    let (intent, then) = match plan(state, Op::Stop, &sandbox) {
+        Plan::Run { intent, then } => (intent, then),
+        Plan::AlreadyDone => return Ok(sandbox),
+        Plan::Refuse(refusal) => return Err(ApiError::Refused(refusal)),
+    };
+    let sid = sandbox.id.clone();
+    let transition = state.store.write(move |s| s.begin_transition(&sid, intent)).await?;
+    let (_, transition) =
+        guarded(state, transition, state.engine.stop(&sandbox.id, STOP_WAIT)).await?;
+    finish(state, transition, then).await
+}
+
+/// Wakes a stopped sandbox (`force`: boots from its disk, discarding saved memory); a running
+/// one answers as it is.
+pub(crate) async fn start(
+    state: &AppState,
+    mut sandbox: store::Sandbox,
+    force: bool,
+) -> ApiResult<store::Sandbox> {
+    let (intent, then) = match plan(state, Op::Start { force }, &sandbox) {
+        Plan::Run { intent, then } => (intent, then),
+        Plan::AlreadyDone => {
+            // Hot or warm: running, whatever the row says until the events task writes it.
+            sandbox.status = store::Status::Running;
+            return Ok(sandbox);
+        }
+        Plan::Refuse(refusal) => return Err(ApiError::Refused(refusal)),
+    };
+    let sid = sandbox.id.clone();
+    let transition = state.store.write(move |s| s.begin_transition(&sid, intent)).await?;
+    let started = async {
+        if force {
+            state.engine.start_from_disk(&sandbox.id).await
+        } else {
+            state.engine.start(&sandbox.id).await
+        }
+    };
+    let ((), transition) = guarded(state, transition, started).await?;
+    finish(state, transition, then).await
+}
+
+/// Wakes a sandbox (keep-hot turned on) and answers with its row as it is after the wake.
+pub(crate) async fn wake(state: &AppState, sandbox: &store::Sandbox) -> ApiResult<store::Sandbox> {
+    state.engine.ensure_hot(&sandbox.id).await?;
+    // The events task would write the new status too, but later: the answer must show it.
+    sync_row(state, &sandbox.id, Vec::new()).await?;
+    let id = sandbox.id.clone();
+    Ok(state.store.read(move |s| s.sandbox_by_id(&id)).await?)
+}
+
+/// Closes a transition whose side effect failed, leaving the row as it was.
+async fn abandon(state: &AppState, transition: store::Transition) {
+    let id = transition.sandbox_id.clone();
+    let closed = state
+        .store
+        .write(move |s| s.finish_transition(&transition, &store::Change::default()))
+        .await;
+    if let Err(e) = closed {
+        tracing::error!(sandbox = %id, "closing a failed transition: {e}");
+    }
+}
+
+/// Runs `op`, closing `transition` if it fails.
+async fn guarded<T>(
+    state: &AppState,
+    transition: store::Transition,
+    op: impl std::future::Future<Output = Result<T, engine::EngineError>>,
+) -> ApiResult<(T, store::Transition)> {
+    match op.await {
+        Ok(value) => Ok((value, transition)),
+        Err(e) => {
+            abandon(state, transition).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes a sandbox's new status and the engine's record in one transaction that also closes
+/// the transition, and returns the row.
+async fn finish(
+    state: &AppState,
+    transition: store::Transition,
+    status: store::Status,
+) -> ApiResult<store::Sandbox> {
+    let id = transition.sandbox_id.clone();
+    let record = state.engine.export(&id).await?;
+    let thermal = record.thermal;
+    Ok(state
+        .store
+        .write(move |s| {
+            let ip = record.ip.to_string();
+            let change = store::Change {
+                status: Some(status),
+                thermal: Some(thermal),
+                ip: Some(&ip),
+                record: Some(&record),
+            };
+            s.finish_transition(&transition, &change)?;
+            s.sandbox_by_id(&transition.sandbox_id)
+        })
+        .await?)
+}
