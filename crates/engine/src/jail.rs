@@ -171,7 +171,9 @@ pub fn cgroup_of(jail: &Jail) -> Option<String> {
 /// the QEMU is reaped first and the directory is empty. The removal retries while the kernel
 /// still counts the last threads of a killed QEMU (up to about 0.6 s of sleeps), so it never
 /// runs on an async worker: [`CgroupGuard::release`] awaits it on a blocking thread (a stop or a
-/// kill, whose caller may look for the cgroup at once), a drop hands it to one.
+/// kill, whose caller may look for the cgroup at once), a drop hands it to one and notes it
+/// until it is done, so that whoever gives the sandbox back (a create cut short) can finish it
+/// first ([`remove_dropped`]).
 #[derive(Debug)]
 pub struct CgroupGuard {
     /// `None` once released.
@@ -202,8 +204,40 @@ impl CgroupGuard {
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
-            crate::run::off_thread(move || remove_cgroup(&name));
+            dropped().insert(name.clone());
+            crate::run::off_thread(move || {
+                remove_cgroup(&name);
+                dropped().remove(&name);
+            });
         }
+    }
+}
+
+/// Whether the cgroup `name` is one start's (`<base>.<n>`) of the sandbox whose base is `base`.
+fn is_start_of(name: &str, base: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(b, n)| b == base && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// Cgroups of dropped guards whose removal may not have run yet.
+fn dropped() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static DROPPED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    DROPPED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes now the cgroups of dropped guards of the sandbox whose cgroup base is `base` (see
+/// [`Confinement::cgroup`]) that are still waiting for a blocking thread: exactly those, never
+/// a later start's live one. Blocking (it retries while a killed QEMU's last threads go): call
+/// it from a blocking thread, once the sandbox's QEMU is gone.
+pub fn remove_dropped(base: &str) {
+    let names: Vec<String> = dropped()
+        .iter()
+        .filter(|name| is_start_of(name, base))
+        .cloned()
+        .collect();
+    for name in names {
+        remove_cgroup(&name);
+        dropped().remove(&name);
     }
 }
 
@@ -387,6 +421,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, UID_BASE + (200 << 16) + 2);
         assert!(a > 65_535 && a < u32::MAX / 2);
+    }
+
+    #[test]
+    fn a_sandbox_settles_only_its_own_starts_cgroups() {
+        let base = cgroup_name("bhatti-t", "abc");
+        assert!(is_start_of("bhatti-t.abc.0", &base));
+        assert!(is_start_of("bhatti-t.abc.17", &base));
+        // Another sandbox whose ID starts the same, or another engine's, is not this one.
+        assert!(!is_start_of("bhatti-t.abcd.0", &base));
+        assert!(!is_start_of("bhatti-u.abc.0", &base));
+        assert!(!is_start_of("bhatti-t.abc", &base));
+        assert!(!is_start_of("bhatti-t.abc.vcpus", &base));
     }
 
     #[test]

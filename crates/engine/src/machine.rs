@@ -198,6 +198,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// whether one was killed. Blocks (up to about a second while the process goes): call it
     /// from a blocking thread.
     fn kill_recorded(&self, recorded: &SandboxFiles, started_as: &SandboxFiles) -> bool;
+    /// Finishes, now, what dropped machines of the sandbox `id` of the engine on `netns` left
+    /// for blocking threads to remove (their cgroups), so a caller that gives the sandbox's
+    /// resources back knows they are gone. Call it once the sandbox's monitor is gone (after
+    /// [`Backend::kill_recorded`]). Blocking.
+    fn settle(&self, netns: &str, id: &str);
     /// [`Backend::kill_recorded`] for a directory that never moved: the monitor an engine that
     /// died left running for this sandbox. Blocking, as that is.
     fn kill_orphan(&self, files: &SandboxFiles) -> bool {

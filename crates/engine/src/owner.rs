@@ -399,8 +399,11 @@ impl Owner {
     async fn destroy(&mut self) {
         self.kill().await;
         let (files, backend) = (self.spec.files.clone(), Arc::clone(&self.backend));
+        let (netns, id) = (self.ns.name().to_owned(), self.who.id.clone());
         let removed = tokio::task::spawn_blocking(move || {
             backend.kill_orphan(&files);
+            // A boot this destroy overtook may have dropped its machine: its cgroup goes now.
+            backend.settle(&netns, &id);
             match std::fs::remove_dir_all(files.dir()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),

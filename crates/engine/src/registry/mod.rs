@@ -249,9 +249,9 @@ struct GiveBack {
 impl GiveBack {
     async fn run(self) {
         let (files, original, id) = (self.files.clone(), self.original.clone(), self.id.clone());
-        let backend = Arc::clone(&self.backend);
+        let (backend, netns) = (Arc::clone(&self.backend), self.ns.name().to_owned());
         let removed = tokio::task::spawn_blocking(move || {
-            remove_leftovers(&*backend, &id, &files, &original);
+            remove_leftovers(&*backend, &netns, &id, &files, &original);
         });
         if removed.await.is_err() {
             tracing::warn!(sandbox = %self.id, "removing a failed create's files did not finish");
@@ -267,7 +267,7 @@ impl GiveBack {
     }
 
     fn files_and_pool(self) {
-        remove_leftovers(&*self.backend, &self.id, &self.files, &self.original);
+        remove_leftovers(&*self.backend, self.ns.name(), &self.id, &self.files, &self.original);
         self.release();
     }
 
@@ -281,11 +281,15 @@ impl GiveBack {
 /// Kills a QEMU a dropped boot left running and removes the directory.
 fn remove_leftovers(
     backend: &dyn Backend,
+    netns: &str,
     id: &str,
     files: &SandboxFiles,
     original: &SandboxFiles,
 ) {
     backend.kill_recorded(files, original);
+    // What the dropped boot's machine handed to blocking threads (its cgroup) goes now, so
+    // everything is back when the give-back ends.
+    backend.settle(netns, id);
     if let Err(e) = std::fs::remove_dir_all(files.dir())
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -956,9 +960,11 @@ impl Engine {
             // The owner failed earlier (its supervisor gave back the address and claims; its
             // QEMU went with it): only the files and the neighbour entry are left.
             let (files, backend) = (entry.files.clone(), Arc::clone(&self.backend));
+            let (netns, sandbox) = (self.ns.name().to_owned(), id.to_owned());
             let (tx, rx) = tokio::sync::oneshot::channel();
             off_thread(move || {
                 backend.kill_orphan(&files);
+                backend.settle(&netns, &sandbox);
                 let _ = std::fs::remove_dir_all(files.dir());
                 let _ = tx.send(());
             });

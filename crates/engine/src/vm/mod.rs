@@ -122,6 +122,10 @@ impl Backend for Qemu {
         kill_recorded(&recorded.pid_file(), &started_as.qmp_socket())
     }
 
+    fn settle(&self, netns: &str, id: &str) {
+        crate::jail::remove_dropped(&crate::jail::cgroup_name(netns, id));
+    }
+
     fn housekeeping(&self, files: &SandboxFiles) -> Result<(), EngineError> {
         cap_console(files).map(drop).map_err(io_at("capping", files.serial_log()))
     }
