@@ -204,7 +204,7 @@ impl CgroupGuard {
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
-            dropped().insert(name.clone());
+            note_dropped(name.clone());
             crate::run::off_thread(move || {
                 remove_cgroup(&name);
                 dropped().remove(&name);
@@ -223,6 +223,32 @@ fn dropped() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String
     static DROPPED: std::sync::Mutex<std::collections::BTreeSet<String>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     DROPPED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Notes a dropped guard's cgroup until its removal ran. The first note registers
+/// [`remove_all_dropped`] to run at process exit: a removal handed to a blocking thread while
+/// the runtime shuts down (an engine's owners dropped with it) never runs, and would leave the
+/// cgroup on the host.
+fn note_dropped(name: String) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function that takes no arguments and never
+        // unwinds (it catches panics).
+        if unsafe { libc::atexit(remove_all_dropped) } != 0 {
+            tracing::warn!("cgroups of sandboxes dropped at exit may stay behind");
+        }
+    });
+    dropped().insert(name);
+}
+
+/// At process exit: removes the cgroups whose removal no blocking thread ran.
+extern "C" fn remove_all_dropped() {
+    let _ = std::panic::catch_unwind(|| {
+        let names = std::mem::take(&mut *dropped());
+        for name in names {
+            remove_cgroup(&name);
+        }
+    });
 }
 
 /// Removes now the cgroups of dropped guards of the sandbox whose cgroup base is `base` (see
