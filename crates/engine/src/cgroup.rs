@@ -43,7 +43,7 @@ pub enum CgroupError {
     #[error("invalid cgroup limits: {0}")]
     InvalidLimits(&'static str),
     /// Reading a control file failed.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The control file.
         path: PathBuf,
@@ -59,7 +59,7 @@ pub enum CgroupError {
         content: String,
     },
     /// Writing a control file failed.
-    #[error("writing {value:?} to {path}: {source}")]
+    #[error("writing {value:?} to {path}")]
     Write {
         /// The control file.
         path: PathBuf,
@@ -79,7 +79,7 @@ pub enum CgroupError {
         limit: u64,
     },
     /// Creating a cgroup directory failed.
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Create {
         /// The directory.
         path: PathBuf,
@@ -87,7 +87,7 @@ pub enum CgroupError {
         source: io::Error,
     },
     /// Removing a cgroup directory failed (EBUSY: processes still in it).
-    #[error("removing {path}: {source}")]
+    #[error("removing {path}")]
     Remove {
         /// The directory.
         path: PathBuf,

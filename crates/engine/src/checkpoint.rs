@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use crate::error::{EngineError, Resource};
+use crate::error::{EngineError, Resource, io_at};
 use crate::layout::CheckpointFiles;
 use crate::run::run;
 use crate::state::SandboxRecord;
 use crate::machine::Machine;
-use crate::vm::BootSpec;
+use crate::machine::BootSpec;
 
 /// What a checkpoint directory holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ impl Manifest {
             if e.kind() == std::io::ErrorKind::NotFound {
                 EngineError::not_found(Resource::Checkpoint, name)
             } else {
-                e.into()
+                io_at("reading", files.manifest())(e)
             }
         })?;
         let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
@@ -73,7 +73,7 @@ pub async fn copy_files(pairs: Vec<(PathBuf, PathBuf)>) -> Result<(), EngineErro
         });
     }
     while let Some(done) = copies.join_next().await {
-        done.map_err(|e| EngineError::Tool { tool: "cp".into(), message: e.to_string() })??;
+        done??;
     }
     Ok(())
 }
@@ -95,18 +95,17 @@ pub struct Captured {
 /// threads): what a rename then publishes is complete even after a power loss.
 pub async fn sync_tree(dir: &Path) -> Result<(), EngineError> {
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                std::fs::File::open(entry.path())?.sync_all()?;
+    tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+        for entry in std::fs::read_dir(&dir).map_err(io_at("listing", &dir))? {
+            let path = entry.map_err(io_at("listing", &dir))?.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(io_at("reading", &path))?;
+            if meta.is_file() {
+                sync_file(&path)?;
             }
         }
-        std::fs::File::open(&dir)?.sync_all()
+        sync_dir(&dir)
     })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
-    Ok(())
+    .await?
 }
 
 /// The bytes the files of `dir` occupy on the disk.
@@ -123,23 +122,28 @@ async fn move_file(from: &Path, to: &Path) -> Result<(), EngineError> {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             copy_files(vec![(from.to_owned(), to.to_owned())]).await?;
-            Ok(std::fs::remove_file(from)?)
+            std::fs::remove_file(from).map_err(io_at("removing", from))
         }
         Err(e) => {
             let _ = std::fs::remove_file(from);
-            Err(e.into())
+            Err(io_at("moving", from)(e))
         }
     }
 }
 
 /// Flushes a directory's entries (a rename or removal inside it) to the disk.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+    sync_file(dir)
+}
+
+/// Flushes a file (or directory) and its metadata to the disk.
+fn sync_file(path: &Path) -> Result<(), EngineError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io_at("flushing", path))
 }
 
 /// Captures a running (hot or warm) VM into the checkpoint `name` at `dest`. The VM is left
 /// paused; the caller runs it again if it was hot. Fails before pausing if `dest` exists; a
-/// failure leaves no directory. Every file, the manifest and the directory are fsynced before
+/// failure publishes nothing (its staging copy is removed on a blocking thread). Every file, the manifest and the directory are fsynced before
 /// the rename that publishes the checkpoint.
 pub async fn capture(
     vm: &dyn Machine,
@@ -159,7 +163,10 @@ pub async fn capture(
     // name is taken atomically at the end, by the first to finish.
     static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let staging = dest.staging(STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    std::fs::DirBuilder::new().mode(0o700).create(staging.dir())?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(staging.dir())
+        .map_err(io_at("creating", staging.dir()))?;
     let result = async {
         // A jailed QEMU can write only inside its sandbox's directory: the state is written
         // there, then moved into the checkpoint (same file system: a rename).
@@ -184,7 +191,7 @@ pub async fn capture(
             sandbox,
         };
         let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-        std::fs::write(staging.manifest(), text)?;
+        std::fs::write(staging.manifest(), text).map_err(io_at("writing", staging.manifest()))?;
         let sync_started = std::time::Instant::now();
         sync_tree(staging.dir()).await?;
         let sync = sync_started.elapsed();
@@ -199,11 +206,12 @@ pub async fn capture(
             nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY => {
                 EngineError::exists(Resource::Checkpoint, name)
             }
-            e => std::io::Error::from(e).into(),
+            e => io_at("publishing", staging.dir())(e.into()),
         })?;
-        // The rename itself reaches the disk with the parent directory.
-        if let Some(parent) = dest.dir().parent() {
-            sync_dir(parent)?;
+        // The rename itself reaches the disk with the parent directory (an fsync: off the
+        // async threads).
+        if let Some(parent) = dest.dir().parent().map(Path::to_owned) {
+            tokio::task::spawn_blocking(move || sync_dir(&parent)).await??;
         }
         Ok(Captured {
             dir: dest.dir().to_owned(),
@@ -214,7 +222,12 @@ pub async fn capture(
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(staging.dir());
+        // Copies of the RAM, disk and volumes: a large removal, on a blocking thread. A staging
+        // directory that outlives a crash is removed at the next engine start.
+        let dir = staging.dir().to_owned();
+        crate::run::off_thread(move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
     }
     result
 }

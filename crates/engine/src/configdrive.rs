@@ -8,7 +8,7 @@ use std::time::Duration;
 use proto::guest::GuestConfig;
 use tokio::process::Command;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, io_at};
 use crate::run::run;
 
 const MIB: u64 = 1024 * 1024;
@@ -23,26 +23,31 @@ pub fn image_size(json_len: usize) -> u64 {
 pub fn random_token() -> Result<String, EngineError> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let urandom = "/dev/urandom";
+    std::fs::File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_at("reading", urandom))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes the config drive for `config` to `image`.
 pub async fn build(config: &GuestConfig, image: &Path) -> Result<(), EngineError> {
     let json = serde_json::to_vec_pretty(config)
-        .map_err(|e| EngineError::Tool { tool: "config.json".into(), message: e.to_string() })?;
-    let staging = tempfile::tempdir()?;
+        .map_err(|source| EngineError::Encode { what: "the guest's config.json", source })?;
+    let staging = tempfile::tempdir().map_err(io_at("creating a directory in", std::env::temp_dir()))?;
     let content = staging.path().join("content");
-    std::fs::create_dir(&content)?;
-    std::fs::write(content.join("config.json"), &json)?;
+    std::fs::create_dir(&content).map_err(io_at("creating", &content))?;
+    let config_json = content.join("config.json");
+    std::fs::write(&config_json, &json).map_err(io_at("writing", &config_json))?;
     // The drive holds the auth token and the env (maybe secrets): owner-only.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(image)?;
-    file.set_len(image_size(json.len()))?;
+        .open(image)
+        .map_err(io_at("creating", image))?;
+    file.set_len(image_size(json.len())).map_err(io_at("sizing", image))?;
     drop(file);
     run(
         Command::new("mkfs.ext4")

@@ -211,11 +211,12 @@ pub enum EngineError {
     },
     /// The saved state could not be loaded (damaged, or from an incompatible QEMU).
     #[error(
-        "restoring the saved state failed ({source}); QEMU said: {stderr}; the disk is intact: \
-         start the sandbox from its disk to boot it without the saved memory"
+        "restoring the saved state failed; QEMU said: {stderr}; the disk is intact: start the \
+         sandbox from its disk to boot it without the saved memory"
     )]
     Restore {
         /// The VMM's error.
+        #[source]
         source: vmm::VmmError,
         /// QEMU's stderr.
         stderr: String,
@@ -232,13 +233,24 @@ pub enum EngineError {
     /// The guest agent failed an operation.
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
-    /// An external tool (mkfs.ext4, ip, qemu-img, nft) failed.
-    #[error("{tool} failed: {message}")]
+    /// An external tool (mkfs.ext4, ip, qemu-img, nft) exited with an error.
+    #[error("{tool} failed ({status}): {stderr}")]
     Tool {
         /// The command.
         tool: String,
-        /// Its stderr or exit status.
-        message: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// An external tool could not be started (not installed, not executable).
+    #[error("cannot run {tool}")]
+    ToolStart {
+        /// The command.
+        tool: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// An external tool did not finish in time.
     #[error("{tool} did not finish within {secs} s")]
@@ -257,12 +269,84 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// A cgroup of a sandbox's QEMU could not be made, bounded or read (the error names the
+    /// file).
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// QEMU's own files for its jail (binary, libraries, firmware) could not be found.
+    #[error("finding QEMU's files for its jail")]
+    JailHost(#[source] std::sync::Arc<std::io::Error>),
+    /// The operation needs something this sandbox was not made with.
+    #[error("{0}")]
+    Precondition(Precondition),
+    /// Something the engine writes (the guest's config) could not be encoded.
+    #[error("encoding {what}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The VMM failed (QEMU did not start, QMP failed).
-    #[error("VMM: {0}")]
+    #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
-    /// File IO failed.
-    #[error("engine IO: {0}")]
-    Io(#[from] std::io::Error),
+    /// A blocking task the engine ran (file work, a process wait) panicked or was cancelled.
+    #[error("an engine task failed")]
+    Join(#[from] tokio::task::JoinError),
+    /// File IO failed on `path`.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done (`reading`, `creating`, `removing`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What an operation needs that a sandbox lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Suspending to disk needs guest RAM in a file (every engine sandbox has one; only a VM
+    /// booted by hand without one lacks it).
+    NoMemoryFile,
+}
+
+impl std::fmt::Display for Precondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precondition::NoMemoryFile => "cannot suspend to disk: the VM has no memory file",
+        })
+    }
+}
+
+/// Names the path and the operation of an IO error: `fs::read(&p).map_err(io_at("reading", &p))`.
+pub(crate) fn io_at(
+    op: &'static str,
+    path: impl AsRef<std::path::Path>,
+) -> impl FnOnce(std::io::Error) -> EngineError {
+    let path = path.as_ref().to_owned();
+    move |source| EngineError::Io { op, path, source }
+}
+
+/// An error and its causes on one line (`what failed: why: why`), for logs: the engine's errors
+/// say what failed and leave the cause to [`std::error::Error::source`].
+#[derive(Debug)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl EngineError {
@@ -283,10 +367,16 @@ impl EngineError {
             EngineError::NotReady { .. } => ErrorKind::Unavailable,
             EngineError::Agent(e) => agent_kind(e),
             EngineError::Tool { .. }
+            | EngineError::ToolStart { .. }
             | EngineError::ToolTimeout { .. }
             | EngineError::Net { .. }
+            | EngineError::Cgroup(_)
+            | EngineError::JailHost(_)
+            | EngineError::Precondition(_)
+            | EngineError::Encode { .. }
             | EngineError::Vmm(_)
-            | EngineError::Io(_) => ErrorKind::Internal,
+            | EngineError::Join(_)
+            | EngineError::Io { .. } => ErrorKind::Internal,
         }
     }
 
@@ -300,6 +390,11 @@ impl EngineError {
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         EngineError::Invalid(message.into())
+    }
+
+    /// This error and its causes on one line, for logs.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
     }
 }
 
@@ -364,6 +459,65 @@ mod tests {
         ];
         let codes: std::collections::BTreeSet<_> = kinds.iter().map(|k| k.code()).collect();
         assert_eq!(codes.len(), kinds.len());
+    }
+
+    #[test]
+    fn a_cause_is_printed_once_and_io_errors_name_their_path() {
+        let missing = std::path::Path::new("/nonexistent/dir");
+        let e = std::fs::create_dir(missing).map_err(io_at("creating", missing)).unwrap_err();
+        // The message says what failed; the cause is the source, not repeated in the message.
+        assert_eq!(e.to_string(), "creating /nonexistent/dir");
+        let source = std::error::Error::source(&e).expect("the IO error is the source");
+        assert_eq!(source.to_string(), "No such file or directory (os error 2)");
+        // The chain walk, as the daemon logs it, prints each part once.
+        assert_eq!(
+            e.report().to_string(),
+            "creating /nonexistent/dir: No such file or directory (os error 2)"
+        );
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        // Wrappers without context of their own are transparent: no "VMM: VMM ..." twice.
+        let e = EngineError::from(vmm::VmmError::QemuGone);
+        assert_eq!(e.report().to_string(), "QEMU is gone: the QMP connection closed");
+        let e = EngineError::from(crate::cgroup::CgroupError::Remove {
+            path: "/sys/fs/cgroup/memory/bhatti/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        });
+        assert_eq!(
+            e.report().to_string(),
+            "removing /sys/fs/cgroup/memory/bhatti/x: Device or resource busy (os error 16)"
+        );
+        assert_eq!(e.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn every_error_walks_its_chain_without_repeating_a_cause() {
+        // No message contains the text of its own source (each cause printed once).
+        let errors = [
+            EngineError::Restore {
+                source: vmm::VmmError::Protocol("bad stream".into()),
+                stderr: "Not a migration stream".into(),
+            },
+            EngineError::ToolStart {
+                tool: "mkfs.ext4".into(),
+                source: std::io::Error::other("enoent"),
+            },
+            EngineError::Net { op: "adding a TAP".into(), source: std::io::Error::other("eperm") },
+            EngineError::JailHost(std::sync::Arc::new(std::io::Error::other("no ldd"))),
+            EngineError::Vmm(vmm::VmmError::Jail(std::io::Error::other("pivot_root"))),
+            EngineError::Vmm(vmm::VmmError::Io(std::io::Error::other("broken pipe"))),
+        ];
+        for e in errors {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                assert!(!message.contains(&cause.to_string()), "{message:?} repeats {cause:?}");
+                message = cause.to_string();
+                source = cause.source();
+            }
+        }
+        let e = EngineError::Precondition(Precondition::NoMemoryFile);
+        assert_eq!(e.to_string(), "cannot suspend to disk: the VM has no memory file");
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 
     #[test]

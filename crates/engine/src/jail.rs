@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use vmm::{Access, Accelerator, Bind, Jail};
 
 use crate::cgroup::{Hierarchy, Limits, SandboxCgroup};
-use crate::error::EngineError;
+use crate::error::{EngineError, io_at};
 use crate::layout::SandboxFiles;
 
 /// First uid (and gid) of the range sandboxes' QEMUs run as: far above the uids distributions
@@ -146,19 +146,19 @@ pub async fn bound_vcpus(
     // Single-threaded TCG runs every vCPU on one thread.
     tids.sort_unstable();
     tids.dedup();
-    let cgroup_error = |e: crate::cgroup::CgroupError| EngineError::Tool {
-        tool: "cgroup".into(),
-        message: e.to_string(),
-    };
     if tids.is_empty() {
-        return Err(EngineError::Tool {
-            tool: "cgroup".into(),
-            message: "QEMU reported no vCPU threads".into(),
-        });
+        // QEMU always runs its vCPUs on threads: an answer without one breaks QMP's promise.
+        return Err(vmm::VmmError::Protocol("query-cpus-fast: no vCPU thread".into()).into());
     }
-    SandboxCgroup::existing(h, CGROUP_PARENT, cgroup)
-        .and_then(|cg| cg.bound_threads(&tids, cpu_millis))
-        .map_err(cgroup_error)
+    // Moving threads between v1 cgroups waits for an RCU grace period each: off the async
+    // threads.
+    let cgroup = cgroup.to_owned();
+    tokio::task::spawn_blocking(move || {
+        SandboxCgroup::existing(h, CGROUP_PARENT, &cgroup)
+            .and_then(|cg| cg.bound_threads(&tids, cpu_millis))
+    })
+    .await??;
+    Ok(())
 }
 
 /// The name of the cgroup `jail` joins (made by [`prepare`]), if it joins one.
@@ -168,26 +168,111 @@ pub fn cgroup_of(jail: &Jail) -> Option<String> {
 }
 
 /// Removes a sandbox's cgroup when dropped: held by the running VM, declared after its QEMU so
-/// the QEMU is reaped first and the directory is empty.
+/// the QEMU is reaped first and the directory is empty. The removal retries while the kernel
+/// still counts the last threads of a killed QEMU (up to about 0.6 s of sleeps), so it never
+/// runs on an async worker: [`CgroupGuard::release`] awaits it on a blocking thread (a stop or a
+/// kill, whose caller may look for the cgroup at once), a drop hands it to one and notes it
+/// until it is done, so that whoever gives the sandbox back (a create cut short) can finish it
+/// first ([`remove_dropped`]).
 #[derive(Debug)]
 pub struct CgroupGuard {
-    name: String,
+    /// `None` once released.
+    name: Option<String>,
 }
 
 impl CgroupGuard {
     /// A guard for the cgroup `name`.
     pub fn new(name: String) -> Self {
-        Self { name }
+        Self { name: Some(name) }
+    }
+
+    /// The cgroup's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+
+    /// Removes the cgroup now (its processes must be gone) and returns once it is removed.
+    pub async fn release(mut self) {
+        if let Some(name) = self.name.take()
+            && let Err(e) = tokio::task::spawn_blocking(move || remove_cgroup(&name)).await
+        {
+            tracing::warn!("removing a cgroup: {e}");
+        }
     }
 }
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        if let Some(h) = hierarchy()
-            && let Err(e) = SandboxCgroup::remove_by_name(h, CGROUP_PARENT, &self.name)
-        {
-            tracing::warn!("removing cgroup {}: {e}", self.name);
+        if let Some(name) = self.name.take() {
+            note_dropped(name.clone());
+            crate::run::off_thread(move || {
+                remove_cgroup(&name);
+                dropped().remove(&name);
+            });
         }
+    }
+}
+
+/// Whether the cgroup `name` is one start's (`<base>.<n>`) of the sandbox whose base is `base`.
+fn is_start_of(name: &str, base: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(b, n)| b == base && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// Cgroups of dropped guards whose removal may not have run yet.
+fn dropped() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static DROPPED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    DROPPED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Notes a dropped guard's cgroup until its removal ran. The first note registers
+/// [`remove_all_dropped`] to run at process exit: a removal handed to a blocking thread while
+/// the runtime shuts down (an engine's owners dropped with it) never runs, and would leave the
+/// cgroup on the host.
+fn note_dropped(name: String) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function that takes no arguments and never
+        // unwinds (it catches panics).
+        if unsafe { libc::atexit(remove_all_dropped) } != 0 {
+            tracing::warn!("cgroups of sandboxes dropped at exit may stay behind");
+        }
+    });
+    dropped().insert(name);
+}
+
+/// At process exit: removes the cgroups whose removal no blocking thread ran.
+extern "C" fn remove_all_dropped() {
+    let _ = std::panic::catch_unwind(|| {
+        let names = std::mem::take(&mut *dropped());
+        for name in names {
+            remove_cgroup(&name);
+        }
+    });
+}
+
+/// Removes now the cgroups of dropped guards of the sandbox whose cgroup base is `base` (see
+/// [`Confinement::cgroup`]) that are still waiting for a blocking thread: exactly those, never
+/// a later start's live one. Blocking (it retries while a killed QEMU's last threads go): call
+/// it from a blocking thread, once the sandbox's QEMU is gone.
+pub fn remove_dropped(base: &str) {
+    let names: Vec<String> = dropped()
+        .iter()
+        .filter(|name| is_start_of(name, base))
+        .cloned()
+        .collect();
+    for name in names {
+        remove_cgroup(&name);
+        dropped().remove(&name);
+    }
+}
+
+/// Removes the sandbox cgroup `name`, retrying while it is busy. Blocking.
+fn remove_cgroup(name: &str) {
+    if let Some(h) = hierarchy()
+        && let Err(e) = SandboxCgroup::remove_by_name(h, CGROUP_PARENT, name)
+    {
+        tracing::warn!("removing cgroup {name}: {}", crate::error::Report(&e));
     }
 }
 
@@ -199,7 +284,8 @@ pub struct HostFiles {
     binds: Vec<Bind>,
 }
 
-static HOST_FILES: OnceLock<Result<HostFiles, String>> = OnceLock::new();
+/// Found once; a failure too (shared: an `io::Error` cannot be cloned).
+static HOST_FILES: OnceLock<Result<HostFiles, std::sync::Arc<std::io::Error>>> = OnceLock::new();
 
 impl HostFiles {
     /// The host files of `qemu-system-x86_64` from `PATH`, found once per process (a few
@@ -207,9 +293,9 @@ impl HostFiles {
     /// the engine's start).
     pub fn get() -> Result<&'static HostFiles, EngineError> {
         HOST_FILES
-            .get_or_init(|| Self::discover("qemu-system-x86_64").map_err(|e| e.to_string()))
+            .get_or_init(|| Self::discover("qemu-system-x86_64").map_err(std::sync::Arc::new))
             .as_ref()
-            .map_err(|message| EngineError::Tool { tool: "jail".into(), message: message.clone() })
+            .map_err(|e| EngineError::JailHost(std::sync::Arc::clone(e)))
     }
 
     /// Finds `program`'s binary, the libraries `ldd` resolves for it and QEMU's firmware
@@ -296,11 +382,12 @@ pub fn prepare(
     let uid = sandbox_uid(spec.ip);
     let dir = spec.files.dir();
     let mount_point = spec.files.jail_root();
-    std::fs::create_dir_all(&mount_point)?;
-    std::fs::set_permissions(&mount_point, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::create_dir_all(&mount_point).map_err(io_at("creating", &mount_point))?;
+    std::fs::set_permissions(&mount_point, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_at("setting the mode of", &mount_point))?;
     give(dir, uid)?;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in std::fs::read_dir(dir).map_err(io_at("listing", dir))? {
+        let path = entry.map_err(io_at("listing", dir))?.path();
         if path != mount_point {
             give(&path, uid)?;
         }
@@ -325,7 +412,7 @@ pub fn prepare(
         binds.push(Bind { path: kvm.to_owned(), access: Access::Device });
         // Where the device is not open to everyone, the jail keeps the group that owns it (as
         // libvirt's qemu user is in `kvm`); nothing else of the host's groups.
-        let meta = std::fs::metadata(kvm)?;
+        let meta = std::fs::metadata(kvm).map_err(io_at("reading", kvm))?;
         if meta.permissions().mode() & 0o006 != 0o006 {
             groups.push(std::os::unix::fs::MetadataExt::gid(&meta));
         }
@@ -337,9 +424,7 @@ pub fn prepare(
             static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = format!("{}.{n}", confinement.cgroup);
-            SandboxCgroup::create(h, CGROUP_PARENT, &name, &limits)
-                .map_err(|e| EngineError::Tool { tool: "cgroup".into(), message: e.to_string() })?
-                .procs_files()
+            SandboxCgroup::create(h, CGROUP_PARENT, &name, &limits)?.procs_files()
         }
         None => Vec::new(),
     };
@@ -347,8 +432,8 @@ pub fn prepare(
 }
 
 /// Makes `path` belong to `uid` (and the group of the same number), without following a symlink.
-fn give(path: &Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+fn give(path: &Path, uid: u32) -> Result<(), EngineError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).map_err(io_at("handing to the jail", path))
 }
 
 #[cfg(test)]
@@ -362,6 +447,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, UID_BASE + (200 << 16) + 2);
         assert!(a > 65_535 && a < u32::MAX / 2);
+    }
+
+    #[test]
+    fn a_sandbox_settles_only_its_own_starts_cgroups() {
+        let base = cgroup_name("bhatti-t", "abc");
+        assert!(is_start_of("bhatti-t.abc.0", &base));
+        assert!(is_start_of("bhatti-t.abc.17", &base));
+        // Another sandbox whose ID starts the same, or another engine's, is not this one.
+        assert!(!is_start_of("bhatti-t.abcd.0", &base));
+        assert!(!is_start_of("bhatti-u.abc.0", &base));
+        assert!(!is_start_of("bhatti-t.abc", &base));
+        assert!(!is_start_of("bhatti-t.abc.vcpus", &base));
     }
 
     #[test]

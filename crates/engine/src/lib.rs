@@ -4,7 +4,8 @@
 //!   operations through leases that keep a sandbox hot, thermal operations (pause, stop, start,
 //!   ensure-hot), checkpoints, volumes, events, and recovery from stored [`SandboxRecord`]s.
 //! - `owner`: the task that alone changes one sandbox's thermal state; `lease`: the state it
-//!   shares with leases and readers; `vm`: booting, suspending and waking one QEMU;
+//!   shares with leases and readers; `machine`: the VMM seam and its vocabulary; `vm`: the QEMU
+//!   backend (booting, suspending and waking one QEMU, orphans);
 //!   `net`/`ippool`/`egress`: the namespace, its bridge, TAPs, addresses and optional NAT;
 //!   `layout`: where every file lives; `configdrive`, `volume`, `checkpoint`: the files a
 //!   sandbox is made of.
@@ -66,11 +67,11 @@ pub use events::{Event, EventKind};
 pub use ippool::Subnet;
 pub use jail::{Swept, sweep_cgroups as remove_leftover_cgroups};
 pub use lease::{Activity, Lease, Leased};
+pub use machine::Suspended;
 pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
 pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
 pub use state::RECORD_VERSION;
 pub use state::SandboxRecord;
 pub use thermal::Thermal;
-pub use vm::Suspended;
 pub use vmm::{Accel, DiskCache};
 pub use volume::VolumeMount;

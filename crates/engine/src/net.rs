@@ -318,6 +318,12 @@ impl Netns {
     }
 }
 
+/// A MAC in its usual text form (`52:54:00:0a:c8:00`), as QEMU's command line, the guest's
+/// SET_NET and the sandbox record spell it.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// A netmask from a prefix length.
 pub fn prefix_to_mask(prefix: u8) -> Ipv4Addr {
     let bits = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };

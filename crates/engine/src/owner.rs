@@ -21,11 +21,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::error::EngineError;
 use crate::events::{EventKind, Events};
 use crate::lease::{Lease, Shared};
-use crate::machine::{Backend, Machine, Signal};
+use crate::machine::{Backend, BootSpec, Machine, Signal, Suspended};
 use crate::net::Netns;
 use crate::state::{RECORD_VERSION, SandboxRecord};
 use crate::thermal::Thermal;
-use crate::vm::{self, BootSpec, Suspended};
 use crate::volume::VolumeMount;
 
 /// A message to the owner.
@@ -312,7 +311,7 @@ impl Owner {
                     }
                 }
                 signal = watch(&mut self.power) => self.on_signal(signal).await,
-                _ = console.tick() => self.cap_console(),
+                _ = console.tick() => self.housekeeping().await,
             }
         }
         if self.shared.destroyed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -363,7 +362,7 @@ impl Owner {
         match signal {
             Signal::Gone => {
                 if let Err(e) = self.check_alive(Duration::from_secs(2)).await {
-                    tracing::warn!(sandbox = %self.who.id, "{e}");
+                    tracing::warn!(sandbox = %self.who.id, "{}", e.report());
                 }
             }
             Signal::DiskFull => {
@@ -381,12 +380,16 @@ impl Owner {
         }
     }
 
-    /// Keeps the guest-written console log bounded.
-    fn cap_console(&self) {
-        if matches!(self.power, Power::Hot(_) | Power::Warm(_))
-            && let Err(e) = vm::cap_console(&self.spec.files)
-        {
-            tracing::warn!(sandbox = %self.who.id, "capping the console log: {e}");
+    /// Keeps what the machine writes on its own (the guest's console log) bounded. File work,
+    /// so on a blocking thread.
+    async fn housekeeping(&self) {
+        if !matches!(self.power, Power::Hot(_) | Power::Warm(_)) {
+            return;
+        }
+        let (backend, files) = (Arc::clone(&self.backend), self.spec.files.clone());
+        let done = tokio::task::spawn_blocking(move || backend.housekeeping(&files)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(sandbox = %self.who.id, "housekeeping: {}", e.report());
         }
     }
 
@@ -395,9 +398,12 @@ impl Owner {
     /// still in progress can never recreate what this removes.
     async fn destroy(&mut self) {
         self.kill().await;
-        let files = self.spec.files.clone();
+        let (files, backend) = (self.spec.files.clone(), Arc::clone(&self.backend));
+        let (netns, id) = (self.ns.name().to_owned(), self.who.id.clone());
         let removed = tokio::task::spawn_blocking(move || {
-            vm::kill_orphan(&files);
+            backend.kill_orphan(&files);
+            // A boot this destroy overtook may have dropped its machine: its cgroup goes now.
+            backend.settle(&netns, &id);
             match std::fs::remove_dir_all(files.dir()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -408,11 +414,11 @@ impl Owner {
             tracing::warn!(sandbox = %self.who.id, "removing its directory: {e}");
         }
         if let Err(e) = self.ns.delete_neighbour(&self.giveback.bridge, self.spec.ip).await {
-            tracing::warn!(sandbox = %self.who.id, "{e}");
+            tracing::warn!(sandbox = %self.who.id, "{}", e.report());
         }
         // QEMU is gone: its port's rules go too (a later sandbox on this TAP is admitted anew).
         if let Err(e) = crate::isolation::remove(&self.ns, &self.spec.tap).await {
-            tracing::warn!(sandbox = %self.who.id, "{e}");
+            tracing::warn!(sandbox = %self.who.id, "{}", e.report());
         }
         self.giveback.release(&self.who.id, self.spec.ip);
         self.events.send(&self.who.id, EventKind::Destroyed);
@@ -581,7 +587,7 @@ impl Owner {
                     && let Power::Hot(vm) = &self.power
                     && let Err(cont) = vm.resume().await
                 {
-                    tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {cont}");
+                    tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {}", cont.report());
                 }
                 self.shared.reopen_if_hot();
                 return Err(e);
@@ -619,7 +625,7 @@ impl Owner {
         let was_hot = matches!(self.power, Power::Hot(_));
         let result = crate::checkpoint::capture(vm.as_ref(), &self.spec, &record, dest, name).await;
         if was_hot && let Err(e) = vm.resume().await {
-            tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {e}");
+            tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {}", e.report());
         }
         result
     }
@@ -628,7 +634,7 @@ impl Owner {
         if let Power::Hot(vm) | Power::Warm(vm) = &mut self.power
             && let Err(e) = vm.kill().await
         {
-            tracing::warn!(sandbox = %self.who.id, "killing QEMU: {e}");
+            tracing::warn!(sandbox = %self.who.id, "killing QEMU: {}", e.report());
         }
         self.set_power(Power::Cold { snapshot: false });
     }
@@ -654,7 +660,7 @@ impl Owner {
             dir: spec.files.dir().to_owned(),
             image: spec.image.clone(),
             ip: spec.ip,
-            mac: vm::mac_text(spec.mac),
+            mac: crate::net::mac_text(spec.mac),
             token: spec.guest.token.clone(),
             vcpus: spec.vcpus,
             cpu_millis: spec.confine.as_ref().map(|c| c.cpu_millis),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::error::{EngineError, Resource};
+use crate::error::{EngineError, Resource, io_at};
 use crate::run::run;
 
 pub use bhatti_core::VolumeMount;
@@ -92,12 +92,12 @@ pub async fn create(path: &Path, size_mib: u32) -> Result<(), EngineError> {
         return Err(EngineError::exists(Resource::Volume, name));
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(io_at("creating", parent))?;
     }
     let partial = path.with_extension("partial");
-    let file = std::fs::File::create(&partial)?;
-    file.set_len(u64::from(size_mib) * 1024 * 1024)?;
-    drop(file);
+    std::fs::File::create(&partial)
+        .and_then(|file| file.set_len(u64::from(size_mib) * 1024 * 1024))
+        .map_err(io_at("creating", &partial))?;
     let made = run(
         Command::new("mkfs.ext4").args(["-F", "-q", "-E", "root_owner=1000:1000"]).arg(&partial),
         Duration::from_secs(60),
@@ -107,8 +107,7 @@ pub async fn create(path: &Path, size_mib: u32) -> Result<(), EngineError> {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    std::fs::rename(&partial, path)?;
-    Ok(())
+    std::fs::rename(&partial, path).map_err(io_at("renaming", &partial))
 }
 
 #[cfg(test)]

@@ -58,10 +58,19 @@ pub enum VmmError {
         /// Where we looked.
         path: PathBuf,
     },
+    /// QEMU's QMP socket did not take a connection (not listening yet, or QEMU is gone).
+    #[error("connecting to QMP at {path}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The jail could not be built (a bound path is missing, or confining the child failed).
-    #[error("confining QEMU: {0}")]
+    #[error("confining QEMU")]
     Jail(#[source] std::io::Error),
-    /// Socket or process IO failed.
-    #[error("VMM IO: {0}")]
+    /// IO with QEMU failed: its process (wait, kill) or its QMP socket.
+    #[error("IO with QEMU (its process or QMP socket)")]
     Io(#[from] std::io::Error),
 }

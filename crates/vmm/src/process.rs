@@ -128,7 +128,8 @@ impl QemuProcess {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match Qmp::connect(&cfg.qmp_socket, left).await {
                     Ok(qmp) => break qmp,
-                    Err(VmmError::Io(_)) => {}
+                    // Not listening yet, or closed during the greeting: try again.
+                    Err(VmmError::Connect { .. } | VmmError::Io(_)) => {}
                     Err(e) => return Err(e),
                 }
             }

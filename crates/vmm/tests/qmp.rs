@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use vmm::VmmError;
-use vmm::qmp::Qmp;
+use vmm::qmp::{Event, Qmp};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -78,7 +78,7 @@ async fn negotiates_and_runs_typed_commands() {
     let status = qmp.query_status(T).await.unwrap();
     assert_eq!((status.status.as_str(), status.running), ("running", true));
     qmp.stop(T).await.unwrap();
-    assert_eq!(events.recv().await.unwrap().name, "STOP");
+    assert_eq!(events.recv().await.unwrap(), Event::Stop);
     assert_eq!(qmp.query_status(T).await.unwrap().status, "paused");
 }
 
@@ -180,10 +180,10 @@ async fn real_qemu_stop_cont_quit() {
     let mut events = qmp.subscribe();
     assert_eq!(qmp.query_status(T).await.unwrap().status, "prelaunch");
     qmp.cont(T).await.unwrap();
-    assert_eq!(events.recv().await.unwrap().name, "RESUME");
+    assert_eq!(events.recv().await.unwrap(), Event::Resume);
     assert!(qmp.query_status(T).await.unwrap().running);
     qmp.stop(T).await.unwrap();
-    assert_eq!(events.recv().await.unwrap().name, "STOP");
+    assert_eq!(events.recv().await.unwrap(), Event::Stop);
     assert_eq!(qmp.query_status(T).await.unwrap().status, "paused");
     match qmp.execute("no-such-command", None, T).await.unwrap_err() {
         VmmError::Qmp { class, .. } => assert_eq!(class, "CommandNotFound"),
@@ -193,4 +193,20 @@ async fn real_qemu_stop_cont_quit() {
     let status = tokio::time::timeout(T, child.wait()).await.unwrap().unwrap();
     assert!(status.success());
     assert!(matches!(qmp.query_status(T).await.unwrap_err(), VmmError::QemuGone));
+}
+
+#[tokio::test]
+async fn a_socket_nobody_listens_on_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("none.sock");
+    let err = Qmp::connect(&path, T).await.unwrap_err();
+    match &err {
+        VmmError::Connect { path: named, .. } => assert_eq!(named, &path),
+        other => panic!("{other:?}"),
+    }
+    // The message says what failed; the cause is the source, printed once by a chain walk.
+    assert_eq!(err.to_string(), format!("connecting to QMP at {}", path.display()));
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("No such file"), "{source}");
+    assert!(!err.to_string().contains(&source));
 }

@@ -8,7 +8,7 @@ use super::{
     mac_for, parse_mac,
 };
 use crate::checkpoint::{self, Captured, Manifest};
-use crate::error::{EngineError, Resource};
+use crate::error::{EngineError, Resource, io_at};
 use crate::events::EventKind;
 use crate::layout::{CheckpointFiles, SandboxFiles};
 use crate::owner::{Command, Identity};
@@ -26,10 +26,12 @@ impl Engine {
             return Err(EngineError::exists(Resource::Checkpoint, checkpoint));
         }
         // RAM copies and agent tokens live here: the owner's eyes only.
+        let parent = self.layout.owner_checkpoints(&owner);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(self.layout.owner_checkpoints(&owner))?;
+            .create(&parent)
+            .map_err(io_at("creating", &parent))?;
         let handle = self.handle(id)?;
         let name = checkpoint.to_owned();
         handle.ask(id, |reply| Command::Checkpoint { dest, name, reply }).await?
@@ -43,7 +45,7 @@ impl Engine {
         if !files.dir().exists() {
             return Err(EngineError::not_found(Resource::Checkpoint, checkpoint));
         }
-        Ok(std::fs::remove_dir_all(files.dir())?)
+        std::fs::remove_dir_all(files.dir()).map_err(io_at("removing", files.dir()))
     }
 
     /// Resumes the checkpoint `checkpoint` of `owner` as a new sandbox `id` (same owner), with

@@ -17,30 +17,30 @@ const MAX_PORT_TABLE_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Engine {
     /// Runs `argv` and buffers its output (within the engine's exec deadline).
-    pub async fn exec(&self, name: &str, argv: &[&str]) -> Result<ExecOutput, EngineError> {
+    pub async fn exec(&self, id: &str, argv: &[&str]) -> Result<ExecOutput, EngineError> {
         let req = ExecRequest::command(argv.iter().copied());
-        self.exec_request(name, &req, self.config.exec_timeout).await
+        self.exec_request(id, &req, self.config.exec_timeout).await
     }
 
     /// Runs a full exec request, buffered.
     pub async fn exec_request(
         &self,
-        name: &str,
+        id: &str,
         req: &ExecRequest,
         timeout: Duration,
     ) -> Result<ExecOutput, EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         Ok(lease.client().exec_request(req, timeout).await?)
     }
 
     /// Runs an exec whose output streams; the sandbox stays hot while the stream lives.
     pub async fn exec_stream(
         &self,
-        name: &str,
+        id: &str,
         req: &ExecRequest,
         timeout: Duration,
     ) -> Result<Leased<ExecStream>, EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         let stream = lease.client().exec_stream(req, timeout).await?;
         Ok(Leased::new(stream, lease))
     }
@@ -48,20 +48,16 @@ impl Engine {
     /// Starts a command that outlives the request.
     pub async fn exec_detached(
         &self,
-        name: &str,
+        id: &str,
         req: &ExecRequest,
     ) -> Result<DetachedExec, EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         Ok(lease.client().exec_detached(req).await?)
     }
 
     /// A PTY session (a shell unless `req` says otherwise); hot while attached.
-    pub async fn shell(
-        &self,
-        name: &str,
-        req: &ExecRequest,
-    ) -> Result<Leased<Session>, EngineError> {
-        let lease = self.lease(name).await?;
+    pub async fn shell(&self, id: &str, req: &ExecRequest) -> Result<Leased<Session>, EngineError> {
+        let lease = self.lease(id).await?;
         let session = lease.client().shell(req).await?;
         Ok(Leased::new(session, lease))
     }
@@ -69,10 +65,10 @@ impl Engine {
     /// A piped (non-TTY) session; hot while attached.
     pub async fn piped_session(
         &self,
-        name: &str,
+        id: &str,
         req: &ExecRequest,
     ) -> Result<Leased<Session>, EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         let session = lease.client().piped_session(req).await?;
         Ok(Leased::new(session, lease))
     }
@@ -80,47 +76,47 @@ impl Engine {
     /// Attaches to an existing session.
     pub async fn attach(
         &self,
-        name: &str,
+        id: &str,
         session_id: &str,
         if_detached: bool,
     ) -> Result<Leased<Session>, EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         let session = lease.client().attach(session_id, if_detached).await?;
         Ok(Leased::new(session, lease))
     }
 
     /// The guest's sessions.
-    pub async fn sessions(&self, name: &str) -> Result<Vec<SessionInfo>, EngineError> {
-        let lease = self.lease(name).await?;
+    pub async fn sessions(&self, id: &str) -> Result<Vec<SessionInfo>, EngineError> {
+        let lease = self.lease(id).await?;
         Ok(lease.client().session_list().await?)
     }
 
     /// Kills a session.
-    pub async fn kill_session(&self, name: &str, session_id: &str) -> Result<(), EngineError> {
-        let lease = self.lease(name).await?;
+    pub async fn kill_session(&self, id: &str, session_id: &str) -> Result<(), EngineError> {
+        let lease = self.lease(id).await?;
         Ok(lease.client().session_kill(session_id).await?)
     }
 
     /// Reads a file (or a window of its lines).
     pub async fn file_read(
         &self,
-        name: &str,
+        id: &str,
         path: &str,
         opts: ReadOptions,
     ) -> Result<FileContent, EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         Ok(lease.client().file_read(path, opts).await?)
     }
 
     /// Writes a file atomically.
     pub async fn file_write(
         &self,
-        name: &str,
+        id: &str,
         path: &str,
         mode: &str,
         data: &[u8],
     ) -> Result<(), EngineError> {
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         Ok(lease.client().file_write(path, mode, data).await?)
     }
 
@@ -165,20 +161,20 @@ impl Engine {
     }
 
     /// Stats a path.
-    pub async fn file_stat(&self, name: &str, path: &str) -> Result<FileInfo, EngineError> {
-        let lease = self.lease(name).await?;
+    pub async fn file_stat(&self, id: &str, path: &str) -> Result<FileInfo, EngineError> {
+        let lease = self.lease(id).await?;
         Ok(lease.client().file_stat(path).await?)
     }
 
     /// Lists a directory.
-    pub async fn file_list(&self, name: &str, path: &str) -> Result<Vec<FileInfo>, EngineError> {
-        let lease = self.lease(name).await?;
+    pub async fn file_list(&self, id: &str, path: &str) -> Result<Vec<FileInfo>, EngineError> {
+        let lease = self.lease(id).await?;
         Ok(lease.client().file_list(path).await?)
     }
 
     /// TCP ports the guest listens on (IPv4 and IPv6), sorted; wakes the sandbox.
-    pub async fn listening_ports(&self, name: &str) -> Result<Vec<u16>, EngineError> {
-        let lease = self.lease(name).await?;
+    pub async fn listening_ports(&self, id: &str) -> Result<Vec<u16>, EngineError> {
+        let lease = self.lease(id).await?;
         ports_of(&lease).await
     }
 
@@ -213,11 +209,11 @@ async fn ports_of(lease: &Lease) -> Result<Vec<u16>, EngineError> {
 impl Engine {
     /// A byte stream to `localhost:port` in the guest (`AsyncRead + AsyncWrite`: hyper can use
     /// it as a connection); the sandbox stays hot while it is open.
-    pub async fn forward(&self, name: &str, port: u16) -> Result<Leased<Stream>, EngineError> {
+    pub async fn forward(&self, id: &str, port: u16) -> Result<Leased<Stream>, EngineError> {
         if port == 0 {
             return Err(EngineError::invalid("port 0 is not a valid port"));
         }
-        let lease = self.lease(name).await?;
+        let lease = self.lease(id).await?;
         let stream = lease.client().forward(port).await?;
         Ok(Leased::new(stream, lease))
     }

@@ -31,18 +31,18 @@ use std::time::Duration;
 use proto::guest::{GuestConfig, GuestVolume};
 use tokio::sync::{Semaphore, broadcast, oneshot, watch};
 
-use crate::error::{EngineError, Exhausted, Resource};
+use crate::error::{EngineError, Exhausted, Resource, io_at};
 use crate::events::{Event, EventKind, Events};
 use crate::ippool::{IpPool, Subnet};
 use crate::layout::{DataDir, SandboxFiles};
 use crate::lease::{Activity, Lease};
-use crate::machine::{Backend, Machine};
+use crate::machine::{Backend, BootSpec, Machine, Suspended, VolumeDisk, guest_device};
 use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
+use crate::run::off_thread;
 pub use crate::spec::CreateSpec;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
-use crate::vm::{self, BootSpec, Suspended, VolumeDisk};
 use crate::volume::{Claims, VolumeChecks, VolumeMount};
 
 /// Engine-wide settings.
@@ -208,6 +208,7 @@ impl Drop for Reservation<'_> {
             Err(_) => original.clone(),
         };
         let giveback = GiveBack {
+            backend: Arc::clone(&self.engine.backend),
             pool: Arc::clone(&self.engine.pool),
             claims: Arc::clone(&self.engine.claims),
             ns: self.engine.ns.clone(),
@@ -230,6 +231,7 @@ impl Drop for Reservation<'_> {
 
 /// What an unfinished [`Reservation`] gives back.
 struct GiveBack {
+    backend: Arc<dyn Backend>,
     pool: Arc<Mutex<IpPool>>,
     claims: Arc<Mutex<Claims>>,
     ns: Netns,
@@ -247,22 +249,25 @@ struct GiveBack {
 impl GiveBack {
     async fn run(self) {
         let (files, original, id) = (self.files.clone(), self.original.clone(), self.id.clone());
-        let removed = tokio::task::spawn_blocking(move || remove_leftovers(&id, &files, &original));
+        let (backend, netns) = (Arc::clone(&self.backend), self.ns.name().to_owned());
+        let removed = tokio::task::spawn_blocking(move || {
+            remove_leftovers(&*backend, &netns, &id, &files, &original);
+        });
         if removed.await.is_err() {
             tracing::warn!(sandbox = %self.id, "removing a failed create's files did not finish");
         }
         // Both are idempotent: a boot that failed before setting them up leaves nothing to do.
         if let Err(e) = self.ns.delete_neighbour(&self.bridge, self.ip).await {
-            tracing::warn!(sandbox = %self.id, "{e}");
+            tracing::warn!(sandbox = %self.id, "{}", e.report());
         }
         if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(self.ip)).await {
-            tracing::warn!(sandbox = %self.id, "{e}");
+            tracing::warn!(sandbox = %self.id, "{}", e.report());
         }
         self.release();
     }
 
     fn files_and_pool(self) {
-        remove_leftovers(&self.id, &self.files, &self.original);
+        remove_leftovers(&*self.backend, self.ns.name(), &self.id, &self.files, &self.original);
         self.release();
     }
 
@@ -274,8 +279,17 @@ impl GiveBack {
 }
 
 /// Kills a QEMU a dropped boot left running and removes the directory.
-fn remove_leftovers(id: &str, files: &SandboxFiles, original: &SandboxFiles) {
-    vm::kill_recorded(&files.pid_file(), &original.qmp_socket());
+fn remove_leftovers(
+    backend: &dyn Backend,
+    netns: &str,
+    id: &str,
+    files: &SandboxFiles,
+    original: &SandboxFiles,
+) {
+    backend.kill_recorded(files, original);
+    // What the dropped boot's machine handed to blocking threads (its cgroup) goes now, so
+    // everything is back when the give-back ends.
+    backend.settle(netns, id);
     if let Err(e) = std::fs::remove_dir_all(files.dir())
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -301,17 +315,6 @@ struct CreatingEntry<'a> {
 impl Drop for CreatingEntry<'_> {
     fn drop(&mut self) {
         lock(&self.engine.creating).remove(&self.id);
-    }
-}
-
-/// Runs slow file work (a large `remove_dir_all`, waiting for a killed process) on a blocking
-/// thread when a runtime is there, inline otherwise (a drop outside any runtime).
-pub(crate) fn off_thread(work: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn_blocking(work);
-        }
-        Err(_) => work(),
     }
 }
 
@@ -435,18 +438,7 @@ impl Engine {
 
     /// How sandboxes' QEMUs are confined, in a sentence for the daemon's start log.
     pub fn confinement(&self) -> String {
-        if !self.config.confine {
-            return "each QEMU runs unconfined (confine is off)".into();
-        }
-        let bounds = match crate::jail::hierarchy() {
-            Some(h) => format!("bounded by {}", h.describe()),
-            None => "without cgroup bounds (the host has no usable hierarchy)".into(),
-        };
-        format!(
-            "each QEMU jailed (its own uid from {}, a private root, empty network namespace, \
-             no capabilities, seccomp), {bounds}",
-            crate::jail::UID_BASE
-        )
+        self.backend.confinement(self.config.confine)
     }
 
     /// Every thermal change of every sandbox from now on.
@@ -488,7 +480,7 @@ impl Engine {
         match std::fs::DirBuilder::new().mode(0o700).create(files.dir()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(io_at("creating", files.dir())(e)),
         }
         let picked = pick(&mut lock(&self.pool));
         let ip = match picked {
@@ -533,7 +525,7 @@ impl Engine {
             (spec.ip, spec.mac, spec.files.clone(), spec.guest.hostname.clone());
         let client = match &vm {
             Some(vm) => Arc::clone(vm.client()),
-            None => vm::agent_client(&self.ns, &spec),
+            None => self.backend.agent_client(&self.ns, &spec),
         };
         let handle = owner::spawn(owner::Start {
             who: who.clone(),
@@ -599,7 +591,7 @@ impl Engine {
         }
         std::fs::remove_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => EngineError::not_found(Resource::Volume, name),
-            _ => e.into(),
+            _ => io_at("removing", &path)(e),
         })
     }
 
@@ -612,7 +604,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, v)| GuestVolume {
-                device: vm::guest_device(i),
+                device: guest_device(i),
                 mount: v.mount.clone(),
                 fs: "ext4".into(),
                 read_only: v.read_only,
@@ -688,7 +680,10 @@ impl Engine {
             return Err(EngineError::not_found(Resource::Image, image_name()));
         }
         if let Some(mib) = spec.disk_size_mib {
-            let image_mib = std::fs::metadata(&spec.image)?.len().div_ceil(1024 * 1024);
+            let image_mib = std::fs::metadata(&spec.image)
+                .map_err(io_at("reading", &spec.image))?
+                .len()
+                .div_ceil(1024 * 1024);
             if u64::from(mib) < image_mib || mib > MAX_DISK_MIB {
                 return Err(EngineError::invalid(format!(
                     "disk size {mib} MiB: must be between the image's {image_mib} MiB and \
@@ -964,19 +959,21 @@ impl Engine {
         if entry.handle.ask(id, Command::Destroy).await.is_err() {
             // The owner failed earlier (its supervisor gave back the address and claims; its
             // QEMU went with it): only the files and the neighbour entry are left.
-            let files = entry.files.clone();
+            let (files, backend) = (entry.files.clone(), Arc::clone(&self.backend));
+            let (netns, sandbox) = (self.ns.name().to_owned(), id.to_owned());
             let (tx, rx) = tokio::sync::oneshot::channel();
             off_thread(move || {
-                vm::kill_orphan(&files);
+                backend.kill_orphan(&files);
+                backend.settle(&netns, &sandbox);
                 let _ = std::fs::remove_dir_all(files.dir());
                 let _ = tx.send(());
             });
             let _ = rx.await;
             if let Err(e) = self.ns.delete_neighbour(&self.config.bridge, entry.ip).await {
-                tracing::warn!(sandbox = %id, "{e}");
+                tracing::warn!(sandbox = %id, "{}", e.report());
             }
             if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(entry.ip)).await {
-                tracing::warn!(sandbox = %id, "{e}");
+                tracing::warn!(sandbox = %id, "{}", e.report());
             }
             self.events.send(id, EventKind::Destroyed);
         }
@@ -1082,7 +1079,7 @@ mod tests {
         }
         let ip = Ipv4Addr::new(10, 200, 3, 7);
         assert_eq!(tap_name(ip), "tap3-7");
-        assert_eq!(parse_mac(&vm::mac_text(mac_for(ip))).unwrap(), mac_for(ip));
+        assert_eq!(parse_mac(&crate::net::mac_text(mac_for(ip))).unwrap(), mac_for(ip));
         assert!(parse_mac("52:54:00").is_err() && parse_mac("zz:54:00:00:00:00").is_err());
     }
 }

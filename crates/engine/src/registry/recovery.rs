@@ -11,26 +11,27 @@ use tokio::sync::Semaphore;
 use super::{
     Engine, EngineConfig, Shape, check_name, check_owner, check_socket_room, lock, parse_mac,
 };
-use crate::error::{EngineError, Resource};
+use crate::error::{EngineError, Resource, io_at};
 use crate::events::Events;
 use crate::ippool::IpPool;
 use crate::layout::{DataDir, SandboxFiles};
+use crate::machine::Backend;
 use crate::net::Netns;
 use crate::owner::Identity;
 use crate::state::SandboxRecord;
 use crate::thermal::Thermal;
-use crate::vm;
 use crate::volume::Claims;
 
 /// Takes the data directory's lock file, so two engines never share one data directory (the
 /// second would take the first's sandboxes for orphans and remove them).
 fn lock_data_dir(layout: &DataDir) -> Result<nix::fcntl::Flock<std::fs::File>, EngineError> {
-    std::fs::create_dir_all(layout.root())?;
+    std::fs::create_dir_all(layout.root()).map_err(io_at("creating", layout.root()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(layout.lock_file())?;
+        .open(layout.lock_file())
+        .map_err(io_at("opening", layout.lock_file()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
         EngineError::invalid(format!(
             "data directory {} is in use by another engine",
@@ -42,15 +43,21 @@ fn lock_data_dir(layout: &DataDir) -> Result<nix::fcntl::Flock<std::fs::File>, E
 /// Sandbox directories that no record names were left by an engine that died before its store
 /// knew them: kill their QEMUs (the TAPs vanish with them) and remove them. Blocking: runs on
 /// a blocking thread.
-fn clean_orphans(sandboxes_dir: &Path, keep: &[PathBuf]) -> Result<usize, EngineError> {
+fn clean_orphans(
+    backend: &dyn Backend,
+    sandboxes_dir: &Path,
+    keep: &[PathBuf],
+) -> Result<usize, EngineError> {
     let mut removed = 0;
-    for entry in std::fs::read_dir(sandboxes_dir)?.flatten() {
+    for entry in
+        std::fs::read_dir(sandboxes_dir).map_err(io_at("listing", sandboxes_dir))?.flatten()
+    {
         let dir = entry.path();
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
         if !dir.is_dir() || keep.contains(&canonical) {
             continue;
         }
-        vm::kill_orphan(&SandboxFiles::new(&dir));
+        backend.kill_orphan(&SandboxFiles::new(&dir));
         // One directory that will not go must not keep the engine from starting.
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => removed += 1,
@@ -81,27 +88,22 @@ impl Engine {
             None => crate::egress::disable_any(&ns).await?,
         }
         let sandboxes_dir = layout.sandboxes();
-        std::fs::create_dir_all(&sandboxes_dir)?;
+        std::fs::create_dir_all(&sandboxes_dir).map_err(io_at("creating", &sandboxes_dir))?;
         super::checkpoints::clean_staging(&layout.checkpoints());
-        // Measured once, off the async threads, before the first boot needs it.
-        let _ = tokio::task::spawn_blocking(vm::host_tsc_khz).await;
-        if config.confine {
-            // Found once, off the async threads: QEMU's files for the jails (a host without them
-            // fails here, not at the first create) and the cgroup hierarchy.
-            tokio::task::spawn_blocking(|| {
-                crate::jail::hierarchy();
-                crate::jail::HostFiles::get().map(drop)
-            })
-            .await
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
-        }
+        // The VMM (QEMU) behind the machine interface; its host probes run once, off the async
+        // threads, before the first boot needs them (a host without QEMU's files for the jails
+        // fails here, not at the first create).
+        let backend: Arc<dyn Backend> = Arc::new(crate::vm::Qemu);
+        let probe = Arc::clone(&backend);
+        let confine = config.confine;
+        tokio::task::spawn_blocking(move || probe.prepare_host(confine)).await??;
         let engine = Self {
             pool: Arc::new(Mutex::new(IpPool::new(config.subnet))),
             sandboxes: Mutex::new(BTreeMap::new()),
             creating: Mutex::new(BTreeMap::new()),
             claims: Arc::new(Mutex::new(Claims::default())),
             boots: Arc::new(Semaphore::new(config.max_concurrent_boots.max(1))),
-            backend: Arc::new(vm::Qemu),
+            backend,
             events: Events::new(),
             groups: Mutex::new(BTreeMap::new()),
             closing: AtomicBool::new(false),
@@ -125,16 +127,17 @@ impl Engine {
         for record in records {
             let id = record.id.clone();
             let dir = engine.layout.sandbox(&id);
+            let backend = Arc::clone(&engine.backend);
             let recovered = tokio::task::spawn_blocking(move || {
                 // A QEMU left running by a dead daemon cannot be adopted (its QMP client is
                 // gone with the daemon); what it wrote to the disk stays, its memory is lost.
-                vm::kill_orphan(&dir);
+                backend.kill_orphan(&dir);
             })
             .await
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))
+            .map_err(EngineError::from)
             .and_then(|()| engine.recover(record));
             if let Err(e) = recovered {
-                tracing::warn!(sandbox = %id, "not recovered: {e}");
+                tracing::warn!(sandbox = %id, "not recovered: {}", e.report());
                 failed.push((id, e));
             }
         }
@@ -155,17 +158,18 @@ impl Engine {
             .collect();
         crate::isolation::install(&engine.ns, &engine.config.bridge, engine.config.subnet, &ports)
             .await?;
-        let orphans = tokio::task::spawn_blocking(move || clean_orphans(&sandboxes_dir, &keep))
-            .await
-            .map_err(|e| EngineError::Io(std::io::Error::other(e.to_string())))??;
+        let backend = Arc::clone(&engine.backend);
+        let orphans =
+            tokio::task::spawn_blocking(move || clean_orphans(&*backend, &sandboxes_dir, &keep))
+                .await??;
         if orphans > 0 {
             tracing::warn!("removed {orphans} sandboxes left by an earlier engine");
         }
         if engine.config.confine {
-            let netns = engine.config.netns.clone();
-            let swept = tokio::task::spawn_blocking(move || crate::jail::sweep_cgroups(&netns))
+            let (netns, backend) = (engine.config.netns.clone(), Arc::clone(&engine.backend));
+            let swept = tokio::task::spawn_blocking(move || backend.sweep_leftovers(&netns))
                 .await
-                .map_or(0, |s| s.removed);
+                .unwrap_or(0);
             if swept > 0 {
                 tracing::info!("removed {swept} cgroups left by an earlier engine");
             }

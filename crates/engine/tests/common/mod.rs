@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use engine::machine::BootSpec;
 use engine::net::Netns;
-use engine::vm::BootSpec;
 use proto::guest::GuestConfig;
 
 pub fn data_dir() -> PathBuf {

@@ -1,7 +1,7 @@
 //! Async QMP client: capabilities negotiation, commands with deadlines, events to subscribers.
 //!
 //! One reader task owns the socket's read half: replies are routed to their callers by id,
-//! events are broadcast. When QEMU goes away every pending and later call fails with
+//! events are typed once ([`Event`]) and broadcast. When QEMU goes away every pending and later call fails with
 //! [`VmmError::QemuGone`].
 
 pub mod wire;
@@ -19,8 +19,8 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use wire::Event;
 use wire::Message;
+pub use wire::{Event, IoErrorAction};
 
 use crate::error::VmmError;
 
@@ -78,7 +78,9 @@ impl Qmp {
     /// `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, VmmError> {
         let setup = async {
-            let stream = UnixStream::connect(path).await?;
+            let stream = UnixStream::connect(path)
+                .await
+                .map_err(|source| VmmError::Connect { path: path.to_owned(), source })?;
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read);
             let version = match read_message(&mut lines).await? {

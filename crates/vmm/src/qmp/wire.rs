@@ -30,13 +30,87 @@ pub enum Message {
     Event(Event),
 }
 
-/// An asynchronous QMP event.
+/// An asynchronous QMP event, typed once here so callers match variants, never names.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// Event name, e.g. `STOP`, `RESUME`, `SHUTDOWN`, `MIGRATION`.
-    pub name: String,
-    /// Event data (`null` when absent).
-    pub data: Value,
+pub enum Event {
+    /// The vCPUs stopped (a `stop`, the end of an outgoing migration, an I/O error whose
+    /// action is `stop`).
+    Stop,
+    /// The vCPUs run again.
+    Resume,
+    /// The guest or QEMU is shutting down.
+    Shutdown {
+        /// The guest asked for it (power off, reboot with `-no-reboot`).
+        guest: bool,
+        /// QEMU's reason, e.g. `guest-shutdown`, `host-qmp-quit`.
+        reason: String,
+    },
+    /// A disk request failed on the host.
+    BlockIoError {
+        /// The device's id (`root`, `cfg`, `vol0`, ...), empty when it has none.
+        device: String,
+        /// `read` or `write`.
+        operation: String,
+        /// What QEMU did about it.
+        action: IoErrorAction,
+        /// The host's disk is full (ENOSPC).
+        nospace: bool,
+        /// QEMU's description of the error.
+        reason: String,
+    },
+    /// A migration (our state save or load) changed state: `active`, `completed`, `failed`, ...
+    Migration {
+        /// The new status.
+        status: String,
+    },
+    /// Any event the engine does not act on, kept by name for logs.
+    Other {
+        /// Event name.
+        name: String,
+        /// Event data (`null` when absent).
+        data: Value,
+    },
+}
+
+/// What QEMU does after a failed disk request (`-drive werror=`/`rerror=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoErrorAction {
+    /// The error was passed to the guest.
+    Report,
+    /// The error was ignored.
+    Ignore,
+    /// The VM was stopped (`werror=enospc` on a full host disk).
+    Stop,
+    /// An action this client does not know.
+    Other(String),
+}
+
+impl Event {
+    /// Types an event from its name and data. Missing fields read as empty or false: QEMU
+    /// always sends them, and an odd event must never break the reader.
+    pub fn from_wire(name: &str, data: Value) -> Self {
+        let text = |k: &str| data[k].as_str().unwrap_or_default().to_owned();
+        let flag = |k: &str| data[k].as_bool().unwrap_or(false);
+        match name {
+            "STOP" => Event::Stop,
+            "RESUME" => Event::Resume,
+            "SHUTDOWN" => Event::Shutdown { guest: flag("guest"), reason: text("reason") },
+            "BLOCK_IO_ERROR" => Event::BlockIoError {
+                device: text("device"),
+                operation: text("operation"),
+                action: match data["action"].as_str().unwrap_or_default() {
+                    "report" => IoErrorAction::Report,
+                    "ignore" => IoErrorAction::Ignore,
+                    "stop" => IoErrorAction::Stop,
+                    other => IoErrorAction::Other(other.to_owned()),
+                },
+                nospace: flag("nospace"),
+                reason: text("reason"),
+            },
+            "MIGRATION" => Event::Migration { status: text("status") },
+            _ => Event::Other { name: name.to_owned(), data },
+        }
+    }
 }
 
 /// Parses one line. Anything that is not one of the four QMP shapes is a protocol error.
@@ -58,7 +132,7 @@ pub fn parse(line: &str) -> Result<Message, String> {
     }
     if let Some(name) = obj.get("event").and_then(Value::as_str) {
         let data = obj.get("data").cloned().unwrap_or(Value::Null);
-        return Ok(Message::Event(Event { name: name.to_owned(), data }));
+        return Ok(Message::Event(Event::from_wire(name, data)));
     }
     Err(format!("unknown QMP message: {line}"))
 }
@@ -110,15 +184,44 @@ mod tests {
     fn events() {
         let line =
             r#"{"timestamp": {"seconds": 1764028800, "microseconds": 12345}, "event": "STOP"}"#;
+        assert_eq!(parse(line).unwrap(), Message::Event(Event::Stop));
+        let line = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#;
         assert_eq!(
             parse(line).unwrap(),
-            Message::Event(Event { name: "STOP".into(), data: serde_json::Value::Null })
+            Message::Event(Event::Shutdown { guest: true, reason: "guest-shutdown".into() })
         );
-        let line = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}"#;
+        let line = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "MIGRATION", "data": {"status": "completed"}}"#;
+        assert_eq!(
+            parse(line).unwrap(),
+            Message::Event(Event::Migration { status: "completed".into() })
+        );
+        let line = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RTC_CHANGE", "data": {"offset": 1}}"#;
+        assert_eq!(
+            parse(line).unwrap(),
+            Message::Event(Event::Other { name: "RTC_CHANGE".into(), data: json!({"offset": 1}) })
+        );
+    }
+
+    #[test]
+    fn a_full_host_disk_is_a_typed_io_error() {
+        // As QEMU 10 sends it for a `werror=enospc` drive on a full filesystem.
+        let line = r##"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "BLOCK_IO_ERROR", "data": {"device": "vol0", "nospace": true, "node-name": "#block123", "reason": "No space left on device", "operation": "write", "action": "stop"}}"##;
+        assert_eq!(
+            parse(line).unwrap(),
+            Message::Event(Event::BlockIoError {
+                device: "vol0".into(),
+                operation: "write".into(),
+                action: IoErrorAction::Stop,
+                nospace: true,
+                reason: "No space left on device".into(),
+            })
+        );
+        // An action this client does not know is kept, not mistaken for one it does.
+        let line = r#"{"event": "BLOCK_IO_ERROR", "data": {"device": "", "operation": "read", "action": "retry"}}"#;
         match parse(line).unwrap() {
-            Message::Event(e) => {
-                assert_eq!(e.name, "SHUTDOWN");
-                assert_eq!(e.data["reason"], "guest-shutdown");
+            Message::Event(Event::BlockIoError { action, nospace, .. }) => {
+                assert_eq!(action, IoErrorAction::Other("retry".into()));
+                assert!(!nospace);
             }
             other => panic!("{other:?}"),
         }
