@@ -327,7 +327,7 @@ impl Bench {
             e.record(t, r);
             if Baseline::call(base.engine.pause(&ew, PAUSE_WAIT)).await.is_ok() {
                 let t = Instant::now();
-                let r = Baseline::call(base.engine.resume(&ew)).await;
+                let r = Baseline::call(base.engine.unpause(&ew)).await;
                 resume.record(t, r);
             }
         }

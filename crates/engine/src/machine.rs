@@ -4,7 +4,7 @@
 //! The owner task and the registry drive VMs only through these two traits: a [`Backend`]
 //! starts machines (a boot from the disk, a restore of saved state, a restore that moves the
 //! guest to a new address) and looks after what machines leave on the host (orphans of a dead
-//! engine, console logs, leftover cgroups); a [`Machine`] is one running VM (pause, resume,
+//! engine, console logs, leftover cgroups); a [`Machine`] is one running VM (pause, unpause,
 //! save, quit, what it does on its own). QEMU is the one implementation today (`vm/`), which
 //! depends on this module and never the reverse; another monitor (Firecracker where KVM
 //! exists) is one new implementation of both, nothing else changes.
@@ -145,9 +145,9 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     /// Pauses the vCPUs; memory stays.
     fn pause(&self) -> Fut<'_, Result<(), EngineError>>;
     /// Runs paused vCPUs again (and corrects the guest clock).
-    fn resume(&self) -> Fut<'_, Result<(), EngineError>>;
+    fn unpause(&self) -> Fut<'_, Result<(), EngineError>>;
     /// Pauses and writes the device state to `state` (RAM stays in its file). The VM is left
-    /// paused and intact: on failure the caller can resume it.
+    /// paused and intact: on failure the caller can unpause it.
     fn save<'a>(&'a self, spec: &'a BootSpec, state: &'a Path) -> Fut<'a, Result<Saved, EngineError>>;
     /// After a save: ends the monitor and flushes memory, state, disk and volumes to the host
     /// disk.

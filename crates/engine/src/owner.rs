@@ -481,7 +481,7 @@ impl Owner {
             Step::Crashed => return self.crashed(),
             Step::Resume => {
                 if let Power::Warm(vm) = &self.power {
-                    vm.resume().await?;
+                    vm.unpause().await?;
                 }
                 if let Power::Warm(vm) =
                     std::mem::replace(&mut self.power, Power::Cold { snapshot: false })
@@ -585,7 +585,7 @@ impl Owner {
                 let _ = std::fs::remove_file(&state);
                 if was_hot
                     && let Power::Hot(vm) = &self.power
-                    && let Err(cont) = vm.resume().await
+                    && let Err(cont) = vm.unpause().await
                 {
                     tracing::warn!(sandbox = %self.who.id, "resume after a failed stop: {}", cont.report());
                 }
@@ -624,7 +624,7 @@ impl Owner {
         };
         let was_hot = matches!(self.power, Power::Hot(_));
         let result = crate::checkpoint::capture(vm.as_ref(), &self.spec, &record, dest, name).await;
-        if was_hot && let Err(e) = vm.resume().await {
+        if was_hot && let Err(e) = vm.unpause().await {
             tracing::warn!(sandbox = %self.who.id, "resume after checkpoint: {}", e.report());
         }
         result

@@ -51,7 +51,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     // Resumed while the source runs with the address the checkpoint remembers: the clone is
     // moved to a new address before it joins the bridge, and both run side by side.
     let t = Instant::now();
-    let clone = e.resume_checkpoint(engine::DEFAULT_OWNER, "cp1", "clone").await.unwrap();
+    let clone = e.create_from_checkpoint(engine::DEFAULT_OWNER, "cp1", "clone").await.unwrap();
     let resumed_in = t.elapsed();
     let src_ip = e.info("src").unwrap().ip;
     assert_ne!(clone.ip, src_ip);
@@ -100,7 +100,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     assert_eq!(taps_without_src.len() + 1, taps.len());
     // The clone carries on without its source.
     assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
-    assert!(e.resume_checkpoint(engine::DEFAULT_OWNER, "broken", "wreck").await.is_err());
+    assert!(e.create_from_checkpoint(engine::DEFAULT_OWNER, "broken", "wreck").await.is_err());
     assert!(!e.data.path().join("sandboxes/wreck").exists());
     assert_eq!(e.netns().interfaces().await.unwrap(), taps_without_src);
     e.delete_checkpoint(engine::DEFAULT_OWNER, "broken").unwrap();
@@ -123,7 +123,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     e.checkpoint("clone", "cp-nested").await.unwrap();
     e.destroy("clone").await.unwrap();
     // Its address is free again, so this resume keeps it (no move).
-    let again = e.resume_checkpoint(engine::DEFAULT_OWNER, "cp-nested", "clone").await.unwrap();
+    let again = e.create_from_checkpoint(engine::DEFAULT_OWNER, "cp-nested", "clone").await.unwrap();
     assert_eq!(again.ip, clone.ip);
     assert_eq!(read("clone", "/home/lohar/nested.txt").await, b"second generation");
     assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");
@@ -147,7 +147,7 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
             == ErrorKind::NotFound
     );
     assert!(
-        e.resume_checkpoint(engine::DEFAULT_OWNER, "cp1", "again").await.unwrap_err().kind()
+        e.create_from_checkpoint(engine::DEFAULT_OWNER, "cp1", "again").await.unwrap_err().kind()
             == ErrorKind::NotFound
     );
 }

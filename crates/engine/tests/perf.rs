@@ -179,7 +179,7 @@ async fn perf_pause_resume() {
     let (mut pause, mut resume) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         pause.push(time(e.pause("p", Duration::ZERO)).await.1);
-        resume.push(time(e.resume("p")).await.1);
+        resume.push(time(e.unpause("p")).await.1);
     }
     assert_eq!(e.exec("p", &["echo", "ok"]).await.unwrap().stdout_text(), "ok\n");
     header("pause / resume");

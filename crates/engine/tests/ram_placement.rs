@@ -51,7 +51,7 @@ async fn ram_file_on_disk_against_mapped_ram() {
         file_stop.push(ms(suspended.total));
         file_bytes.push(disk_written_bytes(dir.path()).saturating_sub(before) as f64);
         let t = Instant::now();
-        vm = engine::vm::resume_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
+        vm = engine::vm::restore_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
         file_wake.push(ms(t.elapsed()));
         check(&vm.client, round).await;
     }

@@ -50,7 +50,7 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
             "paused"
         );
         let t = Instant::now();
-        engine::vm::resume(&vm).await.unwrap();
+        engine::vm::unpause(&vm).await.unwrap();
         assert_eq!(vm.client.exec(&["true"]).await.unwrap().exit_code, 0);
         warm.push(ms(t.elapsed()));
     }
@@ -63,7 +63,7 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
     // Stay cold long enough for a stale guest clock to show.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let t = Instant::now();
-    let vm = engine::vm::resume_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
+    let vm = engine::vm::restore_from_disk(&net.ns, &spec, &state, Some(client)).await.unwrap();
     let cold_ready = ms(t.elapsed());
     let t = Instant::now();
     vm.client.file_stat("/").await.unwrap();
@@ -74,7 +74,7 @@ async fn warm_and_cold_wake_keep_processes_and_files() {
     // A second cold cycle, this time with a fresh client: its first connection is new.
     let (second, _) = engine::vm::suspend_to_disk(vm, &spec, &state).await.unwrap();
     let t = Instant::now();
-    let vm = engine::vm::resume_from_disk(&net.ns, &spec, &state, None).await.unwrap();
+    let vm = engine::vm::restore_from_disk(&net.ns, &spec, &state, None).await.unwrap();
     let cold_ready_new_conn = ms(t.elapsed());
 
     let file = vm.client.file_read("/home/lohar/state.txt", ReadOptions::default()).await.unwrap();

@@ -103,7 +103,7 @@ pub(crate) async fn refresh_record(state: AppState, id: String) {
         Ok(Ok(record)) => record,
         Ok(Err(e)) if e.kind() == engine::ErrorKind::NotFound => return,
         Ok(Err(e)) => {
-            tracing::warn!(sandbox = %id, "exporting the record: {e}");
+            tracing::warn!(sandbox = %id, "exporting the record: {}", e.report());
             return;
         }
         Err(_) => {

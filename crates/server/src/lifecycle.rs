@@ -79,7 +79,7 @@ pub(crate) async fn create(
             match state.engine.destroy(&id).await {
                 Ok(()) => {}
                 Err(gone) if gone.kind() == engine::ErrorKind::NotFound => {}
-                Err(undo) => tracing::error!(sandbox = %id, "undoing a create: {undo}"),
+                Err(undo) => tracing::error!(sandbox = %id, "undoing a create: {}", undo.report()),
             }
             remove_row(state, &id).await;
             match &e {

@@ -58,7 +58,7 @@ pub async fn all_ports(
                 proxy_url: proxy_url(&id, port),
             })),
             Ok(None) => {}
-            Err(e) => tracing::warn!(sandbox = %id, "listing ports: {e}"),
+            Err(e) => tracing::warn!(sandbox = %id, "listing ports: {}", e.report()),
         }
     }
     Ok(axum::Json(out).into_response())

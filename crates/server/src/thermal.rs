@@ -309,11 +309,11 @@ async fn pause_if_idle(state: AppState, id: String, silent: u32) -> Outcome {
             Outcome::Paused
         }
         Ok(Err(e)) if quiet(e.kind()) => {
-            tracing::debug!(sandbox = %id, "thermal: not paused: {e}");
+            tracing::debug!(sandbox = %id, "thermal: not paused: {}", e.report());
             Outcome::Skipped
         }
         Ok(Err(e)) => {
-            tracing::warn!(sandbox = %id, "thermal: pause failed: {e}");
+            tracing::warn!(sandbox = %id, "thermal: pause failed: {}", e.report());
             Outcome::Skipped
         }
         Err(_) => {
@@ -339,10 +339,10 @@ async fn stop_cold(
                 return Outcome::Stopped;
             }
             Ok(Err(e)) if quiet(e.kind()) => {
-                tracing::debug!(sandbox = %id, "thermal: not stopped: {e}");
+                tracing::debug!(sandbox = %id, "thermal: not stopped: {}", e.report());
                 return Outcome::Skipped;
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e.report().to_string(),
             Err(_) => format!("the stop did not finish in {STOP_DEADLINE:?}"),
         };
     tracing::warn!(sandbox = %id, attempt, max = MAX_STOP_FAILURES, "thermal: stop failed: {error}");
@@ -356,7 +356,7 @@ async fn record_stop(state: &AppState, id: &str, warm_for: Duration) {
     let record = match tokio::time::timeout(EXPORT_DEADLINE, state.engine.export(id)).await {
         Ok(Ok(record)) => Some(record),
         Ok(Err(e)) => {
-            tracing::debug!(sandbox = %id, "exporting the record after a stop: {e}");
+            tracing::debug!(sandbox = %id, "exporting the record after a stop: {}", e.report());
             None
         }
         Err(_) => None,

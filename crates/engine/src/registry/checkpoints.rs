@@ -53,7 +53,7 @@ impl Engine {
     /// copies of every file. It keeps the checkpoint's address when that is free; when the
     /// source (or another resume) holds it, the guest is moved to a new address before it
     /// joins the bridge, so both run side by side.
-    pub async fn resume_checkpoint(
+    pub async fn create_from_checkpoint(
         &self,
         owner: &str,
         checkpoint: &str,

@@ -8,13 +8,13 @@
 //! directly. Boots and restores are limited by one semaphore, so a burst of creates and wakes
 //! cannot start more emulated CPUs than the machine can run.
 //!
-//! What a create, resume or destroy takes (the ID, an address, volume claims, the directory)
+//! What a create (also from a checkpoint) or destroy takes (the ID, an address, volume claims, the directory)
 //! is held by a [`Reservation`] that gives it all back when dropped unfinished, also when the
 //! caller's future is dropped mid-way (a client that disconnects): nothing leaks, and the ID
 //! is free again.
 //!
 //! Once [`Engine::shutdown`] begins, the engine starts nothing: no create, lease, wake or
-//! resume (they fail with [`EngineError::ShuttingDown`]).
+//! create from a checkpoint (they fail with [`EngineError::ShuttingDown`]).
 
 mod checkpoints;
 mod guest;
@@ -164,7 +164,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// What a create or checkpoint resume holds: the sandbox's ID (its directory exists), its
+/// What a create (also from a checkpoint) holds: the sandbox's ID (its directory exists), its
 /// address, its volume claims. Dropped without [`Reservation::keep`], it gives everything back
 /// (the QEMU a cancelled boot left, the directory, the neighbour entry, the port's filter
 /// rules, then the address and claims) on a task of its own, whether the operation failed,
@@ -548,7 +548,7 @@ impl Engine {
         lock(&self.sandboxes).insert(id, entry);
     }
 
-    /// Guest addresses taken (by sandboxes, and by creates and resumes in flight): what a test
+    /// Guest addresses taken (by sandboxes, and by creates in flight): what a test
     /// checks to see that a failed or cancelled create gave its address back.
     pub fn addresses_in_use(&self) -> usize {
         lock(&self.pool).in_use()
@@ -852,7 +852,7 @@ impl Engine {
     }
 
     /// Warm -> hot (same as [`Engine::ensure_hot`]).
-    pub async fn resume(&self, id: &str) -> Result<(), EngineError> {
+    pub async fn unpause(&self, id: &str) -> Result<(), EngineError> {
         self.ensure_hot(id).await
     }
 
@@ -981,7 +981,7 @@ impl Engine {
     }
 
     /// Suspends every sandbox to disk for a daemon shutdown. From the first moment no lease,
-    /// wake, create or resume starts. Sandboxes stop in parallel (at most
+    /// wake or create starts. Sandboxes stop in parallel (at most
     /// [`SHUTDOWN_PARALLEL`] at once); operations still in flight after `wait` are cut (the
     /// daemon's connections end with it anyway); the whole takes at most `deadline`. Returns
     /// every sandbox's record with its stop's error, if any (a sandbox whose stop failed boots

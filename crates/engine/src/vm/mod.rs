@@ -19,7 +19,7 @@ use vmm::qmp::{Event, IoErrorAction};
 pub use boot::{boot, host_tsc_khz};
 pub use console::{cap_console, console_tail};
 pub use orphans::kill_recorded;
-pub use suspend::{end_after_save, pause, resume, resume_from_disk, resume_moved, save_device_state};
+pub use suspend::{end_after_save, pause, unpause, restore_from_disk, restore_moved, save_device_state};
 /// What the crate's own tests drive below the [`Backend`].
 #[cfg(any(test, feature = "test-support"))]
 pub use {
@@ -97,7 +97,7 @@ impl Backend for Qemu {
         client: Option<Arc<AgentClient>>,
     ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>> {
         Box::pin(async move {
-            resume_from_disk(ns, spec, state, client).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
+            restore_from_disk(ns, spec, state, client).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
         })
     }
 
@@ -109,7 +109,7 @@ impl Backend for Qemu {
         from: Ipv4Addr,
     ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>> {
         Box::pin(async move {
-            resume_moved(ns, spec, state, from).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
+            restore_moved(ns, spec, state, from).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
         })
     }
 
@@ -170,8 +170,8 @@ impl Machine for Vm {
         Box::pin(pause(self))
     }
 
-    fn resume(&self) -> Fut<'_, Result<(), EngineError>> {
-        Box::pin(resume(self))
+    fn unpause(&self) -> Fut<'_, Result<(), EngineError>> {
+        Box::pin(unpause(self))
     }
 
     fn save<'a>(&'a self, spec: &'a BootSpec, state: &'a Path) -> Fut<'a, Result<Saved, EngineError>> {

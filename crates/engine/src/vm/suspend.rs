@@ -1,6 +1,6 @@
-//! Thermal changes of a running guest: pause and resume (warm), suspend to disk (cold: device
+//! Thermal changes of a running guest: pause and unpause (warm), suspend to disk (cold: device
 //! state saved, RAM in its file, QEMU gone) and the restores that wake it, also under a new
-//! address (a checkpoint resumed beside its source).
+//! address (a sandbox created from a checkpoint beside its source).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -21,7 +21,7 @@ pub async fn pause(vm: &Vm) -> Result<(), EngineError> {
 }
 
 /// Wakes a paused VM and corrects its clock, which stood still while it was paused.
-pub async fn resume(vm: &Vm) -> Result<(), EngineError> {
+pub async fn unpause(vm: &Vm) -> Result<(), EngineError> {
     vm.qemu.qmp.cont(Duration::from_secs(5)).await?;
     correct_clock(&vm.client).await;
     Ok(())
@@ -159,7 +159,7 @@ async fn start_incoming(
 /// guest side in the restored RAM). A connection opened after a restore is slow under TCG: the
 /// new QEMU starts with an empty translation cache and a new connection runs guest code paths
 /// (SYN, accept, a new agent thread) that an open one does not.
-pub async fn resume_from_disk(
+pub async fn restore_from_disk(
     ns: &Netns,
     spec: &BootSpec,
     state: &Path,
@@ -205,7 +205,7 @@ pub async fn resume_from_disk(
 /// (the guest addresses its gateway by that MAC, learnt before the checkpoint). The host reaches
 /// it there with sockets bound to that TAP, sends SET_NET, and only then attaches the TAP to
 /// the bridge: the two guests never share the bridge under one address.
-pub async fn resume_moved(
+pub async fn restore_moved(
     ns: &Netns,
     spec: &BootSpec,
     state: &Path,
