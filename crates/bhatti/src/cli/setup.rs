@@ -23,18 +23,49 @@ pub struct SetupArgs {
     pub api_key: Option<String>,
 }
 
+/// The terminal with echo off until dropped (the key typed at the prompt is never shown).
+struct NoEcho(rustix::termios::Termios);
+
+impl NoEcho {
+    /// `None` when stdin is no terminal (a pipe echoes nothing anyway).
+    fn enable() -> Option<Self> {
+        let stdin = std::io::stdin();
+        let orig = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut quiet = orig.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        // Keep the newline visible so the cursor moves on after the Enter.
+        quiet.local_modes.insert(rustix::termios::LocalModes::ECHONL);
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet).ok()?;
+        Some(NoEcho(orig))
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.0,
+        );
+    }
+}
+
+/// Reads the key from stdin: one line, with the terminal's echo off.
+fn read_key() -> std::io::Result<String> {
+    eprint!("API key: ");
+    let _quiet = NoEcho::enable();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line)
+}
+
 /// Runs `setup`: `--url`/`--token` (global) or `--api-url`/`--api-key`; a missing key is read
 /// from stdin (one line, never echoed back).
 pub fn run(url: Option<String>, token: Option<String>, args: SetupArgs) -> anyhow::Result<u8> {
     let url = args.api_url.or(url).unwrap_or_else(|| "http://localhost:8080".into());
     let key = match args.api_key.or(token) {
         Some(k) => k,
-        None => {
-            eprint!("API key: ");
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            line
-        }
+        None => read_key()?,
     };
     let key = key.trim().to_owned();
     if key.is_empty() {
