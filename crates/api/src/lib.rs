@@ -2,6 +2,8 @@
 //! (host.md section 1), shared by the server and the CLI so neither can drift from the other.
 //! Additions to v1 are marked as ours; v1 clients ignore unknown fields.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
