@@ -105,6 +105,12 @@ error_codes! {
     AlreadyExists = "already_exists",
     /// 409: the sandbox's state does not allow the operation.
     WrongState = "wrong_state",
+    /// 409: a destroy of the sandbox overtook its create.
+    Destroyed = "destroyed",
+    /// 409: the sandbox is still being created.
+    Creating = "creating",
+    /// 409: the sandbox's VM could not be recovered after a daemon restart; only destroy works.
+    Lost = "lost",
     /// 409: a volume is attached.
     InUse = "in_use",
     /// 503: a pool of the host ran out (addresses, volume slots).

@@ -186,6 +186,7 @@ mod tests {
             E::NotFound,
             E::AlreadyExists,
             E::WrongState,
+            E::Cancelled,
             E::InUse,
             E::Exhausted,
             E::ShuttingDown,
@@ -216,6 +217,9 @@ mod tests {
             ApiError::TooLarge(String::new()),
             ApiError::BadGateway(String::new()),
             ApiError::NotImplemented(""),
+            ApiError::Refused(bhatti_core::Refusal::Creating),
+            ApiError::Refused(bhatti_core::Refusal::Gone),
+            ApiError::Refused(bhatti_core::Refusal::Lost),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

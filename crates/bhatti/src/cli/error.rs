@@ -114,6 +114,7 @@ fn code_hint(code: &ErrorCode) -> Option<&'static str> {
             "destroy sandboxes you no longer use (`bhatti ls`, `bhatti rm`)"
         }
         ErrorCode::ShuttingDown => "the daemon is stopping; run `bhatti serve` again",
+        ErrorCode::Lost => "`bhatti destroy <sandbox>` removes it",
         ErrorCode::Internal => "the daemon's log has the cause, under the request ID",
         _ => return None,
     })
@@ -162,7 +163,7 @@ mod tests {
     fn codes_decide_hints_and_exit_codes() {
         let start_hint = Some("run `bhatti start <sandbox>`");
         let destroy_hint = Some("destroy sandboxes you no longer use (`bhatti ls`, `bhatti rm`)");
-        let cases: [(u16, &str, u8, Option<&str>); 14] = [
+        let cases: [(u16, &str, u8, Option<&str>); 16] = [
             (404, "not_found", exit::NOT_FOUND, Some("`bhatti ls` lists your sandboxes")),
             (404, "guest_not_found", exit::NOT_FOUND, None),
             (401, "unauthorized", exit::AUTH, code_hint(&ErrorCode::Unauthorized)),
@@ -175,6 +176,8 @@ mod tests {
             (503, "shutting_down", exit::FAILURE, code_hint(&ErrorCode::ShuttingDown)),
             (500, "internal", exit::FAILURE, code_hint(&ErrorCode::Internal)),
             (409, "busy", exit::FAILURE, None),
+            (409, "lost", exit::FAILURE, Some("`bhatti destroy <sandbox>` removes it")),
+            (409, "creating", exit::FAILURE, None),
             (400, "invalid", exit::FAILURE, None),
             (418, "from_the_future", exit::FAILURE, None),
         ];
