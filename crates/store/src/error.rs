@@ -159,7 +159,7 @@ pub enum StoreError {
     /// A file-system operation failed: what was done, on which path, and why.
     #[error("{op} {}: {error}", path.display())]
     Io {
-        /// What was being done (`creating`, `removing`).
+        /// What was being done (`creating`).
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
