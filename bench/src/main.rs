@@ -2,6 +2,8 @@
 //! baselines measured in the same run (bare QEMU, the engine in-process without HTTP, a direct
 //! forward to the guest port). See `bench/README.md`.
 
+#![forbid(unsafe_code)]
+
 mod baseline;
 mod daemon;
 mod report;

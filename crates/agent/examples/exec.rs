@@ -5,6 +5,8 @@
 //! cargo run -p bhatti-agent --example exec -- --tcp <guest-ip> [--token T] [--json] -- uname -a
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Endpoint};

@@ -7,6 +7,8 @@
 //! Errors keep the agent's own text ([`AgentError::Agent`]), so callers and users see what the
 //! guest said.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod codec;
 mod error;

@@ -2,6 +2,8 @@
 //! (host.md section 1), shared by the server and the CLI so neither can drift from the other.
 //! Additions to v1 are marked as ours; v1 clients ignore unknown fields.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,124 @@ pub struct ErrorBody {
     /// Set on internal errors only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+impl ErrorBody {
+    /// The typed `code`: what a client decides on (hints, exit codes, retries), never the text.
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::parse(&self.code)
+    }
+}
+
+/// Declares [`ErrorCode`] with its wire strings, so the two cannot drift apart.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal,)*) => {
+        /// The stable `code` of an error body, typed. The server's codes come from the kinds of
+        /// the engine's and the store's errors (`crates/server/src/error.rs` maps them); a code
+        /// this version does not know (a newer daemon) is kept as [`ErrorCode::Other`], and a
+        /// body without one (v1, a proxy in between) is `Other("")`.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+            /// A code this version does not know, verbatim (empty when the body had none).
+            Other(String),
+        }
+
+        impl ErrorCode {
+            /// The code as sent.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                    ErrorCode::Other(code) => code,
+                }
+            }
+
+            /// The typed code of a body's `code` string.
+            pub fn parse(code: &str) -> Self {
+                match code {
+                    $($code => ErrorCode::$variant,)*
+                    other => ErrorCode::Other(other.to_owned()),
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// 400: the request is malformed or breaks a rule.
+    Invalid = "invalid",
+    /// 401: no key, or a wrong one.
+    Unauthorized = "unauthorized",
+    /// 404: no such sandbox, volume, user or route (also another owner's).
+    NotFound = "not_found",
+    /// 413: a body over its limit.
+    TooLarge = "too_large",
+    /// 502: a published port did not answer as HTTP.
+    BadGateway = "bad_gateway",
+    /// 501: a route of a later issue.
+    NotImplemented = "not_implemented",
+    /// 405: the route exists for another method.
+    Method = "method",
+    /// 409: the change conflicts with a row that exists.
+    Conflict = "conflict",
+    /// 429: a quota of the owner is used up.
+    Limit = "limit",
+    /// 503: the store or the guest agent cannot answer now.
+    Unavailable = "unavailable",
+    /// 500: our fault; the body has the request ID.
+    Internal = "internal",
+    /// 409: the name is taken.
+    AlreadyExists = "already_exists",
+    /// 409: the sandbox's state does not allow the operation.
+    WrongState = "wrong_state",
+    /// 409: a destroy of the sandbox overtook its create.
+    Destroyed = "destroyed",
+    /// 409: the sandbox is still being created.
+    Creating = "creating",
+    /// 409: the sandbox's VM could not be recovered after a daemon restart; only destroy works.
+    Lost = "lost",
+    /// 409: a volume is attached.
+    InUse = "in_use",
+    /// 503: a pool of the host ran out (addresses, volume slots).
+    Exhausted = "exhausted",
+    /// 503: the daemon is stopping.
+    ShuttingDown = "shutting_down",
+    /// 409: operations still running in the sandbox.
+    Busy = "busy",
+    /// 409: the sandbox's VM ended on its own; starting it boots it from its disk.
+    Crashed = "crashed",
+    /// 500: the saved memory could not be restored; `start --force` boots from the disk.
+    RestoreFailed = "restore_failed",
+    /// 404: no such file, directory or session in the guest.
+    GuestNotFound = "guest_not_found",
+    /// 403: the guest refused access.
+    GuestPermissionDenied = "guest_permission_denied",
+    /// 400: a directory where a file was expected.
+    GuestIsADirectory = "guest_is_a_directory",
+    /// 400: a file where a directory was expected.
+    GuestNotADirectory = "guest_not_a_directory",
+    /// 409: the guest path exists.
+    GuestAlreadyExists = "guest_already_exists",
+    /// 413: over the guest agent's limit.
+    GuestTooLarge = "guest_too_large",
+    /// 507: the guest's disk is full.
+    GuestNoSpace = "guest_no_space",
+    /// 409: the session is attached elsewhere.
+    GuestBusy = "guest_busy",
+    /// 502: nothing listens on the guest port.
+    GuestPortClosed = "guest_port_closed",
+    /// 400: the guest agent refused the request as malformed.
+    GuestInvalid = "guest_invalid",
+    /// 429: a fixed limit of the guest agent (sessions, connections).
+    GuestLimitReached = "guest_limit_reached",
+    /// 422: any other refusal of the guest agent.
+    GuestError = "guest_error",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `GET /health`.
@@ -444,5 +564,17 @@ mod tests {
         assert_eq!(c.name, "");
         let c: CreateSandbox = serde_json::from_str(r#"{"name":"x","cpus":2}"#).unwrap();
         assert_eq!((c.name.as_str(), c.cpus), ("x", Some(2.0)));
+    }
+
+    #[test]
+    fn error_codes_round_trip_and_unknown_ones_are_kept() {
+        for code in ["not_found", "unauthorized", "restore_failed", "guest_no_space", "method"] {
+            let typed = ErrorCode::parse(code);
+            assert!(!matches!(typed, ErrorCode::Other(_)), "{code}");
+            assert_eq!(typed.as_str(), code);
+        }
+        assert_eq!(ErrorCode::parse("from_the_future"), ErrorCode::Other("from_the_future".into()));
+        let v1: ErrorBody = serde_json::from_str(r#"{"error":"sandbox not found"}"#).unwrap();
+        assert_eq!(v1.error_code(), ErrorCode::Other(String::new()));
     }
 }

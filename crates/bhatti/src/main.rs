@@ -1,6 +1,8 @@
 //! `bhatti`: the daemon (`bhatti serve`) and the CLI (every other command), in one binary.
 //! `anyhow` lives here only, at the binary's edge; the libraries return typed errors.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod config;
 mod logging;

@@ -40,7 +40,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let socket_path = config.data_dir.join("api.sock");
     let unix = bind_unix(&socket_path)?;
     let db = config.data_dir.join("state.db");
-    let mut sync = store::Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    // The store's errors name the file.
+    let mut sync = store::Store::open(&db)?;
     ensure_admin(&mut sync, &config.data_dir)?;
     let (engine, recovered) = recover(&config, &mut sync).await?;
     drop(sync);
@@ -93,8 +94,9 @@ fn ensure_admin(store: &mut store::Store, data_dir: &Path) -> anyhow::Result<()>
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut file, format!("{}\n", key.expose()).as_bytes())?;
-    file.sync_all()?;
+    std::io::Write::write_all(&mut file, format!("{}\n", key.expose()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(user = %user.id, file = %path.display(), "created the admin user");
     // Printed once, to the terminal that started the daemon; never logged.
     eprintln!("bhatti: admin API key (also in {}): {}", path.display(), key.expose());
@@ -168,7 +170,8 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("listening on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
     Ok(listener)
 }
 

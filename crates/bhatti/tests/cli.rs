@@ -189,6 +189,8 @@ async fn a_sandbox_through_the_cli_from_create_to_destroy() {
     let r = bhatti(&s, &["exec", "nosuch", "--", "true"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(r.stderr.starts_with("bhatti: 404: "), "{r:?}");
+    // Hints come from the answer's code (`not_found`, `unauthorized`), not its text.
+    assert!(r.stderr.contains("\nhint: `bhatti ls` lists your sandboxes"), "{r:?}");
     assert_eq!(bhatti(&s, &["inspect", "nosuch"]).code, 3);
     assert_eq!(bhatti(&s, &["ls", "--bogus"]).code, 2);
     assert_eq!(bhatti(&s, &["exec", "web"]).code, 2);
@@ -196,9 +198,11 @@ async fn a_sandbox_through_the_cli_from_create_to_destroy() {
     assert_eq!(r.code, 5, "{r:?}");
     assert!(r.stderr.contains("401"), "{r:?}");
     assert!(!r.stderr.contains("bht_wrong"), "the key was echoed: {r:?}");
+    assert!(r.stderr.contains("\nhint: check your key"), "{r:?}");
     let r = bhatti_with(&s, &[("BHATTI_URL", "http://127.0.0.1:1")], None, &["ls"]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("cannot reach the daemon at http://127.0.0.1:1"), "{r:?}");
+    assert!(r.stderr.contains("\nhint: is `bhatti serve` running?"), "{r:?}");
 
     // version: ours and the daemon's.
     let r = bhatti(&s, &["version"]).ok();

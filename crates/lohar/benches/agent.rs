@@ -17,6 +17,7 @@
 //!
 //! Units: µs = 10^-6 s, MB/s = 10^6 bytes/s, GB/s = 10^9 bytes/s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 // Bench targets are built with `cfg(test)` but without the test harness, so the ring's own test
 // module compiles with its `#[test]` functions stripped, leaving its import unused.

@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 //! Frame throughput against a `memcpy` baseline, small-frame encode rate and JSON encoding.
 //!
 //! Targets (from the issue): a 1 MiB frame within 2x of a plain copy of its payload, and at

@@ -55,9 +55,14 @@ fn refusal_message(refusal: bhatti_core::Refusal) -> &'static str {
 }
 
 /// Marks a response as an internal error, with the cause for the log (the body the client sees
-/// is replaced by `internal error` and the request ID).
+/// is replaced by `internal error` and the request ID, keeping the code).
 #[derive(Debug, Clone)]
-pub struct InternalCause(pub String);
+pub struct InternalCause {
+    /// The whole cause chain, for the log only.
+    pub cause: String,
+    /// The stable code the client still gets (`restore_failed` tells it what to do next).
+    pub code: &'static str,
+}
 
 impl ApiError {
     /// The status and the stable code.
@@ -132,7 +137,7 @@ impl IntoResponse for ApiError {
                 source = s.source();
             }
             let mut response = error_response(status, "internal error".into(), code);
-            response.extensions_mut().insert(InternalCause(cause));
+            response.extensions_mut().insert(InternalCause { cause, code });
             return response;
         }
         let mut response = error_response(status, self.to_string(), code);
@@ -172,11 +177,70 @@ mod tests {
         assert_eq!(limit.status().0, StatusCode::TOO_MANY_REQUESTS);
     }
 
+    /// Every code the server sends is one the API crate (and so the CLI) knows by type: a new
+    /// kind without its `api::ErrorCode` would reach clients as `Other` and lose its hint.
+    #[test]
+    fn every_code_sent_is_a_typed_api_code() {
+        let engine_kinds = [
+            E::Invalid,
+            E::NotFound,
+            E::AlreadyExists,
+            E::WrongState,
+            E::Cancelled,
+            E::InUse,
+            E::Exhausted,
+            E::ShuttingDown,
+            E::Busy,
+            E::Crashed,
+            E::RestoreFailed,
+            E::Unavailable,
+            E::Internal,
+            E::Guest(G::NotFound),
+            E::Guest(G::PermissionDenied),
+            E::Guest(G::IsADirectory),
+            E::Guest(G::NotADirectory),
+            E::Guest(G::AlreadyExists),
+            E::Guest(G::TooLarge),
+            E::Guest(G::NoSpace),
+            E::Guest(G::Busy),
+            E::Guest(G::PortClosed),
+            E::Guest(G::Invalid),
+            E::Guest(G::LimitReached),
+            E::Guest(G::Other),
+        ];
+        let store_kinds =
+            [S::NotFound, S::Conflict, S::Invalid, S::Limit, S::Unavailable, S::Internal];
+        let ours = [
+            ApiError::BadRequest(String::new()),
+            ApiError::Unauthorized(""),
+            ApiError::NotFound(String::new()),
+            ApiError::TooLarge(String::new()),
+            ApiError::BadGateway(String::new()),
+            ApiError::NotImplemented(""),
+            ApiError::Refused(bhatti_core::Refusal::Creating),
+            ApiError::Refused(bhatti_core::Refusal::Gone),
+            ApiError::Refused(bhatti_core::Refusal::Lost),
+            ApiError::Internal(String::new()),
+        ];
+        let codes = engine_kinds
+            .iter()
+            .map(|k| k.code())
+            .chain(store_kinds.iter().map(|k| store_status(*k).1))
+            .chain(ours.iter().map(|e| e.status().1))
+            .chain(["not_found", "method", "internal"]); // request.rs's fallbacks
+        for code in codes {
+            let typed = api::ErrorCode::parse(code);
+            assert!(!matches!(typed, api::ErrorCode::Other(_)), "{code} is not an api::ErrorCode");
+            assert_eq!(typed.as_str(), code);
+        }
+    }
+
     #[test]
     fn internal_errors_hide_their_cause_from_the_client() {
         let response = ApiError::Internal("disk on fire at /var/lib/secret".into()).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let cause = response.extensions().get::<InternalCause>().unwrap();
-        assert!(cause.0.contains("disk on fire"));
+        assert!(cause.cause.contains("disk on fire"));
+        assert_eq!(cause.code, "internal");
     }
 }

@@ -6,6 +6,8 @@
 //! (request ID, version header, internal errors logged with their cause, the log line) and
 //! `auth::authenticate` (everything but `/health`); errors become answers in `error.rs` only.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod engine_events;
 pub mod error;

@@ -94,11 +94,12 @@ pub async fn around(mut request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let started = Instant::now();
     let mut response = next.run(request).await;
-    if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
+    if let Some(InternalCause { cause, code }) = response.extensions_mut().remove::<InternalCause>()
+    {
         tracing::error!(request_id = %id, %method, %path, "internal error: {cause}");
         let body = api::ErrorBody {
             error: "internal error".into(),
-            code: "internal".into(),
+            code: code.into(),
             request_id: Some(id.clone()),
         };
         response = (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();

@@ -6,6 +6,7 @@
 //! * an insert-heavy burst: sandbox creates one by one, events one by one and in batches;
 //! * the dedicated connection threads against `spawn_blocking` around a mutex.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -45,16 +45,22 @@ impl AsyncStore {
     pub fn from_stores(mut writer: Store, reader: Store, deadline: Duration) -> Result<Self> {
         let (wtx, wrx) = mpsc::channel::<WriteJob>();
         let (rtx, rrx) = mpsc::channel::<ReadJob>();
-        std::thread::Builder::new().name("store-writer".into()).spawn(move || {
-            for job in wrx {
-                job(&mut writer);
-            }
-        })?;
-        std::thread::Builder::new().name("store-reader".into()).spawn(move || {
-            for job in rrx {
-                job(&reader);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                for job in wrx {
+                    job(&mut writer);
+                }
+            })
+            .map_err(|error| StoreError::Spawn { thread: "store-writer", error })?;
+        std::thread::Builder::new()
+            .name("store-reader".into())
+            .spawn(move || {
+                for job in rrx {
+                    job(&reader);
+                }
+            })
+            .map_err(|error| StoreError::Spawn { thread: "store-reader", error })?;
         Ok(AsyncStore { writer: wtx, reader: rtx, deadline })
     }
 

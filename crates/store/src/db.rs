@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::migrations;
 
 /// How to open a store.
@@ -67,10 +67,17 @@ impl Store {
         match std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
+            Err(error) => return Err(StoreError::Io { op: "creating", path, error }),
         }
+        // Every failure names the file, so no caller has to add it (and none repeats it).
+        Self::connect(&path, options)
+            .map_err(|error| StoreError::Open { path: path.clone(), error: Box::new(error) })
+    }
+
+    /// Connects to the existing file at `path`, sets the pragmas and migrates.
+    fn connect(path: &Path, options: &Options) -> Result<Self> {
         let conn = Connection::open_with_flags(
-            &path,
+            path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_URI,
@@ -80,7 +87,7 @@ impl Store {
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store { conn, path };
+        let mut store = Store { conn, path: path.to_path_buf() };
         migrations::migrate(&mut store.conn)?;
         Ok(store)
     }

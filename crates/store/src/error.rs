@@ -2,6 +2,7 @@
 //! reads an error's text to decide anything.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// What a row is, in errors ("sandbox \"dev\" not found").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +127,10 @@ pub enum StoreError {
         /// The quota.
         max: u64,
     },
-    /// The database stayed busy past the busy timeout.
+    /// The database stayed busy past the busy timeout. The cause is in the message and is not
+    /// a `source`, so a chain walk prints it once and a log line with `{e}` still shows it.
     #[error("database busy: {0}")]
-    Busy(#[source] rusqlite::Error),
+    Busy(rusqlite::Error),
     /// The async store's thread is gone or the deadline of a call passed (the call's effect
     /// is then unknown: it may still commit).
     #[error("store unavailable: {0}")]
@@ -143,12 +145,38 @@ pub enum StoreError {
         /// What is wrong (never the value itself).
         what: String,
     },
-    /// Any other SQLite error.
+    /// Any other SQLite error (its cause in the message only, as `Busy`).
     #[error("database: {0}")]
-    Database(#[source] rusqlite::Error),
-    /// File-system errors (opening the data directory, clean-ups).
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Database(rusqlite::Error),
+    /// Opening or migrating the database file failed: the path, then why.
+    #[error("opening the database {}: {error}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why; its kind is this error's kind (a busy file is still unavailable).
+        error: Box<StoreError>,
+    },
+    /// A file-system operation failed: what was done, on which path, and why.
+    #[error("{op} {}: {error}", path.display())]
+    Io {
+        /// What was being done (`creating`).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// One of the async store's threads could not be started.
+    #[error("starting the {thread} thread: {error}")]
+    Spawn {
+        /// The thread's name.
+        thread: &'static str,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The OS's random source failed (IDs, keys).
+    #[error("random source: {0}")]
+    Random(getrandom::Error),
 }
 
 impl StoreError {
@@ -160,9 +188,12 @@ impl StoreError {
             StoreError::Invalid(_) => ErrorKind::Invalid,
             StoreError::Limit { .. } => ErrorKind::Limit,
             StoreError::Busy(_) | StoreError::Unavailable(_) => ErrorKind::Unavailable,
-            StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Io(_) => {
-                ErrorKind::Internal
-            }
+            StoreError::Open { error, .. } => error.kind(),
+            StoreError::Corrupt { .. }
+            | StoreError::Database(_)
+            | StoreError::Io { .. }
+            | StoreError::Spawn { .. }
+            | StoreError::Random(_) => ErrorKind::Internal,
         }
     }
 
@@ -216,5 +247,47 @@ mod tests {
         assert_eq!(c.to_string(), r#"volume "data": has 2 active attachment(s)"#);
         assert_eq!(StoreError::Invalid("x".into()).kind().as_str(), "invalid");
         assert_eq!(StoreError::Unavailable("closed").kind(), ErrorKind::Unavailable);
+    }
+
+    /// Each cause is printed once: in the message, never also as a `source` a chain walk (the
+    /// daemon's log, the CLI) would print again.
+    #[test]
+    fn io_errors_name_their_path_and_print_their_cause_once() {
+        use std::error::Error as _;
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let io = StoreError::Io { op: "creating", path: "/data/state.db".into(), error: denied() };
+        assert_eq!(io.to_string(), format!("creating /data/state.db: {}", denied()));
+        assert!(io.source().is_none());
+        assert_eq!(io.kind(), ErrorKind::Internal);
+
+        let busy = StoreError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        ));
+        let open = StoreError::Open { path: "/data/state.db".into(), error: Box::new(busy) };
+        assert_eq!(
+            open.to_string(),
+            "opening the database /data/state.db: database busy: Error code 5: The database file is locked"
+        );
+        assert!(open.source().is_none());
+        // The inner error's kind: a locked file is unavailable, not a server fault.
+        assert_eq!(open.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn opening_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir/state.db");
+        let e = crate::Store::open(&path).unwrap_err();
+        assert!(matches!(e, StoreError::Io { op: "creating", .. }), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("creating {}: ", path.display())), "{e}");
+        // A file that is not a database: SQLite's error, with the path once.
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+        let e = crate::Store::open(&junk).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("opening the database {}: ", junk.display())), "{text}");
+        assert_eq!(text.matches(&*junk.display().to_string()).count(), 1, "{text}");
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }

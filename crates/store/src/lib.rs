@@ -9,6 +9,8 @@
 //! [`Store::apply_recovery`] -> the engine's `new_recovering` with [`RecoveryPlan::records`]
 //! -> [`Store::clean_up_at_start`].
 
+#![forbid(unsafe_code)]
+
 mod async_store;
 mod backups;
 mod cleanup;

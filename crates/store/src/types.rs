@@ -103,8 +103,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// `n` random bytes from the OS.
 pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf)
-        .map_err(|e| StoreError::Io(std::io::Error::other(format!("random source: {e}"))))?;
+    getrandom::fill(&mut buf).map_err(StoreError::Random)?;
     Ok(buf)
 }
 

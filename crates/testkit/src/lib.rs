@@ -3,6 +3,7 @@
 //! is ready, drain its stderr, and stop it so it leaves no process behind.
 // Test-only code: a failed setup step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

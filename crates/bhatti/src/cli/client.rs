@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
@@ -207,28 +207,13 @@ pub async fn decode<T: DeserializeOwned>(resp: Response<Incoming>) -> anyhow::Re
     serde_json::from_slice(&bytes).context("the daemon's answer is not the expected JSON")
 }
 
-/// The API error of a non-2xx answer: `{"error": ...}` or, failing that, the raw text.
+/// The API error of a non-2xx answer: `{"error": ..., "code": ...}` or, failing that, the raw
+/// text.
 pub async fn api_error(resp: Response<Incoming>) -> CliError {
-    let status = resp.status();
-    let message = match read_body(resp, 1 << 20).await {
-        Ok(bytes) => match serde_json::from_slice::<api::ErrorBody>(&bytes) {
-            Ok(body) => match body.request_id {
-                Some(id) => format!("{} (request {id})", body.error),
-                None => body.error,
-            },
-            Err(_) => {
-                let text: String =
-                    String::from_utf8_lossy(&bytes).trim().chars().take(300).collect();
-                if text.is_empty() { reason(status) } else { text }
-            }
-        },
-        Err(_) => reason(status),
-    };
-    CliError::Api { status: status.as_u16(), message }
-}
-
-fn reason(status: StatusCode) -> String {
-    status.canonical_reason().unwrap_or("error").to_lowercase()
+    let status = resp.status().as_u16();
+    // An unreadable body is an empty one: the status still classifies the error.
+    let body = read_body(resp, 1 << 20).await.unwrap_or_default();
+    CliError::from_answer(status, &body)
 }
 
 /// Percent-encodes one path segment or query value.

@@ -110,12 +110,8 @@ fn stdin_reader() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
 fn handshake_error(e: tungstenite::Error) -> anyhow::Error {
     match e {
         tungstenite::Error::Http(resp) => {
-            let status = resp.status().as_u16();
-            let body = resp.body().clone().unwrap_or_default();
-            let message = serde_json::from_slice::<api::ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
-            CliError::Api { status, message }.into()
+            let body = resp.body().as_deref().unwrap_or_default();
+            CliError::from_answer(resp.status().as_u16(), body).into()
         }
         other => anyhow::Error::new(other).context("the shell's WebSocket handshake"),
     }

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -102,7 +101,8 @@ fn open(data_dir: &Path) -> anyhow::Result<store::Store> {
         ))
         .into());
     }
-    store::Store::open(&path).with_context(|| format!("opening {}", path.display()))
+    // The store's error names the file.
+    Ok(store::Store::open(&path)?)
 }
 
 fn event(kind: &str, user: &store::User) -> store::NewEvent {

@@ -5,6 +5,8 @@
 //! Usage: `store-crash-child <db path> <seed>`, with the engine record to store (JSON, from
 //! the tests' one record helper) in `CRASH_RECORD_JSON`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 
