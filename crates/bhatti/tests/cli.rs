@@ -411,6 +411,23 @@ async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     assert!(!r.stdout.contains(&key), "the key was printed");
+    // Typed at a real terminal, the key is never echoed.
+    std::fs::remove_file(&config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhatti"));
+    cmd.args(["setup", "--api-url", &url])
+        .env("BHATTI_CONFIG", s.data.path().join("cli.yaml"))
+        .env_remove("BHATTI_URL")
+        .env_remove("BHATTI_TOKEN")
+        .env("HOME", home(&s));
+    let mut p = expectrl::Session::spawn(cmd).unwrap();
+    p.set_expect_timeout(Some(Duration::from_secs(30)));
+    p.expect("API key: ").unwrap();
+    p.send_line(&key).unwrap();
+    let rest = p.expect(expectrl::Eof).unwrap();
+    let screen = String::from_utf8_lossy(rest.before()).into_owned();
+    assert!(screen.contains("wrote"), "setup finished: {screen}");
+    assert!(!screen.contains(&key), "the key was echoed: {screen}");
+    assert!(config.exists());
     // The next command finds the daemon and the key through the written file alone.
     let only_home = [("BHATTI_URL", ""), ("BHATTI_TOKEN", ""), ("BHATTI_CONFIG", "")];
     let r = bhatti_with(&s, &only_home, None, &["ls"]);
