@@ -104,3 +104,56 @@ async fn a_killed_daemon_loses_no_sandbox_and_a_stopped_one_keeps_memory() {
     let status = s.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// PIDs of QEMUs whose command line names `needle`.
+fn qemus_naming(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains("qemu-system") && text.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A daemon SIGKILLed while a create boots leaves no row that `GET` shows but `exec` and
+/// `start` call missing: recovery abandons the create, its QEMU goes, and the name is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_create_leaves_no_half_sandbox() {
+    let mut s = Setup::new();
+    s.start().await;
+    let body = serde_json::json!({ "name": "halfway", "memory_mb": 128 });
+    let create = tokio::spawn(s.req(Method::POST, "/sandboxes").json(&body).send());
+    // Killed once the create's QEMU runs (the row says `creating`).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let id = loop {
+        let r = s.req(Method::GET, "/sandboxes/halfway").send().await.unwrap();
+        if r.status() == 200 {
+            let row: api::Sandbox = r.json().await.unwrap();
+            assert_eq!(row.status, "creating");
+            if !qemus_naming(&row.id).is_empty() {
+                break row.id;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no booting create: {}", s.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    s.kill();
+    assert!(create.await.unwrap().is_err(), "the create's connection died with the daemon");
+    s.start().await;
+    let r = s.req(Method::GET, "/sandboxes/halfway").send().await.unwrap();
+    assert_eq!(r.status(), 404, "no half sandbox is shown: {}", s.logs());
+    let list: Vec<api::Sandbox> =
+        s.req(Method::GET, "/sandboxes").send().await.unwrap().json().await.unwrap();
+    assert!(list.is_empty(), "{list:?}");
+    assert_eq!(qemus_naming(&id), Vec::<i32>::new(), "the orphaned QEMU is gone");
+    // The name is free again.
+    let r = s.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", s.logs());
+    assert_eq!(exec(&s, "halfway", &["echo", "whole"]).await.stdout, "whole\n");
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+}

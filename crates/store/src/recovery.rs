@@ -5,8 +5,8 @@
 //! |---------------|----------------|--------------------------|--------------------------------|
 //! | destroyed     | any            | any                      | skip                           |
 //! | any           | destroy        | any                      | finish the destroy (destroyed) |
-//! | creating      | any            | any                      | unknown (create interrupted)   |
-//! | any           | create         | any                      | unknown (create interrupted)   |
+//! | creating      | any            | any                      | abandon the create (destroyed) |
+//! | any           | create         | any                      | abandon the create (destroyed) |
 //! | unknown       | -              | any                      | skip (not loaded, as v1)       |
 //! | running/stopped | -            | none (another engine)    | skip                           |
 //! | running/stopped | -            | does not decode          | unknown; the others go on      |
@@ -59,8 +59,6 @@ pub enum SkipReason {
 /// Why a sandbox is marked unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnknownReason {
-    /// Its create never finished.
-    InterruptedCreate,
     /// No saved state to restore from.
     NoSnapshot,
     /// The record does not decode (the message from the decoder).
@@ -83,6 +81,11 @@ pub enum Decision {
     /// A destroy was interrupted: status becomes destroyed (the engine, given no record for
     /// it, removes what is left of the VM as an orphan).
     FinishDestroy,
+    /// A create was interrupted: its VM never answered its caller, so the row is given up
+    /// (status destroyed: the name and the quota slot are free again, and no row is left that
+    /// `GET` shows but `exec` and `start` call missing); the engine removes what is left of the
+    /// VM as an orphan.
+    AbandonCreate,
     /// Left as it is.
     Skip(SkipReason),
 }
@@ -164,9 +167,7 @@ fn decide(input: &RecoveryInput) -> Decision {
     match (input.status, pending) {
         (Status::Destroyed, _) => return Decision::Skip(SkipReason::Destroyed),
         (_, Some("destroy")) => return Decision::FinishDestroy,
-        (Status::Creating, _) | (_, Some("create")) => {
-            return Decision::MarkUnknown(UnknownReason::InterruptedCreate);
-        }
+        (Status::Creating, _) | (_, Some("create")) => return Decision::AbandonCreate,
         (Status::Unknown, _) => return Decision::Skip(SkipReason::AlreadyUnknown),
         (Status::Running | Status::Stopped, _) => {}
     }
@@ -216,7 +217,7 @@ impl Store {
                 Decision::Restore { mark_stopped: true, .. } => Some(Status::Stopped),
                 Decision::Restore { mark_stopped: false, .. } => None,
                 Decision::MarkUnknown(_) => Some(Status::Unknown),
-                Decision::FinishDestroy => Some(Status::Destroyed),
+                Decision::FinishDestroy | Decision::AbandonCreate => Some(Status::Destroyed),
                 Decision::Skip(_) => continue,
             };
             let still: bool = tx.query_row(

@@ -19,10 +19,16 @@ fn is_sandbox_qemu(cmdline: &[u8], qmp_socket: &Path) -> bool {
 /// since; the socket is the path QEMU was started with. Returns whether one was killed. Blocks
 /// up to 1 s while the process goes: call it from a blocking thread.
 pub fn kill_recorded(pid_file: &Path, qmp_socket: &Path) -> bool {
-    let Some(pid) =
-        std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok())
-    else {
-        return false;
+    let recorded =
+        std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    // No pid file: the engine died between spawning QEMU and recording its pid (QEMU waits,
+    // paused, for a parent that is gone). Its command line still names the socket.
+    let pid = match recorded {
+        Some(pid) => pid,
+        None => match find_by_socket(qmp_socket) {
+            Some(pid) => pid,
+            None => return false,
+        },
     };
     if pid <= 1 {
         return false;
@@ -43,6 +49,17 @@ pub fn kill_recorded(pid_file: &Path, qmp_socket: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     killed
+}
+
+/// The process whose command line names exactly `qmp_socket` (one sandbox's QEMU), by a scan
+/// of /proc: only for a QEMU whose pid was never recorded.
+fn find_by_socket(qmp_socket: &Path) -> Option<i32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        is_sandbox_qemu(&cmdline, qmp_socket).then_some(pid)
+    })
 }
 
 #[cfg(test)]

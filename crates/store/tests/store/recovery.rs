@@ -238,14 +238,22 @@ fn recover_finishes_an_interrupted_destroy() {
 }
 
 #[test]
-fn recover_interrupted_create_marks_unknown() {
+fn recover_abandons_an_interrupted_create_and_frees_its_name() {
     let (_d, mut s) = store();
     let u = user(&mut s, "owner");
     let sb = s.create_sandbox(&crate::common::new_sandbox(&u.id, "new")).unwrap();
     s.begin_transition(&sb.id, Intent::Create).unwrap();
     let plan = recover(&mut s);
-    assert_eq!(decision(&plan, &sb.id), &Decision::MarkUnknown(UnknownReason::InterruptedCreate));
-    assert_eq!(s.sandbox_by_id(&sb.id).unwrap().status, Status::Unknown);
+    assert_eq!(decision(&plan, &sb.id), &Decision::AbandonCreate);
+    assert!(plan.records().is_empty(), "the engine treats what is left as an orphan");
+    assert_eq!(s.sandbox_by_id(&sb.id).unwrap().status, Status::Destroyed);
+    // A row still `creating` (the create had written no transition) is abandoned the same way,
+    // and the name is free again.
+    let other = s.create_sandbox(&crate::common::new_sandbox(&u.id, "other")).unwrap();
+    let plan = recover(&mut s);
+    assert_eq!(decision(&plan, &other.id), &Decision::AbandonCreate);
+    assert!(s.create_sandbox(&crate::common::new_sandbox(&u.id, "other")).is_ok());
+    assert!(s.create_sandbox(&crate::common::new_sandbox(&u.id, "new")).is_ok());
 }
 
 #[test]
