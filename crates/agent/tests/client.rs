@@ -69,6 +69,24 @@ async fn client_exec_output_is_capped_at_10_mib_and_flagged() {
     assert!(!out.truncated);
 }
 
+/// Issue 19: each stream has its own cap; stdout keeps its beginning, stderr its end.
+#[tokio::test]
+async fn client_exec_keeps_stdout_head_and_stderr_tail_and_flags_each() {
+    let lohar = Lohar::start();
+    let script = "echo FIRST; head -c 11000000 /dev/zero; \
+                  echo EARLY >&2; head -c 11000000 /dev/zero | tr '\\0' e >&2; echo LAST >&2";
+    let out = lohar.client().exec(&["sh", "-c", script]).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(out.stdout_truncated && out.stderr_truncated && out.truncated);
+    assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
+    assert!(out.stdout.starts_with(b"FIRST\n"));
+    assert_eq!(out.stderr.len(), 10 * 1024 * 1024);
+    assert!(out.stderr.ends_with(b"eeeLAST\n"));
+    assert!(!out.stderr.starts_with(b"EARLY"), "stderr's beginning is what was dropped");
+    let out = lohar.client().exec(&["sh", "-c", "echo a; echo b >&2"]).await.unwrap();
+    assert!(!out.truncated && !out.stdout_truncated && !out.stderr_truncated);
+}
+
 #[tokio::test]
 async fn client_exec_deadline_kills_the_command() {
     let lohar = Lohar::start();

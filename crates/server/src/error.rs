@@ -39,6 +39,9 @@ pub enum ApiError {
     /// A lifecycle operation the sandbox's state does not allow (core's transition table).
     #[error("{}", refusal_message(*.0))]
     Refused(bhatti_core::Refusal),
+    /// 503: the daemon's memory for buffered exec output is spent (`exec_budget.rs`).
+    #[error(transparent)]
+    ExecOutputBudget(#[from] crate::exec_budget::BudgetExhausted),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -81,6 +84,9 @@ impl ApiError {
                 bhatti_core::Refusal::Gone => (StatusCode::NOT_FOUND, "not_found"),
                 bhatti_core::Refusal::Lost => (StatusCode::CONFLICT, "lost"),
             },
+            ApiError::ExecOutputBudget(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "exec_output_budget")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
