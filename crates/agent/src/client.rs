@@ -1,7 +1,7 @@
 //! The client: connection pool, handshake, and one method per agent operation.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proto::limits::FILE_CHUNK_BYTES;
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, send_json, write_frame};
 use crate::error::{AgentError, AgentErrorKind};
-use crate::output::OutputCollector;
+use crate::output::{OutputCollector, OutputRoom, Unbounded};
 use crate::session::Session;
 use crate::stream::Stream;
 use crate::transport::Endpoint;
@@ -361,24 +361,42 @@ impl AgentClient {
         req: &ExecRequest,
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
+        self.exec_request_within(req, timeout, Arc::new(Unbounded)).await
+    }
+
+    /// [`exec_request`](Self::exec_request) that also keeps no more than `room` allows (a
+    /// daemon-wide memory budget); what does not fit is dropped and flagged like output over
+    /// the cap.
+    pub async fn exec_request_within(
+        &self,
+        req: &ExecRequest,
+        timeout: Duration,
+        room: Arc<dyn OutputRoom>,
+    ) -> Result<ExecOutput, AgentError> {
         let req = req.clone();
         self.call("exec", timeout, false, move |s: &mut Stream| {
-            let req = req.clone();
+            let (req, room) = (req.clone(), room.clone());
             Box::pin(async move {
                 send_json(s, FrameType::EXEC_REQ, &req).await?;
                 let mut out = OutputCollector::default();
                 loop {
                     let frame = read_frame(s).await?.ok_or(AgentError::Closed("exec"))?;
-                    match frame.kind {
-                        FrameType::STDOUT => out.push_stdout(&frame.payload, usize::MAX),
-                        FrameType::STDERR => out.push_stderr(&frame.payload, usize::MAX),
+                    let stdout = match frame.kind {
+                        FrameType::STDOUT => true,
+                        FrameType::STDERR => false,
                         FrameType::EXIT => {
                             let code = decode_exit(&frame.payload)
                                 .map_err(|e| AgentError::Protocol(e.to_string()))?;
                             return Ok(out.finish(code));
                         }
                         FrameType::ERROR => return Err(AgentError::guest(frame.text())),
-                        _ => {}
+                        _ => continue,
+                    };
+                    let allowed = room.room(out.held(), out.growth(stdout, frame.payload.len()));
+                    if stdout {
+                        out.push_stdout(&frame.payload, allowed);
+                    } else {
+                        out.push_stderr(&frame.payload, allowed);
                     }
                 }
             })

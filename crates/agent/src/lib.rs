@@ -22,7 +22,7 @@ mod transport;
 pub use client::{AgentClient, ClientConfig, ExecEvent, ExecInput, ExecOutput, ExecStream};
 pub use error::{AgentError, AgentErrorKind, GuestError};
 pub use files::{FileContent, FileReader, MAX_BUFFERED_READ_BYTES, ReadOptions};
-pub use output::{OutputCollector, TailBuffer};
+pub use output::{OutputCollector, OutputRoom, TailBuffer, Unbounded};
 pub use session::{Session, SessionEvent, SessionReader, SessionWriter};
 pub use stream::Stream;
 pub use transport::Endpoint;

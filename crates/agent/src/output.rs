@@ -11,6 +11,23 @@ use proto::limits::MAX_EXEC_OUTPUT_BYTES;
 
 use crate::client::ExecOutput;
 
+/// How many more bytes a buffered exec may keep: the caller's memory budget (the daemon's is
+/// shared by every buffered exec). Called from the exec's task for each chunk; must not block.
+pub trait OutputRoom: Send + Sync {
+    /// With `kept` bytes held, how many of `want` more may be kept (at most `want`).
+    fn room(&self, kept: usize, want: usize) -> usize;
+}
+
+/// No budget beyond the per-stream caps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unbounded;
+
+impl OutputRoom for Unbounded {
+    fn room(&self, _kept: usize, want: usize) -> usize {
+        want
+    }
+}
+
 /// The last `cap` bytes written to it, in order; remembers whether anything was dropped.
 #[derive(Debug, Clone, Default)]
 pub struct TailBuffer {

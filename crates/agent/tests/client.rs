@@ -87,6 +87,33 @@ async fn client_exec_keeps_stdout_head_and_stderr_tail_and_flags_each() {
     assert!(!out.truncated && !out.stdout_truncated && !out.stderr_truncated);
 }
 
+/// A caller's budget (`OutputRoom`) bounds what is kept on top of the caps.
+#[tokio::test]
+async fn client_exec_within_a_budget_keeps_no_more_than_it_allows() {
+    struct Total(usize);
+    impl agent::OutputRoom for Total {
+        fn room(&self, kept: usize, want: usize) -> usize {
+            self.0.saturating_sub(kept).min(want)
+        }
+    }
+    let lohar = Lohar::start();
+    let req = ExecRequest::command([
+        "sh",
+        "-c",
+        "head -c 5000 /dev/zero; echo 123456789 >&2; echo END >&2",
+    ]);
+    let out = lohar
+        .client()
+        .exec_request_within(&req, Duration::from_secs(30), Arc::new(Total(4096)))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), 4096);
+    assert!(out.stdout_truncated);
+    // No room for stderr at all: it keeps nothing rather than exceeding the budget.
+    assert!(out.stderr.is_empty() && out.stderr_truncated, "{:?}", out.stderr_text());
+    assert_eq!(out.exit_code, 0);
+}
+
 #[tokio::test]
 async fn client_exec_deadline_kills_the_command() {
     let lohar = Lohar::start();

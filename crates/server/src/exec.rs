@@ -74,37 +74,18 @@ pub async fn exec(
     Ok(buffered_response(out))
 }
 
-/// A buffered exec: the output streams from the agent into a collector that keeps stdout's
-/// beginning and stderr's end (10 MiB each), within the daemon-wide budget (`exec_budget.rs`).
-/// The first slice of the budget is reserved before the command starts, so a 503 means the
-/// command never ran.
+/// A buffered exec: the agent client keeps stdout's beginning and stderr's end (10 MiB each),
+/// within the daemon-wide budget (`exec_budget.rs`). The first slice of the budget is reserved
+/// before the command starts, so a 503 means the command never ran.
 async fn buffered(
     state: &AppState,
     id: &str,
     req: &engine::ExecRequest,
     timeout: Duration,
 ) -> ApiResult<engine::ExecOutput> {
-    let mut reservation = state.exec_budget.reserve(crate::exec_budget::FIRST_SLICE_WAIT).await?;
-    let mut running = state.engine.exec_stream(id, req, timeout).await?;
-    let mut out = engine::OutputCollector::default();
-    loop {
-        // The stream ends by itself at the exec's deadline (an error event).
-        match running.next().await {
-            Some(Ok(engine::ExecEvent::Stdout(data))) => {
-                let room = reservation.room(out.held(), out.growth(true, data.len()));
-                out.push_stdout(&data, room);
-            }
-            Some(Ok(engine::ExecEvent::Stderr(data))) => {
-                let room = reservation.room(out.held(), out.growth(false, data.len()));
-                out.push_stderr(&data, room);
-            }
-            Some(Ok(engine::ExecEvent::Exit(code))) => return Ok(out.finish(code)),
-            Some(Err(e)) => return Err(engine::EngineError::from(e).into()),
-            None => {
-                return Err(engine::EngineError::from(engine::AgentError::Closed("exec")).into());
-            }
-        }
-    }
+    let reservation = state.exec_budget.reserve(crate::exec_budget::FIRST_SLICE_WAIT).await?;
+    let room = crate::exec_budget::SharedReservation::new(reservation);
+    Ok(state.engine.exec_request_within(id, req, timeout, room).await?)
 }
 
 /// The JSON answer, and the header that names the streams that were cut.

@@ -118,6 +118,25 @@ impl Reservation {
     }
 }
 
+/// A reservation handed to the agent client as the exec's [`engine::OutputRoom`]; the budget
+/// gets its bytes back when the exec's future drops the last reference.
+#[derive(Debug)]
+pub struct SharedReservation(std::sync::Mutex<Reservation>);
+
+impl SharedReservation {
+    /// Shares `reservation` with one exec.
+    pub fn new(reservation: Reservation) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(reservation)))
+    }
+}
+
+impl engine::OutputRoom for SharedReservation {
+    fn room(&self, kept: usize, want: usize) -> usize {
+        // One exec uses it, from one task: never contended, held for a try_acquire only.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).room(kept, want)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
