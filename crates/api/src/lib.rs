@@ -117,6 +117,8 @@ error_codes! {
     Exhausted = "exhausted",
     /// 503: the daemon is stopping.
     ShuttingDown = "shutting_down",
+    /// 503: the daemon's memory for buffered exec output is in use; retry, or stream.
+    ExecOutputBudget = "exec_output_budget",
     /// 409: operations still running in the sandbox.
     Busy = "busy",
     /// 409: the sandbox's VM ended on its own; starting it boots it from its disk.

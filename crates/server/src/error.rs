@@ -226,6 +226,7 @@ mod tests {
             ApiError::Refused(bhatti_core::Refusal::Creating),
             ApiError::Refused(bhatti_core::Refusal::Gone),
             ApiError::Refused(bhatti_core::Refusal::Lost),
+            ApiError::ExecOutputBudget(crate::exec_budget::BudgetExhausted { budget: 0 }),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

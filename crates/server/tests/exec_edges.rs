@@ -227,6 +227,7 @@ async fn the_buffered_output_budget_is_daemon_wide_and_streaming_is_not_counted(
     assert_eq!(r.status(), 503);
     let body: api::ErrorBody = r.json().await.unwrap();
     assert!(body.error.contains("retry, or stream"), "{}", body.error);
+    assert_eq!(body.code, "exec_output_budget");
     // Streaming is not counted: all of it arrives while the budget is held.
     let events = streamed(&d, &sb.id, &big).await;
     assert_eq!(stdout_of(&events).len(), 200_000);
