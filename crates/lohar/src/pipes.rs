@@ -113,3 +113,28 @@ fn discard(mut pipes: Vec<File>) {
         pipes = keep;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_follow_the_deadline() {
+        assert_eq!(timeout_ms(None), -1);
+        assert!(!passed(None));
+        let soon = Instant::now() + Duration::from_millis(150);
+        assert!((1..=150).contains(&timeout_ms(Some(soon))));
+        let past = Instant::now() - Duration::from_millis(5);
+        assert_eq!(timeout_ms(Some(past)), 0);
+        assert!(passed(Some(past)));
+    }
+
+    #[test]
+    fn poll_with_a_timeout_returns_empty_slots() {
+        let (reader, _writer) = std::io::pipe().expect("pipe");
+        let started = Instant::now();
+        let [ready] = poll_slots([Some((reader.as_raw_fd(), libc::POLLIN))], 20);
+        assert_eq!(ready, 0);
+        assert!(started.elapsed() >= Duration::from_millis(15));
+    }
+}

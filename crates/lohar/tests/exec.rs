@@ -587,3 +587,30 @@ fn exec_output_already_written_when_the_command_exits_is_delivered() {
     assert_eq!(r.err(), "done\n");
     assert_eq!(r.exit, Some(0));
 }
+
+/// The background child may go on writing to the pipes it inherited after the EXIT: the agent
+/// still reads (and drops) it, so the child neither blocks on a full pipe nor dies of SIGPIPE.
+#[test]
+fn exec_background_child_can_write_after_the_exit_without_dying() {
+    let agent = Agent::start();
+    let pid_file = agent.path("writer.pid");
+    let marker = agent.path("wrote-late");
+    // 200 KB after the exit: more than a pipe holds, so nobody reading would block it too.
+    let script = format!(
+        "(sleep 1; head -c 200000 /dev/zero; echo late >&2; touch {}; sleep 30) & echo $! > {}",
+        marker.display(),
+        pid_file.display()
+    );
+    let mut req = ExecRequest::command(["sh", "-c", script.as_str()]);
+    req.user = Some("root".into());
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &req);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.exit, Some(0));
+    assert!(wait_for(Duration::from_secs(10), || marker.exists()), "the late writer died");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(process_alive(pid));
+    // SAFETY: kill(2) with a pid read back from the child itself.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)));
+}
