@@ -78,8 +78,9 @@ pub fn discard_until_eof(pipes: Vec<File>) {
         .name("drain".into())
         .stack_size(64 * 1024)
         .spawn(move || discard(pipes));
-    // Without a thread the pipes are closed here: the background child may get SIGPIPE, which
-    // is what happened to output nobody reads before this change too.
+    // If no thread can be started (the guest is out of memory or threads), the pipes are
+    // closed on return and a background child that writes again gets SIGPIPE: the EXIT must
+    // not wait for it either way.
     drop(spawned);
 }
 
