@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 503: the daemon's memory for buffered exec output is spent (`exec_budget.rs`).
     #[error(transparent)]
     ExecOutputBudget(#[from] crate::exec_budget::BudgetExhausted),
+    /// 409: a guest operation on a sandbox its user stopped (named, with the way out).
+    #[error("sandbox {0:?} is not running: start it with `bhatti start {0}`")]
+    NotRunning(String),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -54,6 +57,7 @@ fn refusal_message(refusal: bhatti_core::Refusal) -> &'static str {
         bhatti_core::Refusal::Lost => {
             "the sandbox's VM could not be recovered after a daemon restart; destroy it"
         }
+        bhatti_core::Refusal::NotRunning => "sandbox is not running",
     }
 }
 
@@ -83,10 +87,12 @@ impl ApiError {
                 bhatti_core::Refusal::Creating => (StatusCode::CONFLICT, "creating"),
                 bhatti_core::Refusal::Gone => (StatusCode::NOT_FOUND, "not_found"),
                 bhatti_core::Refusal::Lost => (StatusCode::CONFLICT, "lost"),
+                bhatti_core::Refusal::NotRunning => (StatusCode::CONFLICT, "not_running"),
             },
             ApiError::ExecOutputBudget(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "exec_output_budget")
             }
+            ApiError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -37,7 +37,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
-use crate::sandboxes::resolve;
+use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
 
 /// How long the HTTP/1 handshake over a fresh forward connection may take.
@@ -207,7 +207,7 @@ pub async fn proxy(
         None => rest.to_owned(),
     };
     let id = params.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v).unwrap_or_default();
-    let sandbox = resolve(&state, &user, &id).await?;
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     let client = request.extensions().get::<ConnectInfo<ClientAddr>>().and_then(|c| c.0.0);
     let websocket = is_websocket(request.headers());
     let headers = upstream_headers(

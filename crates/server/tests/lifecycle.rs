@@ -258,3 +258,62 @@ async fn lifecycle_events_are_written_and_old_events_purged() {
     }
     d.stop().await;
 }
+
+/// A sandbox its user stopped stays stopped: guest routes answer 409 `not_running` with the
+/// way out; one put to sleep by the engine's own stop (the thermal manager's path) wakes on
+/// the next request; `start` and keep-hot wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_its_user_stopped_stays_stopped() {
+    let d = Daemon::start().await;
+    let sb = d.create("parked").await;
+    let exec = |name: &'static str| {
+        d.req(Method::POST, &format!("/sandboxes/{name}/exec"))
+            .json(&serde_json::json!({"cmd": ["echo", "up"]}))
+            .send()
+    };
+    let r = d.req(Method::POST, "/sandboxes/parked/stop").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let refused = [
+        ("exec", exec("parked").await.unwrap()),
+        (
+            "files",
+            d.req(Method::GET, "/sandboxes/parked/files?path=/etc/hostname").send().await.unwrap(),
+        ),
+        ("proxy", d.req(Method::GET, "/sandboxes/parked/proxy/8080/").send().await.unwrap()),
+        ("shell", d.req(Method::GET, "/sandboxes/parked/ws").send().await.unwrap()),
+    ];
+    for (route, r) in refused {
+        assert_eq!(r.status(), 409, "{route}");
+        let body: api::ErrorBody = r.json().await.unwrap();
+        assert_eq!(body.code, "not_running", "{route}: {body:?}");
+        assert!(body.error.contains("bhatti start parked"), "{route}: {body:?}");
+    }
+    assert_eq!(d.state.engine.thermal(&sb.id).unwrap(), engine::Thermal::Cold, "nothing woke it");
+    // start wakes it, and guest routes work again.
+    let r = d.req(Method::POST, "/sandboxes/parked/start").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = exec("parked").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<api::ExecResult>().await.unwrap().stdout, "up\n");
+
+    // Put to sleep the way the thermal manager does (the engine's stop, no user's): the next
+    // request wakes it transparently.
+    d.state.engine.stop(&sb.id, Duration::ZERO).await.unwrap();
+    assert_eq!(d.state.engine.thermal(&sb.id).unwrap(), engine::Thermal::Cold);
+    let r = exec("parked").await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    // keep-hot on a user-stopped sandbox wakes it too, and it is no longer user-stopped.
+    let r = d.req(Method::POST, "/sandboxes/parked/stop").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = d
+        .req(Method::PATCH, "/sandboxes/parked")
+        .json(&serde_json::json!({"keep_hot": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = exec("parked").await.unwrap();
+    assert_eq!(r.status(), 200);
+    d.stop().await;
+}
