@@ -1,10 +1,10 @@
 //! The client: connection pool, handshake, and one method per agent operation.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use proto::limits::{FILE_CHUNK_BYTES, MAX_EXEC_OUTPUT_BYTES};
+use proto::limits::FILE_CHUNK_BYTES;
 use proto::messages::{
     ActivityInfo, DetachedExec, ExecRequest, FEATURE_REUSE, FileInfo, ForwardRequest,
     ForwardResponse, Hello, KillRequest, PathRequest, SessionInfo,
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, send_json, write_frame};
 use crate::error::{AgentError, AgentErrorKind};
+use crate::output::{OutputCollector, OutputRoom, Unbounded};
 use crate::session::Session;
 use crate::stream::Stream;
 use crate::transport::Endpoint;
@@ -69,8 +70,12 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
     /// Exit code (128 + signal when killed).
     pub exit_code: i32,
-    /// Output beyond 10 MiB (stdout and stderr together) was dropped.
+    /// Output was dropped on either stream (`stdout_truncated || stderr_truncated`).
     pub truncated: bool,
+    /// Stdout went past its cap (10 MiB): what is kept is its beginning.
+    pub stdout_truncated: bool,
+    /// Stderr went past its cap (10 MiB): what is kept is its end, where errors are.
+    pub stderr_truncated: bool,
 }
 
 impl ExecOutput {
@@ -348,39 +353,51 @@ impl AgentClient {
             .await
     }
 
-    /// Runs a full exec request and buffers up to 10 MiB of output. On timeout the connection is
+    /// Runs a full exec request and buffers up to 10 MiB of each stream: stdout's beginning and
+    /// stderr's end, each flagged when cut ([`OutputCollector`]). On timeout the connection is
     /// dropped, which makes the agent kill the command.
     pub async fn exec_request(
         &self,
         req: &ExecRequest,
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
+        self.exec_request_within(req, timeout, Arc::new(Unbounded)).await
+    }
+
+    /// [`exec_request`](Self::exec_request) that also keeps no more than `room` allows (a
+    /// daemon-wide memory budget); what does not fit is dropped and flagged like output over
+    /// the cap.
+    pub async fn exec_request_within(
+        &self,
+        req: &ExecRequest,
+        timeout: Duration,
+        room: Arc<dyn OutputRoom>,
+    ) -> Result<ExecOutput, AgentError> {
         let req = req.clone();
         self.call("exec", timeout, false, move |s: &mut Stream| {
-            let req = req.clone();
+            let (req, room) = (req.clone(), room.clone());
             Box::pin(async move {
                 send_json(s, FrameType::EXEC_REQ, &req).await?;
-                let mut out = ExecOutput::default();
+                let mut out = OutputCollector::default();
                 loop {
                     let frame = read_frame(s).await?.ok_or(AgentError::Closed("exec"))?;
-                    let is_stdout = match frame.kind {
+                    let stdout = match frame.kind {
                         FrameType::STDOUT => true,
                         FrameType::STDERR => false,
                         FrameType::EXIT => {
-                            out.exit_code = decode_exit(&frame.payload)
+                            let code = decode_exit(&frame.payload)
                                 .map_err(|e| AgentError::Protocol(e.to_string()))?;
-                            return Ok(out);
+                            return Ok(out.finish(code));
                         }
                         FrameType::ERROR => return Err(AgentError::guest(frame.text())),
                         _ => continue,
                     };
-                    let room =
-                        MAX_EXEC_OUTPUT_BYTES.saturating_sub(out.stdout.len() + out.stderr.len());
-                    // Clip at exactly 10 MiB (v1 dropped whole frames and rarely flagged it).
-                    let take = frame.payload.len().min(room);
-                    out.truncated |= take < frame.payload.len();
-                    let sink = if is_stdout { &mut out.stdout } else { &mut out.stderr };
-                    sink.extend_from_slice(&frame.payload[..take]);
+                    let allowed = room.room(out.held(), out.growth(stdout, frame.payload.len()));
+                    if stdout {
+                        out.push_stdout(&frame.payload, allowed);
+                    } else {
+                        out.push_stderr(&frame.payload, allowed);
+                    }
                 }
             })
         })

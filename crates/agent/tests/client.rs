@@ -69,6 +69,51 @@ async fn client_exec_output_is_capped_at_10_mib_and_flagged() {
     assert!(!out.truncated);
 }
 
+/// Issue 19: each stream has its own cap; stdout keeps its beginning, stderr its end.
+#[tokio::test]
+async fn client_exec_keeps_stdout_head_and_stderr_tail_and_flags_each() {
+    let lohar = Lohar::start();
+    let script = "echo FIRST; head -c 11000000 /dev/zero; \
+                  echo EARLY >&2; head -c 11000000 /dev/zero | tr '\\0' e >&2; echo LAST >&2";
+    let out = lohar.client().exec(&["sh", "-c", script]).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(out.stdout_truncated && out.stderr_truncated && out.truncated);
+    assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
+    assert!(out.stdout.starts_with(b"FIRST\n"));
+    assert_eq!(out.stderr.len(), 10 * 1024 * 1024);
+    assert!(out.stderr.ends_with(b"eeeLAST\n"));
+    assert!(!out.stderr.starts_with(b"EARLY"), "stderr's beginning is what was dropped");
+    let out = lohar.client().exec(&["sh", "-c", "echo a; echo b >&2"]).await.unwrap();
+    assert!(!out.truncated && !out.stdout_truncated && !out.stderr_truncated);
+}
+
+/// A caller's budget (`OutputRoom`) bounds what is kept on top of the caps.
+#[tokio::test]
+async fn client_exec_within_a_budget_keeps_no_more_than_it_allows() {
+    struct Total(usize);
+    impl agent::OutputRoom for Total {
+        fn room(&self, kept: usize, want: usize) -> usize {
+            self.0.saturating_sub(kept).min(want)
+        }
+    }
+    let lohar = Lohar::start();
+    let req = ExecRequest::command([
+        "sh",
+        "-c",
+        "head -c 5000 /dev/zero; echo 123456789 >&2; echo END >&2",
+    ]);
+    let out = lohar
+        .client()
+        .exec_request_within(&req, Duration::from_secs(30), Arc::new(Total(4096)))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), 4096);
+    assert!(out.stdout_truncated);
+    // No room for stderr at all: it keeps nothing rather than exceeding the budget.
+    assert!(out.stderr.is_empty() && out.stderr_truncated, "{:?}", out.stderr_text());
+    assert_eq!(out.exit_code, 0);
+}
+
 #[tokio::test]
 async fn client_exec_deadline_kills_the_command() {
     let lohar = Lohar::start();

@@ -119,6 +119,8 @@ error_codes! {
     Exhausted = "exhausted",
     /// 503: the daemon is stopping.
     ShuttingDown = "shutting_down",
+    /// 503: the daemon's memory for buffered exec output is in use; retry, or stream.
+    ExecOutputBudget = "exec_output_budget",
     /// 409: operations still running in the sandbox.
     Busy = "busy",
     /// 409: the sandbox's VM ended on its own; starting it boots it from its disk.
@@ -396,7 +398,18 @@ pub struct ExecResult {
     pub stdout: String,
     /// Standard error (lossy UTF-8).
     pub stderr: String,
+    /// Stdout went past the daemon's cap (10 MiB) or its memory budget: `stdout` is its
+    /// beginning. Left out when false, so v1 clients see v1's shape.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_truncated: bool,
+    /// Stderr went past the cap or the budget: `stderr` is its end (where errors are).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_truncated: bool,
 }
+
+/// The response header of a buffered exec whose output was cut: the streams that were, comma
+/// separated (`stdout`, `stderr` or `stdout,stderr`).
+pub const OUTPUT_TRUNCATED_HEADER: &str = "x-bhatti-output-truncated";
 
 /// A detached exec's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

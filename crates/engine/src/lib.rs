@@ -54,8 +54,8 @@ mod thermal;
 /// The agent's types the engine's API hands out.
 pub use agent::{
     ActivityInfo, AgentError, DetachedExec, ExecEvent, ExecOutput, ExecRequest, ExecStream,
-    FileContent, FileInfo, ReadOptions, Session, SessionEvent, SessionInfo, SessionReader,
-    SessionWriter, Stream,
+    FileContent, FileInfo, OutputRoom, ReadOptions, Session, SessionEvent, SessionInfo,
+    SessionReader, SessionWriter, Stream,
 };
 /// The guest-side types a [`CreateSpec`] carries (files written before the agent starts).
 pub use proto::guest::GuestFile;

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 
@@ -21,6 +21,7 @@ use proto::{FrameType, read_frame, send_json, write_frame};
 use crate::config::Agent;
 use crate::conn::Conn;
 use crate::files::{Links, open_regular};
+use crate::pipes::{self, EXIT_DRAIN, poll_slots};
 use crate::reaper::{self, ExitWatch};
 use crate::reply::{Outcome, send_error};
 use crate::spawn::{self, Grouping, RunAs};
@@ -77,7 +78,10 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    /// Runs until both output pipes reached EOF and the exit code is known; returns the code.
+    /// Runs until the exit code is known and then both output pipes reached EOF or
+    /// [`EXIT_DRAIN`] passed, whichever comes first; returns the code. Pipes still open then
+    /// (a background child inherited them) are handed to [`pipes::discard_until_eof`]: the
+    /// child keeps running and writing, and the EXIT frame does not wait for it.
     fn run(
         &mut self,
         mut stdout: Option<File>,
@@ -89,8 +93,12 @@ impl Pump<'_> {
             let _ = fcntl(stdin, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         }
         let mut code = None;
+        // Set when the command exits: output is read until then, not until pipe EOF.
+        let mut drain_until = None;
         let mut buf = vec![0u8; OUTPUT_CHUNK];
-        while stdout.is_some() || stderr.is_some() || code.is_none() {
+        while code.is_none()
+            || ((stdout.is_some() || stderr.is_some()) && !pipes::passed(drain_until))
+        {
             // Host frames are read while less than STDIN_BUFFER of input waits for the child, so
             // KILL and a disconnect are seen even while the child ignores its stdin. Beyond
             // that, input is back-pressured but a hang-up is still noticed (POLLRDHUP).
@@ -107,7 +115,8 @@ impl Pump<'_> {
                 code.is_none().then(|| (watch.as_fd().as_raw_fd(), libc::POLLIN)),
                 self.stdin.as_ref().filter(|_| want_stdin).map(|f| (f.as_raw_fd(), libc::POLLOUT)),
             ];
-            let [host_events, out_ready, err_ready, exit_ready, in_ready] = poll_slots(candidates);
+            let [host_events, out_ready, err_ready, exit_ready, in_ready] =
+                poll_slots(candidates, pipes::timeout_ms(drain_until));
             let [out_ready, err_ready, exit_ready, in_ready] =
                 [out_ready, err_ready, exit_ready, in_ready].map(|r| r != 0);
 
@@ -119,6 +128,7 @@ impl Pump<'_> {
             }
             if exit_ready {
                 code = Some(watch.read_code());
+                drain_until = Some(std::time::Instant::now() + EXIT_DRAIN);
             }
             if in_ready {
                 self.flush_stdin();
@@ -129,6 +139,7 @@ impl Pump<'_> {
                 self.host_gone();
             }
         }
+        pipes::discard_until_eof(stdout.into_iter().chain(stderr).collect());
         code.unwrap_or(1)
     }
 
@@ -209,33 +220,6 @@ impl Pump<'_> {
     fn kill(&self) {
         let _ = kill(Pid::from_raw(-self.pgid.as_raw()), Signal::SIGKILL);
     }
-}
-
-/// Polls the present candidates (fd, events) and returns each slot's `revents` (0 for absent
-/// slots). Raw `poll(2)` because nix's flag type drops bits it does not name, such as
-/// POLLRDHUP, which would turn a hang-up into a busy loop.
-fn poll_slots<const N: usize>(
-    candidates: [Option<(RawFd, libc::c_short)>; N],
-) -> [libc::c_short; N] {
-    // A fixed array on the stack: this runs once per chunk of output.
-    let mut slots = [None; N];
-    let mut fds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; N];
-    let mut used = 0;
-    for (slot, candidate) in candidates.into_iter().enumerate() {
-        if let Some((fd, events)) = candidate {
-            slots[slot] = Some(used);
-            fds[used] = libc::pollfd { fd, events, revents: 0 };
-            used += 1;
-        }
-    }
-    // SAFETY: the first `used` entries of `fds` are valid pollfd structs for the duration of the
-    // call, and every descriptor in them is owned by the caller and open.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), used as libc::nfds_t, -1) };
-    if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-        // Not expected with valid descriptors; avoid a hot loop if it ever happens.
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    slots.map(|slot| slot.map_or(0, |i| fds[i].revents))
 }
 
 /// Starts a detached exec: output to a file, replies with the PID and the file, then EXIT 0.

@@ -17,6 +17,7 @@ mod forward;
 mod guest_setup;
 mod netif;
 mod pid1;
+mod pipes;
 mod pty;
 mod reaper;
 mod reply;

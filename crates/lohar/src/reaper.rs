@@ -42,11 +42,6 @@ pub struct ExitWatch {
 }
 
 impl ExitWatch {
-    /// Blocks until the child exits; returns its code (128 + signal when killed).
-    pub fn wait(mut self) -> i32 {
-        self.read_code()
-    }
-
     /// Reads the code once [`AsFd::as_fd`] polled readable.
     pub fn read_code(&mut self) -> i32 {
         let mut bytes = [0u8; 4];

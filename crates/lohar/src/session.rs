@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -30,6 +30,7 @@ use proto::{FrameType, read_frame, write_frame};
 
 use crate::activity;
 use crate::conn::Conn;
+use crate::pipes::{self, EXIT_DRAIN, poll_slots};
 use crate::pty;
 use crate::reaper::{self, ExitWatch};
 use crate::reply::{Outcome, send_error};
@@ -547,30 +548,57 @@ fn input_loop(conn: &mut Conn, session: &Arc<Session>, client_id: u64) {
     session.detach(client_id);
 }
 
-/// The session's output thread: scrollback, live output, exit and retention.
-fn pump_output(registry: &Registry, session: &Arc<Session>, mut output: File, watch: ExitWatch) {
+/// Reads one chunk of output into the scrollback and the attached client's queue; false at EOF
+/// (EIO on a terminal: every slave fd is closed).
+fn forward_output(session: &Arc<Session>, output: &mut Option<File>, buf: &mut [u8]) -> bool {
+    let Some(file) = output else { return false };
+    let n = match file.read(buf) {
+        Ok(0) => return false,
+        Ok(n) => n,
+        Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {
+            return true;
+        }
+        Err(_) => return false,
+    };
+    let tx = {
+        let mut st = lock(&session.state);
+        st.scrollback.write(&buf[..n]);
+        st.attached.as_ref().map(|c| c.tx.clone())
+    };
+    if let Some(tx) = tx {
+        // Blocks while the client's queue is full, without holding the session lock.
+        let _ = tx.send(Outbound::Frame(FrameType::STDOUT, buf[..n].to_vec()));
+    }
+    true
+}
+
+/// The session's output thread: scrollback, live output, exit and retention. Output is read
+/// until the process exits and then until EOF or [`EXIT_DRAIN`], whichever comes first: a
+/// background child that inherited the pipe or terminal must not hold the session's EXIT back.
+fn pump_output(registry: &Registry, session: &Arc<Session>, output: File, mut watch: ExitWatch) {
     let mut buf = vec![0u8; OUTPUT_CHUNK];
-    loop {
-        let n = match output.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // EIO: every slave fd is closed (the child and its descendants are gone).
-            Err(_) => break,
-        };
-        let tx = {
-            let mut st = lock(&session.state);
-            st.scrollback.write(&buf[..n]);
-            st.attached.as_ref().map(|c| c.tx.clone())
-        };
-        if let Some(tx) = tx {
-            // Blocks while the client's queue is full, without holding the session lock.
-            let _ = tx.send(Outbound::Frame(FrameType::STDOUT, buf[..n].to_vec()));
+    let mut output = Some(output);
+    let mut code = None;
+    let mut drain_until = None;
+    while code.is_none() || (output.is_some() && !pipes::passed(drain_until)) {
+        let [out_ready, exit_ready] = poll_slots(
+            [
+                output.as_ref().map(|f| (f.as_raw_fd(), libc::POLLIN)),
+                code.is_none().then(|| (watch.as_fd().as_raw_fd(), libc::POLLIN)),
+            ],
+            pipes::timeout_ms(drain_until),
+        );
+        if out_ready != 0 && !forward_output(session, &mut output, &mut buf) {
+            output = None;
+        }
+        if exit_ready != 0 {
+            code = Some(watch.read_code());
+            drain_until = Some(Instant::now() + EXIT_DRAIN);
         }
     }
-    let code = watch.wait();
+    pipes::discard_until_eof(output.into_iter().collect());
+    let code = code.unwrap_or(1);
     *lock(&session.input) = None;
-    drop(output);
     let attached = {
         let mut st = lock(&session.state);
         st.exit_code = Some(code);

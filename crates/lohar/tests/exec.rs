@@ -547,3 +547,70 @@ fn exec_kill_is_honoured_while_stdin_is_backed_up() {
     assert_eq!(collect_exec(&mut s).exit, Some(137));
     assert!(start.elapsed() < Duration::from_secs(3), "KILL waited for the child");
 }
+
+/// Issue 19: `sh -c 'sleep 30 &'` used to take 30 s because the background child inherits the
+/// output pipes and the agent waited for their EOF. Now EXIT follows the command's own exit
+/// after a short drain, the output written before it is all there, and the child lives on.
+#[test]
+fn exec_returns_when_the_command_exits_and_its_background_child_lives_on() {
+    let agent = Agent::start();
+    let pid_file = agent.path("background.pid");
+    let script = format!("echo before; sleep 30 & echo $! > {}; echo after", pid_file.display());
+    let mut req = ExecRequest::command(["sh", "-c", script.as_str()]);
+    req.user = Some("root".into());
+    let started = Instant::now();
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &req);
+    // On the old behaviour the EXIT comes after 30 s: the read times out first.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = collect_exec(&mut s);
+    let took = started.elapsed();
+    assert_eq!(r.out(), "before\nafter\n");
+    assert_eq!(r.exit, Some(0));
+    assert!(took < Duration::from_secs(3), "exec took {took:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(process_alive(pid), "the background child was killed with the command");
+    // Clean up: the background child is no longer in a group the agent kills at shutdown.
+    // SAFETY: kill(2) with a pid read back from the child itself.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)));
+}
+
+/// Output the command wrote before it exited is delivered whole, even when most of it is still
+/// in the pipe (or not yet written by the pipeline's writer) as the exit is seen.
+#[test]
+fn exec_output_already_written_when_the_command_exits_is_delivered() {
+    let agent = Agent::start();
+    // 200 KiB is more than a pipe holds (64 KiB): the writer blocks until the agent reads, so
+    // the command's exit comes while most of its output is still on the way.
+    let r = agent.sh("head -c 204800 /dev/zero | tr '\\0' x; echo done >&2");
+    assert_eq!(r.stdout.len(), 204800);
+    assert_eq!(r.err(), "done\n");
+    assert_eq!(r.exit, Some(0));
+}
+
+/// The background child may go on writing to the pipes it inherited after the EXIT: the agent
+/// still reads (and drops) it, so the child neither blocks on a full pipe nor dies of SIGPIPE.
+#[test]
+fn exec_background_child_can_write_after_the_exit_without_dying() {
+    let agent = Agent::start();
+    let pid_file = agent.path("writer.pid");
+    let marker = agent.path("wrote-late");
+    // 200 KB after the exit: more than a pipe holds, so nobody reading would block it too.
+    let script = format!(
+        "(sleep 1; head -c 200000 /dev/zero; echo late >&2; touch {}; sleep 30) & echo $! > {}",
+        marker.display(),
+        pid_file.display()
+    );
+    let mut req = ExecRequest::command(["sh", "-c", script.as_str()]);
+    req.user = Some("root".into());
+    let mut s = agent.request_json(FrameType::EXEC_REQ, &req);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = collect_exec(&mut s);
+    assert_eq!(r.exit, Some(0));
+    assert!(wait_for(Duration::from_secs(10), || marker.exists()), "the late writer died");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(process_alive(pid));
+    // SAFETY: kill(2) with a pid read back from the child itself.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)));
+}

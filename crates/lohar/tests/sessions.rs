@@ -526,3 +526,36 @@ fn repeated_detach_does_not_pile_up_idle_timer_threads() {
     }
     assert!(wait_for(WAIT, || threads() < 15), "lohar has {} threads", threads());
 }
+
+/// Issue 19, the WebSocket exec path: a piped session whose command leaves a background child
+/// holding the pipe ends with EXIT when the command exits, not when the child does.
+#[test]
+fn piped_session_ends_when_its_command_exits_and_the_background_child_lives_on() {
+    let agent = Agent::start();
+    let pid_file = agent.path("session-background.pid");
+    let script = format!("echo before; sleep 30 & echo $! > {}; echo after", pid_file.display());
+    let mut req = piped_request(&["sh", "-c", script.as_str()]);
+    req.user = Some("root".into());
+    let started = Instant::now();
+    let (mut s, _) = create(&agent, &req);
+    // On the old behaviour the EXIT comes after 30 s: the read times out first.
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut output = String::new();
+    let code = loop {
+        let f = read(&mut s);
+        match f.kind {
+            FrameType::STDOUT => output.push_str(&f.text()),
+            FrameType::EXIT => break decode_exit(&f.payload).unwrap(),
+            other => panic!("unexpected {other:?}: {}", f.text()),
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(output, "before\nafter\n");
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(3), "session took {took:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(process_alive(pid), "the background child was killed with the command");
+    // SAFETY: kill(2) with a pid read back from the child itself.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)));
+}

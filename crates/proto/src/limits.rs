@@ -25,7 +25,7 @@ pub const SCROLLBACK_BYTES: usize = 64 * 1024;
 pub const MAX_FILE_WRITE_BYTES: i64 = 100 * 1024 * 1024;
 /// Entries returned by FILE_LS before the truncation marker.
 pub const MAX_LIST_ENTRIES: usize = 10_000;
-/// Output the host buffers for one exec before truncating.
+/// Output the host buffers for one exec, per stream (stdout keeps its beginning, stderr its end).
 pub const MAX_EXEC_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
 /// Seconds the agent waits for the AUTH frame.
 pub const AUTH_TIMEOUT_SECS: u64 = 5;

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// A lifecycle operation the sandbox's state does not allow (core's transition table).
     #[error("{}", refusal_message(*.0))]
     Refused(bhatti_core::Refusal),
+    /// 503: the daemon's memory for buffered exec output is spent (`exec_budget.rs`).
+    #[error(transparent)]
+    ExecOutputBudget(#[from] crate::exec_budget::BudgetExhausted),
     /// 409: a guest operation on a sandbox its user stopped (named, with the way out).
     #[error("sandbox {0:?} is not running: start it with `bhatti start {0}`")]
     NotRunning(String),
@@ -86,6 +89,9 @@ impl ApiError {
                 bhatti_core::Refusal::Lost => (StatusCode::CONFLICT, "lost"),
                 bhatti_core::Refusal::NotRunning => (StatusCode::CONFLICT, "not_running"),
             },
+            ApiError::ExecOutputBudget(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "exec_output_budget")
+            }
             ApiError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -226,6 +232,7 @@ mod tests {
             ApiError::Refused(bhatti_core::Refusal::Creating),
             ApiError::Refused(bhatti_core::Refusal::Gone),
             ApiError::Refused(bhatti_core::Refusal::Lost),
+            ApiError::ExecOutputBudget(crate::exec_budget::BudgetExhausted { budget: 0 }),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

@@ -70,13 +70,44 @@ pub async fn exec(
     if wants_stream(&headers) {
         return stream(&state, &sandbox.id, &req, timeout).await;
     }
-    let out = state.engine.exec_request(&sandbox.id, &req, timeout).await?;
-    Ok(axum::Json(api::ExecResult {
+    let out = buffered(&state, &sandbox.id, &req, timeout).await?;
+    Ok(buffered_response(out))
+}
+
+/// A buffered exec: the agent client keeps stdout's beginning and stderr's end (10 MiB each),
+/// within the daemon-wide budget (`exec_budget.rs`). The first slice of the budget is reserved
+/// before the command starts, so a 503 means the command never ran.
+async fn buffered(
+    state: &AppState,
+    id: &str,
+    req: &engine::ExecRequest,
+    timeout: Duration,
+) -> ApiResult<engine::ExecOutput> {
+    let reservation = state.exec_budget.reserve(crate::exec_budget::FIRST_SLICE_WAIT).await?;
+    let room = crate::exec_budget::SharedReservation::new(reservation);
+    Ok(state.engine.exec_request_within(id, req, timeout, room).await?)
+}
+
+/// The JSON answer, and the header that names the streams that were cut.
+fn buffered_response(out: engine::ExecOutput) -> Response {
+    let cut: Vec<&str> = [(out.stdout_truncated, "stdout"), (out.stderr_truncated, "stderr")]
+        .into_iter()
+        .filter_map(|(cut, name)| cut.then_some(name))
+        .collect();
+    let mut response = axum::Json(api::ExecResult {
         exit_code: out.exit_code,
         stdout: out.stdout_text(),
         stderr: out.stderr_text(),
+        stdout_truncated: out.stdout_truncated,
+        stderr_truncated: out.stderr_truncated,
     })
-    .into_response())
+    .into_response();
+    if !cut.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&cut.join(","))
+    {
+        response.headers_mut().insert(api::OUTPUT_TRUNCATED_HEADER, value);
+    }
+    response
 }
 
 fn line(event: &api::ExecEvent) -> Bytes {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod engine_events;
 pub mod error;
 mod exec;
+pub mod exec_budget;
 mod files;
 pub mod housekeeping;
 mod labels;

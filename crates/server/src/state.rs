@@ -27,6 +27,8 @@ pub struct Settings {
     pub event_retention: Duration,
     /// How often the purge runs (v1: hourly).
     pub housekeeping_period: Duration,
+    /// Bytes all buffered execs together may hold (see `exec_budget.rs`); 256 MiB.
+    pub exec_output_budget: usize,
 }
 
 impl Settings {
@@ -42,6 +44,7 @@ impl Settings {
             drain_timeout: Duration::from_secs(30),
             event_retention: Duration::from_secs(90 * 24 * 3600),
             housekeeping_period: Duration::from_secs(3600),
+            exec_output_budget: 256 * 1024 * 1024,
         }
     }
 }
@@ -57,11 +60,20 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// When the daemon started (`/health`'s uptime).
     pub started: std::time::Instant,
+    /// The memory buffered execs may hold, all together.
+    pub exec_budget: crate::exec_budget::OutputBudget,
 }
 
 impl AppState {
     /// A state over an engine and a store.
     pub fn new(engine: Arc<engine::Engine>, store: store::AsyncStore, settings: Settings) -> Self {
-        Self { engine, store, settings: Arc::new(settings), started: std::time::Instant::now() }
+        let exec_budget = crate::exec_budget::OutputBudget::new(settings.exec_output_budget);
+        Self {
+            engine,
+            store,
+            settings: Arc::new(settings),
+            started: std::time::Instant::now(),
+            exec_budget,
+        }
     }
 }

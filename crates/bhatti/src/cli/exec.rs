@@ -87,9 +87,26 @@ pub async fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<u8> {
         out.flush()?;
         let mut err = std::io::stderr().lock();
         err.write_all(r.stderr.as_bytes())?;
+        if let Some(note) = truncation_note(&r) {
+            writeln!(err, "{note}")?;
+        }
         err.flush()?;
     }
     Ok(code(r.exit_code))
+}
+
+/// Said on stderr after a buffered answer the daemon cut, so a partial output is never taken
+/// for the whole (the daemon keeps 10 MiB per stream).
+fn truncation_note(r: &api::ExecResult) -> Option<String> {
+    let cut = match (r.stdout_truncated, r.stderr_truncated) {
+        (false, false) => return None,
+        (true, false) => "stdout (its beginning kept)",
+        (false, true) => "stderr (its end kept)",
+        (true, true) => "stdout (its beginning kept) and stderr (its end kept)",
+    };
+    Some(format!(
+        "bhatti: output truncated by the daemon: {cut}; BHATTI_FORCE_STREAM=1 streams all of it"
+    ))
 }
 
 /// The NDJSON stream: each event's bytes to its stream as it arrives.
@@ -146,5 +163,23 @@ mod tests {
     fn remote_codes() {
         assert_eq!((super::code(0), super::code(42), super::code(255)), (0, 42, 255));
         assert_eq!((super::code(-9), super::code(300)), (1, 1));
+    }
+
+    #[test]
+    fn a_cut_answer_is_said_on_stderr_and_a_whole_one_is_not() {
+        let mut r = api::ExecResult {
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+        };
+        assert_eq!(super::truncation_note(&r), None);
+        r.stderr_truncated = true;
+        let note = super::truncation_note(&r).unwrap_or_default();
+        assert!(note.contains("stderr (its end kept)") && !note.contains("stdout"), "{note}");
+        r.stdout_truncated = true;
+        let note = super::truncation_note(&r).unwrap_or_default();
+        assert!(note.contains("stdout (its beginning kept) and stderr"), "{note}");
     }
 }

@@ -33,6 +33,19 @@ impl Engine {
         Ok(lease.client().exec_request(req, timeout).await?)
     }
 
+    /// [`exec_request`](Self::exec_request) within a caller's memory budget for the output
+    /// (see `agent::OutputRoom`).
+    pub async fn exec_request_within(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+        timeout: Duration,
+        room: std::sync::Arc<dyn agent::OutputRoom>,
+    ) -> Result<ExecOutput, EngineError> {
+        let lease = self.lease(id).await?;
+        Ok(lease.client().exec_request_within(req, timeout, room).await?)
+    }
+
     /// Runs an exec whose output streams; the sandbox stays hot while the stream lives.
     pub async fn exec_stream(
         &self,
