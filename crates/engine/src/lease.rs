@@ -289,8 +289,10 @@ impl Drop for Lease {
 pub struct Leased<T> {
     inner: T,
     lease: Lease,
-    /// The cut as a byte stream polls it (made on first use; see [`Cut`]).
-    cut: Cut,
+    /// The cut as a byte stream's reads and writes poll it: one each, so a reader and a writer
+    /// in two tasks (a split stream) each keep their own waker (see [`Cut`]).
+    read_cut: Cut,
+    write_cut: Cut,
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Leased<T> {
@@ -301,7 +303,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Leased<T> {
 
 impl<T> Leased<T> {
     pub(crate) fn new(inner: T, lease: Lease) -> Self {
-        Self { inner, lease, cut: Cut::Waiting(None) }
+        Self { inner, lease, read_cut: Cut::Waiting(None), write_cut: Cut::Waiting(None) }
     }
 
     /// The value and its lease, for callers that take the value apart (a session split into
@@ -315,32 +317,31 @@ impl<T> Leased<T> {
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
+}
 
-    /// The cut's error as an IO error, if the lease was cut; registers the waker otherwise.
-    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
-        let aborted = |message: &str| {
-            Some(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, message.to_owned()))
-        };
-        match &mut self.cut {
-            Cut::Done(message) => aborted(message),
-            Cut::Waiting(ended) => {
-                let lease = &self.lease;
-                let ended = ended.get_or_insert_with(|| Mutex::new(Box::pin(lease.ended())));
-                let ended = ended.get_mut().unwrap_or_else(|e| e.into_inner());
-                match ended.as_mut().poll(cx) {
-                    Poll::Pending => None,
-                    Poll::Ready(gone) => {
-                        let message = gone.to_string();
-                        self.cut = Cut::Done(message.clone());
-                        aborted(&message)
-                    }
+/// The cut's error as an IO error, if `lease` was cut; registers the waker otherwise.
+fn poll_cut(cut: &mut Cut, lease: &Lease, cx: &mut Context<'_>) -> Option<std::io::Error> {
+    let aborted = |message: &str| {
+        Some(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, message.to_owned()))
+    };
+    match cut {
+        Cut::Done(message) => aborted(message),
+        Cut::Waiting(ended) => {
+            let ended = ended.get_or_insert_with(|| Mutex::new(Box::pin(lease.ended())));
+            let ended = ended.get_mut().unwrap_or_else(|e| e.into_inner());
+            match ended.as_mut().poll(cx) {
+                Poll::Pending => None,
+                Poll::Ready(gone) => {
+                    let message = gone.to_string();
+                    *cut = Cut::Done(message.clone());
+                    aborted(&message)
                 }
             }
         }
     }
 }
 
-/// A byte stream's view of its lease's cut, polled from `poll_read`/`poll_write`. The future is
+/// A byte stream's view of its lease's cut, polled from `poll_read` or `poll_write`. The future is
 /// boxed once, on first poll, and kept in a `Mutex` only so that `Leased` stays `Sync` (it is
 /// reached through `&mut self`, never locked); a finished one is replaced by its message, as a
 /// finished future must not be polled again.
@@ -383,7 +384,8 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Leased<T> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         // A dead guest never answers: without the cut a read would wait forever.
-        if let Some(gone) = self.poll_cut(cx) {
+        let this = &mut *self;
+        if let Some(gone) = poll_cut(&mut this.read_cut, &this.lease, cx) {
             return Poll::Ready(Err(gone));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -396,7 +398,8 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Leased<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if let Some(gone) = self.poll_cut(cx) {
+        let this = &mut *self;
+        if let Some(gone) = poll_cut(&mut this.write_cut, &this.lease, cx) {
             return Poll::Ready(Err(gone));
         }
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
