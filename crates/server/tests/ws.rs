@@ -439,7 +439,10 @@ async fn stop_and_destroy_proceed_with_a_shell_attached() {
     assert!(reason.contains("stopped"), "{reason}");
     assert_eq!(d.state.engine.thermal(&sb.id).unwrap(), engine::Thermal::Cold);
 
-    // A new terminal wakes it; a DELETE with it attached proceeds the same way.
+    // Started again (a user-stopped sandbox's guest routes may refuse until then), a new
+    // terminal attaches; a DELETE with it attached proceeds the same way.
+    let r = d.req(Method::POST, &format!("/sandboxes/{}/start", sb.id)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let mut tty = dial(&d, &path, Some(&d.key)).await.unwrap();
     session_of(&mut tty).await;
     tty.send(Message::binary(b"echo after-$((2+2))\n".to_vec())).await.unwrap();
