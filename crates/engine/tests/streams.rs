@@ -229,3 +229,20 @@ async fn a_users_stop_and_a_destroy_cut_every_stream_and_the_thermal_stop_never_
     drop(shell);
     assert!(e.list().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_fails_cuts_its_leases() {
+    let e = test_engine().await;
+    e.create(&small("doomed")).await.unwrap();
+    let shell = e.shell("doomed", &agent::ExecRequest::command(["/bin/sh"])).await.unwrap();
+    let ended = shell.lease().ended();
+    e.simulate_owner_panic("doomed").await.unwrap();
+    // QEMU went with the owner's unwinding: the session's holder hears of it at once.
+    let ended = within("the shell", ended).await;
+    assert!(
+        matches!(ended, engine::EngineError::Gone { reason: engine::GoneReason::Crashed(_), .. }),
+        "{ended}"
+    );
+    drop(shell);
+    e.destroy("doomed").await.unwrap();
+}
