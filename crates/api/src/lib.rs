@@ -125,6 +125,9 @@ error_codes! {
     Busy = "busy",
     /// 409: the sandbox's VM ended on its own; starting it boots it from its disk.
     Crashed = "crashed",
+    /// 409: the sandbox went away while the operation ran (its VM crashed, it was destroyed or
+    /// stopped, the daemon shut down); the message says which.
+    Gone = "gone",
     /// 500: the saved memory could not be restored; `start --force` boots from the disk.
     RestoreFailed = "restore_failed",
     /// 404: no such file, directory or session in the guest.

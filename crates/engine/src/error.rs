@@ -4,6 +4,43 @@
 
 use crate::thermal::Thermal;
 
+/// Why a sandbox's leases were cut: what its guest operations (streams, sessions, transfers)
+/// are told when they end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoneReason {
+    /// Its QEMU ended on its own (killed, crashed, an owner task that failed): what was said.
+    Crashed(String),
+    /// It was destroyed.
+    Destroyed,
+    /// A user stopped it (its memory is saved; the next use wakes it).
+    Stopped,
+    /// The daemon is shutting down (the sandbox is suspended to disk).
+    ShuttingDown,
+}
+
+impl GoneReason {
+    /// A few words for where space is short (a WebSocket close frame's reason, 123 bytes).
+    pub fn short(&self) -> &'static str {
+        match self {
+            GoneReason::Crashed(_) => "sandbox crashed",
+            GoneReason::Destroyed => "sandbox destroyed",
+            GoneReason::Stopped => "sandbox stopped",
+            GoneReason::ShuttingDown => "daemon shutting down",
+        }
+    }
+}
+
+impl std::fmt::Display for GoneReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GoneReason::Crashed(why) => write!(f, "crashed ({why})"),
+            GoneReason::Destroyed => f.write_str("was destroyed"),
+            GoneReason::Stopped => f.write_str("was stopped (its next use wakes it)"),
+            GoneReason::ShuttingDown => f.write_str("was suspended: the daemon is shutting down"),
+        }
+    }
+}
+
 /// What a name refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -98,6 +135,9 @@ pub enum ErrorKind {
     Busy,
     /// The sandbox's VMM ended on its own.
     Crashed,
+    /// The sandbox went away under a running operation (crashed, destroyed, stopped by a
+    /// user, the daemon shutting down): the operation was cut.
+    Gone,
     /// The saved state could not be restored.
     RestoreFailed,
     /// The guest agent did not answer (boot or wake failed, connection lost, deadline passed).
@@ -122,6 +162,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Busy => "busy",
             ErrorKind::Crashed => "crashed",
+            ErrorKind::Gone => "gone",
             ErrorKind::RestoreFailed => "restore_failed",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Guest(GuestErrorKind::NotFound) => "guest_not_found",
@@ -208,6 +249,16 @@ pub enum EngineError {
         id: String,
         /// What QEMU said.
         reason: String,
+    },
+    /// The sandbox went away while the operation ran: its QEMU died, it was destroyed or
+    /// stopped, or the daemon shut down. Its lease was cut, so the operation ended at once
+    /// instead of waiting on a guest that will not answer.
+    #[error("sandbox {id:?} {reason}: the operation was cut off")]
+    Gone {
+        /// Sandbox.
+        id: String,
+        /// What happened to it.
+        reason: GoneReason,
     },
     /// The saved state could not be loaded (damaged, or from an incompatible QEMU).
     #[error(
@@ -371,6 +422,7 @@ impl EngineError {
             EngineError::ShuttingDown => ErrorKind::ShuttingDown,
             EngineError::Busy { .. } => ErrorKind::Busy,
             EngineError::Crashed { .. } => ErrorKind::Crashed,
+            EngineError::Gone { .. } => ErrorKind::Gone,
             EngineError::Restore { .. } => ErrorKind::RestoreFailed,
             EngineError::NotReady { .. } | EngineError::GuestExited { .. } => {
                 ErrorKind::Unavailable
@@ -451,6 +503,7 @@ mod tests {
             ErrorKind::ShuttingDown,
             ErrorKind::Busy,
             ErrorKind::Crashed,
+            ErrorKind::Gone,
             ErrorKind::RestoreFailed,
             ErrorKind::Unavailable,
             ErrorKind::Guest(GuestErrorKind::NotFound),
@@ -538,5 +591,10 @@ mod tests {
         let e = EngineError::WrongState { id: "a1".into(), thermal: Thermal::Cold, op: "pause" };
         assert_eq!(e.to_string(), r#"sandbox "a1" is cold: cannot pause"#);
         assert_eq!(e.kind(), ErrorKind::WrongState);
+        let e = EngineError::Gone { id: "a1".into(), reason: GoneReason::Destroyed };
+        assert_eq!(e.to_string(), r#"sandbox "a1" was destroyed: the operation was cut off"#);
+        assert_eq!(e.kind(), ErrorKind::Gone);
+        let e = EngineError::Gone { id: "a1".into(), reason: GoneReason::Crashed("killed".into()) };
+        assert_eq!(e.to_string(), r#"sandbox "a1" crashed (killed): the operation was cut off"#);
     }
 }

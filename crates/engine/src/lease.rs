@@ -6,30 +6,50 @@
 //! gate is a small mutex held only to count leases, never across an `.await`. A pause or stop
 //! closes the gate once no lease is out, so no lease can slip in between the owner's check and
 //! the VM's pause.
+//!
+//! A sandbox that goes away under its leases (its QEMU dies, it is destroyed, a user stops it,
+//! the daemon shuts down) *cuts* them: every lease out sees the reason at once through a watch
+//! channel, and the engine's guest operations, streams and sessions select on it, so they end
+//! with [`EngineError::Gone`] instead of waiting on a guest that will never answer (a TCP
+//! connection to a dead guest sees no FIN or RST, only its deadline). Each cut starts a new
+//! channel: leases taken after it (a wake after a stop) are not cut by an old reason.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agent::AgentClient;
-use tokio::sync::Notify;
+use agent::{AgentClient, ExecEvent, ExecStream};
+use tokio::sync::{Notify, watch};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, GoneReason};
 use crate::thermal::Thermal;
 
 /// The lease count and whether new leases may be taken without the owner.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Gate {
     /// Open while the sandbox is hot and no pause or stop is under way.
     open: bool,
     leases: usize,
     /// The agent client of the running VM (replaced on every cold wake).
     client: Option<Arc<AgentClient>>,
+    /// Where a cut is announced to the leases out; replaced by a fresh one at each cut.
+    cut: watch::Sender<Option<GoneReason>>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Self { open: false, leases: 0, client: None, cut: watch::Sender::new(None) }
+    }
 }
 
 /// State shared between the owner, the registry and the leases.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The sandbox's ID (for the errors of cut leases).
+    id: String,
     /// A mirror of the owner's power state for readers; only the owner writes it
     /// (`Owner::set_power`), so it has one source of truth.
     thermal: AtomicU8,
@@ -53,11 +73,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(thermal: Thermal) -> Self {
+    pub(crate) fn new(id: &str, thermal: Thermal) -> Self {
         let shared = Self {
+            id: id.to_owned(),
             thermal: AtomicU8::new(0),
             last_activity_ms: AtomicU64::new(now_ms()),
-            gate: Mutex::new(Gate::default()),
+            gate: Mutex::new(Gate::new()),
             idle: Notify::new(),
             destroyed: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -118,16 +139,34 @@ impl Shared {
         let mut gate = lock(&self.gate);
         let client = gate.client.clone().filter(|_| gate.open)?;
         gate.leases += 1;
+        let cut = gate.cut.subscribe();
         drop(gate);
         self.touch();
-        Some(Lease { shared: Arc::clone(self), client })
+        Some(Lease { shared: Arc::clone(self), client, cut })
     }
 
     /// A lease handed out by the owner, which has just made the sandbox hot.
     pub(crate) fn lease_from_owner(self: &Arc<Self>, client: &Arc<AgentClient>) -> Lease {
-        lock(&self.gate).leases += 1;
+        let mut gate = lock(&self.gate);
+        gate.leases += 1;
+        let cut = gate.cut.subscribe();
+        drop(gate);
         self.touch();
-        Lease { shared: Arc::clone(self), client: Arc::clone(client) }
+        Lease { shared: Arc::clone(self), client: Arc::clone(client), cut }
+    }
+
+    /// Cuts every lease out: each is told `reason` at once (what its operation ends with) and
+    /// the gate closes, so nothing new is admitted until the owner opens it again. The leases
+    /// still count until their holders drop them. Leases taken later listen to a fresh
+    /// channel. Idempotent enough: a second cut tells only leases taken since the first.
+    pub(crate) fn cut(&self, reason: GoneReason) {
+        let told = {
+            let mut gate = lock(&self.gate);
+            gate.open = false;
+            std::mem::replace(&mut gate.cut, watch::Sender::new(None))
+        };
+        // Outside the lock: waking the holders runs no code of theirs, but keep it short.
+        told.send_replace(Some(reason));
     }
 
     /// Waits up to `wait` until no lease is out, then closes the gate so none is taken until
@@ -176,12 +215,57 @@ impl Shared {
 pub struct Lease {
     shared: Arc<Shared>,
     client: Arc<AgentClient>,
+    /// Says why, once the sandbox went away under this lease.
+    cut: watch::Receiver<Option<GoneReason>>,
 }
 
 impl Lease {
     /// The sandbox's agent client.
     pub fn client(&self) -> &Arc<AgentClient> {
         &self.client
+    }
+
+    /// Resolves once this lease is cut (the sandbox crashed, was destroyed, was stopped by a
+    /// user, or the daemon shuts down) with the error the operation should end with
+    /// ([`EngineError::Gone`]); pending for as long as the lease is good. Owned (`'static`), so
+    /// a caller can select on it beside a borrow of the lease's stream or session.
+    pub fn ended(&self) -> impl Future<Output = EngineError> + Send + 'static {
+        let mut cut = self.cut.clone();
+        let id = self.shared.id.clone();
+        async move {
+            let reason = match cut.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone(),
+                // The sender went without a word: only a dropped engine does that, and then
+                // nothing will cut this lease.
+                Err(_) => None,
+            };
+            match reason {
+                Some(reason) => EngineError::Gone { id, reason },
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Why this lease was cut, if it was.
+    pub fn cut_reason(&self) -> Option<GoneReason> {
+        self.cut.borrow().clone()
+    }
+
+    /// Runs a guest operation unless the lease is cut first: then the operation is dropped
+    /// (its connection closes) and the cut's error returned at once.
+    pub(crate) async fn run<T, E>(
+        &self,
+        op: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, EngineError>
+    where
+        E: Into<EngineError>,
+    {
+        tokio::select! {
+            // A lease cut before the operation began fails it without touching the guest.
+            biased;
+            gone = self.ended() => Err(gone),
+            done = op => done.map_err(Into::into),
+        }
     }
 }
 
@@ -199,22 +283,83 @@ impl Drop for Lease {
 }
 
 /// A value that needs the sandbox hot for as long as it lives (a stream, a session): it
-/// carries its lease.
-#[derive(Debug)]
+/// carries its lease. A cut lease ends it: [`Leased::next`] of an exec stream answers
+/// [`EngineError::Gone`], a forwarded byte stream fails its reads and writes; a session's
+/// holder selects on [`Lease::ended`] (see [`Leased::into_parts`]).
 pub struct Leased<T> {
     inner: T,
-    _lease: Lease,
+    lease: Lease,
+    /// The cut as a byte stream's reads and writes poll it: one each, so a reader and a writer
+    /// in two tasks (a split stream) each keep their own waker (see [`Cut`]).
+    read_cut: Cut,
+    write_cut: Cut,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Leased<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leased").field("inner", &self.inner).field("lease", &self.lease).finish()
+    }
 }
 
 impl<T> Leased<T> {
     pub(crate) fn new(inner: T, lease: Lease) -> Self {
-        Self { inner, _lease: lease }
+        Self { inner, lease, read_cut: Cut::Waiting(None), write_cut: Cut::Waiting(None) }
     }
 
     /// The value and its lease, for callers that take the value apart (a session split into
-    /// reader and writer); the sandbox stays hot while the lease lives.
+    /// reader and writer); the sandbox stays hot while the lease lives, and the caller selects
+    /// on [`Lease::ended`] to learn that the sandbox went away.
     pub fn into_parts(self) -> (T, Lease) {
-        (self.inner, self._lease)
+        (self.inner, self.lease)
+    }
+
+    /// The lease this value carries.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+/// The cut's error as an IO error, if `lease` was cut; registers the waker otherwise.
+fn poll_cut(cut: &mut Cut, lease: &Lease, cx: &mut Context<'_>) -> Option<std::io::Error> {
+    let aborted = |message: &str| {
+        Some(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, message.to_owned()))
+    };
+    match cut {
+        Cut::Done(message) => aborted(message),
+        Cut::Waiting(ended) => {
+            let ended = ended.get_or_insert_with(|| Mutex::new(Box::pin(lease.ended())));
+            let ended = ended.get_mut().unwrap_or_else(|e| e.into_inner());
+            match ended.as_mut().poll(cx) {
+                Poll::Pending => None,
+                Poll::Ready(gone) => {
+                    let message = gone.to_string();
+                    *cut = Cut::Done(message.clone());
+                    aborted(&message)
+                }
+            }
+        }
+    }
+}
+
+/// A byte stream's view of its lease's cut, polled from `poll_read` or `poll_write`. The future is
+/// boxed once, on first poll, and kept in a `Mutex` only so that `Leased` stays `Sync` (it is
+/// reached through `&mut self`, never locked); a finished one is replaced by its message, as a
+/// finished future must not be polled again.
+enum Cut {
+    Waiting(Option<Mutex<Pin<Box<dyn Future<Output = EngineError> + Send>>>>),
+    Done(String),
+}
+
+impl Leased<ExecStream> {
+    /// The next event of the exec; `None` after its exit or an error. A cut lease ends it at
+    /// once with [`EngineError::Gone`] (the exec's connection closes when this is dropped).
+    /// Cancel-safe, as the agent's own `next`.
+    pub async fn next(&mut self) -> Option<Result<ExecEvent, EngineError>> {
+        tokio::select! {
+            biased;
+            gone = self.lease.ended() => Some(Err(gone)),
+            event = self.inner.next() => event.map(|e| e.map_err(EngineError::from)),
+        }
     }
 }
 
@@ -238,6 +383,11 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Leased<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        // A dead guest never answers: without the cut a read would wait forever.
+        let this = &mut *self;
+        if let Some(gone) = poll_cut(&mut this.read_cut, &this.lease, cx) {
+            return Poll::Ready(Err(gone));
+        }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -248,6 +398,10 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Leased<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(gone) = poll_cut(&mut this.write_cut, &this.lease, cx) {
+            return Poll::Ready(Err(gone));
+        }
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -296,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_gate_admits_leases_only_while_hot_and_open() {
-        let shared = Arc::new(Shared::new(Thermal::Cold));
+        let shared = Arc::new(Shared::new("a", Thermal::Cold));
         assert!(shared.try_lease().is_none(), "cold: no lease without the owner");
         shared.set_thermal(Thermal::Hot);
         shared.open(&client());
@@ -315,5 +469,32 @@ mod tests {
         assert!(shared.try_lease().is_none(), "closed while pausing");
         shared.reopen_if_hot();
         assert!(shared.try_lease().is_some(), "reopened after a pause that did not happen");
+    }
+
+    #[tokio::test]
+    async fn a_cut_tells_every_lease_out_and_none_taken_later() {
+        let shared = Arc::new(Shared::new("a", Thermal::Hot));
+        shared.open(&client());
+        let (first, second) = (shared.try_lease().unwrap(), shared.try_lease().unwrap());
+        let pending = first.run(std::future::pending::<Result<(), EngineError>>());
+        let waiting = tokio::spawn(second.ended());
+        // Not cut: an operation runs as long as it takes.
+        assert!(tokio::time::timeout(Duration::from_millis(20), first.ended()).await.is_err());
+        shared.cut(GoneReason::Destroyed);
+        let gone = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap();
+        assert!(matches!(gone, Err(EngineError::Gone { reason: GoneReason::Destroyed, .. })));
+        let gone = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert_eq!(gone.kind(), crate::ErrorKind::Gone);
+        assert_eq!(first.cut_reason(), Some(GoneReason::Destroyed));
+        assert!(shared.try_lease().is_none(), "a cut closes the gate");
+        // Cut leases still count until their holders let go.
+        assert_eq!(shared.leases(), 2);
+        drop((first, second));
+        // The owner opens the gate again (a wake after a stop): new leases are not cut.
+        shared.open(&client());
+        let later = shared.try_lease().unwrap();
+        assert_eq!(later.cut_reason(), None);
+        let ok = later.run(async { Ok::<_, EngineError>(7) }).await.unwrap();
+        assert_eq!(ok, 7);
     }
 }

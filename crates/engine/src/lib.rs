@@ -62,7 +62,7 @@ pub use proto::guest::GuestFile;
 
 pub use checkpoint::Captured;
 pub use egress::Egress;
-pub use error::{EngineError, ErrorKind, Exhausted, GuestErrorKind, Resource};
+pub use error::{EngineError, ErrorKind, Exhausted, GoneReason, GuestErrorKind, Resource};
 pub use events::{Event, EventKind};
 pub use ippool::Subnet;
 pub use jail::{Swept, sweep_cgroups as remove_leftover_cgroups};

@@ -11,6 +11,11 @@
 //!
 //! Between messages the owner watches its QEMU: a QEMU that exits (killed, crashed) or pauses
 //! on a full disk is reported as an event at once, not at the next operation.
+//!
+//! Leases are cut (`Shared::cut`: every holder told why, at once) when the sandbox goes away
+//! under them: its QEMU exits on its own, it is destroyed, a user stops it (a stop with a cut
+//! reason, as `docker stop` stops a container whatever runs in it) or the daemon shuts down.
+//! A stop without one (the thermal manager's) never cuts: it waits and refuses with `Busy`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 use agent::AgentClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, GoneReason};
 use crate::events::{EventKind, Events};
 use crate::lease::{Lease, Shared};
 use crate::machine::{Backend, BootSpec, Machine, Signal, Suspended};
@@ -36,8 +41,9 @@ pub(crate) enum Command {
     },
     Stop {
         wait: Duration,
-        /// Stop even if operations are still in flight after `wait` (daemon shutdown).
-        force: bool,
+        /// Operations still in flight after `wait` are cut with this reason and the stop goes
+        /// on (a user's stop, daemon shutdown); without one the stop refuses with `Busy`.
+        cut: Option<GoneReason>,
         reply: oneshot::Sender<Result<Option<Suspended>, EngineError>>,
     },
     Start {
@@ -67,8 +73,13 @@ pub(crate) enum Request {
     /// Start from the disk, discarding saved memory.
     StartFromDisk,
     Pause,
+    /// Stop, refusing while leases are out (the thermal manager).
     Stop,
+    /// Stop, cutting the leases that are out (a user's stop, daemon shutdown).
+    StopCutting,
     Checkpoint,
+    /// Not a request but news: QEMU ended on its own (killed, crashed).
+    Exited,
 }
 
 /// What the owner does for a request in a state.
@@ -84,8 +95,12 @@ pub(crate) enum Step {
     Boot,
     /// Pause the vCPUs.
     Pause,
-    /// Save device state, flush, end QEMU.
+    /// Save device state, flush, end QEMU (once no lease is out).
     Save,
+    /// Cut the leases still out, then save as [`Step::Save`].
+    CutAndSave,
+    /// Cut every lease (the guest is gone) and mark the sandbox failed.
+    MarkFailed,
     /// Capture a checkpoint.
     Capture,
     /// A crashed sandbox counts as stopped: the next start boots from its disk.
@@ -113,8 +128,12 @@ pub(crate) fn step(thermal: Thermal, snapshot: bool, request: Request) -> Step {
         (R::Pause, T::Cold) => Step::WrongState,
         (R::Pause, T::Failed) => Step::Crashed,
         (R::Stop, T::Hot | T::Warm) => Step::Save,
-        (R::Stop, T::Cold) => Step::Nothing,
-        (R::Stop, T::Failed) => Step::MarkCold,
+        (R::StopCutting, T::Hot | T::Warm) => Step::CutAndSave,
+        (R::Stop | R::StopCutting, T::Cold) => Step::Nothing,
+        (R::Stop | R::StopCutting, T::Failed) => Step::MarkCold,
+        (R::Exited, T::Hot | T::Warm) => Step::MarkFailed,
+        // Nothing ran: no lease can be out.
+        (R::Exited, T::Cold | T::Failed) => Step::Nothing,
         (R::Checkpoint, T::Hot | T::Warm) => Step::Capture,
         (R::Checkpoint, T::Cold) => Step::WrongState,
         (R::Checkpoint, T::Failed) => Step::Crashed,
@@ -248,7 +267,7 @@ pub(crate) fn spawn(start: Start) -> Handle {
         Some(vm) => Power::Hot(vm),
         None => Power::Cold { snapshot },
     };
-    let shared = Arc::new(Shared::new(power.thermal()));
+    let shared = Arc::new(Shared::new(&who.id, power.thermal()));
     if let Power::Hot(_) = power {
         shared.open(&client);
     }
@@ -279,6 +298,8 @@ pub(crate) fn spawn(start: Start) -> Handle {
         let reason = "the sandbox's owner task failed (a bug: see the daemon's log)".to_owned();
         tracing::error!(sandbox = %id, "owner task panicked: {e}");
         *lock(&watched.failure) = Some(reason.clone());
+        // QEMU went with the owner: streams on it would otherwise wait for their deadlines.
+        watched.cut(GoneReason::Crashed(reason.clone()));
         watched.close();
         watched.set_thermal(Thermal::Failed);
         supervisor_giveback.release(&id, ip);
@@ -294,6 +315,9 @@ async fn watch(power: &mut Power) -> Signal {
         _ => std::future::pending().await,
     }
 }
+
+/// How long a cutting stop waits for the holders of cut leases to let go.
+const CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the console log's size is checked while QEMU runs.
 const CONSOLE_CHECK: Duration = Duration::from_secs(2);
@@ -334,8 +358,8 @@ impl Owner {
             Command::Pause { wait, reply } => {
                 let _ = reply.send(self.pause(wait).await);
             }
-            Command::Stop { wait, force, reply } => {
-                let _ = reply.send(self.stop(wait, force).await);
+            Command::Stop { wait, cut, reply } => {
+                let _ = reply.send(self.stop(wait, cut).await);
             }
             Command::Start { from_disk, reply } => {
                 let request = if from_disk { Request::StartFromDisk } else { Request::Start };
@@ -397,6 +421,8 @@ impl Owner {
     /// the volume claims, every file. Runs in the owner, after whatever it was doing, so a boot
     /// still in progress can never recreate what this removes.
     async fn destroy(&mut self) {
+        // Before QEMU goes: a stream on a killed guest would wait for its deadline.
+        self.shared.cut(GoneReason::Destroyed);
         self.kill().await;
         let (files, backend) = (self.spec.files.clone(), Arc::clone(&self.backend));
         let (netns, id) = (self.ns.name().to_owned(), self.who.id.clone());
@@ -444,6 +470,10 @@ impl Owner {
             return Ok(());
         };
         tracing::warn!(sandbox = %self.who.id, "{why}");
+        if step(self.power.thermal(), self.power.snapshot(), Request::Exited) == Step::MarkFailed {
+            // No TCP connection to the dead guest will ever see a FIN or RST: tell the holders.
+            self.shared.cut(GoneReason::Crashed(why.clone()));
+        }
         self.set_power(Power::Failed(why.clone()));
         self.events.send(&self.who.id, EventKind::Crashed { reason: why });
         self.crashed()
@@ -552,12 +582,14 @@ impl Owner {
     async fn stop(
         &mut self,
         wait: Duration,
-        force: bool,
+        cut: Option<GoneReason>,
     ) -> Result<Option<Suspended>, EngineError> {
         // A QEMU that died since the last operation: nothing runs, so this sandbox is stopped.
         let _ = self.check_alive(Duration::ZERO).await;
-        let was_hot = match step(self.power.thermal(), self.power.snapshot(), Request::Stop) {
-            Step::Save => matches!(self.power, Power::Hot(_)),
+        let request = if cut.is_some() { Request::StopCutting } else { Request::Stop };
+        let cutting = match step(self.power.thermal(), self.power.snapshot(), request) {
+            Step::Save => None,
+            Step::CutAndSave => cut,
             Step::MarkCold => {
                 // The next start boots from the disk.
                 self.set_power(Power::Cold { snapshot: false });
@@ -565,12 +597,10 @@ impl Owner {
             }
             _ => return Ok(None),
         };
+        let was_hot = matches!(self.power, Power::Hot(_));
         if let Err(busy) = self.shared.close_when_idle(&self.who.id, wait).await {
-            if !force {
-                return Err(busy);
-            }
-            self.shared.close_now();
-            tracing::warn!(sandbox = %self.who.id, "stopping with operations in flight: {busy}");
+            let Some(reason) = cutting else { return Err(busy) };
+            self.cut_leases(reason).await;
         }
         let state = self.spec.files.state();
         let started = Instant::now();
@@ -605,6 +635,18 @@ impl Owner {
         self.events
             .send(&self.who.id, EventKind::Stopped { bytes_written: suspended.bytes_written });
         Ok(Some(suspended))
+    }
+
+    /// Tells every lease holder why its operation ends and gives them [`CUT_GRACE`] to let go:
+    /// their connections close while the guest still runs, so its agent ends a cut exec's
+    /// command and detaches a cut session before the memory is saved. Leases still out after
+    /// that are cut all the same (their connections die with this QEMU).
+    async fn cut_leases(&mut self, reason: GoneReason) {
+        self.shared.cut(reason);
+        if let Err(still) = self.shared.close_when_idle(&self.who.id, CUT_GRACE).await {
+            self.shared.close_now();
+            tracing::warn!(sandbox = %self.who.id, "stopping with operations in flight: {still}");
+        }
     }
 
     async fn checkpoint(
@@ -708,6 +750,15 @@ mod tests {
             (R::Stop, T::Warm, false, S::Save),
             (R::Stop, T::Cold, true, S::Nothing),
             (R::Stop, T::Failed, false, S::MarkCold),
+            (R::StopCutting, T::Hot, false, S::CutAndSave),
+            (R::StopCutting, T::Warm, false, S::CutAndSave),
+            (R::StopCutting, T::Cold, true, S::Nothing),
+            (R::StopCutting, T::Cold, false, S::Nothing),
+            (R::StopCutting, T::Failed, false, S::MarkCold),
+            (R::Exited, T::Hot, false, S::MarkFailed),
+            (R::Exited, T::Warm, false, S::MarkFailed),
+            (R::Exited, T::Cold, true, S::Nothing),
+            (R::Exited, T::Failed, false, S::Nothing),
             (R::Checkpoint, T::Hot, false, S::Capture),
             (R::Checkpoint, T::Warm, false, S::Capture),
             (R::Checkpoint, T::Cold, true, S::WrongState),

@@ -109,6 +109,9 @@ fn engine_status(kind: E) -> StatusCode {
         E::AlreadyExists | E::WrongState | E::Cancelled | E::InUse | E::Busy | E::Crashed => {
             StatusCode::CONFLICT
         }
+        // The sandbox went away under the operation (crashed, destroyed, stopped): a conflict
+        // with its new state, not a fault of the daemon's.
+        E::Gone => StatusCode::CONFLICT,
         E::Guest(G::AlreadyExists | G::Busy) => StatusCode::CONFLICT,
         E::Guest(G::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         E::Guest(G::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
@@ -181,6 +184,11 @@ mod tests {
         assert_eq!(nf.status().0, StatusCode::NOT_FOUND);
         let busy = ApiError::Engine(engine::EngineError::Busy { id: "x".into(), in_flight: 1 });
         assert_eq!(busy.status(), (StatusCode::CONFLICT, "busy"));
+        let gone = ApiError::Engine(engine::EngineError::Gone {
+            id: "x".into(),
+            reason: engine::GoneReason::Destroyed,
+        });
+        assert_eq!(gone.status(), (StatusCode::CONFLICT, "gone"));
         let limit = ApiError::Store(store::StoreError::Limit {
             kind: store::Resource::Sandbox,
             used: 5,
@@ -204,6 +212,7 @@ mod tests {
             E::ShuttingDown,
             E::Busy,
             E::Crashed,
+            E::Gone,
             E::RestoreFailed,
             E::Unavailable,
             E::Internal,

@@ -19,16 +19,11 @@
 //! `sandbox.created` (name, cpus, memory_mb, image, template_id, keep_hot), `sandbox.destroyed`
 //! (name, lifetime_s), `sandbox.stopped` and `sandbox.started` (reason `api`).
 
-use std::time::Duration;
-
 use bhatti_core::{Op, Plan, lifecycle};
 
 use crate::engine_events::{LogEntry, sync_row};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-
-/// How long a stop waits for guest operations in flight before answering busy.
-const STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// What a create answered.
 #[derive(Debug)]
@@ -206,8 +201,9 @@ pub(crate) async fn stop(state: &AppState, sandbox: store::Sandbox) -> ApiResult
     };
     let sid = sandbox.id.clone();
     let transition = state.store.write(move |s| s.begin_transition(&sid, intent)).await?;
-    let (_, transition) =
-        guarded(state, transition, state.engine.stop(&sandbox.id, STOP_WAIT)).await?;
+    // A user's stop cuts whatever runs (attached shells, execs, transfers: each told "stopped")
+    // rather than waiting for it, as `docker stop` does; the thermal manager's stop never cuts.
+    let (_, transition) = guarded(state, transition, state.engine.stop_now(&sandbox.id)).await?;
     let event = LogEntry::new("sandbox.stopped", serde_json::json!({ "reason": "api" }));
     // Stopped by its user: it stays stopped until `start` (guest routes answer 409).
     finish(state, transition, then, event, true).await

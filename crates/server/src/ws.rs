@@ -18,7 +18,10 @@
 //! slow client slows the guest's output, never grows our memory), and every wait has a
 //! deadline: 10 s per send, 90 s of client silence (the server pings every 30 s), 90 s for
 //! the guest to take input. The session's lease is held for the connection's lifetime, so an
-//! attached terminal keeps the sandbox hot.
+//! attached terminal keeps the sandbox hot. A sandbox that goes away (its QEMU dies, it is
+//! destroyed or stopped by a user, the daemon shuts down) cuts the lease: the socket closes at
+//! once with 1001 and the reason (`sandbox crashed`, `sandbox destroyed`, `sandbox stopped`),
+//! a piped one after an error message with the whole story.
 
 use std::time::Duration;
 
@@ -145,7 +148,12 @@ async fn send(sink: &mut Sink, message: Message) -> bool {
 }
 
 async fn close(sink: &mut Sink, code: u16) {
-    let frame = CloseFrame { code, reason: "".into() };
+    close_with(sink, code, "").await;
+}
+
+/// A close frame with a reason (at most 123 bytes, the frame's room; ours are short).
+async fn close_with(sink: &mut Sink, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: reason.into() };
     send(sink, Message::Close(Some(frame))).await;
 }
 
@@ -264,12 +272,12 @@ async fn serve_session(
     mut sink: Sink,
     source: Source,
 ) {
-    let (session, _lease) = session.into_parts();
+    let (session, lease) = session.into_parts();
     let (info, reader, writer) = session.split();
     if !send(&mut sink, json(&api::WsMessage::Session { session_id: info.session_id })).await {
         return;
     }
-    relay(mode, reader, writer, sink, source).await;
+    relay(mode, reader, writer, sink, source, lease.ended()).await;
 }
 
 /// The piped session's start message; the error is the text for the client.
@@ -320,14 +328,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Moves bytes both ways until the session ends, the client goes, or a deadline passes.
-/// Returning drops the agent connection (detaching) and the lease.
+/// Moves bytes both ways until the session ends, the client goes, a deadline passes, or the
+/// sandbox goes away (`ended`: its lease was cut; the client is told why). Returning drops the
+/// agent connection (detaching) and the lease.
 async fn relay(
     mode: Mode,
     mut reader: SessionReader,
     mut writer: SessionWriter,
     mut sink: Sink,
     mut source: Source,
+    ended: impl std::future::Future<Output = engine::EngineError>,
 ) {
     // The agent reader is not cancel-safe (a frame read halfway is lost), so it runs alone
     // and hands whole events over a small channel.
@@ -341,9 +351,23 @@ async fn relay(
             }
         }
     }));
-    tokio::select! {
-        () = output(mode, &mut rx, &mut sink) => {}
-        () = input(mode, &mut source, &mut writer) => {}
+    let gone = tokio::select! {
+        () = output(mode, &mut rx, &mut sink) => None,
+        () = input(mode, &mut source, &mut writer) => None,
+        gone = ended => Some(gone),
+    };
+    if let Some(gone) = gone {
+        // The guest will not answer any more (or is being suspended): say so and close,
+        // rather than leaving the client on a connection that only its deadline would end.
+        let reason = match &gone {
+            engine::EngineError::Gone { reason, .. } => reason.short(),
+            _ => "sandbox gone",
+        };
+        if mode == Mode::Piped {
+            let message = gone.to_string();
+            send(&mut sink, json(&api::WsMessage::Error { message })).await;
+        }
+        close_with(&mut sink, close_code::AWAY, reason).await;
     }
 }
 

@@ -302,3 +302,158 @@ async fn piped_sessions_stdin_reattach_exit_codes_and_limits() {
     assert!(t.contains(r#""type":"error""#) && t.contains("attach: "), "{t}");
     d.stop().await;
 }
+
+// Issue 19: a sandbox that goes away (its QEMU killed, a DELETE, a user's stop) ends every
+// stream on it at once with the reason, instead of leaving them on a dead connection until
+// their deadline (300 s for an exec).
+
+/// How long a stream may take to notice that its sandbox went away.
+const GONE_WITHIN: Duration = Duration::from_secs(15);
+
+/// The close frame (code and reason) that ends a socket, past any output; within `limit`.
+async fn close_frame(ws: &mut Ws, limit: Duration) -> (CloseCode, String) {
+    let end = Instant::now() + limit;
+    loop {
+        let message = tokio::time::timeout_at(end, ws.next()).await;
+        match message.expect("the socket closes within the limit") {
+            Some(Ok(Message::Close(Some(frame)))) => return (frame.code, frame.reason.to_string()),
+            Some(Ok(Message::Close(None))) => panic!("a close frame without a reason"),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// The streams a test holds open on one sandbox: a buffered exec, an NDJSON exec, a terminal
+/// and a piped exec socket, each running (or sitting in) a command that would outlive the test.
+struct OpenStreams {
+    buffered: tokio::task::JoinHandle<(u16, api::ErrorBody)>,
+    ndjson: tokio::task::JoinHandle<Vec<api::ExecEvent>>,
+    tty: Ws,
+    piped: Ws,
+}
+
+async fn open_streams(d: &Daemon, id: &str) -> OpenStreams {
+    let sleep = serde_json::json!({"cmd": ["sleep", "600"]});
+    let buffered = {
+        let req = d.req(Method::POST, &format!("/sandboxes/{id}/exec")).json(&sleep);
+        tokio::spawn(async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap())
+        })
+    };
+    let ndjson = {
+        let req = d
+            .req(Method::POST, &format!("/sandboxes/{id}/exec"))
+            .header("accept", api::NDJSON)
+            .json(&serde_json::json!({"cmd": ["sh", "-c", "echo started; sleep 600"]}));
+        tokio::spawn(async move {
+            let mut r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let mut text = String::new();
+            while let Some(chunk) = r.chunk().await.unwrap() {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        })
+    };
+    let mut tty = dial(d, &format!("/sandboxes/{id}/ws"), Some(&d.key)).await.unwrap();
+    session_of(&mut tty).await;
+    tty.send(Message::binary(b"echo shell-$((20+22))\n".to_vec())).await.unwrap();
+    read_until(&mut tty, "shell-42").await;
+    let mut piped = dial(d, &format!("/sandboxes/{id}/exec/ws"), Some(&d.key)).await.unwrap();
+    piped.send(Message::text(r#"{"cmd":["sleep","600"]}"#)).await.unwrap();
+    session_of(&mut piped).await;
+    // Both execs are running (they hold their leases) before the sandbox goes.
+    assert_eq!(poll_in_flight(d, id, |n| n >= 4).await, 4);
+    OpenStreams { buffered, ndjson, tty, piped }
+}
+
+/// Every stream ended within [`GONE_WITHIN`] of `since` with a reason containing `why`.
+async fn all_ended(open: OpenStreams, since: Instant, why: &str) {
+    let OpenStreams { buffered, ndjson, mut tty, mut piped } = open;
+    let (status, body) =
+        timeout(GONE_WITHIN, buffered).await.expect("the buffered exec answers").unwrap();
+    assert!(matches!(status, 409 | 503), "buffered exec: {status} {body:?}");
+    assert_eq!(body.code, "gone", "{body:?}");
+    assert!(body.error.contains(why), "{body:?}");
+    let lines = timeout(GONE_WITHIN, ndjson).await.expect("the NDJSON exec ends").unwrap();
+    match lines.last() {
+        Some(api::ExecEvent::Error { data }) => assert!(data.contains(why), "{data}"),
+        other => panic!("the NDJSON exec did not end with an error line: {other:?}"),
+    }
+    let (code, reason) = close_frame(&mut tty, GONE_WITHIN).await;
+    assert_eq!(code, CloseCode::Away, "{reason}");
+    assert!(reason.contains(why), "terminal: {reason}");
+    let (code, reason) = close_frame(&mut piped, GONE_WITHIN).await;
+    assert_eq!(code, CloseCode::Away, "{reason}");
+    assert!(reason.contains(why), "piped: {reason}");
+    assert!(since.elapsed() < GONE_WITHIN, "took {:?}", since.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_ends_at_once_when_qemu_dies_or_the_sandbox_is_destroyed() {
+    let d = Daemon::start().await;
+    // QEMU killed from outside (only the pid this test's daemon started).
+    let sb = d.create("killed").await;
+    let open = open_streams(&d, &sb.id).await;
+    let pid_file = d.data.path().join("engine/sandboxes").join(&sb.id).join("qemu.pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap().trim().to_owned();
+    let killed = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    all_ended(open, killed, "crashed").await;
+
+    // Destroyed while everything is open: the DELETE itself answers at once too.
+    let sb = d.create("deleted").await;
+    let open = open_streams(&d, &sb.id).await;
+    let deleted = Instant::now();
+    let r = timeout(GONE_WITHIN, d.req(Method::DELETE, &format!("/sandboxes/{}", sb.id)).send())
+        .await
+        .expect("DELETE answers")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    all_ended(open, deleted, "destroyed").await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_destroy_proceed_with_a_shell_attached() {
+    let d = Daemon::start().await;
+    let sb = d.create("attached").await;
+    let path = format!("/sandboxes/{}/ws", sb.id);
+    let mut tty = dial(&d, &path, Some(&d.key)).await.unwrap();
+    session_of(&mut tty).await;
+    tty.send(Message::binary(b"echo before-$((1+1))\n".to_vec())).await.unwrap();
+    read_until(&mut tty, "before-2").await;
+    assert_eq!(poll_in_flight(&d, &sb.id, |n| n == 1).await, 1);
+
+    // A user's stop cuts the shell (told why) instead of waiting 30 s and answering busy.
+    let started = Instant::now();
+    let stop = d.req(Method::POST, &format!("/sandboxes/{}/stop", sb.id)).send();
+    let r = timeout(GONE_WITHIN, stop).await.expect("stop answers").unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert!(started.elapsed() < GONE_WITHIN, "stop took {:?}", started.elapsed());
+    let (code, reason) = close_frame(&mut tty, GONE_WITHIN).await;
+    assert_eq!(code, CloseCode::Away, "{reason}");
+    assert!(reason.contains("stopped"), "{reason}");
+    assert_eq!(d.state.engine.thermal(&sb.id).unwrap(), engine::Thermal::Cold);
+
+    // Started again (a user-stopped sandbox's guest routes may refuse until then), a new
+    // terminal attaches; a DELETE with it attached proceeds the same way.
+    let r = d.req(Method::POST, &format!("/sandboxes/{}/start", sb.id)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let mut tty = dial(&d, &path, Some(&d.key)).await.unwrap();
+    session_of(&mut tty).await;
+    tty.send(Message::binary(b"echo after-$((2+2))\n".to_vec())).await.unwrap();
+    read_until(&mut tty, "after-4").await;
+    let started = Instant::now();
+    let delete = d.req(Method::DELETE, &format!("/sandboxes/{}", sb.id)).send();
+    let r = timeout(GONE_WITHIN, delete).await.expect("DELETE answers").unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, reason) = close_frame(&mut tty, GONE_WITHIN).await;
+    assert_eq!(code, CloseCode::Away, "{reason}");
+    assert!(reason.contains("destroyed"), "{reason}");
+    assert!(started.elapsed() < GONE_WITHIN, "took {:?}", started.elapsed());
+    d.stop().await;
+}

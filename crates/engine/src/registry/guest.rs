@@ -1,4 +1,8 @@
 //! Guest operations: each takes a lease (waking the sandbox if needed) and talks to the agent.
+//! Every call runs under its lease's cut (`Lease::run`): a sandbox that crashes, is destroyed
+//! or is stopped by a user ends the call at once with `EngineError::Gone`, where a dead guest's
+//! connection would otherwise wait for its deadline. Streams and sessions carry their lease
+//! (`Leased`), which ends them the same way.
 
 use std::time::Duration;
 
@@ -30,7 +34,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<ExecOutput, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().exec_request(req, timeout).await?)
+        lease.run(lease.client().exec_request(req, timeout)).await
     }
 
     /// [`exec_request`](Self::exec_request) within a caller's memory budget for the output
@@ -54,7 +58,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<Leased<ExecStream>, EngineError> {
         let lease = self.lease(id).await?;
-        let stream = lease.client().exec_stream(req, timeout).await?;
+        let stream = lease.run(lease.client().exec_stream(req, timeout)).await?;
         Ok(Leased::new(stream, lease))
     }
 
@@ -65,13 +69,13 @@ impl Engine {
         req: &ExecRequest,
     ) -> Result<DetachedExec, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().exec_detached(req).await?)
+        lease.run(lease.client().exec_detached(req)).await
     }
 
     /// A PTY session (a shell unless `req` says otherwise); hot while attached.
     pub async fn shell(&self, id: &str, req: &ExecRequest) -> Result<Leased<Session>, EngineError> {
         let lease = self.lease(id).await?;
-        let session = lease.client().shell(req).await?;
+        let session = lease.run(lease.client().shell(req)).await?;
         Ok(Leased::new(session, lease))
     }
 
@@ -82,7 +86,7 @@ impl Engine {
         req: &ExecRequest,
     ) -> Result<Leased<Session>, EngineError> {
         let lease = self.lease(id).await?;
-        let session = lease.client().piped_session(req).await?;
+        let session = lease.run(lease.client().piped_session(req)).await?;
         Ok(Leased::new(session, lease))
     }
 
@@ -94,20 +98,20 @@ impl Engine {
         if_detached: bool,
     ) -> Result<Leased<Session>, EngineError> {
         let lease = self.lease(id).await?;
-        let session = lease.client().attach(session_id, if_detached).await?;
+        let session = lease.run(lease.client().attach(session_id, if_detached)).await?;
         Ok(Leased::new(session, lease))
     }
 
     /// The guest's sessions.
     pub async fn sessions(&self, id: &str) -> Result<Vec<SessionInfo>, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().session_list().await?)
+        lease.run(lease.client().session_list()).await
     }
 
     /// Kills a session.
     pub async fn kill_session(&self, id: &str, session_id: &str) -> Result<(), EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().session_kill(session_id).await?)
+        lease.run(lease.client().session_kill(session_id)).await
     }
 
     /// Reads a file (or a window of its lines).
@@ -118,7 +122,7 @@ impl Engine {
         opts: ReadOptions,
     ) -> Result<FileContent, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().file_read(path, opts).await?)
+        lease.run(lease.client().file_read(path, opts)).await
     }
 
     /// Writes a file atomically.
@@ -130,7 +134,7 @@ impl Engine {
         data: &[u8],
     ) -> Result<(), EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().file_write(path, mode, data).await?)
+        lease.run(lease.client().file_write(path, mode, data)).await
     }
 
     /// Reads a file into `out`, streaming: `sized(size, mode)` is called once the guest has
@@ -150,9 +154,9 @@ impl Engine {
         W: tokio::io::AsyncWrite + Unpin + Send + ?Sized,
     {
         let lease = self.lease(id).await?;
-        let reader = lease.client().file_open_read(path, opts, max_bytes).await?;
+        let reader = lease.run(lease.client().file_open_read(path, opts, max_bytes)).await?;
         sized(reader.size(), reader.mode());
-        Ok(reader.copy_to(out).await?)
+        lease.run(reader.copy_to(out)).await
     }
 
     /// Writes a file atomically from `src`, which must yield exactly `size` bytes (at most the
@@ -170,19 +174,19 @@ impl Engine {
         R: tokio::io::AsyncRead + Unpin + Send + ?Sized,
     {
         let lease = self.lease(id).await?;
-        Ok(lease.client().file_write_from(path, mode, size, src).await?)
+        lease.run(lease.client().file_write_from(path, mode, size, src)).await
     }
 
     /// Stats a path.
     pub async fn file_stat(&self, id: &str, path: &str) -> Result<FileInfo, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().file_stat(path).await?)
+        lease.run(lease.client().file_stat(path)).await
     }
 
     /// Lists a directory.
     pub async fn file_list(&self, id: &str, path: &str) -> Result<Vec<FileInfo>, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().file_list(path).await?)
+        lease.run(lease.client().file_list(path)).await
     }
 
     /// TCP ports the guest listens on (IPv4 and IPv6), sorted; wakes the sandbox.
@@ -206,13 +210,13 @@ async fn ports_of(lease: &Lease) -> Result<Vec<u16>, EngineError> {
         let mut ports = std::collections::BTreeSet::new();
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             let opts = ReadOptions { max_bytes: MAX_PORT_TABLE_BYTES, ..ReadOptions::default() };
-            match lease.client().file_read(table, opts).await {
+            match lease.run(lease.client().file_read(table, opts)).await {
                 Ok(content) => {
                     ports.extend(crate::ports::listening(&String::from_utf8_lossy(&content.data)))
                 }
                 // A guest kernel without IPv6 has no tcp6 table.
-                Err(e) if e.is_agent_error() && table.ends_with('6') => {}
-                Err(e) => return Err(e.into()),
+                Err(EngineError::Agent(e)) if e.is_agent_error() && table.ends_with('6') => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(ports.into_iter().collect())
@@ -227,7 +231,7 @@ impl Engine {
             return Err(EngineError::invalid("port 0 is not a valid port"));
         }
         let lease = self.lease(id).await?;
-        let stream = lease.client().forward(port).await?;
+        let stream = lease.run(lease.client().forward(port)).await?;
         Ok(Leased::new(stream, lease))
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use proto::guest::{GuestConfig, GuestVolume};
 use tokio::sync::{Semaphore, broadcast, oneshot, watch};
 
-use crate::error::{EngineError, Exhausted, Resource, io_at};
+use crate::error::{EngineError, Exhausted, GoneReason, Resource, io_at};
 use crate::events::{Event, EventKind, Events};
 use crate::ippool::{IpPool, Subnet};
 use crate::layout::{DataDir, SandboxFiles};
@@ -890,10 +890,23 @@ impl Engine {
     }
 
     /// Hot or warm -> cold: device state and RAM on disk, the disk and volumes flushed, QEMU
-    /// gone. Waits up to `wait` for guest operations in flight. Returns what the suspend cost
-    /// (`None` if already cold).
+    /// gone. Waits up to `wait` for guest operations in flight, then refuses with
+    /// [`EngineError::Busy`]; never cuts one (what the thermal manager needs: `wait = 0`, skip
+    /// busy sandboxes). Returns what the suspend cost (`None` if already cold).
     pub async fn stop(&self, id: &str, wait: Duration) -> Result<Option<Suspended>, EngineError> {
-        self.handle(id)?.ask(id, |reply| Command::Stop { wait, force: false, reply }).await?
+        self.handle(id)?.ask(id, |reply| Command::Stop { wait, cut: None, reply }).await?
+    }
+
+    /// A user's stop, as `docker stop` stops a container whatever runs in it: whatever holds a
+    /// lease (an attached shell, a running exec, a file transfer, a forwarded connection) is
+    /// told at once ([`EngineError::Gone`], reason [`GoneReason::Stopped`]) and given a moment
+    /// to let go, then the sandbox is suspended to disk as [`Engine::stop`] does. Sessions and
+    /// detached commands live on in the saved memory; a cut exec's command is ended by the
+    /// agent when its connection closes.
+    pub async fn stop_now(&self, id: &str) -> Result<Option<Suspended>, EngineError> {
+        let stop =
+            |reply| Command::Stop { wait: Duration::ZERO, cut: Some(GoneReason::Stopped), reply };
+        self.handle(id)?.ask(id, stop).await?
     }
 
     /// Cold -> hot; after a crash, boots again from the disk.
@@ -929,7 +942,7 @@ impl Engine {
     pub async fn activity(&self, id: &str) -> Result<Activity, EngineError> {
         let mut activity = self.host_activity(id)?;
         if let Some(lease) = self.handle(id)?.shared.try_lease() {
-            activity.agent = lease.client().activity().await.ok();
+            activity.agent = lease.run(lease.client().activity()).await.ok();
         }
         Ok(activity)
     }
@@ -989,6 +1002,9 @@ impl Engine {
         // dropped before the message goes out, the flag has the owner clean up anyway once its
         // queue closes.
         entry.handle.shared.destroyed.store(true, Ordering::SeqCst);
+        // Streams and sessions end now, even if the owner is still busy (the owner cuts again
+        // before it kills QEMU, for leases it handed out meanwhile).
+        entry.handle.shared.cut(GoneReason::Destroyed);
         if entry.handle.ask(id, Command::Destroy).await.is_err() {
             // The owner failed earlier (its supervisor gave back the address and claims; its
             // QEMU went with it): only the files and the neighbour entry are left.
@@ -1036,7 +1052,11 @@ impl Engine {
                 let work = async {
                     let _permit = limit.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
                     let stopped = handle
-                        .ask(&id, |reply| Command::Stop { wait, force: true, reply })
+                        .ask(&id, |reply| Command::Stop {
+                            wait,
+                            cut: Some(GoneReason::ShuttingDown),
+                            reply,
+                        })
                         .await
                         .and_then(|r| r);
                     let record = handle.ask(&id, Command::Export).await?;
