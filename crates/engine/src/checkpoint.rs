@@ -17,7 +17,7 @@ use tokio::process::Command;
 use crate::error::{EngineError, Resource, io_at};
 use crate::layout::CheckpointFiles;
 use crate::run::run;
-use crate::state::SandboxRecord;
+use crate::record::SandboxRecord;
 use crate::machine::Machine;
 use crate::machine::BootSpec;
 
@@ -236,7 +236,7 @@ pub async fn capture(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::state::RECORD_VERSION;
+    use crate::record::RECORD_VERSION;
     use crate::thermal::Thermal;
 
     fn manifest() -> Manifest {

@@ -48,7 +48,7 @@ mod owner;
 mod registry;
 mod run;
 mod spec;
-mod state;
+mod record;
 mod thermal;
 
 /// The agent's types the engine's API hands out.
@@ -70,8 +70,8 @@ pub use lease::{Activity, Lease, Leased};
 pub use machine::Suspended;
 pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
 pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
-pub use state::RECORD_VERSION;
-pub use state::SandboxRecord;
+pub use record::RECORD_VERSION;
+pub use record::SandboxRecord;
 pub use thermal::Thermal;
 pub use vmm::{Accel, DiskCache};
 pub use volume::VolumeMount;

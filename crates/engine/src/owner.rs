@@ -28,7 +28,7 @@ use crate::events::{EventKind, Events};
 use crate::lease::{Lease, Shared};
 use crate::machine::{Backend, BootSpec, Machine, Signal, Suspended};
 use crate::net::Netns;
-use crate::state::{RECORD_VERSION, SandboxRecord};
+use crate::record::{RECORD_VERSION, SandboxRecord};
 use crate::thermal::Thermal;
 use crate::volume::VolumeMount;
 

@@ -387,7 +387,10 @@ async fn a_guest_that_never_answers_neither_blocks_others_nor_leaves_anything() 
     .await;
     let stuck_id = row(&d, "stuck").await.unwrap().id;
     let good = create("good", "test").await.unwrap();
-    assert_eq!(good.status(), 201, "{:?}", good.text().await);
+    assert_eq!(good.status(), 201);
+    let good: api::Sandbox = good.json().await.unwrap();
+    let octets: Vec<&str> = good.ip.split('.').collect();
+    let good_tap = format!("tap{}-{}", octets[2], octets[3]);
     assert!(!stuck.is_finished(), "the stuck create is still waiting for its guest");
     let r = stuck.await.unwrap().unwrap();
     assert_eq!(r.status(), 503);
@@ -407,5 +410,11 @@ async fn a_guest_that_never_answers_neither_blocks_others_nor_leaves_anything() 
     assert_eq!(links.matches("tap").count(), 1, "only the good sandbox's TAP: {links}");
     let neighbours = in_netns(&d, &["ip", "neigh", "show", "nud", "permanent"]);
     assert_eq!(neighbours.trim().lines().count(), 1, "only the good one's: {neighbours}");
+    let rules = in_netns(&d, &["nft", "list", "ruleset"]);
+    let taps: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("tap") && w.len() > 3)
+        .collect();
+    assert_eq!(taps, [good_tap.as_str()].into(), "only the good one's port rules: {rules}");
     d.stop().await;
 }

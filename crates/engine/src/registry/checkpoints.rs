@@ -119,7 +119,7 @@ impl Engine {
             ip,
             mac,
         };
-        let spec = self.boot_spec(files, shape, crate::state::guest_config(record));
+        let spec = self.boot_spec(files, shape, crate::record::guest_config(record));
         crate::isolation::admit(&self.ns, &self.port(&who.owner, &spec)).await?;
         let state = spec.files.state();
         let vm = {

@@ -47,7 +47,7 @@ impl Engine {
         room: std::sync::Arc<dyn agent::OutputRoom>,
     ) -> Result<ExecOutput, EngineError> {
         let lease = self.lease(id).await?;
-        Ok(lease.client().exec_request_within(req, timeout, room).await?)
+        lease.run(lease.client().exec_request_within(req, timeout, room)).await
     }
 
     /// Runs an exec whose output streams; the sandbox stays hot while the stream lives.

@@ -41,7 +41,7 @@ use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
 use crate::run::off_thread;
 pub use crate::spec::CreateSpec;
-use crate::state::SandboxRecord;
+use crate::record::SandboxRecord;
 use crate::thermal::Thermal;
 use crate::volume::{Claims, VolumeChecks, VolumeMount};
 

@@ -18,7 +18,7 @@ use crate::layout::{DataDir, SandboxFiles};
 use crate::machine::Backend;
 use crate::net::Netns;
 use crate::owner::Identity;
-use crate::state::SandboxRecord;
+use crate::record::SandboxRecord;
 use crate::thermal::Thermal;
 use crate::volume::Claims;
 
@@ -209,7 +209,7 @@ impl Engine {
             ip: record.ip,
             mac,
         };
-        let spec = self.boot_spec(files, shape, crate::state::guest_config(&record));
+        let spec = self.boot_spec(files, shape, crate::record::guest_config(&record));
         let who = Identity { id: record.id.clone(), owner: record.owner.clone() };
         self.adopt(who, spec, None, snapshot);
         Ok(())
