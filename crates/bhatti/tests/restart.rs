@@ -93,3 +93,33 @@ async fn a_killed_daemon_loses_no_sandbox_and_a_stopped_one_keeps_memory() {
     let status = s.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// Issue 19 item 3: the first start's admin key goes to `<data_dir>/admin.key` (0600) and to
+/// stderr only when stderr is a terminal. The harness gives the daemon files for stdout and
+/// stderr, as the quickstart's background daemon has (`>>bhatti.log 2>&1`): neither may hold
+/// the key, and the log says where the key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_key_reaches_its_file_and_never_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Setup::new();
+    s.start().await;
+    let key = s.key();
+    assert!(key.starts_with("bht_") && key.len() > 20, "{key:?}");
+    let file = s.data.path().join("state/admin.key");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin.key is {mode:o}");
+    // The key works (the harness's requests use it).
+    let r = s.req(Method::GET, "/sandboxes").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    let logs = s.logs();
+    assert!(!logs.contains(&key), "the admin key is in the daemon's output:\n{logs}");
+    assert!(logs.contains("admin.key"), "the log does not say where the key is:\n{logs}");
+    // A second start makes no new key and prints none either.
+    s.start().await;
+    assert_eq!(s.key(), key);
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!s.logs().contains(&key));
+}
