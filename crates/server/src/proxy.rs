@@ -37,11 +37,10 @@ use std::time::Duration;
 
 use axum::BoxError;
 use axum::body::Body;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::Response;
-use axum::serve::IncomingStream;
 use hyper::body::{Bytes, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -78,24 +77,18 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// The client's IP, recorded for each accepted connection (`None` for a Unix socket): the
-/// server is served with `into_make_service_with_connect_info::<ClientAddr>()`.
+/// accept loop (`listen.rs`) puts `ConnectInfo<ClientAddr>` into every request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(Some(stream.remote_addr().ip()))
+impl From<std::net::SocketAddr> for ClientAddr {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        ClientAddr(Some(addr.ip()))
     }
 }
 
-impl Connected<IncomingStream<'_, crate::NodelayListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::NodelayListener>) -> Self {
-        ClientAddr(Some(stream.remote_addr().ip()))
-    }
-}
-
-impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for ClientAddr {
-    fn connect_info(_: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+impl From<tokio::net::unix::SocketAddr> for ClientAddr {
+    fn from(_: tokio::net::unix::SocketAddr) -> Self {
         ClientAddr(None)
     }
 }
