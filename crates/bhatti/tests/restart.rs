@@ -123,3 +123,57 @@ async fn the_first_admin_key_reaches_its_file_and_never_the_log() {
     assert!(status.success(), "{status}");
     assert!(!s.logs().contains(&key));
 }
+
+/// Issue 19 item 2, end to end: `bhatti serve` gives both its listeners (TCP and
+/// `<data_dir>/api.sock`) the configured connection deadlines. Half a request head is cut
+/// after `http.header_read_timeout_secs`; a normal request is still answered on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_cuts_half_sent_requests_on_both_listeners() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    async fn cut_after<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Duration {
+        let since = Instant::now();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+            match read.expect("a half-sent request head still open after 10 s") {
+                Ok(0) | Err(_) => return since.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    }
+    async fn health<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> String {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        answer
+    }
+
+    let mut s = Setup::new();
+    std::fs::write(
+        &s.config,
+        "log_format: text\nhttp: {header_read_timeout_secs: 1, idle_timeout_secs: 2}\n",
+    )
+    .unwrap();
+    s.start().await;
+    let addr = format!("127.0.0.1:{}", s.port);
+    let socket = s.data.path().join("state/api.sock");
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (tcp_cut, unix_cut) = tokio::join!(cut_after(tcp), cut_after(unix));
+    for (name, took) in [("tcp", tcp_cut), ("unix", unix_cut)] {
+        assert!(took >= Duration::from_millis(900), "{name}: cut after {took:?}");
+        assert!(took < Duration::from_secs(5), "{name}: cut after {took:?}");
+    }
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(health(tcp).await.starts_with("HTTP/1.1 200"));
+    let unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    assert!(health(unix).await.starts_with("HTTP/1.1 200"));
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+}
