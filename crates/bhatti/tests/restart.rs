@@ -177,3 +177,20 @@ async fn the_daemon_cuts_half_sent_requests_on_both_listeners() {
     let status = s.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// Issue 19 item 3, the other half: started from a terminal, the first start prints the key
+/// there once (the same key as in `admin.key`).
+#[test]
+fn from_a_terminal_the_first_admin_key_is_printed_there() {
+    let s = Setup::new();
+    let mut p = expectrl::Session::spawn(s.serve_command()).unwrap();
+    p.set_expect_timeout(Some(std::time::Duration::from_secs(60)));
+    let found = p.expect(expectrl::Regex(r"admin API key \(also in [^)]*\): (bht_[0-9a-f]+)"));
+    let found = found.unwrap();
+    let printed = String::from_utf8_lossy(found.get(1).unwrap()).into_owned();
+    p.expect("bhatti serve started").unwrap();
+    let pid = nix::unistd::Pid::from_raw(p.get_process().pid().as_raw());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    p.expect(expectrl::Eof).unwrap();
+    assert_eq!(printed, s.key());
+}
