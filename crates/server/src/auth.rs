@@ -101,10 +101,15 @@ pub async fn authenticate(
         Err(e) => return ApiError::Store(e).into_response(),
     };
     let name = user.name.clone();
+    let path_holds_key =
+        crate::proxy::holds(request.uri().path().as_bytes(), key_for_proxy.as_bytes());
     request.extensions_mut().insert(CurrentUser(user));
     request.extensions_mut().insert(PresentedKey(key_for_proxy));
     let mut response = next.run(request).await;
     response.extensions_mut().insert(UserName(name));
+    if path_holds_key {
+        response.extensions_mut().insert(crate::request::PathHoldsKey);
+    }
     response
 }
 

@@ -167,7 +167,7 @@ fn forwarded_query(query: &str) -> Option<String> {
 }
 
 /// Whether `haystack` holds `needle`, as it is or percent-decoded.
-fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn holds(haystack: &[u8], needle: &[u8]) -> bool {
     let within = |h: &[u8]| !needle.is_empty() && h.windows(needle.len()).any(|w| w == needle);
     within(haystack) || (haystack.contains(&b'%') && within(&percent_decoded(haystack)))
 }
