@@ -113,6 +113,8 @@ error_codes! {
     Lost = "lost",
     /// 409: a volume is attached.
     InUse = "in_use",
+    /// 409: its user stopped the sandbox; guest operations wait for `bhatti start`.
+    NotRunning = "not_running",
     /// 503: a pool of the host ran out (addresses, volume slots).
     Exhausted = "exhausted",
     /// 503: the daemon is stopping.

@@ -207,12 +207,16 @@ async fn suspend_all(state: &server::AppState) {
         let (record, error) = match result {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(sandbox = %id, "not suspended: {e}");
+                tracing::warn!(sandbox = %id, "not suspended: {}", e.report());
                 continue;
             }
         };
         if let Some(e) = error {
-            tracing::warn!(sandbox = %id, "suspend failed (it boots from its disk next time): {e}");
+            tracing::warn!(
+                sandbox = %id,
+                "suspend failed (it boots from its disk next time): {}",
+                e.report()
+            );
         }
         let stored = state
             .store
@@ -223,6 +227,8 @@ async fn suspend_all(state: &server::AppState) {
                     thermal: Some(record.thermal),
                     ip: Some(&ip),
                     record: Some(&record),
+                    // A daemon shutdown is no user's stop: the next request wakes it.
+                    user_stopped: None,
                 };
                 s.update_sandbox(&id, &change)
             })

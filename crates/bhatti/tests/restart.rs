@@ -71,6 +71,17 @@ async fn a_killed_daemon_loses_no_sandbox_and_a_stopped_one_keeps_memory() {
     let mut names: Vec<&str> = list.iter().map(|x| x.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["cold", "hot", "warm"], "{}", s.logs());
+    // Its user stopped `cold`: it stays stopped across the restart until `start`.
+    let r = s
+        .req(Method::POST, "/sandboxes/cold/exec")
+        .json(&serde_json::json!({ "cmd": ["true"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "{}", s.logs());
+    assert_eq!(r.json::<api::ErrorBody>().await.unwrap().code, "not_running");
+    let r = s.req(Method::POST, "/sandboxes/cold/start").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", s.logs());
     for name in ["hot", "warm", "cold"] {
         assert_eq!(read_file(&s, name, "/home/lohar/note.txt").await, format!("kept by {name}"));
         assert_eq!(exec(&s, name, &["echo", "alive"]).await.stdout, "alive\n");

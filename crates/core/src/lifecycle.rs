@@ -82,6 +82,8 @@ pub enum Refusal {
     /// The engine does not have the sandbox (recovery could not restore it): only `destroy`
     /// helps.
     Lost,
+    /// Its user stopped it: guest operations wait for a `start` (as v1 and `docker exec`).
+    NotRunning,
 }
 
 /// What to do.
@@ -121,6 +123,23 @@ pub fn plan(op: Op, status: Status, thermal: Option<Thermal>) -> Plan {
         (Op::Start { force: false }, _, T::Hot | T::Warm) => Plan::AlreadyDone,
         (Op::Start { .. }, _, _) => Plan::Run { intent: Intent::Start, then: S::Running },
         (Op::Destroy, _, _) => Plan::Run { intent: Intent::Destroy, then: S::Destroyed },
+    }
+}
+
+/// Whether a guest operation (exec, files, a shell, the proxy) may run on a sandbox: it wakes a
+/// sandbox the thermal manager (or a daemon shutdown) put to sleep, transparently, but not one
+/// its user stopped, which stays stopped until `start` (or keep-hot) wakes it.
+pub fn guest_access(
+    status: Status,
+    user_stopped: bool,
+    thermal: Option<Thermal>,
+) -> Result<(), Refusal> {
+    match (status, thermal) {
+        (Status::Destroyed, _) => Err(Refusal::Gone),
+        (Status::Creating, _) => Err(Refusal::Creating),
+        (_, None) => Err(Refusal::Lost),
+        (_, Some(t)) if user_stopped && !t.is_alive() => Err(Refusal::NotRunning),
+        _ => Ok(()),
     }
 }
 
@@ -214,6 +233,42 @@ mod tests {
         ];
         for (name, op, status, thermal, want) in table {
             assert_eq!(plan(op, status, thermal), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn guest_access_table() {
+        use Refusal as R;
+        /// (name, status, stopped by its user, thermal, access).
+        type Row = (&'static str, S, bool, Option<T>, Result<(), Refusal>);
+        let table: [Row; 12] = [
+            ("hot", S::Running, false, Some(T::Hot), Ok(())),
+            ("paused by the thermal manager: wakes", S::Running, false, Some(T::Warm), Ok(())),
+            ("put to sleep on disk: wakes", S::Stopped, false, Some(T::Cold), Ok(())),
+            ("stopped by its user: refused", S::Stopped, true, Some(T::Cold), Err(R::NotRunning)),
+            (
+                "user-stopped, QEMU gone after a crash",
+                S::Unknown,
+                true,
+                Some(T::Failed),
+                Err(R::NotRunning),
+            ),
+            (
+                "crashed, not stopped by the user: the engine answers",
+                S::Unknown,
+                false,
+                Some(T::Failed),
+                Ok(()),
+            ),
+            ("user-stopped but woken meanwhile", S::Running, true, Some(T::Hot), Ok(())),
+            ("user-stopped, woken then paused", S::Running, true, Some(T::Warm), Ok(())),
+            ("being created", S::Creating, false, None, Err(R::Creating)),
+            ("being created, engine has it", S::Creating, false, Some(T::Hot), Err(R::Creating)),
+            ("destroyed", S::Destroyed, false, Some(T::Hot), Err(R::Gone)),
+            ("lost by the engine", S::Running, false, None, Err(R::Lost)),
+        ];
+        for (name, status, user_stopped, thermal, want) in table {
+            assert_eq!(guest_access(status, user_stopped, thermal), want, "{name}");
         }
     }
 

@@ -230,6 +230,14 @@ pub enum EngineError {
         /// The end of the guest's serial console.
         console: String,
     },
+    /// QEMU ended before the guest's agent answered (a kernel panic, an init that died).
+    #[error("the guest stopped before its agent answered (QEMU {status}); console:\n{console}")]
+    GuestExited {
+        /// QEMU's exit status.
+        status: String,
+        /// The end of the guest's serial console.
+        console: String,
+    },
     /// The guest agent failed an operation.
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
@@ -364,7 +372,9 @@ impl EngineError {
             EngineError::Busy { .. } => ErrorKind::Busy,
             EngineError::Crashed { .. } => ErrorKind::Crashed,
             EngineError::Restore { .. } => ErrorKind::RestoreFailed,
-            EngineError::NotReady { .. } => ErrorKind::Unavailable,
+            EngineError::NotReady { .. } | EngineError::GuestExited { .. } => {
+                ErrorKind::Unavailable
+            }
             EngineError::Agent(e) => agent_kind(e),
             EngineError::Tool { .. }
             | EngineError::ToolStart { .. }

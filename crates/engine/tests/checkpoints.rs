@@ -123,7 +123,8 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     e.checkpoint("clone", "cp-nested").await.unwrap();
     e.destroy("clone").await.unwrap();
     // Its address is free again, so this resume keeps it (no move).
-    let again = e.create_from_checkpoint(engine::DEFAULT_OWNER, "cp-nested", "clone").await.unwrap();
+    let again =
+        e.create_from_checkpoint(engine::DEFAULT_OWNER, "cp-nested", "clone").await.unwrap();
     assert_eq!(again.ip, clone.ip);
     assert_eq!(read("clone", "/home/lohar/nested.txt").await, b"second generation");
     assert_eq!(read("clone", "/home/lohar/note.txt").await, b"before");

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// A lifecycle operation the sandbox's state does not allow (core's transition table).
     #[error("{}", refusal_message(*.0))]
     Refused(bhatti_core::Refusal),
+    /// 409: a guest operation on a sandbox its user stopped (named, with the way out).
+    #[error("sandbox {0:?} is not running: start it with `bhatti start {0}`")]
+    NotRunning(String),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -51,6 +54,7 @@ fn refusal_message(refusal: bhatti_core::Refusal) -> &'static str {
         bhatti_core::Refusal::Lost => {
             "the sandbox's VM could not be recovered after a daemon restart; destroy it"
         }
+        bhatti_core::Refusal::NotRunning => "sandbox is not running",
     }
 }
 
@@ -80,7 +84,9 @@ impl ApiError {
                 bhatti_core::Refusal::Creating => (StatusCode::CONFLICT, "creating"),
                 bhatti_core::Refusal::Gone => (StatusCode::NOT_FOUND, "not_found"),
                 bhatti_core::Refusal::Lost => (StatusCode::CONFLICT, "lost"),
+                bhatti_core::Refusal::NotRunning => (StatusCode::CONFLICT, "not_running"),
             },
+            ApiError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

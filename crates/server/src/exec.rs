@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::request::Json;
-use crate::sandboxes::resolve;
+use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
 
 /// v1's default and range of `timeout_sec`.
@@ -49,7 +49,7 @@ pub async fn exec(
     headers: HeaderMap,
     Json(body): Json<api::ExecBody>,
 ) -> ApiResult<Response> {
-    let sandbox = resolve(&state, &user, &id).await?;
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     if body.cmd.is_empty() {
         return Err(ApiError::BadRequest("cmd required".into()));
     }

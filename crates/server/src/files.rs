@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
-use crate::sandboxes::resolve;
+use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
 
 /// The largest upload (the agent's own limit too).
@@ -62,7 +62,7 @@ pub async fn files(
     RawQuery(query): RawQuery,
     request: Request,
 ) -> ApiResult<Response> {
-    let sandbox = resolve(&state, &user, &id).await?;
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     let q = parse_query(query.as_deref())?;
     match *request.method() {
         Method::GET if q.ls => {

@@ -111,6 +111,7 @@ async fn write_created(state: &AppState, id: &str) -> ApiResult<store::Sandbox> 
                 thermal: Some(engine::Thermal::Hot),
                 ip: Some(&ip),
                 record: Some(&record),
+                user_stopped: None,
             };
             s.update_sandbox(&id, &change)?;
             let row = s.sandbox_by_id(&id)?;
@@ -208,7 +209,8 @@ pub(crate) async fn stop(state: &AppState, sandbox: store::Sandbox) -> ApiResult
     let (_, transition) =
         guarded(state, transition, state.engine.stop(&sandbox.id, STOP_WAIT)).await?;
     let event = LogEntry::new("sandbox.stopped", serde_json::json!({ "reason": "api" }));
-    finish(state, transition, then, event).await
+    // Stopped by its user: it stays stopped until `start` (guest routes answer 409).
+    finish(state, transition, then, event, true).await
 }
 
 /// Wakes a stopped sandbox (`force`: boots from its disk, discarding saved memory); a running
@@ -239,7 +241,7 @@ pub(crate) async fn start(
     let ((), transition) = guarded(state, transition, started).await?;
     let event =
         LogEntry::new("sandbox.started", serde_json::json!({ "reason": "api", "force": force }));
-    finish(state, transition, then, event).await
+    finish(state, transition, then, event, false).await
 }
 
 /// Wakes a sandbox (keep-hot turned on) and answers with its row as it is after the wake.
@@ -248,7 +250,15 @@ pub(crate) async fn wake(state: &AppState, sandbox: &store::Sandbox) -> ApiResul
     // The events task would write the new status too, but later: the answer must show it.
     sync_row(state, &sandbox.id, Vec::new()).await?;
     let id = sandbox.id.clone();
-    Ok(state.store.read(move |s| s.sandbox_by_id(&id)).await?)
+    // Woken on purpose: no longer a sandbox its user stopped.
+    let change = store::Change { user_stopped: Some(false), ..Default::default() };
+    Ok(state
+        .store
+        .write(move |s| {
+            s.update_sandbox(&id, &change)?;
+            s.sandbox_by_id(&id)
+        })
+        .await?)
 }
 
 /// Closes a transition whose side effect failed, leaving the row as it was.
@@ -285,6 +295,7 @@ async fn finish(
     transition: store::Transition,
     status: store::Status,
     event: LogEntry,
+    user_stopped: bool,
 ) -> ApiResult<store::Sandbox> {
     let id = transition.sandbox_id.clone();
     let record = state.engine.export(&id).await?;
@@ -298,6 +309,7 @@ async fn finish(
                 thermal: Some(thermal),
                 ip: Some(&ip),
                 record: Some(&record),
+                user_stopped: Some(user_stopped),
             };
             s.finish_transition(&transition, &change)?;
             let row = s.sandbox_by_id(&transition.sandbox_id)?;

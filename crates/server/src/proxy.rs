@@ -48,7 +48,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::auth::{CurrentUser, PresentedKey};
 use crate::error::{ApiError, ApiResult};
-use crate::sandboxes::resolve;
+use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
 
 /// How long the HTTP/1 handshake over a fresh forward connection may take.
@@ -297,7 +297,7 @@ pub async fn proxy(
         ));
     }
     let id = params.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v).unwrap_or_default();
-    let sandbox = resolve(&state, &user, &id).await?;
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     // Waking the sandbox and opening the guest connection: a closed port is the engine's
     // `guest_port_closed` (502).
     let stream = state.engine.forward(&sandbox.id, port).await?;

@@ -60,6 +60,23 @@ pub async fn resolve(
     Ok(sandbox)
 }
 
+/// [`resolve`] for a guest operation (exec, files, a shell, the proxy): refused with 409 while
+/// the sandbox is being created, or when its user stopped it (it stays stopped until `start`);
+/// a sandbox the thermal manager put to sleep is handed on, and the engine's lease wakes it.
+pub async fn resolve_for_guest(
+    state: &AppState,
+    user: &store::User,
+    id_or_name: &str,
+) -> ApiResult<store::Sandbox> {
+    let sandbox = resolve(state, user, id_or_name).await?;
+    let thermal = state.engine.thermal(&sandbox.id).ok();
+    match bhatti_core::lifecycle::guest_access(sandbox.status, sandbox.user_stopped, thermal) {
+        Ok(()) => Ok(sandbox),
+        Err(bhatti_core::Refusal::NotRunning) => Err(ApiError::NotRunning(sandbox.name)),
+        Err(refusal) => Err(ApiError::Refused(refusal)),
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()

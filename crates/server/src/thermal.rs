@@ -381,6 +381,7 @@ async fn record_stop(state: &AppState, id: &str, warm_for: Duration) {
                 thermal: Some(engine::Thermal::Cold),
                 ip: None,
                 record: record.as_ref(),
+                user_stopped: None,
             };
             s.update_sandbox(&sid, &change)?;
             let entries = [

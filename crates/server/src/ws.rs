@@ -35,7 +35,7 @@ use tokio::time::{Instant, timeout};
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
-use crate::sandboxes::resolve;
+use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
 
 /// The largest message (and frame) a client may send.
@@ -110,7 +110,7 @@ pub async fn tty(
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let sandbox = resolve(&state, &user, &id).await?;
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     let q = parse_tty_query(query.as_deref())?;
     Ok(capped(ws)?.on_upgrade(move |socket| run_tty(state, sandbox.id, q, socket)))
 }
@@ -123,7 +123,7 @@ pub async fn piped(
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let sandbox = resolve(&state, &user, &id).await?;
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     let session = session_param(query.as_deref());
     Ok(capped(ws)?.on_upgrade(move |socket| run_piped(state, sandbox.id, session, socket)))
 }

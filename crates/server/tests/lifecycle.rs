@@ -258,3 +258,154 @@ async fn lifecycle_events_are_written_and_old_events_purged() {
     }
     d.stop().await;
 }
+
+/// A sandbox its user stopped stays stopped: guest routes answer 409 `not_running` with the
+/// way out; one put to sleep by the engine's own stop (the thermal manager's path) wakes on
+/// the next request; `start` and keep-hot wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_its_user_stopped_stays_stopped() {
+    let d = Daemon::start().await;
+    let sb = d.create("parked").await;
+    let exec = |name: &'static str| {
+        d.req(Method::POST, &format!("/sandboxes/{name}/exec"))
+            .json(&serde_json::json!({"cmd": ["echo", "up"]}))
+            .send()
+    };
+    let r = d.req(Method::POST, "/sandboxes/parked/stop").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let refused = [
+        ("exec", exec("parked").await.unwrap()),
+        (
+            "files",
+            d.req(Method::GET, "/sandboxes/parked/files?path=/etc/hostname").send().await.unwrap(),
+        ),
+        ("proxy", d.req(Method::GET, "/sandboxes/parked/proxy/8080/").send().await.unwrap()),
+        ("shell", d.req(Method::GET, "/sandboxes/parked/ws").send().await.unwrap()),
+    ];
+    for (route, r) in refused {
+        assert_eq!(r.status(), 409, "{route}");
+        let body: api::ErrorBody = r.json().await.unwrap();
+        assert_eq!(body.code, "not_running", "{route}: {body:?}");
+        assert!(body.error.contains("bhatti start parked"), "{route}: {body:?}");
+    }
+    assert_eq!(d.state.engine.thermal(&sb.id).unwrap(), engine::Thermal::Cold, "nothing woke it");
+    // start wakes it, and guest routes work again.
+    let r = d.req(Method::POST, "/sandboxes/parked/start").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = exec("parked").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<api::ExecResult>().await.unwrap().stdout, "up\n");
+
+    // Put to sleep the way the thermal manager does (the engine's stop, no user's): the next
+    // request wakes it transparently.
+    d.state.engine.stop(&sb.id, Duration::ZERO).await.unwrap();
+    assert_eq!(d.state.engine.thermal(&sb.id).unwrap(), engine::Thermal::Cold);
+    let r = exec("parked").await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    // keep-hot on a user-stopped sandbox wakes it too, and it is no longer user-stopped.
+    let r = d.req(Method::POST, "/sandboxes/parked/stop").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = d
+        .req(Method::PATCH, "/sandboxes/parked")
+        .json(&serde_json::json!({"keep_hot": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = exec("parked").await.unwrap();
+    assert_eq!(r.status(), 200);
+    d.stop().await;
+}
+
+/// An images directory with the test image (`test`) and two that can never boot: `panics` has no
+/// agent (the kernel finds no init and panics: QEMU exits), `hangs` has an init that never
+/// answers (QEMU runs on).
+fn broken_images(root: &std::path::Path) -> std::path::PathBuf {
+    let images = root.join("images");
+    let test = common::data_dir().join("images/test/current/rootfs.ext4");
+    let debugfs = |image: &std::path::Path, request: &str| {
+        let out = std::process::Command::new("debugfs")
+            .args(["-w", "-R", request])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "debugfs {request}: {out:?}");
+    };
+    for name in ["test", "panics", "hangs"] {
+        let dir = images.join(name).join("current");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&test, dir.join("rootfs.ext4")).unwrap();
+    }
+    debugfs(&images.join("panics/current/rootfs.ext4"), "rm /usr/local/bin/lohar");
+    let hang = root.join("hang.sh");
+    std::fs::write(&hang, "#!/bin/sh\nwhile :; do sleep 3600; done\n").unwrap();
+    let hangs = images.join("hangs/current/rootfs.ext4");
+    debugfs(&hangs, "rm /usr/local/bin/lohar");
+    debugfs(&hangs, &format!("write {} /usr/local/bin/lohar", hang.display()));
+    debugfs(&hangs, "sif /usr/local/bin/lohar mode 0100755");
+    images
+}
+
+/// A create that can never succeed fails fast (QEMU exited: at once, with the console) or
+/// gives up its boot slot, so other creates are not queued behind it; nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_answers_neither_blocks_others_nor_leaves_anything() {
+    let scratch = tempfile::tempdir().unwrap();
+    let images = broken_images(scratch.path());
+    let d = Daemon::start_with_engine(
+        |s| s.images_dir = images,
+        |e| {
+            e.boot_slot = Duration::from_secs(3);
+            e.ready_timeout = Duration::from_secs(20);
+        },
+    )
+    .await;
+    let addresses_before = d.state.engine.addresses_in_use();
+    let create = |name: &'static str, image: &'static str| {
+        let body = serde_json::json!({"name": name, "memory_mb": 128, "image": image});
+        d.req(Method::POST, "/sandboxes").json(&body).send()
+    };
+
+    // No agent: the kernel panics, QEMU exits, the create fails at once with the console.
+    let started = Instant::now();
+    let r = create("panicky", "panics").await.unwrap();
+    let took = started.elapsed();
+    let status = r.status();
+    let body: api::ErrorBody = r.json().await.unwrap();
+    assert_eq!(status, 503, "{body:?} after {took:?}");
+    assert!(body.error.contains("stopped before its agent answered"), "{body:?}");
+    assert!(body.error.to_lowercase().contains("panic"), "the console tail: {body:?}");
+    assert!(took < Duration::from_secs(30), "failed fast, not after the ready timeout: {took:?}");
+
+    // An init that never answers holds the only boot slot for 3 s, not 20: a good create
+    // started meanwhile finishes while the bad one is still waiting.
+    let stuck = tokio::spawn(create("stuck", "hangs"));
+    until("the stuck boot's QEMU", LIMIT, || async {
+        row(&d, "stuck").await.is_some_and(|s| !qemus_of(&s.id).is_empty())
+    })
+    .await;
+    let stuck_id = row(&d, "stuck").await.unwrap().id;
+    let good = create("good", "test").await.unwrap();
+    assert_eq!(good.status(), 201, "{:?}", good.text().await);
+    assert!(!stuck.is_finished(), "the stuck create is still waiting for its guest");
+    let r = stuck.await.unwrap().unwrap();
+    assert_eq!(r.status(), 503);
+    let body: api::ErrorBody = r.json().await.unwrap();
+    assert!(body.error.contains("did not become ready"), "{body:?}");
+
+    // Neither left anything behind: no row, no QEMU, no TAP or rule of theirs, their
+    // addresses back (the good sandbox holds one).
+    for (name, id) in [("stuck", stuck_id.as_str())] {
+        assert!(row(&d, name).await.is_none());
+        assert_eq!(qemus_of(id), Vec::<i32>::new());
+        assert_eq!(cgroups_of(id), Vec::<String>::new());
+    }
+    assert!(row(&d, "panicky").await.is_none());
+    assert_eq!(d.state.engine.addresses_in_use(), addresses_before + 1);
+    let links = in_netns(&d, &["ip", "-o", "link"]);
+    assert_eq!(links.matches("tap").count(), 1, "only the good sandbox's TAP: {links}");
+    let neighbours = in_netns(&d, &["ip", "neigh", "show", "nud", "permanent"]);
+    assert_eq!(neighbours.trim().lines().count(), 1, "only the good one's: {neighbours}");
+    d.stop().await;
+}

@@ -47,6 +47,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "metrics snapshots",
         sql: include_str!("schema/005_metrics.sql"),
     },
+    Migration {
+        version: 6,
+        name: "stopped by its user",
+        sql: include_str!("schema/006_user_stopped.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -49,6 +49,9 @@ pub struct Sandbox {
     pub labels: BTreeMap<String, String>,
     /// Never cooled by the thermal manager.
     pub keep_hot: bool,
+    /// Stopped by its user (`POST /stop`): stays stopped until `start`, where a sandbox the
+    /// thermal manager put to sleep wakes on the next request.
+    pub user_stopped: bool,
     /// The engine's last record (None until the engine wrote one, or for another engine).
     pub record: Option<StoredRecord>,
     /// Whether a web-shell token is set (the hash itself never leaves the store).
@@ -95,11 +98,13 @@ pub struct Change<'a> {
     pub ip: Option<&'a str>,
     /// The engine's new record.
     pub record: Option<&'a SandboxRecord>,
+    /// Whether its user stopped it (set by a user's stop, cleared by a start or a wake).
+    pub user_stopped: Option<bool>,
 }
 
 pub(crate) const SB_COLS: &str = "id, owner, name, status, thermal, template_id, image, cpus, \
     memory_mb, disk_size_mb, ip, labels, keep_hot, record, shell_token_hash IS NOT NULL, \
-    created_at, updated_at, stopped_at";
+    created_at, updated_at, stopped_at, user_stopped";
 
 /// Raw row: JSON columns are decoded after the query so a bad one is a typed error.
 struct RawSandbox {
@@ -129,6 +134,7 @@ fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
             created_at: r.get(15)?,
             updated_at: r.get(16)?,
             stopped_at: r.get(17)?,
+            user_stopped: r.get(18)?,
         },
         labels: r.get(11)?,
         thermal: r.get(4)?,
@@ -508,7 +514,8 @@ pub(crate) fn apply_change(
     conn.execute(
         "UPDATE sandboxes SET status = COALESCE(?2, status), thermal = COALESCE(?3, thermal), \
          ip = COALESCE(?4, ip), record = COALESCE(?5, record), \
-         stopped_at = COALESCE(?6, stopped_at), updated_at = ?7 WHERE id = ?1",
+         stopped_at = COALESCE(?6, stopped_at), updated_at = ?7, \
+         user_stopped = COALESCE(?8, user_stopped) WHERE id = ?1",
         params![
             id,
             change.status.map(Status::as_str),
@@ -516,7 +523,8 @@ pub(crate) fn apply_change(
             change.ip,
             change.record.map(SandboxRecord::to_json),
             stopped_at,
-            now
+            now,
+            change.user_stopped
         ],
     )?;
     Ok(())

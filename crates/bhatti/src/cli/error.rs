@@ -109,7 +109,9 @@ fn code_hint(code: &ErrorCode) -> Option<&'static str> {
             "the disk is intact: `bhatti start --force <sandbox>` boots from it (without the \
              saved memory)"
         }
-        ErrorCode::Crashed | ErrorCode::WrongState => "run `bhatti start <sandbox>`",
+        ErrorCode::Crashed | ErrorCode::WrongState | ErrorCode::NotRunning => {
+            "run `bhatti start <sandbox>`"
+        }
         ErrorCode::Limit | ErrorCode::Exhausted => {
             "destroy sandboxes you no longer use (`bhatti ls`, `bhatti rm`)"
         }

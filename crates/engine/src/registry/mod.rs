@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub max_concurrent_boots: usize,
     /// How long a guest may take to answer after QEMU starts.
     pub ready_timeout: Duration,
+    /// How long one boot may hold a boot slot: a guest slow to answer (or one that never will)
+    /// goes on booting until `ready_timeout`, but no longer keeps other creates waiting.
+    pub boot_slot: Duration,
     /// Deadline of a buffered exec unless the caller gives one.
     pub exec_timeout: Duration,
     /// Egress NAT out of the namespace; `None` keeps guests off any outside network.
@@ -90,6 +93,7 @@ impl EngineConfig {
             disk_cache: vmm::DiskCache::default(),
             max_concurrent_boots: 2,
             ready_timeout: Duration::from_secs(60),
+            boot_slot: Duration::from_secs(20),
             exec_timeout: Duration::from_secs(600),
             egress: None,
             dns: Vec::new(),
@@ -732,14 +736,23 @@ impl Engine {
             Some(cancel),
         )?;
         let _entry = CreatingEntry { engine: self, id: spec.id.clone() };
+        let given_back = lock(&self.creating).get(&spec.id).map(|c| c.done.clone());
         let build = self.build(spec, reservation, volumes, scratch);
-        tokio::select! {
+        let built = tokio::select! {
             // A destroy wins over a boot that has not finished: dropping `build` drops its
             // reservation, which gives everything back.
             biased;
             Ok(()) = &mut cancelled => Err(EngineError::Cancelled { id: spec.id.clone() }),
             built = build => built,
+        };
+        // A failed create answers once all it took is back (its address, TAP, filter rules,
+        // neighbour entry, cgroup, directory), so its caller sees the engine as before.
+        if built.is_err()
+            && let Some(mut done) = given_back
+        {
+            while done.changed().await.is_ok() {}
         }
+        built
     }
 
     /// The part of a create that a destroy may cancel: everything after the reservation.
@@ -778,16 +791,36 @@ impl Engine {
         for (volume, size_mib) in &scratch {
             crate::volume::create(&volume.path, *size_mib).await?;
         }
-        let vm = {
-            let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
-            self.check_open()?;
-            self.backend.boot(&self.ns, &boot).await?
-        };
+        let vm = self.boot_in_slot(&spec.id, &boot).await?;
         let who = Identity { id: spec.id.clone(), owner: spec.owner.clone() };
         self.adopt(who, boot, Some(vm), false);
         reservation.keep();
         self.events.send(&spec.id, EventKind::Created);
         self.info(&spec.id)
+    }
+
+    /// Boots `spec` holding one of the boot slots for at most `boot_slot`.
+    async fn boot_in_slot(
+        &self,
+        id: &str,
+        spec: &BootSpec,
+    ) -> Result<Box<dyn Machine>, EngineError> {
+        let permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
+        self.check_open()?;
+        let boot = self.backend.boot(&self.ns, spec);
+        tokio::pin!(boot);
+        tokio::select! {
+            booted = &mut boot => booted,
+            () = tokio::time::sleep(self.config.boot_slot) => {
+                drop(permit);
+                tracing::warn!(
+                    sandbox = %id,
+                    slot = ?self.config.boot_slot,
+                    "the guest has not answered yet: its boot goes on without a boot slot"
+                );
+                boot.await
+            }
+        }
     }
 
     fn handle(&self, id: &str) -> Result<Handle, EngineError> {

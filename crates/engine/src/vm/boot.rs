@@ -115,14 +115,26 @@ pub async fn boot(ns: &Netns, spec: &BootSpec) -> Result<Vm, EngineError> {
     crate::configdrive::build(&spec.guest, &config_drive).await?;
     ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
     let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
-    let started = start_qemu(spec, false, tap).await?;
+    let mut started = start_qemu(spec, false, tap).await?;
     let client = agent_client(ns, spec);
-    let ready = client.wait_ready(spec.ready_timeout).await;
+    // A guest that can never answer (its kernel panicked, its init died: QEMU exits, as
+    // `panic=-1` and `-no-reboot` make it) fails at once instead of after `ready_timeout`.
+    let ready = tokio::select! {
+        ready = client.wait_ready(spec.ready_timeout) => Ok(ready),
+        // A little longer than the agent's deadline, so a guest that neither answers nor
+        // exits is reported as not ready (with its console), not as a VMM timeout.
+        exited = started.qemu.wait(spec.ready_timeout + Duration::from_secs(5)) => Err(exited),
+    };
     let ready_after = started.qemu.spawned_at.elapsed();
     let vm = Vm::new(started, client, spec, ready_after);
     match ready {
-        Ok(_) => Ok(vm),
-        Err(source) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
+        Ok(Ok(_)) => Ok(vm),
+        Ok(Err(source)) => Err(EngineError::NotReady { source, console: vm.serial_log() }),
+        Err(Ok(status)) => {
+            Err(EngineError::GuestExited { status: status.to_string(), console: vm.serial_log() })
+        }
+        // QEMU's exit could not be awaited (or outlived the same deadline the agent had).
+        Err(Err(e)) => Err(e.into()),
     }
 }
 

@@ -44,6 +44,14 @@ impl Daemon {
 
     /// A daemon whose settings `f` adjusts first (short thermal timings, say).
     pub async fn start_with(f: impl FnOnce(&mut server::Settings)) -> Self {
+        Self::start_with_engine(f, |_| {}).await
+    }
+
+    /// A daemon whose settings `f` and engine configuration `e` are adjusted first.
+    pub async fn start_with_engine(
+        f: impl FnOnce(&mut server::Settings),
+        e: impl FnOnce(&mut engine::EngineConfig),
+    ) -> Self {
         let data = tempfile::tempdir().unwrap();
         let kernel = data_dir().join("kernel/current/vmlinux");
         assert!(kernel.exists(), "{} missing: run images/kernel/build", kernel.display());
@@ -58,6 +66,8 @@ impl Daemon {
             max_concurrent_boots: 1,
             ..engine::EngineConfig::new(data.path().join("engine"), kernel)
         };
+        let mut engine_config = engine_config;
+        e(&mut engine_config);
         let engine = Arc::new(engine::Engine::new(engine_config).await.unwrap());
         let db = data.path().join("state.db");
         let mut sync = store::Store::open(&db).unwrap();

@@ -146,7 +146,16 @@ async fn async_store_survives_a_panicking_call_and_honours_its_deadline() {
     let err =
         a.write(|_| -> store::Result<()> { panic!("bug in a store call") }).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
-    assert!(a.write(|s| s.schema_version()).await.is_ok(), "the thread lives on");
+    // The thread lives on. A loaded machine can make one call miss the short deadline, so it
+    // gets a few tries; a dead thread fails every one.
+    let mut alive = false;
+    for _ in 0..10 {
+        if a.write(|s| s.schema_version()).await.is_ok() {
+            alive = true;
+            break;
+        }
+    }
+    assert!(alive, "the thread lives on");
     // A call stuck past the deadline answers Unavailable; it is released afterwards.
     let (release, stuck) = std::sync::mpsc::channel::<()>();
     let err = a

@@ -274,11 +274,13 @@ fn transition_finish_applies_the_result_and_clears_the_intent_together() {
             thermal: Some(Thermal::Cold),
             ip: None,
             record: Some(&rec),
+            user_stopped: Some(true),
         },
     )
     .unwrap();
     let sb = s.sandbox_by_id(&id).unwrap();
     assert_eq!((sb.status, sb.thermal), (Status::Stopped, Some(Thermal::Cold)));
+    assert!(sb.user_stopped, "a user's stop is kept with the result");
     assert_eq!(sb.record.unwrap().decode().unwrap(), rec);
     assert!(s.pending_transitions().unwrap().is_empty());
     assert_eq!(

@@ -27,6 +27,7 @@ fn sandbox_crud() {
             thermal: Some(Thermal::Hot),
             ip: Some("10.0.0.2"),
             record: None,
+            user_stopped: None,
         },
     )
     .unwrap();
@@ -36,6 +37,7 @@ fn sandbox_crud() {
         (Status::Running, Some(Thermal::Hot), "10.0.0.2")
     );
     assert!(got.stopped_at.is_none());
+    assert!(!got.user_stopped, "a new sandbox was not stopped by its user");
     s.set_status(&sb.id, Status::Stopped).unwrap();
     let got = s.sandbox(&u.id, &sb.id).unwrap();
     assert!(got.stopped_at.is_some(), "stopping records when");
