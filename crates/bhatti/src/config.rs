@@ -36,6 +36,7 @@ struct File {
     accel: Option<String>,
     max_concurrent_boots: Option<usize>,
     thermal: Thermal,
+    http: Http,
     log_format: Option<String>,
     log_level: Option<String>,
     /// Everything else: warned about.
@@ -50,6 +51,15 @@ struct Thermal {
     warm_after_secs: Option<u64>,
     cold_after_secs: Option<u64>,
     tick_secs: Option<u64>,
+}
+
+/// Connection deadlines of both listeners (ours; v1 compiled in `ReadHeaderTimeout` 10 s and
+/// `IdleTimeout` 120 s).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Http {
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
 }
 
 /// v1 keys this daemon accepts and does not use.
@@ -103,12 +113,24 @@ pub struct Config {
     pub cold_after: Duration,
     /// Thermal tick.
     pub thermal_tick: Duration,
+    /// A connection's request head must be complete within this (server::Settings).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this (server::Settings).
+    pub idle_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Log level filter (`info`, `debug`, ...).
     pub log_level: String,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
+}
+
+/// A connection deadline of zero would close every connection before its first request.
+fn at_least_1(key: &str, d: Duration) -> anyhow::Result<Duration> {
+    if d.is_zero() {
+        bail!("{key} must be at least 1");
+    }
+    Ok(d)
 }
 
 /// Reads the environment variable `BHATTI_<name>`, if set and not empty.
@@ -226,6 +248,14 @@ impl Config {
             warm_after: secs("WARM_AFTER_SECS", file.thermal.warm_after_secs, 30)?,
             cold_after: secs("COLD_AFTER_SECS", file.thermal.cold_after_secs, 30 * 60)?,
             thermal_tick: secs("THERMAL_TICK_SECS", file.thermal.tick_secs, 10)?,
+            header_read_timeout: at_least_1(
+                "http.header_read_timeout_secs",
+                secs("HEADER_READ_TIMEOUT_SECS", file.http.header_read_timeout_secs, 10)?,
+            )?,
+            idle_timeout: at_least_1(
+                "http.idle_timeout_secs",
+                secs("IDLE_TIMEOUT_SECS", file.http.idle_timeout_secs, 120)?,
+            )?,
             log_format,
             log_level: env("LOG_LEVEL").or(file.log_level).unwrap_or_else(|| "info".into()),
             data_dir,
@@ -253,6 +283,8 @@ impl Config {
         s.warm_after = self.warm_after;
         s.cold_after = self.cold_after;
         s.thermal_tick = self.thermal_tick;
+        s.header_read_timeout = self.header_read_timeout;
+        s.idle_timeout = self.idle_timeout;
         s
     }
 }
@@ -293,6 +325,20 @@ mod tests {
         assert!(Config::from_yaml("engine: docker\n", Path::new("x"), &no_env).is_err());
         assert!(Config::from_yaml("listen: nowhere\n", Path::new("x"), &no_env).is_err());
         assert!(Config::from_yaml("thermal: {warm: 1}\n", Path::new("x"), &no_env).is_err());
+        let c = Config::from_yaml(
+            "http: {header_read_timeout_secs: 3, idle_timeout_secs: 7}\n",
+            Path::new("x"),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.server().header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.server().idle_timeout, Duration::from_secs(7));
+        let c = Config::from_yaml("", Path::new("x"), &no_env).unwrap();
+        assert_eq!(c.server().header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server().idle_timeout, Duration::from_secs(120));
+        let zero = "http: {header_read_timeout_secs: 0}\n";
+        assert!(Config::from_yaml(zero, Path::new("x"), &no_env).is_err());
+        assert!(Config::from_yaml("http: {idle: 1}\n", Path::new("x"), &no_env).is_err());
         assert!(Config::from_yaml("log_format: xml\n", Path::new("x"), &no_env).is_err());
     }
 }

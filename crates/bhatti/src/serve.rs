@@ -1,12 +1,15 @@
 //! `bhatti serve`: the daemon.
 //!
 //! Start: the data directory (0700), the store, the first admin user (its key in
-//! `<data_dir>/admin.key`, 0600, printed once), recovery (the store's pure decision over its
-//! rows and the engine's records, then the engine brings the sandboxes back, then the start-up
-//! clean-ups), the background tasks, the listeners (TCP and `<data_dir>/api.sock`, 0600), and
-//! the wakes of keep-hot sandboxes. Stop (SIGTERM, SIGINT): no new connections, requests in
-//! flight get the drain timeout, every sandbox is suspended to disk and its record stored.
+//! `<data_dir>/admin.key`, 0600, and on stderr only if that is a terminal; never in the log),
+//! recovery (the store's pure decision over its rows and the engine's records, then the engine
+//! brings the sandboxes back, then the start-up clean-ups), the background tasks, the listeners
+//! (TCP and `<data_dir>/api.sock`, 0600, both closing connections that send no request head in
+//! time), and the wakes of keep-hot sandboxes. Stop (SIGTERM, SIGINT): no new connections,
+//! requests in flight get the drain timeout, every sandbox is suspended to disk and its record
+//! stored.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -97,9 +100,20 @@ fn ensure_admin(store: &mut store::Store, data_dir: &Path) -> anyhow::Result<()>
     std::io::Write::write_all(&mut file, format!("{}\n", key.expose()).as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(user = %user.id, file = %path.display(), "created the admin user");
-    // Printed once, to the terminal that started the daemon; never logged.
-    eprintln!("bhatti: admin API key (also in {}): {}", path.display(), key.expose());
+    // The key goes to the terminal that started the daemon, and only to a terminal: a daemon
+    // started in the background (the quickstart's `bhatti serve >>bhatti.log 2>&1`, systemd's
+    // journal) has its stderr in a log file, which is kept, rotated and read by more people
+    // than the 0600 key file. The log says where the key is, never the key.
+    if std::io::stderr().is_terminal() {
+        eprintln!("bhatti: admin API key (also in {}): {}", path.display(), key.expose());
+        tracing::info!(user = %user.id, file = %path.display(), "created the admin user");
+    } else {
+        tracing::info!(
+            user = %user.id,
+            file = %path.display(),
+            "created the admin user; its API key is in the file (printed only to a terminal)"
+        );
+    }
     Ok(())
 }
 

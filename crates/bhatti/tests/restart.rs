@@ -157,3 +157,110 @@ async fn a_daemon_killed_mid_create_leaves_no_half_sandbox() {
     let status = s.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// Issue 19 item 3: the first start's admin key goes to `<data_dir>/admin.key` (0600) and to
+/// stderr only when stderr is a terminal. The harness gives the daemon files for stdout and
+/// stderr, as the quickstart's background daemon has (`>>bhatti.log 2>&1`): neither may hold
+/// the key, and the log says where the key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_key_reaches_its_file_and_never_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Setup::new();
+    s.start().await;
+    let key = s.key();
+    assert!(key.starts_with("bht_") && key.len() > 20, "{key:?}");
+    let file = s.data.path().join("state/admin.key");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin.key is {mode:o}");
+    // The key works (the harness's requests use it).
+    let r = s.req(Method::GET, "/sandboxes").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A client that puts its key in a path (a 404 here, a 400 on the proxy) does not get it
+    // into the request log either: the line shows no path.
+    for path in [format!("/sandboxes/{key}"), format!("/sandboxes/x/proxy/80/{key}")] {
+        let r = s.req(Method::GET, &path).send().await.unwrap();
+        assert!(r.status() == 404 || r.status() == 400, "{path}: {}", r.status());
+    }
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    let logs = s.logs();
+    assert!(!logs.contains(&key), "the admin key is in the daemon's output:\n{logs}");
+    assert!(logs.contains("admin.key"), "the log does not say where the key is:\n{logs}");
+    // A second start makes no new key and prints none either.
+    s.start().await;
+    assert_eq!(s.key(), key);
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!s.logs().contains(&key));
+}
+
+/// Issue 19 item 2, end to end: `bhatti serve` gives both its listeners (TCP and
+/// `<data_dir>/api.sock`) the configured connection deadlines. Half a request head is cut
+/// after `http.header_read_timeout_secs`; a normal request is still answered on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_cuts_half_sent_requests_on_both_listeners() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    async fn cut_after<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Duration {
+        let since = Instant::now();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+            match read.expect("a half-sent request head still open after 10 s") {
+                Ok(0) | Err(_) => return since.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    }
+    async fn health<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> String {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        answer
+    }
+
+    let mut s = Setup::new();
+    std::fs::write(
+        &s.config,
+        "log_format: text\nhttp: {header_read_timeout_secs: 1, idle_timeout_secs: 2}\n",
+    )
+    .unwrap();
+    s.start().await;
+    let addr = format!("127.0.0.1:{}", s.port);
+    let socket = s.data.path().join("state/api.sock");
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (tcp_cut, unix_cut) = tokio::join!(cut_after(tcp), cut_after(unix));
+    for (name, took) in [("tcp", tcp_cut), ("unix", unix_cut)] {
+        assert!(took >= Duration::from_millis(900), "{name}: cut after {took:?}");
+        assert!(took < Duration::from_secs(5), "{name}: cut after {took:?}");
+    }
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(health(tcp).await.starts_with("HTTP/1.1 200"));
+    let unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    assert!(health(unix).await.starts_with("HTTP/1.1 200"));
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+}
+
+/// Issue 19 item 3, the other half: started from a terminal, the first start prints the key
+/// there once (the same key as in `admin.key`).
+#[test]
+fn from_a_terminal_the_first_admin_key_is_printed_there() {
+    let s = Setup::new();
+    let mut p = expectrl::Session::spawn(s.serve_command()).unwrap();
+    p.set_expect_timeout(Some(std::time::Duration::from_secs(60)));
+    let found = p.expect(expectrl::Regex(r"admin API key \(also in [^)]*\): (bht_[0-9a-f]+)"));
+    let found = found.unwrap();
+    let printed = String::from_utf8_lossy(found.get(1).unwrap()).into_owned();
+    p.expect("bhatti serve started").unwrap();
+    let pid = nix::unistd::Pid::from_raw(p.get_process().pid().as_raw());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    p.expect(expectrl::Eof).unwrap();
+    assert_eq!(printed, s.key());
+}

@@ -45,10 +45,10 @@ mod error;
 mod events;
 mod lease;
 mod owner;
+mod record;
 mod registry;
 mod run;
 mod spec;
-mod record;
 mod thermal;
 
 /// The agent's types the engine's API hands out.
@@ -68,10 +68,10 @@ pub use ippool::Subnet;
 pub use jail::{Swept, sweep_cgroups as remove_leftover_cgroups};
 pub use lease::{Activity, Lease, Leased};
 pub use machine::Suspended;
-pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
-pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
 pub use record::RECORD_VERSION;
 pub use record::SandboxRecord;
+pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
+pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
 pub use thermal::Thermal;
 pub use vmm::{Accel, DiskCache};
 pub use volume::VolumeMount;

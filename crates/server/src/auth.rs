@@ -1,7 +1,13 @@
-//! Who is asking. Every route but `/health` needs `Authorization: Bearer <key>`; WebSocket
-//! routes also take `?token=<key>` (browsers cannot set headers on a WebSocket). The decision
-//! uses the clean path, so `/health/../sandboxes` is not `/health`. Keys are looked up by their
-//! SHA-256 in the store; a key never reaches a log line or an error message.
+//! Who is asking. Every route but `/health` needs `Authorization: Bearer <key>`; the API's own
+//! two WebSocket routes, `/sandboxes/<id>/ws` and `/sandboxes/<id>/exec/ws`, also take
+//! `?token=<key>` (browsers cannot set headers on a WebSocket). Nothing else does: not the
+//! proxy (`/sandboxes/<id>/proxy/<port>/.../ws` is the guest's path, and a key accepted there
+//! would travel on to the guest in the query), not a path that only cleans to a WebSocket route
+//! (`/sandboxes/a/proxy/80/../../ws` is routed to the proxy). The `/health` decision uses the
+//! clean path, so `/health/../sandboxes` is not `/health`. Keys are looked up by their SHA-256
+//! in the store; a key never reaches a log line or an error message.
+
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -20,9 +26,35 @@ pub struct CurrentUser(pub store::User);
 #[derive(Debug, Clone)]
 pub struct UserName(pub String);
 
-/// Whether a (clean) path is a WebSocket route, where `?token=` is accepted.
+/// The key this request authenticated with, in its extensions: the proxy refuses to forward a
+/// request that carries it anywhere the guest would see (crates/server/README.md, "Keys and the
+/// proxy"). `Debug` never shows it.
+#[derive(Clone)]
+pub struct PresentedKey(Arc<str>);
+
+impl PresentedKey {
+    /// The key's bytes, to search for (never to print).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresentedKey(<redacted>)")
+    }
+}
+
+/// Whether a raw request path is one of the API's own WebSocket routes, where `?token=` is
+/// accepted: exactly `/sandboxes/<id>/ws` or `/sandboxes/<id>/exec/ws`, and already clean (a
+/// path with `..`, `.`, `//` or a trailing `/` is routed by its raw form, which may be the
+/// proxy's, so it never qualifies).
 fn is_websocket_route(path: &str) -> bool {
-    path.ends_with("/ws")
+    if clean_path(path) != path {
+        return false;
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    matches!(segments.as_slice(), ["sandboxes", _, "ws"] | ["sandboxes", _, "exec", "ws"])
 }
 
 /// The key from `?token=`, if the query has one.
@@ -53,12 +85,13 @@ pub async fn authenticate(
             Some(key) => Some(key.trim().to_owned()),
             None => return ApiError::Unauthorized("authorization required").into_response(),
         },
-        None if is_websocket_route(&path) => query_token(request.uri().query()),
+        None if is_websocket_route(request.uri().path()) => query_token(request.uri().query()),
         None => None,
     };
     let Some(key) = key.filter(|k| !k.is_empty()) else {
         return ApiError::Unauthorized("authorization required").into_response();
     };
+    let key_for_proxy: Arc<str> = Arc::from(key.as_str());
     let user = match state.store.read(move |s| s.user_by_api_key(&key)).await {
         Ok(user) => user,
         Err(e) if e.kind() == store::ErrorKind::NotFound => {
@@ -68,9 +101,15 @@ pub async fn authenticate(
         Err(e) => return ApiError::Store(e).into_response(),
     };
     let name = user.name.clone();
+    let path_holds_key =
+        crate::proxy::holds(request.uri().path().as_bytes(), key_for_proxy.as_bytes());
     request.extensions_mut().insert(CurrentUser(user));
+    request.extensions_mut().insert(PresentedKey(key_for_proxy));
     let mut response = next.run(request).await;
     response.extensions_mut().insert(UserName(name));
+    if path_holds_key {
+        response.extensions_mut().insert(crate::request::PathHoldsKey);
+    }
     response
 }
 
@@ -107,12 +146,34 @@ mod tests {
     }
 
     #[test]
-    fn tokens_in_the_query_only_count_on_websocket_routes() {
-        assert!(
-            is_websocket_route("/sandboxes/a/ws") && is_websocket_route("/sandboxes/a/exec/ws")
-        );
-        assert!(!is_websocket_route("/sandboxes/a/files"));
+    fn tokens_in_the_query_only_count_on_the_apis_own_websocket_routes() {
+        for path in ["/sandboxes/a/ws", "/sandboxes/a/exec/ws", "/sandboxes/proxy/ws"] {
+            assert!(is_websocket_route(path), "{path}");
+        }
+        for path in [
+            "/sandboxes/a/files",
+            "/sandboxes/a/proxy/8080/ws",
+            "/sandboxes/a/proxy/8080/x/ws",
+            "/sandboxes/a/proxy/8080/exec/ws",
+            "/sandboxes/a/proxy/8080/../../ws",
+            "/sandboxes/a/proxy/../ws",
+            "/sandboxes/a/./ws",
+            "/sandboxes//a/ws",
+            "/sandboxes/a/ws/",
+            "/sandboxes/ws",
+            "/x/sandboxes/a/ws",
+            "/ws",
+        ] {
+            assert!(!is_websocket_route(path), "{path}");
+        }
         assert_eq!(query_token(Some("session=1&token=bht_x")).as_deref(), Some("bht_x"));
         assert_eq!(query_token(Some("session=1")), None);
+    }
+
+    #[test]
+    fn a_presented_key_never_shows_in_debug() {
+        let key = PresentedKey(Arc::from("bht_secret"));
+        assert!(!format!("{key:?}").contains("secret"));
+        assert_eq!(key.as_bytes(), b"bht_secret");
     }
 }

@@ -17,6 +17,7 @@ mod files;
 pub mod housekeeping;
 mod labels;
 mod lifecycle;
+mod listen;
 mod ports;
 pub mod proxy;
 pub mod request;
@@ -32,6 +33,7 @@ use axum::Router;
 use axum::routing::{any, delete, get, post};
 
 pub use error::{ApiError, ApiResult};
+pub use listen::{NodelayListener, nodelay};
 pub use state::{AppState, Settings};
 pub use thermal::spawn_background;
 
@@ -75,36 +77,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A TCP listener whose connections send small writes at once (no Nagle delay: a response's
-/// headers and its first body bytes would otherwise wait for the client's delayed ACK).
-#[derive(Debug)]
-pub struct NodelayListener(tokio::net::TcpListener);
-
-impl axum::serve::Listener for NodelayListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own accept loop (it logs and retries failed accepts).
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-        (stream, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// Wraps a TCP listener so every connection gets `TCP_NODELAY`.
-pub fn nodelay(listener: tokio::net::TcpListener) -> NodelayListener {
-    NodelayListener(listener)
-}
-
-/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
-/// finish (the caller bounds that with its own deadline).
+/// Serves the API on `listener` (TCP, wrapped by [`nodelay`], or the Unix socket) until
+/// `shutdown` completes, then lets requests in flight finish (the caller bounds that with its
+/// own deadline). Connections that send no request head in time, or sit idle between
+/// requests, are closed (`Settings::header_read_timeout`, `Settings::idle_timeout`; see
+/// `listen.rs`).
 pub async fn serve<L>(
     state: AppState,
     listener: L,
@@ -112,10 +89,8 @@ pub async fn serve<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    proxy::ClientAddr:
-        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Addr: Into<proxy::ClientAddr>,
 {
-    let app = router(state).into_make_service_with_connect_info::<proxy::ClientAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
+    listen::serve(router(state), listener, header_read, idle, shutdown).await
 }

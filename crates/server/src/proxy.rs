@@ -8,8 +8,20 @@
 //! answer's body is done (or the client goes away).
 //!
 //! The request is rewritten: `Host: localhost:<port>`, the path after the port (`/` if none),
-//! the query kept, `X-Forwarded-For` / `-Proto` / `-Host` set, hop-by-hop headers removed, and
-//! the caller's `Authorization` removed (v1 handed the bhatti API key to the guest).
+//! the query kept but for its `token` parameters, `X-Forwarded-For` / `-Proto` / `-Host` set,
+//! hop-by-hop headers removed, and the caller's `Authorization` removed (v1 handed the bhatti
+//! API key to the guest).
+//!
+//! No API key reaches a guest (issue 19): the guest is code the user runs, often code the user
+//! did not write, and the key works on every sandbox of its owner. So every `token` query
+//! parameter is removed (the name compared percent-decoded and case-insensitively, `&` and `;`
+//! both separating, every occurrence; the API's own WebSocket routes take `?token=`, and a
+//! client written for them may send it here too), `Authorization` is removed, and a request that
+//! still carries the key it authenticated with anywhere else the guest would see it (the path,
+//! another parameter, another header such as `Cookie`; raw or percent-decoded) is refused with
+//! 400 before the guest is contacted. The API sets no cookies, so there is no API cookie to
+//! remove; the guest's own cookies pass. The request body is the application's and is not
+//! searched.
 //!
 //! A WebSocket upgrade (`Connection: upgrade` + `Upgrade: websocket`) is sent to the guest as
 //! such; when the guest answers 101 the client gets that answer and from then on the proxy
@@ -25,17 +37,16 @@ use std::time::Duration;
 
 use axum::BoxError;
 use axum::body::Body;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::Response;
-use axum::serve::IncomingStream;
 use hyper::body::{Bytes, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::CurrentUser;
+use crate::auth::{CurrentUser, PresentedKey};
 use crate::error::{ApiError, ApiResult};
 use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
@@ -66,24 +77,18 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// The client's IP, recorded for each accepted connection (`None` for a Unix socket): the
-/// server is served with `into_make_service_with_connect_info::<ClientAddr>()`.
+/// accept loop (`listen.rs`) puts `ConnectInfo<ClientAddr>` into every request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(Some(stream.remote_addr().ip()))
+impl From<std::net::SocketAddr> for ClientAddr {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        ClientAddr(Some(addr.ip()))
     }
 }
 
-impl Connected<IncomingStream<'_, crate::NodelayListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, crate::NodelayListener>) -> Self {
-        ClientAddr(Some(stream.remote_addr().ip()))
-    }
-}
-
-impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for ClientAddr {
-    fn connect_info(_: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+impl From<tokio::net::unix::SocketAddr> for ClientAddr {
+    fn from(_: tokio::net::unix::SocketAddr) -> Self {
         ClientAddr(None)
     }
 }
@@ -106,6 +111,71 @@ fn split_target(path: &str) -> Option<(&str, &str)> {
         Some(i) => Some((&after[..i], &after[i..])),
         None => Some((after, "/")),
     }
+}
+
+/// `%XX` sequences decoded (a malformed one is kept as it is), as a guest's framework would.
+fn percent_decoded(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'%'
+            && let (Some(hi), Some(lo)) =
+                (text.get(i + 1).and_then(|b| hex(*b)), text.get(i + 2).and_then(|b| hex(*b)))
+        {
+            // Two hex digits: at most 0xff.
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
+            i += 3;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether a query parameter (`name[=value]`) is a `token` one: its name, percent-decoded, is
+/// `token` in any case (`token`, `Token`, `%74oken`, `TO%4BEN`).
+fn is_token_param(param: &str) -> bool {
+    let name = param.split_once('=').map_or(param, |(name, _)| name);
+    percent_decoded(name.as_bytes()).eq_ignore_ascii_case(b"token")
+}
+
+/// The query the guest gets: the caller's, byte for byte, without its `token` parameters.
+/// Both `&` and `;` separate parameters (some frameworks still split on `;`); the separators
+/// between the parameters kept stay as they were. `None` when nothing is left.
+fn forwarded_query(query: &str) -> Option<String> {
+    let mut kept = String::with_capacity(query.len());
+    let mut start = 0;
+    // Each parameter with the separator that preceded it (none for the first).
+    let mut separator = "";
+    for (i, c) in query.char_indices().chain(std::iter::once((query.len(), '&'))) {
+        if c != '&' && c != ';' {
+            continue;
+        }
+        let param = &query[start..i];
+        if !is_token_param(param) {
+            if !kept.is_empty() {
+                kept.push_str(separator);
+            }
+            kept.push_str(param);
+        }
+        separator = &query[i..(i + 1).min(query.len())];
+        start = i + 1;
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Whether `haystack` holds `needle`, as it is or percent-decoded.
+pub(crate) fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    let within = |h: &[u8]| !needle.is_empty() && h.windows(needle.len()).any(|w| w == needle);
+    within(haystack) || (haystack.contains(&b'%') && within(&percent_decoded(haystack)))
+}
+
+/// Whether the request the guest would get still carries `key`: in its target (path and
+/// query) or in any header value.
+fn carries_key(key: &[u8], target: &str, headers: &HeaderMap) -> bool {
+    holds(target.as_bytes(), key) || headers.values().any(|v| holds(v.as_bytes(), key))
 }
 
 /// Whether a header holds `token` in its comma-separated list (case-insensitive).
@@ -202,12 +272,10 @@ pub async fn proxy(
     let invalid = || ApiError::BadRequest("invalid port".into());
     let (port_text, rest) = split_target(request.uri().path()).ok_or_else(invalid)?;
     let port = parse_port(port_text).ok_or_else(invalid)?;
-    let target = match request.uri().query() {
+    let target = match request.uri().query().and_then(forwarded_query) {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_owned(),
     };
-    let id = params.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v).unwrap_or_default();
-    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     let client = request.extensions().get::<ConnectInfo<ClientAddr>>().and_then(|c| c.0.0);
     let websocket = is_websocket(request.headers());
     let headers = upstream_headers(
@@ -217,6 +285,19 @@ pub async fn proxy(
         client,
         websocket,
     );
+    // The last check, before any lookup or wake: the key this request authenticated with
+    // appears nowhere the guest would see it.
+    if let Some(key) = request.extensions().get::<PresentedKey>()
+        && carries_key(key.as_bytes(), &target, &headers)
+    {
+        return Err(ApiError::BadRequest(
+            "the request carries its API key outside Authorization; the proxy does not forward \
+             an API key to the guest"
+                .into(),
+        ));
+    }
+    let id = params.into_iter().find(|(k, _)| k == "id").map(|(_, v)| v).unwrap_or_default();
+    let sandbox = resolve_for_guest(&state, &user, &id).await?;
     // Waking the sandbox and opening the guest connection: a closed port is the engine's
     // `guest_port_closed` (502).
     let stream = state.engine.forward(&sandbox.id, port).await?;
@@ -527,6 +608,52 @@ mod tests {
         assert_eq!(out["x-forwarded-host"], "api.example:8080");
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(out["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn token_parameters_never_reach_the_guest_and_the_rest_passes_as_sent() {
+        let table = [
+            ("first", "token=k&a=1", Some("a=1")),
+            ("last", "a=1&token=k", Some("a=1")),
+            ("middle", "a=1&token=k&b=2", Some("a=1&b=2")),
+            ("repeated", "token=k&a=1&token=j&token=", Some("a=1")),
+            ("alone", "token=k", None),
+            ("no value", "token&a=1", Some("a=1")),
+            ("capital", "Token=k&a=1", Some("a=1")),
+            ("upper", "a=1&TOKEN=k", Some("a=1")),
+            ("percent-encoded name", "%74oken=k&a=1", Some("a=1")),
+            ("encoded upper", "a=1&TO%4BEN=k", Some("a=1")),
+            ("semicolon", "a=1;token=k;b=2", Some("a=1;b=2")),
+            ("mixed separators", "token=k;a=1&b=2", Some("a=1&b=2")),
+            (
+                "other names kept",
+                "tokens=1&my_token=2&token_=3",
+                Some("tokens=1&my_token=2&token_=3"),
+            ),
+            ("values kept as sent", "a=two%20words&b=%2F&c", Some("a=two%20words&b=%2F&c")),
+            ("empty pairs kept", "a=1&&b=2", Some("a=1&&b=2")),
+            ("plus is not a separator", "tok+en=1", Some("tok+en=1")),
+            ("empty", "", None),
+        ];
+        for (name, query, want) in table {
+            assert_eq!(forwarded_query(query).as_deref(), want, "{name}: {query}");
+        }
+    }
+
+    #[test]
+    fn a_key_anywhere_the_guest_would_see_it_is_found() {
+        let key = b"bht_0123abcd";
+        let mut h = HeaderMap::new();
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        assert!(!carries_key(key, "/a?b=1", &h));
+        assert!(carries_key(key, "/bht_0123abcd/x", &h));
+        assert!(carries_key(key, "/a?access_token=bht_0123abcd", &h));
+        assert!(carries_key(key, "/a?x=bht%5F0123abcd", &h));
+        assert!(carries_key(key, "/a%2Fbht%5f0123abcd", &h));
+        h.insert(header::COOKIE, HeaderValue::from_static("s=1; k=bht_0123abcd"));
+        assert!(carries_key(key, "/a", &h));
+        assert!(!carries_key(key, "/a?x=bht_0123abc", &HeaderMap::new()));
+        assert_eq!(percent_decoded(b"%41%4a%zz%4"), b"AJ%zz%4");
     }
 
     #[test]

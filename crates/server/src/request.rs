@@ -53,6 +53,11 @@ fn ignored_warning(names: &[String]) -> Option<HeaderValue> {
         .ok()
 }
 
+/// On a response: the request's path holds the key it authenticated with (`auth.rs` finds
+/// it), so the request log line shows no path.
+#[derive(Debug, Clone, Copy)]
+pub struct PathHoldsKey;
+
 /// This request's ID (`req_` + 16 hex), in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -91,9 +96,13 @@ pub async fn around(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(RequestId(id.clone()));
     let ignored = IgnoredFields::default();
     request.extensions_mut().insert(ignored.clone());
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let (method, mut path) = (request.method().clone(), request.uri().path().to_owned());
     let started = Instant::now();
     let mut response = next.run(request).await;
+    if response.extensions().get::<PathHoldsKey>().is_some() {
+        // A client put its key in the path; the log must not keep it.
+        path = "<redacted: the path holds the api key>".into();
+    }
     if let Some(InternalCause { cause, code }) = response.extensions_mut().remove::<InternalCause>()
     {
         tracing::error!(request_id = %id, %method, %path, "internal error: {cause}");

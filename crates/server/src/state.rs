@@ -29,6 +29,13 @@ pub struct Settings {
     pub housekeeping_period: Duration,
     /// Bytes all buffered execs together may hold (see `exec_budget.rs`); 256 MiB.
     pub exec_output_budget: usize,
+    /// A new connection must deliver a complete request head this long after its accept, a
+    /// keep-alive connection this long after the first byte of its next head; else it is
+    /// closed (v1's `ReadHeaderTimeout`, 10 s). Both listeners.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long without
+    /// the first byte of its next request (v1's `IdleTimeout`, 120 s). Both listeners.
+    pub idle_timeout: Duration,
 }
 
 impl Settings {
@@ -45,6 +52,8 @@ impl Settings {
             event_retention: Duration::from_secs(90 * 24 * 3600),
             housekeeping_period: Duration::from_secs(3600),
             exec_output_budget: 256 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }

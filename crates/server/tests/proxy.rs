@@ -403,3 +403,163 @@ async fn websocket_upgrade_relays_raw_bytes_and_keeps_the_sandbox_hot() {
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     d.stop().await;
 }
+
+/// A raw HTTP server in the guest: `nc -ll -e` runs this per connection; it appends the
+/// request head, byte for byte, to `requests.log` and answers 200 (also to an upgrade).
+const LOGGING_SERVER: &str = r#"
+set -e
+cat > /home/lohar/log.sh <<'SCRIPT'
+#!/bin/sh
+CR=$(printf '\r')
+{
+    while IFS= read -r line; do
+        printf '%s\n' "$line"
+        if [ "$line" = "$CR" ] || [ -z "$line" ]; then break; fi
+    done
+    echo '----'
+} >> /home/lohar/requests.log
+printf 'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n'
+SCRIPT
+chmod 0755 /home/lohar/log.sh
+: > /home/lohar/requests.log
+"#;
+
+/// One request over a fresh raw connection (nothing normalised: dot segments, header case and
+/// percent-encoding go out as written); the status and the body.
+async fn raw_request(addr: &str, target: &str, headers: &[String]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut answer))
+        .await
+        .expect("no answer in 60 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Issue 19 item 1: whatever way a request carries the API key, the guest never sees it, nor
+/// an `Authorization` header; other parameters and the guest's own cookies arrive as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_api_key_reaches_the_guest_however_the_request_carries_it() {
+    let d = Daemon::start().await;
+    d.create("kg").await;
+    sh(&d, "kg", LOGGING_SERVER).await;
+    detach(&d, "kg", &["nc", "-ll", "-p", "8090", "-e", "/home/lohar/log.sh"]).await;
+    wait_listening(&d, "kg", 8090).await;
+    let addr = d.url.strip_prefix("http://").unwrap().to_owned();
+    let k = d.key.clone();
+    let bearer = || vec![format!("Authorization: Bearer {k}")];
+    let upgrade = || vec!["Connection: Upgrade".to_owned(), "Upgrade: websocket".to_owned()];
+    let with = |mut h: Vec<String>, more: &str| {
+        h.push(more.to_owned());
+        h
+    };
+    let p = "/sandboxes/kg/proxy/8090";
+
+    // (what, target, headers, the request line's target the guest must log). Each target has
+    // a unique `n=` so its log entry (or its absence) can be found.
+    let forwarded: Vec<(&str, String, Vec<String>, &str)> = vec![
+        ("query first", format!("{p}/a?token={k}&n=1&x=1"), bearer(), "/a?n=1&x=1"),
+        ("query last", format!("{p}/a?n=2&x=1&token={k}"), bearer(), "/a?n=2&x=1"),
+        (
+            "query middle",
+            format!("{p}/a?n=3&token={k}&y=two%20words"),
+            bearer(),
+            "/a?n=3&y=two%20words",
+        ),
+        (
+            "repeated, any case",
+            format!("{p}/a?token={k}&n=4&token={k}&TOKEN={k}&Token=x"),
+            bearer(),
+            "/a?n=4",
+        ),
+        (
+            "percent-encoded name",
+            format!("{p}/a?%74oken={k}&n=5&TO%4BEN={k}&to%6ben={k}"),
+            bearer(),
+            "/a?n=5",
+        ),
+        ("semicolons", format!("{p}/a?n=6;token={k};z=1"), bearer(), "/a?n=6;z=1"),
+        ("root, no slash", format!("{p}?token={k}&n=7"), bearer(), "/?n=7"),
+        ("root, slash", format!("{p}/?n=8&token={k}"), bearer(), "/?n=8"),
+        ("dir, slash", format!("{p}/d/?n=9&token={k}"), bearer(), "/d/?n=9"),
+        (
+            "websocket upgrade",
+            format!("{p}/x/ws?token={k}&n=10"),
+            [bearer(), upgrade()].concat(),
+            "/x/ws?n=10",
+        ),
+        (
+            "lower-case bearer",
+            format!("{p}/a?n=11"),
+            vec![format!("authorization: bearer {k}")],
+            "/a?n=11",
+        ),
+        ("capitals", format!("{p}/a?n=12"), vec![format!("AUTHORIZATION: BEARER {k}")], "/a?n=12"),
+        (
+            "the guest's cookies pass",
+            format!("{p}/a?n=13"),
+            with(bearer(), "Cookie: session=abc; theme=dark"),
+            "/a?n=13",
+        ),
+    ];
+    for (what, target, headers, _) in &forwarded {
+        let (status, body) = raw_request(&addr, target, headers).await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"), "{what}: {target}");
+    }
+    // Refused before the guest: the key elsewhere than `Authorization` (400), or a query key
+    // on the proxy without a header (401: `?token=` is no key here, not even on a path ending
+    // in `/ws` or one that cleans to the API's own WebSocket route).
+    let refused: Vec<(&str, String, Vec<String>, u16)> = vec![
+        ("key in the path", format!("{p}/{k}/x?n=101"), bearer(), 400),
+        ("token= as a path segment", format!("{p}/token={k}?n=102"), bearer(), 400),
+        ("encoded query in the path", format!("{p}/a%3Ftoken%3D{k}?n=103"), bearer(), 400),
+        ("another parameter", format!("{p}/a?access_token={k}&n=104"), bearer(), 400),
+        ("encoded value", format!("{p}/a?x={}&n=105", k.replace('_', "%5F")), bearer(), 400),
+        (
+            "in a cookie",
+            format!("{p}/a?n=106"),
+            with(bearer(), &format!("Cookie: s=1; b={k}")),
+            400,
+        ),
+        ("another header", format!("{p}/a?n=107"), with(bearer(), &format!("X-Api-Key: {k}")), 400),
+        ("query token only", format!("{p}/a?token={k}&n=108"), vec![], 401),
+        ("query token, ws path", format!("{p}/x/ws?token={k}&n=109"), upgrade(), 401),
+        ("query token, ws/", format!("{p}/ws/?token={k}&n=110"), vec![], 401),
+        ("dot segments to /ws", format!("{p}/../../ws?token={k}&n=111"), upgrade(), 401),
+        ("dot segments, exec/ws", format!("{p}/../../exec/ws?token={k}&n=112"), vec![], 401),
+    ];
+    for (what, target, headers, want) in &refused {
+        let (status, body) = raw_request(&addr, target, headers).await;
+        assert_eq!(status, *want, "{what}: {target}: {body}");
+        assert!(!body.contains(&k), "{what}: the answer echoes the key: {body}");
+    }
+
+    let r = d.req(Method::GET, "/sandboxes/kg/files?path=/home/lohar/requests.log").send().await;
+    let log = r.unwrap().text().await.unwrap();
+    assert!(!log.contains(&k), "the API key reached the guest:\n{log}");
+    assert!(!log.contains(&k["bht_".len()..]), "part of the API key reached the guest:\n{log}");
+    for line in log.lines() {
+        let name = line.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        assert!(name != "authorization", "an Authorization header reached the guest:\n{log}");
+    }
+    for (what, _, _, want) in &forwarded {
+        // `lines` ends a line at `\r\n` too.
+        let line = format!("GET {want} HTTP/1.1");
+        assert!(log.lines().any(|l| l == line), "{what}: {line:?} missing in:\n{log}");
+    }
+    assert!(log.lines().any(|l| l == "cookie: session=abc; theme=dark"), "{log}");
+    for n in 101..=112 {
+        assert!(!log.contains(&format!("n={n}")), "request {n} reached the guest:\n{log}");
+    }
+    d.stop().await;
+}

@@ -45,11 +45,11 @@ impl Setup {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// Starts `bhatti serve` and waits until it answers.
-    pub async fn start(&mut self) {
+    /// `bhatti serve` on this setup's configuration (not started).
+    pub fn serve_command(&self) -> Command {
         let artifacts = artifacts_dir();
-        let child = Command::new(env!("CARGO_BIN_EXE_bhatti"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhatti"));
+        cmd.arg("serve")
             .env("BHATTI_CONFIG", &self.config)
             .env("BHATTI_DATA_DIR", self.data.path().join("state"))
             .env("BHATTI_LISTEN", format!("127.0.0.1:{}", self.port))
@@ -57,7 +57,14 @@ impl Setup {
             .env("BHATTI_SUBNET", &self.subnet)
             .env("BHATTI_KERNEL", artifacts.join("kernel/current/vmlinux"))
             .env("BHATTI_IMAGES_DIR", artifacts.join("images"))
-            .env("BHATTI_DEFAULT_IMAGE", "test")
+            .env("BHATTI_DEFAULT_IMAGE", "test");
+        cmd
+    }
+
+    /// Starts `bhatti serve` and waits until it answers.
+    pub async fn start(&mut self) {
+        let child = self
+            .serve_command()
             .stdout(std::fs::File::create(self.data.path().join("daemon.log")).unwrap())
             .stderr(std::fs::File::create(self.data.path().join("daemon.err")).unwrap())
             .stdin(Stdio::null())

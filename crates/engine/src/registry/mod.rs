@@ -39,9 +39,9 @@ use crate::lease::{Activity, Lease};
 use crate::machine::{Backend, BootSpec, Machine, Suspended, VolumeDisk, guest_device};
 use crate::net::Netns;
 use crate::owner::{self, Command, Giveback, Handle, Identity};
+use crate::record::SandboxRecord;
 use crate::run::off_thread;
 pub use crate::spec::CreateSpec;
-use crate::record::SandboxRecord;
 use crate::thermal::Thermal;
 use crate::volume::{Claims, VolumeChecks, VolumeMount};
 
