@@ -423,10 +423,13 @@ async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
     p.set_expect_timeout(Some(Duration::from_secs(30)));
     p.expect("API key: ").unwrap();
     p.send_line(&key).unwrap();
+    // Everything the terminal showed between the prompt and setup's last line.
+    let shown = p.expect("wrote ").unwrap();
+    let screen = String::from_utf8_lossy(shown.before()).into_owned();
+    assert!(!screen.contains(&key), "the key was echoed: {screen:?}");
     let rest = p.expect(expectrl::Eof).unwrap();
-    let screen = String::from_utf8_lossy(rest.before()).into_owned();
-    assert!(screen.contains("wrote"), "setup finished: {screen}");
-    assert!(!screen.contains(&key), "the key was echoed: {screen}");
+    let tail = String::from_utf8_lossy(rest.as_bytes()).into_owned();
+    assert!(!tail.contains(&key), "the key was printed: {tail:?}");
     assert!(config.exists());
     // The next command finds the daemon and the key through the written file alone.
     let only_home = [("BHATTI_URL", ""), ("BHATTI_TOKEN", ""), ("BHATTI_CONFIG", "")];
