@@ -169,8 +169,17 @@ async fn terminal_output_resize_reattach_kill_and_exit() {
     drop(ws);
     // Detached: the lease is back, the session keeps running.
     assert_eq!(poll_in_flight(&d, &sb.id, |n| n == 0).await, 0, "lease returned on detach");
-    let listed = sessions(&d, &sb.id).await;
-    let one = listed.iter().find(|s| s.session_id == s1).expect("s1 listed");
+    // The guest learns of the detach when the host's connection closes, which may be a moment
+    // after the host gave its lease back: wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let one = loop {
+        let listed = sessions(&d, &sb.id).await;
+        let one = listed.into_iter().find(|s| s.session_id == s1).expect("s1 listed");
+        if !one.attached || Instant::now() > deadline {
+            break one;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(one.tty && one.running && !one.attached, "{one:?}");
 
     // Without ?session the newest detached shell is attached again, with its scrollback.
