@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::{read_frame, send_json, write_frame};
 use crate::error::{AgentError, AgentErrorKind};
-use crate::output::{OutputCollector, OutputRoom, Unbounded};
+use crate::output::{ExecOutput, OutputCollector, OutputRoom, Unbounded};
 use crate::session::Session;
 use crate::stream::Stream;
 use crate::transport::Endpoint;
@@ -60,35 +60,6 @@ impl Default for ClientConfig {
 const MODE_UNKNOWN: u8 = 0;
 const MODE_REUSE: u8 = 1;
 const MODE_V1: u8 = 2;
-
-/// Result of a buffered exec.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// Standard output.
-    pub stdout: Vec<u8>,
-    /// Standard error.
-    pub stderr: Vec<u8>,
-    /// Exit code (128 + signal when killed).
-    pub exit_code: i32,
-    /// Output was dropped on either stream (`stdout_truncated || stderr_truncated`).
-    pub truncated: bool,
-    /// Stdout went past its cap (10 MiB): what is kept is its beginning.
-    pub stdout_truncated: bool,
-    /// Stderr went past its cap (10 MiB): what is kept is its end, where errors are.
-    pub stderr_truncated: bool,
-}
-
-impl ExecOutput {
-    /// Stdout as text (lossy).
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    /// Stderr as text (lossy).
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-}
 
 /// An event of a streaming exec.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,9 +19,10 @@ mod session;
 mod stream;
 mod transport;
 
-pub use client::{AgentClient, ClientConfig, ExecEvent, ExecInput, ExecOutput, ExecStream};
+pub use client::{AgentClient, ClientConfig, ExecEvent, ExecInput, ExecStream};
 pub use error::{AgentError, AgentErrorKind, GuestError};
 pub use files::{FileContent, FileReader, MAX_BUFFERED_READ_BYTES, ReadOptions};
+pub use output::ExecOutput;
 pub use output::{OutputCollector, OutputRoom, TailBuffer, Unbounded};
 pub use session::{Session, SessionEvent, SessionReader, SessionWriter};
 pub use stream::Stream;

@@ -9,7 +9,34 @@ use std::collections::VecDeque;
 
 use proto::limits::MAX_EXEC_OUTPUT_BYTES;
 
-use crate::client::ExecOutput;
+/// Result of a buffered exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Exit code (128 + signal when killed).
+    pub exit_code: i32,
+    /// Output was dropped on either stream (`stdout_truncated || stderr_truncated`).
+    pub truncated: bool,
+    /// Stdout went past its cap (10 MiB): what is kept is its beginning.
+    pub stdout_truncated: bool,
+    /// Stderr went past its cap (10 MiB): what is kept is its end, where errors are.
+    pub stderr_truncated: bool,
+}
+
+impl ExecOutput {
+    /// Stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text (lossy).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
 
 /// How many more bytes a buffered exec may keep: the caller's memory budget (the daemon's is
 /// shared by every buffered exec). Called from the exec's task for each chunk; must not block.

@@ -15,16 +15,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
-use crate::request::clean_path;
+use crate::request::{UserName, clean_path};
 use crate::state::AppState;
 
 /// The authenticated user, in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct CurrentUser(pub store::User);
-
-/// The user's name, on the response for the request log.
-#[derive(Debug, Clone)]
-pub struct UserName(pub String);
 
 /// The key this request authenticated with, in its extensions: the proxy refuses to forward a
 /// request that carries it anywhere the guest would see (crates/server/README.md, "Keys and the
@@ -102,7 +98,7 @@ pub async fn authenticate(
     };
     let name = user.name.clone();
     let path_holds_key =
-        crate::proxy::holds(request.uri().path().as_bytes(), key_for_proxy.as_bytes());
+        crate::key_scan::holds(request.uri().path().as_bytes(), key_for_proxy.as_bytes());
     request.extensions_mut().insert(CurrentUser(user));
     request.extensions_mut().insert(PresentedKey(key_for_proxy));
     let mut response = next.run(request).await;

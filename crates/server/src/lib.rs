@@ -15,6 +15,7 @@ mod exec;
 pub mod exec_budget;
 mod files;
 pub mod housekeeping;
+mod key_scan;
 mod labels;
 mod lifecycle;
 mod listen;

@@ -48,6 +48,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::auth::{CurrentUser, PresentedKey};
 use crate::error::{ApiError, ApiResult};
+use crate::key_scan::{holds, percent_decoded};
 use crate::sandboxes::resolve_for_guest;
 use crate::state::AppState;
 
@@ -113,27 +114,6 @@ fn split_target(path: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// `%XX` sequences decoded (a malformed one is kept as it is), as a guest's framework would.
-fn percent_decoded(text: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'%'
-            && let (Some(hi), Some(lo)) =
-                (text.get(i + 1).and_then(|b| hex(*b)), text.get(i + 2).and_then(|b| hex(*b)))
-        {
-            // Two hex digits: at most 0xff.
-            out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
-            i += 3;
-        } else {
-            out.push(text[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Whether a query parameter (`name[=value]`) is a `token` one: its name, percent-decoded, is
 /// `token` in any case (`token`, `Token`, `%74oken`, `TO%4BEN`).
 fn is_token_param(param: &str) -> bool {
@@ -164,12 +144,6 @@ fn forwarded_query(query: &str) -> Option<String> {
         start = i + 1;
     }
     (!kept.is_empty()).then_some(kept)
-}
-
-/// Whether `haystack` holds `needle`, as it is or percent-decoded.
-pub(crate) fn holds(haystack: &[u8], needle: &[u8]) -> bool {
-    let within = |h: &[u8]| !needle.is_empty() && h.windows(needle.len()).any(|w| w == needle);
-    within(haystack) || (haystack.contains(&b'%') && within(&percent_decoded(haystack)))
 }
 
 /// Whether the request the guest would get still carries `key`: in its target (path and

@@ -58,6 +58,10 @@ fn ignored_warning(names: &[String]) -> Option<HeaderValue> {
 #[derive(Debug, Clone, Copy)]
 pub struct PathHoldsKey;
 
+/// The user's name, on the response for the request log (set by authentication).
+#[derive(Debug, Clone)]
+pub struct UserName(pub String);
+
 /// This request's ID (`req_` + 16 hex), in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -117,7 +121,7 @@ pub async fn around(mut request: Request, next: Next) -> Response {
     if let Some(warning) = ignored_warning(&ignored.take()) {
         response.headers_mut().insert(axum::http::header::WARNING, warning);
     }
-    let user = response.extensions().get::<crate::auth::UserName>().map(|u| u.0.clone());
+    let user = response.extensions().get::<UserName>().map(|u| u.0.clone());
     tracing::info!(
         request_id = %id,
         %method,
