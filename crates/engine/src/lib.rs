@@ -49,6 +49,7 @@ mod record;
 mod registry;
 mod run;
 mod spec;
+mod teardown;
 mod thermal;
 
 /// The agent's types the engine's API hands out.

@@ -426,26 +426,16 @@ impl Owner {
         self.kill().await;
         let (files, backend) = (self.spec.files.clone(), Arc::clone(&self.backend));
         let (netns, id) = (self.ns.name().to_owned(), self.who.id.clone());
+        // A boot this destroy overtook may have dropped its machine: its cgroup goes too.
         let removed = tokio::task::spawn_blocking(move || {
-            backend.kill_orphan(&files);
-            // A boot this destroy overtook may have dropped its machine: its cgroup goes now.
-            backend.settle(&netns, &id);
-            match std::fs::remove_dir_all(files.dir()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
+            crate::teardown::remove_files(&*backend, &netns, &id, &files, &files);
         })
         .await;
-        if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
-            tracing::warn!(sandbox = %self.who.id, "removing its directory: {e}");
+        if removed.is_err() {
+            tracing::warn!(sandbox = %self.who.id, "removing its files did not finish");
         }
-        if let Err(e) = self.ns.delete_neighbour(&self.giveback.bridge, self.spec.ip).await {
-            tracing::warn!(sandbox = %self.who.id, "{}", e.report());
-        }
-        // QEMU is gone: its port's rules go too (a later sandbox on this TAP is admitted anew).
-        if let Err(e) = crate::isolation::remove(&self.ns, &self.spec.tap).await {
-            tracing::warn!(sandbox = %self.who.id, "{}", e.report());
-        }
+        let (bridge, ip) = (&self.giveback.bridge, self.spec.ip);
+        crate::teardown::unplug(&self.ns, bridge, &self.who.id, ip, &self.spec.tap).await;
         self.giveback.release(&self.who.id, self.spec.ip);
         self.events.send(&self.who.id, EventKind::Destroyed);
     }

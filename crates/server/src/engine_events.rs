@@ -220,15 +220,10 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle
         let mut refreshes = JoinSet::new();
         resync(&state, &mut refreshes).await;
         loop {
-            if *shutdown.borrow() {
-                break;
-            }
             tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
+                // Shutdown first: no new work once it is asked for.
+                biased;
+                () = crate::background::stopping(&mut shutdown) => break,
                 event = rx.recv() => match event {
                     Ok(event) => apply(&state, event, &mut refreshes).await,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -10,20 +10,12 @@ use crate::state::AppState;
 /// until `shutdown` turns true or its sender goes.
 pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // A zero period would panic; nothing needs a faster pace than this.
-        let period = state.settings.housekeeping_period.max(std::time::Duration::from_millis(10));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::background::ticker(state.settings.housekeeping_period);
         loop {
-            if *shutdown.borrow() {
-                break;
-            }
             tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
+                // Shutdown first: no new work once it is asked for.
+                biased;
+                () = crate::background::stopping(&mut shutdown) => break,
                 _ = ticker.tick() => purge_events(&state).await,
             }
         }

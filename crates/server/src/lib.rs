@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod background;
 pub mod engine_events;
 pub mod error;
 mod exec;

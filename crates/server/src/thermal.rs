@@ -80,20 +80,12 @@ enum Outcome {
 pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut manager = Manager::new(state);
-        // A zero period would panic; nothing needs ticks faster than this.
-        let period = manager.state.settings.thermal_tick.max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::background::ticker(manager.state.settings.thermal_tick);
         loop {
-            if *shutdown.borrow() {
-                break;
-            }
             tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
+                // Shutdown first: no new work once it is asked for.
+                biased;
+                () = crate::background::stopping(&mut shutdown) => break,
                 _ = ticker.tick() => manager.tick().await,
                 Some(done) = manager.ops.join_next_with_id() => manager.settle(done),
             }

@@ -7,23 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, until};
 use reqwest::Method;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Polls `f` every 10 ms until it holds, or fails the test after `limit`.
-async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The row of `name` as the API shows it, if any.
 async fn row(d: &Daemon, name: &str) -> Option<api::Sandbox> {

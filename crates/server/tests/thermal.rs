@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, until};
 use engine::{EventKind, Thermal};
 use reqwest::Method;
 use tokio::sync::watch;
@@ -73,19 +73,6 @@ impl Events {
     fn times(&self, id: &str, f: impl Fn(&EventKind) -> bool) -> Vec<Instant> {
         let seen = self.0.lock().unwrap();
         seen.iter().filter(|(_, e)| e.id == id && f(&e.kind)).map(|(t, _)| *t).collect()
-    }
-}
-
-/// Polls `f` every 20 ms until it holds, or fails the test after `limit`.
-async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -213,10 +213,8 @@ impl Drop for Reservation<'_> {
         };
         let giveback = GiveBack {
             backend: Arc::clone(&self.engine.backend),
-            pool: Arc::clone(&self.engine.pool),
-            claims: Arc::clone(&self.engine.claims),
+            giveback: self.engine.giveback(),
             ns: self.engine.ns.clone(),
-            bridge: self.engine.config.bridge.clone(),
             id: self.id.clone(),
             ip: self.ip,
             original,
@@ -236,10 +234,9 @@ impl Drop for Reservation<'_> {
 /// What an unfinished [`Reservation`] gives back.
 struct GiveBack {
     backend: Arc<dyn Backend>,
-    pool: Arc<Mutex<IpPool>>,
-    claims: Arc<Mutex<Claims>>,
+    /// The pool and claims the address and volumes go back to, and the bridge.
+    giveback: Giveback,
     ns: Netns,
-    bridge: String,
     id: String,
     ip: Ipv4Addr,
     /// Where the directory was (the QMP socket path QEMU was started with).
@@ -255,49 +252,25 @@ impl GiveBack {
         let (files, original, id) = (self.files.clone(), self.original.clone(), self.id.clone());
         let (backend, netns) = (Arc::clone(&self.backend), self.ns.name().to_owned());
         let removed = tokio::task::spawn_blocking(move || {
-            remove_leftovers(&*backend, &netns, &id, &files, &original);
+            crate::teardown::remove_files(&*backend, &netns, &id, &files, &original);
         });
         if removed.await.is_err() {
             tracing::warn!(sandbox = %self.id, "removing a failed create's files did not finish");
         }
-        // Both are idempotent: a boot that failed before setting them up leaves nothing to do.
-        if let Err(e) = self.ns.delete_neighbour(&self.bridge, self.ip).await {
-            tracing::warn!(sandbox = %self.id, "{}", e.report());
-        }
-        if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(self.ip)).await {
-            tracing::warn!(sandbox = %self.id, "{}", e.report());
-        }
+        let tap = tap_name(self.ip);
+        crate::teardown::unplug(&self.ns, &self.giveback.bridge, &self.id, self.ip, &tap).await;
         self.release();
     }
 
     fn files_and_pool(self) {
-        remove_leftovers(&*self.backend, self.ns.name(), &self.id, &self.files, &self.original);
+        let netns = self.ns.name();
+        crate::teardown::remove_files(&*self.backend, netns, &self.id, &self.files, &self.original);
         self.release();
     }
 
     /// The address and claims go back last; `done` drops with `self`.
     fn release(self) {
-        lock(&self.claims).release(&self.id);
-        lock(&self.pool).release(self.ip);
-    }
-}
-
-/// Kills a QEMU a dropped boot left running and removes the directory.
-fn remove_leftovers(
-    backend: &dyn Backend,
-    netns: &str,
-    id: &str,
-    files: &SandboxFiles,
-    original: &SandboxFiles,
-) {
-    backend.kill_recorded(files, original);
-    // What the dropped boot's machine handed to blocking threads (its cgroup) goes now, so
-    // everything is back when the give-back ends.
-    backend.settle(netns, id);
-    if let Err(e) = std::fs::remove_dir_all(files.dir())
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(sandbox = %id, "removing its directory: {e}");
+        self.giveback.release(&self.id, self.ip);
     }
 }
 
@@ -540,11 +513,7 @@ impl Engine {
             snapshot,
             boots: Arc::clone(&self.boots),
             backend: Arc::clone(&self.backend),
-            giveback: Giveback {
-                pool: Arc::clone(&self.pool),
-                claims: Arc::clone(&self.claims),
-                bridge: self.config.bridge.clone(),
-            },
+            giveback: self.giveback(),
             events: self.events.clone(),
         });
         let id = who.id.clone();
@@ -556,6 +525,15 @@ impl Engine {
     /// checks to see that a failed or cancelled create gave its address back.
     pub fn addresses_in_use(&self) -> usize {
         lock(&self.pool).in_use()
+    }
+
+    /// Where a sandbox's address and volume claims go back to.
+    fn giveback(&self) -> Giveback {
+        Giveback {
+            pool: Arc::clone(&self.pool),
+            claims: Arc::clone(&self.claims),
+            bridge: self.config.bridge.clone(),
+        }
     }
 
     /// The engine's network namespace.
@@ -1012,18 +990,12 @@ impl Engine {
             let (netns, sandbox) = (self.ns.name().to_owned(), id.to_owned());
             let (tx, rx) = tokio::sync::oneshot::channel();
             off_thread(move || {
-                backend.kill_orphan(&files);
-                backend.settle(&netns, &sandbox);
-                let _ = std::fs::remove_dir_all(files.dir());
+                crate::teardown::remove_files(&*backend, &netns, &sandbox, &files, &files);
                 let _ = tx.send(());
             });
             let _ = rx.await;
-            if let Err(e) = self.ns.delete_neighbour(&self.config.bridge, entry.ip).await {
-                tracing::warn!(sandbox = %id, "{}", e.report());
-            }
-            if let Err(e) = crate::isolation::remove(&self.ns, &tap_name(entry.ip)).await {
-                tracing::warn!(sandbox = %id, "{}", e.report());
-            }
+            let tap = tap_name(entry.ip);
+            crate::teardown::unplug(&self.ns, &self.config.bridge, id, entry.ip, &tap).await;
             self.events.send(id, EventKind::Destroyed);
         }
         Ok(())

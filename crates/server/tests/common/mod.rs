@@ -133,3 +133,19 @@ impl Daemon {
         }
     }
 }
+
+/// Polls `f` every 20 ms until it holds, or fails the test after `limit`.
+pub async fn until<F, Fut>(what: &str, limit: std::time::Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
