@@ -8,12 +8,14 @@
 //! disagree about it (they did: two copies of the status rule answered differently).
 #![forbid(unsafe_code)]
 
+pub mod egress;
 pub mod lifecycle;
 pub mod record;
 pub mod status;
 pub mod thermal;
 pub mod thermal_policy;
 
+pub use egress::{NetPolicy, Policy, Posture};
 pub use lifecycle::{Intent, Op, Plan, Refusal};
 pub use record::{RECORD_VERSION, RecordError, SandboxRecord, VolumeMount};
 pub use status::Status;
