@@ -414,7 +414,14 @@ mod tests {
 
     #[test]
     fn policies_are_checked_and_normalised() {
-        let rows: &[(&str, &[&str], &[&str], Result<(&[&str], &[&str]), &str>)] = &[
+        // (row, allow_hosts, allow_cidrs, normalised hosts and cidrs or an error's words)
+        type Row<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a [&'a str],
+            Result<(&'a [&'a str], &'a [&'a str]), &'a str>,
+        );
+        let rows: &[Row] = &[
             ("empty", &[], &[], Ok((&[], &[]))),
             (
                 "names lower-cased, trailing dot and duplicates dropped",
