@@ -133,6 +133,9 @@ pub struct SandboxRecord {
     /// True when device state and RAM are on disk, so a wake restores memory; false means the
     /// next wake boots from the disk overlay.
     pub snapshot: bool,
+    /// Egress policy (absent in records written before policies existed: `public`).
+    #[serde(default)]
+    pub net_policy: crate::egress::NetPolicy,
 }
 
 /// Why a record could not be read.
@@ -192,6 +195,7 @@ impl std::fmt::Debug for SandboxRecord {
             .field("volumes", &self.volumes)
             .field("thermal", &self.thermal)
             .field("snapshot", &self.snapshot)
+            .field("net_policy", &self.net_policy)
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +228,7 @@ mod tests {
             }],
             thermal: Thermal::Cold,
             snapshot: true,
+            net_policy: crate::egress::NetPolicy::default(),
         }
     }
 

@@ -267,6 +267,7 @@ mod tests {
                 }],
                 thermal: Thermal::Hot,
                 snapshot: false,
+                net_policy: bhatti_core::NetPolicy::default(),
             },
         }
     }

@@ -702,6 +702,7 @@ impl Owner {
             volumes,
             thermal: self.power.thermal(),
             snapshot: self.power.snapshot(),
+            net_policy: bhatti_core::NetPolicy::default(),
         }
     }
 }

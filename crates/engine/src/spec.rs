@@ -51,6 +51,8 @@ pub struct CreateSpec {
     pub volumes: Vec<VolumeMount>,
     /// Scratch volumes: made empty for this sandbox, destroyed with it (v1's `new_volumes`).
     pub scratch_volumes: Vec<ScratchVolume>,
+    /// What the guest may reach outside (checked; the default is `public`).
+    pub net_policy: bhatti_core::Policy,
 }
 
 /// An empty ext4 volume that lives and dies with its sandbox.
@@ -80,6 +82,7 @@ impl CreateSpec {
             files: BTreeMap::new(),
             volumes: Vec::new(),
             scratch_volumes: Vec::new(),
+            net_policy: bhatti_core::Policy::default(),
         }
     }
 
@@ -100,6 +103,7 @@ impl CreateSpec {
             files: BTreeMap::new(),
             volumes: template.volumes.clone(),
             scratch_volumes: Vec::new(),
+            net_policy: bhatti_core::Policy::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ impl std::fmt::Debug for CreateSpec {
             .field("files", &self.files.keys().collect::<Vec<_>>())
             .field("volumes", &self.volumes)
             .field("scratch_volumes", &self.scratch_volumes)
+            .field("net_policy", &self.net_policy)
             .finish()
     }
 }
