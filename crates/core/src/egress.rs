@@ -127,6 +127,20 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+/// As text, `a.b.c.d/len` (config files and records).
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Ranges no policy opens: this network, loopback, link-local (cloud metadata lives at
 /// 169.254.169.254), multicast and the reserved block with broadcast.
 pub const NEVER: [Cidr; 5] = [

@@ -37,6 +37,9 @@ pub struct Egress {
     pub uplink: String,
     /// The router behind `uplink`: the namespace's default route.
     pub next_hop: Ipv4Addr,
+    /// The uplink's own link (its addresses are the host's: never reachable from guests).
+    #[serde(default)]
+    pub link: Option<bhatti_core::egress::Cidr>,
 }
 
 /// Lets guests in `subnet` reach the outside through `egress.uplink`, masqueraded behind the

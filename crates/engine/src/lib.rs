@@ -7,6 +7,9 @@
 //!   shares with leases and readers; `machine`: the VMM seam and its vocabulary; `vm`: the QEMU
 //!   backend (booting, suspending and waking one QEMU, orphans);
 //!   `net`/`ippool`/`egress`: the namespace, its bridge, TAPs, addresses and optional NAT;
+//!   `uplink`: the veth and host-side table that lead the namespace out; `netpolicy`,
+//!   `egress_filter` and `dns`: each sandbox's egress policy, its nftables chain and the
+//!   resolver on the gateway that answers (and pins) by it;
 //!   `layout`: where every file lives; `configdrive`, `volume`, `checkpoint`: the files a
 //!   sandbox is made of.
 //!
@@ -30,6 +33,7 @@ internal! {
     checkpoint;
     configdrive;
     egress;
+    egress_filter;
     ippool;
     isolation;
     jail;
@@ -41,9 +45,11 @@ internal! {
     volume;
 }
 pub mod cgroup;
+pub mod dns;
 mod error;
 mod events;
 mod lease;
+mod netpolicy;
 mod owner;
 mod record;
 mod registry;
@@ -51,6 +57,7 @@ mod run;
 mod spec;
 mod teardown;
 mod thermal;
+pub mod uplink;
 
 /// The agent's types the engine's API hands out.
 pub use agent::{
@@ -71,7 +78,7 @@ pub use lease::{Activity, Lease, Leased};
 pub use machine::Suspended;
 pub use record::RECORD_VERSION;
 pub use record::SandboxRecord;
-pub use registry::{Engine, EngineConfig, SHUTDOWN_PARALLEL, SandboxInfo};
+pub use registry::{Engine, EngineConfig, ResolverConfig, SHUTDOWN_PARALLEL, SandboxInfo};
 pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
 pub use thermal::Thermal;
 pub use vmm::{Accel, DiskCache};

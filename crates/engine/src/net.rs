@@ -91,26 +91,11 @@ impl Netns {
     }
 
     /// Applies an nftables JSON document inside the namespace, atomically (nft applies a file
-    /// as one transaction). The document goes in through stdin from an anonymous temporary
-    /// file, so the shared `run` (deadline, stderr in the error) applies unchanged and there
-    /// is no pipe to feed while waiting.
+    /// as one transaction).
     pub async fn nft(&self, doc: &serde_json::Value) -> Result<(), EngineError> {
-        use std::io::{Seek, Write};
-        let io_err = |source: io::Error| EngineError::Net {
-            op: format!("prepare nftables input for namespace {}", self.name),
-            source,
-        };
-        let mut input = tempfile::tempfile().map_err(io_err)?;
-        input.write_all(doc.to_string().as_bytes()).map_err(io_err)?;
-        input.rewind().map_err(io_err)?;
-        run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft", "-j", "-f", "-"])
-                .stdin(std::process::Stdio::from(input)),
-            Duration::from_secs(10),
-        )
-        .await
-        .map(drop)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, "nft", "-j", "-f", "-"]);
+        apply_nft(cmd, doc, &self.name).await
     }
 
     /// Creates the bridge (if missing), gives it `gateway/prefix` and brings it up.
@@ -447,6 +432,28 @@ fn interface_up(name: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Applies an nftables JSON document in the daemon's own namespace (the uplink's host side).
+pub async fn nft_here(doc: &serde_json::Value) -> Result<(), EngineError> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-j", "-f", "-"]);
+    apply_nft(cmd, doc, "of the host").await
+}
+
+/// Runs `cmd` (an `nft -j -f -`) with `doc` on its stdin. The document goes in from an
+/// anonymous temporary file, so the shared `run` (deadline, stderr in the error) applies
+/// unchanged and there is no pipe to feed while waiting.
+async fn apply_nft(mut cmd: Command, doc: &serde_json::Value, ns: &str) -> Result<(), EngineError> {
+    use std::io::{Seek, Write};
+    let io_err = |source: io::Error| EngineError::Net {
+        op: format!("prepare nftables input for namespace {ns}"),
+        source,
+    };
+    let mut input = tempfile::tempfile().map_err(io_err)?;
+    input.write_all(doc.to_string().as_bytes()).map_err(io_err)?;
+    input.rewind().map_err(io_err)?;
+    run(cmd.stdin(std::process::Stdio::from(input)), Duration::from_secs(10)).await.map(drop)
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ pub(crate) struct Giveback {
     pub(crate) pool: Arc<std::sync::Mutex<crate::ippool::IpPool>>,
     pub(crate) claims: Arc<std::sync::Mutex<crate::volume::Claims>>,
     pub(crate) bridge: String,
+    pub(crate) policies: Arc<crate::netpolicy::Policies>,
 }
 
 impl Giveback {
@@ -434,8 +435,8 @@ impl Owner {
         if removed.is_err() {
             tracing::warn!(sandbox = %self.who.id, "removing its files did not finish");
         }
-        let (bridge, ip) = (&self.giveback.bridge, self.spec.ip);
-        crate::teardown::unplug(&self.ns, bridge, &self.who.id, ip, &self.spec.tap).await;
+        let (giveback, ip) = (&self.giveback, self.spec.ip);
+        crate::teardown::unplug(&self.ns, giveback, &self.who.id, ip, &self.spec.tap).await;
         self.giveback.release(&self.who.id, self.spec.ip);
         self.events.send(&self.who.id, EventKind::Destroyed);
     }
@@ -702,7 +703,15 @@ impl Owner {
             volumes,
             thermal: self.power.thermal(),
             snapshot: self.power.snapshot(),
-            net_policy: bhatti_core::NetPolicy::default(),
+            // A sandbox is always in the policy map while its owner runs; were it not, the
+            // record says `deny` rather than open what no one asked for.
+            net_policy: self.giveback.policies.policy(spec.ip).map_or_else(
+                || bhatti_core::NetPolicy {
+                    default: bhatti_core::Posture::Deny,
+                    ..Default::default()
+                },
+                |p| p.to_net_policy(),
+            ),
         }
     }
 }

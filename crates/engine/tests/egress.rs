@@ -103,7 +103,7 @@ async fn guests_reach_the_outside_through_nat_and_the_outside_cannot_reach_them(
     });
 
     let vm = boot(&net, 5, 128).await;
-    let egress = Egress { uplink: "up0".into(), next_hop: remote_ip };
+    let egress = Egress { uplink: "up0".into(), next_hop: remote_ip, link: None };
 
     // Before enable: no way out.
     let (stdout, code) = guest_fetch(&vm, remote_ip).await;

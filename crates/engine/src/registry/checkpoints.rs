@@ -121,6 +121,8 @@ impl Engine {
         };
         let spec = self.boot_spec(files, shape, crate::record::guest_config(record));
         crate::isolation::admit(&self.ns, &self.port(&who.owner, &spec)).await?;
+        // The checkpointed sandbox's policy comes with it.
+        self.policies.admit(&spec.tap, ip, super::recorded_policy(record)).await?;
         let state = spec.files.state();
         let vm = {
             let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;

@@ -73,8 +73,11 @@ pub struct EngineConfig {
     pub exec_timeout: Duration,
     /// Egress NAT out of the namespace; `None` keeps guests off any outside network.
     pub egress: Option<crate::egress::Egress>,
-    /// Name servers written to the guests' resolv.conf (useful with egress).
+    /// Name servers written to the guests' resolv.conf when the engine runs no resolver.
     pub dns: Vec<Ipv4Addr>,
+    /// Serve DNS on the bridge's gateway (guests' resolv.conf names it), forwarding by each
+    /// sandbox's egress policy; `None` runs no resolver.
+    pub resolver: Option<ResolverConfig>,
     /// Confine every QEMU (its own uid, a private root, namespaces, seccomp, a cgroup; see
     /// `jail`). Off only to measure what confinement costs.
     pub confine: bool,
@@ -97,9 +100,20 @@ impl EngineConfig {
             exec_timeout: Duration::from_secs(600),
             egress: None,
             dns: Vec::new(),
+            resolver: None,
             confine: true,
         }
     }
+}
+
+/// Where the engine's resolver forwards to.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// Upstream name servers, in the order they are tried.
+    pub upstreams: Vec<std::net::SocketAddr>,
+    /// The namespace upstream sockets are made in (`None`: the daemon's own). The tests'
+    /// stand-in for the host.
+    pub upstream_netns: Option<String>,
 }
 
 /// A sandbox's public facts (no host paths, no secrets).
@@ -156,6 +170,10 @@ pub struct Engine {
     /// Each owner's network group (ports of one group reach each other, of different groups
     /// never); numbered from 1 as owners appear.
     groups: Mutex<BTreeMap<String, u32>>,
+    /// Every sandbox's egress policy and pins, by address (the resolver's and the firewall's).
+    policies: Arc<crate::netpolicy::Policies>,
+    /// The resolver on the gateway, when configured (taken by [`Engine::close_network`]).
+    resolver: Mutex<Option<crate::dns::Resolver>>,
     /// Set when shutdown begins: nothing new starts after it.
     closing: AtomicBool,
     /// One engine per data directory: a second would take the first's sandboxes for orphans.
@@ -258,7 +276,8 @@ impl GiveBack {
             tracing::warn!(sandbox = %self.id, "removing a failed create's files did not finish");
         }
         let tap = tap_name(self.ip);
-        crate::teardown::unplug(&self.ns, &self.giveback.bridge, &self.id, self.ip, &tap).await;
+        let giveback = &self.giveback;
+        crate::teardown::unplug(&self.ns, giveback, &self.id, self.ip, &tap).await;
         self.release();
     }
 
@@ -533,6 +552,7 @@ impl Engine {
             pool: Arc::clone(&self.pool),
             claims: Arc::clone(&self.claims),
             bridge: self.config.bridge.clone(),
+            policies: Arc::clone(&self.policies),
         }
     }
 
@@ -580,7 +600,14 @@ impl Engine {
     /// The boot spec of a sandbox: its files, its guest configuration (volumes and name
     /// servers added), its address and MAC.
     fn boot_spec(&self, files: SandboxFiles, shape: Shape<'_>, mut guest: GuestConfig) -> BootSpec {
-        guest.dns = self.config.dns.iter().map(Ipv4Addr::to_string).collect();
+        if self.config.resolver.is_some() {
+            // Only the resolver: listing public servers besides it would let a guest go around
+            // its policy (and glibc would mix their answers).
+            guest.dns = Vec::new();
+            guest.dns_internal = self.config.subnet.gateway().to_string();
+        } else {
+            guest.dns = self.config.dns.iter().map(Ipv4Addr::to_string).collect();
+        }
         guest.volumes = shape
             .volumes
             .iter()
@@ -766,6 +793,7 @@ impl Engine {
         let boot = self.boot_spec(files, shape, guest);
         // Filtered before QEMU exists: the guest's first frame already meets its rules.
         crate::isolation::admit(&self.ns, &self.port(&spec.owner, &boot)).await?;
+        self.policies.admit(&boot.tap, ip, spec.net_policy.clone()).await?;
         for (volume, size_mib) in &scratch {
             crate::volume::create(&volume.path, *size_mib).await?;
         }
@@ -995,10 +1023,52 @@ impl Engine {
             });
             let _ = rx.await;
             let tap = tap_name(entry.ip);
-            crate::teardown::unplug(&self.ns, &self.config.bridge, id, entry.ip, &tap).await;
+            crate::teardown::unplug(&self.ns, &self.giveback(), id, entry.ip, &tap).await;
             self.events.send(id, EventKind::Destroyed);
         }
         Ok(())
+    }
+
+    /// Replaces the egress policy of sandbox `id`, in any thermal state: new connections meet
+    /// it at once, established ones it refuses are cut, and pins whose names it no longer
+    /// allows are dropped.
+    pub async fn set_net_policy(
+        &self,
+        id: &str,
+        policy: bhatti_core::Policy,
+    ) -> Result<(), EngineError> {
+        let ip = lock(&self.sandboxes)
+            .get(id)
+            .map(|e| e.ip)
+            .ok_or_else(|| EngineError::not_found(Resource::Sandbox, id))?;
+        self.policies.change(ip, policy).await
+    }
+
+    /// The egress policy sandbox `id` runs with.
+    pub fn net_policy(&self, id: &str) -> Result<bhatti_core::Policy, EngineError> {
+        let ip = lock(&self.sandboxes)
+            .get(id)
+            .map(|e| e.ip)
+            .ok_or_else(|| EngineError::not_found(Resource::Sandbox, id))?;
+        self.policies.policy(ip).ok_or_else(|| EngineError::not_found(Resource::Sandbox, id))
+    }
+
+    /// What the resolver has done, when the engine runs one.
+    pub fn resolver_stats(&self) -> Option<crate::dns::ResolverStats> {
+        lock(&self.resolver).as_ref().map(crate::dns::Resolver::stats)
+    }
+
+    /// Takes down what the engine set up for egress in its namespace (the resolver, the NAT
+    /// table and route, the policy table), after [`Engine::shutdown`]: the uplink that fed them
+    /// goes next. Best effort, logged.
+    pub async fn close_network(&self) {
+        drop(lock(&self.resolver).take());
+        if let Err(e) = crate::egress::disable_any(&self.ns).await {
+            tracing::warn!("removing the egress NAT: {}", e.report());
+        }
+        if let Err(e) = crate::egress_filter::uninstall(&self.ns).await {
+            tracing::warn!("removing the egress filter: {}", e.report());
+        }
     }
 
     /// Suspends every sandbox to disk for a daemon shutdown. From the first moment no lease,
@@ -1050,6 +1120,21 @@ impl Engine {
         results.sort_by(|a, b| a.0.cmp(&b.0));
         results
     }
+}
+
+/// The policy a record carries; one that no longer passes the checks (written by another
+/// version) opens nothing.
+pub(crate) fn recorded_policy(record: &SandboxRecord) -> bhatti_core::Policy {
+    record.net_policy.check().unwrap_or_else(|e| {
+        tracing::warn!(sandbox = %record.id, "its recorded egress policy is refused ({e}): deny");
+        bhatti_core::Policy { posture: bhatti_core::Posture::Deny, ..Default::default() }
+    })
+}
+
+/// The guests' subnet as a range.
+pub(crate) fn subnet_cidr(subnet: Subnet) -> bhatti_core::egress::Cidr {
+    let network = Ipv4Addr::from(u32::from(subnet.gateway()).saturating_sub(1));
+    bhatti_core::egress::Cidr::new(network, subnet.prefix())
 }
 
 /// Sandboxes a shutdown stops at once: each stop is mostly an fsync, so a few in parallel use

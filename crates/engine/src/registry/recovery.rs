@@ -106,6 +106,8 @@ impl Engine {
             backend,
             events: Events::new(),
             groups: Mutex::new(BTreeMap::new()),
+            policies: Arc::new(crate::netpolicy::Policies::new(ns.clone())),
+            resolver: Mutex::new(None),
             closing: AtomicBool::new(false),
             data_lock: Some(data_lock),
             ns,
@@ -158,6 +160,38 @@ impl Engine {
             .collect();
         crate::isolation::install(&engine.ns, &engine.config.bridge, engine.config.subnet, &ports)
             .await?;
+        // The same for the egress filter: the recovered sandboxes' policies are in it from the
+        // first moment.
+        let extra: Vec<_> = engine.config.egress.iter().filter_map(|e| e.link).collect();
+        let rules = engine.policies.all_rules();
+        crate::egress_filter::install(&engine.ns, engine.config.subnet, &extra, &rules).await?;
+        if let Some(resolver) = &engine.config.resolver {
+            let sockets = match &resolver.upstream_netns {
+                None => crate::dns::SocketSource::Here,
+                Some(name) => crate::dns::SocketSource::netns(&Netns::create(name).await?)
+                    .map_err(|source| EngineError::Net {
+                        op: format!("make DNS sockets in namespace {name}"),
+                        source,
+                    })?,
+            };
+            let upstreams = crate::dns::Upstreams { servers: resolver.upstreams.clone(), sockets };
+            let mut never = extra.clone();
+            never.push(super::subnet_cidr(engine.config.subnet));
+            let gateway = engine.config.subnet.gateway();
+            let started = crate::dns::Resolver::start(
+                &engine.ns,
+                gateway,
+                Arc::clone(&engine.policies),
+                upstreams,
+                never,
+            )
+            .await
+            .map_err(|source| EngineError::Net {
+                op: format!("listen for DNS on {gateway}:53"),
+                source,
+            })?;
+            *lock(&engine.resolver) = Some(started);
+        }
         let backend = Arc::clone(&engine.backend);
         let orphans =
             tokio::task::spawn_blocking(move || clean_orphans(&*backend, &sandboxes_dir, &keep))
@@ -210,6 +244,7 @@ impl Engine {
             mac,
         };
         let spec = self.boot_spec(files, shape, crate::record::guest_config(&record));
+        self.policies.remember(&spec.tap, record.ip, super::recorded_policy(&record));
         let who = Identity { id: record.id.clone(), owner: record.owner.clone() };
         self.adopt(who, spec, None, snapshot);
         Ok(())

@@ -64,6 +64,7 @@ pub fn record(name: &str, snapshot: bool, thermal: Thermal) -> SandboxRecord {
         volumes: Vec::new(),
         thermal,
         snapshot,
+        net_policy: Default::default(),
     }
 }
 
