@@ -23,8 +23,9 @@
 //!
 //!   Ports nobody admitted get nothing: the base chains drop what no port claims (fail-closed).
 //! - `inet bhatti_guard` filters what guests send to the namespace's own addresses (its
-//!   `input` hook): replies to connections the host opened pass, and ICMP echo to the gateway;
-//!   anything else new from the bridge or from a guest's TAP is dropped. Forwarding out through
+//!   `input` hook): replies to connections the host opened pass, ICMP echo to the gateway and
+//!   DNS to the gateway's resolver; anything else new from the bridge or from a guest's TAP is
+//!   refused (TCP reset, ICMP admin-prohibited), so it fails at once. Forwarding out through
 //!   the gateway (optional egress NAT, table `ip bhatti`) is the forward hook's business and
 //!   is not touched.
 //!
@@ -313,12 +314,32 @@ fn install_doc(bridge: &str, subnet: Subnet, ports: &[Port]) -> Value {
             "from_guests",
             vec![
                 is(meta("nfproto"), "ipv4"),
-                is(payload("ip", "daddr"), gw),
+                is(payload("ip", "daddr"), gw.clone()),
                 is(payload("icmp", "type"), "echo-request"),
                 accept(),
             ],
         ),
-        guard_rule("from_guests", vec![drop_()]),
+        // The resolver on the gateway (`dns`), over UDP and TCP.
+        guard_rule(
+            "from_guests",
+            vec![
+                is(meta("nfproto"), "ipv4"),
+                is(payload("ip", "daddr"), gw),
+                json!({ "match": {
+                    "op": "==", "left": meta("l4proto"),
+                    "right": { "set": ["udp", "tcp"] },
+                }}),
+                is(payload("th", "dport"), 53),
+                accept(),
+            ],
+        ),
+        // Anything else is refused out loud (a reset, an ICMP error), so a guest trying the
+        // host's ports fails at once rather than after a timeout.
+        guard_rule(
+            "from_guests",
+            vec![is(meta("l4proto"), "tcp"), json!({ "reject": { "type": "tcp reset" } })],
+        ),
+        guard_rule("from_guests", vec![json!({ "reject": { "type": "icmpx", "expr": "admin-prohibited" } })]),
     ];
     for port in ports {
         cmds.extend(admit_cmds(port));

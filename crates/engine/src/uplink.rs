@@ -267,6 +267,11 @@ impl Uplink {
         self.link
     }
 
+    /// The host side's address on the link (the namespace's next hop).
+    pub fn host_address(&self) -> Ipv4Addr {
+        Ipv4Addr::from_bits(self.link.addr.to_bits() + 1)
+    }
+
     /// Removes the uplink, the host table and (if we switched it on) forwarding. Best effort:
     /// each failure is logged and the rest still goes.
     pub async fn down(&self) {

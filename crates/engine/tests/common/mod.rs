@@ -171,6 +171,24 @@ impl std::ops::Deref for TestEngine {
 }
 
 impl TestEngine {
+    /// A test engine from an engine started some other way (its namespace guard and data
+    /// directory taken over).
+    pub fn from_parts(
+        engine: engine::Engine,
+        config: engine::EngineConfig,
+        data: tempfile::TempDir,
+        guard: NetnsGuard,
+    ) -> Self {
+        TestEngine { engine, image: artifacts().1, config, data, _guard: guard }
+    }
+
+    /// Its parts, for a test that restarts the engine on the same namespace and data.
+    pub fn into_parts(
+        self,
+    ) -> (engine::Engine, engine::EngineConfig, tempfile::TempDir, NetnsGuard) {
+        (self.engine, self.config, self.data, self._guard)
+    }
+
     /// A sandbox's directory, as the engine's layout names it.
     pub fn dir_of(&self, id: &str) -> PathBuf {
         engine::layout::DataDir::new(self.data.path()).sandbox(id).dir().to_owned()
