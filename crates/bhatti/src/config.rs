@@ -35,6 +35,9 @@ struct File {
     subnet: Option<String>,
     accel: Option<String>,
     max_concurrent_boots: Option<usize>,
+    egress: Option<String>,
+    egress_netns: Option<String>,
+    uplink_range: Option<String>,
     thermal: Thermal,
     http: Http,
     log_format: Option<String>,
@@ -75,6 +78,38 @@ const V1_IGNORED: &[&str] = &[
     "backup",
 ];
 
+/// v1's `dns_upstreams` default, used when /etc/resolv.conf names no IPv4 server.
+const V1_DNS_UPSTREAMS: [std::net::SocketAddr; 2] = [
+    std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(1, 1, 1, 1), 53)),
+    std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(8, 8, 8, 8), 53)),
+];
+
+const LINK_LOCAL: bhatti_core::egress::Cidr =
+    bhatti_core::egress::Cidr::new(std::net::Ipv4Addr::new(169, 254, 0, 0), 16);
+
+/// A `dns_upstreams` entry: `a.b.c.d` (port 53, as v1) or `a.b.c.d:port`.
+fn parse_upstream(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(ip) = text.parse::<std::net::Ipv4Addr>() {
+        return Ok((ip, 53).into());
+    }
+    let addr: std::net::SocketAddr =
+        text.parse().map_err(|_| anyhow::anyhow!("not an IPv4 address or address:port"))?;
+    if !addr.is_ipv4() {
+        bail!("IPv6 upstreams are not supported");
+    }
+    Ok(addr)
+}
+
+/// The IPv4 name servers of a resolv.conf, in order (IPv6 ones are skipped: the resolver asks
+/// over IPv4).
+fn resolv_conf_upstreams(text: &str) -> Vec<std::net::SocketAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<std::net::Ipv4Addr>().ok())
+        .map(|ip| (ip, 53).into())
+        .collect()
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -106,7 +141,13 @@ pub struct Config {
     /// Boots at once.
     pub max_concurrent_boots: usize,
     /// Name servers for guests.
-    pub dns: Vec<std::net::Ipv4Addr>,
+    pub dns: Vec<std::net::SocketAddr>,
+    /// Whether sandboxes get a way out (`egress: host`, the default) or none (`off`).
+    pub egress: bool,
+    /// The namespace the uplink leads into instead of the daemon's own (tests).
+    pub egress_netns: Option<String>,
+    /// The link-local range the uplink's /30 is taken from.
+    pub uplink_range: bhatti_core::egress::Cidr,
     /// Hot -> warm.
     pub warm_after: Duration,
     /// Warm -> cold.
@@ -215,12 +256,34 @@ impl Config {
             Some("tcg") => engine::Accel::Tcg,
             Some(other) => bail!("accel {other:?}: use auto, kvm or tcg"),
         };
-        let dns = file
-            .dns_upstreams
-            .unwrap_or_default()
-            .iter()
-            .map(|d| d.parse().with_context(|| format!("dns_upstreams entry {d:?}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let dns = match file.dns_upstreams {
+            Some(list) => list
+                .iter()
+                .map(|d| parse_upstream(d).with_context(|| format!("dns_upstreams entry {d:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => {
+                let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let found = resolv_conf_upstreams(&text);
+                if found.is_empty() { V1_DNS_UPSTREAMS.to_vec() } else { found }
+            }
+        };
+        let egress = match env("EGRESS").or(file.egress).as_deref() {
+            None | Some("host") => true,
+            Some("off") => false,
+            Some(other) => bail!("egress {other:?}: use host or off"),
+        };
+        let range_text = env("UPLINK_RANGE").or(file.uplink_range);
+        let uplink_range = match range_text {
+            None => engine::uplink::DEFAULT_RANGE,
+            Some(text) => {
+                let range: bhatti_core::egress::Cidr =
+                    text.parse().map_err(|e| anyhow::anyhow!("uplink_range {text:?}: {e}"))?;
+                if !LINK_LOCAL.contains(range.addr) || range.len < 16 || range.len > 30 {
+                    bail!("uplink_range {text:?}: use a /16 to /30 inside 169.254.0.0/16");
+                }
+                range
+            }
+        };
         let secs = |env_name: &str, v: Option<u64>, default: u64| -> anyhow::Result<Duration> {
             let v = match env(env_name) {
                 Some(t) => t.parse().with_context(|| format!("BHATTI_{env_name}={t:?}"))?,
@@ -245,6 +308,9 @@ impl Config {
             accel,
             max_concurrent_boots: file.max_concurrent_boots.unwrap_or(2),
             dns,
+            egress,
+            egress_netns: env("EGRESS_NETNS").or(file.egress_netns),
+            uplink_range,
             warm_after: secs("WARM_AFTER_SECS", file.thermal.warm_after_secs, 30)?,
             cold_after: secs("COLD_AFTER_SECS", file.thermal.cold_after_secs, 30 * 60)?,
             thermal_tick: secs("THERMAL_TICK_SECS", file.thermal.tick_secs, 10)?,
@@ -270,7 +336,12 @@ impl Config {
             subnet: self.subnet,
             accel: self.accel,
             max_concurrent_boots: self.max_concurrent_boots,
-            dns: self.dns.clone(),
+            // The resolver always runs (it forwards from the daemon's namespace, so names resolve
+            // even with egress off); guests name only it.
+            resolver: Some(engine::ResolverConfig {
+                upstreams: self.dns.clone(),
+                upstream_netns: self.egress_netns.clone(),
+            }),
             ..engine::EngineConfig::new(self.data_dir.join("engine"), self.kernel.clone())
         }
     }
@@ -295,6 +366,34 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn upstreams_from_the_file_or_resolv_conf() {
+        assert_eq!(parse_upstream("1.1.1.1").unwrap().to_string(), "1.1.1.1:53");
+        assert_eq!(parse_upstream("127.0.0.1:5353").unwrap().to_string(), "127.0.0.1:5353");
+        assert!(parse_upstream("::1").is_err() && parse_upstream("dns.google").is_err());
+        let text = "# generated\nsearch lan\nnameserver 127.0.0.53\nnameserver ::1\n nameserver 9.9.9.9 \n";
+        let got: Vec<String> = resolv_conf_upstreams(text).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["127.0.0.53:53", "9.9.9.9:53"]);
+    }
+
+    #[test]
+    fn egress_and_the_uplink_range() {
+        let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
+        let c = load("").unwrap();
+        assert!(c.egress);
+        assert_eq!(c.uplink_range, engine::uplink::DEFAULT_RANGE);
+        assert!(!load("egress: off").unwrap().egress);
+        assert!(load("egress: open").is_err());
+        assert_eq!(
+            load("uplink_range: 169.254.7.0/28").unwrap().uplink_range.to_string(),
+            "169.254.7.0/28"
+        );
+        assert!(load("uplink_range: 10.0.0.0/30").is_err(), "outside link-local");
+        assert!(load("uplink_range: 169.254.7.0/31").is_err(), "no room for a /30");
+        let c = load("dns_upstreams: [1.1.1.1, '127.0.0.1:5353']").unwrap();
+        assert_eq!(c.dns.len(), 2);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! (TCP and `<data_dir>/api.sock`, 0600, both closing connections that send no request head in
 //! time), and the wakes of keep-hot sandboxes. Stop (SIGTERM, SIGINT): no new connections,
 //! requests in flight get the drain timeout, every sandbox is suspended to disk and its record
-//! stored.
+//! stored, then the network's egress pieces (resolver, NAT, policy table, the uplink and the
+//! host's table) are taken down.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -46,7 +47,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The store's errors name the file.
     let mut sync = store::Store::open(&db)?;
     ensure_admin(&mut sync, &config.data_dir)?;
-    let (engine, recovered) = recover(&config, &mut sync).await?;
+    let uplink = uplink(&config).await?;
+    let egress = uplink.as_ref().map(|(_, egress)| egress.clone());
+    let (engine, recovered) = recover(&config, egress, &mut sync).await?;
     drop(sync);
     let store = store::AsyncStore::open(&db, &store::Options::default())?;
     // Which wall stands around each QEMU, and which cgroup hierarchy bounds it.
@@ -79,8 +82,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
     suspend_all(&state).await;
+    // The namespace's side of egress, then the uplink and the host's table.
+    state.engine.close_network().await;
+    if let Some((uplink, _)) = &uplink {
+        uplink.down().await;
+    }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Makes the uplink (`egress: host`) or removes one an earlier run left (`egress: off`).
+async fn uplink(
+    config: &Config,
+) -> anyhow::Result<Option<(engine::uplink::Uplink, engine::Egress)>> {
+    let uplink_config = engine::uplink::UplinkConfig {
+        range: config.uplink_range,
+        host_netns: config.egress_netns.clone(),
+        marker: config.data_dir.join("uplink.forwarding"),
+    };
+    if !config.egress {
+        engine::uplink::sweep_leftovers(&config.netns, &uplink_config)
+            .await
+            .context("removing an earlier uplink")?;
+        tracing::info!("egress off: sandboxes have no way out");
+        return Ok(None);
+    }
+    let (uplink, egress) =
+        engine::uplink::Uplink::up(&config.netns, &uplink_config, &[config.subnet.cidr()])
+            .await
+            .context("making the uplink (egress: host; set egress: off to run without)")?;
+    if uplink.default_route {
+        tracing::info!(link = %uplink.link(), "egress: sandboxes reach out through the host");
+    } else {
+        tracing::warn!(
+            link = %uplink.link(),
+            "egress: the host has no default route, so sandboxes have no way out until it gets one"
+        );
+    }
+    Ok(Some((uplink, egress)))
 }
 
 /// The first start makes an admin user and writes its key where only root can read it.
@@ -121,6 +160,7 @@ fn ensure_admin(store: &mut store::Store, data_dir: &Path) -> anyhow::Result<()>
 /// could not is marked unknown; then the start-up clean-ups.
 async fn recover(
     config: &Config,
+    egress: Option<engine::Egress>,
     store: &mut store::Store,
 ) -> anyhow::Result<(engine::Engine, usize)> {
     let inputs = store.recovery_inputs()?;
@@ -141,7 +181,8 @@ async fn recover(
     store.apply_recovery(&plan)?;
     let wanted: Vec<engine::SandboxRecord> = plan.records().into_iter().map(|(_, r)| r).collect();
     let count = wanted.len();
-    let (engine, failed) = engine::Engine::new_recovering(config.engine(), wanted)
+    let engine_config = engine::EngineConfig { egress, ..config.engine() };
+    let (engine, failed) = engine::Engine::new_recovering(engine_config, wanted)
         .await
         .context("starting the engine")?;
     for (id, error) in &failed {

@@ -74,6 +74,11 @@ impl Subnet {
         self.prefix
     }
 
+    /// The whole subnet as a range.
+    pub fn cidr(&self) -> bhatti_core::egress::Cidr {
+        bhatti_core::egress::Cidr::new(Ipv4Addr::from(self.network), self.prefix)
+    }
+
     /// Host offsets guests may use: after the gateway, before the broadcast address.
     fn usable(&self, offset: u32) -> bool {
         offset >= 2 && offset < self.size() - 1

@@ -20,6 +20,9 @@ pub struct Setup {
     pub config: PathBuf,
     pub port: u16,
     pub netns: String,
+    /// The namespace the daemon's uplink leads into: the tests' stand-in for the host, so a
+    /// test daemon never touches the machine's own network.
+    pub wan_netns: String,
     pub subnet: String,
     pub child: Option<Child>,
 }
@@ -28,11 +31,13 @@ impl Setup {
     pub fn new() -> Self {
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("config.yaml");
-        std::fs::write(&config, "log_format: text\n").unwrap();
+        // Upstream DNS on the wan namespace's loopback: nothing there, and nothing leaves it.
+        std::fs::write(&config, "log_format: text\ndns_upstreams: ['127.0.0.1:53']\n").unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let pid = std::process::id();
         Setup {
             netns: format!("bhatti-r{pid}"),
+            wan_netns: format!("bhatti-w{pid}"),
             subnet: format!("10.{}.250.0/24", pid % 200 + 20),
             data,
             config,
@@ -54,6 +59,7 @@ impl Setup {
             .env("BHATTI_DATA_DIR", self.data.path().join("state"))
             .env("BHATTI_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("BHATTI_NETNS", &self.netns)
+            .env("BHATTI_EGRESS_NETNS", &self.wan_netns)
             .env("BHATTI_SUBNET", &self.subnet)
             .env("BHATTI_KERNEL", artifacts.join("kernel/current/vmlinux"))
             .env("BHATTI_IMAGES_DIR", artifacts.join("images"))
@@ -139,6 +145,7 @@ impl Drop for Setup {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.wan_netns]).status();
     }
 }
 

@@ -1131,12 +1131,6 @@ pub(crate) fn recorded_policy(record: &SandboxRecord) -> bhatti_core::Policy {
     })
 }
 
-/// The guests' subnet as a range.
-pub(crate) fn subnet_cidr(subnet: Subnet) -> bhatti_core::egress::Cidr {
-    let network = Ipv4Addr::from(u32::from(subnet.gateway()).saturating_sub(1));
-    bhatti_core::egress::Cidr::new(network, subnet.prefix())
-}
-
 /// Sandboxes a shutdown stops at once: each stop is mostly an fsync, so a few in parallel use
 /// the disk well without one slow sandbox holding up the rest.
 pub const SHUTDOWN_PARALLEL: usize = 4;

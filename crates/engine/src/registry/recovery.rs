@@ -176,7 +176,7 @@ impl Engine {
             };
             let upstreams = crate::dns::Upstreams { servers: resolver.upstreams.clone(), sockets };
             let mut never = extra.clone();
-            never.push(super::subnet_cidr(engine.config.subnet));
+            never.push(engine.config.subnet.cidr());
             let gateway = engine.config.subnet.gateway();
             let started = crate::dns::Resolver::start(
                 &engine.ns,
