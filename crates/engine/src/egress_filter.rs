@@ -4,7 +4,8 @@
 //! One table, `ip bhatti_egress`, hooked on *forward* just before the NAT table (`ip bhatti`,
 //! see `egress`):
 //!
-//! - `forward` (base chain) sends every packet whose source is a guest address to that guest's
+//! - `forward` (base chain) leaves traffic between guests on the bridge alone (the isolation
+//!   table's business) and sends every other packet whose source is a guest address to that guest's
 //!   own chain through a verdict map keyed by source address (anti-spoofing on the bridge
 //!   already binds an address to its port); a guest address without a chain is refused, so a
 //!   guest is never unfiltered. Everything else (replies coming back) is not this table's
@@ -64,11 +65,12 @@ pub struct SandboxRules {
 /// subnet (the uplink's link).
 pub async fn install(
     ns: &Netns,
+    bridge: &str,
     subnet: Subnet,
     extra: &[Cidr],
     sandboxes: &[SandboxRules],
 ) -> Result<(), EngineError> {
-    ns.nft(&install_doc(subnet, extra, sandboxes)).await
+    ns.nft(&install_doc(bridge, subnet, extra, sandboxes)).await
 }
 
 /// Adds or replaces one sandbox's chain (its pins are kept when `keep_pins`, else emptied).
@@ -182,7 +184,7 @@ fn accept_marked(generation: u32) -> [Value; 2] {
     [json!({ "mangle": { "key": { "ct": { "key": "mark" } }, "value": generation } }), json!({ "accept": null })]
 }
 
-fn install_doc(subnet: Subnet, extra: &[Cidr], sandboxes: &[SandboxRules]) -> Value {
+fn install_doc(bridge: &str, subnet: Subnet, extra: &[Cidr], sandboxes: &[SandboxRules]) -> Value {
     let network = Ipv4Addr::from(u32::from(subnet.gateway()).saturating_sub(1));
     let guests = Cidr::new(network, subnet.prefix());
     let mut never: Vec<Cidr> = NEVER.to_vec();
@@ -221,6 +223,15 @@ fn install_doc(subnet: Subnet, extra: &[Cidr], sandboxes: &[SandboxRules]) -> Va
         "family": "ip", "table": TABLE, "name": "forward",
         "type": "filter", "hook": "forward", "prio": FORWARD_PRIO, "policy": "accept",
     }}}));
+    // Frames between guests on the bridge reach this hook too when br_netfilter is loaded
+    // (out through the bridge itself): the isolation table judges those, not this one.
+    cmds.push(rule(
+        "forward",
+        vec![
+            json!({ "match": { "op": "==", "left": { "meta": { "key": "oifname" } }, "right": bridge } }),
+            json!({ "accept": null }),
+        ],
+    ));
     cmds.push(rule(
         "forward",
         vec![
@@ -345,7 +356,7 @@ mod tests {
     fn the_never_set_holds_the_subnet_and_the_link_once() {
         let subnet: Subnet = "10.200.0.0/16".parse().unwrap();
         let link = Cidr::new("169.254.31.0".parse().unwrap(), 30);
-        let text = install_doc(subnet, &[link], &[]).to_string();
+        let text = install_doc("br0", subnet, &[link], &[]).to_string();
         assert!(text.contains(r#"{"prefix":{"addr":"10.200.0.0","len":16}}"#), "{text}");
         // The link is inside 169.254.0.0/16, already in NEVER: not added twice (nft refuses
         // overlapping intervals).

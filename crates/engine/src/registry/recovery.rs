@@ -164,7 +164,14 @@ impl Engine {
         // first moment.
         let extra: Vec<_> = engine.config.egress.iter().filter_map(|e| e.link).collect();
         let rules = engine.policies.all_rules();
-        crate::egress_filter::install(&engine.ns, engine.config.subnet, &extra, &rules).await?;
+        crate::egress_filter::install(
+            &engine.ns,
+            &engine.config.bridge,
+            engine.config.subnet,
+            &extra,
+            &rules,
+        )
+        .await?;
         if let Some(resolver) = &engine.config.resolver {
             let sockets = match &resolver.upstream_netns {
                 None => crate::dns::SocketSource::Here,
