@@ -8,6 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// A sandbox's egress policy (v2's `net_policy`: `{"default": "public"|"deny", "allow_hosts":
+/// [...], "allow_cidrs": [...]}`, every field optional) and its posture; `NetPolicy::check`
+/// validates and normalises one.
+pub use bhatti_core::egress::{NetPolicy, Posture};
+
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Response header with the daemon's version.
@@ -238,6 +243,10 @@ pub struct Sandbox {
     /// Published URLs (lists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// Egress policy, normalised (v2's; always sent; `public` for sandboxes made before
+    /// policies, and from a daemon that has none).
+    #[serde(default)]
+    pub net_policy: NetPolicy,
 }
 
 /// A file to write into the guest before init runs.
@@ -323,6 +332,10 @@ pub struct CreateSandbox {
     /// v1's huge pages switch: accepted, without effect here.
     #[serde(default)]
     pub hugepages: bool,
+    /// Egress policy (v2's; default `public`). Refused with 400 `invalid net_policy: ...` when
+    /// it breaks a rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_policy: Option<NetPolicy>,
 }
 
 /// An ephemeral volume (v1's `new_volumes`).
@@ -352,6 +365,10 @@ pub struct UpdateSandbox {
     /// Label keys to remove.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels_remove: Vec<String>,
+    /// A new egress policy, replacing the whole one (v2's); takes effect at once, whatever the
+    /// sandbox's thermal state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_policy: Option<NetPolicy>,
 }
 
 /// `POST /sandboxes/:id/start`.
@@ -578,10 +595,47 @@ mod tests {
         let body = ErrorBody { error: "not found".into(), code: String::new(), request_id: None };
         assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"error":"not found"}"#);
         // As v1's Go decoder: a newer client's fields pass (the server names them in a Warning).
-        let c: CreateSandbox = serde_json::from_str(r#"{"nmae":"x","net_policy":{}}"#).unwrap();
+        let c: CreateSandbox = serde_json::from_str(r#"{"nmae":"x","from":"y"}"#).unwrap();
         assert_eq!(c.name, "");
         let c: CreateSandbox = serde_json::from_str(r#"{"name":"x","cpus":2}"#).unwrap();
         assert_eq!((c.name.as_str(), c.cpus), ("x", Some(2.0)));
+    }
+
+    #[test]
+    fn net_policies_have_v2s_shape_and_v1_bodies_still_parse() {
+        // v1 bodies: no policy asked for, none sent; a v1 daemon's sandbox reads as public.
+        let c: CreateSandbox = serde_json::from_str(r#"{"name":"x"}"#).unwrap();
+        assert_eq!(c.net_policy, None);
+        assert!(!serde_json::to_string(&c).unwrap().contains("net_policy"));
+        let u: UpdateSandbox = serde_json::from_str(r#"{"keep_hot":true}"#).unwrap();
+        assert_eq!(u.net_policy, None);
+        assert_eq!(serde_json::to_string(&u).unwrap(), r#"{"keep_hot":true}"#);
+        let v1 = r#"{"id":"a","name":"x","status":"running","created_at":"t","cpus":1,
+            "memory_mb":128}"#;
+        let s: Sandbox = serde_json::from_str(v1).unwrap();
+        assert_eq!(s.net_policy, NetPolicy::default());
+        assert_eq!(s.net_policy.default, Posture::Public);
+        // v2's spelling, every field optional.
+        let c: CreateSandbox = serde_json::from_str(
+            r#"{"net_policy":{"default":"deny","allow_hosts":["pypi.org"],"allow_cidrs":[]}}"#,
+        )
+        .unwrap();
+        let p = c.net_policy.unwrap();
+        assert_eq!(
+            (p.default, p.allow_hosts.as_slice()),
+            (Posture::Deny, &["pypi.org".into()][..])
+        );
+        let u: UpdateSandbox = serde_json::from_str(r#"{"net_policy":{}}"#).unwrap();
+        assert_eq!(u.net_policy, Some(NetPolicy::default()));
+        assert!(
+            serde_json::from_str::<UpdateSandbox>(r#"{"net_policy":{"default":"open"}}"#).is_err()
+        );
+        // A sandbox always shows its policy.
+        let shown = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            shown["net_policy"],
+            serde_json::json!({"default":"public","allow_hosts":[],"allow_cidrs":[]})
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn to_api(s: &store::Sandbox) -> api::Sandbox {
         labels: s.labels.clone(),
         thermal: None,
         urls: Vec::new(),
+        net_policy: api::NetPolicy::default(),
     }
 }
 

@@ -227,6 +227,7 @@ pub async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<u8> {
         keep_hot,
         labels_add: key_values(&args.labels, "label")?,
         labels_remove: args.label_delete.clone(),
+        net_policy: None,
     };
     if body == api::UpdateSandbox::default() {
         return Err(CliError::Usage(
