@@ -245,6 +245,7 @@ pub async fn create(
         disk_size_mb: req.disk_size_mb,
         labels: req.labels.clone(),
         keep_hot: req.keep_hot,
+        net_policy: bhatti_core::NetPolicy::default(),
     };
     // An unknown image is refused before anything is written; an existing sandbox of this
     // name is still the answer (create is idempotent by name, whatever it asks for).

@@ -52,6 +52,7 @@ fn new_sandbox(owner: &str, name: &str) -> NewSandbox {
         disk_size_mb: 0,
         labels: BTreeMap::from([("team".to_owned(), "infra".to_owned())]),
         keep_hot: false,
+        net_policy: bhatti_core::NetPolicy::default(),
     }
 }
 

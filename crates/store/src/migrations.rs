@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "stopped by its user",
         sql: include_str!("schema/006_user_stopped.sql"),
     },
+    Migration {
+        version: 7,
+        name: "egress policies",
+        sql: include_str!("schema/007_net_policy.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -176,6 +181,16 @@ mod tests {
             }
             assert_eq!(count(&conn, "transitions"), i64::from(from >= 3), "from v{from}");
             assert_eq!(count(&conn, "volume_backups"), i64::from(from >= 4), "from v{from}");
+            if from >= 1 {
+                // A sandbox made before policies reads as `public` with no rules, as it ran.
+                let policy: String = conn
+                    .query_row("SELECT net_policy FROM sandboxes WHERE id = 'sb1'", [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap();
+                let policy: bhatti_core::NetPolicy = serde_json::from_str(&policy).unwrap();
+                assert_eq!(policy, bhatti_core::NetPolicy::default(), "from v{from}");
+            }
             // The latest schema works on the migrated data.
             if from >= 1 {
                 conn.execute(

@@ -1,12 +1,12 @@
-//! Sandboxes: identity, ownership, name resolution, status, labels, the engine's record and the
-//! web-shell token hash.
+//! Sandboxes: identity, ownership, name resolution, status, labels, the egress policy, the
+//! engine's record and the web-shell token hash.
 //!
 //! Every lookup that takes an owner sees only that owner's rows: another owner's sandbox is
 //! "not found", never "forbidden", so IDs cannot be probed.
 
 use std::collections::BTreeMap;
 
-use bhatti_core::{SandboxRecord, Thermal};
+use bhatti_core::{NetPolicy, SandboxRecord, Thermal};
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::db::Store;
@@ -52,6 +52,9 @@ pub struct Sandbox {
     /// Stopped by its user (`POST /stop`): stays stopped until `start`, where a sandbox the
     /// thermal manager put to sleep wakes on the next request.
     pub user_stopped: bool,
+    /// Egress policy as the API spells it (`public` with no rules for rows made before
+    /// policies).
+    pub net_policy: NetPolicy,
     /// The engine's last record (None until the engine wrote one, or for another engine).
     pub record: Option<StoredRecord>,
     /// Whether a web-shell token is set (the hash itself never leaves the store).
@@ -85,6 +88,8 @@ pub struct NewSandbox {
     pub labels: BTreeMap<String, String>,
     /// Keep hot.
     pub keep_hot: bool,
+    /// Egress policy (checked and normalised by the caller).
+    pub net_policy: NetPolicy,
 }
 
 /// A change of a sandbox's runtime state; `None` fields are left as they are.
@@ -104,13 +109,14 @@ pub struct Change<'a> {
 
 pub(crate) const SB_COLS: &str = "id, owner, name, status, thermal, template_id, image, cpus, \
     memory_mb, disk_size_mb, ip, labels, keep_hot, record, shell_token_hash IS NOT NULL, \
-    created_at, updated_at, stopped_at, user_stopped";
+    created_at, updated_at, stopped_at, user_stopped, net_policy";
 
 /// Raw row: JSON columns are decoded after the query so a bad one is a typed error.
 struct RawSandbox {
     sandbox: Sandbox,
     labels: String,
     thermal: Option<String>,
+    net_policy: String,
 }
 
 fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
@@ -135,15 +141,18 @@ fn raw_row(r: &Row<'_>) -> rusqlite::Result<RawSandbox> {
             updated_at: r.get(16)?,
             stopped_at: r.get(17)?,
             user_stopped: r.get(18)?,
+            net_policy: NetPolicy::default(),
         },
         labels: r.get(11)?,
         thermal: r.get(4)?,
+        net_policy: r.get(19)?,
     })
 }
 
 fn finish(raw: RawSandbox) -> Result<Sandbox> {
     let mut s = raw.sandbox;
     s.labels = json_col(Resource::Sandbox, &s.id, &raw.labels)?;
+    s.net_policy = json_col(Resource::Sandbox, &s.id, &raw.net_policy)?;
     s.thermal = match raw.thermal.as_deref() {
         None => None,
         Some(t) => Some(Thermal::parse(t).ok_or_else(|| {
@@ -181,6 +190,7 @@ impl Store {
         }
         let id = new_id("")?;
         let labels = to_json(&new.labels)?;
+        let net_policy = to_json(&new.net_policy)?;
         let now = Timestamp::now();
         let tx = self.write_tx()?;
         let max: Option<i64> = tx
@@ -210,8 +220,8 @@ impl Store {
         }
         tx.execute(
             "INSERT INTO sandboxes (id, owner, name, status, template_id, image, cpus, memory_mb, \
-             disk_size_mb, labels, keep_hot, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+             disk_size_mb, labels, keep_hot, created_at, updated_at, net_policy) \
+             VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             params![
                 id,
                 new.owner,
@@ -223,7 +233,8 @@ impl Store {
                 new.disk_size_mb,
                 labels,
                 new.keep_hot,
-                now
+                now,
+                net_policy
             ],
         )?;
         let sandbox = one(query_sandboxes(
@@ -414,6 +425,39 @@ impl Store {
             return Err(StoreError::not_found(Resource::Sandbox, id));
         }
         Ok(())
+    }
+
+    /// Replaces the egress policy of the owner's live sandbox and returns the one it had (to
+    /// put back if the engine refuses the new one). The engine's stored record gets the policy
+    /// too, so a daemon restarted before the engine exports a new record restores the policy
+    /// this row shows (a record that does not decode is left for recovery to judge).
+    pub fn set_net_policy(
+        &mut self,
+        owner: &str,
+        id: &str,
+        policy: &NetPolicy,
+    ) -> Result<NetPolicy> {
+        let tx = self.write_tx()?;
+        let current = one(query_sandboxes(
+            &tx,
+            &format!(
+                "SELECT {SB_COLS} FROM sandboxes WHERE id = ?1 AND owner = ?2 \
+                 AND status != 'destroyed'"
+            ),
+            [id, owner],
+        )?)
+        .ok_or_else(|| StoreError::not_found(Resource::Sandbox, id))?;
+        let record = current.record.as_ref().and_then(|r| r.decode().ok()).map(|mut record| {
+            record.net_policy = policy.clone();
+            record.to_json()
+        });
+        tx.execute(
+            "UPDATE sandboxes SET net_policy = ?2, record = COALESCE(?3, record), \
+             updated_at = ?4 WHERE id = ?1",
+            params![id, to_json(policy)?, record, Timestamp::now()],
+        )?;
+        tx.commit()?;
+        Ok(current.net_policy)
     }
 
     /// Sets (rotates) or clears the web-shell token of the owner's sandbox; only its SHA-256

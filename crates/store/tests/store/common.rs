@@ -31,6 +31,7 @@ pub fn new_sandbox(owner: &str, name: &str) -> NewSandbox {
         disk_size_mb: 0,
         labels: BTreeMap::new(),
         keep_hot: false,
+        net_policy: bhatti_core::NetPolicy::default(),
     }
 }
 

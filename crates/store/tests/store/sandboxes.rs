@@ -1,4 +1,4 @@
-use bhatti_core::Thermal;
+use bhatti_core::{NetPolicy, Posture, Thermal};
 use store::{Change, ErrorKind, Resource, Status, StoreError};
 
 use crate::common::{labels, new_sandbox, record, sandbox, store, user};
@@ -240,6 +240,73 @@ fn engine_record_round_trip() {
     // The record holds the agent token and the environment: Debug shows neither.
     let shown = format!("{:?}", s.sandbox_by_id(&sb.id).unwrap());
     assert!(!shown.contains(&r.token) && !shown.contains("hunter2"), "{shown}");
+}
+
+fn policy(default: Posture, hosts: &[&str], cidrs: &[&str]) -> NetPolicy {
+    NetPolicy {
+        default,
+        allow_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        allow_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+#[test]
+fn net_policy_round_trip() {
+    let (_d, mut s) = store();
+    let u = user(&mut s, "alice");
+    let plain = sandbox(&mut s, &u.id, "plain", Status::Running);
+    assert_eq!(plain.net_policy, NetPolicy::default(), "a create without one is public");
+    let deny = policy(Posture::Deny, &["pypi.org", "*.pythonhosted.org"], &["10.0.0.0/8"]);
+    let mut new = new_sandbox(&u.id, "locked");
+    new.net_policy = deny.clone();
+    let sb = s.create_sandbox(&new).unwrap();
+    assert_eq!(sb.net_policy, deny);
+    assert_eq!(s.sandbox(&u.id, &sb.id).unwrap().net_policy, deny);
+    // The setter answers the policy it replaced; every read shows the new one.
+    let open = policy(Posture::Public, &[], &["192.168.1.0/24"]);
+    assert_eq!(s.set_net_policy(&u.id, &sb.id, &open).unwrap(), deny);
+    assert_eq!(s.sandbox_by_id(&sb.id).unwrap().net_policy, open);
+    let listed = s.list_sandboxes(&u.id, &[]).unwrap();
+    assert_eq!(listed.iter().find(|l| l.id == sb.id).unwrap().net_policy, open);
+    assert_eq!(s.sandbox(&u.id, &plain.id).unwrap().net_policy, NetPolicy::default());
+    // The engine's stored record follows, so a recovery restores what the row shows.
+    s.set_record(&sb.id, &record("locked", true, Thermal::Cold)).unwrap();
+    s.set_net_policy(&u.id, &sb.id, &deny).unwrap();
+    let got = s.sandbox_by_id(&sb.id).unwrap();
+    let rec = got.record.unwrap().decode().unwrap();
+    assert_eq!((got.net_policy, rec.net_policy), (deny.clone(), deny.clone()));
+    assert_eq!(rec.token, record("locked", true, Thermal::Cold).token, "the rest is kept");
+    // Another owner's, a missing and a destroyed sandbox are not found, and keep theirs.
+    let bob = user(&mut s, "bob");
+    let err = s.set_net_policy(&bob.id, &sb.id, &open).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(s.set_net_policy(&u.id, "nope", &open).unwrap_err().kind(), ErrorKind::NotFound);
+    s.mark_destroyed(&plain.id).unwrap();
+    let err = s.set_net_policy(&u.id, &plain.id, &open).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(s.sandbox_by_id(&sb.id).unwrap().net_policy, deny);
+}
+
+#[test]
+fn net_policy_of_a_row_made_before_policies_is_public() {
+    let (d, mut s) = store();
+    let u = user(&mut s, "alice");
+    let sb = sandbox(&mut s, &u.id, "old", Status::Running);
+    let raw = rusqlite::Connection::open(d.path().join("state.db")).unwrap();
+    // What migration 7 gives existing rows.
+    raw.execute("UPDATE sandboxes SET net_policy = '{}' WHERE id = ?1", [&sb.id]).unwrap();
+    assert_eq!(s.sandbox_by_id(&sb.id).unwrap().net_policy, NetPolicy::default());
+    // The column holds JSON only; JSON of another shape is a corrupt row, not a default.
+    let not_json = raw.execute("UPDATE sandboxes SET net_policy = '{' WHERE id = ?1", [&sb.id]);
+    assert!(not_json.is_err(), "the column's CHECK refuses text that is not JSON");
+    raw.execute(
+        r#"UPDATE sandboxes SET net_policy = '{"default":"open"}' WHERE id = ?1"#,
+        [&sb.id],
+    )
+    .unwrap();
+    drop(raw);
+    let err = s.sandbox_by_id(&sb.id).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 }
 
 #[test]

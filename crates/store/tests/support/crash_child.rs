@@ -79,6 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 disk_size_mb: 0,
                 labels: BTreeMap::new(),
                 keep_hot: false,
+                net_policy: bhatti_core::NetPolicy::default(),
             };
             let id = s.create_sandbox(&new)?.id;
             say("A")?;
