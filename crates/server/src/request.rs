@@ -173,7 +173,7 @@ fn decode<T: DeserializeOwned>(
         return Err(ApiError::BadRequest("invalid json: the body must be a JSON object".into()));
     }
     let mut on_ignored = on_ignored;
-    let mut callback = |path: serde_ignored::Path<'_>| on_ignored(path.to_string());
+    let mut callback = |path: serde_ignored::Path<'_>| on_ignored(field_path(&path));
     let ignoring = serde_ignored::Deserializer::new(value, &mut callback);
     serde_path_to_error::deserialize(ignoring).map_err(|e| {
         let path = e.path().to_string();
@@ -183,6 +183,24 @@ fn decode<T: DeserializeOwned>(
             ApiError::BadRequest(format!("invalid json: {path}: {}", e.inner()))
         }
     })
+}
+
+/// A field's path as the client wrote it: `net_policy.allow`, where serde_ignored writes
+/// `net_policy.?.allow` (an optional field's value is no level of the JSON).
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    let joined = |parent: &P<'_>, last: String| match field_path(parent) {
+        front if front.is_empty() => last,
+        front => format!("{front}.{last}"),
+    };
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => joined(parent, index.to_string()),
+        P::Map { parent, key } => joined(parent, key.clone()),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
 }
 
 /// 404 for paths no route knows.
@@ -218,6 +236,14 @@ mod tests {
         name: String,
         #[serde(default)]
         size: u32,
+        #[serde(default)]
+        inner: Option<Vec<Inner>>,
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Inner {
+        #[serde(default)]
+        a: u32,
     }
 
     fn decoded(text: &str) -> (Result<Body, String>, Vec<String>) {
@@ -231,13 +257,19 @@ mod tests {
     fn bodies_table() {
         /// (name, body, Ok or a part of the error, the ignored fields).
         type Row = (&'static str, &'static str, Result<(), &'static str>, &'static [&'static str]);
-        let table: [Row; 7] = [
+        let table: [Row; 8] = [
             ("a plain object", r#"{"name":"a"}"#, Ok(()), &[]),
             (
                 "unknown fields are ignored and named",
                 r#"{"name":"a","nmae":1,"from":{"x":1}}"#,
                 Ok(()),
                 &["from", "nmae"],
+            ),
+            (
+                "nested ones are named by their path, as written",
+                r#"{"name":"a","inner":[{"a":1},{"b":2}]}"#,
+                Ok(()),
+                &["inner.1.b"],
             ),
             ("a missing field is named", r#"{"size":1}"#, Err("missing field `name`"), &[]),
             (

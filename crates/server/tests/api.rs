@@ -65,11 +65,12 @@ async fn auth_health_and_bad_requests() {
     assert!(r.json::<api::ErrorBody>().await.unwrap().error.starts_with("invalid json"));
     // Unknown fields are ignored, as v1 does, and named in a Warning header (the unknown image
     // keeps this from booting anything).
-    let r = bad(r#"{"nmae":"x","net_policy":{"a":1},"image":"nope"}"#).send().await.unwrap();
+    let r = bad(r#"{"nmae":"x","net_policy":{"allow":["x"]},"image":"nope"}"#).send().await;
+    let r = r.unwrap();
     assert_eq!(r.status(), 404, "the request went through to the image lookup");
     let warning = r.headers()["warning"].to_str().unwrap().to_owned();
     assert!(warning.starts_with("299 ") && warning.contains("nmae"), "{warning}");
-    assert!(warning.contains("net_policy"), "{warning}");
+    assert!(warning.contains("net_policy.allow"), "nested ones too: {warning}");
     // A wrong type or a body that is no object is a 400 naming what is wrong.
     let r = bad(r#"{"name":5}"#).send().await.unwrap();
     assert_eq!(r.status(), 400);
