@@ -14,6 +14,9 @@
 //!   caller gets `409 destroyed`.
 //! - **stop** / **start**: a transition row brackets the engine call; a failure closes it and
 //!   leaves the row as it was.
+//! - **egress policy**: the row takes the new policy first (and answers the one it had), then
+//!   the engine; if the engine refuses, the row gets its previous policy back. Changes are
+//!   serialised, so the engine ends enforcing what the row shows.
 //!
 //! Each success logs v1's event in the same store write as its result:
 //! `sandbox.created` (name, cpus, memory_mb, image, template_id, keep_hot), `sandbox.destroyed`
@@ -255,6 +258,42 @@ pub(crate) async fn wake(state: &AppState, sandbox: &store::Sandbox) -> ApiResul
             s.sandbox_by_id(&id)
         })
         .await?)
+}
+
+/// Whether a sandbox can take a new egress policy: the engine must have it (not while it is
+/// being created, nor once lost); a stopped or sleeping one takes it for its next wake.
+pub(crate) fn may_set_net_policy(state: &AppState, sandbox: &store::Sandbox) -> ApiResult<()> {
+    // Guest access's refusals without its "stopped by its user": the policy is no guest
+    // operation, and nothing wakes.
+    let thermal = state.engine.thermal(&sandbox.id).ok();
+    lifecycle::guest_access(sandbox.status, false, thermal).map_err(ApiError::Refused)
+}
+
+/// Replaces a sandbox's egress policy (checked) and answers the row: the row first, then the
+/// engine; a refusal of the engine puts the row's previous policy back and answers the
+/// engine's error.
+pub(crate) async fn set_net_policy(
+    state: &AppState,
+    sandbox: &store::Sandbox,
+    policy: bhatti_core::Policy,
+) -> ApiResult<store::Sandbox> {
+    may_set_net_policy(state, sandbox)?;
+    let _serial = state.policy_changes.lock().await;
+    let (owner, id) = (sandbox.owner.clone(), sandbox.id.clone());
+    let wanted = policy.to_net_policy();
+    let previous = state.store.write(move |s| s.set_net_policy(&owner, &id, &wanted)).await?;
+    let (owner, id) = (sandbox.owner.clone(), sandbox.id.clone());
+    let Err(refused) = state.engine.set_net_policy(&sandbox.id, policy).await else {
+        return Ok(state.store.read(move |s| s.sandbox(&owner, &id)).await?);
+    };
+    if let Err(e) = state.store.write(move |s| s.set_net_policy(&owner, &id, &previous)).await {
+        // Destroyed meanwhile (not found) needs nothing back; anything else is logged, and the
+        // row shows a policy the engine does not enforce until the next change.
+        if e.kind() != store::ErrorKind::NotFound {
+            tracing::error!(sandbox = %sandbox.id, "putting back the previous egress policy: {e}");
+        }
+    }
+    Err(refused.into())
 }
 
 /// Closes a transition whose side effect failed, leaving the row as it was.

@@ -43,7 +43,7 @@ pub fn to_api(s: &store::Sandbox) -> api::Sandbox {
         labels: s.labels.clone(),
         thermal: None,
         urls: Vec::new(),
-        net_policy: api::NetPolicy::default(),
+        net_policy: s.net_policy.clone(),
     }
 }
 
@@ -168,6 +168,17 @@ fn file_mode(path: &str, mode: &str) -> Result<String, String> {
     }
 }
 
+/// A request's egress policy, checked and normalised; one that breaks a rule is a 400 naming
+/// it. No policy is `public`.
+fn checked_policy(policy: Option<&api::NetPolicy>) -> ApiResult<bhatti_core::Policy> {
+    match policy {
+        None => Ok(bhatti_core::Policy::default()),
+        Some(policy) => {
+            policy.check().map_err(|e| ApiError::BadRequest(format!("invalid net_policy: {e}")))
+        }
+    }
+}
+
 /// The engine's create request for a validated API request.
 fn engine_spec(
     id: &str,
@@ -224,6 +235,7 @@ pub async fn create(
     let (cpus, memory_mb) =
         shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;
     check_env(&req.env).map_err(ApiError::BadRequest)?;
+    let net_policy = checked_policy(req.net_policy.as_ref())?;
     let name =
         if req.name.is_empty() { format!("sandbox-{}", random_hex(3)) } else { req.name.clone() };
     if !valid_name(&name) {
@@ -245,7 +257,7 @@ pub async fn create(
         disk_size_mb: req.disk_size_mb,
         labels: req.labels.clone(),
         keep_hot: req.keep_hot,
-        net_policy: bhatti_core::NetPolicy::default(),
+        net_policy: net_policy.to_net_policy(),
     };
     // An unknown image is refused before anything is written; an existing sandbox of this
     // name is still the answer (create is idempotent by name, whatever it asks for).
@@ -258,7 +270,11 @@ pub async fn create(
             };
         }
     };
-    let spec_for = |id: &str| engine_spec(id, &user.id, &name, image, &req, cpus, memory_mb);
+    let spec_for = |id: &str| {
+        let mut spec = engine_spec(id, &user.id, &name, image, &req, cpus, memory_mb)?;
+        spec.net_policy = net_policy;
+        Ok(spec)
+    };
     match crate::lifecycle::create(&state, new, spec_for).await? {
         Created::New(row) => Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response()),
         Created::Existing(row) => Ok(existing_response(&row)),
@@ -345,8 +361,9 @@ pub async fn get(
     Ok(axum::Json(out).into_response())
 }
 
-/// `PATCH /sandboxes/:id`: rename, labels, keep-hot (v1: applied in that order; keep-hot on
-/// wakes the sandbox at once).
+/// `PATCH /sandboxes/:id`: rename, labels, keep-hot, egress policy (v1's three applied in that
+/// order, then the policy; keep-hot on wakes the sandbox at once). Everything is checked before
+/// anything changes; a change that fails answers, and those before it stay made.
 pub async fn update(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -366,6 +383,14 @@ pub async fn update(
     for key in &req.labels_remove {
         crate::labels::check_key(key)?;
     }
+    let net_policy = match &req.net_policy {
+        Some(policy) => {
+            let checked = checked_policy(Some(policy))?;
+            crate::lifecycle::may_set_net_policy(&state, &sandbox)?;
+            Some(checked)
+        }
+        None => None,
+    };
     let (owner, sid) = (user.id.clone(), sandbox.id.clone());
     let keep_hot = req.keep_hot;
     let row = state
@@ -381,6 +406,10 @@ pub async fn update(
             s.sandbox_by_id(&sid)
         })
         .await?;
+    let row = match net_policy {
+        Some(policy) => crate::lifecycle::set_net_policy(&state, &row, policy).await?,
+        None => row,
+    };
     let row = match keep_hot {
         Some(true) => crate::lifecycle::wake(&state, &row).await?,
         _ => row,
@@ -500,6 +529,55 @@ mod tests {
                 Err(()) => assert!(got.unwrap_err().contains("not an octal mode"), "{name}"),
             }
         }
+    }
+
+    #[test]
+    fn policies_are_checked_and_normalised_table() {
+        let policy = |default: &str, hosts: &[&str], cidrs: &[&str]| -> api::NetPolicy {
+            serde_json::from_value(serde_json::json!({
+                "default": default, "allow_hosts": hosts, "allow_cidrs": cidrs,
+            }))
+            .unwrap()
+        };
+        // (name, the policy, its normalised form or a part of the 400's message).
+        type Row = (&'static str, api::NetPolicy, Result<api::NetPolicy, &'static str>);
+        let table: [Row; 7] = [
+            (
+                "names lower-cased, trailing dots and duplicates dropped",
+                policy("deny", &["PyPI.org.", "pypi.org", "*.Example.com"], &["192.0.2.7"]),
+                Ok(policy("deny", &["pypi.org", "*.example.com"], &["192.0.2.7/32"])),
+            ),
+            (
+                "public with a private range",
+                policy("public", &[], &["10.0.0.0/8"]),
+                Ok(policy("public", &[], &["10.0.0.0/8"])),
+            ),
+            (
+                "metadata",
+                policy("deny", &[], &["169.254.169.254"]),
+                Err("invalid net_policy: allow_cidrs: 169.254.169.254/32 overlaps"),
+            ),
+            (
+                "a wildcard inside",
+                policy("deny", &["a.*.com"], &[]),
+                Err("invalid net_policy: allow_hosts"),
+            ),
+            ("host bits", policy("deny", &[], &["10.0.0.1/8"]), Err("did you mean 10.0.0.0/8")),
+            ("IPv6", policy("deny", &[], &["2001:db8::/32"]), Err("IPv6")),
+            ("not a range", policy("deny", &[], &["example.com"]), Err("invalid net_policy")),
+        ];
+        for (name, asked, want) in table {
+            match (checked_policy(Some(&asked)), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got.to_net_policy(), want, "{name}"),
+                (Err(e), Err(part)) => {
+                    assert_eq!(e.status(), (StatusCode::BAD_REQUEST, "invalid"), "{name}");
+                    assert!(e.to_string().contains(part), "{name}: {e}");
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let none = checked_policy(None).unwrap();
+        assert_eq!(none.to_net_policy(), api::NetPolicy::default(), "no policy is public");
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// The memory buffered execs may hold, all together.
     pub exec_budget: crate::exec_budget::OutputBudget,
+    /// Held across an egress policy change (row, then engine), so two racing changes cannot
+    /// leave the engine enforcing one policy while the row shows the other.
+    pub(crate) policy_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ impl AppState {
             settings: Arc::new(settings),
             started: std::time::Instant::now(),
             exec_budget,
+            policy_changes: Arc::default(),
         }
     }
 }

@@ -405,3 +405,98 @@ async fn a_guest_that_never_answers_neither_blocks_others_nor_leaves_anything() 
     assert_eq!(taps, [good_tap.as_str()].into(), "only the good one's port rules: {rules}");
     d.stop().await;
 }
+
+/// The egress policy: refused with 400 when it breaks a rule (at create and PATCH, nothing
+/// changed), shown normalised in every answer, replaced by a PATCH (also of a stopped sandbox,
+/// without waking it), and kept across stop and start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_policy_is_checked_shown_replaced_and_kept() {
+    let d = Daemon::start().await;
+    let create = |body: serde_json::Value| d.req(Method::POST, "/sandboxes").json(&body).send();
+    let patch =
+        |body: serde_json::Value| d.req(Method::PATCH, "/sandboxes/walled").json(&body).send();
+    let bad = [
+        (
+            serde_json::json!({"allow_cidrs": ["169.254.169.254"]}),
+            "invalid net_policy: allow_cidrs",
+        ),
+        (
+            serde_json::json!({"default": "deny", "allow_hosts": ["a.*.com"]}),
+            "invalid net_policy: allow_hosts",
+        ),
+        (serde_json::json!({"default": "open"}), "net_policy.default"),
+        (serde_json::json!({"allow_cidrs": "10.0.0.0/8"}), "net_policy.allow_cidrs"),
+    ];
+    for (policy, part) in &bad {
+        let body = serde_json::json!({"name": "walled", "memory_mb": 128, "net_policy": policy});
+        let r = create(body).await.unwrap();
+        assert_eq!(r.status(), 400, "{policy}");
+        let body: api::ErrorBody = r.json().await.unwrap();
+        assert!(body.error.contains(part), "{policy}: {body:?}");
+        assert_eq!(body.code, "invalid");
+    }
+    assert!(row(&d, "walled").await.is_none(), "nothing of the refused creates is left");
+
+    // Created with a policy: every answer shows it normalised.
+    let asked = serde_json::json!({
+        "default": "deny",
+        "allow_hosts": ["PyPI.org.", "*.pythonhosted.org", "pypi.org"],
+        "allow_cidrs": ["10.1.0.0/16"],
+    });
+    let want: api::NetPolicy = serde_json::from_value(serde_json::json!({
+        "default": "deny",
+        "allow_hosts": ["pypi.org", "*.pythonhosted.org"],
+        "allow_cidrs": ["10.1.0.0/16"],
+    }))
+    .unwrap();
+    let body = serde_json::json!({"name": "walled", "memory_mb": 128, "net_policy": asked});
+    let r = create(body).await.unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let created: api::Sandbox = r.json().await.unwrap();
+    assert_eq!(created.net_policy, want);
+    assert_eq!(row(&d, "walled").await.unwrap().net_policy, want);
+    let list: Vec<api::Sandbox> =
+        d.req(Method::GET, "/sandboxes").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list[0].net_policy, want);
+    // The raw answer spells it as v2 did.
+    let raw: serde_json::Value =
+        d.req(Method::GET, "/sandboxes/walled").send().await.unwrap().json().await.unwrap();
+    assert_eq!(raw["net_policy"]["default"], "deny");
+
+    // A bad PATCH changes nothing, not even the fields beside it.
+    for (policy, part) in &bad {
+        let r = patch(serde_json::json!({"name": "renamed", "net_policy": policy})).await.unwrap();
+        assert_eq!(r.status(), 400, "{policy}");
+        let body: api::ErrorBody = r.json().await.unwrap();
+        assert!(body.error.contains(part), "{policy}: {body:?}");
+    }
+    let shown = row(&d, "walled").await.unwrap();
+    assert_eq!((shown.name.as_str(), &shown.net_policy), ("walled", &want));
+
+    // A PATCH of the policy alone replaces the whole policy.
+    let r = patch(serde_json::json!({"net_policy": {"default": "public"}})).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let patched: api::Sandbox = r.json().await.unwrap();
+    assert_eq!(patched.net_policy, api::NetPolicy::default());
+    assert_eq!(row(&d, "walled").await.unwrap().net_policy, api::NetPolicy::default());
+
+    // A stopped sandbox takes a new policy without waking; stop and start keep it.
+    let r = d.req(Method::POST, "/sandboxes/walled/stop").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = patch(serde_json::json!({"net_policy": asked})).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let patched: api::Sandbox = r.json().await.unwrap();
+    assert_eq!((patched.status.as_str(), &patched.net_policy), ("stopped", &want));
+    assert_eq!(d.state.engine.thermal(&created.id).unwrap(), engine::Thermal::Cold);
+    // The stored engine record carries it too: a daemon restarted now restores this policy.
+    let id = created.id.clone();
+    let stored = d.state.store.read(move |s| s.sandbox_by_id(&id)).await.unwrap();
+    assert_eq!(stored.record.unwrap().decode().unwrap().net_policy, want);
+    let r = d.req(Method::POST, "/sandboxes/walled/start").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<api::Sandbox>().await.unwrap().net_policy, want);
+    let r = d.req(Method::POST, "/sandboxes/walled/stop").send().await.unwrap();
+    assert_eq!(r.json::<api::Sandbox>().await.unwrap().net_policy, want);
+    assert_eq!(row(&d, "walled").await.unwrap().net_policy, want);
+    d.stop().await;
+}
