@@ -372,14 +372,30 @@ async fn the_shell_attaches_detaches_and_replays_the_scrollback() {
     p.expect(expectrl::Eof).unwrap();
 }
 
-/// `edit` renames and labels through PATCH (nothing to change is a usage error); `setup`
-/// writes the CLI's config only for a key the daemon accepts, and the next command uses it.
+/// `edit` renames and labels through PATCH (nothing to change is a usage error); the egress
+/// flags of `create` and `edit` reach the daemon, `inspect` shows the policy (a bad one is a
+/// usage error before any request); `setup` writes the CLI's config only for a key the daemon
+/// accepts, and the next command uses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
     let mut s = Setup::new();
     s.start().await;
-    let r = bhatti(&s, &["create", "--name", "before", "--memory", "128"]);
+    let r = bhatti(
+        &s,
+        &[
+            "create",
+            "--name",
+            "before",
+            "--memory",
+            "128",
+            "--egress",
+            "deny",
+            "--allow-host",
+            "PyPI.org",
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Egress: deny, allow hosts: pypi.org"), "{}", r.stdout);
     let r = bhatti(&s, &["edit", "before"]);
     assert_eq!(r.code, 2, "nothing to change: {}", r.stderr);
     let r = bhatti(&s, &["edit", "before", "--name", "after", "--label", "team=infra"]);
@@ -389,6 +405,20 @@ async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
     assert_eq!((got.name.as_str(), got.labels["team"].as_str()), ("after", "infra"));
     let r = bhatti(&s, &["edit", "after", "--label-delete", "team"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // Egress: allow flags alone keep the posture and replace the lists.
+    let r = bhatti(&s, &["edit", "after", "--allow-cidr", "10.0.0.0/8"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("egress: deny, allow cidrs: 10.0.0.0/8"), "{}", r.stdout);
+    let r = bhatti(&s, &["inspect", "after"]).ok();
+    assert!(r.stdout.contains("Egress:  deny, allow cidrs: 10.0.0.0/8"), "{}", r.stdout);
+    let r = bhatti(&s, &["edit", "after", "--allow-cidr", "169.254.169.254"]);
+    assert_eq!(r.code, 2, "refused before any request: {}", r.stderr);
+    assert!(r.stderr.contains("invalid egress policy"), "{}", r.stderr);
+    let r = bhatti(&s, &["edit", "after", "--egress", "public"]).ok();
+    assert!(r.stdout.contains("egress: public"), "{}", r.stdout);
+    let r = bhatti(&s, &["--json", "inspect", "after"]);
+    let got: api::Sandbox = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(got.net_policy, api::NetPolicy::default());
     let r = bhatti(&s, &["inspect", "before"]);
     assert_eq!(r.code, 3, "the old name is gone: {}", r.stdout);
 

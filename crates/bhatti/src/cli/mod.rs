@@ -42,7 +42,8 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a sandbox (idempotent by name).
-    Create(sandboxes::CreateArgs),
+    // Boxed: its flags would make every command as large as it is.
+    Create(Box<sandboxes::CreateArgs>),
     /// List sandboxes.
     #[command(visible_alias = "ls")]
     List {
@@ -50,7 +51,7 @@ pub enum Command {
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
     },
-    /// Change a sandbox: rename, labels, keep-hot.
+    /// Change a sandbox: rename, labels, keep-hot, egress policy.
     Edit(sandboxes::EditArgs),
     /// Write the CLI's config (~/.bhatti/config.yaml) after checking the key.
     Setup(setup::SetupArgs),
@@ -150,7 +151,7 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
 
 async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Create(args) => sandboxes::create(ctx, args).await,
+        Command::Create(args) => sandboxes::create(ctx, *args).await,
         Command::List { labels } => sandboxes::list(ctx, &labels).await,
         Command::Inspect { sandbox } => sandboxes::inspect(ctx, &sandbox).await,
         Command::Edit(args) => sandboxes::edit(ctx, args).await,

@@ -1,4 +1,4 @@
-//! Sandbox commands: create, list, inspect, stop, start, destroy, ps, ports, version.
+//! Sandbox commands: create, list, inspect, edit, stop, start, destroy, ps, ports, version.
 //!
 //! Every route of the API resolves a name, an ID or a unique ID prefix itself (scoped to the
 //! caller), so the CLI passes what it was given: one request, not v1's two.
@@ -54,6 +54,84 @@ pub struct CreateArgs {
     /// carries them).
     #[arg(long = "file", value_name = "LOCAL:GUEST")]
     files: Vec<String>,
+    #[command(flatten)]
+    egress: EgressArgs,
+}
+
+/// `--egress`: what a sandbox reaches when no rule names the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Egress {
+    /// The internet (never the host, cloud metadata or private ranges).
+    Public,
+    /// Nothing but DNS, plus what --allow-host and --allow-cidr open.
+    Deny,
+}
+
+impl From<Egress> for api::Posture {
+    fn from(egress: Egress) -> Self {
+        match egress {
+            Egress::Public => api::Posture::Public,
+            Egress::Deny => api::Posture::Deny,
+        }
+    }
+}
+
+/// The egress policy flags of `create` and `edit`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EgressArgs {
+    /// Egress posture: public by default on create, the sandbox's current one on edit. On edit,
+    /// any of --egress, --allow-host and --allow-cidr replaces the whole policy (an allow list
+    /// not given is emptied).
+    #[arg(long, value_enum, value_name = "POSTURE")]
+    egress: Option<Egress>,
+    /// A host the sandbox may reach under `--egress deny`: `example.com`, or `*.example.com`
+    /// for the names below it (repeatable).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// An IPv4 range the sandbox may reach, the only way to open a private one:
+    /// `10.0.0.0/8`, `192.0.2.7` (repeatable).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    allow_cidrs: Vec<String>,
+}
+
+impl EgressArgs {
+    /// Whether any egress flag was given.
+    fn given(&self) -> bool {
+        self.egress.is_some() || !self.allow_hosts.is_empty() || !self.allow_cidrs.is_empty()
+    }
+
+    /// The whole policy the flags spell, `posture` standing in for a missing `--egress`;
+    /// checked here by the daemon's own rules, so a mistake is a usage error before any
+    /// request.
+    fn policy(&self, posture: api::Posture) -> Result<api::NetPolicy, CliError> {
+        let policy = api::NetPolicy {
+            default: self.egress.map_or(posture, api::Posture::from),
+            allow_hosts: self.allow_hosts.clone(),
+            allow_cidrs: self.allow_cidrs.clone(),
+        };
+        policy.check().map_err(|e| CliError::Usage(format!("invalid egress policy: {e}")))?;
+        Ok(policy)
+    }
+}
+
+/// Host rules open names only under `deny`: under `public` every public address is open.
+fn warn_idle_hosts(policy: &api::NetPolicy) {
+    if policy.default == api::Posture::Public && !policy.allow_hosts.is_empty() {
+        eprintln!("note: --allow-host opens names only under --egress deny");
+    }
+}
+
+/// One line for a policy: `public`, or `deny, allow hosts: a, *.b; allow cidrs: 10.0.0.0/8`.
+fn egress_summary(policy: &api::NetPolicy) -> String {
+    let mut parts = Vec::new();
+    if !policy.allow_hosts.is_empty() {
+        parts.push(format!("allow hosts: {}", policy.allow_hosts.join(", ")));
+    }
+    if !policy.allow_cidrs.is_empty() {
+        parts.push(format!("allow cidrs: {}", policy.allow_cidrs.join(", ")));
+    }
+    let posture = policy.default.as_str();
+    if parts.is_empty() { posture.to_owned() } else { format!("{posture}, {}", parts.join("; ")) }
 }
 
 fn create_file(spec: &str) -> anyhow::Result<api::CreateFile> {
@@ -84,6 +162,11 @@ fn create_file(spec: &str) -> anyhow::Result<api::CreateFile> {
 
 /// `bhatti create`.
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
+    let net_policy =
+        if a.egress.given() { Some(a.egress.policy(api::Posture::Public)?) } else { None };
+    if let Some(policy) = &net_policy {
+        warn_idle_hosts(policy);
+    }
     let body = api::CreateSandbox {
         name: a.name.unwrap_or_default(),
         image: a.image.unwrap_or_default(),
@@ -95,6 +178,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
         files: a.files.iter().map(|f| create_file(f)).collect::<anyhow::Result<_>>()?,
         labels: key_values(&a.labels, "--label")?,
         keep_hot: a.keep_hot,
+        net_policy,
         ..api::CreateSandbox::default()
     };
     let what = if body.name.is_empty() { "a sandbox".to_owned() } else { body.name.clone() };
@@ -117,6 +201,9 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
         println!("sandbox/{} created ({} vCPU, {} MB{disk})", sb.name, sb.cpus, sb.memory_mb);
         println!("  ID:    {}", sb.id);
         println!("  IP:    {}", if sb.ip.is_empty() { "-" } else { &sb.ip });
+        if sb.net_policy != api::NetPolicy::default() {
+            println!("  Egress: {}", egress_summary(&sb.net_policy));
+        }
         println!("  Shell: bhatti shell {}", sb.name);
     }
     Ok(exit::OK)
@@ -182,6 +269,7 @@ pub async fn inspect(ctx: &Ctx, sandbox: &str) -> anyhow::Result<u8> {
     println!("  Disk:    {disk}");
     println!("Network:");
     println!("  IP:      {}", dash(&s.ip));
+    println!("  Egress:  {}", egress_summary(&s.net_policy));
     println!("Keep hot:  {}", s.keep_hot);
     if !s.labels.is_empty() {
         let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -213,6 +301,9 @@ pub struct EditArgs {
     /// Remove a label (repeatable).
     #[arg(long = "label-delete", value_name = "KEY")]
     pub label_delete: Vec<String>,
+    /// A new egress policy: the whole one the flags spell.
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 /// `bhatti edit`: PATCH; nothing to change is a usage error (v1).
@@ -222,21 +313,33 @@ pub async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<u8> {
         (_, true) => Some(false),
         _ => None,
     };
-    let body = api::UpdateSandbox {
+    let mut body = api::UpdateSandbox {
         name: args.name.clone(),
         keep_hot,
         labels_add: key_values(&args.labels, "label")?,
         labels_remove: args.label_delete.clone(),
         net_policy: None,
     };
-    if body == api::UpdateSandbox::default() {
+    if body == api::UpdateSandbox::default() && !args.egress.given() {
         return Err(CliError::Usage(
-            "nothing to change: give --name, --keep-hot, --allow-cold, --label or --label-delete"
+            "nothing to change: give --name, --keep-hot, --allow-cold, --label, --label-delete, \
+             --egress, --allow-host or --allow-cidr"
                 .into(),
         )
         .into());
     }
     let path = sb_path(&args.sandbox, "");
+    if args.egress.given() {
+        // Checked before asking the daemon; the posture it lacks is the sandbox's own.
+        args.egress.policy(api::Posture::Public)?;
+        let posture = match args.egress.egress {
+            Some(egress) => egress.into(),
+            None => ctx.client.get::<api::Sandbox>(&path).await?.net_policy.default,
+        };
+        let policy = args.egress.policy(posture)?;
+        warn_idle_hosts(&policy);
+        body.net_policy = Some(policy);
+    }
     let s: api::Sandbox = ctx.client.json(Method::PATCH, &path, Some(&body), LIFECYCLE).await?;
     if args.name.is_some() {
         cache_edit(&args.sandbox, false);
@@ -246,6 +349,9 @@ pub async fn edit(ctx: &Ctx, args: EditArgs) -> anyhow::Result<u8> {
         print_json(&s)?;
     } else {
         println!("sandbox/{} updated", s.name);
+        if body.net_policy.is_some() {
+            println!("egress: {}", egress_summary(&s.net_policy));
+        }
         if args.name.is_some() {
             println!("(the guest's hostname is unchanged)");
         }
@@ -371,4 +477,110 @@ pub async fn version(ctx: &Ctx) -> anyhow::Result<u8> {
         Err(e) => println!("daemon: unreachable ({e:#})"),
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The CLI's client commands, as `main` parses them.
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: crate::cli::Command,
+    }
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bhatti").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn egress_flags_parse_on_create_and_edit() {
+        let create = parse(&[
+            "create",
+            "--egress",
+            "deny",
+            "--allow-host",
+            "pypi.org",
+            "--allow-host",
+            "*.pythonhosted.org",
+            "--allow-cidr",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let crate::cli::Command::Create(args) = create else { panic!("{create:?}") };
+        assert_eq!(args.egress.egress, Some(Egress::Deny));
+        assert_eq!(args.egress.allow_hosts, strings(&["pypi.org", "*.pythonhosted.org"]));
+        assert_eq!(args.egress.allow_cidrs, strings(&["10.0.0.0/8"]));
+        let plain = parse(&["create", "--name", "x"]).unwrap();
+        let crate::cli::Command::Create(args) = plain else { panic!("{plain:?}") };
+        assert!(!args.egress.given(), "no flag, no policy sent");
+
+        let edit = parse(&["edit", "web", "--allow-cidr", "192.0.2.7"]).unwrap();
+        let crate::cli::Command::Edit(args) = edit else { panic!("{edit:?}") };
+        assert_eq!((args.egress.egress, args.egress.given()), (None, true));
+        assert!(parse(&["create", "--egress", "open"]).is_err(), "public or deny only");
+        assert!(parse(&["edit", "web", "--egress"]).is_err(), "--egress takes a value");
+    }
+
+    #[test]
+    fn egress_flags_spell_the_whole_policy() {
+        let flags = |egress: Option<Egress>, hosts: &[&str], cidrs: &[&str]| EgressArgs {
+            egress,
+            allow_hosts: strings(hosts),
+            allow_cidrs: strings(cidrs),
+        };
+        // The posture stands in for a missing --egress; lists not given are empty.
+        let only_hosts = flags(None, &["pypi.org"], &[]);
+        let policy = only_hosts.policy(api::Posture::Deny).unwrap();
+        assert_eq!(policy.default, api::Posture::Deny);
+        assert_eq!((policy.allow_hosts, policy.allow_cidrs), (strings(&["pypi.org"]), vec![]));
+        let public = flags(Some(Egress::Public), &[], &[]).policy(api::Posture::Deny).unwrap();
+        assert_eq!(public, api::NetPolicy::default(), "--egress public alone clears the lists");
+        // The daemon's own rules refuse a bad one before any request, as a usage error.
+        let table: [(&str, EgressArgs, &str); 3] = [
+            ("metadata", flags(None, &[], &["169.254.169.254"]), "allow_cidrs"),
+            ("a wildcard inside", flags(Some(Egress::Deny), &["a.*.com"], &[]), "allow_hosts"),
+            ("host bits", flags(None, &[], &["10.0.0.1/8"]), "did you mean 10.0.0.0/8"),
+        ];
+        for (name, args, part) in table {
+            let err = args.policy(api::Posture::Public).unwrap_err();
+            assert!(matches!(err, CliError::Usage(_)), "{name}: {err:?}");
+            let text = err.to_string();
+            assert!(text.starts_with("invalid egress policy: ") && text.contains(part), "{name}");
+        }
+    }
+
+    #[test]
+    fn egress_summaries_table() {
+        let policy = |default, hosts: &[&str], cidrs: &[&str]| api::NetPolicy {
+            default,
+            allow_hosts: strings(hosts),
+            allow_cidrs: strings(cidrs),
+        };
+        let table = [
+            ("the default", policy(api::Posture::Public, &[], &[]), "public"),
+            ("closed", policy(api::Posture::Deny, &[], &[]), "deny"),
+            (
+                "hosts and ranges",
+                policy(api::Posture::Deny, &["pypi.org", "*.pythonhosted.org"], &["10.0.0.0/8"]),
+                "deny, allow hosts: pypi.org, *.pythonhosted.org; allow cidrs: 10.0.0.0/8",
+            ),
+            (
+                "a private range opened under public",
+                policy(api::Posture::Public, &[], &["10.1.0.0/16", "192.0.2.7/32"]),
+                "public, allow cidrs: 10.1.0.0/16, 192.0.2.7/32",
+            ),
+        ];
+        for (name, policy, want) in table {
+            assert_eq!(egress_summary(&policy), want, "{name}");
+        }
+    }
 }
