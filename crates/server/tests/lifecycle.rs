@@ -454,6 +454,8 @@ async fn the_egress_policy_is_checked_shown_replaced_and_kept() {
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let created: api::Sandbox = r.json().await.unwrap();
     assert_eq!(created.net_policy, want);
+    let enforced = || d.state.engine.net_policy(&created.id).unwrap().to_net_policy();
+    assert_eq!(enforced(), want, "the engine was created with it");
     assert_eq!(row(&d, "walled").await.unwrap().net_policy, want);
     let list: Vec<api::Sandbox> =
         d.req(Method::GET, "/sandboxes").send().await.unwrap().json().await.unwrap();
@@ -479,6 +481,7 @@ async fn the_egress_policy_is_checked_shown_replaced_and_kept() {
     let patched: api::Sandbox = r.json().await.unwrap();
     assert_eq!(patched.net_policy, api::NetPolicy::default());
     assert_eq!(row(&d, "walled").await.unwrap().net_policy, api::NetPolicy::default());
+    assert_eq!(enforced(), api::NetPolicy::default(), "the engine enforces it at once");
 
     // A stopped sandbox takes a new policy without waking; stop and start keep it.
     let r = d.req(Method::POST, "/sandboxes/walled/stop").send().await.unwrap();
@@ -488,6 +491,7 @@ async fn the_egress_policy_is_checked_shown_replaced_and_kept() {
     let patched: api::Sandbox = r.json().await.unwrap();
     assert_eq!((patched.status.as_str(), &patched.net_policy), ("stopped", &want));
     assert_eq!(d.state.engine.thermal(&created.id).unwrap(), engine::Thermal::Cold);
+    assert_eq!(enforced(), want);
     // The stored engine record carries it too: a daemon restarted now restores this policy.
     let id = created.id.clone();
     let stored = d.state.store.read(move |s| s.sandbox_by_id(&id)).await.unwrap();
@@ -498,5 +502,9 @@ async fn the_egress_policy_is_checked_shown_replaced_and_kept() {
     let r = d.req(Method::POST, "/sandboxes/walled/stop").send().await.unwrap();
     assert_eq!(r.json::<api::Sandbox>().await.unwrap().net_policy, want);
     assert_eq!(row(&d, "walled").await.unwrap().net_policy, want);
+    assert_eq!(enforced(), want);
+    let id = created.id.clone();
+    let stored = d.state.store.read(move |s| s.sandbox_by_id(&id)).await.unwrap();
+    assert_eq!(stored.record.unwrap().decode().unwrap().net_policy, want, "the engine's export");
     d.stop().await;
 }
