@@ -106,6 +106,9 @@ impl std::str::FromStr for Cidr {
     /// likely a typo than a wish to open `10.0.0.0/8`.
     fn from_str(text: &str) -> Result<Self, PolicyError> {
         let bad = || PolicyError::Cidr(text.to_owned());
+        if text.contains(':') {
+            return Err(PolicyError::Ipv6(text.to_owned()));
+        }
         let (addr, len) = match text.split_once('/') {
             Some((addr, len)) => {
                 let len: u8 = len.parse().map_err(|_| bad())?;
@@ -116,9 +119,7 @@ impl std::str::FromStr for Cidr {
         if len > 32 {
             return Err(bad());
         }
-        let addr: Ipv4Addr = addr.parse().map_err(|_| {
-            if addr.contains(':') { PolicyError::Ipv6(text.to_owned()) } else { bad() }
-        })?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let cidr = Cidr::new(addr, len);
         if cidr.addr != addr {
             return Err(PolicyError::HostBits(text.to_owned(), cidr));
@@ -415,6 +416,7 @@ mod tests {
             ("not a number", "10.0.0.0/x", Err("not an IPv4")),
             ("a name", "example.com", Err("not an IPv4")),
             ("ipv6", "fd00::/8", Err("IPv6")),
+            ("ipv6 host route", "::1/128", Err("IPv6")),
         ];
         for (row, text, want) in rows {
             let got = text.parse::<Cidr>().map(|c| c.to_string()).map_err(|e| e.to_string());
