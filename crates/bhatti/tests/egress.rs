@@ -70,6 +70,25 @@ async fn the_daemon_makes_the_uplink_and_takes_it_down_on_stop() {
     assert!(resolv.contains(&format!("nameserver {gateway}")), "{resolv}");
     assert!(run("ip route").await.contains(&format!("default via {gateway}")));
 
+    // A policy set over the API is what the engine enforces after the daemon is killed and
+    // started again (recovery installs it from the stored record before the sandbox runs).
+    let policy = serde_json::json!({ "default": "deny", "allow_hosts": ["pypi.org"] });
+    let r = s
+        .req(Method::PATCH, "/sandboxes/net")
+        .json(&serde_json::json!({ "net_policy": policy }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    s.kill();
+    s.start().await;
+    let got: serde_json::Value =
+        s.req(Method::GET, "/sandboxes/net").send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["net_policy"]["default"], "deny", "{got}");
+    assert_eq!(got["net_policy"]["allow_hosts"], serde_json::json!(["pypi.org"]), "{got}");
+    let ruleset = in_ns(&s.netns, &["nft", "list", "table", "ip", "bhatti_egress"]);
+    assert!(ruleset.contains("@pins_"), "the deny chain is installed again: {ruleset}");
+
     // Stop: the veth, both tables and the namespace's NAT are gone, forwarding is back off.
     assert!(s.terminate().success(), "{}", s.logs());
     assert!(!links(&s.wan_netns).contains("bhu-"), "{}", links(&s.wan_netns));
