@@ -23,6 +23,14 @@ use crate::net::Netns;
 /// A pin a new answer would barely extend is left alone (saves an `nft` run per lookup of a
 /// popular name): only one with less than this fraction of the new duration left is renewed.
 const RENEW_BELOW: f64 = 0.5;
+/// Addresses one sandbox may have pinned at once: a guest asking a wildcard zone that answers
+/// every name with a new address must not grow the engine's memory and its nftables set
+/// without end. An answer that would pass the bound is refused.
+pub(crate) const MAX_PINS: usize = 4096;
+/// Names remembered per pinned address (they decide whether a pin survives a policy change);
+/// past the bound a name still pins, but is not remembered, so a later change that drops the
+/// remembered names drops the pin too (it closes, never opens).
+const MAX_NAMES_PER_PIN: usize = 16;
 
 /// One sandbox's network policy and pins.
 #[derive(Debug)]
@@ -179,8 +187,8 @@ impl Policies {
     }
 
     /// Pins `addrs` (answered for `name`) for the guest at `ip`, for the given durations, if
-    /// its policy is still the one `asker` saw. Returns false when the policy changed in
-    /// between (the caller refuses the answer).
+    /// its policy is still the one `asker` saw and the sandbox stays within [`MAX_PINS`].
+    /// Returns false when it did not pin (the caller refuses the answer).
     pub(crate) async fn pin(
         &self,
         ip: Ipv4Addr,
@@ -196,13 +204,24 @@ impl Policies {
             if net.generation != asker.generation {
                 return Ok(false);
             }
+            net.pins.retain(|_, pin| pin.until > now);
+            let new = addrs.iter().filter(|(addr, _)| !net.pins.contains_key(addr)).count();
+            if net.pins.len() + new > MAX_PINS {
+                tracing::warn!(
+                    sandbox_ip = %ip, name,
+                    "resolver: the sandbox has {MAX_PINS} addresses pinned; answer refused"
+                );
+                return Ok(false);
+            }
             let mut renew = Vec::new();
             for (addr, ttl) in addrs {
                 let pin = net
                     .pins
                     .entry(*addr)
                     .or_insert_with(|| Pin { until: now, names: BTreeSet::new() });
-                pin.names.insert(name.to_owned());
+                if pin.names.len() < MAX_NAMES_PER_PIN {
+                    pin.names.insert(name.to_owned());
+                }
                 let left = pin.until.saturating_duration_since(now);
                 if left.as_secs_f64() < ttl.as_secs_f64() * RENEW_BELOW {
                     renew.push((*addr, *ttl));
@@ -217,8 +236,6 @@ impl Policies {
                     pin.until = now + *ttl;
                 }
             }
-            // Forget pins the kernel has timed out, so the map stays bounded by what is live.
-            net.pins.retain(|_, pin| pin.until > now);
         }
         Ok(true)
     }

@@ -276,8 +276,12 @@ async fn answer(shared: &Shared, from: Ipv4Addr, query: &[u8]) -> Option<Vec<u8>
         }
         match shared.policies.pin(from, &asker, &name, &pins).await {
             Ok(true) => {}
-            // The policy changed while upstream answered: ask again under the new one.
-            Ok(false) => return refuse(ResponseCode::Refused),
+            // The policy changed while upstream answered (the guest asks again under the new
+            // one), or the sandbox has all the pins it may have.
+            Ok(false) => {
+                shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return refuse(ResponseCode::Refused);
+            }
             Err(e) => {
                 tracing::warn!(sandbox_ip = %from, %name, "resolver: pinning: {}", e.report());
                 return refuse(ResponseCode::ServFail);
