@@ -28,6 +28,12 @@ fn links(ns: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_makes_the_uplink_and_takes_it_down_on_stop() {
     let mut s = Setup::new();
+    // The wan namespace made up front with forwarding off: a new namespace copies the
+    // machine's setting, which is not this test's to know.
+    let made = Command::new("ip").args(["netns", "add", &s.wan_netns]).status().unwrap();
+    assert!(made.success());
+    in_ns(&s.wan_netns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_eq!(in_ns(&s.wan_netns, &["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "0");
     s.start().await;
 
     // Up: a veth from the wan side into the engine's namespace, a table on each side, and

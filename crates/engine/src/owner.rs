@@ -435,8 +435,9 @@ impl Owner {
         if removed.is_err() {
             tracing::warn!(sandbox = %self.who.id, "removing its files did not finish");
         }
-        let (giveback, ip) = (&self.giveback, self.spec.ip);
-        crate::teardown::unplug(&self.ns, giveback, &self.who.id, ip, &self.spec.tap).await;
+        let (giveback, ip, tap) = (&self.giveback, self.spec.ip, &self.spec.tap);
+        let (bridge, policies) = (&giveback.bridge, &giveback.policies);
+        crate::teardown::unplug(&self.ns, bridge, policies, &self.who.id, ip, tap).await;
         self.giveback.release(&self.who.id, self.spec.ip);
         self.events.send(&self.who.id, EventKind::Destroyed);
     }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use crate::layout::SandboxFiles;
 use crate::machine::Backend;
 use crate::net::Netns;
-use crate::owner::Giveback;
+use crate::netpolicy::Policies;
 
 /// Kills the sandbox's QEMU if one still runs (recorded in `recorded`, started with the socket
 /// of `started_as`: the directory may have moved aside since), finishes the removal of what
@@ -32,12 +32,19 @@ pub(crate) fn remove_files(
 /// Removes the sandbox's port once its QEMU is gone: the neighbour entry on the bridge, its
 /// egress chain and pins, and the filter rules of `tap` (a later sandbox on this TAP is admitted anew). Both are idempotent:
 /// a boot that failed before setting them up leaves nothing to do.
-pub(crate) async fn unplug(ns: &Netns, giveback: &Giveback, id: &str, ip: Ipv4Addr, tap: &str) {
-    if let Err(e) = ns.delete_neighbour(&giveback.bridge, ip).await {
+pub(crate) async fn unplug(
+    ns: &Netns,
+    bridge: &str,
+    policies: &Policies,
+    id: &str,
+    ip: Ipv4Addr,
+    tap: &str,
+) {
+    if let Err(e) = ns.delete_neighbour(bridge, ip).await {
         tracing::warn!(sandbox = %id, "{}", e.report());
     }
     // Before the address goes back to the pool: a new sandbox on it starts from its own policy.
-    if let Err(e) = giveback.policies.remove(tap, ip).await {
+    if let Err(e) = policies.remove(tap, ip).await {
         tracing::warn!(sandbox = %id, "{}", e.report());
     }
     if let Err(e) = crate::isolation::remove(ns, tap).await {

@@ -276,8 +276,8 @@ impl GiveBack {
             tracing::warn!(sandbox = %self.id, "removing a failed create's files did not finish");
         }
         let tap = tap_name(self.ip);
-        let giveback = &self.giveback;
-        crate::teardown::unplug(&self.ns, giveback, &self.id, self.ip, &tap).await;
+        let (bridge, policies) = (&self.giveback.bridge, &self.giveback.policies);
+        crate::teardown::unplug(&self.ns, bridge, policies, &self.id, self.ip, &tap).await;
         self.release();
     }
 
@@ -1023,7 +1023,8 @@ impl Engine {
             });
             let _ = rx.await;
             let tap = tap_name(entry.ip);
-            crate::teardown::unplug(&self.ns, &self.giveback(), id, entry.ip, &tap).await;
+            let (bridge, policies) = (&self.config.bridge, &self.policies);
+            crate::teardown::unplug(&self.ns, bridge, policies, id, entry.ip, &tap).await;
             self.events.send(id, EventKind::Destroyed);
         }
         Ok(())
