@@ -249,3 +249,39 @@ fn still_allowed(policy: &Policy, pin: &Pin) -> bool {
             .iter()
             .any(|name| policy.dns(name) == bhatti_core::egress::DnsVerdict::ForwardAndPin)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bhatti_core::{NetPolicy, Posture};
+
+    fn policy(default: Posture, hosts: &[&str]) -> Policy {
+        let hosts = hosts.iter().map(|s| s.to_string()).collect();
+        NetPolicy { default, allow_hosts: hosts, allow_cidrs: vec![] }.check().unwrap()
+    }
+
+    fn pin(names: &[&str]) -> Pin {
+        Pin { until: Instant::now(), names: names.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn a_pin_survives_a_change_only_while_one_of_its_names_is_allowed() {
+        let rows: &[(&str, Policy, &[&str], bool)] = &[
+            ("still allowed", policy(Posture::Deny, &["a.test"]), &["a.test"], true),
+            (
+                "one of two still allowed",
+                policy(Posture::Deny, &["b.test"]),
+                &["a.test", "b.test"],
+                true,
+            ),
+            ("by a wildcard now", policy(Posture::Deny, &["*.test"]), &["a.test"], true),
+            ("no longer allowed", policy(Posture::Deny, &["b.test"]), &["a.test"], false),
+            ("deny without rules", policy(Posture::Deny, &[]), &["a.test"], false),
+            // Under public nothing is pinned: the posture opens public addresses by itself.
+            ("public needs no pins", policy(Posture::Public, &["a.test"]), &["a.test"], false),
+        ];
+        for (row, policy, names, want) in rows {
+            assert_eq!(still_allowed(policy, &pin(names)), *want, "{row}");
+        }
+    }
+}
