@@ -261,6 +261,9 @@ fn exec_kill_sigkills_a_session_and_reports_missing_ones() {
     let agent = Agent::start();
     let (s, info) = create(&agent, &piped_request(&["sleep", "600"]));
     drop(s);
+    // Detached before the kill: a session that exits while attached goes with its client
+    // (and off the list), and the agent sees the client's close only a moment after the drop.
+    assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
     let mut k = agent
         .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: info.session_id.clone() });
     let f = read(&mut k);
