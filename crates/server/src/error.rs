@@ -45,6 +45,15 @@ pub enum ApiError {
     /// 409: a guest operation on a sandbox its user stopped (named, with the way out).
     #[error("sandbox {0:?} is not running: start it with `bhatti start {0}`")]
     NotRunning(String),
+    /// 429: a rate limit (the public proxy's); retry after a second.
+    #[error("rate limit exceeded")]
+    RateLimited,
+    /// 503: every wake slot is taken; retry in two seconds.
+    #[error("server busy, retry shortly")]
+    Busy,
+    /// 502: the sandbox behind a public route could not be woken (or is stopped).
+    #[error("sandbox unavailable")]
+    SandboxUnavailable,
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -93,7 +102,19 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "exec_output_budget")
             }
             ApiError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
+            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::SandboxUnavailable => (StatusCode::BAD_GATEWAY, "sandbox_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), where that is known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited => Some(1),
+            ApiError::Busy => Some(2),
+            _ => None,
         }
     }
 }
@@ -156,6 +177,9 @@ impl IntoResponse for ApiError {
             return response;
         }
         let mut response = error_response(status, self.to_string(), code);
+        if let Some(secs) = self.retry_after() {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body is never read: the connection closes after this answer, and
             // says so, so a client does not send its next request into it.

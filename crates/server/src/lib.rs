@@ -22,6 +22,7 @@ mod lifecycle;
 mod listen;
 mod ports;
 pub mod proxy;
+pub mod public;
 pub mod request;
 mod sandboxes;
 mod sessions;
@@ -77,6 +78,21 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn(request::around))
         .with_state(state)
+}
+
+/// Serves the public proxy (published ports, no authentication) on `listener` until
+/// `shutdown` completes, with the same connection deadlines as the API.
+pub async fn serve_public<L>(
+    state: AppState,
+    listener: L,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: Into<proxy::ClientAddr>,
+{
+    let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
+    listen::serve(public::router(state), listener, header_read, idle, shutdown).await
 }
 
 /// Serves the API on `listener` (TCP, wrapped by [`nodelay`], or the Unix socket) until

@@ -162,7 +162,7 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 }
 
 /// A WebSocket upgrade request.
-fn is_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
     has_token(headers, header::CONNECTION, "upgrade")
         && has_token(headers, header::UPGRADE, "websocket")
 }
@@ -185,7 +185,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The headers the guest gets.
-fn upstream_headers(
+pub(crate) fn upstream_headers(
     original: &HeaderMap,
     authority: Option<&str>,
     port: u16,
@@ -275,10 +275,23 @@ pub async fn proxy(
     // Waking the sandbox and opening the guest connection: a closed port is the engine's
     // `guest_port_closed` (502).
     let stream = state.engine.forward(&sandbox.id, port).await?;
-    if websocket {
-        upgrade(stream, request, &target, headers, sandbox.id).await
+    deliver(stream, request, &target, headers, sandbox.id).await
+}
+
+/// Sends `request` (rewritten: `target`, `headers`) to the guest over `stream` and answers with
+/// the guest's answer, streamed; a WebSocket upgrade becomes a relay. Shared with the public
+/// proxy.
+pub(crate) async fn deliver(
+    stream: engine::Leased<engine::Stream>,
+    request: Request,
+    target: &str,
+    headers: HeaderMap,
+    sandbox: String,
+) -> ApiResult<Response> {
+    if is_websocket(request.headers()) {
+        upgrade(stream, request, target, headers, sandbox).await
     } else {
-        http(stream, request, &target, headers).await
+        http(stream, request, target, headers).await
     }
 }
 

@@ -74,6 +74,8 @@ pub struct AppState {
     /// Held across an egress policy change (row, then engine), so two racing changes cannot
     /// leave the engine enforcing one policy while the row shows the other.
     pub(crate) policy_changes: Arc<tokio::sync::Mutex<()>>,
+    /// The public proxy's routes, limits, wakes and counters.
+    pub public: Arc<crate::public::Public>,
 }
 
 impl AppState {
@@ -87,6 +89,7 @@ impl AppState {
             started: std::time::Instant::now(),
             exec_budget,
             policy_changes: Arc::default(),
+            public: Arc::default(),
         }
     }
 }

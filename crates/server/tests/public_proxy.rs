@@ -1,0 +1,149 @@
+//! The public proxy against a real daemon with a real VM: busybox `httpd` in the guest,
+//! published under an alias, reached without a key on the proxy's own listener, hot, warm and
+//! cold, with a burst of requests at a cold sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use reqwest::Method;
+
+async fn sh(d: &Daemon, sandbox: &str, script: &str) {
+    let r = d
+        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
+        .json(&serde_json::json!({"cmd": ["sh", "-c", script]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out: api::ExecResult = r.json().await.unwrap();
+    assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
+}
+
+const SITE: &str = r#"
+set -e
+mkdir -p /home/lohar/www/cgi-bin
+echo hello-from-guest > /home/lohar/www/index.html
+cat > /home/lohar/www/cgi-bin/env <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "XFF=$HTTP_X_FORWARDED_FOR"
+echo "HOST=$HTTP_HOST"
+echo "URI=$REQUEST_URI"
+EOF
+cat > /home/lohar/www/cgi-bin/ticks <<'EOF'
+#!/bin/sh
+printf 'Content-Type: text/event-stream\r\n\r\n'
+while true; do echo "data: tick"; echo; sleep 0.2; done
+EOF
+chmod 0755 /home/lohar/www/cgi-bin/*
+"#;
+
+/// The public proxy on an ephemeral port of its own; its base URL.
+async fn public_listener(d: &Daemon) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve_public(
+        d.state.clone(),
+        server::nodelay(listener),
+        std::future::pending(),
+    ));
+    url
+}
+
+async fn publish(d: &Daemon, sandbox_id: &str, port: u16, alias: &str) {
+    let (owner, id, alias) = (d.user.id.clone(), sandbox_id.to_owned(), alias.to_owned());
+    d.state.store.write(move |s| s.create_publish_rule(&owner, &id, port, &alias)).await.unwrap();
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn thermal(d: &Daemon, id: &str) -> engine::Thermal {
+    d.state.engine.thermal(id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ports_answer_hot_warm_and_cold_and_a_burst_wakes_once() {
+    let d = Daemon::start().await;
+    let public = public_listener(&d).await;
+    let sb = d.create("site").await;
+    sh(&d, "site", SITE).await;
+    let r = d
+        .req(Method::POST, "/sandboxes/site/exec")
+        .json(&serde_json::json!({"cmd": ["httpd", "-p", "8080", "-h", "/home/lohar/www"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    publish(&d, &sb.id, 8080, "site-app").await;
+
+    // Hot: no key, the alias in the path, the rest of the path and the query to the guest.
+    assert_eq!(get(&format!("{public}/site-app/")).await, (200, "hello-from-guest\n".into()));
+    let (status, env) = get(&format!("{public}/site-app/cgi-bin/env?x=1")).await;
+    assert_eq!(status, 200, "{env}");
+    assert!(env.contains("XFF=127.0.0.1"), "{env}");
+    assert!(env.contains("HOST=localhost:8080"), "{env}");
+    assert!(env.contains("URI=/cgi-bin/env?x=1"), "{env}");
+    // Nothing else is served: unknown aliases and the bare root are 404, before any wake.
+    assert_eq!(get(&format!("{public}/nope/")).await.0, 404);
+    assert_eq!(get(&format!("{public}/")).await.0, 404);
+
+    // A stream arrives as the guest writes it (never buffered whole).
+    let started = Instant::now();
+    let mut ticks = reqwest::get(format!("{public}/site-app/cgi-bin/ticks")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), ticks.chunk()).await.unwrap();
+    assert!(first.unwrap().unwrap().starts_with(b"data: tick"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(ticks);
+
+    // Warm: the first request wakes it.
+    d.state.engine.pause(&sb.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(thermal(&d, &sb.id), engine::Thermal::Warm);
+    assert_eq!(get(&format!("{public}/site-app/")).await, (200, "hello-from-guest\n".into()));
+    assert_eq!(thermal(&d, &sb.id), engine::Thermal::Hot);
+
+    // Cold, then a burst of 20 at once: every request answered, exactly one wake.
+    d.state.engine.stop(&sb.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(thermal(&d, &sb.id), engine::Thermal::Cold);
+    let mut events = d.state.engine.subscribe();
+    let wakes_before = d.state.public.stats().wakes;
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let url = format!("{public}/site-app/");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), (200, "hello-from-guest\n".into()));
+    }
+    assert_eq!(d.state.public.stats().wakes, wakes_before + 1, "one wake for the burst");
+    let mut woke = 0;
+    while let Ok(event) = events.try_recv() {
+        if event.id == sb.id && matches!(event.kind, engine::EventKind::Woke { .. }) {
+            woke += 1;
+        }
+    }
+    assert_eq!(woke, 1, "the engine woke the sandbox once");
+    let row: api::Sandbox =
+        d.req(Method::GET, "/sandboxes/site").send().await.unwrap().json().await.unwrap();
+    assert_eq!(row.status, "running");
+
+    // Stopped by its user: it stays stopped, and the route says so.
+    let r = d.req(Method::POST, "/sandboxes/site/stop").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = get(&format!("{public}/site-app/")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("sandbox_unavailable"), "{body}");
+    assert_eq!(thermal(&d, &sb.id), engine::Thermal::Cold);
+
+    // Destroyed: the alias leads nowhere (and its cached route is forgotten).
+    let r = d.req(Method::DELETE, "/sandboxes/site").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get(&format!("{public}/site-app/")).await.0, 404);
+    d.stop().await;
+}
