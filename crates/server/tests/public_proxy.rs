@@ -147,3 +147,62 @@ async fn published_ports_answer_hot_warm_and_cold_and_a_burst_wakes_once() {
     assert_eq!(get(&format!("{public}/site-app/")).await.0, 404);
     d.stop().await;
 }
+
+/// Time to the first byte of the answer's body, in milliseconds.
+async fn ttfb(request: reqwest::RequestBuilder) -> f64 {
+    let started = Instant::now();
+    let mut r = request.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap();
+    assert!(first.is_some());
+    started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn p50_95_99(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.50), at(0.95), at(0.99))
+}
+
+/// The target: the public proxy's time to first byte on a hot sandbox within 1 ms p50
+/// of the authenticated proxy's, measured in one run, interleaved. Asserts a loose bound
+/// against regressions; prints the numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_ttfb_is_close_to_the_authenticated_proxys() {
+    const N: usize = 200;
+    let d = Daemon::start().await;
+    let public = public_listener(&d).await;
+    let sb = d.create("speed").await;
+    sh(&d, "speed", "mkdir -p /home/lohar/www && echo hi > /home/lohar/www/index.html").await;
+    let r = d
+        .req(Method::POST, "/sandboxes/speed/exec")
+        .json(&serde_json::json!({"cmd": ["httpd", "-p", "8080", "-h", "/home/lohar/www"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    publish(&d, &sb.id, 8080, "speed").await;
+    let client = reqwest::Client::new();
+    let (mut authed, mut open) = (Vec::new(), Vec::new());
+    for i in 0..N + 10 {
+        let a = ttfb(d.req(Method::GET, "/sandboxes/speed/proxy/8080/")).await;
+        let p = ttfb(client.get(format!("{public}/speed/"))).await;
+        // The first few warm the paths (connections, the route cache).
+        if i >= 10 {
+            authed.push(a);
+            open.push(p);
+        }
+    }
+    let (a50, a95, a99) = p50_95_99(authed);
+    let (p50, p95, p99) = p50_95_99(open);
+    eprintln!("authenticated proxy TTFB n={N} p50 {a50:.3} ms p95 {a95:.3} ms p99 {a99:.3} ms");
+    eprintln!("public proxy TTFB        n={N} p50 {p50:.3} ms p95 {p95:.3} ms p99 {p99:.3} ms");
+    let added = p50 - a50;
+    eprintln!(
+        "public - authenticated p50: {added:+.3} ms (target at most +1 ms): {}",
+        if added <= 1.0 { "met" } else { "NOT met" }
+    );
+    assert!(added < 10.0, "the public proxy adds {added} ms at p50");
+    assert!(p99 < a99 * 3.0 + 20.0, "public p99 {p99} vs {a99}");
+    d.stop().await;
+}
