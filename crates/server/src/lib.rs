@@ -28,6 +28,7 @@ mod sandboxes;
 mod sessions;
 pub mod state;
 pub mod thermal;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -93,6 +94,19 @@ where
 {
     let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
     listen::serve(public::router(state), listener, header_read, idle, shutdown).await
+}
+
+/// Serves domain mode on a TLS `listener` (see [`tls::listener`]): the API at
+/// `domain.api_host`, published aliases at `<alias>.<domain.zone>`.
+pub async fn serve_domain(
+    state: AppState,
+    listener: tls::TlsListener,
+    domain: public::domain::Domain,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
+    listen::serve(public::domain::router(state, domain), listener, header_read, idle, shutdown)
+        .await
 }
 
 /// Serves the API on `listener` (TCP, wrapped by [`nodelay`], or the Unix socket) until

@@ -191,6 +191,7 @@ pub(crate) fn upstream_headers(
     port: u16,
     client: Option<IpAddr>,
     websocket: bool,
+    proto: &'static str,
 ) -> HeaderMap {
     let mut headers = original.clone();
     strip_hop_by_hop(&mut headers);
@@ -215,7 +216,7 @@ pub(crate) fn upstream_headers(
             headers.insert("x-forwarded-for", value);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if websocket {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(upgrade) = original.get(header::UPGRADE) {
@@ -258,6 +259,7 @@ pub async fn proxy(
         port,
         client,
         websocket,
+        "http",
     );
     // The last check, before any lookup or wake: the key this request authenticated with
     // appears nowhere the guest would see it.
@@ -586,7 +588,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         let ip = Some(IpAddr::from([127, 0, 0, 1]));
-        let out = upstream_headers(&h, None, 3000, ip, false);
+        let out = upstream_headers(&h, None, 3000, ip, false, "http");
         assert!(out.get(header::AUTHORIZATION).is_none());
         assert!(out.get("x-private").is_none() && out.get(header::CONNECTION).is_none());
         assert!(out.get(header::TRANSFER_ENCODING).is_none());
@@ -649,10 +651,11 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_websocket(&h));
-        let out = upstream_headers(&h, Some("h:1"), 9000, None, true);
+        let out = upstream_headers(&h, Some("h:1"), 9000, None, true, "https");
         assert_eq!(out[header::CONNECTION], "upgrade");
         assert_eq!(out[header::UPGRADE], "websocket");
         assert_eq!(out["x-forwarded-host"], "h:1");
+        assert_eq!(out["x-forwarded-proto"], "https");
         assert!(out.get("x-forwarded-for").is_none());
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         assert!(!is_websocket(&h));

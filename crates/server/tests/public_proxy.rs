@@ -32,6 +32,7 @@ printf 'Content-Type: text/plain\r\n\r\n'
 echo "XFF=$HTTP_X_FORWARDED_FOR"
 echo "HOST=$HTTP_HOST"
 echo "URI=$REQUEST_URI"
+echo "XFP=$HTTP_X_FORWARDED_PROTO"
 EOF
 cat > /home/lohar/www/cgi-bin/ticks <<'EOF'
 #!/bin/sh
@@ -204,5 +205,102 @@ async fn public_ttfb_is_close_to_the_authenticated_proxys() {
     );
     assert!(added < 10.0, "the public proxy adds {added} ms at p50");
     assert!(p99 < a99 * 3.0 + 20.0, "public p99 {p99} vs {a99}");
+    d.stop().await;
+}
+
+/// A CA, and a certificate it signed for the API host and the alias zone; PEM files written
+/// into `dir`. Returns the CA's DER for the client's trust store.
+fn certificates(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![
+        "api.test".into(),
+        "*.apps.test".into(),
+        "a.site.apps.test".into(),
+    ])
+    .unwrap()
+    .signed_by(&leaf_key, &issuer)
+    .unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (ca_cert.der().to_vec(), cert, key)
+}
+
+/// One HTTPS request for `host` (trusting `ca`) over a fresh connection; status and body.
+async fn https_get(addr: std::net::SocketAddr, ca: &[u8], host: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.to_vec())).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // A server that closes without close_notify is fine here: the answer is what was read.
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_mode_serves_the_api_and_aliases_over_tls() {
+    let d = Daemon::start().await;
+    let (ca, cert, key) = certificates(d.data.path());
+    let config = server::tls::server_config(&cert, &key).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let domain =
+        server::public::domain::Domain { api_host: "api.test".into(), zone: "apps.test".into() };
+    tokio::spawn(server::serve_domain(
+        d.state.clone(),
+        server::tls::listener(tcp, config).unwrap(),
+        domain,
+        std::future::pending(),
+    ));
+    let sb = d.create("tls-site").await;
+    sh(&d, "tls-site", SITE).await;
+    let r = d
+        .req(Method::POST, "/sandboxes/tls-site/exec")
+        .json(&serde_json::json!({"cmd": ["httpd", "-p", "8080", "-h", "/home/lohar/www"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    publish(&d, &sb.id, 8080, "site").await;
+
+    // An alias is a host below the zone; the whole path goes to the guest; the guest hears
+    // that the client spoke HTTPS.
+    assert_eq!(
+        https_get(addr, &ca, "site.apps.test", "/").await,
+        (200, "hello-from-guest\n".into())
+    );
+    let (status, env) = https_get(addr, &ca, "site.apps.test", "/cgi-bin/env?q=2").await;
+    assert_eq!(status, 200, "{env}");
+    assert!(env.contains("URI=/cgi-bin/env?q=2") && env.contains("XFP=https"), "{env}");
+    // The API on its own host, authenticated as ever.
+    let (status, health) = https_get(addr, &ca, "api.test", "/health").await;
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert_eq!(https_get(addr, &ca, "api.test", "/sandboxes").await.0, 401);
+    // Nothing else.
+    assert_eq!(https_get(addr, &ca, "nope.apps.test", "/").await.0, 404);
+    assert_eq!(https_get(addr, &ca, "a.site.apps.test", "/").await.0, 404);
     d.stop().await;
 }

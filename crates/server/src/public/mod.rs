@@ -14,6 +14,7 @@
 //! A sandbox its user stopped stays stopped: its routes answer 502 `sandbox unavailable`
 //! (a visitor cannot start it).
 
+pub mod domain;
 pub mod limits;
 pub mod routes;
 pub mod wakes;
@@ -157,16 +158,43 @@ async fn ensure_hot(state: &AppState, route: &Route) -> ApiResult<()> {
     })
 }
 
+/// Path mode: `/<alias>/<rest>`.
 async fn handle(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
-    let client = request.extensions().get::<ConnectInfo<ClientAddr>>().and_then(|c| c.0.0);
-    let limited = |_| {
+    let path = request.uri().path().to_owned();
+    // Limits before the path is even looked at: a malformed path costs its client too.
+    let client = client_of(&request);
+    check_client(&state, client)?;
+    let (alias, rest) = split_alias(&path).ok_or_else(not_found)?;
+    to_alias(&state, request, alias, rest, "http").await
+}
+
+/// The client's address, as the accept loop recorded it.
+fn client_of(request: &Request) -> Option<std::net::IpAddr> {
+    request.extensions().get::<ConnectInfo<ClientAddr>>().and_then(|c| c.0.0)
+}
+
+fn check_client(state: &AppState, client: Option<std::net::IpAddr>) -> ApiResult<()> {
+    state.public.limits.check_client(client, Instant::now()).map_err(|_| {
         state.public.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         ApiError::RateLimited
-    };
-    state.public.limits.check_client(client, Instant::now()).map_err(limited)?;
-    let (alias, rest) = split_alias(request.uri().path()).ok_or_else(not_found)?;
-    let route = route_of(&state, alias).await?;
-    state.public.limits.check_alias(alias, Instant::now()).map_err(limited)?;
+    })
+}
+
+/// Sends a request for `alias` (the rest of its path `rest`) to the alias's sandbox port.
+/// The client's own rate limit is already charged.
+pub(crate) async fn to_alias(
+    state: &AppState,
+    request: Request,
+    alias: &str,
+    rest: &str,
+    proto: &'static str,
+) -> ApiResult<Response> {
+    let client = client_of(&request);
+    let route = route_of(state, alias).await?;
+    state.public.limits.check_alias(alias, Instant::now()).map_err(|_| {
+        state.public.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        ApiError::RateLimited
+    })?;
     state.public.counters.requests.fetch_add(1, Ordering::Relaxed);
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let declared = request
@@ -190,8 +218,9 @@ async fn handle(State(state): State<AppState>, request: Request) -> ApiResult<Re
         route.port,
         client,
         crate::proxy::is_websocket(request.headers()),
+        proto,
     );
-    ensure_hot(&state, &route).await?;
+    ensure_hot(state, &route).await?;
     let stream = state.engine.forward(&route.sandbox_id, route.port).await?;
     let request = cap_body(request);
     crate::proxy::deliver(stream, request, &target, headers, route.sandbox_id).await
