@@ -100,7 +100,16 @@ async fn published_ports_answer_hot_warm_and_cold_and_a_burst_wakes_once() {
     let first = tokio::time::timeout(Duration::from_secs(10), ticks.chunk()).await.unwrap();
     assert!(first.unwrap().unwrap().starts_with(b"data: tick"));
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Traffic is activity: the open stream holds a lease, so the sandbox cannot be paused
+    // under it; once the client goes, it can.
+    assert!(d.state.engine.host_activity(&sb.id).unwrap().in_flight >= 1);
+    let busy = d.state.engine.pause(&sb.id, Duration::ZERO).await.unwrap_err();
+    assert_eq!(busy.kind(), engine::ErrorKind::Busy);
     drop(ticks);
+    common::until("the stream's lease to end", Duration::from_secs(10), || async {
+        d.state.engine.host_activity(&sb.id).unwrap().in_flight == 0
+    })
+    .await;
 
     // Warm: the first request wakes it.
     d.state.engine.pause(&sb.id, Duration::from_secs(5)).await.unwrap();
