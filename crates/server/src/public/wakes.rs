@@ -63,35 +63,47 @@ impl Wakes {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// Wakes `sandbox` (already known not to be hot), or joins the wake in flight.
+    /// Wakes `sandbox` (already known not to be hot) with the server's canonical wake, or
+    /// joins the wake in flight.
     pub async fn wake(&self, state: &AppState, sandbox: store::Sandbox) -> Result<(), WakeError> {
+        let (state, id) = (state.clone(), sandbox.id.clone());
+        self.run(&id, async move {
+            match crate::lifecycle::wake(&state, &sandbox).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(sandbox = %sandbox.id, "public proxy wake: {e}");
+                    false
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `wake` for `id` on a task of its own unless one for `id` is in flight (then waits
+    /// for that one's outcome); [`WakeError::Busy`] at once when every slot is taken.
+    pub async fn run<F>(&self, id: &str, wake: F) -> Result<(), WakeError>
+    where
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
         let mut outcome = {
             let mut in_flight =
                 self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match in_flight.get(&sandbox.id) {
+            match in_flight.get(id) {
                 Some(joined) => joined.clone(),
                 None => {
                     let permit =
                         Arc::clone(&self.slots).try_acquire_owned().map_err(|_| WakeError::Busy)?;
                     let (tx, rx) = watch::channel(None);
-                    in_flight.insert(sandbox.id.clone(), rx.clone());
+                    in_flight.insert(id.to_owned(), rx.clone());
                     self.started.fetch_add(1, Ordering::Relaxed);
-                    let (state, in_flight) = (state.clone(), Arc::clone(&self.in_flight));
+                    let (in_flight, id) = (Arc::clone(&self.in_flight), id.to_owned());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let woke = tokio::time::timeout(
-                            WAKE_DEADLINE,
-                            crate::lifecycle::wake(&state, &sandbox),
-                        )
-                        .await;
-                        let result = match woke {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(e)) => {
-                                tracing::warn!(sandbox = %sandbox.id, "public proxy wake: {e}");
-                                Err(WakeError::Failed)
-                            }
+                        let result = match tokio::time::timeout(WAKE_DEADLINE, wake).await {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(WakeError::Failed),
                             Err(_) => {
-                                tracing::warn!(sandbox = %sandbox.id, "public proxy wake: no answer in {WAKE_DEADLINE:?}");
+                                tracing::warn!(sandbox = %id, "public proxy wake: no answer in {WAKE_DEADLINE:?}");
                                 Err(WakeError::Failed)
                             }
                         };
@@ -100,7 +112,7 @@ impl Wakes {
                         in_flight
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .remove(&sandbox.id);
+                            .remove(&id);
                         let _ = tx.send(Some(result));
                     });
                     rx
@@ -111,5 +123,45 @@ impl Wakes {
             Ok(done) => done.clone().unwrap_or(Err(WakeError::Failed)),
             Err(_) => Err(WakeError::Failed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_wake_per_sandbox_and_no_more_than_the_slots() {
+        let wakes = Arc::new(Wakes::new(1));
+        let (release, gate) = watch::channel(false);
+        let slow = |ok: bool| {
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                ok
+            }
+        };
+        // Ten requests for one sandbox share one wake (one slot).
+        let joined: Vec<_> = (0..10)
+            .map(|_| {
+                let (wakes, wake) = (Arc::clone(&wakes), slow(true));
+                tokio::spawn(async move { wakes.run("a", wake).await })
+            })
+            .collect();
+        while wakes.started() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Another sandbox while the only slot is taken: busy at once, no wake started.
+        assert_eq!(wakes.run("b", slow(true)).await, Err(WakeError::Busy));
+        release.send(true).unwrap();
+        for request in joined {
+            assert_eq!(request.await.unwrap(), Ok(()));
+        }
+        assert_eq!(wakes.started(), 1);
+        // The slot is back; a failed wake fails everyone waiting on it, and the next request
+        // tries again.
+        assert_eq!(wakes.run("b", async { false }).await, Err(WakeError::Failed));
+        assert_eq!(wakes.run("b", async { true }).await, Ok(()));
+        assert_eq!(wakes.started(), 3);
     }
 }
