@@ -45,6 +45,9 @@ pub enum ApiError {
     /// 409: a guest operation on a sandbox its user stopped (named, with the way out).
     #[error("sandbox {0:?} is not running: start it with `bhatti start {0}`")]
     NotRunning(String),
+    /// A forward that could not be opened (port in use, too many).
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -93,6 +96,15 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "exec_output_budget")
             }
             ApiError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
+            ApiError::Forward(e) => match e {
+                crate::forward::ForwardError::PortInUse(_) => (StatusCode::CONFLICT, "port_in_use"),
+                crate::forward::ForwardError::Limit { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "forward_limit")
+                }
+                crate::forward::ForwardError::Bind { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+            },
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -242,6 +254,8 @@ mod tests {
             ApiError::Refused(bhatti_core::Refusal::Gone),
             ApiError::Refused(bhatti_core::Refusal::Lost),
             ApiError::ExecOutputBudget(crate::exec_budget::BudgetExhausted { budget: 0 }),
+            ApiError::Forward(crate::forward::ForwardError::PortInUse(1)),
+            ApiError::Forward(crate::forward::ForwardError::Limit { max: 1, scope: "in all" }),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

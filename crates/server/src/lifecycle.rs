@@ -176,6 +176,8 @@ pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiRe
             return Err(e.into());
         }
     }
+    // Its forwards close with it (the rules go with the row: a foreign-key cascade).
+    state.forwards.close_sandbox(&id);
     let lifetime =
         store::Timestamp::now().millis().saturating_sub(sandbox.created_at.millis()) / 1000;
     let meta = serde_json::json!({ "name": sandbox.name, "lifetime_s": lifetime.max(0) });

@@ -36,6 +36,8 @@ pub struct Settings {
     /// A keep-alive connection with no request in progress is closed after this long without
     /// the first byte of its next request (v1's `IdleTimeout`, 120 s). Both listeners.
     pub idle_timeout: Duration,
+    /// The URLs published aliases answer at (`publish_urls.rs`); none by default.
+    pub public_urls: crate::publish_urls::PublicUrls,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             exec_output_budget: 256 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            public_urls: crate::publish_urls::PublicUrls::None,
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct AppState {
     /// Held across an egress policy change (row, then engine), so two racing changes cannot
     /// leave the engine enforcing one policy while the row shows the other.
     pub(crate) policy_changes: Arc<tokio::sync::Mutex<()>>,
+    /// The forwards (`forward.rs`), in memory only.
+    pub forwards: crate::forward::Forwards,
 }
 
 impl AppState {
@@ -87,6 +92,7 @@ impl AppState {
             started: std::time::Instant::now(),
             exec_budget,
             policy_changes: Arc::default(),
+            forwards: crate::forward::Forwards::default(),
         }
     }
 }
