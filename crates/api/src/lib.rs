@@ -159,6 +159,10 @@ error_codes! {
     GuestLimitReached = "guest_limit_reached",
     /// 422: any other refusal of the guest agent.
     GuestError = "guest_error",
+    /// 409: the host port of a forward is in use on the daemon's host.
+    PortInUse = "port_in_use",
+    /// 429: the daemon holds as many forwards as it allows (per sandbox or in all).
+    ForwardLimit = "forward_limit",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -478,6 +482,67 @@ pub struct Port {
     pub container_port: u16,
     /// Where the authenticated proxy serves it.
     pub proxy_url: String,
+}
+
+/// `POST /sandboxes/:id/publish`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// Guest port, 1..=65535 (wider here so an out-of-range number gets a clear 400).
+    pub port: u32,
+    /// The alias; empty or absent: generated from the sandbox's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alias: String,
+}
+
+/// A published port (v1's `PublishRule` plus its `url`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRule {
+    /// `pub_` + 16 hex.
+    pub id: String,
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// Its owner.
+    #[serde(default)]
+    pub user_id: String,
+    /// Guest port.
+    pub port: u16,
+    /// Globally unique alias.
+    pub alias: String,
+    /// Where the public proxy serves it (or v1's `(no public proxy configured) alias: <alias>`).
+    #[serde(default)]
+    pub url: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `POST /sandboxes/:id/forward`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// Guest port, 1..=65535.
+    pub guest_port: u32,
+    /// Loopback port on the daemon's host, 0..=65535 (0: any free one).
+    #[serde(default)]
+    pub host_port: u32,
+}
+
+/// A forward: a loopback listener on the daemon's host relaying to a guest port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// Guest port.
+    pub guest_port: u16,
+    /// Loopback port on the daemon's host.
+    pub host_port: u16,
+    /// `127.0.0.1:<host_port>`.
+    pub address: String,
+    /// Connections relaying now.
+    #[serde(default)]
+    pub connections: u64,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created_at: String,
 }
 
 /// A file or directory entry in the guest (the agent's shape).

@@ -27,6 +27,9 @@ struct File {
     api_url: Option<String>,
     auth_token: Option<String>,
     dns_upstreams: Option<Vec<String>>,
+    /// The path-mode public proxy's address; published URLs are built from it (the listener
+    /// itself is not started by this version yet).
+    public_proxy_listen: Option<String>,
     // Ours.
     kernel: Option<PathBuf>,
     images_dir: Option<PathBuf>,
@@ -67,7 +70,6 @@ struct Http {
 
 /// v1 keys this daemon accepts and does not use.
 const V1_IGNORED: &[&str] = &[
-    "public_proxy_listen",
     "domain",
     "firecracker_bin",
     "firecracker_kernel",
@@ -162,6 +164,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level filter (`info`, `debug`, ...).
     pub log_level: String,
+    /// Where published aliases answer (from `public_proxy_listen`).
+    pub public_urls: server::PublicUrls,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -296,7 +300,12 @@ impl Config {
             Some("text") => LogFormat::Text,
             Some(other) => bail!("log_format {other:?}: use json or text"),
         };
+        let public_urls = match env("PUBLIC_PROXY_LISTEN").or(file.public_proxy_listen) {
+            Some(base) => server::PublicUrls::Path { base: base.trim().to_owned() },
+            None => server::PublicUrls::None,
+        };
         Ok(Config {
+            public_urls,
             listen,
             kernel,
             images_dir,
@@ -356,6 +365,7 @@ impl Config {
         s.thermal_tick = self.thermal_tick;
         s.header_read_timeout = self.header_read_timeout;
         s.idle_timeout = self.idle_timeout;
+        s.public_urls = self.public_urls.clone();
         s
     }
 }
@@ -376,6 +386,19 @@ mod tests {
         let text = "# generated\nsearch lan\nnameserver 127.0.0.53\nnameserver ::1\n nameserver 9.9.9.9 \n";
         let got: Vec<String> = resolv_conf_upstreams(text).iter().map(|a| a.to_string()).collect();
         assert_eq!(got, ["127.0.0.53:53", "9.9.9.9:53"]);
+    }
+
+    #[test]
+    fn public_proxy_listen_gives_path_urls() {
+        let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
+        let c = load("").unwrap();
+        assert_eq!(c.server().public_urls, server::PublicUrls::None);
+        let c = load("public_proxy_listen: \"0.0.0.0:8081\"").unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.server().public_urls.url_for("web"), "http://0.0.0.0:8081/web/");
+        let env = |k: &str| (k == "PUBLIC_PROXY_LISTEN").then(|| "box:9000".to_owned());
+        let c = Config::from_yaml("", Path::new("c.yaml"), &env).unwrap();
+        assert_eq!(c.server().public_urls.url_for("web"), "http://box:9000/web/");
     }
 
     #[test]

@@ -467,3 +467,64 @@ async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("after"), "{}", r.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_unpublish_and_forward_through_the_cli() {
+    use tokio::io::AsyncBufReadExt;
+    let mut s = Setup::new();
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str("public_proxy_listen: \"127.0.0.1:8099\"\n");
+    std::fs::write(&s.config, config).unwrap();
+    s.start().await;
+    bhatti(&s, &["create", "--name", "web", "--memory", "128"]).ok();
+    let script = "printf '#!/bin/sh\\necho hello-from-guest\\nexec cat\\n' > /home/lohar/greet.sh \
+                  && chmod 0755 /home/lohar/greet.sh";
+    bhatti(&s, &["exec", "web", "--", "sh", "-c", script]).ok();
+    bhatti(
+        &s,
+        &["exec", "web", "--detach", "--", "nc", "-ll", "-p", "7000", "-e", "/home/lohar/greet.sh"],
+    )
+    .ok();
+
+    // publish: the URL; again: the same rule (said on stderr); ls gains a URL column.
+    let r = bhatti(&s, &["publish", "web", "-p", "8080", "-a", "webapp"]).ok();
+    assert_eq!(r.stdout.trim(), "Published: http://127.0.0.1:8099/webapp/", "{r:?}");
+    let r = bhatti(&s, &["publish", "web", "--port", "8080", "--json"]).ok();
+    let rule: api::PublishRule = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(rule.alias, "webapp");
+    let r = bhatti(&s, &["publish", "web", "-p", "8081", "-a", "API"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let r = bhatti(&s, &["ls"]).ok();
+    assert!(r.stdout.lines().next().unwrap().ends_with("URL"), "{r:?}");
+    assert!(r.stdout.contains("http://127.0.0.1:8099/webapp/"), "{r:?}");
+    let r = bhatti(&s, &["unpublish", "web", "-p", "8080"]).ok();
+    assert!(r.stdout.contains("Unpublished: port 8080"), "{r:?}");
+    assert!(!bhatti(&s, &["ls"]).ok().stdout.contains("URL"));
+
+    // forward: a local address that leads to the guest's port (waiting for nc to listen).
+    let r = bhatti(&s, &["forward", "web", "7000", "--json"]).ok();
+    let f: api::Forward = serde_json::from_str(&r.stdout).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let mut line = String::new();
+        if let Ok(c) = tokio::net::TcpStream::connect(&f.address).await {
+            let mut c = tokio::io::BufReader::new(c);
+            let _ = tokio::time::timeout(Duration::from_secs(10), c.read_line(&mut line)).await;
+        }
+        if !line.is_empty() || Instant::now() > deadline {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(line, "hello-from-guest\n");
+    let r = bhatti(&s, &["forward", "web", "--list"]).ok();
+    assert!(r.stdout.contains(&f.address), "{r:?}");
+    let port = f.host_port.to_string();
+    let r = bhatti(&s, &["forward", "web", "7000", &port]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("already in use"), "{r:?}");
+    bhatti(&s, &["forward", "web", "--close"]).ok();
+    assert!(tokio::net::TcpStream::connect(&f.address).await.is_err());
+    assert!(bhatti(&s, &["forward", "web", "--list", "--json"]).ok().stdout.trim() == "[]");
+    bhatti(&s, &["rm", "web", "-y"]).ok();
+}

@@ -10,6 +10,7 @@
 
 pub mod egress;
 pub mod lifecycle;
+pub mod publish;
 pub mod record;
 pub mod status;
 pub mod thermal;

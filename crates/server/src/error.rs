@@ -54,6 +54,9 @@ pub enum ApiError {
     /// 502: the sandbox behind a public route could not be woken (or is stopped).
     #[error("sandbox unavailable")]
     SandboxUnavailable,
+    /// A forward that could not be opened (port in use, too many).
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -105,6 +108,15 @@ impl ApiError {
             ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::SandboxUnavailable => (StatusCode::BAD_GATEWAY, "sandbox_unavailable"),
+            ApiError::Forward(e) => match e {
+                crate::forward::ForwardError::PortInUse(_) => (StatusCode::CONFLICT, "port_in_use"),
+                crate::forward::ForwardError::Limit { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "forward_limit")
+                }
+                crate::forward::ForwardError::Bind { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+            },
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -266,6 +278,8 @@ mod tests {
             ApiError::Refused(bhatti_core::Refusal::Gone),
             ApiError::Refused(bhatti_core::Refusal::Lost),
             ApiError::ExecOutputBudget(crate::exec_budget::BudgetExhausted { budget: 0 }),
+            ApiError::Forward(crate::forward::ForwardError::PortInUse(1)),
+            ApiError::Forward(crate::forward::ForwardError::Limit { max: 1, scope: "in all" }),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

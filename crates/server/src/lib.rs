@@ -15,6 +15,7 @@ pub mod error;
 mod exec;
 pub mod exec_budget;
 mod files;
+pub mod forward;
 pub mod housekeeping;
 mod key_scan;
 mod labels;
@@ -23,6 +24,8 @@ mod listen;
 mod ports;
 pub mod proxy;
 pub mod public;
+mod publish;
+pub mod publish_urls;
 pub mod request;
 mod sandboxes;
 mod sessions;
@@ -38,6 +41,7 @@ use axum::routing::{any, delete, get, post};
 
 pub use error::{ApiError, ApiResult};
 pub use listen::{NodelayListener, nodelay};
+pub use publish_urls::PublicUrls;
 pub use state::{AppState, Settings};
 pub use thermal::spawn_background;
 
@@ -72,6 +76,12 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
         .route("/sandboxes/{id}/ws", get(ws::tty))
         .route("/sandboxes/{id}/exec/ws", get(ws::piped))
+        .route("/sandboxes/{id}/publish", get(publish::list).post(publish::publish))
+        .route("/sandboxes/{id}/publish/{port}", delete(publish::unpublish))
+        .route(
+            "/sandboxes/{id}/forward",
+            get(forward::list).post(forward::create).delete(forward::close),
+        )
         .route("/sandboxes/{id}/sessions", get(sessions::list))
         .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
         .fallback(request::not_found)
@@ -124,5 +134,9 @@ where
     L::Addr: Into<proxy::ClientAddr>,
 {
     let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
-    listen::serve(router(state), listener, header_read, idle, shutdown).await
+    let forwards = state.forwards.clone();
+    let served = listen::serve(router(state), listener, header_read, idle, shutdown).await;
+    // Forwards end with the API (they hold the engine and do not survive a restart).
+    forwards.close_all();
+    served
 }

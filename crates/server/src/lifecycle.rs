@@ -166,6 +166,9 @@ pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiRe
         let id = id.clone();
         state.store.write(move |s| s.begin_transition(&id, intent)).await?
     };
+    // Its forwards close first, with their connections (and leases); the publish rules go
+    // with the row below (a foreign-key cascade).
+    state.forwards.close_sandbox(&id);
     match state.engine.destroy(&id).await {
         Ok(()) => {}
         // A sandbox the engine does not know (recovery marked it unknown, or its create had

@@ -320,12 +320,14 @@ pub async fn list(
     let filters = crate::labels::filters(query.as_deref())?;
     let owner = user.id.clone();
     let rows = state.store.read(move |s| s.list_sandboxes(&owner, &filters)).await?;
+    let mut urls = crate::publish::urls_by_sandbox(&state, &user.id).await?;
     let list: Vec<api::Sandbox> = rows
         .iter()
         .filter(|s| s.status != store::Status::Destroyed)
         .map(|s| {
             let mut out = to_api(s);
             out.thermal = thermal_of(&state, s);
+            out.urls = urls.remove(&s.id).unwrap_or_default();
             out
         })
         .collect();
@@ -358,6 +360,9 @@ pub async fn get(
     }
     let mut out = to_api(&sandbox);
     out.thermal = thermal_of(&state, &sandbox);
+    let sid = sandbox.id.clone();
+    let rules = state.store.read(move |s| s.sandbox_publish_rules(&sid)).await?;
+    out.urls = rules.iter().map(|r| state.settings.public_urls.url_for(&r.alias)).collect();
     Ok(axum::Json(out).into_response())
 }
 

@@ -36,6 +36,8 @@ pub struct Settings {
     /// A keep-alive connection with no request in progress is closed after this long without
     /// the first byte of its next request (v1's `IdleTimeout`, 120 s). Both listeners.
     pub idle_timeout: Duration,
+    /// The URLs published aliases answer at (`publish_urls.rs`); none by default.
+    pub public_urls: crate::publish_urls::PublicUrls,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             exec_output_budget: 256 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            public_urls: crate::publish_urls::PublicUrls::None,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct AppState {
     pub(crate) policy_changes: Arc<tokio::sync::Mutex<()>>,
     /// The public proxy's routes, limits, wakes and counters.
     pub public: Arc<crate::public::Public>,
+    /// The forwards (`forward.rs`), in memory only.
+    pub forwards: crate::forward::Forwards,
 }
 
 impl AppState {
@@ -90,6 +95,7 @@ impl AppState {
             exec_budget,
             policy_changes: Arc::default(),
             public: Arc::default(),
+            forwards: crate::forward::Forwards::default(),
         }
     }
 }

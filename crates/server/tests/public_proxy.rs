@@ -55,8 +55,13 @@ async fn public_listener(d: &Daemon) -> String {
 }
 
 async fn publish(d: &Daemon, sandbox_id: &str, port: u16, alias: &str) {
-    let (owner, id, alias) = (d.user.id.clone(), sandbox_id.to_owned(), alias.to_owned());
-    d.state.store.write(move |s| s.create_publish_rule(&owner, &id, port, &alias)).await.unwrap();
+    let r = d
+        .req(Method::POST, &format!("/sandboxes/{sandbox_id}/publish"))
+        .json(&serde_json::json!({ "port": port, "alias": alias }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
 }
 
 async fn get(url: &str) -> (u16, String) {
@@ -142,6 +147,14 @@ async fn published_ports_answer_hot_warm_and_cold_and_a_burst_wakes_once() {
     let row: api::Sandbox =
         d.req(Method::GET, "/sandboxes/site").send().await.unwrap().json().await.unwrap();
     assert_eq!(row.status, "running");
+
+    // Unpublished: the alias stops answering at once (its cached route is forgotten), and
+    // answers again once published again.
+    let r = d.req(Method::DELETE, "/sandboxes/site/publish/8080").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(get(&format!("{public}/site-app/")).await.0, 404);
+    publish(&d, &sb.id, 8080, "site-app").await;
+    assert_eq!(get(&format!("{public}/site-app/")).await.0, 200);
 
     // Stopped by its user: it stays stopped, and the route says so.
     let r = d.req(Method::POST, "/sandboxes/site/stop").send().await.unwrap();

@@ -116,6 +116,8 @@ fn code_hint(code: &ErrorCode) -> Option<&'static str> {
             "destroy sandboxes you no longer use (`bhatti ls`, `bhatti rm`)"
         }
         ErrorCode::ShuttingDown => "the daemon is stopping; run `bhatti serve` again",
+        ErrorCode::PortInUse => "pick another host port, or leave it out for any free one",
+        ErrorCode::ForwardLimit => "close forwards you no longer use (`bhatti forward --close`)",
         ErrorCode::Lost => "`bhatti destroy <sandbox>` removes it",
         ErrorCode::Internal => "the daemon's log has the cause, under the request ID",
         _ => return None,

@@ -9,6 +9,7 @@ mod endpoint;
 mod error;
 mod exec;
 mod files;
+mod publish;
 mod sandboxes;
 mod setup;
 mod shell;
@@ -76,6 +77,19 @@ pub enum Command {
         /// Name, ID or ID prefix.
         sandbox: String,
     },
+    /// Publish a port on the daemon's public proxy under an alias; prints its URL.
+    Publish(publish::PublishArgs),
+    /// Remove a published port.
+    Unpublish {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+        /// The published port.
+        #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+    },
+    /// Forward a loopback port on the daemon's host to a port in the sandbox
+    /// (`--list`, `--close`).
+    Forward(publish::ForwardArgs),
     /// Stop a sandbox (saves its memory to disk).
     Stop {
         /// Name, ID or ID prefix.
@@ -159,6 +173,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Shell(args) => shell::run(ctx, args).await,
         Command::Ps { sandbox } => sandboxes::ps(ctx, &sandbox).await,
         Command::Ports { sandbox } => sandboxes::ports(ctx, &sandbox).await,
+        Command::Publish(args) => publish::publish(ctx, args).await,
+        Command::Unpublish { sandbox, port } => publish::unpublish(ctx, &sandbox, port).await,
+        Command::Forward(args) => publish::forward(ctx, args).await,
         Command::Stop { sandbox } => sandboxes::stop(ctx, &sandbox).await,
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,

@@ -225,21 +225,44 @@ pub async fn list(ctx: &Ctx, labels: &[String]) -> anyhow::Result<u8> {
     if ctx.json {
         return print_json(&list).map(|()| exit::OK);
     }
+    // v1: a URL column only when some sandbox has a published port.
+    let with_urls = list.iter().any(|s| !s.urls.is_empty());
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
-            vec![
+            let mut row = vec![
                 s.name.clone(),
                 s.id.clone(),
                 s.status.clone(),
                 s.thermal.clone().unwrap_or_else(|| "-".into()),
                 if s.ip.is_empty() { "-".into() } else { s.ip.clone() },
                 age(&s.created_at),
-            ]
+            ];
+            if with_urls {
+                row.push(url_cell(&s.urls));
+            }
+            row
         })
         .collect();
-    print!("{}", table(&["NAME", "ID", "STATUS", "THERMAL", "IP", "CREATED"], &rows));
+    let mut head = vec!["NAME", "ID", "STATUS", "THERMAL", "IP", "CREATED"];
+    if with_urls {
+        head.push("URL");
+    }
+    print!("{}", table(&head, &rows));
     Ok(exit::OK)
+}
+
+/// The `ls` URL cell: the first URL (`+N` more), `-` if none; without a public proxy the
+/// daemon's marker text is cut to `alias: <alias>`.
+fn url_cell(urls: &[String]) -> String {
+    let Some(first) = urls.first() else { return "-".into() };
+    let first = first
+        .strip_prefix(bhatti_core::publish::NO_PROXY_MARKER)
+        .map_or(first.as_str(), str::trim_start);
+    match urls.len() {
+        1 => first.to_owned(),
+        n => format!("{first} (+{})", n - 1),
+    }
 }
 
 /// `bhatti inspect`.
@@ -499,6 +522,20 @@ mod tests {
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn url_cells_table() {
+        let s = |items: &[&str]| strings(items);
+        let rows = [
+            ("none", s(&[]), "-"),
+            ("one", s(&["http://h:81/web/"]), "http://h:81/web/"),
+            ("more", s(&["http://h:81/a/", "http://h:81/b/"]), "http://h:81/a/ (+1)"),
+            ("no proxy", s(&["(no public proxy configured) alias: web"]), "alias: web"),
+        ];
+        for (name, urls, want) in rows {
+            assert_eq!(url_cell(&urls), want, "{name}");
+        }
     }
 
     #[test]
