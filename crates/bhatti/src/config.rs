@@ -27,9 +27,10 @@ struct File {
     api_url: Option<String>,
     auth_token: Option<String>,
     dns_upstreams: Option<Vec<String>>,
-    /// The path-mode public proxy's address; published URLs are built from it (the listener
-    /// itself is not started by this version yet).
+    /// The path-mode public proxy's address; published URLs are built from it.
     public_proxy_listen: Option<String>,
+    /// Domain mode: the API and aliases on one TLS listener.
+    domain: Option<DomainFile>,
     // Ours.
     kernel: Option<PathBuf>,
     images_dir: Option<PathBuf>,
@@ -48,6 +49,58 @@ struct File {
     /// Everything else: warned about.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
+}
+
+/// v1's `domain:` block (plus `listen`, ours: v1 always took :443).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DomainFile {
+    api_host: Option<String>,
+    proxy_zone: Option<String>,
+    acme_email: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    listen: Option<String>,
+}
+
+/// Domain mode, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainConfig {
+    /// The API's host name.
+    pub api_host: String,
+    /// Aliases are `<alias>.<proxy_zone>`.
+    pub proxy_zone: String,
+    /// PEM certificate chain (covering `api_host` and `*.<proxy_zone>`).
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    pub tls_key: PathBuf,
+    /// The TLS listener (default `0.0.0.0:443`).
+    pub listen: SocketAddr,
+}
+
+impl DomainFile {
+    fn check(self) -> anyhow::Result<DomainConfig> {
+        let need = |v: Option<String>, key: &str| {
+            v.filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().trim_end_matches('.').to_ascii_lowercase())
+                .ok_or_else(|| anyhow::anyhow!("domain.{key} is required in domain mode"))
+        };
+        let (tls_cert, tls_key) = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            _ if self.acme_email.is_some() => bail!(
+                "domain.acme_email: ACME is not built into this daemon; give domain.tls_cert \
+                 and domain.tls_key (a certificate for the API host and *.<proxy_zone>)"
+            ),
+            _ => bail!("domain mode needs domain.tls_cert and domain.tls_key"),
+        };
+        Ok(DomainConfig {
+            api_host: need(self.api_host, "api_host")?,
+            proxy_zone: need(self.proxy_zone, "proxy_zone")?,
+            tls_cert,
+            tls_key,
+            listen: parse_listen(self.listen.as_deref().unwrap_or("0.0.0.0:443"))?,
+        })
+    }
 }
 
 /// Thermal timings (ours; v1 compiled them in).
@@ -70,7 +123,6 @@ struct Http {
 
 /// v1 keys this daemon accepts and does not use.
 const V1_IGNORED: &[&str] = &[
-    "domain",
     "firecracker_bin",
     "firecracker_kernel",
     "firecracker_rootfs",
@@ -164,8 +216,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level filter (`info`, `debug`, ...).
     pub log_level: String,
-    /// Where published aliases answer (from `public_proxy_listen`).
+    /// Where published aliases answer (from `public_proxy_listen` or `domain`).
     pub public_urls: server::PublicUrls,
+    /// The path-mode public proxy's listener.
+    pub public_proxy_listen: Option<SocketAddr>,
+    /// Domain mode.
+    pub domain: Option<DomainConfig>,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -300,12 +356,24 @@ impl Config {
             Some("text") => LogFormat::Text,
             Some(other) => bail!("log_format {other:?}: use json or text"),
         };
-        let public_urls = match env("PUBLIC_PROXY_LISTEN").or(file.public_proxy_listen) {
-            Some(base) => server::PublicUrls::Path { base: base.trim().to_owned() },
-            None => server::PublicUrls::None,
+        let public_text = env("PUBLIC_PROXY_LISTEN").or(file.public_proxy_listen);
+        let public_proxy_listen = match &public_text {
+            Some(text) => Some(
+                parse_listen(text.trim())
+                    .with_context(|| format!("public_proxy_listen {text:?}"))?,
+            ),
+            None => None,
+        };
+        let domain = file.domain.map(DomainFile::check).transpose()?;
+        let public_urls = match (&domain, public_text) {
+            (Some(domain), _) => server::PublicUrls::Domain { zone: domain.proxy_zone.clone() },
+            (None, Some(base)) => server::PublicUrls::Path { base: base.trim().to_owned() },
+            (None, None) => server::PublicUrls::None,
         };
         Ok(Config {
             public_urls,
+            public_proxy_listen,
+            domain,
             listen,
             kernel,
             images_dir,
@@ -389,6 +457,36 @@ mod tests {
     }
 
     #[test]
+    fn domain_mode_needs_names_and_a_certificate() {
+        let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
+        let c = load(
+            "domain:\n  api_host: API.example.com\n  proxy_zone: apps.example.com.\n  \
+             tls_cert: /etc/bhatti/cert.pem\n  tls_key: /etc/bhatti/key.pem\n",
+        )
+        .unwrap();
+        let d = c.domain.clone().unwrap();
+        assert_eq!(
+            (d.api_host.as_str(), d.proxy_zone.as_str()),
+            ("api.example.com", "apps.example.com")
+        );
+        assert_eq!(d.listen.to_string(), "0.0.0.0:443");
+        assert_eq!(c.server().public_urls.url_for("web"), "https://web.apps.example.com");
+        let acme = load("domain:\n  api_host: a.b\n  proxy_zone: c.d\n  acme_email: x@y.z\n");
+        assert!(acme.unwrap_err().to_string().contains("ACME is not built"));
+        assert!(load("domain:\n  api_host: a.b\n").is_err());
+        assert!(load("domain:\n  api_hots: a.b\n").is_err(), "unknown keys in the block");
+        assert!(load("public_proxy_listen: nonsense").is_err());
+        assert_eq!(
+            load("public_proxy_listen: \":8081\"")
+                .unwrap()
+                .public_proxy_listen
+                .unwrap()
+                .to_string(),
+            "0.0.0.0:8081"
+        );
+    }
+
+    #[test]
     fn public_proxy_listen_gives_path_urls() {
         let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
         let c = load("").unwrap();
@@ -396,9 +494,9 @@ mod tests {
         let c = load("public_proxy_listen: \"0.0.0.0:8081\"").unwrap();
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.server().public_urls.url_for("web"), "http://0.0.0.0:8081/web/");
-        let env = |k: &str| (k == "PUBLIC_PROXY_LISTEN").then(|| "box:9000".to_owned());
+        let env = |k: &str| (k == "PUBLIC_PROXY_LISTEN").then(|| "127.0.0.1:9000".to_owned());
         let c = Config::from_yaml("", Path::new("c.yaml"), &env).unwrap();
-        assert_eq!(c.server().public_urls.url_for("web"), "http://box:9000/web/");
+        assert_eq!(c.server().public_urls.url_for("web"), "http://127.0.0.1:9000/web/");
     }
 
     #[test]

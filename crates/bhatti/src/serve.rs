@@ -43,6 +43,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let socket_path = config.data_dir.join("api.sock");
     let unix = bind_unix(&socket_path)?;
+    let public = match config.public_proxy_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("public proxy: listening on {addr}"))?,
+        ),
+        None => None,
+    };
+    let domain = match &config.domain {
+        Some(domain) => {
+            let tls = server::tls::server_config(&domain.tls_cert, &domain.tls_key)
+                .context("domain mode")?;
+            let tcp = tokio::net::TcpListener::bind(domain.listen)
+                .await
+                .with_context(|| format!("domain mode: listening on {}", domain.listen))?;
+            Some((server::tls::listener(tcp, tls)?, domain.clone()))
+        }
+        None => None,
+    };
     let db = config.data_dir.join("state.db");
     // The store's errors name the file.
     let mut sync = store::Store::open(&db)?;
@@ -67,13 +86,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tcp = server::nodelay(tcp);
     let tcp_server = tokio::spawn(server::serve(state.clone(), tcp, stopped(stop_rx.clone())));
     let unix_server = tokio::spawn(server::serve(state.clone(), unix, stopped(stop_rx.clone())));
+    let mut servers = vec![tcp_server, unix_server];
+    if let Some(listener) = public {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "public proxy (path mode) listening");
+        let listener = server::nodelay(listener);
+        servers.push(tokio::spawn(server::serve_public(
+            state.clone(),
+            listener,
+            stopped(stop_rx.clone()),
+        )));
+    }
+    if let Some((listener, domain)) = domain {
+        tracing::info!(
+            addr = %domain.listen, api = %domain.api_host, zone = %domain.proxy_zone,
+            "domain mode (TLS) listening"
+        );
+        let names =
+            server::public::domain::Domain { api_host: domain.api_host, zone: domain.proxy_zone };
+        servers.push(tokio::spawn(server::serve_domain(
+            state.clone(),
+            listener,
+            names,
+            stopped(stop_rx.clone()),
+        )));
+    }
 
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(true);
     // Requests in flight get the drain timeout; the listeners are closed already.
     let drain = state.settings.drain_timeout;
-    for server in [tcp_server, unix_server] {
+    for server in servers {
         if tokio::time::timeout(drain, server).await.is_err() {
             tracing::warn!("requests still running after {drain:?}; going on");
         }

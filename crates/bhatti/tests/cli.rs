@@ -472,11 +472,17 @@ async fn edit_changes_a_sandbox_and_setup_writes_a_config_that_works() {
 async fn publish_unpublish_and_forward_through_the_cli() {
     use tokio::io::AsyncBufReadExt;
     let mut s = Setup::new();
+    let public_port =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let public = format!("127.0.0.1:{public_port}");
     let mut config = std::fs::read_to_string(&s.config).unwrap();
-    config.push_str("public_proxy_listen: \"127.0.0.1:8099\"\n");
+    config.push_str(&format!("public_proxy_listen: \"{public}\"\n"));
     std::fs::write(&s.config, config).unwrap();
     s.start().await;
     bhatti(&s, &["create", "--name", "web", "--memory", "128"]).ok();
+    let site = "mkdir -p /home/lohar/www && echo hi-public > /home/lohar/www/index.html";
+    bhatti(&s, &["exec", "web", "--", "sh", "-c", site]).ok();
+    bhatti(&s, &["exec", "web", "--", "httpd", "-p", "8080", "-h", "/home/lohar/www"]).ok();
     let script = "printf '#!/bin/sh\\necho hello-from-guest\\nexec cat\\n' > /home/lohar/greet.sh \
                   && chmod 0755 /home/lohar/greet.sh";
     bhatti(&s, &["exec", "web", "--", "sh", "-c", script]).ok();
@@ -488,7 +494,12 @@ async fn publish_unpublish_and_forward_through_the_cli() {
 
     // publish: the URL; again: the same rule (said on stderr); ls gains a URL column.
     let r = bhatti(&s, &["publish", "web", "-p", "8080", "-a", "webapp"]).ok();
-    assert_eq!(r.stdout.trim(), "Published: http://127.0.0.1:8099/webapp/", "{r:?}");
+    let url = format!("http://{public}/webapp/");
+    assert_eq!(r.stdout.trim(), format!("Published: {url}"), "{r:?}");
+    // The daemon's public proxy answers the URL, without a key.
+    let page = reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.text().await.unwrap(), "hi-public\n");
     let r = bhatti(&s, &["publish", "web", "--port", "8080", "--json"]).ok();
     let rule: api::PublishRule = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(rule.alias, "webapp");
@@ -496,9 +507,10 @@ async fn publish_unpublish_and_forward_through_the_cli() {
     assert_ne!(r.code, 0, "{r:?}");
     let r = bhatti(&s, &["ls"]).ok();
     assert!(r.stdout.lines().next().unwrap().ends_with("URL"), "{r:?}");
-    assert!(r.stdout.contains("http://127.0.0.1:8099/webapp/"), "{r:?}");
+    assert!(r.stdout.contains(&url), "{r:?}");
     let r = bhatti(&s, &["unpublish", "web", "-p", "8080"]).ok();
     assert!(r.stdout.contains("Unpublished: port 8080"), "{r:?}");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 404);
     assert!(!bhatti(&s, &["ls"]).ok().stdout.contains("URL"));
 
     // forward: a local address that leads to the guest's port (waiting for nc to listen).
