@@ -219,4 +219,24 @@ mod tests {
         assert_eq!(limiter.check_client(None, t0), Ok(()));
         assert_eq!(limiter.tiers().clients.len(), 0);
     }
+
+    #[test]
+    fn v1s_numbers_fit_a_dev_servers_page_loads_and_cap_an_alias() {
+        // v1's TestPublicRateLimiter_ViteDevReload / _LargeViteApp: a dev server's page of 150
+        // modules reloads three times within the 500 burst; the fourth runs out; 20 s of
+        // refill (1,500 a minute) give a whole load again.
+        let t0 = Instant::now();
+        let limiter = Limiter::new();
+        let load =
+            |at: Instant| (0..150).filter(|_| limiter.check_client(ip(9), at).is_ok()).count();
+        assert_eq!([load(t0), load(t0), load(t0)], [150, 150, 150]);
+        assert_eq!(load(t0), 50);
+        assert_eq!(load(t0 + Duration::from_secs(20)), 150);
+        // v1's TestPublicRateLimiter_PerAliasAggregate: many clients share one alias's 2,000.
+        let passed = (0..3_000).filter(|_| limiter.check_alias("app", t0).is_ok()).count();
+        assert_eq!(passed, 2_000);
+        // v1's TestPublicRateLimiter_PerIPIsolation: 500 each, the 501st refused.
+        let other = (0..501).filter(|_| limiter.check_client(ip(10), t0).is_ok()).count();
+        assert_eq!(other, 500);
+    }
 }
