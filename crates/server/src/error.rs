@@ -56,7 +56,7 @@ pub enum ApiError {
     SandboxUnavailable,
     /// A forward that could not be opened (port in use, too many).
     #[error(transparent)]
-    Forward(#[from] crate::forward::ForwardError),
+    Forward(#[from] crate::forward_error::ForwardError),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -109,11 +109,13 @@ impl ApiError {
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::SandboxUnavailable => (StatusCode::BAD_GATEWAY, "sandbox_unavailable"),
             ApiError::Forward(e) => match e {
-                crate::forward::ForwardError::PortInUse(_) => (StatusCode::CONFLICT, "port_in_use"),
-                crate::forward::ForwardError::Limit { .. } => {
+                crate::forward_error::ForwardError::PortInUse(_) => {
+                    (StatusCode::CONFLICT, "port_in_use")
+                }
+                crate::forward_error::ForwardError::Limit { .. } => {
                     (StatusCode::TOO_MANY_REQUESTS, "forward_limit")
                 }
-                crate::forward::ForwardError::Bind { .. } => {
+                crate::forward_error::ForwardError::Bind { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
@@ -278,8 +280,11 @@ mod tests {
             ApiError::Refused(bhatti_core::Refusal::Gone),
             ApiError::Refused(bhatti_core::Refusal::Lost),
             ApiError::ExecOutputBudget(crate::exec_budget::BudgetExhausted { budget: 0 }),
-            ApiError::Forward(crate::forward::ForwardError::PortInUse(1)),
-            ApiError::Forward(crate::forward::ForwardError::Limit { max: 1, scope: "in all" }),
+            ApiError::Forward(crate::forward_error::ForwardError::PortInUse(1)),
+            ApiError::Forward(crate::forward_error::ForwardError::Limit {
+                max: 1,
+                scope: "in all",
+            }),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

@@ -12,129 +12,27 @@
 //! sandbox does the same. Bounded: [`MAX_PER_SANDBOX`] forwards per sandbox, [`MAX_TOTAL`] in
 //! all, [`MAX_CONNECTIONS`] live connections per forward (more are closed on accept).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::request::Json;
-use crate::sandboxes::{resolve, rfc3339};
+use crate::sandboxes::resolve;
 use crate::state::AppState;
 
-/// Forwards one sandbox may hold.
-pub const MAX_PER_SANDBOX: usize = 16;
-/// Forwards the daemon holds in all.
-pub const MAX_TOTAL: usize = 256;
-/// Live connections one forward relays at once.
-pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may wait for the sandbox to wake and the guest port to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why a forward could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// The host port is taken (409).
-    #[error("host port {0} is already in use on the daemon's host")]
-    PortInUse(u16),
-    /// Too many forwards (429).
-    #[error("at most {max} forwards {scope}")]
-    Limit {
-        /// The bound reached.
-        max: usize,
-        /// `per sandbox` or `in all`.
-        scope: &'static str,
-    },
-    /// Binding failed otherwise.
-    #[error("binding 127.0.0.1:{port}: {source}")]
-    Bind {
-        /// The port asked for.
-        port: u16,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-/// One forward's listener task and what a list shows of it.
-#[derive(Debug)]
-struct Entry {
-    guest_port: u16,
-    host_port: u16,
-    created_at: store::Timestamp,
-    connections: Arc<AtomicU64>,
-    /// Aborting it drops the listener and its `JoinSet`, which aborts every connection (and
-    /// drops their leases).
-    task: JoinHandle<()>,
-}
-
-impl Entry {
-    fn to_api(&self, sandbox_id: &str) -> api::Forward {
-        api::Forward {
-            sandbox_id: sandbox_id.to_owned(),
-            guest_port: self.guest_port,
-            host_port: self.host_port,
-            address: format!("127.0.0.1:{}", self.host_port),
-            connections: self.connections.load(Ordering::Relaxed),
-            created_at: rfc3339(self.created_at),
-        }
-    }
-}
-
-/// The daemon's forwards, by sandbox ID (a std mutex, never held across an await).
-#[derive(Debug, Clone, Default)]
-pub struct Forwards {
-    inner: Arc<Mutex<HashMap<String, Vec<Entry>>>>,
-}
-
-impl Forwards {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        // A panic while held leaves a map that is still consistent (each change is one call).
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn check_room(map: &HashMap<String, Vec<Entry>>, sandbox_id: &str) -> Result<(), ForwardError> {
-        if map.get(sandbox_id).map_or(0, Vec::len) >= MAX_PER_SANDBOX {
-            return Err(ForwardError::Limit { max: MAX_PER_SANDBOX, scope: "per sandbox" });
-        }
-        if map.values().map(Vec::len).sum::<usize>() >= MAX_TOTAL {
-            return Err(ForwardError::Limit { max: MAX_TOTAL, scope: "in all" });
-        }
-        Ok(())
-    }
-
-    /// A sandbox's forwards, by host port.
-    pub fn list(&self, sandbox_id: &str) -> Vec<api::Forward> {
-        let map = self.lock();
-        let mut out: Vec<api::Forward> =
-            map.get(sandbox_id).into_iter().flatten().map(|e| e.to_api(sandbox_id)).collect();
-        out.sort_by_key(|f| f.host_port);
-        out
-    }
-
-    /// Closes a sandbox's forwards and their connections; returns how many.
-    pub fn close_sandbox(&self, sandbox_id: &str) -> usize {
-        let entries = self.lock().remove(sandbox_id).unwrap_or_default();
-        for e in &entries {
-            e.task.abort();
-        }
-        entries.len()
-    }
-
-    /// Closes every forward (daemon shutdown).
-    pub fn close_all(&self) {
-        let all: Vec<Entry> = self.lock().drain().flat_map(|(_, v)| v).collect();
-        for e in &all {
-            e.task.abort();
-        }
-    }
-}
+use crate::forwards::Entry;
+pub use crate::forwards::{ForwardError, Forwards, MAX_CONNECTIONS, MAX_PER_SANDBOX, MAX_TOTAL};
 
 /// Binds `127.0.0.1:<host_port>` and starts relaying its connections to `guest_port`.
 async fn open(

@@ -16,6 +16,9 @@ mod exec;
 pub mod exec_budget;
 mod files;
 pub mod forward;
+mod forward_error;
+mod forwards;
+mod gate;
 pub mod housekeeping;
 mod key_scan;
 mod labels;
@@ -31,6 +34,7 @@ mod sandboxes;
 mod sessions;
 pub mod state;
 pub mod thermal;
+mod times;
 pub mod tls;
 pub mod ws;
 

@@ -159,22 +159,6 @@ pub async fn unpublish(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Each sandbox's published URLs (for lists and gets), by sandbox ID.
-pub(crate) async fn urls_by_sandbox(
-    state: &AppState,
-    owner: &str,
-) -> ApiResult<std::collections::HashMap<String, Vec<String>>> {
-    let owner = owner.to_owned();
-    let rules = state.store.read(move |s| s.owner_publish_rules(&owner)).await?;
-    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
-    for r in rules {
-        out.entry(r.sandbox_id.clone())
-            .or_default()
-            .push(state.settings.public_urls.url_for(&r.alias));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,6 @@
 //! has a side effect writes its intent before and its result after (a `creating` row, a
 //! transition), so a daemon killed in between leaves a row recovery can recognise.
 
-use std::time::Duration;
-
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,11 +14,7 @@ use crate::lifecycle::Created;
 use crate::request::Json;
 use crate::state::AppState;
 
-/// RFC 3339 of a stored time.
-pub fn rfc3339(t: store::Timestamp) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(t.millis().max(0).unsigned_abs());
-    humantime::format_rfc3339_millis(at).to_string()
-}
+pub use crate::times::rfc3339;
 
 /// The API's view of a stored sandbox.
 pub fn to_api(s: &store::Sandbox) -> api::Sandbox {
@@ -320,7 +314,7 @@ pub async fn list(
     let filters = crate::labels::filters(query.as_deref())?;
     let owner = user.id.clone();
     let rows = state.store.read(move |s| s.list_sandboxes(&owner, &filters)).await?;
-    let mut urls = crate::publish::urls_by_sandbox(&state, &user.id).await?;
+    let mut urls = urls_by_sandbox(&state, &user.id).await?;
     let list: Vec<api::Sandbox> = rows
         .iter()
         .filter(|s| s.status != store::Status::Destroyed)
@@ -457,6 +451,22 @@ pub async fn start(
     let sandbox = resolve(&state, &user, &id).await?;
     let row = crate::lifecycle::start(&state, sandbox, req.force).await?;
     Ok(axum::Json(to_api(&row)).into_response())
+}
+
+/// Each sandbox's published URLs (for lists and gets), by sandbox ID.
+pub(crate) async fn urls_by_sandbox(
+    state: &AppState,
+    owner: &str,
+) -> ApiResult<std::collections::HashMap<String, Vec<String>>> {
+    let owner = owner.to_owned();
+    let rules = state.store.read(move |s| s.owner_publish_rules(&owner)).await?;
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for r in rules {
+        out.entry(r.sandbox_id.clone())
+            .or_default()
+            .push(state.settings.public_urls.url_for(&r.alias));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -78,9 +78,9 @@ pub struct AppState {
     /// leave the engine enforcing one policy while the row shows the other.
     pub(crate) policy_changes: Arc<tokio::sync::Mutex<()>>,
     /// The public proxy's routes, limits, wakes and counters.
-    pub public: Arc<crate::public::Public>,
+    pub public: Arc<crate::gate::Public>,
     /// The forwards (`forward.rs`), in memory only.
-    pub forwards: crate::forward::Forwards,
+    pub forwards: crate::forwards::Forwards,
 }
 
 impl AppState {
@@ -95,7 +95,7 @@ impl AppState {
             exec_budget,
             policy_changes: Arc::default(),
             public: Arc::default(),
-            forwards: crate::forward::Forwards::default(),
+            forwards: crate::forwards::Forwards::default(),
         }
     }
 }

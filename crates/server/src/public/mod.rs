@@ -15,11 +15,10 @@
 //! (a visitor cannot start it).
 
 pub mod domain;
-pub mod limits;
-pub mod routes;
-pub mod wakes;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use crate::gate::{Public, PublicStats, limits, routes, wakes};
+
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
@@ -30,59 +29,12 @@ use axum::response::Response;
 use axum::routing::any;
 
 use crate::error::{ApiError, ApiResult};
+use crate::gate::routes::Route;
 use crate::proxy::ClientAddr;
 use crate::state::AppState;
-use routes::Route;
 
 /// Request bodies larger than this are refused (v1: 50 MiB).
 pub const MAX_BODY: u64 = 50 * 1024 * 1024;
-
-/// The public proxy's state: routes, limits, wakes, counters.
-#[derive(Debug, Default)]
-pub struct Public {
-    /// Alias -> sandbox port.
-    pub routes: routes::Routes,
-    /// Rate limits.
-    pub limits: limits::Limiter,
-    /// Wakes in flight.
-    pub wakes: wakes::Wakes,
-    counters: Counters,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    requests: AtomicU64,
-    rate_limited: AtomicU64,
-    busy: AtomicU64,
-}
-
-/// What the public proxy has done since the daemon started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublicStats {
-    /// Requests for an alias.
-    pub requests: u64,
-    /// Answered 429.
-    pub rate_limited: u64,
-    /// Answered 503 (no wake slot).
-    pub busy: u64,
-    /// Wakes started (one per sandbox per burst of requests).
-    pub wakes: u64,
-    /// Routes remembered.
-    pub routes_cached: usize,
-}
-
-impl Public {
-    /// The counters.
-    pub fn stats(&self) -> PublicStats {
-        PublicStats {
-            requests: self.counters.requests.load(Ordering::Relaxed),
-            rate_limited: self.counters.rate_limited.load(Ordering::Relaxed),
-            busy: self.counters.busy.load(Ordering::Relaxed),
-            wakes: self.wakes.started(),
-            routes_cached: self.routes.len(),
-        }
-    }
-}
 
 /// The public proxy's routes.
 pub fn router(state: AppState) -> Router {
@@ -149,7 +101,17 @@ async fn ensure_hot(state: &AppState, route: &Route) -> ApiResult<()> {
         Err(bhatti_core::Refusal::Gone) => return Err(not_found()),
         Err(_) => return Err(ApiError::SandboxUnavailable),
     }
-    state.public.wakes.wake(state, sandbox).await.map_err(|e| match e {
+    let (wake_state, id) = (state.clone(), sandbox.id.clone());
+    let wake = async move {
+        match crate::lifecycle::wake(&wake_state, &sandbox).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(sandbox = %sandbox.id, "public proxy wake: {e}");
+                false
+            }
+        }
+    };
+    state.public.wakes.run(&id, wake).await.map_err(|e| match e {
         wakes::WakeError::Busy => {
             state.public.counters.busy.fetch_add(1, Ordering::Relaxed);
             ApiError::Busy

@@ -4,8 +4,8 @@
 //! request is answered 503 with `Retry-After` at once instead of queueing.
 //!
 //! The wake runs on a task of its own: a client that gives up does not cancel a wake other
-//! requests are waiting for. It is the server's canonical wake (`lifecycle::wake`: the engine
-//! warms or restores the sandbox, the row says running).
+//! requests are waiting for. The public proxy passes the server's canonical wake
+//! (`lifecycle::wake`: the engine warms or restores the sandbox, the row says running).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
-
-use crate::state::AppState;
 
 /// Sandboxes waking at once (v1: 10).
 pub const MAX_WAKES: usize = 10;
@@ -61,22 +59,6 @@ impl Wakes {
     /// Wakes started since the daemon began (one per sandbox per burst).
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
-    }
-
-    /// Wakes `sandbox` (already known not to be hot) with the server's canonical wake, or
-    /// joins the wake in flight.
-    pub async fn wake(&self, state: &AppState, sandbox: store::Sandbox) -> Result<(), WakeError> {
-        let (state, id) = (state.clone(), sandbox.id.clone());
-        self.run(&id, async move {
-            match crate::lifecycle::wake(&state, &sandbox).await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(sandbox = %sandbox.id, "public proxy wake: {e}");
-                    false
-                }
-            }
-        })
-        .await
     }
 
     /// Runs `wake` for `id` on a task of its own unless one for `id` is in flight (then waits
