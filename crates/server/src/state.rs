@@ -36,6 +36,10 @@ pub struct Settings {
     /// A keep-alive connection with no request in progress is closed after this long without
     /// the first byte of its next request (v1's `IdleTimeout`, 120 s). Both listeners.
     pub idle_timeout: Duration,
+    /// The API's own base URL as browsers reach it (`https://api.example.com`): a share link is
+    /// `<api_url>/_shell/<id>#token=...`. Unset, the mint answers the path only and the CLI
+    /// puts its own API URL in front.
+    pub api_url: Option<String>,
 }
 
 impl Settings {
@@ -54,6 +58,7 @@ impl Settings {
             exec_output_budget: 256 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            api_url: None,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct AppState {
     pub(crate) policy_changes: Arc<tokio::sync::Mutex<()>>,
     /// The public proxy's routes, limits, wakes and counters.
     pub public: Arc<crate::public::Public>,
+    /// The live web-shell connections, per sandbox (the cap, and revocation closing them).
+    pub web_shells: Arc<crate::web_shell::WebShells>,
 }
 
 impl AppState {
@@ -90,6 +97,7 @@ impl AppState {
             exec_budget,
             policy_changes: Arc::default(),
             public: Arc::default(),
+            web_shells: Arc::default(),
         }
     }
 }
