@@ -54,11 +54,14 @@ fn is_websocket_route(path: &str) -> bool {
     matches!(segments.as_slice(), ["sandboxes", _, "ws"] | ["sandboxes", _, "exec", "ws"])
 }
 
-/// Whether a raw request path is the web shell's (`/_shell/...`), which takes no API key: it
-/// must start so both raw (it is routed by its raw form, and every route under `/_shell/` is
+/// Whether a raw request path is the web shell's (`/_shell/...`, or `/_shell`, a 404 for anyone
+/// as in v1), which takes no API key: it must start so both raw (it is routed by its raw form, and every route under `/_shell/` is
 /// the web shell's) and clean (`/_shell/../sandboxes` is the API's, and needs a key).
 fn is_web_shell_route(path: &str) -> bool {
-    path.starts_with("/_shell/") && clean_path(path).starts_with("/_shell/")
+    // `/_shell` itself is a 404 for anyone, as v1's.
+    let clean = clean_path(path);
+    (path == "/_shell" || path.starts_with("/_shell/"))
+        && (clean == "/_shell" || clean.starts_with("/_shell/"))
 }
 
 /// The key from `?token=`, if the query has one.
@@ -176,11 +179,11 @@ mod tests {
 
     #[test]
     fn only_clean_web_shell_paths_go_without_a_key() {
-        for path in ["/_shell/a", "/_shell/a/", "/_shell/a/ws", "/_shell/_assets/xterm.js"] {
+        for path in ["/_shell", "/_shell/", "/_shell/a/", "/_shell/a/ws", "/_shell/_assets/x.js"] {
             assert!(is_web_shell_route(path), "{path}");
         }
         for path in [
-            "/_shell",
+            "/_shell/..",
             "/_shell/../sandboxes",
             "/_shell/a/../../sandboxes/b/ws",
             "/sandboxes/../_shell/a",

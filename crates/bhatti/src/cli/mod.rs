@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod sandboxes;
 mod setup;
+mod share;
 mod shell;
 mod ui;
 mod users;
@@ -66,6 +67,15 @@ pub enum Command {
     /// Open an interactive shell (Ctrl+\ detaches; the session keeps running).
     #[command(visible_alias = "sh")]
     Shell(shell::ShellArgs),
+    /// Print a share link: a terminal in the browser for anyone holding it (again: a new link,
+    /// the old one stops working).
+    Share {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+        /// End the link instead, closing every browser session it opened.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// List a sandbox's sessions.
     Ps {
         /// Name, ID or ID prefix.
@@ -158,6 +168,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Exec(args) => exec::run(ctx, args).await,
         Command::Shell(args) => shell::run(ctx, args).await,
         Command::Ps { sandbox } => sandboxes::ps(ctx, &sandbox).await,
+        Command::Share { sandbox, revoke } => share::run(ctx, &sandbox, revoke).await,
         Command::Ports { sandbox } => sandboxes::ports(ctx, &sandbox).await,
         Command::Stop { sandbox } => sandboxes::stop(ctx, &sandbox).await,
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
