@@ -622,6 +622,23 @@ pub enum WsMessage {
     },
 }
 
+/// `POST /sandboxes/:id/shell-token`'s answer: a web-shell share link. The token is shown
+/// once (only its hash is stored); `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellToken {
+    /// 64 hex characters.
+    pub token: String,
+    /// `<api url>/_shell/<sandbox id>#token=<token>`, or the path alone when the server does
+    /// not know the URL it is reached at (the client puts its own API URL in front).
+    pub url: String,
+}
+
+impl std::fmt::Debug for ShellToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShellToken(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,6 +216,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level filter (`info`, `debug`, ...).
     pub log_level: String,
+    /// The API's base URL as browsers reach it (share links): `https://<domain.api_host>`, else
+    /// the file's `api_url`.
+    pub api_url: Option<String>,
     /// Where published aliases answer (from `public_proxy_listen` or `domain`).
     pub public_urls: server::PublicUrls,
     /// The path-mode public proxy's listener.
@@ -290,7 +293,10 @@ impl Config {
                 "engine {engine:?}: this daemon runs QEMU (\"qemu\"; v1's \"firecracker\" is accepted)"
             );
         }
-        let _ = (&file.api_url, &file.auth_token); // the CLI's keys, shared file
+        // The CLI's keys (a shared file): `api_url` also tells the daemon how browsers reach
+        // the API, for share links; domain mode's API host wins.
+        let _ = &file.auth_token;
+        let file_api_url = file.api_url.clone();
         let data_dir = env("DATA_DIR")
             .map(PathBuf::from)
             .or(file.data_dir)
@@ -365,12 +371,17 @@ impl Config {
             None => None,
         };
         let domain = file.domain.map(DomainFile::check).transpose()?;
+        let api_url = match &domain {
+            Some(domain) => Some(format!("https://{}", domain.api_host)),
+            None => file_api_url.filter(|u| !u.trim().is_empty()),
+        };
         let public_urls = match (&domain, public_text) {
             (Some(domain), _) => server::PublicUrls::Domain { zone: domain.proxy_zone.clone() },
             (None, Some(base)) => server::PublicUrls::Path { base: base.trim().to_owned() },
             (None, None) => server::PublicUrls::None,
         };
         Ok(Config {
+            api_url,
             public_urls,
             public_proxy_listen,
             domain,
@@ -434,6 +445,7 @@ impl Config {
         s.header_read_timeout = self.header_read_timeout;
         s.idle_timeout = self.idle_timeout;
         s.public_urls = self.public_urls.clone();
+        s.api_url = self.api_url.clone();
         s
     }
 }
@@ -471,6 +483,9 @@ mod tests {
         );
         assert_eq!(d.listen.to_string(), "0.0.0.0:443");
         assert_eq!(c.server().public_urls.url_for("web"), "https://web.apps.example.com");
+        assert_eq!(c.server().api_url.as_deref(), Some("https://api.example.com"));
+        let plain = load("api_url: http://box:8080").unwrap();
+        assert_eq!(plain.server().api_url.as_deref(), Some("http://box:8080"));
         let acme = load("domain:\n  api_host: a.b\n  proxy_zone: c.d\n  acme_email: x@y.z\n");
         assert!(acme.unwrap_err().to_string().contains("ACME is not built"));
         assert!(load("domain:\n  api_host: a.b\n").is_err());

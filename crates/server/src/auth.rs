@@ -1,4 +1,5 @@
-//! Who is asking. Every route but `/health` needs `Authorization: Bearer <key>`; the API's own
+//! Who is asking. Every route but `/health` and the web shell's (`/_shell/...`, see
+//! [`is_web_shell_route`]) needs `Authorization: Bearer <key>`; the API's own
 //! two WebSocket routes, `/sandboxes/<id>/ws` and `/sandboxes/<id>/exec/ws`, also take
 //! `?token=<key>` (browsers cannot set headers on a WebSocket). Nothing else does: not the
 //! proxy (`/sandboxes/<id>/proxy/<port>/.../ws` is the guest's path, and a key accepted there
@@ -53,6 +54,16 @@ fn is_websocket_route(path: &str) -> bool {
     matches!(segments.as_slice(), ["sandboxes", _, "ws"] | ["sandboxes", _, "exec", "ws"])
 }
 
+/// Whether a raw request path is the web shell's (`/_shell/...`, or `/_shell`, a 404 for anyone
+/// as in v1), which takes no API key: it must start so both raw (it is routed by its raw form, and every route under `/_shell/` is
+/// the web shell's) and clean (`/_shell/../sandboxes` is the API's, and needs a key).
+fn is_web_shell_route(path: &str) -> bool {
+    // `/_shell` itself is a 404 for anyone, as v1's.
+    let clean = clean_path(path);
+    (path == "/_shell" || path.starts_with("/_shell/"))
+        && (clean == "/_shell" || clean.starts_with("/_shell/"))
+}
+
 /// The key from `?token=`, if the query has one.
 fn query_token(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(str::to_owned))
@@ -72,7 +83,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let path = clean_path(request.uri().path());
-    if path == "/health" {
+    if path == "/health" || is_web_shell_route(request.uri().path()) {
         return next.run(request).await;
     }
     let header = request.headers().get(axum::http::header::AUTHORIZATION);
@@ -164,6 +175,22 @@ mod tests {
         }
         assert_eq!(query_token(Some("session=1&token=bht_x")).as_deref(), Some("bht_x"));
         assert_eq!(query_token(Some("session=1")), None);
+    }
+
+    #[test]
+    fn only_clean_web_shell_paths_go_without_a_key() {
+        for path in ["/_shell", "/_shell/", "/_shell/a/", "/_shell/a/ws", "/_shell/_assets/x.js"] {
+            assert!(is_web_shell_route(path), "{path}");
+        }
+        for path in [
+            "/_shell/..",
+            "/_shell/../sandboxes",
+            "/_shell/a/../../sandboxes/b/ws",
+            "/sandboxes/../_shell/a",
+            "/x/_shell/a",
+        ] {
+            assert!(!is_web_shell_route(path), "{path}");
+        }
     }
 
     #[test]

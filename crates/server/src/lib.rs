@@ -4,7 +4,7 @@
 //! The caller gives the engine, the store, the listener and the shutdown signal, so tests run
 //! the real server in-process on an ephemeral port. Every request passes `request::around`
 //! (request ID, version header, internal errors logged with their cause, the log line) and
-//! `auth::authenticate` (everything but `/health`); errors become answers in `error.rs` only.
+//! `auth::authenticate` (everything but `/health` and the web shell's `/_shell/...`); errors become answers in `error.rs` only.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +36,8 @@ pub mod state;
 pub mod thermal;
 mod times;
 pub mod tls;
+pub mod web_shell;
+mod web_shells;
 pub mod ws;
 
 use std::future::Future;
@@ -88,6 +90,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/sessions", get(sessions::list))
         .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
+        .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
+        // The web shell: no API key (the page is public, the socket takes the share token in
+        // its first message); see `auth::is_web_shell_route`.
+        .route("/_shell/_assets/{file}", get(web_shell::asset))
+        .route("/_shell/{id}", get(web_shell::page))
+        .route("/_shell/{id}/", get(web_shell::page))
+        .route("/_shell/{id}/ws", get(web_shell::socket))
         .fallback(request::not_found)
         .method_not_allowed_fallback(request::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))

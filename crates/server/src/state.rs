@@ -38,6 +38,10 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// The URLs published aliases answer at (`publish_urls.rs`); none by default.
     pub public_urls: crate::publish_urls::PublicUrls,
+    /// The API's own base URL as browsers reach it (`https://api.example.com`): a share link is
+    /// `<api_url>/_shell/<id>#token=...`. Unset, the mint answers the path only and the CLI
+    /// puts its own API URL in front.
+    pub api_url: Option<String>,
 }
 
 impl Settings {
@@ -57,6 +61,7 @@ impl Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             public_urls: crate::publish_urls::PublicUrls::None,
+            api_url: None,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct AppState {
     pub public: Arc<crate::gate::Public>,
     /// The forwards (`forward.rs`), in memory only.
     pub forwards: crate::forwards::Forwards,
+    /// The live web-shell connections, per sandbox (the cap, and revocation closing them).
+    pub web_shells: Arc<crate::web_shells::WebShells>,
 }
 
 impl AppState {
@@ -96,6 +103,7 @@ impl AppState {
             policy_changes: Arc::default(),
             public: Arc::default(),
             forwards: crate::forwards::Forwards::default(),
+            web_shells: Arc::default(),
         }
     }
 }

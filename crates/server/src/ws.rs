@@ -60,8 +60,8 @@ const OUTPUT_QUEUE: usize = 4;
 /// v1's detached-idle timeout of a session.
 const DEFAULT_MAX_IDLE: i64 = 3600;
 
-type Sink = SplitSink<WebSocket, Message>;
-type Source = SplitStream<WebSocket>;
+pub(crate) type Sink = SplitSink<WebSocket, Message>;
+pub(crate) type Source = SplitStream<WebSocket>;
 
 /// The query of `/ws` (the `token` is auth's).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -143,11 +143,11 @@ fn client_message(id: &str, e: engine::EngineError) -> String {
 }
 
 /// Sends one message within the write deadline; false if the client is gone.
-async fn send(sink: &mut Sink, message: Message) -> bool {
+pub(crate) async fn send(sink: &mut Sink, message: Message) -> bool {
     matches!(timeout(WRITE_DEADLINE, sink.send(message)).await, Ok(Ok(())))
 }
 
-async fn close(sink: &mut Sink, code: u16) {
+pub(crate) async fn close(sink: &mut Sink, code: u16) {
     close_with(sink, code, "").await;
 }
 
@@ -181,7 +181,33 @@ async fn run_tty(state: AppState, id: String, q: TtyQuery, socket: WebSocket) {
         Ok(session) => session,
         Err(message) => return fail_tty(&mut sink, message).await,
     };
-    serve_session(Mode::Tty, session, sink, source).await;
+    serve_session(Mode::Tty, session, sink, source, std::future::pending()).await;
+}
+
+/// A new login shell in sandbox `id` (the web shell's: it never reattaches), of the default
+/// size (the page sends its own at once); the error is the text for the client.
+pub(crate) async fn new_shell(
+    state: &AppState,
+    id: &str,
+) -> Result<engine::Leased<engine::Session>, String> {
+    let req = shell_request(state, id, &TtyQuery::default()).await;
+    state
+        .engine
+        .shell(id, &req)
+        .await
+        .map_err(|e| format!("shell error: {}", client_message(id, e)))
+}
+
+/// Relays an open terminal session on a socket already split, exactly as `/sandboxes/:id/ws`
+/// does (binary output, JSON resize, the same deadlines), until it ends or `stop` completes
+/// (then the client gets a close with 1008 and `stop`'s reason).
+pub(crate) async fn serve_tty(
+    session: engine::Leased<engine::Session>,
+    sink: Sink,
+    source: Source,
+    stop: impl std::future::Future<Output = &'static str>,
+) {
+    serve_session(Mode::Tty, session, sink, source, stop).await;
 }
 
 /// Attaches or creates the terminal's session; the error is the text for the client.
@@ -261,7 +287,7 @@ async fn run_piped(state: AppState, id: String, session: Option<String>, socket:
         Ok(session) => session,
         Err(message) => return fail_piped(&mut sink, message).await,
     };
-    serve_session(Mode::Piped, session, sink, source).await;
+    serve_session(Mode::Piped, session, sink, source, std::future::pending()).await;
 }
 
 /// Announces an open session to the client and relays it. The lease lives until this returns:
@@ -271,13 +297,14 @@ async fn serve_session(
     session: engine::Leased<engine::Session>,
     mut sink: Sink,
     source: Source,
+    stop: impl std::future::Future<Output = &'static str>,
 ) {
     let (session, lease) = session.into_parts();
     let (info, reader, writer) = session.split();
     if !send(&mut sink, json(&api::WsMessage::Session { session_id: info.session_id })).await {
         return;
     }
-    relay(mode, reader, writer, sink, source, lease.ended()).await;
+    relay(mode, reader, writer, sink, source, lease.ended(), stop).await;
 }
 
 /// The piped session's start message; the error is the text for the client.
@@ -328,9 +355,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Moves bytes both ways until the session ends, the client goes, a deadline passes, or the
-/// sandbox goes away (`ended`: its lease was cut; the client is told why). Returning drops the
-/// agent connection (detaching) and the lease.
+/// Moves bytes both ways until the session ends, the client goes, a deadline passes, the
+/// sandbox goes away (`ended`: its lease was cut; the client is told why), or the server stops
+/// it (`stop`: a revoked web-shell token; the close says why). Returning drops the agent
+/// connection (detaching) and the lease.
 async fn relay(
     mode: Mode,
     mut reader: SessionReader,
@@ -338,6 +366,7 @@ async fn relay(
     mut sink: Sink,
     mut source: Source,
     ended: impl std::future::Future<Output = engine::EngineError>,
+    stop: impl std::future::Future<Output = &'static str>,
 ) {
     // The agent reader is not cancel-safe (a frame read halfway is lost), so it runs alone
     // and hands whole events over a small channel.
@@ -355,6 +384,10 @@ async fn relay(
         () = output(mode, &mut rx, &mut sink) => None,
         () = input(mode, &mut source, &mut writer) => None,
         gone = ended => Some(gone),
+        reason = stop => {
+            close_with(&mut sink, close_code::POLICY, reason).await;
+            None
+        }
     };
     if let Some(gone) = gone {
         // The guest will not answer any more (or is being suspended): say so and close,

@@ -12,6 +12,7 @@ mod files;
 mod publish;
 mod sandboxes;
 mod setup;
+mod share;
 mod shell;
 mod ui;
 mod users;
@@ -67,6 +68,15 @@ pub enum Command {
     /// Open an interactive shell (Ctrl+\ detaches; the session keeps running).
     #[command(visible_alias = "sh")]
     Shell(shell::ShellArgs),
+    /// Print a share link: a terminal in the browser for anyone holding it (again: a new link,
+    /// the old one stops working).
+    Share {
+        /// Name, ID or ID prefix.
+        sandbox: String,
+        /// End the link instead, closing every browser session it opened.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// List a sandbox's sessions.
     Ps {
         /// Name, ID or ID prefix.
@@ -172,6 +182,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Exec(args) => exec::run(ctx, args).await,
         Command::Shell(args) => shell::run(ctx, args).await,
         Command::Ps { sandbox } => sandboxes::ps(ctx, &sandbox).await,
+        Command::Share { sandbox, revoke } => share::run(ctx, &sandbox, revoke).await,
         Command::Ports { sandbox } => sandboxes::ports(ctx, &sandbox).await,
         Command::Publish(args) => publish::publish(ctx, args).await,
         Command::Unpublish { sandbox, port } => publish::unpublish(ctx, &sandbox, port).await,
