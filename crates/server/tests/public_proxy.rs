@@ -326,3 +326,77 @@ async fn domain_mode_serves_the_api_and_aliases_over_tls() {
     assert_eq!(https_get(addr, &ca, "a.site.apps.test", "/").await.0, 404);
     d.stop().await;
 }
+
+/// A raw upgrade server in the guest (`nc -ll -e`): it answers 101 and then echoes bytes.
+const UPGRADE_SERVER: &str = r#"
+set -e
+cat > /home/lohar/upgrade.sh <<'EOF'
+#!/bin/sh
+while IFS= read -r line; do
+    line=$(printf '%s' "$line" | tr -d '\r')
+    [ -z "$line" ] && break
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+EOF
+chmod 0755 /home/lohar/upgrade.sh
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_through_the_public_proxy_is_relayed_and_keeps_the_sandbox_hot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = Daemon::start().await;
+    let public = public_listener(&d).await;
+    let sb = d.create("ws-pub").await;
+    sh(&d, "ws-pub", UPGRADE_SERVER).await;
+    let r = d
+        .req(Method::POST, "/sandboxes/ws-pub/exec")
+        .json(&serde_json::json!({
+            "cmd": ["nc", "-ll", "-p", "9000", "-e", "/home/lohar/upgrade.sh"], "detach": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    publish(&d, &sb.id, 9000, "chat").await;
+    let addr = public.strip_prefix("http://").unwrap().to_owned();
+    let request = format!(
+        "GET /chat/socket HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    // nc may not listen yet: bounded retries until the guest answers 101.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut s = loop {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match tokio::time::timeout(Duration::from_secs(30), s.read(&mut byte)).await {
+                Ok(Ok(1)) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        if head.starts_with(b"HTTP/1.1 101") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no 101: {}", String::from_utf8_lossy(&head));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Raw bytes both ways, unparsed.
+    let payload: Vec<u8> = [&[0x81u8, 0x02, 0x00, 0xff][..], b"hi\n"].concat();
+    s.write_all(&payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, payload);
+    // The relay is activity: a lease is out and the sandbox cannot be paused under it.
+    assert!(d.state.engine.host_activity(&sb.id).unwrap().in_flight >= 1);
+    let busy = d.state.engine.pause(&sb.id, Duration::ZERO).await.unwrap_err();
+    assert_eq!(busy.kind(), engine::ErrorKind::Busy);
+    drop(s);
+    common::until("the relay's lease to end", Duration::from_secs(10), || async {
+        d.state.engine.host_activity(&sb.id).unwrap().in_flight == 0
+    })
+    .await;
+    d.stop().await;
+}
