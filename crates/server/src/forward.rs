@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::auth::CurrentUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::request::Json;
 use crate::sandboxes::resolve;
 use crate::state::AppState;
@@ -145,13 +145,6 @@ async fn relay(state: &AppState, sandbox_id: &str, guest_port: u16, client: TcpS
 }
 
 /// A port from a request in `min..=65535`.
-fn port_in(port: u32, min: u16, field: &str) -> ApiResult<u16> {
-    u16::try_from(port)
-        .ok()
-        .filter(|p| *p >= min)
-        .ok_or_else(|| ApiError::BadRequest(format!("{field} must be {min}-65535, got {port}")))
-}
-
 /// `POST /sandboxes/:id/forward` `{"guest_port", "host_port"}`: 201 with the forward.
 pub async fn create(
     State(state): State<AppState>,
@@ -159,8 +152,8 @@ pub async fn create(
     Path(id): Path<String>,
     Json(req): Json<api::ForwardRequest>,
 ) -> ApiResult<Response> {
-    let guest_port = port_in(req.guest_port, 1, "guest_port")?;
-    let host_port = port_in(req.host_port, 0, "host_port")?;
+    let guest_port = crate::request::port_field(req.guest_port, 1, "guest_port")?;
+    let host_port = crate::request::port_field(req.host_port, 0, "host_port")?;
     let sandbox = resolve(&state, &user, &id).await?;
     let forward = open(&state, &sandbox.id, guest_port, host_port).await?;
     tracing::info!(sandbox = %sandbox.id, guest_port, host_port = forward.host_port, "forward opened");
@@ -187,19 +180,4 @@ pub async fn close(
     let n = state.forwards.close_sandbox(&sandbox.id);
     tracing::info!(sandbox = %sandbox.id, closed = n, "forwards closed");
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_table() {
-        assert!(port_in(0, 1, "guest_port").is_err());
-        assert_eq!(port_in(1, 1, "guest_port").ok(), Some(1));
-        assert_eq!(port_in(0, 0, "host_port").ok(), Some(0));
-        assert_eq!(port_in(65535, 0, "host_port").ok(), Some(65535));
-        assert!(port_in(65536, 0, "host_port").is_err());
-        assert!(port_in(65536, 1, "guest_port").is_err());
-    }
 }

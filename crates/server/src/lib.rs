@@ -104,6 +104,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every listener's accept loop, with the settings' connection deadlines.
+async fn serve_app<L>(
+    app: Router,
+    settings: &Settings,
+    listener: L,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: Into<proxy::ClientAddr>,
+{
+    listen::serve(app, listener, settings.header_read_timeout, settings.idle_timeout, shutdown)
+        .await
+}
+
 /// Serves the public proxy (published ports, no authentication) on `listener` until
 /// `shutdown` completes, with the same connection deadlines as the API.
 pub async fn serve_public<L>(
@@ -115,8 +130,8 @@ where
     L: axum::serve::Listener,
     L::Addr: Into<proxy::ClientAddr>,
 {
-    let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
-    listen::serve(public::router(state), listener, header_read, idle, shutdown).await
+    let settings = std::sync::Arc::clone(&state.settings);
+    serve_app(public::router(state), &settings, listener, shutdown).await
 }
 
 /// Serves domain mode on a TLS `listener` (see [`tls::listener`]): the API at
@@ -127,9 +142,8 @@ pub async fn serve_domain(
     domain: public::domain::Domain,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
-    listen::serve(public::domain::router(state, domain), listener, header_read, idle, shutdown)
-        .await
+    let settings = std::sync::Arc::clone(&state.settings);
+    serve_app(public::domain::router(state, domain), &settings, listener, shutdown).await
 }
 
 /// Serves the API on `listener` (TCP, wrapped by [`nodelay`], or the Unix socket) until
@@ -146,9 +160,8 @@ where
     L: axum::serve::Listener,
     L::Addr: Into<proxy::ClientAddr>,
 {
-    let (header_read, idle) = (state.settings.header_read_timeout, state.settings.idle_timeout);
-    let forwards = state.forwards.clone();
-    let served = listen::serve(router(state), listener, header_read, idle, shutdown).await;
+    let (settings, forwards) = (std::sync::Arc::clone(&state.settings), state.forwards.clone());
+    let served = serve_app(router(state), &settings, listener, shutdown).await;
     // Forwards end with the API (they hold the engine and do not survive a restart).
     forwards.close_all();
     served

@@ -39,10 +39,7 @@ pub(crate) fn to_api(state: &AppState, r: &store::PublishRule) -> api::PublishRu
 
 /// A port from a request: 1..=65535.
 fn port_of(port: u32) -> ApiResult<u16> {
-    u16::try_from(port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("port must be 1-65535, got {port}")))
+    crate::request::port_field(port, 1, "port")
 }
 
 fn alias_refused(alias: &str, e: AliasError) -> ApiError {

@@ -218,9 +218,29 @@ pub fn empty() -> Body {
     Body::empty()
 }
 
+/// A port in a JSON body (`field`, for the message): `min`..=65535, else 400. Publish and
+/// forward both take ports this way.
+pub(crate) fn port_field(port: u32, min: u16, field: &str) -> crate::error::ApiResult<u16> {
+    u16::try_from(port).ok().filter(|p| *p >= min).ok_or_else(|| {
+        crate::error::ApiError::BadRequest(format!("{field} must be {min}-65535, got {port}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_in_bodies() {
+        assert!(port_field(0, 1, "guest_port").is_err());
+        assert_eq!(port_field(1, 1, "guest_port").ok(), Some(1));
+        assert_eq!(port_field(0, 0, "host_port").ok(), Some(0));
+        assert_eq!(port_field(65535, 0, "host_port").ok(), Some(65535));
+        assert!(port_field(65536, 0, "host_port").is_err());
+        assert!(port_field(65536, 1, "guest_port").is_err());
+        let e = port_field(0, 1, "port").unwrap_err().to_string();
+        assert_eq!(e, "port must be 1-65535, got 0");
+    }
 
     #[test]
     fn paths_are_cleaned_like_posix_path_clean() {

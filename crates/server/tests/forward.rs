@@ -19,28 +19,6 @@ printf '#!/bin/sh\necho hello-from-guest\nexec cat\n' > /home/lohar/greet.sh
 chmod 0755 /home/lohar/greet.sh
 "#;
 
-async fn sh(d: &Daemon, sandbox: &str, script: &str) {
-    let r = d
-        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
-        .json(&serde_json::json!({"cmd": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let out: api::ExecResult = r.json().await.unwrap();
-    assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
-}
-
-async fn detach(d: &Daemon, sandbox: &str, cmd: &[&str]) {
-    let r = d
-        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
-        .json(&serde_json::json!({"cmd": cmd, "detach": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-}
-
 async fn wait_listening(d: &Daemon, sandbox: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -110,8 +88,8 @@ async fn in_flight(d: &Daemon, id: &str, want: usize) {
 async fn forwards_relay_wake_and_close() {
     let d = Daemon::start().await;
     let sb = d.create("fwd").await;
-    sh(&d, "fwd", GREETER).await;
-    detach(&d, "fwd", &["nc", "-ll", "-p", "7000", "-e", "/home/lohar/greet.sh"]).await;
+    d.sh("fwd", GREETER).await;
+    d.detach("fwd", &["nc", "-ll", "-p", "7000", "-e", "/home/lohar/greet.sh"]).await;
     wait_listening(&d, "fwd", 7000).await;
 
     // Validation: 400 before anything binds; an unknown sandbox is 404.

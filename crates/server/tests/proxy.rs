@@ -10,30 +10,6 @@ use common::Daemon;
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Runs a shell script in the guest (as `lohar`) and checks it succeeded.
-async fn sh(d: &Daemon, sandbox: &str, script: &str) {
-    let r = d
-        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
-        .json(&serde_json::json!({"cmd": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let out: api::ExecResult = r.json().await.unwrap();
-    assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
-}
-
-/// Starts a command detached in the guest.
-async fn detach(d: &Daemon, sandbox: &str, cmd: &[&str]) {
-    let r = d
-        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
-        .json(&serde_json::json!({"cmd": cmd, "detach": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-}
-
 /// `GET /sandboxes/<sandbox>/ports`.
 async fn ports(d: &Daemon, sandbox: &str) -> Vec<api::Port> {
     let r = d.req(Method::GET, &format!("/sandboxes/{sandbox}/ports")).send().await.unwrap();
@@ -112,8 +88,8 @@ chmod 0755 /home/lohar/www/cgi-bin/*
 async fn http_through_the_proxy_and_ports() {
     let d = Daemon::start().await;
     let web = d.create("web").await;
-    sh(&d, "web", SITE).await;
-    detach(&d, "web", &["httpd", "-f", "-p", "8080", "-h", "/home/lohar/www"]).await;
+    d.sh("web", SITE).await;
+    d.detach("web", &["httpd", "-f", "-p", "8080", "-h", "/home/lohar/www"]).await;
     wait_listening(&d, "web", 8080).await;
 
     // Routing: the root (with and without the trailing slash), a file, the guest's own 404.
@@ -337,10 +313,10 @@ async fn read_head(s: &mut tokio::net::TcpStream) -> String {
 async fn websocket_upgrade_relays_raw_bytes_and_keeps_the_sandbox_hot() {
     let d = Daemon::start().await;
     let ws = d.create("ws").await;
-    sh(&d, "ws", UPGRADE_SERVER).await;
+    d.sh("ws", UPGRADE_SERVER).await;
     // 9000 echoes everything (cat); 9001 echoes one byte and closes (head -c 1).
-    detach(&d, "ws", &["nc", "-ll", "-p", "9000", "-e", "/home/lohar/ws.sh"]).await;
-    detach(&d, "ws", &["nc", "-ll", "-p", "9001", "-e", "/home/lohar/once.sh"]).await;
+    d.detach("ws", &["nc", "-ll", "-p", "9000", "-e", "/home/lohar/ws.sh"]).await;
+    d.detach("ws", &["nc", "-ll", "-p", "9001", "-e", "/home/lohar/once.sh"]).await;
     wait_listening(&d, "ws", 9000).await;
     wait_listening(&d, "ws", 9001).await;
     wait_in_flight(&d, &ws.id, |n| n == 0, "0 before the upgrade").await;
@@ -452,8 +428,8 @@ async fn raw_request(addr: &str, target: &str, headers: &[String]) -> (u16, Stri
 async fn no_api_key_reaches_the_guest_however_the_request_carries_it() {
     let d = Daemon::start().await;
     d.create("kg").await;
-    sh(&d, "kg", LOGGING_SERVER).await;
-    detach(&d, "kg", &["nc", "-ll", "-p", "8090", "-e", "/home/lohar/log.sh"]).await;
+    d.sh("kg", LOGGING_SERVER).await;
+    d.detach("kg", &["nc", "-ll", "-p", "8090", "-e", "/home/lohar/log.sh"]).await;
     wait_listening(&d, "kg", 8090).await;
     let addr = d.url.strip_prefix("http://").unwrap().to_owned();
     let k = d.key.clone();

@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use common::Daemon;
 use reqwest::Method;
 
-async fn sh(d: &Daemon, sandbox: &str, script: &str) {
-    let r = d
-        .req(Method::POST, &format!("/sandboxes/{sandbox}/exec"))
-        .json(&serde_json::json!({"cmd": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let out: api::ExecResult = r.json().await.unwrap();
-    assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
-}
-
 const SITE: &str = r#"
 set -e
 mkdir -p /home/lohar/www/cgi-bin
@@ -78,7 +66,7 @@ async fn published_ports_answer_hot_warm_and_cold_and_a_burst_wakes_once() {
     let d = Daemon::start().await;
     let public = public_listener(&d).await;
     let sb = d.create("site").await;
-    sh(&d, "site", SITE).await;
+    d.sh("site", SITE).await;
     let r = d
         .req(Method::POST, "/sandboxes/site/exec")
         .json(&serde_json::json!({"cmd": ["httpd", "-p", "8080", "-h", "/home/lohar/www"]}))
@@ -196,7 +184,7 @@ async fn public_ttfb_is_close_to_the_authenticated_proxys() {
     let d = Daemon::start().await;
     let public = public_listener(&d).await;
     let sb = d.create("speed").await;
-    sh(&d, "speed", "mkdir -p /home/lohar/www && echo hi > /home/lohar/www/index.html").await;
+    d.sh("speed", "mkdir -p /home/lohar/www && echo hi > /home/lohar/www/index.html").await;
     let r = d
         .req(Method::POST, "/sandboxes/speed/exec")
         .json(&serde_json::json!({"cmd": ["httpd", "-p", "8080", "-h", "/home/lohar/www"]}))
@@ -297,7 +285,7 @@ async fn domain_mode_serves_the_api_and_aliases_over_tls() {
         std::future::pending(),
     ));
     let sb = d.create("tls-site").await;
-    sh(&d, "tls-site", SITE).await;
+    d.sh("tls-site", SITE).await;
     let r = d
         .req(Method::POST, "/sandboxes/tls-site/exec")
         .json(&serde_json::json!({"cmd": ["httpd", "-p", "8080", "-h", "/home/lohar/www"]}))
@@ -348,7 +336,7 @@ async fn a_websocket_through_the_public_proxy_is_relayed_and_keeps_the_sandbox_h
     let d = Daemon::start().await;
     let public = public_listener(&d).await;
     let sb = d.create("ws-pub").await;
-    sh(&d, "ws-pub", UPGRADE_SERVER).await;
+    d.sh("ws-pub", UPGRADE_SERVER).await;
     let r = d
         .req(Method::POST, "/sandboxes/ws-pub/exec")
         .json(&serde_json::json!({

@@ -112,6 +112,30 @@ impl Daemon {
         r.json().await.unwrap()
     }
 
+    /// Runs a shell script in the guest (as `lohar`) and checks it succeeded.
+    pub async fn sh(&self, sandbox: &str, script: &str) {
+        let r = self
+            .req(reqwest::Method::POST, &format!("/sandboxes/{sandbox}/exec"))
+            .json(&serde_json::json!({"cmd": ["sh", "-c", script]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let out: api::ExecResult = r.json().await.unwrap();
+        assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
+    }
+
+    /// Starts a command detached in the guest.
+    pub async fn detach(&self, sandbox: &str, cmd: &[&str]) {
+        let r = self
+            .req(reqwest::Method::POST, &format!("/sandboxes/{sandbox}/exec"))
+            .json(&serde_json::json!({"cmd": cmd, "detach": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+
     /// Another user and their key.
     pub async fn other_user(&self, name: &str) -> String {
         let name = name.to_owned();
