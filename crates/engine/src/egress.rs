@@ -101,12 +101,11 @@ async fn teardown(ns: &Netns, via: Option<Ipv4Addr>) -> Result<(), EngineError> 
 /// whatever an earlier run or another version put in it), then build it afresh. nft applies a
 /// file atomically, so concurrent traffic sees either the old rules or the new ones.
 fn ruleset(subnet: Subnet, uplink: &str) -> Value {
-    // Subnet has no network accessor; the gateway is always the network address + 1.
-    let network = Ipv4Addr::from(u32::from(subnet.gateway()).saturating_sub(1));
+    let guests = subnet.cidr();
     let from_guests = json!({ "match": {
         "op": "==",
         "left": { "payload": { "protocol": "ip", "field": "saddr" } },
-        "right": { "prefix": { "addr": network.to_string(), "len": subnet.prefix() } },
+        "right": { "prefix": { "addr": guests.addr.to_string(), "len": guests.len } },
     }});
     let iface = |key: &str| {
         let left = json!({ "meta": { "key": key } });

@@ -185,8 +185,7 @@ fn accept_marked(generation: u32) -> [Value; 2] {
 }
 
 fn install_doc(bridge: &str, subnet: Subnet, extra: &[Cidr], sandboxes: &[SandboxRules]) -> Value {
-    let network = Ipv4Addr::from(u32::from(subnet.gateway()).saturating_sub(1));
-    let guests = Cidr::new(network, subnet.prefix());
+    let guests = subnet.cidr();
     let mut never: Vec<Cidr> = NEVER.to_vec();
     for cidr in std::iter::once(&guests).chain(extra) {
         if !never.iter().any(|n| n.overlaps(cidr)) {

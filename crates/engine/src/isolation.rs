@@ -233,11 +233,10 @@ fn chains(tap: &str) -> [String; 3] {
 fn install_doc(bridge: &str, subnet: Subnet, ports: &[Port]) -> Value {
     let gateway = subnet.gateway();
     let gw = gateway.to_string();
-    // Subnet has no network accessor; the gateway is always the network address + 1.
-    let network = Ipv4Addr::from(u32::from(gateway).saturating_sub(1));
+    let guests = subnet.cidr();
     let guest_source = is(
         payload("ip", "saddr"),
-        json!({ "prefix": { "addr": network.to_string(), "len": subnet.prefix() } }),
+        json!({ "prefix": { "addr": guests.addr.to_string(), "len": guests.len } }),
     );
     let mut cmds = vec![
         json!({ "add": { "table": bridge_table() } }),

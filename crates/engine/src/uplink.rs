@@ -68,15 +68,22 @@ impl HostSide {
         }
     }
 
+    /// Runs `f` where the host side's `/proc/sys/net` is: a blocking thread here, or a thread
+    /// inside the namespace.
+    async fn in_host<T, F>(&self, f: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        match self {
+            HostSide::Here => tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?,
+            HostSide::Netns(ns) => ns.enter(f).await,
+        }
+    }
+
     async fn read_forwarding(&self) -> Result<bool, EngineError> {
         let read = || std::fs::read_to_string(IP_FORWARD).map(|s| s.trim() == "1");
-        let result = match self {
-            HostSide::Here => {
-                tokio::task::spawn_blocking(read).await.map_err(io::Error::other).and_then(|r| r)
-            }
-            HostSide::Netns(ns) => ns.enter(read).await,
-        };
-        result.map_err(|source| EngineError::Net {
+        self.in_host(read).await.map_err(|source| EngineError::Net {
             op: "read ip_forward on the host side".into(),
             source,
         })
@@ -84,16 +91,8 @@ impl HostSide {
 
     async fn write_forwarding(&self, on: bool) -> Result<(), EngineError> {
         let value = if on { "1" } else { "0" };
-        let write = move || std::fs::write(IP_FORWARD, value);
-        let result = match self {
-            HostSide::Here => {
-                tokio::task::spawn_blocking(write).await.map_err(io::Error::other).and_then(|r| r)
-            }
-            HostSide::Netns(ns) => ns.enter(write).await,
-        };
-        result.map_err(|source| EngineError::Net {
-            op: format!("set ip_forward={value} on the host side"),
-            source,
+        self.in_host(move || std::fs::write(IP_FORWARD, value)).await.map_err(|source| {
+            EngineError::Net { op: format!("set ip_forward={value} on the host side"), source }
         })
     }
 

@@ -136,10 +136,13 @@ fn client_of(request: &Request) -> Option<std::net::IpAddr> {
 }
 
 fn check_client(state: &AppState, client: Option<std::net::IpAddr>) -> ApiResult<()> {
-    state.public.limits.check_client(client, Instant::now()).map_err(|_| {
-        state.public.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-        ApiError::RateLimited
-    })
+    state.public.limits.check_client(client, Instant::now()).map_err(|_| limited(state))
+}
+
+/// A refusal by a rate limit, counted.
+fn limited(state: &AppState) -> ApiError {
+    state.public.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+    ApiError::RateLimited
 }
 
 /// Sends a request for `alias` (the rest of its path `rest`) to the alias's sandbox port.
@@ -153,10 +156,7 @@ pub(crate) async fn to_alias(
 ) -> ApiResult<Response> {
     let client = client_of(&request);
     let route = route_of(state, alias).await?;
-    state.public.limits.check_alias(alias, Instant::now()).map_err(|_| {
-        state.public.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-        ApiError::RateLimited
-    })?;
+    state.public.limits.check_alias(alias, Instant::now()).map_err(|_| limited(state))?;
     state.public.counters.requests.fetch_add(1, Ordering::Relaxed);
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let declared = request
