@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// validates and normalises one.
 pub use bhatti_core::egress::{NetPolicy, Posture};
 
+mod snapshots;
+pub use snapshots::*;
+
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Response header with the daemon's version.

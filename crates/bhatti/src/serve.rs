@@ -74,6 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Which wall stands around each QEMU, and which cgroup hierarchy bounds it.
     tracing::info!(confinement = %engine.confinement(), "sandboxes");
     let state = server::AppState::new(Arc::new(engine), store, config.server());
+    // Checkpoints the store has no row for (a crash between a capture and its row).
+    match server::snapshots::remove_orphans(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "orphan checkpoints removed"),
+        Err(e) => tracing::warn!("looking for orphan checkpoints: {e}"),
+    }
     tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -48,6 +48,37 @@ impl Engine {
         std::fs::remove_dir_all(files.dir()).map_err(io_at("removing", files.dir()))
     }
 
+    /// Removes every checkpoint directory (of any owner) that is not in `keep`, staging
+    /// directories aside (the engine's start removes those), and answers how many went. The
+    /// caller's list is the truth about which checkpoints exist (the daemon's store); this
+    /// runs at its start, on a blocking thread (large removals).
+    pub fn remove_checkpoints_except(
+        &self,
+        keep: &std::collections::HashSet<std::path::PathBuf>,
+    ) -> usize {
+        let mut removed = 0;
+        let Ok(owners) = std::fs::read_dir(self.layout.checkpoints()) else {
+            return 0;
+        };
+        for owner in owners.flatten() {
+            let Ok(entries) = std::fs::read_dir(owner.path()) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let staging = CheckpointFiles::is_staging(&entry.file_name().to_string_lossy());
+                if staging || keep.contains(&path) || !path.is_dir() {
+                    continue;
+                }
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(dir = %path.display(), "removing an orphan checkpoint: {e}")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Resumes the checkpoint `checkpoint` of `owner` as a new sandbox `id` (same owner), with
     /// the memory, processes and files of the moment it was taken; the new sandbox has private
     /// copies of every file. It keeps the checkpoint's address when that is free; when the
