@@ -14,6 +14,7 @@ mod sandboxes;
 mod setup;
 mod share;
 mod shell;
+mod snapshots;
 mod ui;
 mod users;
 
@@ -125,6 +126,12 @@ pub enum Command {
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCommand),
+    /// Named snapshots: checkpoint a running sandbox, resume it as new sandboxes.
+    #[command(subcommand)]
+    Snapshot(snapshots::SnapshotCommand),
+    /// Templates (global): presets for `create --template`.
+    #[command(subcommand)]
+    Template(snapshots::TemplateCommand),
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -191,6 +198,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
+        Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
+        Command::Template(cmd) => snapshots::template(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }

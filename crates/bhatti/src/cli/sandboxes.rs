@@ -38,6 +38,10 @@ pub struct CreateArgs {
     /// Image name.
     #[arg(long)]
     image: Option<String>,
+    /// A template (ID or name): its image, cpus, memory, disk, secrets, labels and volumes,
+    /// where the other flags leave them out.
+    #[arg(long, value_name = "ID|NAME")]
+    template: Option<String>,
     /// Environment for every command (repeatable; `A=1,B=2` sets two, as in v1).
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     env: Vec<String>,
@@ -170,6 +174,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
     let body = api::CreateSandbox {
         name: a.name.unwrap_or_default(),
         image: a.image.unwrap_or_default(),
+        template_id: a.template.unwrap_or_default(),
         cpus: a.cpus,
         memory_mb: a.memory,
         disk_size_mb: a.disk_size.unwrap_or(0),
