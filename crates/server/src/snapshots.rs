@@ -283,8 +283,8 @@ pub async fn resume(
 /// (`*.tmp-*`) are the engine's to remove at its start.
 pub async fn remove_orphans(state: &AppState) -> ApiResult<usize> {
     let rows = state.store.read(|s| s.list_all_snapshots()).await?;
-    let known: std::collections::HashSet<std::path::PathBuf> =
-        rows.into_iter().map(|r| r.dir).collect();
+    let known: std::collections::HashSet<(String, String)> =
+        rows.iter().filter_map(|r| Some((r.owner.clone(), engine_key(r).ok()?))).collect();
     let engine = state.engine.clone();
     let removed = tokio::task::spawn_blocking(move || engine.remove_checkpoints_except(&known))
         .await
