@@ -50,6 +50,10 @@ pub struct CreateArgs {
     /// Never paused or stopped when idle.
     #[arg(long)]
     keep_hot: bool,
+    /// v1's huge pages switch: sent, but the QEMU engine keeps guest RAM in a file (so warm
+    /// and cold sandboxes keep it) and does not back it with huge pages; a note says so.
+    #[arg(long)]
+    hugepages: bool,
     /// A local file to put in the guest before init (repeatable; small files: the request
     /// carries them).
     #[arg(long = "file", value_name = "LOCAL:GUEST")]
@@ -167,6 +171,12 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
     if let Some(policy) = &net_policy {
         warn_idle_hosts(policy);
     }
+    if a.hugepages {
+        eprintln!(
+            "note: --hugepages has no effect here: guest RAM is a file the warm and cold states \
+             keep, not huge pages"
+        );
+    }
     let body = api::CreateSandbox {
         name: a.name.unwrap_or_default(),
         image: a.image.unwrap_or_default(),
@@ -178,6 +188,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
         files: a.files.iter().map(|f| create_file(f)).collect::<anyhow::Result<_>>()?,
         labels: key_values(&a.labels, "--label")?,
         keep_hot: a.keep_hot,
+        hugepages: a.hugepages,
         net_policy,
         ..api::CreateSandbox::default()
     };
