@@ -255,7 +255,7 @@ mod tests {
     use super::*;
 
     /// A sink that keeps its batches, and may be held shut.
-    #[derive(Clone, Default)]
+    #[derive(Clone)]
     struct Batches {
         got: Arc<Mutex<Vec<Vec<String>>>>,
         gate: Arc<tokio::sync::Semaphore>,
@@ -269,10 +269,17 @@ mod tests {
         }
     }
 
+    impl Batches {
+        fn new(permits: usize) -> Self {
+            Self {
+                got: Arc::default(),
+                gate: Arc::new(tokio::sync::Semaphore::new(permits)),
+            }
+        }
+    }
+
     fn open_sink() -> Batches {
-        let sink = Batches::default();
-        sink.gate.add_permits(1000);
-        sink
+        Batches::new(1000)
     }
 
     #[tokio::test(start_paused = true)]
@@ -303,7 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_without_blocking() {
-        let sink = Batches::default(); // shut: the writer waits on its first batch
+        let sink = Batches::new(0); // shut: the writer waits on its first batch
         let rec = Recorder::spawn(sink.clone());
         let started = std::time::Instant::now();
         // The writer takes one batch (100) and blocks writing it; the queue holds 1,000 more.

@@ -44,7 +44,7 @@ mod tests {
         assert_eq!(parse_loadavg("0.52 0.40 0.33 2/345 6789\n"), Some(0.52));
         assert_eq!(parse_loadavg(""), None);
         let meminfo = "MemTotal:        8048576 kB\nMemFree:  10 kB\nMemAvailable:    4024288 kB\n";
-        assert_eq!(parse_meminfo(meminfo), (7860, 3930));
+        assert_eq!(parse_meminfo(meminfo), (7859, 3929));
         assert_eq!(parse_meminfo("nonsense"), (0, 0));
         let host = read();
         assert!(host.mem_total_mb > 0 && host.mem_available_mb <= host.mem_total_mb);

@@ -180,6 +180,23 @@ impl Route {
         self
     }
 
+    /// The documented methods' names (`GET`...).
+    pub fn method_names(&self) -> Vec<&'static str> {
+        self.methods
+            .iter()
+            .map(|m| match m {
+                HttpMethod::Get => "GET",
+                HttpMethod::Post => "POST",
+                HttpMethod::Put => "PUT",
+                HttpMethod::Delete => "DELETE",
+                HttpMethod::Options => "OPTIONS",
+                HttpMethod::Head => "HEAD",
+                HttpMethod::Patch => "PATCH",
+                HttpMethod::Trace => "TRACE",
+            })
+            .collect()
+    }
+
     /// The OpenAPI path (`{*rest}` is `{rest}`).
     pub fn openapi_path(&self) -> String {
         self.path.replace("{*", "{")
