@@ -175,6 +175,12 @@ impl Recorder {
         Some(rx)
     }
 
+    /// Ends every subscriber's feed (the daemon is stopping: a followed stream must not hold
+    /// its connection open).
+    pub fn close_subscribers(&self) {
+        self.shared.subscribers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Events dropped because the queue was full, since the start.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)

@@ -74,7 +74,7 @@ pub(crate) async fn health(
 /// from too; add routes there, never here).
 pub fn router(state: AppState) -> Router {
     routes::add_all(Router::new())
-        .fallback(request::not_found)
+        .fallback(request::unrouted)
         .method_not_allowed_fallback(request::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn(metrics_http::track))
@@ -139,6 +139,12 @@ where
     L::Addr: Into<proxy::ClientAddr>,
 {
     let (settings, forwards) = (std::sync::Arc::clone(&state.settings), state.forwards.clone());
+    let events = state.events.clone();
+    // Followed event streams end with the listener, so they do not hold the drain up.
+    let shutdown = async move {
+        shutdown.await;
+        events.close_subscribers();
+    };
     let served = serve_app(router(state), &settings, listener, shutdown).await;
     // Forwards end with the API (they hold the engine and do not survive a restart).
     forwards.close_all();

@@ -1,6 +1,20 @@
 //! `GET /metrics` (Prometheus text, the admin's key: the numbers are host-wide) and the
 //! middleware that counts every API request by its route's template (`telemetry.rs`).
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_have_no_braces() {
+        for (template, want) in [
+            ("/sandboxes", "/sandboxes"),
+            ("/sandboxes/{id}/exec", "/sandboxes/:id/exec"),
+            ("/sandboxes/{id}/proxy/{port}/{*rest}", "/sandboxes/:id/proxy/:port/*rest"),
+        ] {
+            assert_eq!(super::route_label(template), want);
+        }
+    }
+}
+
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -18,7 +32,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| "unmatched".to_owned(), |p| route_label(p.as_str()));
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
@@ -28,6 +42,12 @@ pub async fn track(request: Request, next: Next) -> Response {
     }
     telemetry::request(&method, &route, status, started.elapsed());
     response
+}
+
+/// A route template as a label: `/sandboxes/:id/exec` (no braces: some parsers of the text
+/// format stop a label set at the first `}`, even inside a quoted value).
+fn route_label(template: &str) -> String {
+    template.replace("{*", "*").replace('{', ":").replace('}', "")
 }
 
 /// `GET /metrics`: the Prometheus exposition text.

@@ -205,7 +205,12 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 
 /// 404 for paths no route knows.
 pub async fn not_found() -> Response {
-    let mut response = error_response(StatusCode::NOT_FOUND, "not found".into(), "not_found");
+    error_response(StatusCode::NOT_FOUND, "not found".into(), "not_found")
+}
+
+/// The API router's fallback: [`not_found`], marked [`Unrouted`].
+pub async fn unrouted() -> Response {
+    let mut response = not_found().await;
     response.extensions_mut().insert(Unrouted);
     response
 }

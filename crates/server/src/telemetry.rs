@@ -2,7 +2,7 @@
 //! `metrics-exporter-prometheus` at `GET /metrics`) and the plain counters v1's minute
 //! snapshots take deltas of (`metrics_snapshots.rs`).
 //!
-//! Labels are bounded: a request is labelled by its route's template (`/sandboxes/{id}/exec`,
+//! Labels are bounded: a request is labelled by its route's template (`/sandboxes/:id/exec`,
 //! about 30 of them, `unmatched` for the rest), its method and its status class (`2xx`...),
 //! never by a raw path, a name or an ID; wakes by the thermal state they left. Nothing secret
 //! is a label.
