@@ -55,9 +55,10 @@ async fn admin_status_events_and_metrics_through_the_cli() {
     ok(&s, &admin, &["exec", "evt", "--", "true"]);
 
     // A follower sees the destroy as it happens.
-    let mut follower = command(&s, &admin, &["admin", "events", "--follow", "--json", "--type", "sandbox"])
-        .spawn()
-        .unwrap();
+    let mut follower =
+        command(&s, &admin, &["admin", "events", "--follow", "--json", "--type", "sandbox"])
+            .spawn()
+            .unwrap();
     let stdout = follower.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -126,7 +127,7 @@ async fn admin_status_events_and_metrics_through_the_cli() {
 
     // A clean stop writes what the recorder held, its own event last.
     assert!(s.terminate().success());
-    let store = store::Store::open(&s.data.path().join("state/state.db")).unwrap();
+    let store = store::Store::open(s.data.path().join("state/state.db")).unwrap();
     let last = store
         .query_events(&store::EventQuery { kind: Some("daemon".into()), ..Default::default() })
         .unwrap();

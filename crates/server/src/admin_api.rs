@@ -19,7 +19,8 @@ pub async fn status(State(state): State<AppState>, Admin(_): Admin) -> ApiResult
         .store
         .read(|s| {
             let snaps = s.metrics_since(store::Timestamp(0))?;
-            let recent = s.query_events(&store::EventQuery { limit: Some(10), ..Default::default() })?;
+            let recent =
+                s.query_events(&store::EventQuery { limit: Some(10), ..Default::default() })?;
             Ok((snaps, recent))
         })
         .await?;
@@ -75,9 +76,10 @@ pub async fn metrics(
             );
         }
     }
-    let since = store::Timestamp(
-        since.unwrap_or_else(|| store::Timestamp::now().minus(std::time::Duration::from_secs(3600)).0),
-    );
+    let since =
+        store::Timestamp(since.unwrap_or_else(|| {
+            store::Timestamp::now().minus(std::time::Duration::from_secs(3600)).0
+        }));
     let rows = state.store.read(move |s| s.metrics_since(since)).await?;
     let out: Vec<api::MetricsSnapshot> =
         rows.iter().map(crate::metrics_snapshots::to_api).collect();

@@ -181,7 +181,9 @@ async fn apply(state: &AppState, event: engine::Event, refreshes: &mut JoinSet<(
         engine::EventKind::DiskFull => {
             tracing::warn!(sandbox = %event.id, "sandbox paused: a disk is full");
         }
-        engine::EventKind::Woke { from, duration } => crate::telemetry::woke(from.as_str(), *duration),
+        engine::EventKind::Woke { from, duration } => {
+            crate::telemetry::woke(from.as_str(), *duration)
+        }
         _ => {}
     }
     let Some((log, record_changed)) = plan(&event.kind) else { return };

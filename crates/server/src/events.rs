@@ -277,10 +277,7 @@ mod tests {
 
     impl Batches {
         fn new(permits: usize) -> Self {
-            Self {
-                got: Arc::default(),
-                gate: Arc::new(tokio::sync::Semaphore::new(permits)),
-            }
+            Self { got: Arc::default(), gate: Arc::new(tokio::sync::Semaphore::new(permits)) }
         }
     }
 

@@ -200,12 +200,36 @@ mod tests {
                     ..Query::default()
                 },
             ),
-            ("an age", "since=1h", Query { since: Some(10 * 86_400_000 - 3_600_000), limit: 50, ..Query::default() }),
-            ("days", "since=7d", Query { since: Some(3 * 86_400_000), limit: 50, ..Query::default() }),
-            ("a date", "since=1970-01-02", Query { since: Some(86_400_000), limit: 50, ..Query::default() }),
-            ("rfc 3339", "since=1970-01-01T00:00:01Z", Query { since: Some(1000), limit: 50, ..Query::default() }),
-            ("limit and follow", "limit=1000&follow=true", Query { limit: 1000, follow: true, ..Query::default() }),
-            ("unknown parameters are ignored", "colour=blue&limit=3", Query { limit: 3, ..Query::default() }),
+            (
+                "an age",
+                "since=1h",
+                Query { since: Some(10 * 86_400_000 - 3_600_000), limit: 50, ..Query::default() },
+            ),
+            (
+                "days",
+                "since=7d",
+                Query { since: Some(3 * 86_400_000), limit: 50, ..Query::default() },
+            ),
+            (
+                "a date",
+                "since=1970-01-02",
+                Query { since: Some(86_400_000), limit: 50, ..Query::default() },
+            ),
+            (
+                "rfc 3339",
+                "since=1970-01-01T00:00:01Z",
+                Query { since: Some(1000), limit: 50, ..Query::default() },
+            ),
+            (
+                "limit and follow",
+                "limit=1000&follow=true",
+                Query { limit: 1000, follow: true, ..Query::default() },
+            ),
+            (
+                "unknown parameters are ignored",
+                "colour=blue&limit=3",
+                Query { limit: 3, ..Query::default() },
+            ),
         ];
         for (name, raw, want) in table {
             assert_eq!(ok(raw), want, "{name}");

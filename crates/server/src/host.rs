@@ -16,7 +16,11 @@ pub fn read() -> Host {
     let load = std::fs::read_to_string("/proc/loadavg").ok();
     let mem = std::fs::read_to_string("/proc/meminfo").ok();
     let (mem_total_mb, mem_available_mb) = mem.as_deref().map(parse_meminfo).unwrap_or_default();
-    Host { load_1m: load.as_deref().and_then(parse_loadavg).unwrap_or(0.0), mem_total_mb, mem_available_mb }
+    Host {
+        load_1m: load.as_deref().and_then(parse_loadavg).unwrap_or(0.0),
+        mem_total_mb,
+        mem_available_mb,
+    }
 }
 
 /// The first field of `/proc/loadavg`.

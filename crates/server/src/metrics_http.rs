@@ -1,20 +1,6 @@
 //! `GET /metrics` (Prometheus text, the admin's key: the numbers are host-wide) and the
 //! middleware that counts every API request by its route's template (`telemetry.rs`).
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn route_labels_have_no_braces() {
-        for (template, want) in [
-            ("/sandboxes", "/sandboxes"),
-            ("/sandboxes/{id}/exec", "/sandboxes/:id/exec"),
-            ("/sandboxes/{id}/proxy/{port}/{*rest}", "/sandboxes/:id/proxy/:port/*rest"),
-        ] {
-            assert_eq!(super::route_label(template), want);
-        }
-    }
-}
-
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -65,4 +51,18 @@ pub async fn scrape(State(state): State<AppState>, Admin(_): Admin) -> ApiResult
     metrics::counter!(telemetry::EVENTS_DROPPED).increment(0);
     handle.run_upkeep();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_have_no_braces() {
+        for (template, want) in [
+            ("/sandboxes", "/sandboxes"),
+            ("/sandboxes/{id}/exec", "/sandboxes/:id/exec"),
+            ("/sandboxes/{id}/proxy/{port}/{*rest}", "/sandboxes/:id/proxy/:port/*rest"),
+        ] {
+            assert_eq!(super::route_label(template), want);
+        }
+    }
 }

@@ -19,11 +19,8 @@ pub fn thermal_counts(
     let mut c = api::ThermalCounts::default();
     for row in rows.iter().filter(|r| r.status != store::Status::Destroyed) {
         c.total += 1;
-        let thermal = if row.status == store::Status::Running {
-            live(&row.id).or(row.thermal)
-        } else {
-            None
-        };
+        let thermal =
+            if row.status == store::Status::Running { live(&row.id).or(row.thermal) } else { None };
         match thermal {
             Some(engine::Thermal::Hot) => c.hot += 1,
             Some(engine::Thermal::Warm) => c.warm += 1,
@@ -76,7 +73,10 @@ fn totals(state: &AppState) -> Totals {
 }
 
 /// One snapshot: `now`'s totals minus `before`'s, and the gauges.
-async fn take(state: &AppState, before: Totals) -> Result<(store::MetricsSnapshot, Totals), store::StoreError> {
+async fn take(
+    state: &AppState,
+    before: Totals,
+) -> Result<(store::MetricsSnapshot, Totals), store::StoreError> {
     let now = totals(state);
     let d = |i: usize| now.0[i].saturating_sub(before.0[i]);
     let (counts, users, host) = gauges(state).await?;

@@ -149,7 +149,8 @@ impl Route {
     /// A JSON answer with `status`.
     pub fn returns<T: utoipa::ToSchema>(mut self, status: u16) -> Self {
         let schema = json_ref::<T>(&mut self.schemas);
-        self.responses.push((status, Some(Body { media: "application/json", schema: Some(schema) })));
+        self.responses
+            .push((status, Some(Body { media: "application/json", schema: Some(schema) })));
         self
     }
 
@@ -157,7 +158,8 @@ impl Route {
     pub fn returns_list<T: utoipa::ToSchema>(mut self, status: u16) -> Self {
         let item = json_ref::<T>(&mut self.schemas);
         let array: Schema = ArrayBuilder::new().items(item).into();
-        self.responses.push((status, Some(Body { media: "application/json", schema: Some(array.into()) })));
+        self.responses
+            .push((status, Some(Body { media: "application/json", schema: Some(array.into()) })));
         self
     }
 
@@ -214,47 +216,182 @@ impl Route {
 pub fn table() -> Vec<Route> {
     const LIST_QUERY: &[&str] = &["type", "sandbox", "since", "limit", "follow"];
     vec![
-        get("/health", crate::health).summary("Liveness and uptime").public().returns::<api::Health>(200),
-        get("/openapi.json", openapi_json).summary("This document").public().returns_text(200, "application/json"),
+        get("/health", crate::health)
+            .summary("Liveness and uptime")
+            .public()
+            .returns::<api::Health>(200),
+        get("/openapi.json", openapi_json)
+            .summary("This document")
+            .public()
+            .returns_text(200, "application/json"),
         // Sandboxes.
-        get("/sandboxes", sandboxes::list).summary("The caller's sandboxes").query(&["label"]).returns_list::<api::Sandbox>(200),
-        post("/sandboxes", sandboxes::create).summary("Create a sandbox (idempotent by name)").takes::<api::CreateSandbox>().returns::<api::Sandbox>(201).returns::<api::Sandbox>(200),
-        get("/sandboxes/{id}", sandboxes::get).summary("One sandbox, by ID or name").returns::<api::Sandbox>(200),
-        patch("/sandboxes/{id}", sandboxes::update).summary("Rename, relabel, keep hot, egress policy").takes::<api::UpdateSandbox>().returns::<api::Sandbox>(200),
-        delete("/sandboxes/{id}", sandboxes::destroy).summary("Destroy a sandbox").returns::<api::StatusBody>(200),
-        post("/sandboxes/{id}/stop", sandboxes::stop).summary("Suspend to disk").returns::<api::StatusBody>(200),
-        post("/sandboxes/{id}/start", sandboxes::start).summary("Start or wake").takes::<api::StartRequest>().returns::<api::StatusBody>(200),
-        post("/sandboxes/{id}/exec", exec::exec).summary("Run a command (buffered JSON, NDJSON stream, or detached)").takes::<api::ExecBody>().returns::<api::ExecResult>(200).streams::<api::ExecEvent>(200),
-        any("/sandboxes/{id}/files", &[HttpMethod::Get, HttpMethod::Put, HttpMethod::Head], files::files).summary("Read (streamed), write (Content-Length), stat (HEAD) or list (ls=true) a guest file").query(&["path", "offset", "limit", "max_bytes", "ls", "mode"]).takes_bytes().returns_text(200, "application/octet-stream").returns_list::<api::FileInfo>(200),
-        get("/sandboxes/{id}/ports", ports::sandbox_ports).summary("The guest's listening ports").returns_list::<api::Port>(200),
-        get("/ports", ports::all_ports).summary("Listening ports of all the caller's sandboxes").returns_text(200, "application/json"),
-        any("/sandboxes/{id}/proxy/{port}", &[HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Patch, HttpMethod::Delete], proxy::proxy).summary("HTTP to a guest port").returns_text(200, "*/*"),
-        any("/sandboxes/{id}/proxy/{port}/", &[HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Patch, HttpMethod::Delete], proxy::proxy).summary("HTTP to a guest port").returns_text(200, "*/*"),
-        any("/sandboxes/{id}/proxy/{port}/{*rest}", &[HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Patch, HttpMethod::Delete], proxy::proxy).summary("HTTP to a guest port").returns_text(200, "*/*"),
-        get("/sandboxes/{id}/ws", ws::tty).summary("Terminal WebSocket (?token= accepted)").query(&["token", "session", "new"]).returns_text(101, "application/octet-stream"),
-        get("/sandboxes/{id}/exec/ws", ws::piped).summary("Piped exec WebSocket (?token= accepted)").query(&["token", "session"]).returns_text(101, "application/octet-stream"),
-        get("/sandboxes/{id}/publish", publish::list).summary("Published ports").returns_list::<api::PublishRule>(200),
-        post("/sandboxes/{id}/publish", publish::publish).summary("Publish a guest port under an alias").takes::<api::PublishRequest>().returns::<api::PublishRule>(201),
-        delete("/sandboxes/{id}/publish/{port}", publish::unpublish).summary("Unpublish a port").returns_empty(204),
-        get("/sandboxes/{id}/forward", forward::list).summary("Forwards to the host's loopback").returns_list::<api::Forward>(200),
-        post("/sandboxes/{id}/forward", forward::create).summary("Forward a host loopback port to a guest port").takes::<api::ForwardRequest>().returns::<api::Forward>(201),
-        delete("/sandboxes/{id}/forward", forward::close).summary("Close the sandbox's forwards").returns_empty(204),
-        get("/sandboxes/{id}/sessions", sessions::list).summary("Shell sessions").returns_list::<api::SessionInfo>(200),
-        delete("/sandboxes/{id}/sessions/{session_id}", sessions::kill).summary("Kill a session").returns_empty(204),
-        post("/sandboxes/{id}/shell-token", web_shell::mint).summary("Mint a web-shell share link").returns::<api::ShellToken>(201),
-        delete("/sandboxes/{id}/shell-token", web_shell::revoke).summary("Revoke the share link").returns_empty(204),
+        get("/sandboxes", sandboxes::list)
+            .summary("The caller's sandboxes")
+            .query(&["label"])
+            .returns_list::<api::Sandbox>(200),
+        post("/sandboxes", sandboxes::create)
+            .summary("Create a sandbox (idempotent by name)")
+            .takes::<api::CreateSandbox>()
+            .returns::<api::Sandbox>(201)
+            .returns::<api::Sandbox>(200),
+        get("/sandboxes/{id}", sandboxes::get)
+            .summary("One sandbox, by ID or name")
+            .returns::<api::Sandbox>(200),
+        patch("/sandboxes/{id}", sandboxes::update)
+            .summary("Rename, relabel, keep hot, egress policy")
+            .takes::<api::UpdateSandbox>()
+            .returns::<api::Sandbox>(200),
+        delete("/sandboxes/{id}", sandboxes::destroy)
+            .summary("Destroy a sandbox")
+            .returns::<api::StatusBody>(200),
+        post("/sandboxes/{id}/stop", sandboxes::stop)
+            .summary("Suspend to disk")
+            .returns::<api::StatusBody>(200),
+        post("/sandboxes/{id}/start", sandboxes::start)
+            .summary("Start or wake")
+            .takes::<api::StartRequest>()
+            .returns::<api::StatusBody>(200),
+        post("/sandboxes/{id}/exec", exec::exec)
+            .summary("Run a command (buffered JSON, NDJSON stream, or detached)")
+            .takes::<api::ExecBody>()
+            .returns::<api::ExecResult>(200)
+            .streams::<api::ExecEvent>(200),
+        any(
+            "/sandboxes/{id}/files",
+            &[HttpMethod::Get, HttpMethod::Put, HttpMethod::Head],
+            files::files,
+        )
+        .summary(
+            "Read (streamed), write (Content-Length), stat (HEAD) or list (ls=true) a guest file",
+        )
+        .query(&["path", "offset", "limit", "max_bytes", "ls", "mode"])
+        .takes_bytes()
+        .returns_text(200, "application/octet-stream")
+        .returns_list::<api::FileInfo>(200),
+        get("/sandboxes/{id}/ports", ports::sandbox_ports)
+            .summary("The guest's listening ports")
+            .returns_list::<api::Port>(200),
+        get("/ports", ports::all_ports)
+            .summary("Listening ports of all the caller's sandboxes")
+            .returns_text(200, "application/json"),
+        any(
+            "/sandboxes/{id}/proxy/{port}",
+            &[
+                HttpMethod::Get,
+                HttpMethod::Post,
+                HttpMethod::Put,
+                HttpMethod::Patch,
+                HttpMethod::Delete,
+            ],
+            proxy::proxy,
+        )
+        .summary("HTTP to a guest port")
+        .returns_text(200, "*/*"),
+        any(
+            "/sandboxes/{id}/proxy/{port}/",
+            &[
+                HttpMethod::Get,
+                HttpMethod::Post,
+                HttpMethod::Put,
+                HttpMethod::Patch,
+                HttpMethod::Delete,
+            ],
+            proxy::proxy,
+        )
+        .summary("HTTP to a guest port")
+        .returns_text(200, "*/*"),
+        any(
+            "/sandboxes/{id}/proxy/{port}/{*rest}",
+            &[
+                HttpMethod::Get,
+                HttpMethod::Post,
+                HttpMethod::Put,
+                HttpMethod::Patch,
+                HttpMethod::Delete,
+            ],
+            proxy::proxy,
+        )
+        .summary("HTTP to a guest port")
+        .returns_text(200, "*/*"),
+        get("/sandboxes/{id}/ws", ws::tty)
+            .summary("Terminal WebSocket (?token= accepted)")
+            .query(&["token", "session", "new"])
+            .returns_text(101, "application/octet-stream"),
+        get("/sandboxes/{id}/exec/ws", ws::piped)
+            .summary("Piped exec WebSocket (?token= accepted)")
+            .query(&["token", "session"])
+            .returns_text(101, "application/octet-stream"),
+        get("/sandboxes/{id}/publish", publish::list)
+            .summary("Published ports")
+            .returns_list::<api::PublishRule>(200),
+        post("/sandboxes/{id}/publish", publish::publish)
+            .summary("Publish a guest port under an alias")
+            .takes::<api::PublishRequest>()
+            .returns::<api::PublishRule>(201),
+        delete("/sandboxes/{id}/publish/{port}", publish::unpublish)
+            .summary("Unpublish a port")
+            .returns_empty(204),
+        get("/sandboxes/{id}/forward", forward::list)
+            .summary("Forwards to the host's loopback")
+            .returns_list::<api::Forward>(200),
+        post("/sandboxes/{id}/forward", forward::create)
+            .summary("Forward a host loopback port to a guest port")
+            .takes::<api::ForwardRequest>()
+            .returns::<api::Forward>(201),
+        delete("/sandboxes/{id}/forward", forward::close)
+            .summary("Close the sandbox's forwards")
+            .returns_empty(204),
+        get("/sandboxes/{id}/sessions", sessions::list)
+            .summary("Shell sessions")
+            .returns_list::<api::SessionInfo>(200),
+        delete("/sandboxes/{id}/sessions/{session_id}", sessions::kill)
+            .summary("Kill a session")
+            .returns_empty(204),
+        post("/sandboxes/{id}/shell-token", web_shell::mint)
+            .summary("Mint a web-shell share link")
+            .returns::<api::ShellToken>(201),
+        delete("/sandboxes/{id}/shell-token", web_shell::revoke)
+            .summary("Revoke the share link")
+            .returns_empty(204),
         // The web shell: no API key (the page is public, the socket takes the share token in
         // its first message); see `auth::is_web_shell_route`.
-        get("/_shell/_assets/{file}", web_shell::asset).summary("Web shell assets").public().returns_text(200, "*/*"),
-        get("/_shell/{id}", web_shell::page).summary("Web shell page").public().returns_text(200, "text/html"),
-        get("/_shell/{id}/", web_shell::page).summary("Web shell page").public().returns_text(200, "text/html"),
-        get("/_shell/{id}/ws", web_shell::socket).summary("Web shell socket").public().returns_text(101, "application/octet-stream"),
+        get("/_shell/_assets/{file}", web_shell::asset)
+            .summary("Web shell assets")
+            .public()
+            .returns_text(200, "*/*"),
+        get("/_shell/{id}", web_shell::page)
+            .summary("Web shell page")
+            .public()
+            .returns_text(200, "text/html"),
+        get("/_shell/{id}/", web_shell::page)
+            .summary("Web shell page")
+            .public()
+            .returns_text(200, "text/html"),
+        get("/_shell/{id}/ws", web_shell::socket)
+            .summary("Web shell socket")
+            .public()
+            .returns_text(101, "application/octet-stream"),
         // Events, admin, metrics.
-        get("/events", events_api::list).summary("The caller's events, newest first (follow=true: NDJSON as they happen)").query(LIST_QUERY).returns_list::<api::Event>(200).streams::<api::Event>(200),
-        get("/admin/events", events_api::list_all).summary("Everyone's events (admin)").query(&["type", "sandbox", "since", "limit", "follow", "user"]).returns_list::<api::Event>(200).streams::<api::Event>(200),
-        get("/admin/status", crate::admin_api::status).summary("Daemon, sandboxes, users, host (admin)").returns::<api::AdminStatus>(200),
-        get("/admin/metrics", crate::admin_api::metrics).summary("Minute snapshots (admin)").query(&["since"]).returns_list::<api::MetricsSnapshot>(200),
-        get("/metrics", metrics_http::scrape).summary("Prometheus metrics (admin)").returns_text(200, "text/plain; version=0.0.4"),
+        get("/events", events_api::list)
+            .summary("The caller's events, newest first (follow=true: NDJSON as they happen)")
+            .query(LIST_QUERY)
+            .returns_list::<api::Event>(200)
+            .streams::<api::Event>(200),
+        get("/admin/events", events_api::list_all)
+            .summary("Everyone's events (admin)")
+            .query(&["type", "sandbox", "since", "limit", "follow", "user"])
+            .returns_list::<api::Event>(200)
+            .streams::<api::Event>(200),
+        get("/admin/status", crate::admin_api::status)
+            .summary("Daemon, sandboxes, users, host (admin)")
+            .returns::<api::AdminStatus>(200),
+        get("/admin/metrics", crate::admin_api::metrics)
+            .summary("Minute snapshots (admin)")
+            .query(&["since"])
+            .returns_list::<api::MetricsSnapshot>(200),
+        get("/metrics", metrics_http::scrape)
+            .summary("Prometheus metrics (admin)")
+            .returns_text(200, "text/plain; version=0.0.4"),
     ]
 }
 
@@ -305,7 +442,8 @@ pub fn document() -> OpenApi {
             let i = match by_status.iter().position(|(s, _)| s == status) {
                 Some(i) => i,
                 None => {
-                    by_status.push((*status, ResponseBuilder::new().description(describe(*status))));
+                    by_status
+                        .push((*status, ResponseBuilder::new().description(describe(*status))));
                     by_status.len() - 1
                 }
             };
@@ -317,10 +455,13 @@ pub fn document() -> OpenApi {
         for (status, resp) in by_status {
             op = op.response(status.to_string(), resp);
         }
-        op = op.response("default", ResponseBuilder::new().description("An error").content(
-            "application/json",
-            Content::new(Some(json_ref::<api::ErrorBody>(&mut schemas))),
-        ));
+        op = op.response(
+            "default",
+            ResponseBuilder::new().description("An error").content(
+                "application/json",
+                Content::new(Some(json_ref::<api::ErrorBody>(&mut schemas))),
+            ),
+        );
         if !r.public {
             op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));
         }

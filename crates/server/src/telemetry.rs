@@ -41,9 +41,8 @@ pub const EVENTS_DROPPED: &str = "bhatti_events_dropped_total";
 pub const SUBSCRIBERS_DROPPED: &str = "bhatti_events_subscribers_dropped_total";
 
 /// Latency buckets (seconds) for the histograms: 1 ms to 60 s.
-const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+const BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// The process's Prometheus recorder (the `metrics` crate's recorder is process-wide; every
 /// daemon in a test process shares it), installed on first use.

@@ -59,11 +59,7 @@ async fn events_and_metrics_follow_real_actions_scoped_to_their_owner() {
     let other = d.other_user("other").await;
 
     // A follower from before anything happened.
-    let follow = d
-        .req(Method::GET, "/events?follow=true&type=sandbox")
-        .send()
-        .await
-        .unwrap();
+    let follow = d.req(Method::GET, "/events?follow=true&type=sandbox").send().await.unwrap();
     assert_eq!(follow.status(), 200);
     assert_eq!(follow.headers()["content-type"], api::NDJSON);
 
@@ -94,7 +90,8 @@ async fn events_and_metrics_follow_real_actions_scoped_to_their_owner() {
     // Filters: an exact type, the sandbox (by ID: its name is free again), limit, since.
     let created = events(&d, &d.key, "/events?type=sandbox.created").await;
     assert_eq!(kinds(&created), ["sandbox.created"]);
-    let by_sandbox = events(&d, &d.key, &format!("/events?sandbox={}&type=sandbox&limit=2", sb.id)).await;
+    let by_sandbox =
+        events(&d, &d.key, &format!("/events?sandbox={}&type=sandbox&limit=2", sb.id)).await;
     assert_eq!(kinds(&by_sandbox), ["sandbox.destroyed", "sandbox.started"]);
     let later = events(&d, &d.key, &format!("/events?since={}", mine[0].ts)).await;
     assert!(later.iter().any(|e| e.kind == "sandbox.destroyed"));
@@ -299,13 +296,11 @@ async fn the_openapi_document_and_the_router_have_the_same_routes() {
 
     // Every documented operation reaches a handler (not the router's own 404/405), and a
     // route the router does not have is told apart (the probe can fail).
-    let axum_paths: HashMap<String, &'static str> = server::routes::table()
-        .into_iter()
-        .map(|r| (r.openapi_path(), r.path))
-        .collect();
+    let axum_paths: HashMap<String, &'static str> =
+        server::routes::table().into_iter().map(|r| (r.openapi_path(), r.path)).collect();
     for (method, path) in &documented {
         let response =
-            server::router(d.state.clone()).oneshot(probe(method, &axum_paths[path], &d.key)).await;
+            server::router(d.state.clone()).oneshot(probe(method, axum_paths[path], &d.key)).await;
         let response = response.unwrap();
         assert!(
             response.extensions().get::<server::request::Unrouted>().is_none(),

@@ -95,8 +95,18 @@ pub async fn run(ctx: &Ctx, cmd: AdminCommand) -> anyhow::Result<u8> {
                     ]
                 })
                 .collect();
-            let headers =
-                ["TIME", "REQ", "ERR", "PROXY", "WAKES", "HOT", "WARM", "COLD", "LOAD", "MEM_AVAIL"];
+            let headers = [
+                "TIME",
+                "REQ",
+                "ERR",
+                "PROXY",
+                "WAKES",
+                "HOT",
+                "WARM",
+                "COLD",
+                "LOAD",
+                "MEM_AVAIL",
+            ];
             print!("{}", table(&headers, &lines));
             Ok(exit::OK)
         }
@@ -126,8 +136,11 @@ async fn status(ctx: &Ctx) -> anyhow::Result<u8> {
         s.host.load_1m, s.host.mem_available_mb, s.host.mem_total_mb
     );
     println!("events dropped: {}", s.events_dropped);
-    let users: Vec<Vec<String>> =
-        s.users.iter().map(|u| vec![u.name.clone(), u.id.clone(), u.sandboxes.to_string()]).collect();
+    let users: Vec<Vec<String>> = s
+        .users
+        .iter()
+        .map(|u| vec![u.name.clone(), u.id.clone(), u.sandboxes.to_string()])
+        .collect();
     print!("\n{}", table(&["USER", "ID", "SANDBOXES"], &users));
     let events: Vec<Vec<String>> = s.recent_events.iter().map(event_row).collect();
     print!("\n{}", table(&["TIME", "TYPE", "USER", "SANDBOX", "DETAILS"], &events));
