@@ -365,6 +365,43 @@ mod tests {
         assert_eq!(other.recv().await.unwrap().kind, "volume.created");
     }
 
+    #[tokio::test]
+    async fn a_real_store_keeps_every_event_whatever_the_subscribers_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let store = store::AsyncStore::open(&db, &store::Options::default()).unwrap();
+        let rec = Recorder::spawn(store.clone());
+        let _slow = rec.subscribe(Filter::default()).unwrap();
+        let mut alice =
+            rec.subscribe(Filter { user_id: Some("alice".into()), ..Filter::default() }).unwrap();
+        let gone = rec.subscribe(Filter::default()).unwrap();
+        drop(gone); // a subscriber that left is forgotten, nothing else changes
+        let n = SUBSCRIBER_BUFFER * 2;
+        for i in 0..n {
+            let user = if i % 2 == 0 { "alice" } else { "bob" };
+            rec.record(store::NewEvent {
+                user_id: user.into(),
+                ..store::NewEvent::now(format!("t.e{i}"))
+            });
+        }
+        // The slow one was dropped; alice's got hers, in order, though she read none yet.
+        assert_eq!(rec.subscribers_dropped(), 1);
+        for i in (0..n).step_by(2) {
+            assert_eq!(alice.recv().await.unwrap().kind, format!("t.e{i}"));
+        }
+        // Closing the recorder's subscribers ends every feed.
+        rec.close_subscribers();
+        assert!(alice.recv().await.is_none());
+        // Every event is in the store; none dropped.
+        rec.flush().await;
+        let q =
+            store::EventQuery { kind: Some("t".into()), limit: Some(1000), ..Default::default() };
+        let stored = store.read(move |s| s.query_events(&q)).await.unwrap();
+        assert_eq!(stored.len(), n);
+        assert_eq!(stored[0].event.kind, format!("t.e{}", n - 1));
+        assert_eq!(rec.dropped(), 0);
+    }
+
     #[test]
     fn filters_and() {
         let e = store::NewEvent {

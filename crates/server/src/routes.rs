@@ -246,11 +246,11 @@ pub fn table() -> Vec<Route> {
             .returns::<api::StatusBody>(200),
         post("/sandboxes/{id}/stop", sandboxes::stop)
             .summary("Suspend to disk")
-            .returns::<api::StatusBody>(200),
+            .returns::<api::Sandbox>(200),
         post("/sandboxes/{id}/start", sandboxes::start)
             .summary("Start or wake")
             .takes::<api::StartRequest>()
-            .returns::<api::StatusBody>(200),
+            .returns::<api::Sandbox>(200),
         post("/sandboxes/{id}/exec", exec::exec)
             .summary("Run a command (buffered JSON, NDJSON stream, or detached)")
             .takes::<api::ExecBody>()
@@ -346,10 +346,10 @@ pub fn table() -> Vec<Route> {
             .returns_list::<api::SessionInfo>(200),
         delete("/sandboxes/{id}/sessions/{session_id}", sessions::kill)
             .summary("Kill a session")
-            .returns_empty(204),
+            .returns::<api::StatusBody>(200),
         post("/sandboxes/{id}/shell-token", web_shell::mint)
             .summary("Mint a web-shell share link")
-            .returns::<api::ShellToken>(201),
+            .returns::<api::ShellToken>(200),
         delete("/sandboxes/{id}/shell-token", web_shell::revoke)
             .summary("Revoke the share link")
             .returns_empty(204),
