@@ -1,4 +1,4 @@
-//! Who is asking. Every route but `/health` and the web shell's (`/_shell/...`, see
+//! Who is asking. Every route but `/health`, `/openapi.json` and the web shell's (`/_shell/...`, see
 //! [`is_web_shell_route`]) needs `Authorization: Bearer <key>`; the API's own
 //! two WebSocket routes, `/sandboxes/<id>/ws` and `/sandboxes/<id>/exec/ws`, also take
 //! `?token=<key>` (browsers cannot set headers on a WebSocket). Nothing else does: not the
