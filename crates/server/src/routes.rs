@@ -515,3 +515,39 @@ pub async fn openapi_json() -> Response {
     let json = JSON.get_or_init(|| document().to_json().unwrap_or_else(|_| "{}".into()));
     ([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_document_names_bodies_answers_and_keys() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let create = &doc["paths"]["/sandboxes"]["post"];
+        assert_eq!(
+            create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/CreateSandbox"
+        );
+        assert_eq!(
+            create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Sandbox"
+        );
+        assert_eq!(create["security"][0]["bearer"], serde_json::json!([]));
+        assert!(doc["paths"]["/health"]["get"]["security"].is_null(), "health needs no key");
+        let exec = &doc["paths"]["/sandboxes/{id}/exec"]["post"];
+        assert!(exec["responses"]["200"]["content"][api::NDJSON].is_object());
+        assert_eq!(exec["parameters"][0]["name"], "id");
+        assert_eq!(exec["parameters"][0]["in"], "path");
+        let rest = &doc["paths"]["/sandboxes/{id}/proxy/{port}/{rest}"];
+        assert!(rest["get"].is_object() && rest["delete"].is_object());
+        let files = &doc["paths"]["/sandboxes/{id}/files"];
+        assert!(files["get"].is_object() && files["put"].is_object() && files["head"].is_object());
+        let events = &doc["paths"]["/events"]["get"]["responses"]["200"]["content"];
+        assert_eq!(events["application/json"]["schema"]["type"], "array");
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in ["Sandbox", "ErrorBody", "Event", "AdminStatus", "ThermalCounts", "ExecEvent"] {
+            assert!(schemas.contains_key(name), "{name}");
+        }
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+}

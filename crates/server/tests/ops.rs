@@ -53,10 +53,11 @@ async fn events_and_metrics_follow_real_actions_scoped_to_their_owner() {
         s.warm_after = Duration::from_secs(3600);
     })
     .await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let background = server::spawn_background(&d.state, stop_rx);
     let admin = d.other_user("admin").await;
     let other = d.other_user("other").await;
+    // After the users: every snapshot counts three.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = server::spawn_background(&d.state, stop_rx);
 
     // A follower from before anything happened.
     let follow = d.req(Method::GET, "/events?follow=true&type=sandbox").send().await.unwrap();
