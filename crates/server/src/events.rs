@@ -128,6 +128,11 @@ impl Recorder {
     /// Records `event`: queued for the store and handed to the subscribers. Never blocks; a
     /// full queue drops the event (counted: [`Recorder::dropped`]).
     pub fn record(&self, event: store::NewEvent) {
+        // The store refuses a batch holding one: it must not cost the others theirs.
+        if event.kind.is_empty() {
+            tracing::warn!("an event without a type, not recorded");
+            return;
+        }
         self.announce(std::slice::from_ref(&event));
         if self.tx.try_send(Msg::Event(event)).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -400,6 +405,13 @@ mod tests {
         assert_eq!(stored.len(), n);
         assert_eq!(stored[0].event.kind, format!("t.e{}", n - 1));
         assert_eq!(rec.dropped(), 0);
+        // An event without a type is refused alone, not with its batch.
+        rec.record(store::NewEvent::now(""));
+        rec.record(store::NewEvent::now("t.after"));
+        rec.flush().await;
+        let q =
+            store::EventQuery { kind: Some("t".into()), limit: Some(1000), ..Default::default() };
+        assert_eq!(store.read(move |s| s.query_events(&q)).await.unwrap().len(), n + 1);
     }
 
     #[test]
