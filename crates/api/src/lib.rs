@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod events;
+pub use events::*;
+
 /// A sandbox's egress policy (v2's `net_policy`: `{"default": "public"|"deny", "allow_hosts":
 /// [...], "allow_cidrs": [...]}`, every field optional) and its posture; `NetPolicy::check`
 /// validates and normalises one.
@@ -33,7 +36,7 @@ pub const NDJSON: &str = "application/x-ndjson";
 
 /// Every error: `{"error": "..."}`, plus a stable `code` (ours) and, for internal errors, the
 /// request ID to find the log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for people.
     pub error: String,
@@ -175,7 +178,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok`.
     pub status: String,
@@ -200,7 +203,7 @@ pub fn go_duration(d: std::time::Duration) -> String {
 }
 
 /// A sandbox as the API shows it (v1's `store.Sandbox`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sandbox {
     /// ID (16 hex).
     pub id: String,
@@ -219,6 +222,7 @@ pub struct Sandbox {
     pub ip: String,
     /// Always `{}` (v1).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub engine_meta: serde_json::Value,
     /// Owner's user ID.
     #[serde(default)]
@@ -253,11 +257,12 @@ pub struct Sandbox {
     /// Egress policy, normalised (v2's; always sent; `public` for sandboxes made before
     /// policies, and from a daemon that has none).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub net_policy: NetPolicy,
 }
 
 /// A file to write into the guest before init runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateFile {
     /// Absolute path in the guest.
     pub guest_path: String,
@@ -270,7 +275,7 @@ pub struct CreateFile {
 }
 
 /// A persistent volume to attach at create.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateVolume {
     /// Volume name.
     pub name: String,
@@ -288,7 +293,7 @@ pub struct CreateVolume {
 }
 
 /// `POST /sandboxes`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateSandbox {
     /// Name (`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`); `sandbox-<6 hex>` when empty.
     #[serde(default)]
@@ -335,6 +340,7 @@ pub struct CreateSandbox {
     /// v1's legacy named volumes: accepted for compatibility; v1 recorded them but never
     /// attached them, and neither do we (use `persistent_volumes`).
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub volumes: Vec<serde_json::Value>,
     /// v1's huge pages switch: accepted, without effect here.
     #[serde(default)]
@@ -342,11 +348,12 @@ pub struct CreateSandbox {
     /// Egress policy (v2's; default `public`). Refused with 400 `invalid net_policy: ...` when
     /// it breaks a rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub net_policy: Option<NetPolicy>,
 }
 
 /// An ephemeral volume (v1's `new_volumes`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewVolume {
     /// Name (informational).
     #[serde(default)]
@@ -358,7 +365,7 @@ pub struct NewVolume {
 }
 
 /// `PATCH /sandboxes/:id`: every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateSandbox {
     /// New name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -375,11 +382,12 @@ pub struct UpdateSandbox {
     /// A new egress policy, replacing the whole one (v2's); takes effect at once, whatever the
     /// sandbox's thermal state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub net_policy: Option<NetPolicy>,
 }
 
 /// `POST /sandboxes/:id/start`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StartRequest {
     /// Boot from the disk, discarding saved memory.
     #[serde(default)]
@@ -387,14 +395,14 @@ pub struct StartRequest {
 }
 
 /// `DELETE /sandboxes/:id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusBody {
     /// `destroyed`, `ok`.
     pub status: String,
 }
 
 /// `POST /sandboxes/:id/exec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecBody {
     /// argv, non-empty.
     #[serde(default)]
@@ -417,7 +425,7 @@ pub struct ExecBody {
 }
 
 /// A buffered exec's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecResult {
     /// Exit code.
     pub exit_code: i32,
@@ -439,7 +447,7 @@ pub struct ExecResult {
 pub const OUTPUT_TRUNCATED_HEADER: &str = "x-bhatti-output-truncated";
 
 /// A detached exec's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DetachedResult {
     /// Process ID in the guest.
     pub pid: i64,
@@ -450,7 +458,7 @@ pub struct DetachedResult {
 }
 
 /// One line of a streaming exec (`Accept: application/x-ndjson`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ExecEvent {
     /// Output on stdout.
@@ -476,7 +484,7 @@ pub enum ExecEvent {
 }
 
 /// A listening port of a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Port {
     /// The sandbox (`GET /ports` only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -488,7 +496,7 @@ pub struct Port {
 }
 
 /// `POST /sandboxes/:id/publish`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublishRequest {
     /// Guest port, 1..=65535 (wider here so an out-of-range number gets a clear 400).
     pub port: u32,
@@ -498,7 +506,7 @@ pub struct PublishRequest {
 }
 
 /// A published port (v1's `PublishRule` plus its `url`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublishRule {
     /// `pub_` + 16 hex.
     pub id: String,
@@ -520,7 +528,7 @@ pub struct PublishRule {
 }
 
 /// `POST /sandboxes/:id/forward`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForwardRequest {
     /// Guest port, 1..=65535.
     pub guest_port: u32,
@@ -530,7 +538,7 @@ pub struct ForwardRequest {
 }
 
 /// A forward: a loopback listener on the daemon's host relaying to a guest port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Forward {
     /// The sandbox.
     pub sandbox_id: String,
@@ -549,7 +557,7 @@ pub struct Forward {
 }
 
 /// A file or directory entry in the guest (the agent's shape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileInfo {
     /// Base name.
     pub name: String,
@@ -564,7 +572,7 @@ pub struct FileInfo {
 }
 
 /// A session in the guest (the agent's shape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionInfo {
     /// Session ID.
     pub session_id: String,
@@ -584,7 +592,7 @@ pub struct SessionInfo {
 }
 
 /// The first message of a piped session WebSocket.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipedStart {
     /// argv, non-empty.
     #[serde(default)]
@@ -598,7 +606,7 @@ pub struct PipedStart {
 }
 
 /// Control messages on the session WebSockets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WsMessage {
     /// Server -> client, first: the session's ID.
@@ -627,7 +635,7 @@ pub enum WsMessage {
 
 /// `POST /sandboxes/:id/shell-token`'s answer: a web-shell share link. The token is shown
 /// once (only its hash is stored); `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShellToken {
     /// 64 hex characters.
     pub token: String,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A named snapshot (v1's `SnapshotRecord`; paths and manifest hidden).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     /// `snap_` + 16 hex.
     pub id: String,
@@ -22,7 +22,7 @@ pub struct Snapshot {
 }
 
 /// `POST /sandboxes/:id/checkpoint`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointRequest {
     /// The snapshot's name (`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`), required.
     #[serde(default)]
@@ -30,7 +30,7 @@ pub struct CheckpointRequest {
 }
 
 /// `POST /snapshots/:name/resume`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResumeRequest {
     /// The new sandbox's name; `<snapshot>-<6 hex>` when empty.
     #[serde(default)]
@@ -38,7 +38,7 @@ pub struct ResumeRequest {
 }
 
 /// A volume a template mounts (v1's `mounts[]` element).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TemplateMount {
     /// Volume name (`bhatti-<template>-workspace` when empty).
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct TemplateMount {
 /// A template (global, v1's shape). As a `POST /templates` body every field is optional:
 /// `id` (16 hex when empty), `engine` (`firecracker`, v1's), `cpus` (1), `memory_mb` (2048),
 /// `image` (the daemon's default image); `name` is required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Template {
     /// 16 hex chars.
     #[serde(default)]

@@ -82,6 +82,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
 
+    let meta = serde_json::json!({ "version": api::VERSION, "recovered": recovered });
+    state.events.record(store::NewEvent {
+        meta: meta.to_string(),
+        ..store::NewEvent::now("daemon.started")
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = server::spawn_background(&state, stop_rx.clone());
     wake_keep_hot(&state);
@@ -132,6 +137,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
     }
     suspend_all(&state).await;
+    let meta = serde_json::json!({ "signal": signal });
+    state.events.record(store::NewEvent {
+        meta: meta.to_string(),
+        ..store::NewEvent::now("daemon.shutdown")
+    });
+    // What the recorder holds is written before the process ends.
+    if tokio::time::timeout(Duration::from_secs(10), state.events.flush()).await.is_err() {
+        tracing::warn!("events still queued after 10 s; going on");
+    }
     // The namespace's side of egress, then the uplink and the host's table.
     state.engine.close_network().await;
     if let Some((uplink, _)) = &uplink {

@@ -1,4 +1,4 @@
-//! Who is asking. Every route but `/health` and the web shell's (`/_shell/...`, see
+//! Who is asking. Every route but `/health`, `/openapi.json` and the web shell's (`/_shell/...`, see
 //! [`is_web_shell_route`]) needs `Authorization: Bearer <key>`; the API's own
 //! two WebSocket routes, `/sandboxes/<id>/ws` and `/sandboxes/<id>/exec/ws`, also take
 //! `?token=<key>` (browsers cannot set headers on a WebSocket). Nothing else does: not the
@@ -83,7 +83,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let path = clean_path(request.uri().path());
-    if path == "/health" || is_web_shell_route(request.uri().path()) {
+    if path == "/health" || path == "/openapi.json" || is_web_shell_route(request.uri().path()) {
         return next.run(request).await;
     }
     let header = request.headers().get(axum::http::header::AUTHORIZATION);
@@ -103,6 +103,12 @@ pub async fn authenticate(
         Ok(user) => user,
         Err(e) if e.kind() == store::ErrorKind::NotFound => {
             tracing::warn!(path = %path, "invalid api key");
+            // No path in the event: a client may have put its key there.
+            let meta = serde_json::json!({ "reason": "invalid api key" });
+            state.events.record(store::NewEvent {
+                meta: meta.to_string(),
+                ..store::NewEvent::now("auth.failed")
+            });
             return ApiError::Unauthorized("invalid api key").into_response();
         }
         Err(e) => return ApiError::Store(e).into_response(),

@@ -69,31 +69,33 @@ pub(crate) async fn sync_row(
 ) -> Result<bool, store::StoreError> {
     let engine = state.engine.clone();
     let id = id.to_owned();
-    state
+    let (changed, events) = state
         .store
         .write(move |s| {
             let row = match s.sandbox_by_id(&id) {
                 Ok(row) => row,
-                Err(e) if e.kind() == store::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == store::ErrorKind::NotFound => return Ok((false, Vec::new())),
                 Err(e) => return Err(e),
             };
             if matches!(row.status, store::Status::Creating | store::Status::Destroyed) {
-                return Ok(false);
+                return Ok((false, Vec::new()));
             }
-            let Ok(thermal) = engine.thermal(&id) else { return Ok(false) };
+            let Ok(thermal) = engine.thermal(&id) else { return Ok((false, Vec::new())) };
             let status = bhatti_core::status::change(row.status, thermal);
             let changed = status.is_some() || row.thermal != Some(thermal);
             if changed {
                 let change = store::Change { status, thermal: Some(thermal), ..Default::default() };
                 s.update_sandbox(&id, &change)?;
             }
-            if !log.is_empty() {
-                let events: Vec<_> = log.iter().map(|e| e.to_event(&row)).collect();
+            let events: Vec<_> = log.iter().map(|e| e.to_event(&row)).collect();
+            if !events.is_empty() {
                 s.record_events(&events)?;
             }
-            Ok(changed)
+            Ok((changed, events))
         })
-        .await
+        .await?;
+    state.events.announce(&events);
+    Ok(changed)
 }
 
 /// Writes the engine's current record of `id` if the engine is still in the state it
@@ -178,6 +180,9 @@ async fn apply(state: &AppState, event: engine::Event, refreshes: &mut JoinSet<(
         }
         engine::EventKind::DiskFull => {
             tracing::warn!(sandbox = %event.id, "sandbox paused: a disk is full");
+        }
+        engine::EventKind::Woke { from, duration } => {
+            crate::telemetry::woke(from.as_str(), *duration)
         }
         _ => {}
     }

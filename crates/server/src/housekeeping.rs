@@ -1,5 +1,6 @@
 //! The daemon's periodic clean-ups (v1's hourly retention job): events older than
-//! `settings.event_retention` (90 days) are purged, so the table cannot grow without bound.
+//! `settings.event_retention` (90 days) and metrics snapshots older than
+//! `settings.metrics_retention` (30 days) are purged, so the tables cannot grow without bound.
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,7 +17,10 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle
                 // Shutdown first: no new work once it is asked for.
                 biased;
                 () = crate::background::stopping(&mut shutdown) => break,
-                _ = ticker.tick() => purge_events(&state).await,
+                _ = ticker.tick() => {
+                    purge_events(&state).await;
+                    purge_metrics(&state).await;
+                }
             }
         }
     })
@@ -29,5 +33,15 @@ async fn purge_events(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!(purged = n, "events past their retention purged"),
         Err(e) => tracing::warn!("purging old events: {e}"),
+    }
+}
+
+/// Deletes metrics snapshots older than their retention.
+async fn purge_metrics(state: &AppState) {
+    let before = store::Timestamp::now().minus(state.settings.metrics_retention);
+    match state.store.write(move |s| s.purge_metrics(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(purged = n, "metrics snapshots past their retention purged"),
+        Err(e) => tracing::warn!("purging old metrics snapshots: {e}"),
     }
 }

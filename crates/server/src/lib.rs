@@ -8,10 +8,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+mod admin_api;
 pub mod auth;
 mod background;
 pub mod engine_events;
 pub mod error;
+pub mod events;
+mod events_api;
 mod exec;
 pub mod exec_budget;
 mod files;
@@ -19,21 +23,27 @@ pub mod forward;
 mod forward_error;
 mod forwards;
 mod gate;
+pub mod host;
 pub mod housekeeping;
 mod key_scan;
 mod labels;
 mod lifecycle;
 mod listen;
+mod metrics_http;
+pub mod metrics_snapshots;
+mod names;
 mod ports;
 pub mod proxy;
 pub mod public;
 mod publish;
 pub mod publish_urls;
 pub mod request;
+pub mod routes;
 mod sandboxes;
 mod sessions;
 pub mod snapshots;
 pub mod state;
+pub mod telemetry;
 mod templates;
 pub mod thermal;
 mod times;
@@ -45,7 +55,6 @@ pub mod ws;
 use std::future::Future;
 
 use axum::Router;
-use axum::routing::{any, delete, get, post};
 
 pub use error::{ApiError, ApiResult};
 pub use listen::{NodelayListener, nodelay};
@@ -54,7 +63,7 @@ pub use state::{AppState, Settings};
 pub use thermal::spawn_background;
 
 /// `GET /health`.
-async fn health(
+pub(crate) async fn health(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<api::Health> {
     axum::Json(api::Health {
@@ -64,50 +73,14 @@ async fn health(
     })
 }
 
-/// The whole API.
+/// The whole API: every route from `routes::table()` (which the OpenAPI document is built
+/// from too; add routes there, never here).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
-        .route(
-            "/sandboxes/{id}",
-            get(sandboxes::get).patch(sandboxes::update).delete(sandboxes::destroy),
-        )
-        .route("/sandboxes/{id}/stop", post(sandboxes::stop))
-        .route("/sandboxes/{id}/start", post(sandboxes::start))
-        .route("/sandboxes/{id}/exec", post(exec::exec))
-        .route("/sandboxes/{id}/files", any(files::files))
-        .route("/sandboxes/{id}/ports", get(ports::sandbox_ports))
-        .route("/ports", get(ports::all_ports))
-        .route("/sandboxes/{id}/proxy/{port}", any(proxy::proxy))
-        .route("/sandboxes/{id}/proxy/{port}/", any(proxy::proxy))
-        .route("/sandboxes/{id}/proxy/{port}/{*rest}", any(proxy::proxy))
-        .route("/sandboxes/{id}/ws", get(ws::tty))
-        .route("/sandboxes/{id}/exec/ws", get(ws::piped))
-        .route("/sandboxes/{id}/publish", get(publish::list).post(publish::publish))
-        .route("/sandboxes/{id}/publish/{port}", delete(publish::unpublish))
-        .route(
-            "/sandboxes/{id}/forward",
-            get(forward::list).post(forward::create).delete(forward::close),
-        )
-        .route("/sandboxes/{id}/sessions", get(sessions::list))
-        .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
-        .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
-        .route("/snapshots", get(snapshots::list))
-        .route("/snapshots/{name}", get(snapshots::get).delete(snapshots::delete))
-        .route("/snapshots/{name}/resume", post(snapshots::resume))
-        .route("/templates", get(templates::list).post(templates::create))
-        .route("/templates/{id}", get(templates::get).delete(templates::delete))
-        .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
-        // The web shell: no API key (the page is public, the socket takes the share token in
-        // its first message); see `auth::is_web_shell_route`.
-        .route("/_shell/_assets/{file}", get(web_shell::asset))
-        .route("/_shell/{id}", get(web_shell::page))
-        .route("/_shell/{id}/", get(web_shell::page))
-        .route("/_shell/{id}/ws", get(web_shell::socket))
-        .fallback(request::not_found)
+    routes::add_all(Router::new())
+        .fallback(request::unrouted)
         .method_not_allowed_fallback(request::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn(metrics_http::track))
         .layer(axum::middleware::from_fn(request::around))
         .with_state(state)
 }
@@ -169,6 +142,12 @@ where
     L::Addr: Into<proxy::ClientAddr>,
 {
     let (settings, forwards) = (std::sync::Arc::clone(&state.settings), state.forwards.clone());
+    let events = state.events.clone();
+    // Followed event streams end with the listener, so they do not hold the drain up.
+    let shutdown = async move {
+        shutdown.await;
+        events.close_subscribers();
+    };
     let served = serve_app(router(state), &settings, listener, shutdown).await;
     // Forwards end with the API (they hold the engine and do not survive a restart).
     forwards.close_all();

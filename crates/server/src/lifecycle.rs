@@ -46,6 +46,7 @@ pub(crate) async fn create(
 ) -> ApiResult<Created> {
     let build = |id: String| async move {
         let spec = spec_for(&id)?;
+        let _booting = crate::telemetry::InFlight::boot();
         state.engine.create(&spec).await.map(drop).map_err(ApiError::from)
     };
     create_built(state, new, build).await
@@ -116,7 +117,7 @@ async fn write_created(state: &AppState, id: &str) -> ApiResult<store::Sandbox> 
     let record = state.engine.export(id).await?;
     let id = id.to_owned();
     let ip = record.ip.to_string();
-    Ok(state
+    let (row, event) = state
         .store
         .write(move |s| {
             let change = store::Change {
@@ -136,10 +137,13 @@ async fn write_created(state: &AppState, id: &str) -> ApiResult<store::Sandbox> 
                 "template_id": row.template_id.clone().unwrap_or_default(),
                 "keep_hot": row.keep_hot,
             });
-            s.record_events(&[LogEntry::new("sandbox.created", meta).to_event(&row)])?;
-            Ok(row)
+            let event = LogEntry::new("sandbox.created", meta).to_event(&row);
+            s.record_events(std::slice::from_ref(&event))?;
+            Ok((row, event))
         })
-        .await?)
+        .await?;
+    state.events.announce(&[event]);
+    Ok(row)
 }
 
 /// The owner's live sandbox named exactly `name`.
@@ -200,6 +204,7 @@ pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiRe
         store::Timestamp::now().millis().saturating_sub(sandbox.created_at.millis()) / 1000;
     let meta = serde_json::json!({ "name": sandbox.name, "lifetime_s": lifetime.max(0) });
     let event = LogEntry::new("sandbox.destroyed", meta).to_event(sandbox);
+    let announced = event.clone();
     let deleted = state
         .store
         .write(move |s| {
@@ -212,7 +217,9 @@ pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiRe
             s.record_events(&[event])
         })
         .await;
-    Ok(deleted?)
+    deleted?;
+    state.events.announce(&[announced]);
+    Ok(())
 }
 
 /// Suspends a sandbox to disk; a stopped one answers as it is.
@@ -251,6 +258,7 @@ pub(crate) async fn start(
     let sid = sandbox.id.clone();
     let transition = state.store.write(move |s| s.begin_transition(&sid, intent)).await?;
     let started = async {
+        let _restoring = crate::telemetry::InFlight::restore();
         if force {
             state.engine.start_from_disk(&sandbox.id).await
         } else {
@@ -355,7 +363,7 @@ async fn finish(
     let id = transition.sandbox_id.clone();
     let record = state.engine.export(&id).await?;
     let thermal = record.thermal;
-    Ok(state
+    let (row, event) = state
         .store
         .write(move |s| {
             let ip = record.ip.to_string();
@@ -368,8 +376,11 @@ async fn finish(
             };
             s.finish_transition(&transition, &change)?;
             let row = s.sandbox_by_id(&transition.sandbox_id)?;
-            s.record_events(&[event.to_event(&row)])?;
-            Ok(row)
+            let event = event.to_event(&row);
+            s.record_events(std::slice::from_ref(&event))?;
+            Ok((row, event))
         })
-        .await?)
+        .await?;
+    state.events.announce(&[event]);
+    Ok(row)
 }

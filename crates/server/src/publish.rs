@@ -113,10 +113,7 @@ pub async fn publish(
         None => return Err(ApiError::Internal("alias generation failed".into())),
     };
     let meta = serde_json::json!({ "port": rule.port, "alias": rule.alias });
-    let event = LogEntry::new("publish.created", meta).to_event(&sandbox);
-    if let Err(e) = state.store.write(move |s| s.record_events(&[event])).await {
-        tracing::warn!(sandbox = %sandbox.id, "recording publish.created: {e}");
-    }
+    state.events.record(LogEntry::new("publish.created", meta).to_event(&sandbox));
     Ok((StatusCode::CREATED, axum::Json(to_api(&state, &rule))).into_response())
 }
 
@@ -149,10 +146,7 @@ pub async fn unpublish(
     // The public proxy must not keep routing the alias from its cache.
     state.public.routes.forget(&rule.alias);
     let meta = serde_json::json!({ "port": rule.port, "alias": rule.alias });
-    let event = LogEntry::new("publish.deleted", meta).to_event(&sandbox);
-    if let Err(e) = state.store.write(move |s| s.record_events(&[event])).await {
-        tracing::warn!(sandbox = %sandbox.id, "recording publish.deleted: {e}");
-    }
+    state.events.record(LogEntry::new("publish.deleted", meta).to_event(&sandbox));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

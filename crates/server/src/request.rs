@@ -208,9 +208,24 @@ pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not found".into(), "not_found")
 }
 
+/// The API router's fallback: [`not_found`], marked [`Unrouted`].
+pub async fn unrouted() -> Response {
+    let mut response = not_found().await;
+    response.extensions_mut().insert(Unrouted);
+    response
+}
+
+/// On the router's own 404 and 405 answers (no route matched the path, or its method): the
+/// route table's test tells them from a handler's 404.
+#[derive(Debug, Clone, Copy)]
+pub struct Unrouted;
+
 /// 405 for known paths with another method.
 pub async fn method_not_allowed() -> Response {
-    error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into(), "method")
+    let mut response =
+        error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into(), "method");
+    response.extensions_mut().insert(Unrouted);
+    response
 }
 
 /// An empty body (HEAD answers, streams that start later).

@@ -23,7 +23,9 @@ use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::Created;
 use crate::request::Json;
-use crate::sandboxes::{random_hex, rfc3339, to_api, valid_name};
+use crate::names::{random_hex, valid_name};
+use crate::sandboxes::to_api;
+use crate::times::rfc3339;
 use crate::state::AppState;
 
 /// What the store's `manifest` column holds: the source's shape, for the resumed sandbox's

@@ -27,6 +27,10 @@ pub struct Settings {
     pub event_retention: Duration,
     /// How often the purge runs (v1: hourly).
     pub housekeeping_period: Duration,
+    /// Metrics snapshots older than this are purged (v1: 30 days).
+    pub metrics_retention: Duration,
+    /// How often a metrics snapshot is taken (v1: every minute).
+    pub metrics_period: Duration,
     /// Bytes all buffered execs together may hold (see `exec_budget.rs`); 256 MiB.
     pub exec_output_budget: usize,
     /// A new connection must deliver a complete request head this long after its accept, a
@@ -57,6 +61,8 @@ impl Settings {
             drain_timeout: Duration::from_secs(30),
             event_retention: Duration::from_secs(90 * 24 * 3600),
             housekeeping_period: Duration::from_secs(3600),
+            metrics_retention: Duration::from_secs(30 * 24 * 3600),
+            metrics_period: Duration::from_secs(60),
             exec_output_budget: 256 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -88,15 +94,19 @@ pub struct AppState {
     pub forwards: crate::forwards::Forwards,
     /// The live web-shell connections, per sandbox (the cap, and revocation closing them).
     pub web_shells: Arc<crate::web_shells::WebShells>,
+    /// The event recorder: `state.events.record(store::NewEvent { .. })` (`events.rs`).
+    pub events: crate::events::Recorder,
 }
 
 impl AppState {
-    /// A state over an engine and a store.
+    /// A state over an engine and a store. Spawns the event recorder's writer, so it is called
+    /// inside a Tokio runtime.
     pub fn new(engine: Arc<engine::Engine>, store: store::AsyncStore, settings: Settings) -> Self {
         let exec_budget = crate::exec_budget::OutputBudget::new(settings.exec_output_budget);
+        // Installed before anything is counted.
+        let _ = crate::telemetry::prometheus();
         Self {
             engine,
-            store,
             settings: Arc::new(settings),
             started: std::time::Instant::now(),
             exec_budget,
@@ -104,6 +114,8 @@ impl AppState {
             public: Arc::default(),
             forwards: crate::forwards::Forwards::default(),
             web_shells: Arc::default(),
+            events: crate::events::Recorder::spawn(store.clone()),
+            store,
         }
     }
 }

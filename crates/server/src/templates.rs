@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::request::Json;
-use crate::sandboxes::{random_hex, rfc3339, valid_name};
+use crate::names::{random_hex, valid_name};
+use crate::times::rfc3339;
 use crate::state::AppState;
 
 /// The size of a volume a template mount auto-creates (v1's mounts carry none).

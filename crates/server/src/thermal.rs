@@ -55,6 +55,7 @@ pub fn spawn_background(state: &AppState, shutdown: watch::Receiver<bool>) -> Ve
     vec![
         crate::engine_events::spawn(state.clone(), shutdown.clone()),
         crate::housekeeping::spawn(state.clone(), shutdown.clone()),
+        crate::metrics_snapshots::spawn(state.clone(), shutdown.clone()),
         spawn(state.clone(), shutdown),
     ]
 }

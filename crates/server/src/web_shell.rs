@@ -309,10 +309,7 @@ async fn finish(
         "ip": ip.unwrap_or_default(),
         "duration_s": duration.as_secs(),
     });
-    let event = LogEntry::new("shell.web_session", meta).to_event(sandbox);
-    if let Err(e) = state.store.write(move |s| s.record_events(&[event])).await {
-        tracing::warn!(sandbox = %sandbox.id, "web shell: recording the session: {e}");
-    }
+    state.events.record(LogEntry::new("shell.web_session", meta).to_event(sandbox));
 }
 
 #[cfg(test)]

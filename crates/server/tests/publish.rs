@@ -110,7 +110,8 @@ async fn publish_rules_through_the_api() {
     let r = d.req(Method::DELETE, "/sandboxes/My_Web.1/publish/0").send().await.unwrap();
     assert_eq!(r.status(), 400);
 
-    // Events: publish.created and publish.deleted.
+    // Events: publish.created and publish.deleted (the recorder writes them in batches).
+    d.state.events.flush().await;
     let query = store::EventQuery { kind: Some("publish".into()), ..Default::default() };
     let kinds = d
         .state

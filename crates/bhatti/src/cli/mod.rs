@@ -3,6 +3,7 @@
 //! surface for users). Output is for people unless `--json`, which prints the API's JSON, one
 //! document per command. Exit codes: `error::exit`.
 
+mod admin;
 mod client;
 mod completion;
 mod endpoint;
@@ -143,6 +144,9 @@ pub enum Command {
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
+    /// The daemon's status, events and metrics (the admin's key).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Show the CLI's and the daemon's versions.
     Version,
     /// Print a shell completion script.
@@ -216,6 +220,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
         Command::Template(cmd) => snapshots::template(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
+        Command::Admin(cmd) => admin::run(ctx, cmd).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }
 }

@@ -142,6 +142,7 @@ fn check_client(state: &AppState, client: Option<std::net::IpAddr>) -> ApiResult
 /// A refusal by a rate limit, counted.
 fn limited(state: &AppState) -> ApiError {
     state.public.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::rate_limited("proxy");
     ApiError::RateLimited
 }
 
