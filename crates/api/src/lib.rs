@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// validates and normalises one.
 pub use bhatti_core::egress::{NetPolicy, Posture};
 
+mod images;
+pub use images::{Image, Imported, PullRequest, PullResult, PullStarted, SaveImageRequest, Task};
+
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Response header with the daemon's version.
@@ -108,6 +111,10 @@ error_codes! {
     Internal = "internal",
     /// 409: the name is taken.
     AlreadyExists = "already_exists",
+    /// 403: the resource is not the caller's to change (a global image).
+    Forbidden = "forbidden",
+    /// 507: the daemon's disk is full.
+    NoSpace = "no_space",
     /// 409: the sandbox's state does not allow the operation.
     WrongState = "wrong_state",
     /// 409: a destroy of the sandbox overtook its create.

@@ -46,6 +46,7 @@ internal! {
 }
 pub mod cgroup;
 pub mod dns;
+mod disk_image;
 mod error;
 mod events;
 mod lease;

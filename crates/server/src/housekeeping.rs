@@ -16,7 +16,10 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle
                 // Shutdown first: no new work once it is asked for.
                 biased;
                 () = crate::background::stopping(&mut shutdown) => break,
-                _ = ticker.tick() => purge_events(&state).await,
+                _ = ticker.tick() => {
+                    purge_events(&state).await;
+                    purge_tasks(&state).await;
+                }
             }
         }
     })
@@ -29,5 +32,15 @@ async fn purge_events(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!(purged = n, "events past their retention purged"),
         Err(e) => tracing::warn!("purging old events: {e}"),
+    }
+}
+
+/// Deletes finished tasks (image pulls) done more than 24 hours ago (v1's).
+async fn purge_tasks(state: &AppState) {
+    let before = store::Timestamp::now().minus(std::time::Duration::from_secs(24 * 3600));
+    match state.store.write(move |s| s.purge_tasks(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(purged = n, "finished tasks older than a day purged"),
+        Err(e) => tracing::warn!("purging old tasks: {e}"),
     }
 }

@@ -20,6 +20,8 @@ mod forward_error;
 mod forwards;
 mod gate;
 pub mod housekeeping;
+pub mod image_convert;
+pub mod images;
 mod key_scan;
 mod labels;
 mod lifecycle;
@@ -28,6 +30,9 @@ mod ports;
 pub mod proxy;
 pub mod public;
 mod publish;
+mod pulls;
+mod image_pull;
+mod tasks;
 pub mod publish_urls;
 pub mod request;
 mod sandboxes;
@@ -90,6 +95,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/sessions", get(sessions::list))
         .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
+        .route("/sandboxes/{id}/save-image", post(images::save))
+        .route("/images", get(images::list))
+        .route("/images/import", post(images::import))
+        .route("/images/pull", post(image_pull::pull))
+        .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
+        .route("/images/{name}", get(images::get).delete(images::delete))
         .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
         // The web shell: no API key (the page is public, the socket takes the share token in
         // its first message); see `auth::is_web_shell_route`.

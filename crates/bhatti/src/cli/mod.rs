@@ -9,6 +9,7 @@ mod endpoint;
 mod error;
 mod exec;
 mod files;
+mod images;
 mod publish;
 mod sandboxes;
 mod setup;
@@ -125,6 +126,10 @@ pub enum Command {
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCommand),
+    /// Images: list, inspect, import a `docker save` tarball, pull from a registry, save a
+    /// sandbox's disk, delete.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -191,6 +196,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
+        Command::Image(cmd) => images::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }
