@@ -109,7 +109,7 @@ fn busybox_image() -> Vec<u8> {
         ("data/", b""),
         ("data/old", b"hidden by the opaque marker"),
     ];
-    let links: Vec<String> = ["sh", "cat", "id", "ls", "test", "echo", "sync", "whoami"]
+    let links: Vec<String> = ["sh", "true", "cat", "id", "ls", "test", "echo", "sync", "whoami"]
         .iter()
         .map(|a| format!("bin/{a} -> busybox"))
         .collect();
