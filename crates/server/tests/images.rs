@@ -325,3 +325,248 @@ async fn a_saved_sandbox_disk_boots_a_new_sandbox_with_its_files() {
     assert_eq!(out.stdout, "saved-before\n", "{}", out.stderr);
     d.stop().await;
 }
+
+/// A `docker-registry` (Debian's distribution/registry) on a free loopback port, storage in a
+/// temporary directory; killed by its PID when dropped.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/setup installs it)");
+        let registry = Registry { child, port, _dir: dir };
+        let url = format!("http://127.0.0.1:{port}/v2/");
+        common::until("the registry answers", std::time::Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The busybox image as `docker save` would write it, with a config whose diff IDs are the
+/// layers' digests (so skopeo takes it as it is).
+fn busybox_archive_for_registry() -> Vec<u8> {
+    use sha2::Digest;
+    let archive = busybox_image();
+    // Re-read the layers from the archive to digest them.
+    let mut layers: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut manifest = Vec::new();
+    let mut a = tar::Archive::new(archive.as_slice());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        if path == "manifest.json" {
+            manifest = data;
+        } else if path.ends_with("layer.tar") {
+            layers.push((path, data));
+        }
+    }
+    let diff_ids: Vec<String> =
+        layers.iter().map(|(_, l)| format!("sha256:{:x}", sha2::Sha256::digest(l))).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [("manifest.json".to_owned(), manifest), ("config.json".to_owned(), config)]
+        .into_iter()
+        .chain(layers)
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, &name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+async fn task(d: &Daemon, id: &str) -> api::Task {
+    let r = d.req(Method::GET, &format!("/tasks/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Polls a task until it is no longer running, collecting the progress strings seen.
+async fn wait_task(d: &Daemon, id: &str, limit: std::time::Duration) -> (api::Task, Vec<String>) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let t = task(d, id).await;
+        if !t.progress.is_empty() && seen.last() != Some(&t.progress) {
+            seen.push(t.progress.clone());
+        }
+        if t.status != "running" {
+            return (t, seen);
+        }
+        assert!(std::time::Instant::now() < deadline, "task {id} still running: {t:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
+    let tools = tempfile::tempdir().unwrap();
+    let lohar = lohar_from_test_image(tools.path());
+    let registry = Registry::start().await;
+    let archive = tools.path().join("bb.tar");
+    std::fs::write(&archive, busybox_archive_for_registry()).unwrap();
+    let dest = format!("docker://127.0.0.1:{}/tests/bb:1", registry.port);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(&dest)
+            .output(),
+    )
+    .await
+    .expect("skopeo within 120 s")
+    .expect("skopeo (scripts/setup installs it)");
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+
+    let d = Daemon::start_with(|s| s.lohar = lohar.clone()).await;
+    let reference = format!("http://127.0.0.1:{}/tests/bb:1", registry.port);
+
+    // Bad input.
+    let cases: Vec<(&str, serde_json::Value, u16)> = vec![
+        ("no ref", serde_json::json!({"name": "x"}), 400),
+        ("no name", serde_json::json!({"ref": reference}), 400),
+        ("bad name", serde_json::json!({"ref": reference, "name": "a b"}), 400),
+        ("ref of the wrong type", serde_json::json!({"ref": 5, "name": "x"}), 400),
+        ("bad reference", serde_json::json!({"ref": "UPPER/Case:!!", "name": "x"}), 400),
+        ("bad scheme", serde_json::json!({"ref": "ftp://h/x:1", "name": "x"}), 400),
+        ("auth without a colon", serde_json::json!({"ref": reference, "name": "x", "auth": "tok"}), 400),
+    ];
+    for (what, body, want) in cases {
+        let r = d.req(Method::POST, "/images/pull").json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{what}: {:?}", r.text().await);
+    }
+
+    // The pull: 202 and a task that ends completed, with v1's progress strings on the way.
+    let r = d
+        .req(Method::POST, "/images/pull")
+        .json(&serde_json::json!({"ref": reference, "name": "pulled"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: api::PullStarted = r.json().await.unwrap();
+    assert_eq!(started.status, "running");
+    let (done, seen) = wait_task(&d, &started.task_id, std::time::Duration::from_secs(180)).await;
+    assert_eq!(done.status, "completed", "{done:?}");
+    assert_eq!(done.kind, "image_pull");
+    assert!(done.completed_at.is_some());
+    let result: api::PullResult = serde_json::from_str(&done.result).unwrap();
+    assert_eq!((result.image.as_str(), result.source.as_str()), ("pulled", format!("oci:{reference}").as_str()));
+    eprintln!("progress seen: {seen:?}");
+    for s in &seen {
+        let known = ["resolving image", "flattening layers", "injecting lohar", "creating ext4 image"]
+            .contains(&s.as_str())
+            || s.starts_with("extracting layer ");
+        assert!(known, "unknown progress {s:?}");
+    }
+    let image: api::Image = d.req(Method::GET, "/images/pulled").send().await.unwrap().json().await.unwrap();
+    assert!(image.oci_digest.starts_with("sha256:"), "{image:?}");
+    // Again: v1's "exists", no new task.
+    let r = d
+        .req(Method::POST, "/images/pull")
+        .json(&serde_json::json!({"ref": reference, "name": "pulled"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again: api::PullStarted = r.json().await.unwrap();
+    assert_eq!((again.status.as_str(), again.digest.as_str()), ("exists", image.oci_digest.as_str()));
+    // Another owner's task is not found; a finished task cannot be cancelled.
+    let other = d.other_user("stranger").await;
+    let r = d
+        .client
+        .get(format!("{}/tasks/{}", d.url, started.task_id))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = d.req(Method::DELETE, &format!("/tasks/{}", started.task_id)).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+
+    // A missing repository: the task fails with the registry's answer, never stays running.
+    let r = d
+        .req(Method::POST, "/images/pull")
+        .json(&serde_json::json!({"ref": format!("http://127.0.0.1:{}/tests/nope:1", registry.port), "name": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    let started_missing: api::PullStarted = r.json().await.unwrap();
+    let (failed, _) = wait_task(&d, &started_missing.task_id, std::time::Duration::from_secs(60)).await;
+    assert_eq!(failed.status, "failed");
+    assert!(!failed.error.is_empty());
+    assert_eq!(d.req(Method::GET, "/images/nope").send().await.unwrap().status(), 404);
+
+    // A registry that accepts and never answers: the task runs until it is cancelled.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let r = d
+        .req(Method::POST, "/images/pull")
+        .json(&serde_json::json!({"ref": format!("http://127.0.0.1:{silent_port}/x:1"), "name": "hang"}))
+        .send()
+        .await
+        .unwrap();
+    let hanging: api::PullStarted = r.json().await.unwrap();
+    common::until("the pull is resolving", std::time::Duration::from_secs(10), || async {
+        task(&d, &hanging.task_id).await.progress == "resolving image"
+    })
+    .await;
+    let r = d.req(Method::DELETE, &format!("/tasks/{}", hanging.task_id)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t = task(&d, &hanging.task_id).await;
+    assert_eq!((t.status.as_str(), t.error.as_str()), ("failed", "cancelled by user"));
+    held.abort();
+
+    // A VM from the pulled image.
+    let r = create_from(&d, "from-pull", "pulled").await;
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let out = exec(&d, "from-pull", "cat /hello.txt; echo; id -un").await;
+    assert_eq!(out.stdout, "from-layer-2\nlohar\n", "{}", out.stderr);
+    d.stop().await;
+    drop(registry);
+}
