@@ -420,10 +420,15 @@ pub async fn save(
     check_name(&req.name)?;
     let sandbox = crate::sandboxes::resolve_for_guest(&state, &user, &id).await?;
     refuse_taken(&state, &user, &req.name).await?;
-    // What the guest wrote reaches its disk (a lease: wakes a sleeping sandbox).
-    let synced = state.engine.exec(&sandbox.id, &["sync"]).await?;
-    if synced.exit_code != 0 {
-        tracing::warn!(sandbox = %sandbox.id, "sync in the guest exited {}", synced.exit_code);
+    // What the guest wrote reaches its disk (a lease: wakes a sleeping sandbox). An image
+    // without a `sync` program is copied as its kernel last wrote it (crash-consistent).
+    match state.engine.exec(&sandbox.id, &["sync"]).await {
+        Ok(out) if out.exit_code == 0 => {}
+        Ok(out) => tracing::warn!(sandbox = %sandbox.id, "sync in the guest exited {}", out.exit_code),
+        Err(e) if matches!(e.kind(), engine::ErrorKind::Guest(_)) => {
+            tracing::warn!(sandbox = %sandbox.id, "no sync in the guest: {}", e.report());
+        }
+        Err(e) => return Err(e.into()),
     }
     let dir = owner_dir(&state, &user.id)?;
     let work = tempfile::Builder::new()

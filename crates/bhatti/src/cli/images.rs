@@ -215,16 +215,17 @@ async fn pull(
     let mut last = String::new();
     let task = loop {
         let task: api::Task = ctx.client.get(&path).await?;
-        if task.status != "running" {
-            break task;
-        }
-        if task.progress != last {
+        // Every step seen is shown (a quick pull may be done at the first look).
+        if task.progress != last && !task.progress.is_empty() {
             if tty {
                 eprint!("\r\x1b[2K{}", task.progress);
             } else if !ctx.json {
                 eprintln!("{}", task.progress);
             }
             last = task.progress.clone();
+        }
+        if task.status != "running" {
+            break task;
         }
         tokio::time::sleep(Duration::from_millis(if tty { 500 } else { 1000 })).await;
     };
