@@ -121,7 +121,11 @@ mod tests {
         let pull: PullRequest =
             serde_json::from_str(r#"{"ref":"alpine:3","name":"a","auth":"u:t"}"#).unwrap();
         assert_eq!((pull.reference.as_str(), pull.name.as_str()), ("alpine:3", "a"));
-        let started = PullStarted { task_id: "task_1".into(), status: "running".into(), ..Default::default() };
+        let started = PullStarted {
+            task_id: "task_1".into(),
+            status: "running".into(),
+            ..Default::default()
+        };
         assert_eq!(
             serde_json::to_value(&started).unwrap(),
             serde_json::json!({"task_id":"task_1","status":"running"})

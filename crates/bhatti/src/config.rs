@@ -392,7 +392,10 @@ impl Config {
             (None, Some(base)) => server::PublicUrls::Path { base: base.trim().to_owned() },
             (None, None) => server::PublicUrls::None,
         };
-        let lohar = env("LOHAR").map(PathBuf::from).or(file.lohar).unwrap_or_else(|| data_dir.join("lohar"));
+        let lohar = env("LOHAR")
+            .map(PathBuf::from)
+            .or(file.lohar)
+            .unwrap_or_else(|| data_dir.join("lohar"));
         let image_import_max_bytes = match env("IMAGE_IMPORT_MAX_BYTES") {
             Some(t) => t.parse().with_context(|| format!("BHATTI_IMAGE_IMPORT_MAX_BYTES={t:?}"))?,
             None => file.image_import_max_bytes.unwrap_or(10 * 1024 * 1024 * 1024),

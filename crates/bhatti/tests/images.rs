@@ -117,7 +117,10 @@ async fn image_pull_import_list_inspect_save_and_delete_through_the_cli() {
             .expect("docker-registry (scripts/setup installs it)"),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("http://127.0.0.1:{port}/v2/")).await.is_ok_and(|r| r.status() == 200) {
+    while !reqwest::get(format!("http://127.0.0.1:{port}/v2/"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
         assert!(std::time::Instant::now() < deadline, "the registry never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

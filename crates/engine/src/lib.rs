@@ -45,8 +45,8 @@ internal! {
     volume;
 }
 pub mod cgroup;
-pub mod dns;
 mod disk_image;
+pub mod dns;
 mod error;
 mod events;
 mod lease;

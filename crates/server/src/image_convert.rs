@@ -238,10 +238,10 @@ pub fn apply_layer(root: &Path, layer: &Path, cancel: &AtomicBool) -> Result<usi
                     .into_owned();
                 symlink(&target, &dest).map_err(io("linking", &dest))?;
             } else if kind.is_hard_link() {
-                let target = entry
-                    .link_name()
-                    .map_err(read_err("a hard link's target"))?
-                    .ok_or_else(|| ConvertError::Invalid(format!("hard link {rel:?} has no target")))?;
+                let target =
+                    entry.link_name().map_err(read_err("a hard link's target"))?.ok_or_else(
+                        || ConvertError::Invalid(format!("hard link {rel:?} has no target")),
+                    )?;
                 let Some(target) = normalize(&target)? else {
                     return Err(ConvertError::Invalid(format!("hard link {rel:?} to the root")));
                 };
@@ -292,7 +292,11 @@ pub fn docker_archive_layers(archive: &Path, work: &Path) -> Result<Vec<PathBuf>
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             if let Some(target) = entry.link_name().map_err(not_tar)? {
-                let base = if kind.is_symlink() { rel.parent().unwrap_or(Path::new("")) } else { Path::new("") };
+                let base = if kind.is_symlink() {
+                    rel.parent().unwrap_or(Path::new(""))
+                } else {
+                    Path::new("")
+                };
                 let target = base.join(target);
                 links.insert(rel, target);
             }
@@ -328,12 +332,16 @@ pub fn docker_archive_layers(archive: &Path, work: &Path) -> Result<Vec<PathBuf>
         }
         let path = work.join(&rel);
         if !path.is_file() {
-            return Err(ConvertError::Invalid(format!("layer {name:?} is missing from the archive")));
+            return Err(ConvertError::Invalid(format!(
+                "layer {name:?} is missing from the archive"
+            )));
         }
         Ok(path)
     };
     let manifest_path = resolve("manifest.json").map_err(|_| {
-        ConvertError::Invalid("no manifest.json in the archive (not a `docker save` tarball)".into())
+        ConvertError::Invalid(
+            "no manifest.json in the archive (not a `docker save` tarball)".into(),
+        )
     })?;
     let text = fs::read_to_string(&manifest_path).map_err(io("reading", &manifest_path))?;
     #[derive(serde::Deserialize)]
@@ -378,7 +386,8 @@ pub fn inject(root: &Path, lohar: &Path) -> Result<Vec<String>, ConvertError> {
         .map_err(io("setting the mode of", &tmp))?;
     let resolv = secure_join(root, Path::new("etc/resolv.conf"), false)?;
     remove_any(&resolv)?;
-    fs::write(&resolv, "nameserver 1.1.1.1\nnameserver 8.8.8.8\n").map_err(io("writing", &resolv))?;
+    fs::write(&resolv, "nameserver 1.1.1.1\nnameserver 8.8.8.8\n")
+        .map_err(io("writing", &resolv))?;
     let passwd = secure_join(root, Path::new("etc/passwd"), true)?;
     if passwd.is_file() {
         let text = fs::read_to_string(&passwd).map_err(io("reading", &passwd))?;
@@ -465,7 +474,12 @@ pub fn ext4_size(files: u64, bytes: u64) -> (u64, u64) {
 const MKFS_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
 /// Builds the ext4 file `out` (sparse) from the tree at `root`.
-pub async fn make_ext4(root: &Path, out: &Path, files: u64, bytes: u64) -> Result<(), ConvertError> {
+pub async fn make_ext4(
+    root: &Path,
+    out: &Path,
+    files: u64,
+    bytes: u64,
+) -> Result<(), ConvertError> {
     let (size_mib, inodes) = ext4_size(files, bytes);
     let file = fs::File::create(out).map_err(io("creating", out))?;
     file.set_len(size_mib * 1024 * 1024).map_err(io("sizing", out))?;
@@ -581,31 +595,39 @@ mod tests {
         let root = dir.path().join("root");
         fs::create_dir(&root).unwrap();
         let cancel = AtomicBool::new(false);
-        let l1 = layer(dir.path(), "l1.tar", &[
-            ("etc/", "d"),
-            ("etc/keep", "f:one"),
-            ("etc/gone", "f:bye"),
-            ("opq/", "d"),
-            ("opq/old", "f:old"),
-            ("opq/sub/", "d"),
-            ("opq/sub/deep", "f:deep"),
-            ("bin/", "d"),
-            ("bin/busybox", "f:bb"),
-            ("bin/sh", "l:busybox"),
-            ("bin/ln", "h:bin/busybox"),
-            ("dev/", "d"),
-            ("dev/null", "c"),
-            ("replaced", "f:file"),
-        ]);
-        let l2 = layer(dir.path(), "l2.tar", &[
-            ("etc/.wh.gone", "f:"),
-            // The new entry of the opaque dir comes before its marker: it must survive.
-            ("opq/new", "f:new"),
-            ("opq/.wh..wh..opq", "f:"),
-            ("etc/keep", "f:two"),
-            ("replaced/", "d"),
-            ("replaced/inside", "f:x"),
-        ]);
+        let l1 = layer(
+            dir.path(),
+            "l1.tar",
+            &[
+                ("etc/", "d"),
+                ("etc/keep", "f:one"),
+                ("etc/gone", "f:bye"),
+                ("opq/", "d"),
+                ("opq/old", "f:old"),
+                ("opq/sub/", "d"),
+                ("opq/sub/deep", "f:deep"),
+                ("bin/", "d"),
+                ("bin/busybox", "f:bb"),
+                ("bin/sh", "l:busybox"),
+                ("bin/ln", "h:bin/busybox"),
+                ("dev/", "d"),
+                ("dev/null", "c"),
+                ("replaced", "f:file"),
+            ],
+        );
+        let l2 = layer(
+            dir.path(),
+            "l2.tar",
+            &[
+                ("etc/.wh.gone", "f:"),
+                // The new entry of the opaque dir comes before its marker: it must survive.
+                ("opq/new", "f:new"),
+                ("opq/.wh..wh..opq", "f:"),
+                ("etc/keep", "f:two"),
+                ("replaced/", "d"),
+                ("replaced/inside", "f:x"),
+            ],
+        );
         assert_eq!(apply_layer(&root, &l1, &cancel).unwrap(), 1, "the device node is skipped");
         apply_layer(&root, &l2, &cancel).unwrap();
         assert_eq!(read(&root.join("etc/keep")), "two", "the upper layer wins");
@@ -638,12 +660,16 @@ mod tests {
         ] {
             let l = layer(dir.path(), name, &entries);
             let err = apply_layer(&root, &l, &cancel).unwrap_err();
-            assert!(matches!(err, ConvertError::Invalid(ref m) if m.contains("traversal")), "{name}: {err}");
+            assert!(
+                matches!(err, ConvertError::Invalid(ref m) if m.contains("traversal")),
+                "{name}: {err}"
+            );
         }
         assert!(!dir.path().join("escape").exists());
         // A symlink to an absolute host path, then a file through it: lands inside the tree.
         let abs = outside.display().to_string();
-        let l = layer(dir.path(), "via-link.tar", &[("out", &format!("l:{abs}")), ("out/f", "f:in")]);
+        let l =
+            layer(dir.path(), "via-link.tar", &[("out", &format!("l:{abs}")), ("out/f", "f:in")]);
         apply_layer(&root, &l, &cancel).unwrap();
         assert!(!outside.join("f").exists(), "written outside the tree");
         let inside = root.join(abs.trim_start_matches('/')).join("f");

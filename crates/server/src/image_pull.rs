@@ -102,16 +102,10 @@ pub async fn pull(
         cancel: Arc::clone(&cancel),
     };
     let handle = tokio::spawn(job.run());
-    state.pulls.insert(
-        &task.id,
-        crate::pulls::Running { cancel, abort: handle.abort_handle() },
-    );
+    state.pulls.insert(&task.id, crate::pulls::Running { cancel, abort: handle.abort_handle() });
     tracing::info!(task = %task.id, image = %req.name, "image pull started");
-    let body = api::PullStarted {
-        task_id: task.id,
-        status: "running".into(),
-        ..Default::default()
-    };
+    let body =
+        api::PullStarted { task_id: task.id, status: "running".into(), ..Default::default() };
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
@@ -242,9 +236,8 @@ impl Job {
             },
             ..store::NewImage::default()
         };
-        let image = crate::images::publish(&self.state, new, out, dir)
-            .await
-            .map_err(|e| e.to_string())?;
+        let image =
+            crate::images::publish(&self.state, new, out, dir).await.map_err(|e| e.to_string())?;
         let _ = tokio::task::spawn_blocking(move || drop(work)).await;
         let result = api::PullResult {
             image: image.name.clone(),
@@ -283,7 +276,9 @@ mod tests {
         assert_eq!(split_scheme("https://r/x"), Ok(("r/x", false)));
         assert!(split_scheme("ftp://r/x").is_err());
         assert!(matches!(auth_of(None), Ok(RegistryAuth::Anonymous)));
-        assert!(matches!(auth_of(Some("u:t")), Ok(RegistryAuth::Basic(u, t)) if u == "u" && t == "t"));
+        assert!(
+            matches!(auth_of(Some("u:t")), Ok(RegistryAuth::Basic(u, t)) if u == "u" && t == "t")
+        );
         assert!(auth_of(Some("no-colon")).is_err());
         assert!(auth_of(Some(":t")).is_err());
     }

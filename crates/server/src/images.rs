@@ -157,8 +157,11 @@ pub fn clean_partial(data_dir: &Path) {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with(".import-") || name.starts_with(".save-") {
                     let p = e.path();
-                    let _ =
-                        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
                     tracing::info!(path = %p.display(), "removed an interrupted image write");
                 }
             }
@@ -424,7 +427,9 @@ pub async fn save(
     // without a `sync` program is copied as its kernel last wrote it (crash-consistent).
     match state.engine.exec(&sandbox.id, &["sync"]).await {
         Ok(out) if out.exit_code == 0 => {}
-        Ok(out) => tracing::warn!(sandbox = %sandbox.id, "sync in the guest exited {}", out.exit_code),
+        Ok(out) => {
+            tracing::warn!(sandbox = %sandbox.id, "sync in the guest exited {}", out.exit_code)
+        }
         Err(e) if matches!(e.kind(), engine::ErrorKind::Guest(_)) => {
             tracing::warn!(sandbox = %sandbox.id, "no sync in the guest: {}", e.report());
         }

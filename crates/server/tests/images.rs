@@ -98,7 +98,8 @@ fn docker_save(layers: &[Vec<u8>]) -> Vec<u8> {
 /// A small busybox image in two layers: the second deletes a file of the first (whiteout) and
 /// empties a directory (opaque), and adds `/hello.txt`.
 fn busybox_image() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup installs it)");
+    let busybox =
+        std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup installs it)");
     let mut first: Vec<(&str, &[u8])> = vec![
         ("bin/", b""),
         ("bin/busybox", &busybox),
@@ -177,7 +178,8 @@ async fn builtins_bad_input_ownership_and_an_imported_image_boots() {
     assert_eq!(test.id, "builtin_test");
     let r = d.req(Method::GET, "/images/test").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (status, error) = error_of(d.req(Method::DELETE, "/images/test").send().await.unwrap()).await;
+    let (status, error) =
+        error_of(d.req(Method::DELETE, "/images/test").send().await.unwrap()).await;
     assert_eq!(status, 403, "{error}");
     assert!(error.contains("global"), "{error}");
     // Registration is idempotent: a second list has one `test`.
@@ -190,14 +192,50 @@ async fn builtins_bad_input_ownership_and_an_imported_image_boots() {
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
         ("missing name", "/images/import".into(), good.clone(), 400, "name required"),
         ("empty name", "/images/import?name=".into(), good.clone(), 400, "name required"),
-        ("name with a slash", "/images/import?name=a%2Fb".into(), good.clone(), 400, "invalid image name"),
+        (
+            "name with a slash",
+            "/images/import?name=a%2Fb".into(),
+            good.clone(),
+            400,
+            "invalid image name",
+        ),
         ("name with ..", "/images/import?name=..".into(), good.clone(), 400, "invalid image name"),
-        ("name too long", format!("/images/import?name={}", "x".repeat(64)), good.clone(), 400, "invalid image name"),
-        ("not a tarball", "/images/import?name=junk".into(), b"hello, not a tar file".repeat(40), 400, "import failed: "),
+        (
+            "name too long",
+            format!("/images/import?name={}", "x".repeat(64)),
+            good.clone(),
+            400,
+            "invalid image name",
+        ),
+        (
+            "not a tarball",
+            "/images/import?name=junk".into(),
+            b"hello, not a tar file".repeat(40),
+            400,
+            "import failed: ",
+        ),
         ("empty body", "/images/import?name=empty".into(), Vec::new(), 400, "import failed: "),
-        ("a tar without manifest.json", "/images/import?name=plain".into(), layer(&[("a", b"1")]), 400, "import failed: no manifest.json"),
-        ("path traversal in a layer", "/images/import?name=evil".into(), docker_save(&[hostile_layer()]), 400, "path traversal"),
-        ("over the cap", "/images/import?name=huge".into(), vec![0u8; 9 * 1024 * 1024], 413, "over 8388608 bytes"),
+        (
+            "a tar without manifest.json",
+            "/images/import?name=plain".into(),
+            layer(&[("a", b"1")]),
+            400,
+            "import failed: no manifest.json",
+        ),
+        (
+            "path traversal in a layer",
+            "/images/import?name=evil".into(),
+            docker_save(&[hostile_layer()]),
+            400,
+            "path traversal",
+        ),
+        (
+            "over the cap",
+            "/images/import?name=huge".into(),
+            vec![0u8; 9 * 1024 * 1024],
+            413,
+            "over 8388608 bytes",
+        ),
     ];
     for (what, path, body, want, text) in cases {
         let r = d.req(Method::POST, &path).body(body).send().await.unwrap();
@@ -231,7 +269,8 @@ async fn builtins_bad_input_ownership_and_an_imported_image_boots() {
         .collect();
     assert!(names.is_empty(), "{names:?}");
     let owner_dir = d.data.path().join("images").join(&d.user.id);
-    let leftovers: Vec<_> = std::fs::read_dir(&owner_dir).map(|r| r.flatten().count()).into_iter().collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&owner_dir).map(|r| r.flatten().count()).into_iter().collect();
     assert!(leftovers.iter().all(|n| *n == 0), "files left in {owner_dir:?}");
 
     // The real import, then a duplicate.
@@ -240,15 +279,15 @@ async fn builtins_bad_input_ownership_and_an_imported_image_boots() {
     let r = import(&d, "bb", good.clone()).await;
     let (status, error) = error_of(r).await;
     assert_eq!(status, 409, "{error}");
-    let got: api::Image = d.req(Method::GET, "/images/bb").send().await.unwrap().json().await.unwrap();
+    let got: api::Image =
+        d.req(Method::GET, "/images/bb").send().await.unwrap().json().await.unwrap();
     assert_eq!((got.source.as_str(), got.user_id.as_str()), ("import:bb", d.user.id.as_str()));
     assert!(got.size_mb >= 512, "v1's minimum size: {}", got.size_mb);
 
     // Another owner sees none of it, and cannot boot or delete it.
     let other = d.other_user("stranger").await;
-    let as_other = |m: Method, p: &str| {
-        d.client.request(m, format!("{}{p}", d.url)).bearer_auth(&other)
-    };
+    let as_other =
+        |m: Method, p: &str| d.client.request(m, format!("{}{p}", d.url)).bearer_auth(&other);
     assert_eq!(as_other(Method::GET, "/images/bb").send().await.unwrap().status(), 404);
     assert_eq!(as_other(Method::DELETE, "/images/bb").send().await.unwrap().status(), 404);
     let r = as_other(Method::POST, "/sandboxes")
@@ -257,13 +296,19 @@ async fn builtins_bad_input_ownership_and_an_imported_image_boots() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let theirs: Vec<api::Image> = as_other(Method::GET, "/images").send().await.unwrap().json().await.unwrap();
+    let theirs: Vec<api::Image> =
+        as_other(Method::GET, "/images").send().await.unwrap().json().await.unwrap();
     assert!(theirs.iter().all(|i| i.name != "bb"));
 
     // A real VM from the imported image: the layers flattened, lohar injected, uid 1000 there.
     let r = create_from(&d, "from-import", "bb").await;
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let out = exec(&d, "from-import", "cat /hello.txt; echo; test ! -e /etc/gone && echo gone; ls /data; id -u").await;
+    let out = exec(
+        &d,
+        "from-import",
+        "cat /hello.txt; echo; test ! -e /etc/gone && echo gone; ls /data; id -u",
+    )
+    .await;
     assert_eq!(out.exit_code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "from-layer-2\ngone\nnew\n1000\n");
     // In use: refused; after the destroy: deleted, file and all.
@@ -468,7 +513,11 @@ async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
         ("ref of the wrong type", serde_json::json!({"ref": 5, "name": "x"}), 400),
         ("bad reference", serde_json::json!({"ref": "UPPER/Case:!!", "name": "x"}), 400),
         ("bad scheme", serde_json::json!({"ref": "ftp://h/x:1", "name": "x"}), 400),
-        ("auth without a colon", serde_json::json!({"ref": reference, "name": "x", "auth": "tok"}), 400),
+        (
+            "auth without a colon",
+            serde_json::json!({"ref": reference, "name": "x", "auth": "tok"}),
+            400,
+        ),
     ];
     for (what, body, want) in cases {
         let r = d.req(Method::POST, "/images/pull").json(&body).send().await.unwrap();
@@ -490,15 +539,20 @@ async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
     assert_eq!(done.kind, "image_pull");
     assert!(done.completed_at.is_some());
     let result: api::PullResult = serde_json::from_str(&done.result).unwrap();
-    assert_eq!((result.image.as_str(), result.source.as_str()), ("pulled", format!("oci:{reference}").as_str()));
+    assert_eq!(
+        (result.image.as_str(), result.source.as_str()),
+        ("pulled", format!("oci:{reference}").as_str())
+    );
     eprintln!("progress seen: {seen:?}");
     for s in &seen {
-        let known = ["resolving image", "flattening layers", "injecting lohar", "creating ext4 image"]
-            .contains(&s.as_str())
-            || s.starts_with("extracting layer ");
+        let known =
+            ["resolving image", "flattening layers", "injecting lohar", "creating ext4 image"]
+                .contains(&s.as_str())
+                || s.starts_with("extracting layer ");
         assert!(known, "unknown progress {s:?}");
     }
-    let image: api::Image = d.req(Method::GET, "/images/pulled").send().await.unwrap().json().await.unwrap();
+    let image: api::Image =
+        d.req(Method::GET, "/images/pulled").send().await.unwrap().json().await.unwrap();
     assert!(image.oci_digest.starts_with("sha256:"), "{image:?}");
     // Again: v1's "exists", no new task.
     let r = d
@@ -509,7 +563,10 @@ async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let again: api::PullStarted = r.json().await.unwrap();
-    assert_eq!((again.status.as_str(), again.digest.as_str()), ("exists", image.oci_digest.as_str()));
+    assert_eq!(
+        (again.status.as_str(), again.digest.as_str()),
+        ("exists", image.oci_digest.as_str())
+    );
     // Another owner's task is not found; a finished task cannot be cancelled.
     let other = d.other_user("stranger").await;
     let r = d
@@ -531,7 +588,8 @@ async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
         .await
         .unwrap();
     let started_missing: api::PullStarted = r.json().await.unwrap();
-    let (failed, _) = wait_task(&d, &started_missing.task_id, std::time::Duration::from_secs(60)).await;
+    let (failed, _) =
+        wait_task(&d, &started_missing.task_id, std::time::Duration::from_secs(60)).await;
     assert_eq!(failed.status, "failed");
     assert!(!failed.error.is_empty());
     assert_eq!(d.req(Method::GET, "/images/nope").send().await.unwrap().status(), 404);

@@ -113,7 +113,8 @@ async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
 }
 
 async fn inspect(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
-    let image: api::Image = ctx.client.get(&format!("/images/{}", enc(name).replace('/', "%2F"))).await?;
+    let image: api::Image =
+        ctx.client.get(&format!("/images/{}", enc(name).replace('/', "%2F"))).await?;
     if ctx.json {
         return print_json(&image).map(|()| exit::OK);
     }
@@ -164,12 +165,12 @@ async fn import(
         .header(header::CONTENT_TYPE, "application/x-tar")
         .body(body)?;
     let progress = (!ctx.json && ui::stderr_tty()).then(|| {
-        let sent = Arc::clone(&sent);
+        let (sent, name) = (Arc::clone(&sent), name.clone());
         tokio::spawn(async move {
             loop {
                 let n = sent.load(Ordering::Relaxed);
                 if n >= len {
-                    eprint!("\r\x1b[2Kconverting image/{}...", "");
+                    eprint!("\r\x1b[2Kconverting image/{name}...");
                 } else {
                     eprint!("\r\x1b[2Kuploading {} / {} MB", n >> 20, len >> 20);
                 }
@@ -256,7 +257,12 @@ async fn save(ctx: &Ctx, sandbox: &str, name: &str) -> anyhow::Result<u8> {
     let _spinner = (!ctx.json).then(|| ui::Spinner::start(format!("saving image/{name}")));
     let image: api::Image = ctx
         .client
-        .json(Method::POST, &sb_path(sandbox, "/save-image"), Some(&body), Duration::from_secs(1800))
+        .json(
+            Method::POST,
+            &sb_path(sandbox, "/save-image"),
+            Some(&body),
+            Duration::from_secs(1800),
+        )
         .await?;
     drop(_spinner);
     if ctx.json {
@@ -270,7 +276,12 @@ async fn save(ctx: &Ctx, sandbox: &str, name: &str) -> anyhow::Result<u8> {
 async fn delete(ctx: &Ctx, name: &str) -> anyhow::Result<u8> {
     let status: api::StatusBody = ctx
         .client
-        .json::<_, ()>(Method::DELETE, &format!("/images/{}", enc(name).replace('/', "%2F")), None, QUICK)
+        .json::<_, ()>(
+            Method::DELETE,
+            &format!("/images/{}", enc(name).replace('/', "%2F")),
+            None,
+            QUICK,
+        )
         .await?;
     if ctx.json {
         print_json(&status)?;

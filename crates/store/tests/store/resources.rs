@@ -399,7 +399,10 @@ fn built_in_images_upsert_and_image_users_count_live_sandboxes() {
     assert!(!s.upsert_global_image(&builtin("/i/test/a/rootfs.ext4", 64, 1)).unwrap(), "same");
     assert!(s.upsert_global_image(&builtin("/i/test/b/rootfs.ext4", 65, 2)).unwrap(), "rebuilt");
     let got = s.image_for(&a.id, "test").unwrap();
-    assert_eq!((got.owner, got.size_mb, got.file_path), (None, 65, PathBuf::from("/i/test/b/rootfs.ext4")));
+    assert_eq!(
+        (got.owner, got.size_mb, got.file_path),
+        (None, 65, PathBuf::from("/i/test/b/rootfs.ext4"))
+    );
     assert_eq!(s.list_images(&a.id).unwrap().len(), 1, "one row whatever the updates");
     assert_eq!(s.upsert_global_image(&image(None, "x")).unwrap_err().kind(), ErrorKind::Invalid);
 
