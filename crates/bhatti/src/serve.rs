@@ -76,8 +76,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = server::AppState::new(Arc::new(engine), store, config.server());
     // Images: what an interrupted import or save left, the built-in images, and pulls that
     // died with the last daemon (they cannot be resumed: marked failed).
-    server::images::clean_partial(&config.data_dir);
-    if let Err(e) = server::images::sync_builtins(&state).await {
+    server::image_catalog::clean_partial(&config.data_dir);
+    if let Err(e) = server::image_catalog::sync_builtins(&state).await {
         tracing::warn!("registering the built-in images: {e}");
     }
     match state.store.write(|s| s.fail_running_tasks("interrupted by daemon restart")).await {

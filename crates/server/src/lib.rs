@@ -20,6 +20,7 @@ mod forward_error;
 mod forwards;
 mod gate;
 pub mod housekeeping;
+pub mod image_catalog;
 pub mod image_convert;
 mod image_pull;
 pub mod images;

@@ -244,7 +244,7 @@ pub async fn create(
     };
     // An unknown image is refused before anything is written; an existing sandbox of this
     // name is still the answer (create is idempotent by name, whatever it asks for).
-    let image = match crate::images::boot_file(&state, &user, &image_name).await {
+    let image = match crate::image_catalog::boot_file(&state, &user, &image_name).await {
         Ok(image) => image,
         Err(e) => {
             return match existing(&state, &user, &name).await? {
