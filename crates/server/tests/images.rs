@@ -628,3 +628,34 @@ async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
     d.stop().await;
     drop(registry);
 }
+
+#[tokio::test]
+async fn a_full_disk_during_an_import_is_507_and_leaves_nothing() {
+    let tools = tempfile::tempdir().unwrap();
+    let lohar = lohar_from_test_image(tools.path());
+    let d = Daemon::start_with(|s| s.lohar = lohar.clone()).await;
+    // The owner's image directory on a 3 MiB tmpfs: the upload fills it.
+    let dir = d.data.path().join("images").join(&d.user.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let r = import(&d, "big", vec![7u8; 4 * 1024 * 1024]).await;
+    let (status, error) = error_of(r).await;
+    assert_eq!(status, 507, "{error}");
+    assert!(error.contains("no space"), "{error}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing half-written is left");
+    assert_eq!(d.req(Method::GET, "/images/big").send().await.unwrap().status(), 404);
+    drop(_unmount);
+    d.stop().await;
+}
