@@ -196,3 +196,44 @@ async fn image_pull_import_list_inspect_save_and_delete_through_the_cli() {
     s.terminate();
     drop(registry);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_running_when_the_daemon_dies_is_failed_after_the_restart() {
+    // A "registry" that accepts and never answers: the pull stays at `resolving image`.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut s = Setup::new();
+    s.start().await;
+    let r = s
+        .req(reqwest::Method::POST, "/images/pull")
+        .json(&serde_json::json!({"ref": format!("http://127.0.0.1:{port}/x:1"), "name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started: serde_json::Value = r.json().await.unwrap();
+    let id = started["task_id"].as_str().unwrap().to_owned();
+    let task = |s: &Setup| {
+        let req = s.req(reqwest::Method::GET, &format!("/tasks/{id}"));
+        async move { req.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while task(&s).await["progress"] != "resolving image" {
+        assert!(std::time::Instant::now() < deadline, "the pull never started resolving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.kill();
+    s.start().await;
+    let t = task(&s).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"], "interrupted by daemon restart", "{t}");
+    assert!(t["completed_at"].is_string(), "{t}");
+    s.terminate();
+    held.abort();
+}
