@@ -144,15 +144,26 @@ fn name_param(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Refuses a name the user already has (409), before any work.
+/// Refuses, before any work (an upload, a copy), a name the user already has (409) and a full
+/// `max_images` quota (429); the insert checks both again in its transaction.
 async fn refuse_taken(state: &AppState, user: &store::User, name: &str) -> ApiResult<()> {
     let (owner, key) = (user.id.clone(), name.to_owned());
     let rows = state.store.read(move |s| s.list_images(&owner)).await?;
-    if rows.iter().any(|i| i.name == key && i.owner.as_deref() == Some(user.id.as_str())) {
+    let own: Vec<&store::Image> =
+        rows.iter().filter(|i| i.owner.as_deref() == Some(user.id.as_str())).collect();
+    if own.iter().any(|i| i.name == key) {
         return Err(ApiError::Store(store::StoreError::Conflict {
             kind: store::Resource::Image,
             name: name.to_owned(),
             what: "already exists".into(),
+        }));
+    }
+    let max = u64::from(user.quotas.max_images);
+    if own.len() as u64 >= max {
+        return Err(ApiError::Store(store::StoreError::Limit {
+            kind: store::Resource::Image,
+            used: own.len() as u64,
+            max,
         }));
     }
     Ok(())

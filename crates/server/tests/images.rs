@@ -657,5 +657,25 @@ async fn a_full_disk_during_an_import_is_507_and_leaves_nothing() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing half-written is left");
     assert_eq!(d.req(Method::GET, "/images/big").send().await.unwrap().status(), 404);
     drop(_unmount);
+    // A user whose max_images is used up is refused before the upload (v1's quota).
+    let (_, key) = d
+        .state
+        .store
+        .write(|s| {
+            s.create_user("no-images", store::Quotas { max_images: 0, ..Default::default() })
+        })
+        .await
+        .unwrap();
+    let r = d
+        .client
+        .post(format!("{}/images/import?name=q", d.url))
+        .bearer_auth(key.expose())
+        .body(busybox_image())
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(r).await;
+    assert_eq!(status, 429, "{error}");
+    assert!(error.contains("limit reached (0/0)"), "{error}");
     d.stop().await;
 }
