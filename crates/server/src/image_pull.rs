@@ -197,6 +197,8 @@ impl Job {
             let file = tokio::fs::File::create(&blob)
                 .await
                 .map_err(|e| format!("creating {}: {e}", blob.display()))?;
+            // A registry sending more than the layer's descriptor says is cut off.
+            let file = Capped { inner: file, left: u64::try_from(layer.size).unwrap_or(0) };
             client
                 .pull_blob(&self.reference, layer, file)
                 .await
@@ -249,6 +251,45 @@ impl Job {
     }
 }
 
+/// A writer that refuses bytes past `left` (a layer's size from its descriptor).
+struct Capped<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more than the layer's size",
+            )));
+        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.left -= *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A conversion error for the task's `error` (host paths are the daemon's business: a disk
 /// problem is named, not located).
 fn describe(e: &ConvertError) -> String {
@@ -268,6 +309,15 @@ fn describe(e: &ConvertError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_layer_longer_than_its_descriptor_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let mut w = Capped { inner: Vec::new(), left: 5 };
+        w.write_all(b"12345").await.unwrap();
+        assert!(w.write_all(b"6").await.is_err());
+        assert_eq!(w.inner, b"12345");
+    }
 
     #[test]
     fn schemes_and_auth() {
