@@ -85,6 +85,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(n) => tracing::warn!(tasks = n, "tasks interrupted by the restart marked failed"),
         Err(e) => tracing::warn!("marking interrupted tasks failed: {e}"),
     }
+    // Checkpoints the store has no row for (a crash between a capture and its row).
+    match server::snapshots::remove_orphans(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "orphan checkpoints removed"),
+        Err(e) => tracing::warn!("looking for orphan checkpoints: {e}"),
+    }
     tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -37,8 +37,10 @@ mod pulls;
 pub mod request;
 mod sandboxes;
 mod sessions;
+pub mod snapshots;
 pub mod state;
 mod tasks;
+mod templates;
 pub mod thermal;
 mod times;
 pub mod tls;
@@ -102,6 +104,12 @@ pub fn router(state: AppState) -> Router {
         .route("/images/pull", post(image_pull::pull))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
         .route("/images/{name}", get(images::get).delete(images::delete))
+        .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
+        .route("/snapshots", get(snapshots::list))
+        .route("/snapshots/{name}", get(snapshots::get).delete(snapshots::delete))
+        .route("/snapshots/{name}/resume", post(snapshots::resume))
+        .route("/templates", get(templates::list).post(templates::create))
+        .route("/templates/{id}", get(templates::get).delete(templates::delete))
         .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
         // The web shell: no API key (the page is public, the socket takes the share token in
         // its first message); see `auth::is_web_shell_route`.

@@ -72,7 +72,7 @@ pub async fn resolve_for_guest(
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -90,7 +90,7 @@ fn hostname_of(name: &str) -> String {
     if trimmed.is_empty() { "sandbox".to_owned() } else { trimmed.chars().take(63).collect() }
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let _ = getrandom::fill(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
@@ -207,10 +207,10 @@ fn engine_spec(
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Json(req): Json<api::CreateSandbox>,
+    Json(mut req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    if !req.template_id.is_empty() || !req.persistent_volumes.is_empty() || !req.secrets.is_empty()
-    {
+    crate::templates::apply(&state, &mut req).await?;
+    if !req.persistent_volumes.is_empty() || !req.secrets.is_empty() {
         return Err(ApiError::NotImplemented(
             "templates, persistent volumes and secrets come with the resources API",
         ));
@@ -233,7 +233,7 @@ pub async fn create(
     let new = store::NewSandbox {
         owner: user.id.clone(),
         name: name.clone(),
-        template_id: None,
+        template_id: (!req.template_id.is_empty()).then(|| req.template_id.clone()),
         image: image_name.clone(),
         cpus,
         memory_mb,
