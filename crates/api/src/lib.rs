@@ -16,6 +16,8 @@ pub use events::*;
 /// validates and normalises one.
 pub use bhatti_core::egress::{NetPolicy, Posture};
 
+mod images;
+pub use images::{Image, Imported, PullRequest, PullResult, PullStarted, SaveImageRequest, Task};
 mod snapshots;
 pub use snapshots::*;
 
@@ -114,6 +116,10 @@ error_codes! {
     Internal = "internal",
     /// 409: the name is taken.
     AlreadyExists = "already_exists",
+    /// 403: the resource is not the caller's to change (a global image).
+    Forbidden = "forbidden",
+    /// 507: the daemon's disk is full.
+    NoSpace = "no_space",
     /// 409: the sandbox's state does not allow the operation.
     WrongState = "wrong_state",
     /// 409: a destroy of the sandbox overtook its create.

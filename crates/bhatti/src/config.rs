@@ -46,6 +46,12 @@ struct File {
     http: Http,
     log_format: Option<String>,
     log_level: Option<String>,
+    /// The guest agent injected into imported and pulled images.
+    lohar: Option<PathBuf>,
+    /// The largest image tarball an import takes.
+    image_import_max_bytes: Option<u64>,
+    /// Registries pulled from over plain HTTP (`host:port`).
+    insecure_registries: Option<Vec<String>>,
     /// Everything else: warned about.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
@@ -225,6 +231,12 @@ pub struct Config {
     pub public_proxy_listen: Option<SocketAddr>,
     /// Domain mode.
     pub domain: Option<DomainConfig>,
+    /// The guest agent injected into imported and pulled images (`<data_dir>/lohar`).
+    pub lohar: PathBuf,
+    /// The largest `docker save` tarball an import takes (v1: 10 GiB).
+    pub image_import_max_bytes: u64,
+    /// Registries pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -380,7 +392,21 @@ impl Config {
             (None, Some(base)) => server::PublicUrls::Path { base: base.trim().to_owned() },
             (None, None) => server::PublicUrls::None,
         };
+        let lohar = env("LOHAR")
+            .map(PathBuf::from)
+            .or(file.lohar)
+            .unwrap_or_else(|| data_dir.join("lohar"));
+        let image_import_max_bytes = match env("IMAGE_IMPORT_MAX_BYTES") {
+            Some(t) => t.parse().with_context(|| format!("BHATTI_IMAGE_IMPORT_MAX_BYTES={t:?}"))?,
+            None => file.image_import_max_bytes.unwrap_or(10 * 1024 * 1024 * 1024),
+        };
+        if image_import_max_bytes == 0 {
+            bail!("image_import_max_bytes must be at least 1");
+        }
         Ok(Config {
+            lohar,
+            image_import_max_bytes,
+            insecure_registries: file.insecure_registries.unwrap_or_default(),
             api_url,
             public_urls,
             public_proxy_listen,
@@ -446,6 +472,9 @@ impl Config {
         s.idle_timeout = self.idle_timeout;
         s.public_urls = self.public_urls.clone();
         s.api_url = self.api_url.clone();
+        s.lohar = self.lohar.clone();
+        s.image_import_max_bytes = self.image_import_max_bytes;
+        s.insecure_registries = self.insecure_registries.clone();
         s
     }
 }

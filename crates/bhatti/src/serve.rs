@@ -74,6 +74,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Which wall stands around each QEMU, and which cgroup hierarchy bounds it.
     tracing::info!(confinement = %engine.confinement(), "sandboxes");
     let state = server::AppState::new(Arc::new(engine), store, config.server());
+    // Images: what an interrupted import or save left, the built-in images, and pulls that
+    // died with the last daemon (they cannot be resumed: marked failed).
+    server::image_catalog::clean_partial(&config.data_dir);
+    if let Err(e) = server::image_catalog::sync_builtins(&state).await {
+        tracing::warn!("registering the built-in images: {e}");
+    }
+    match state.store.write(|s| s.fail_running_tasks("interrupted by daemon restart")).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(tasks = n, "tasks interrupted by the restart marked failed"),
+        Err(e) => tracing::warn!("marking interrupted tasks failed: {e}"),
+    }
     // Checkpoints the store has no row for (a crash between a capture and its row).
     match server::snapshots::remove_orphans(&state).await {
         Ok(0) => {}

@@ -45,6 +45,7 @@ internal! {
     volume;
 }
 pub mod cgroup;
+mod disk_image;
 pub mod dns;
 mod error;
 mod events;

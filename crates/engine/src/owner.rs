@@ -56,6 +56,11 @@ pub(crate) enum Command {
         name: String,
         reply: oneshot::Sender<Result<crate::checkpoint::Captured, EngineError>>,
     },
+    /// Copies the disk (overlay and image flattened) to a raw file, the VM paused meanwhile.
+    SaveDisk {
+        dest: std::path::PathBuf,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
     Export(oneshot::Sender<SandboxRecord>),
     Destroy(oneshot::Sender<()>),
     /// Test support: the owner panics, as a bug in it would.
@@ -78,6 +83,8 @@ pub(crate) enum Request {
     /// Stop, cutting the leases that are out (a user's stop, daemon shutdown).
     StopCutting,
     Checkpoint,
+    /// Copy the disk as a standalone image.
+    SaveDisk,
     /// Not a request but news: QEMU ended on its own (killed, crashed).
     Exited,
 }
@@ -103,6 +110,8 @@ pub(crate) enum Step {
     MarkFailed,
     /// Capture a checkpoint.
     Capture,
+    /// Pause (if hot), copy the disk, run again.
+    CopyDisk,
     /// A crashed sandbox counts as stopped: the next start boots from its disk.
     MarkCold,
     /// The state does not allow it.
@@ -137,6 +146,9 @@ pub(crate) fn step(thermal: Thermal, snapshot: bool, request: Request) -> Step {
         (R::Checkpoint, T::Hot | T::Warm) => Step::Capture,
         (R::Checkpoint, T::Cold) => Step::WrongState,
         (R::Checkpoint, T::Failed) => Step::Crashed,
+        (R::SaveDisk, T::Hot | T::Warm) => Step::CopyDisk,
+        (R::SaveDisk, T::Cold) => Step::WrongState,
+        (R::SaveDisk, T::Failed) => Step::Crashed,
     }
 }
 
@@ -368,6 +380,9 @@ impl Owner {
             }
             Command::Checkpoint { dest, name, reply } => {
                 let _ = reply.send(self.checkpoint(&dest, &name).await);
+            }
+            Command::SaveDisk { dest, reply } => {
+                let _ = reply.send(self.save_disk(&dest).await);
             }
             Command::Export(reply) => {
                 let _ = reply.send(self.record());
@@ -664,6 +679,29 @@ impl Owner {
         result
     }
 
+    /// The disk flattened into `dest`: a hot VM is paused only for the copy (QEMU's `stop`
+    /// drains and flushes its disks first), a warm one stays paused.
+    async fn save_disk(&mut self, dest: &std::path::Path) -> Result<(), EngineError> {
+        self.check_alive(Duration::ZERO).await?;
+        match step(self.power.thermal(), self.power.snapshot(), Request::SaveDisk) {
+            Step::CopyDisk => {}
+            Step::Crashed => return Err(self.crash_error()),
+            _ => return Err(self.wrong_state("save its disk as an image")),
+        }
+        let (Power::Hot(vm) | Power::Warm(vm)) = &self.power else {
+            return Err(self.wrong_state("save its disk as an image"));
+        };
+        let was_hot = matches!(self.power, Power::Hot(_));
+        if was_hot {
+            vm.pause().await?;
+        }
+        let result = crate::disk_image::flatten(&self.spec.files.overlay(), dest).await;
+        if was_hot && let Err(e) = vm.unpause().await {
+            tracing::warn!(sandbox = %self.who.id, "resume after saving the disk: {}", e.report());
+        }
+        result
+    }
+
     async fn kill(&mut self) {
         if let Power::Hot(vm) | Power::Warm(vm) = &mut self.power
             && let Err(e) = vm.kill().await
@@ -764,6 +802,10 @@ mod tests {
             (R::Checkpoint, T::Warm, false, S::Capture),
             (R::Checkpoint, T::Cold, true, S::WrongState),
             (R::Checkpoint, T::Failed, false, S::Crashed),
+            (R::SaveDisk, T::Hot, false, S::CopyDisk),
+            (R::SaveDisk, T::Warm, false, S::CopyDisk),
+            (R::SaveDisk, T::Cold, true, S::WrongState),
+            (R::SaveDisk, T::Failed, false, S::Crashed),
         ];
         for (request, thermal, snapshot, want) in table {
             assert_eq!(step(thermal, snapshot, request), want, "{request:?} in {thermal:?}");

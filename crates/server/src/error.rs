@@ -27,6 +27,15 @@ pub enum ApiError {
     /// 413.
     #[error("{0}")]
     TooLarge(String),
+    /// 403: not the caller's to change (a global image); another owner's things are 404.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: in use (an image sandboxes boot from).
+    #[error("{0}")]
+    InUse(String),
+    /// 507: the daemon's disk is full.
+    #[error("{0}")]
+    NoSpace(String),
     /// 502: the guest's service did not answer as HTTP.
     #[error("bad gateway: {0}")]
     BadGateway(String),
@@ -95,6 +104,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::InUse(_) => (StatusCode::CONFLICT, "in_use"),
+            ApiError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
             ApiError::Engine(e) => (engine_status(e.kind()), e.kind().code()),
@@ -278,6 +290,9 @@ mod tests {
             ApiError::Unauthorized(""),
             ApiError::NotFound(String::new()),
             ApiError::TooLarge(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::InUse(String::new()),
+            ApiError::NoSpace(String::new()),
             ApiError::BadGateway(String::new()),
             ApiError::NotImplemented(""),
             ApiError::Refused(bhatti_core::Refusal::Creating),

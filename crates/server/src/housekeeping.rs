@@ -20,6 +20,7 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle
                 _ = ticker.tick() => {
                     purge_events(&state).await;
                     purge_metrics(&state).await;
+                    purge_tasks(&state).await;
                 }
             }
         }
@@ -43,5 +44,15 @@ async fn purge_metrics(state: &AppState) {
         Ok(0) => {}
         Ok(n) => tracing::info!(purged = n, "metrics snapshots past their retention purged"),
         Err(e) => tracing::warn!("purging old metrics snapshots: {e}"),
+    }
+}
+
+/// Deletes finished tasks (image pulls) done more than 24 hours ago (v1's).
+async fn purge_tasks(state: &AppState) {
+    let before = store::Timestamp::now().minus(std::time::Duration::from_secs(24 * 3600));
+    match state.store.write(move |s| s.purge_tasks(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(purged = n, "finished tasks older than a day purged"),
+        Err(e) => tracing::warn!("purging old tasks: {e}"),
     }
 }

@@ -31,7 +31,7 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     events_api, exec, files, forward, metrics_http, ports, proxy, publish, sandboxes, sessions,
-    snapshots, templates, web_shell, ws,
+    image_pull, images, snapshots, tasks, templates, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -321,6 +321,36 @@ pub fn table() -> Vec<Route> {
             .summary("Piped exec WebSocket (?token= accepted)")
             .query(&["token", "session"])
             .returns_text(101, "application/octet-stream"),
+        // Images and their tasks.
+        get("/images", images::list)
+            .summary("Images the caller may use: own, shared, global")
+            .returns_list::<api::Image>(200),
+        post("/images/import", images::import)
+            .summary("Import a `docker save` tarball (streamed, size-capped) as an image")
+            .query(&["name"])
+            .takes_bytes()
+            .returns::<api::Imported>(201),
+        post("/images/pull", image_pull::pull)
+            .summary("Pull an OCI image in the background (a task), or say it exists")
+            .takes::<api::PullRequest>()
+            .returns::<api::PullStarted>(202)
+            .returns::<api::PullStarted>(200),
+        get("/images/{name}", images::get)
+            .summary("One image")
+            .returns::<api::Image>(200),
+        delete("/images/{name}", images::delete)
+            .summary("Delete the caller's own image (not while a sandbox boots from it)")
+            .returns::<api::StatusBody>(200),
+        post("/sandboxes/{id}/save-image", images::save)
+            .summary("Save a sandbox's disk as an image")
+            .takes::<api::SaveImageRequest>()
+            .returns::<api::Image>(201),
+        get("/tasks/{id}", tasks::get)
+            .summary("A background task (image pull) and its progress")
+            .returns::<api::Task>(200),
+        delete("/tasks/{id}", tasks::cancel)
+            .summary("Cancel a running task")
+            .returns::<api::StatusBody>(200),
         // Named snapshots.
         post("/sandboxes/{id}/checkpoint", snapshots::checkpoint)
             .summary("Capture a named snapshot of a hot or warm sandbox (it keeps running)")

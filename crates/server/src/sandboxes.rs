@@ -85,17 +85,6 @@ fn hostname_of(name: &str) -> String {
 }
 
 
-/// Where a built-in image lives; only plain names (no paths) are looked up.
-fn image_path(state: &AppState, name: &str) -> ApiResult<std::path::PathBuf> {
-    let plain = !name.is_empty()
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
-    let path = state.settings.images_dir.join(name).join("current/rootfs.ext4");
-    if !plain || !path.is_file() {
-        return Err(ApiError::NotFound(format!("image {name:?} not found")));
-    }
-    Ok(path)
-}
-
 /// The CPUs and memory a create asks for, defaults filled in; zero, below zero, not a number
 /// or over the owner's quota is refused with a message naming the field.
 fn shape(
@@ -244,7 +233,7 @@ pub async fn create(
     };
     // An unknown image is refused before anything is written; an existing sandbox of this
     // name is still the answer (create is idempotent by name, whatever it asks for).
-    let image = match image_path(&state, &image_name) {
+    let image = match crate::image_catalog::boot_file(&state, &user, &image_name).await {
         Ok(image) => image,
         Err(e) => {
             return match existing(&state, &user, &name).await? {

@@ -46,6 +46,16 @@ pub struct Settings {
     /// `<api_url>/_shell/<id>#token=...`. Unset, the mint answers the path only and the CLI
     /// puts its own API URL in front.
     pub api_url: Option<String>,
+    /// The guest agent injected into imported and pulled images (`/usr/local/bin/lohar` in
+    /// them); `<data_dir>/lohar` by default (config key `lohar`).
+    pub lohar: PathBuf,
+    /// The largest `docker save` tarball `POST /images/import` takes (413 beyond); v1's
+    /// 10 GiB (config key `image_import_max_bytes`).
+    pub image_import_max_bytes: u64,
+    /// Registries pulled from over plain HTTP (`host:port`, config key
+    /// `insecure_registries`); a reference may also say `http://` itself. Loopback only is
+    /// the sane use.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Settings {
@@ -53,6 +63,9 @@ impl Settings {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             images_dir: data_dir.join("images"),
+            lohar: data_dir.join("lohar"),
+            image_import_max_bytes: 10 * 1024 * 1024 * 1024,
+            insecure_registries: Vec::new(),
             data_dir,
             default_image: "minimal".into(),
             warm_after: Duration::from_secs(30),
@@ -96,6 +109,8 @@ pub struct AppState {
     pub web_shells: Arc<crate::web_shells::WebShells>,
     /// The event recorder: `state.events.record(store::NewEvent { .. })` (`events.rs`).
     pub events: crate::events::Recorder,
+    /// The image pulls running (`image_pull.rs`), to cancel them.
+    pub(crate) pulls: crate::pulls::Pulls,
 }
 
 impl AppState {
@@ -116,6 +131,7 @@ impl AppState {
             web_shells: Arc::default(),
             events: crate::events::Recorder::spawn(store.clone()),
             store,
+            pulls: crate::pulls::Pulls::default(),
         }
     }
 }

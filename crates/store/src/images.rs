@@ -197,6 +197,65 @@ impl Store {
         Ok(image)
     }
 
+    /// Registers or refreshes a global image with a fixed ID (a built-in image found on disk):
+    /// its file, size and time follow the file's. Answers whether anything changed.
+    pub fn upsert_global_image(&mut self, new: &NewImage) -> Result<bool> {
+        let Some(id) = &new.id else {
+            return Err(StoreError::Invalid("a global image needs a fixed ID".into()));
+        };
+        let path = new
+            .file_path
+            .to_str()
+            .ok_or_else(|| StoreError::Invalid("image path is not UTF-8".into()))?;
+        let created = new.created_at.unwrap_or_else(Timestamp::now);
+        let tx = self.write_tx()?;
+        let current = tx
+            .query_row(&format!("SELECT {COLS} FROM images WHERE id = ?1"), [id], row)
+            .optional()?;
+        let changed = match current {
+            Some(old)
+                if old.file_path == new.file_path
+                    && old.size_mb == new.size_mb
+                    && old.created_at == created =>
+            {
+                false
+            }
+            Some(_) => {
+                tx.execute(
+                    "UPDATE images SET file_path = ?2, size_mb = ?3, created_at = ?4 WHERE id = ?1",
+                    params![id, path, new.size_mb, created],
+                )?;
+                true
+            }
+            None => {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO images ({COLS}) VALUES (?1, NULL, ?2, ?3, ?4, ?5, '', '{{}}', ?6)"
+                    ),
+                    params![id, new.name, new.source, path, new.size_mb, created],
+                )?;
+                true
+            }
+        };
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// How many live sandboxes boot from the image file `path` (their disks are overlays on
+    /// it): those whose engine record names the file, and those still being created from an
+    /// image of this name (no record yet).
+    pub fn image_users(&self, image: &Image) -> Result<u64> {
+        let path = image.file_path.to_str().unwrap_or_default();
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM sandboxes WHERE status != 'destroyed' AND ( \
+             (record IS NOT NULL AND json_extract(record, '$.image') = ?1) OR \
+             (record IS NULL AND image = ?2 AND (?3 IS NULL OR owner = ?3)))",
+            params![path, image.name, image.owner],
+            |r| r.get(0),
+        )?;
+        Ok(n.unsigned_abs())
+    }
+
     /// Shares an image with a user (idempotent).
     pub fn share_image(&mut self, image_id: &str, user_id: &str) -> Result<()> {
         let tx = self.write_tx()?;

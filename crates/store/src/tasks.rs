@@ -136,6 +136,16 @@ impl Store {
         Ok(())
     }
 
+    /// Fails every task still running with `error` (a daemon restart: their jobs died with
+    /// the process); returns how many.
+    pub fn fail_running_tasks(&mut self, error: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE tasks SET status = 'failed', error = ?1, completed_at = ?2 \
+             WHERE status = 'running'",
+            params![error, Timestamp::now()],
+        )?)
+    }
+
     /// Deletes finished tasks completed before `before`; returns how many.
     pub fn purge_tasks(&mut self, before: Timestamp) -> Result<usize> {
         Ok(self.conn.execute(

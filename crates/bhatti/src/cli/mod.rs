@@ -10,6 +10,7 @@ mod endpoint;
 mod error;
 mod exec;
 mod files;
+mod images;
 mod publish;
 mod sandboxes;
 mod setup;
@@ -135,6 +136,10 @@ pub enum Command {
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCommand),
+    /// Images: list, inspect, import a `docker save` tarball, pull from a registry, save a
+    /// sandbox's disk, delete.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
     /// Named snapshots: checkpoint a running sandbox, resume it as new sandboxes.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCommand),
@@ -217,6 +222,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
+        Command::Image(cmd) => images::run(ctx, cmd).await,
         Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
         Command::Template(cmd) => snapshots::template(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,

@@ -953,6 +953,15 @@ impl Engine {
         Ok(activity)
     }
 
+    /// Saves a sandbox's disk (its overlay over its image, flattened) as the raw ext4 file
+    /// `dest`, for a new image: a hot sandbox is paused only while it is copied, a warm one
+    /// stays paused, a cold one is refused (wake it first). The caller flushes the guest's
+    /// caches first (`sync` through a lease) for a copy that holds its latest writes.
+    pub async fn save_disk(&self, id: &str, dest: &std::path::Path) -> Result<(), EngineError> {
+        let dest = dest.to_owned();
+        self.handle(id)?.ask(id, |reply| Command::SaveDisk { dest, reply }).await?
+    }
+
     /// The record to store so a restarted daemon can recover the sandbox.
     pub async fn export(&self, id: &str) -> Result<SandboxRecord, EngineError> {
         self.handle(id)?.ask(id, Command::Export).await

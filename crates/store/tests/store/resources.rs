@@ -392,3 +392,58 @@ fn metrics_snapshots_query_sum_and_retention() {
     assert_eq!(s.purge_metrics(Timestamp(2500)).unwrap(), 2);
     assert_eq!(s.metrics_since(Timestamp(0)).unwrap()[0].api_requests, 12);
 }
+
+#[test]
+fn built_in_images_upsert_and_image_users_count_live_sandboxes() {
+    let (_d, mut s) = store();
+    let a = user(&mut s, "alice");
+    let builtin = |path: &str, mb: u32, at: i64| NewImage {
+        id: Some("builtin_test".into()),
+        source: "built-in".into(),
+        file_path: PathBuf::from(path),
+        size_mb: mb,
+        created_at: Some(Timestamp(at)),
+        ..image(None, "test")
+    };
+    assert!(s.upsert_global_image(&builtin("/i/test/a/rootfs.ext4", 64, 1)).unwrap(), "inserted");
+    assert!(!s.upsert_global_image(&builtin("/i/test/a/rootfs.ext4", 64, 1)).unwrap(), "same");
+    assert!(s.upsert_global_image(&builtin("/i/test/b/rootfs.ext4", 65, 2)).unwrap(), "rebuilt");
+    let got = s.image_for(&a.id, "test").unwrap();
+    assert_eq!(
+        (got.owner, got.size_mb, got.file_path),
+        (None, 65, PathBuf::from("/i/test/b/rootfs.ext4"))
+    );
+    assert_eq!(s.list_images(&a.id).unwrap().len(), 1, "one row whatever the updates");
+    assert_eq!(s.upsert_global_image(&image(None, "x")).unwrap_err().kind(), ErrorKind::Invalid);
+
+    // Users of an image: live sandboxes whose record names its file, and creating ones of
+    // its name (no record yet); destroyed ones never.
+    let own = s.create_image(&image(Some(&a.id), "mine")).unwrap();
+    assert_eq!(s.image_users(&own).unwrap(), 0);
+    let mut rec = crate::common::record("sb1", false, bhatti_core::Thermal::Hot);
+    rec.image = own.file_path.clone();
+    let sb = sandbox(&mut s, &a.id, "sb1", Status::Running);
+    s.set_record(&sb.id, &rec).unwrap();
+    assert_eq!(s.image_users(&own).unwrap(), 1);
+    let mut creating = crate::common::new_sandbox(&a.id, "sb2");
+    creating.image = "mine".into();
+    s.create_sandbox(&creating).unwrap();
+    assert_eq!(s.image_users(&own).unwrap(), 2, "a create in flight counts");
+    s.set_status(&sb.id, Status::Destroyed).unwrap();
+    assert_eq!(s.image_users(&own).unwrap(), 1);
+}
+
+#[test]
+fn tasks_running_at_a_restart_are_marked_failed() {
+    let (_d, mut s) = store();
+    let a = user(&mut s, "alice");
+    let running = s.create_task(&a.id, "image_pull").unwrap();
+    let done = s.create_task(&a.id, "image_pull").unwrap();
+    s.complete_task(&done.id, r#"{"image":"x"}"#).unwrap();
+    assert_eq!(s.fail_running_tasks("interrupted by daemon restart").unwrap(), 1);
+    let t = s.task(&a.id, &running.id).unwrap();
+    assert_eq!(t.status, TaskStatus::Failed);
+    assert_eq!(t.error.as_deref(), Some("interrupted by daemon restart"));
+    assert!(t.completed_at.is_some());
+    assert_eq!(s.task(&a.id, &done.id).unwrap().status, TaskStatus::Completed, "untouched");
+}
