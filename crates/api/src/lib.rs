@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod volumes;
+pub use volumes::*;
+
 /// A sandbox's egress policy (v2's `net_policy`: `{"default": "public"|"deny", "allow_hosts":
 /// [...], "allow_cidrs": [...]}`, every field optional) and its posture; `NetPolicy::check`
 /// validates and normalises one.
@@ -149,6 +152,8 @@ error_codes! {
     GuestTooLarge = "guest_too_large",
     /// 507: the guest's disk is full.
     GuestNoSpace = "guest_no_space",
+    /// 507: the host's disk filled up (a volume restore); nothing half-written was kept.
+    NoSpace = "no_space",
     /// 409: the session is attached elsewhere.
     GuestBusy = "guest_busy",
     /// 502: nothing listens on the guest port.

@@ -3,7 +3,8 @@
 //!
 //! YAML goes through `serde_norway`, a maintained fork of the archived `serde_yaml` with the
 //! same API. Keys this version does not know are warned about (a typo must not pass silently)
-//! and otherwise ignored, so a v1 file with Firecracker or backup keys still loads.
+//! and otherwise ignored, so a v1 file with Firecracker keys still loads. v1's `backup` block configures volume
+//! backups (`server::BackupConfig`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ struct File {
     public_proxy_listen: Option<String>,
     /// Domain mode: the API and aliases on one TLS listener.
     domain: Option<DomainFile>,
+    /// Volume backups to S3 and their schedule.
+    backup: Option<server::BackupConfig>,
     // Ours.
     kernel: Option<PathBuf>,
     images_dir: Option<PathBuf>,
@@ -129,7 +132,6 @@ const V1_IGNORED: &[&str] = &[
     "firecracker_jailer",
     "jail_uid",
     "jail_gid",
-    "backup",
 ];
 
 /// v1's `dns_upstreams` default, used when /etc/resolv.conf names no IPv4 server.
@@ -225,6 +227,8 @@ pub struct Config {
     pub public_proxy_listen: Option<SocketAddr>,
     /// Domain mode.
     pub domain: Option<DomainConfig>,
+    /// v1's `backup` block (off unless `s3_endpoint` is set).
+    pub backup: server::BackupConfig,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -371,6 +375,8 @@ impl Config {
             None => None,
         };
         let domain = file.domain.map(DomainFile::check).transpose()?;
+        let backup = file.backup.unwrap_or_default();
+        backup.check().map_err(|e| anyhow::anyhow!("backup: {e}"))?;
         let api_url = match &domain {
             Some(domain) => Some(format!("https://{}", domain.api_host)),
             None => file_api_url.filter(|u| !u.trim().is_empty()),
@@ -381,6 +387,7 @@ impl Config {
             (None, None) => server::PublicUrls::None,
         };
         Ok(Config {
+            backup,
             api_url,
             public_urls,
             public_proxy_listen,
@@ -446,6 +453,7 @@ impl Config {
         s.idle_timeout = self.idle_timeout;
         s.public_urls = self.public_urls.clone();
         s.api_url = self.api_url.clone();
+        s.backup = self.backup.clone();
         s
     }
 }

@@ -57,6 +57,15 @@ pub enum ApiError {
     /// A forward that could not be opened (port in use, too many).
     #[error(transparent)]
     Forward(#[from] crate::forward_error::ForwardError),
+    /// 409 with v1's message (volumes: attached, already exists, busy).
+    #[error("{0}")]
+    Conflict(String),
+    /// 429: a storage quota (v1's `volume storage quota exceeded (XMB used, YMB max)`).
+    #[error("{0}")]
+    Quota(String),
+    /// 507: the host's disk filled up (a restore); nothing half-written was kept.
+    #[error("{0}")]
+    NoSpace(String),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -119,6 +128,9 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "limit"),
+            ApiError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -285,6 +297,9 @@ mod tests {
                 max: 1,
                 scope: "in all",
             }),
+            ApiError::Conflict(String::new()),
+            ApiError::Quota(String::new()),
+            ApiError::NoSpace(String::new()),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

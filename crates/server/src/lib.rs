@@ -10,6 +10,10 @@
 
 pub mod auth;
 mod background;
+pub mod backup_config;
+pub mod backup_schedule;
+mod backup_store;
+mod backups;
 pub mod engine_events;
 pub mod error;
 mod exec;
@@ -36,6 +40,11 @@ pub mod state;
 pub mod thermal;
 mod times;
 pub mod tls;
+mod volume_attach;
+mod volume_files;
+mod volume_locks;
+mod volume_names;
+mod volumes;
 pub mod web_shell;
 mod web_shells;
 pub mod ws;
@@ -45,6 +54,7 @@ use std::future::Future;
 use axum::Router;
 use axum::routing::{any, delete, get, post};
 
+pub use backup_config::{BackupConfig, BackupSchedule};
 pub use error::{ApiError, ApiResult};
 pub use listen::{NodelayListener, nodelay};
 pub use publish_urls::PublicUrls;
@@ -90,6 +100,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/sessions", get(sessions::list))
         .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
+        .route("/volumes", get(volumes::list).post(volumes::create))
+        .route("/volumes/{name}", get(volumes::get).delete(volumes::delete))
+        .route("/volumes/{name}/resize", post(volumes::resize))
+        .route("/volumes/{name}/snapshot", post(volumes::snapshot))
+        .route("/volumes/{name}/backups", get(backups::list).post(backups::create))
+        .route("/volumes/{name}/backups/restore", post(backups::restore))
+        .route("/volumes/{name}/backups/{backup_id}", delete(backups::delete))
         .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
         // The web shell: no API key (the page is public, the socket takes the share token in
         // its first message); see `auth::is_web_shell_route`.

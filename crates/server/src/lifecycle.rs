@@ -39,15 +39,29 @@ pub(crate) enum Created {
 
 /// Creates a sandbox: the row, then the VM (`spec_for` turns the new row's ID into the
 /// engine's request), then the row's result.
+#[allow(dead_code)] // The create of a sandbox without persistent volumes (a resume, say).
 pub(crate) async fn create(
     state: &AppState,
     new: store::NewSandbox,
+    spec_for: impl FnOnce(&str) -> ApiResult<engine::CreateSpec>,
+) -> ApiResult<Created> {
+    create_with_volumes(state, new, &[], spec_for).await
+}
+
+/// [`create`] with persistent volumes (`volume_attach.rs`): found or made before the row,
+/// attached once the row exists (a failure removes the row, and the attachments with it),
+/// handed to the engine in request order.
+pub(crate) async fn create_with_volumes(
+    state: &AppState,
+    new: store::NewSandbox,
+    volumes: &[api::CreateVolume],
     spec_for: impl FnOnce(&str) -> ApiResult<engine::CreateSpec>,
 ) -> ApiResult<Created> {
     let (owner, name) = (new.owner.clone(), new.name.clone());
     if let Some(existing) = by_name(state, &owner, &name).await? {
         return Ok(Created::Existing(existing));
     }
+    let planned = crate::volume_attach::plan(state, &owner, volumes).await?;
     // The row (status `creating`) reserves the name and the quota before the VM is built.
     let row = match state.store.write(move |s| s.create_sandbox(&new)).await {
         Ok(row) => row,
@@ -61,8 +75,15 @@ pub(crate) async fn create(
         Err(e) => return Err(e.into()),
     };
     let id = row.id.clone();
+    if let Err(e) = crate::volume_attach::attach(state, &owner, &id, &planned).await {
+        remove_row(state, &id).await;
+        return Err(e);
+    }
     let built = match spec_for(&id) {
-        Ok(spec) => state.engine.create(&spec).await.map_err(ApiError::from),
+        Ok(mut spec) => {
+            spec.volumes.extend(planned.iter().map(crate::volume_attach::Planned::mount));
+            state.engine.create(&spec).await.map_err(ApiError::from)
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = built {

@@ -220,10 +220,9 @@ pub async fn create(
     CurrentUser(user): CurrentUser,
     Json(req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    if !req.template_id.is_empty() || !req.persistent_volumes.is_empty() || !req.secrets.is_empty()
-    {
+    if !req.template_id.is_empty() || !req.secrets.is_empty() {
         return Err(ApiError::NotImplemented(
-            "templates, persistent volumes and secrets come with the resources API",
+            "templates and secrets come with the resources API",
         ));
     }
     let (cpus, memory_mb) =
@@ -269,7 +268,8 @@ pub async fn create(
         spec.net_policy = net_policy;
         Ok(spec)
     };
-    match crate::lifecycle::create(&state, new, spec_for).await? {
+    let volumes = &req.persistent_volumes;
+    match crate::lifecycle::create_with_volumes(&state, new, volumes, spec_for).await? {
         Created::New(row) => Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response()),
         Created::Existing(row) => Ok(existing_response(&row)),
     }

@@ -42,6 +42,8 @@ pub struct Settings {
     /// `<api_url>/_shell/<id>#token=...`. Unset, the mint answers the path only and the CLI
     /// puts its own API URL in front.
     pub api_url: Option<String>,
+    /// v1's `backup` config (volume backups to S3); off unless `s3_endpoint` is set.
+    pub backup: crate::backup_config::BackupConfig,
 }
 
 impl Settings {
@@ -62,6 +64,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(120),
             public_urls: crate::publish_urls::PublicUrls::None,
             api_url: None,
+            backup: crate::backup_config::BackupConfig::default(),
         }
     }
 }

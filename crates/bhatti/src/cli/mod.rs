@@ -16,6 +16,7 @@ mod share;
 mod shell;
 mod ui;
 mod users;
+mod volumes;
 
 use std::path::PathBuf;
 
@@ -125,6 +126,9 @@ pub enum Command {
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCommand),
+    /// Persistent volumes and their backups.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -191,6 +195,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
+        Command::Volume(cmd) => volumes::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }
