@@ -65,15 +65,24 @@ pub(crate) async fn make(path: &Path, size_mb: u32) -> Result<(), ApiError> {
     tokio::fs::rename(&partial, path).await.map_err(io("renaming", &partial))
 }
 
-/// Whether the file system was cleanly unmounted (`tune2fs -l`'s state is `clean`).
+/// Whether the file system was cleanly unmounted: `tune2fs -l` reports the state `clean` and
+/// no journal waiting to be replayed (`needs_recovery`; v1 looked at the state only, which an
+/// ext4 with a journal keeps `clean` while mounted, so a volume of a killed VM passed and its
+/// read-only mount then failed in the guest).
 pub(crate) async fn is_clean(path: &Path) -> Result<bool, ApiError> {
     let mut cmd = Command::new("tune2fs");
     cmd.arg("-l").arg(path);
     let out = run(cmd, FS_TOOL_DEADLINE, |c| c == 0).await?;
-    let text = String::from_utf8_lossy(&out);
-    Ok(text.lines().any(|l| {
-        l.strip_prefix("Filesystem state:").is_some_and(|state| state.trim() == "clean")
-    }))
+    Ok(clean_in(&String::from_utf8_lossy(&out)))
+}
+
+/// [`is_clean`] on `tune2fs -l`'s text.
+fn clean_in(listing: &str) -> bool {
+    let field = |name: &str| {
+        listing.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default()
+    };
+    field("Filesystem state:") == "clean"
+        && !field("Filesystem features:").split_whitespace().any(|f| f == "needs_recovery")
 }
 
 /// `e2fsck -f -y`: 0 (clean) and 1 (errors fixed) are success.
@@ -136,4 +145,21 @@ async fn blocking(
         .await
         .map_err(|e| ApiError::Internal(format!("file work: {e}")))?
         .map_err(|e| io_error("volume file", Path::new(""), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clean_means_clean_state_and_no_journal_to_replay() {
+        let rows = [
+            ("clean", "Filesystem state:         clean\nFilesystem features:      has_journal extent", true),
+            ("needs recovery", "Filesystem state:         clean\nFilesystem features:      has_journal needs_recovery extent", false),
+            ("not clean", "Filesystem state:         not clean\nFilesystem features:      has_journal", false),
+            ("with errors", "Filesystem state:         clean with errors\n", false),
+            ("no state", "Filesystem features:      has_journal\n", false),
+        ];
+        for (name, listing, clean) in rows {
+            assert_eq!(super::clean_in(listing), clean, "{name}");
+        }
+    }
 }

@@ -338,6 +338,8 @@ async fn volume_data_outlives_sandboxes_one_writer_many_readers() {
         let body = json!({"name": name, "memory_mb": 128, "persistent_volumes": pv("/data", true)});
         expect(call(&d, Method::POST, "/sandboxes", Some(body)).await, 201, name).await;
     }
+    // A's VM was killed, its volume's journal not replayed: the first read-only attach
+    // checks it first (else the guest could not mount it).
     d.sh("r1", "test \"$(cat /data/note)\" = from-a").await;
     d.sh("r2", "test \"$(cat /data/note)\" = from-a && ! touch /data/x 2>/dev/null").await;
     let v = expect(call(&d, Method::GET, "/volumes/work", None).await, 200, "get").await;
