@@ -115,11 +115,8 @@ async fn volumes_and_backups_through_the_cli() {
     let args = ["create", "--name", "sb", "--memory", "128", "--volume", "data:/data"];
     bhatti(&s, &args).ok();
     bhatti(&s, &["exec", "sb", "--", "sh", "-c", "echo kept > /data/note && sync"]).ok();
-    let attached: api::PersistentVolume = json(bhatti(&s, &["volume", "list", "--json"]))
-        .into_iter()
-        .next()
-        .map(|v: api::PersistentVolume| v)
-        .unwrap();
+    let listed: Vec<api::PersistentVolume> = json(bhatti(&s, &["volume", "list", "--json"]));
+    let attached = listed.into_iter().next().unwrap();
     assert_eq!(attached.attachments.len(), 1);
     assert_eq!(attached.attachments[0].mount, "/data");
     let r = bhatti(&s, &["volume", "delete", "data", "--yes"]).failed();
