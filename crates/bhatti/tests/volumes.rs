@@ -72,9 +72,8 @@ async fn s3_server(root: &std::path::Path) -> String {
             let service = service.clone();
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(sock);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
             });
         }
     });
@@ -146,11 +145,13 @@ async fn volumes_and_backups_through_the_cli() {
     assert!(r.stdout.contains(&format!("volume/data restored from backup {}", b.id)), "{r:?}");
     let r = bhatti(&s, &["volume", "backup-delete", "data", &b.id]).ok();
     assert!(r.stderr.contains("Use --yes"), "non-interactive without --yes does nothing: {r:?}");
-    let left: Vec<api::VolumeBackup> = json(bhatti(&s, &["volume", "backup-list", "data", "--json"]));
+    let left: Vec<api::VolumeBackup> =
+        json(bhatti(&s, &["volume", "backup-list", "data", "--json"]));
     assert_eq!(left.len(), 1);
     let r = bhatti(&s, &["volume", "backup-delete", "data", &b.id, "--yes"]).ok();
     assert!(r.stdout.contains("deleted"), "{r:?}");
-    let left: Vec<api::VolumeBackup> = json(bhatti(&s, &["volume", "backup-list", "data", "--json"]));
+    let left: Vec<api::VolumeBackup> =
+        json(bhatti(&s, &["volume", "backup-list", "data", "--json"]));
     assert!(left.is_empty());
 
     // delete.

@@ -90,8 +90,16 @@ mod tests {
         let rows = [
             ("epoch", 0, CivilTime { minute: 0, hour: 0, day: 1, month: 1, weekday: 4 }),
             ("monday afternoon", 1_796_661_000, MON),
-            ("leap day", 1_709_164_800, CivilTime { minute: 0, hour: 0, day: 29, month: 2, weekday: 4 }),
-            ("new year's eve", 1_767_225_599, CivilTime { minute: 59, hour: 23, day: 31, month: 12, weekday: 3 }),
+            (
+                "leap day",
+                1_709_164_800,
+                CivilTime { minute: 0, hour: 0, day: 29, month: 2, weekday: 4 },
+            ),
+            (
+                "new year's eve",
+                1_767_225_599,
+                CivilTime { minute: 59, hour: 23, day: 31, month: 12, weekday: 3 },
+            ),
         ];
         for (name, secs, want) in rows {
             assert_eq!(CivilTime::from_unix(secs), want, "{name}");

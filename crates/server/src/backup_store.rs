@@ -125,10 +125,7 @@ async fn send(bucket: &dyn ObjectStore, key: &Key, path: &Path, size: u64) -> Ap
     if size <= PART as u64 {
         let n = read_full(&mut file, &mut buf, path).await?;
         buf.truncate(n);
-        bucket
-            .put(key, PutPayload::from(buf))
-            .await
-            .map_err(|e| store_error("upload", &e))?;
+        bucket.put(key, PutPayload::from(buf)).await.map_err(|e| store_error("upload", &e))?;
         return Ok(());
     }
     let upload = bucket.put_multipart(key).await.map_err(|e| store_error("upload", &e))?;

@@ -221,9 +221,7 @@ pub async fn create(
     Json(req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
     if !req.template_id.is_empty() || !req.secrets.is_empty() {
-        return Err(ApiError::NotImplemented(
-            "templates and secrets come with the resources API",
-        ));
+        return Err(ApiError::NotImplemented("templates and secrets come with the resources API"));
     }
     let (cpus, memory_mb) =
         shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;

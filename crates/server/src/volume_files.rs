@@ -152,9 +152,21 @@ mod tests {
     #[test]
     fn clean_means_clean_state_and_no_journal_to_replay() {
         let rows = [
-            ("clean", "Filesystem state:         clean\nFilesystem features:      has_journal extent", true),
-            ("needs recovery", "Filesystem state:         clean\nFilesystem features:      has_journal needs_recovery extent", false),
-            ("not clean", "Filesystem state:         not clean\nFilesystem features:      has_journal", false),
+            (
+                "clean",
+                "Filesystem state:         clean\nFilesystem features:      has_journal extent",
+                true,
+            ),
+            (
+                "needs recovery",
+                "Filesystem state:         clean\nFilesystem features:      has_journal needs_recovery extent",
+                false,
+            ),
+            (
+                "not clean",
+                "Filesystem state:         not clean\nFilesystem features:      has_journal",
+                false,
+            ),
             ("with errors", "Filesystem state:         clean with errors\n", false),
             ("no state", "Filesystem features:      has_journal\n", false),
         ];

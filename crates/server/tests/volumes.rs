@@ -131,15 +131,15 @@ async fn volume_crud_quota_and_bad_input() {
         let body = expect(r, status, name).await;
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}");
     }
-    let quota = call(&d, Method::POST, "/volumes", Some(json!({"name": "big", "size_mb": 20417})))
-        .await;
+    let quota =
+        call(&d, Method::POST, "/volumes", Some(json!({"name": "big", "size_mb": 20417}))).await;
     assert_eq!(
         expect(quota, 429, "quota").await["error"],
         "volume storage quota exceeded (64MB used, 20480MB max)"
     );
     // Exactly up to the quota is fine (sparse: no disk is used).
-    let fill = call(&d, Method::POST, "/volumes", Some(json!({"name": "fill", "size_mb": 20416})))
-        .await;
+    let fill =
+        call(&d, Method::POST, "/volumes", Some(json!({"name": "fill", "size_mb": 20416}))).await;
     expect(fill, 201, "fill to quota").await;
     expect(call(&d, Method::DELETE, "/volumes/fill", None).await, 200, "delete fill").await;
     // An unknown field is ignored (as v1) and named in a Warning header.
@@ -201,9 +201,8 @@ async fn volume_crud_quota_and_bad_input() {
     // Another owner: not found, never forbidden; their own volume of the same name is another
     // file.
     let other = d.other_user("other").await;
-    let as_other = |m: Method, p: &str| {
-        d.client.request(m, format!("{}{p}", d.url)).bearer_auth(&other)
-    };
+    let as_other =
+        |m: Method, p: &str| d.client.request(m, format!("{}{p}", d.url)).bearer_auth(&other);
     for (m, p) in [
         (Method::GET, "/volumes/data"),
         (Method::DELETE, "/volumes/data"),
@@ -293,9 +292,7 @@ async fn volume_crud_quota_and_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_data_outlives_sandboxes_one_writer_many_readers() {
     let d = Daemon::start().await;
-    let pv = |mount: &str, ro: bool| {
-        json!([{"name": "work", "mount": mount, "size_mb": 64, "auto_create": true, "read_only": ro}])
-    };
+    let pv = |mount: &str, ro: bool| json!([{"name": "work", "mount": mount, "size_mb": 64, "auto_create": true, "read_only": ro}]);
     let a = call(
         &d,
         Method::POST,
@@ -452,7 +449,8 @@ async fn backups_against_a_real_s3_server() {
     write_marker(&file, "two");
     let b2 = expect(call(&d, Method::POST, "/volumes/data/backups", None).await, 201, "b2").await;
     let list = expect(call(&d, Method::GET, "/volumes/data/backups", None).await, 200, "ls").await;
-    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        list.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [b2["id"].as_str().unwrap(), b1["id"].as_str().unwrap()], "newest first");
 
     // Restore after the volume changed: the backup's data comes back.
@@ -497,7 +495,8 @@ async fn backups_against_a_real_s3_server() {
     }
     expect(call(&d, Method::POST, "/volumes/ghost/backups", None).await, 404, "ghost").await;
     expect(call(&d, Method::GET, "/volumes/ghost/backups", None).await, 404, "ghost list").await;
-    let theirs = |m: Method, p: String| d.client.request(m, format!("{}{p}", d.url)).bearer_auth(&other);
+    let theirs =
+        |m: Method, p: String| d.client.request(m, format!("{}{p}", d.url)).bearer_auth(&other);
     let r = theirs(Method::POST, "/volumes/data/backups/restore".into())
         .json(&json!({"backup_id": b1["id"]}))
         .send()

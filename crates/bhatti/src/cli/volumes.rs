@@ -201,7 +201,12 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> anyhow::Result<u8> {
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|b| {
-                    vec![b.id.clone(), b.size_bytes.to_string(), b.created_at.clone(), b.s3_key.clone()]
+                    vec![
+                        b.id.clone(),
+                        b.size_bytes.to_string(),
+                        b.created_at.clone(),
+                        b.s3_key.clone(),
+                    ]
                 })
                 .collect();
             print!("{}", table(&["ID", "BYTES", "CREATED", "KEY"], &rows));
@@ -263,7 +268,8 @@ mod tests {
 
     #[test]
     fn volume_flag_as_v1() {
-        let rows: [(&str, &str, Option<(&str, &str, bool)>); 7] = [
+        type Parsed<'a> = Option<(&'a str, &'a str, bool)>;
+        let rows: [(&str, &str, Parsed<'_>); 7] = [
             ("read-write", "data:/data", Some(("data", "/data", false))),
             ("read-only", "data:/mnt/ro:ro", Some(("data", "/mnt/ro", true))),
             ("explicit rw", "data:/data:rw", Some(("data", "/data", false))),
