@@ -561,6 +561,25 @@ mod tests {
     }
 
     #[test]
+    fn v1s_backup_block_configures_backups() {
+        let yaml = "backup:\n  s3_endpoint: http://127.0.0.1:9000\n  s3_region: eu-west-1\n  \
+                    s3_bucket: vols\n  s3_access_key: AKIAEXAMPLE\n  s3_secret_key: s3cr3t\n  \
+                    schedule:\n    - {volume: data, cron: \"0 3 * * *\", retention: 7}\n";
+        let c = Config::from_yaml(yaml, Path::new("x"), &no_env).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let b = c.server().backup;
+        assert!(b.enabled());
+        assert_eq!((b.s3_bucket.as_str(), b.s3_region.as_str()), ("vols", "eu-west-1"));
+        assert_eq!(b.schedule[0].retention, 7);
+        assert!(!format!("{c:?}").contains("s3cr3t"), "the secret key is never printed");
+        let bad_cron = yaml.replace("0 3 * * *", "*/5 * * * *");
+        assert!(Config::from_yaml(&bad_cron, Path::new("x"), &no_env).is_err());
+        let no_bucket = yaml.replace("  s3_bucket: vols\n", "");
+        assert!(Config::from_yaml(&no_bucket, Path::new("x"), &no_env).is_err());
+        assert!(!Config::from_yaml("", Path::new("x"), &no_env).unwrap().server().backup.enabled());
+    }
+
+    #[test]
     fn defaults_and_bad_values() {
         let c = Config::from_yaml("", Path::new("x"), &no_env).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
