@@ -102,6 +102,9 @@ pub(crate) async fn take_detached(
     let lock = crate::volume_locks::lock(&v)?;
     let v = find(state, owner, name).await?;
     detached(&v)?;
+    if v.status == store::VolumeStatus::Creating {
+        return Err(ApiError::Conflict(format!("volume {name:?} is being created, retry")));
+    }
     Ok((v, lock))
 }
 
@@ -222,8 +225,7 @@ pub async fn delete(
     Ok(axum::Json(api::StatusOnly { status: "deleted".into() }))
 }
 
-/// `POST /volumes/:name/resize {"size_mb"}`: grow only, detached; the quota is not checked
-/// again (as v1).
+/// `POST /volumes/:name/resize {"size_mb"}`: grow only, detached, within the quota.
 pub async fn resize(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -235,6 +237,16 @@ pub async fn resize(
         return Err(ApiError::BadRequest(format!(
             "new size ({} MB) must be larger than the current size ({} MB)",
             req.size_mb, v.size_mb
+        )));
+    }
+    // v1 did not check the quota again, so one resize could ask the host for any size; the
+    // growth counts against it here.
+    let owner = user.id.clone();
+    let used = state.store.read(move |s| s.volume_storage_used(&owner)).await?;
+    let (max, grown) = (u64::from(user.quotas.max_volume_storage_mb), used - u64::from(v.size_mb));
+    if grown + u64::from(req.size_mb) > max {
+        return Err(ApiError::Quota(format!(
+            "volume storage quota exceeded ({used}MB used, {max}MB max)"
         )));
     }
     files::grow(&v.file_path, req.size_mb).await?;

@@ -164,6 +164,11 @@ async fn volume_crud_quota_and_bad_input() {
     }
     let neg = call(&d, Method::POST, "/volumes/data/resize", Some(json!({"size_mb": -5}))).await;
     expect(neg, 400, "negative").await;
+    let huge = json!({"size_mb": u32::MAX});
+    let huge = call(&d, Method::POST, "/volumes/data/resize", Some(huge)).await;
+    let huge = expect(huge, 429, "huge").await;
+    assert_eq!(huge["error"], "volume storage quota exceeded (72MB used, 20480MB max)");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20, "nothing grew");
     write_marker(&file, "before resize");
     let r = call(&d, Method::POST, "/volumes/data/resize", Some(json!({"size_mb": 128}))).await;
     assert_eq!(expect(r, 200, "resize").await, json!({"status": "resized", "size_mb": 128}));
