@@ -546,3 +546,62 @@ async fn backups_against_a_real_s3_server() {
     }
     d.stop().await;
 }
+
+/// Unmounts the test's tmpfs when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `n` MiB of random bytes written into the volume as `name` (random: zstd cannot shrink it).
+fn write_random(image: &Path, name: &str, mib: usize) {
+    let mut data = vec![0u8; mib << 20];
+    getrandom::fill(&mut data).unwrap();
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), &data).unwrap();
+    let out = std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} {name}", src.path().display()))
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_onto_a_full_disk_leaves_the_volume_as_it_was() {
+    let s3 = S3::start().await;
+    let cfg = s3.config();
+    let d = Daemon::start_with(|s| s.backup = cfg).await;
+    // The owner's volume directory on a 40 MiB tmpfs: room for a backup of a volume holding
+    // 10 MiB (the volume, its copy, the compressed copy), not for a restore once it holds 20.
+    let dir = d.data.path().join("volumes").join(&d.user.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let _tmpfs = Tmpfs(dir.clone());
+    let r = call(&d, Method::POST, "/volumes", Some(json!({"name": "data", "size_mb": 64}))).await;
+    expect(r, 201, "create").await;
+    let file = dir.join("data.ext4");
+    write_random(&file, "first", 10);
+    let b =
+        expect(call(&d, Method::POST, "/volumes/data/backups", None).await, 201, "backup").await;
+    write_random(&file, "second", 10);
+    let before = std::fs::read(&file).unwrap();
+    let body = json!({"backup_id": b["id"]});
+    let r = call(&d, Method::POST, "/volumes/data/backups/restore", Some(body)).await;
+    let err = expect(r, 507, "restore onto a full disk").await;
+    assert!(err["error"].as_str().unwrap().contains("disk is full"), "{err}");
+    assert!(std::fs::read(&file).unwrap() == before, "the volume changed");
+    assert_eq!(leftovers(&dir), Vec::<String>::new());
+    assert!(fsck_clean(&file));
+    d.stop().await;
+}
