@@ -157,11 +157,18 @@ async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8], path: &Path) -> A
     Ok(n)
 }
 
-/// Restores `key` over the volume file (see the module's notes).
-pub(crate) async fn restore(cfg: &BackupConfig, key: &str, volume_file: &Path) -> ApiResult<()> {
+/// Restores `key` over the volume file (see the module's notes). The volume is `size_mb` now:
+/// a backup taken before a resize is grown to it (`e2fsck`, `resize2fs`, on the temporary
+/// file), one of a larger volume is refused (the row's size and the quota would lie).
+pub(crate) async fn restore(
+    cfg: &BackupConfig,
+    key: &str,
+    volume_file: &Path,
+    size_mb: u32,
+) -> ApiResult<()> {
     let zst = beside(volume_file, ".restore-tmp.zst");
     let raw = beside(volume_file, ".restore-tmp");
-    let result = restore_inner(cfg, key, volume_file, &zst, &raw).await;
+    let result = restore_inner(cfg, key, volume_file, size_mb, &zst, &raw).await;
     remove_all(&[zst, raw]).await;
     result
 }
@@ -170,6 +177,7 @@ async fn restore_inner(
     cfg: &BackupConfig,
     key: &str,
     volume_file: &Path,
+    size_mb: u32,
     zst: &Path,
     raw: &Path,
 ) -> ApiResult<()> {
@@ -178,9 +186,24 @@ async fn restore_inner(
     tokio::time::timeout(TRANSFER_DEADLINE, fetch(bucket.as_ref(), &key, zst))
         .await
         .map_err(|_| store_error("download", &"took longer than 30 minutes"))??;
-    let (from, to, file) = (zst.to_owned(), raw.to_owned(), volume_file.to_owned());
+    let (from, to) = (zst.to_owned(), raw.to_owned());
+    let len = blocking(move || decompress(&from, &to)).await?;
+    let want = u64::from(size_mb) << 20;
+    if len > want {
+        return Err(ApiError::BadRequest(format!(
+            "the backup holds a {} MB volume, larger than this one ({size_mb} MB): resize the \
+             volume first",
+            len >> 20
+        )));
+    }
+    if len < want {
+        files::grow(raw, size_mb).await?;
+    }
+    let (to, file) = (raw.to_owned(), volume_file.to_owned());
     blocking(move || {
-        decompress(&from, &to)?;
+        std::fs::File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error("syncing", &to, &e))?;
         std::fs::rename(&to, &file).map_err(|e| io_error("replacing the volume", &file, &e))?;
         if let Some(dir) = file.parent() {
             std::fs::File::open(dir)
@@ -206,8 +229,9 @@ async fn fetch(bucket: &dyn ObjectStore, key: &Key, to: &Path) -> ApiResult<()> 
     Ok(())
 }
 
-/// Decompresses `from` into `to` keeping runs of zero blocks as holes, then fsyncs it.
-fn decompress(from: &Path, to: &Path) -> ApiResult<()> {
+/// Decompresses `from` into `to` keeping runs of zero blocks as holes, then fsyncs it;
+/// answers its length.
+fn decompress(from: &Path, to: &Path) -> ApiResult<u64> {
     let input = std::fs::File::open(from).map_err(|e| io_error("reading", from, &e))?;
     let output = std::fs::File::create(to).map_err(|e| io_error("writing", to, &e))?;
     let mut decoder = zstd::stream::Decoder::new(input).map_err(|e| damaged(&e))?;
@@ -220,7 +244,9 @@ fn decompress(from: &Path, to: &Path) -> ApiResult<()> {
         }
         sparse.write_all(&buf[..n]).map_err(|e| io_error("writing", to, &e))?;
     }
-    sparse.finish().map_err(|e| io_error("writing", to, &e))
+    let len = sparse.len;
+    sparse.finish().map_err(|e| io_error("writing", to, &e))?;
+    Ok(len)
 }
 
 fn damaged(e: &dyn std::fmt::Display) -> ApiError {

@@ -145,7 +145,7 @@ pub async fn restore(
     }
     let (v, _lock) = take_detached(&state, &user.id, &name).await?;
     let b = backup_of(&state, &user.id, &name, &req.backup_id).await?;
-    crate::backup_store::restore(cfg, &b.s3_key, &v.file_path).await?;
+    crate::backup_store::restore(cfg, &b.s3_key, &v.file_path, v.size_mb).await?;
     let meta = serde_json::json!({ "name": name, "backup_id": b.id });
     let ev = event("volume.restored", &user.id, meta);
     state.store.write(move |s| s.record_events(&[ev])).await?;

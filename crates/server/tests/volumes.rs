@@ -458,8 +458,11 @@ async fn backups_against_a_real_s3_server() {
         list.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [b2["id"].as_str().unwrap(), b1["id"].as_str().unwrap()], "newest first");
 
-    // Restore after the volume changed: the backup's data comes back.
+    // Restore after the volume changed and grew: the backup's data comes back, at the
+    // volume's new size.
     write_marker(&file, "three");
+    let r = call(&d, Method::POST, "/volumes/data/resize", Some(json!({"size_mb": 96}))).await;
+    expect(r, 200, "grow before the restore").await;
     let body = json!({"backup_id": b1["id"]});
     let r = call(&d, Method::POST, "/volumes/data/backups/restore", Some(body)).await;
     assert_eq!(
@@ -468,7 +471,9 @@ async fn backups_against_a_real_s3_server() {
     );
     assert_eq!(read_marker(&file), "one");
     assert!(fsck_clean(&file));
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 96 << 20);
+    let v = expect(call(&d, Method::GET, "/volumes/data", None).await, 200, "get").await;
+    assert_eq!(v["size_mb"], 96);
 
     // A restore that fails part way (the object is damaged: its tail is cut off) leaves the
     // volume exactly as it was, and no temporary file.
@@ -519,6 +524,17 @@ async fn backups_against_a_real_s3_server() {
     );
     assert!(!s3.object(key2).exists());
     expect(call(&d, Method::DELETE, &path, None).await, 404, "delete again").await;
+
+    // A backup of a larger volume of this name (deleted, made again smaller): refused.
+    expect(call(&d, Method::DELETE, "/volumes/data", None).await, 200, "delete data").await;
+    let r = call(&d, Method::POST, "/volumes", Some(json!({"name": "data", "size_mb": 32}))).await;
+    expect(r, 201, "data again, smaller").await;
+    let body = json!({"backup_id": b1["id"]});
+    let r = call(&d, Method::POST, "/volumes/data/backups/restore", Some(body)).await;
+    let err = expect(r, 400, "a larger volume's backup").await;
+    assert!(err["error"].as_str().unwrap().contains("resize the volume first"), "{err}");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 32 << 20);
+    assert_eq!(leftovers(file.parent().unwrap()), Vec::<String>::new());
 
     // The schedule (every minute, keep 2): three ticks leave the newest two.
     let mut made = 0;
