@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 mod events;
 pub use events::*;
+mod volumes;
+pub use volumes::*;
 
 /// A sandbox's egress policy (v2's `net_policy`: `{"default": "public"|"deny", "allow_hosts":
 /// [...], "allow_cidrs": [...]}`, every field optional) and its posture; `NetPolicy::check`
@@ -118,7 +120,8 @@ error_codes! {
     AlreadyExists = "already_exists",
     /// 403: the resource is not the caller's to change (a global image).
     Forbidden = "forbidden",
-    /// 507: the daemon's disk is full.
+    /// 507: the daemon's disk is full (an import, a volume restore); nothing half-written was
+    /// kept.
     NoSpace = "no_space",
     /// 409: the sandbox's state does not allow the operation.
     WrongState = "wrong_state",

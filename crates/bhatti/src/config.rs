@@ -3,7 +3,8 @@
 //!
 //! YAML goes through `serde_norway`, a maintained fork of the archived `serde_yaml` with the
 //! same API. Keys this version does not know are warned about (a typo must not pass silently)
-//! and otherwise ignored, so a v1 file with Firecracker or backup keys still loads.
+//! and otherwise ignored, so a v1 file with Firecracker keys still loads. v1's `backup` block configures volume
+//! backups (`server::BackupConfig`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ struct File {
     public_proxy_listen: Option<String>,
     /// Domain mode: the API and aliases on one TLS listener.
     domain: Option<DomainFile>,
+    /// Volume backups to S3 and their schedule.
+    backup: Option<server::BackupConfig>,
     // Ours.
     kernel: Option<PathBuf>,
     images_dir: Option<PathBuf>,
@@ -135,7 +138,6 @@ const V1_IGNORED: &[&str] = &[
     "firecracker_jailer",
     "jail_uid",
     "jail_gid",
-    "backup",
 ];
 
 /// v1's `dns_upstreams` default, used when /etc/resolv.conf names no IPv4 server.
@@ -237,6 +239,8 @@ pub struct Config {
     pub image_import_max_bytes: u64,
     /// Registries pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// v1's `backup` block (off unless `s3_endpoint` is set).
+    pub backup: server::BackupConfig,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -383,6 +387,8 @@ impl Config {
             None => None,
         };
         let domain = file.domain.map(DomainFile::check).transpose()?;
+        let backup = file.backup.unwrap_or_default();
+        backup.check().map_err(|e| anyhow::anyhow!("backup: {e}"))?;
         let api_url = match &domain {
             Some(domain) => Some(format!("https://{}", domain.api_host)),
             None => file_api_url.filter(|u| !u.trim().is_empty()),
@@ -407,6 +413,7 @@ impl Config {
             lohar,
             image_import_max_bytes,
             insecure_registries: file.insecure_registries.unwrap_or_default(),
+            backup,
             api_url,
             public_urls,
             public_proxy_listen,
@@ -475,6 +482,7 @@ impl Config {
         s.lohar = self.lohar.clone();
         s.image_import_max_bytes = self.image_import_max_bytes;
         s.insecure_registries = self.insecure_registries.clone();
+        s.backup = self.backup.clone();
         s
     }
 }
@@ -579,6 +587,25 @@ mod tests {
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("\"listn\"") && w.contains("unknown")));
         assert!(c.warnings.iter().any(|w| w.contains("firecracker_bin") && w.contains("v1")));
+    }
+
+    #[test]
+    fn v1s_backup_block_configures_backups() {
+        let yaml = "backup:\n  s3_endpoint: http://127.0.0.1:9000\n  s3_region: eu-west-1\n  \
+                    s3_bucket: vols\n  s3_access_key: AKIAEXAMPLE\n  s3_secret_key: s3cr3t\n  \
+                    schedule:\n    - {volume: data, cron: \"0 3 * * *\", retention: 7}\n";
+        let c = Config::from_yaml(yaml, Path::new("x"), &no_env).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let b = c.server().backup;
+        assert!(b.enabled());
+        assert_eq!((b.s3_bucket.as_str(), b.s3_region.as_str()), ("vols", "eu-west-1"));
+        assert_eq!(b.schedule[0].retention, 7);
+        assert!(!format!("{c:?}").contains("s3cr3t"), "the secret key is never printed");
+        let bad_cron = yaml.replace("0 3 * * *", "*/5 * * * *");
+        assert!(Config::from_yaml(&bad_cron, Path::new("x"), &no_env).is_err());
+        let no_bucket = yaml.replace("  s3_bucket: vols\n", "");
+        assert!(Config::from_yaml(&no_bucket, Path::new("x"), &no_env).is_err());
+        assert!(!Config::from_yaml("", Path::new("x"), &no_env).unwrap().server().backup.enabled());
     }
 
     #[test]

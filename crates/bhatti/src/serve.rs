@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = server::spawn_background(&state, stop_rx.clone());
+    server::backup_schedule::spawn(state.clone());
     wake_keep_hot(&state);
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {

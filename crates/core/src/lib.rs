@@ -8,6 +8,7 @@
 //! disagree about it (they did: two copies of the status rule answered differently).
 #![forbid(unsafe_code)]
 
+pub mod cron;
 pub mod egress;
 pub mod lifecycle;
 pub mod publish;

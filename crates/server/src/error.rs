@@ -21,7 +21,7 @@ pub enum ApiError {
     /// 404 (also for another owner's things).
     #[error("{0}")]
     NotFound(String),
-    /// 409 with a message that names the conflict.
+    /// 409 with a message that names the conflict (v1's: a taken name, an attached volume).
     #[error("{0}")]
     Conflict(String),
     /// 413.
@@ -33,7 +33,8 @@ pub enum ApiError {
     /// 409: in use (an image sandboxes boot from).
     #[error("{0}")]
     InUse(String),
-    /// 507: the daemon's disk is full.
+    /// 507: the daemon's disk filled up (an import, a volume restore); nothing half-written
+    /// was kept.
     #[error("{0}")]
     NoSpace(String),
     /// 502: the guest's service did not answer as HTTP.
@@ -69,6 +70,9 @@ pub enum ApiError {
     /// A forward that could not be opened (port in use, too many).
     #[error(transparent)]
     Forward(#[from] crate::forward_error::ForwardError),
+    /// 429: a storage quota (v1's `volume storage quota exceeded (XMB used, YMB max)`).
+    #[error("{0}")]
+    Quota(String),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -135,6 +139,7 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
+            ApiError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "limit"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -304,6 +309,9 @@ mod tests {
                 max: 1,
                 scope: "in all",
             }),
+            ApiError::Conflict(String::new()),
+            ApiError::Quota(String::new()),
+            ApiError::NoSpace(String::new()),
             ApiError::Internal(String::new()),
         ];
         let codes = engine_kinds

@@ -39,13 +39,34 @@ pub(crate) enum Created {
 
 /// Creates a sandbox: the row, then the VM (`spec_for` turns the new row's ID into the
 /// engine's request), then the row's result.
+#[allow(dead_code)] // The create of a sandbox without persistent volumes.
 pub(crate) async fn create(
     state: &AppState,
     new: store::NewSandbox,
     spec_for: impl FnOnce(&str) -> ApiResult<engine::CreateSpec>,
 ) -> ApiResult<Created> {
+    create_with_volumes(state, new, &[], spec_for).await
+}
+
+/// [`create`] with persistent volumes (`volume_attach.rs`): found or made before the row,
+/// attached once the row exists (a failure removes the row, and the attachments with it),
+/// handed to the engine in request order.
+pub(crate) async fn create_with_volumes(
+    state: &AppState,
+    new: store::NewSandbox,
+    volumes: &[api::CreateVolume],
+    spec_for: impl FnOnce(&str) -> ApiResult<engine::CreateSpec>,
+) -> ApiResult<Created> {
+    // An existing sandbox of this name is the answer before any volume is made for it.
+    if let Some(existing) = by_name(state, &new.owner, &new.name).await? {
+        return Ok(Created::Existing(existing));
+    }
+    let owner = new.owner.clone();
+    let planned = crate::volume_attach::plan(state, &owner, volumes).await?;
     let build = |id: String| async move {
-        let spec = spec_for(&id)?;
+        crate::volume_attach::attach(state, &owner, &id, &planned).await?;
+        let mut spec = spec_for(&id)?;
+        spec.volumes.extend(planned.iter().map(crate::volume_attach::Planned::mount));
         let _booting = crate::telemetry::InFlight::boot();
         state.engine.create(&spec).await.map(drop).map_err(ApiError::from)
     };
@@ -53,7 +74,8 @@ pub(crate) async fn create(
 }
 
 /// [`create`] with any way of building the VM (`build` gets the new row's ID): a new sandbox
-/// from an image, or one resumed from a snapshot.
+/// from an image, or one resumed from a snapshot. A failed build removes the row (and with it
+/// any volume attachments the build made).
 pub(crate) async fn create_built<F, Fut>(
     state: &AppState,
     new: store::NewSandbox,

@@ -31,7 +31,7 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     events_api, exec, files, forward, metrics_http, ports, proxy, publish, sandboxes, sessions,
-    image_pull, images, snapshots, tasks, templates, web_shell, ws,
+    backups, image_pull, images, snapshots, tasks, templates, volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -321,6 +321,41 @@ pub fn table() -> Vec<Route> {
             .summary("Piped exec WebSocket (?token= accepted)")
             .query(&["token", "session"])
             .returns_text(101, "application/octet-stream"),
+        // Persistent volumes and their backups.
+        get("/volumes", volumes::list)
+            .summary("The caller's volumes")
+            .returns_list::<api::PersistentVolume>(200),
+        post("/volumes", volumes::create)
+            .summary("Create a volume (an ext4 file; storage quota)")
+            .takes::<api::CreateVolumeRequest>()
+            .returns::<api::PersistentVolume>(201),
+        get("/volumes/{name}", volumes::get)
+            .summary("One volume, with its attachments")
+            .returns::<api::PersistentVolume>(200),
+        delete("/volumes/{name}", volumes::delete)
+            .summary("Delete a detached volume")
+            .returns::<api::StatusOnly>(200),
+        post("/volumes/{name}/resize", volumes::resize)
+            .summary("Grow a detached volume")
+            .takes::<api::ResizeVolumeRequest>()
+            .returns::<api::VolumeResized>(200),
+        post("/volumes/{name}/snapshot", volumes::snapshot)
+            .summary("An independent copy of a detached volume (the CLI's clone)")
+            .takes::<api::CloneVolumeRequest>()
+            .returns::<api::PersistentVolume>(201),
+        get("/volumes/{name}/backups", backups::list)
+            .summary("The volume's backups, newest first")
+            .returns_list::<api::VolumeBackup>(200),
+        post("/volumes/{name}/backups", backups::create)
+            .summary("Back the volume up to S3 (zstd)")
+            .returns::<api::VolumeBackup>(201),
+        post("/volumes/{name}/backups/restore", backups::restore)
+            .summary("Restore a detached volume from one of its backups")
+            .takes::<api::RestoreRequest>()
+            .returns::<api::Restored>(200),
+        delete("/volumes/{name}/backups/{backup_id}", backups::delete)
+            .summary("Delete a backup")
+            .returns::<api::StatusOnly>(200),
         // Images and their tasks.
         get("/images", images::list)
             .summary("Images the caller may use: own, shared, global")

@@ -199,10 +199,8 @@ pub async fn create(
     Json(mut req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
     crate::templates::apply(&state, &mut req).await?;
-    if !req.persistent_volumes.is_empty() || !req.secrets.is_empty() {
-        return Err(ApiError::NotImplemented(
-            "templates, persistent volumes and secrets come with the resources API",
-        ));
+    if !req.secrets.is_empty() {
+        return Err(ApiError::NotImplemented("secrets come with the resources API"));
     }
     let (cpus, memory_mb) =
         shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;
@@ -247,7 +245,8 @@ pub async fn create(
         spec.net_policy = net_policy;
         Ok(spec)
     };
-    match crate::lifecycle::create(&state, new, spec_for).await? {
+    let volumes = &req.persistent_volumes;
+    match crate::lifecycle::create_with_volumes(&state, new, volumes, spec_for).await? {
         Created::New(row) => Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response()),
         Created::Existing(row) => Ok(existing_response(&row)),
     }

@@ -56,6 +56,8 @@ pub struct Settings {
     /// `insecure_registries`); a reference may also say `http://` itself. Loopback only is
     /// the sane use.
     pub insecure_registries: Vec<String>,
+    /// v1's `backup` config (volume backups to S3); off unless `s3_endpoint` is set.
+    pub backup: crate::backup_config::BackupConfig,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(120),
             public_urls: crate::publish_urls::PublicUrls::None,
             api_url: None,
+            backup: crate::backup_config::BackupConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ mod snapshots;
 mod timing;
 mod ui;
 mod users;
+mod volumes;
 
 use std::path::PathBuf;
 
@@ -146,6 +147,9 @@ pub enum Command {
     /// Templates (global): presets for `create --template`.
     #[command(subcommand)]
     Template(snapshots::TemplateCommand),
+    /// Persistent volumes and their backups.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -225,6 +229,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Image(cmd) => images::run(ctx, cmd).await,
         Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
         Command::Template(cmd) => snapshots::template(ctx, cmd).await,
+        Command::Volume(cmd) => volumes::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::Admin(cmd) => admin::run(ctx, cmd).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),

@@ -62,6 +62,9 @@ pub struct CreateArgs {
     /// carries them).
     #[arg(long = "file", value_name = "LOCAL:GUEST")]
     files: Vec<String>,
+    /// A persistent volume to attach (repeatable): `name:/mount`, `:ro` for read-only.
+    #[arg(long = "volume", value_name = "NAME:/MOUNT[:ro]")]
+    volumes: Vec<String>,
     #[command(flatten)]
     egress: EgressArgs,
 }
@@ -195,6 +198,11 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
         keep_hot: a.keep_hot,
         hugepages: a.hugepages,
         net_policy,
+        persistent_volumes: a
+            .volumes
+            .iter()
+            .map(|v| super::volumes::parse_volume_flag(v))
+            .collect::<Result<_, _>>()?,
         ..api::CreateSandbox::default()
     };
     let what = if body.name.is_empty() { "a sandbox".to_owned() } else { body.name.clone() };
