@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// validates and normalises one.
 pub use bhatti_core::egress::{NetPolicy, Posture};
 
+mod secrets;
+pub use secrets::{RETRY_AFTER_HEADER, SecretRecord, SecretValue, SetSecret};
+
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Response header with the daemon's version.
@@ -163,6 +166,10 @@ error_codes! {
     PortInUse = "port_in_use",
     /// 429: the daemon holds as many forwards as it allows (per sandbox or in all).
     ForwardLimit = "forward_limit",
+    /// 429: too many requests of one class from one user; `Retry-After` says when to retry.
+    RateLimited = "rate_limited",
+    /// 507: the host has less free space than the disk asked for.
+    InsufficientStorage = "insufficient_storage",
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -74,6 +74,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Which wall stands around each QEMU, and which cgroup hierarchy bounds it.
     tracing::info!(confinement = %engine.confinement(), "sandboxes");
     let state = server::AppState::new(Arc::new(engine), store, config.server());
+    // The secrets key is made on the first start (0600, fsynced), not on the first secret.
+    let sealer = Arc::clone(&state.sealer);
+    tokio::task::spawn_blocking(move || sealer.identity().map(|_| ())).await??;
     tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -14,6 +14,7 @@ pub mod engine_events;
 pub mod error;
 mod exec;
 pub mod exec_budget;
+pub mod exec_slots;
 mod files;
 pub mod forward;
 mod forward_error;
@@ -29,8 +30,14 @@ pub mod proxy;
 pub mod public;
 mod publish;
 pub mod publish_urls;
+mod quotas;
+pub mod rate_limit;
+pub mod rate_limits;
 pub mod request;
 mod sandboxes;
+pub mod sealing;
+pub mod secret_envs;
+mod secrets;
 mod sessions;
 pub mod state;
 pub mod thermal;
@@ -91,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/sessions", get(sessions::list))
         .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
         .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
+        .route("/secrets", get(secrets::list).post(secrets::set))
+        .route("/secrets/{name}", delete(secrets::delete))
         // The web shell: no API key (the page is public, the socket takes the share token in
         // its first message); see `auth::is_web_shell_route`.
         .route("/_shell/_assets/{file}", get(web_shell::asset))
@@ -99,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_shell/{id}/ws", get(web_shell::socket))
         .fallback(request::not_found)
         .method_not_allowed_fallback(request::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn(request::around))
         .with_state(state)

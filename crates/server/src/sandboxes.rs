@@ -220,10 +220,9 @@ pub async fn create(
     CurrentUser(user): CurrentUser,
     Json(req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    if !req.template_id.is_empty() || !req.persistent_volumes.is_empty() || !req.secrets.is_empty()
-    {
+    if !req.template_id.is_empty() || !req.persistent_volumes.is_empty() {
         return Err(ApiError::NotImplemented(
-            "templates, persistent volumes and secrets come with the resources API",
+            "templates and persistent volumes come with the resources API",
         ));
     }
     let (cpus, memory_mb) =
@@ -239,6 +238,8 @@ pub async fn create(
         )));
     }
     crate::labels::check(&req.labels)?;
+    crate::quotas::check_host_space(&state, req.disk_size_mb).await?;
+    let secret_env = crate::secrets::for_create(&state, &user, &req.secrets).await?;
     let image_name =
         if req.image.is_empty() { state.settings.default_image.clone() } else { req.image.clone() };
     let new = store::NewSandbox {
@@ -270,7 +271,10 @@ pub async fn create(
         Ok(spec)
     };
     match crate::lifecycle::create(&state, new, spec_for).await? {
-        Created::New(row) => Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response()),
+        Created::New(row) => {
+            crate::secrets::attach(&state, &row, secret_env).await?;
+            Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response())
+        }
         Created::Existing(row) => Ok(existing_response(&row)),
     }
 }

@@ -42,6 +42,8 @@ pub struct Settings {
     /// `<api_url>/_shell/<id>#token=...`. Unset, the mint answers the path only and the CLI
     /// puts its own API URL in front.
     pub api_url: Option<String>,
+    /// The API's per-user rate limits (v1's numbers; config `rate_limits`).
+    pub rate_limits: crate::rate_limits::Rates,
 }
 
 impl Settings {
@@ -62,6 +64,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(120),
             public_urls: crate::publish_urls::PublicUrls::None,
             api_url: None,
+            rate_limits: crate::rate_limits::Rates::default(),
         }
     }
 }
@@ -88,12 +91,22 @@ pub struct AppState {
     pub forwards: crate::forwards::Forwards,
     /// The live web-shell connections, per sandbox (the cap, and revocation closing them).
     pub web_shells: Arc<crate::web_shells::WebShells>,
+    /// The age identity secrets are sealed to (`<data_dir>/age.key`).
+    pub sealer: Arc<crate::sealing::Sealer>,
+    /// Each sandbox's decrypted secret environment, added to the execs it runs.
+    pub secret_envs: Arc<crate::secret_envs::SecretEnvs>,
+    /// Execs running, per user (the concurrent-exec quota).
+    pub exec_slots: Arc<crate::exec_slots::ExecSlots>,
+    /// The API's per-user rate limits.
+    pub rate_limits: Arc<crate::rate_limits::UserLimits>,
 }
 
 impl AppState {
     /// A state over an engine and a store.
     pub fn new(engine: Arc<engine::Engine>, store: store::AsyncStore, settings: Settings) -> Self {
         let exec_budget = crate::exec_budget::OutputBudget::new(settings.exec_output_budget);
+        let sealer = Arc::new(crate::sealing::Sealer::new(&settings.data_dir));
+        let rate_limits = Arc::new(crate::rate_limits::UserLimits::new(settings.rate_limits));
         Self {
             engine,
             store,
@@ -104,6 +117,10 @@ impl AppState {
             public: Arc::default(),
             forwards: crate::forwards::Forwards::default(),
             web_shells: Arc::default(),
+            sealer,
+            secret_envs: Arc::default(),
+            exec_slots: Arc::default(),
+            rate_limits,
         }
     }
 }

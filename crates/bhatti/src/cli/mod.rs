@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod publish;
 mod sandboxes;
+mod secrets;
 mod setup;
 mod share;
 mod shell;
@@ -125,6 +126,9 @@ pub enum Command {
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCommand),
+    /// Set, list and delete secrets (given to sandboxes as variables: `create --secret`).
+    #[command(subcommand)]
+    Secret(secrets::SecretCommand),
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -191,6 +195,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
+        Command::Secret(cmd) => secrets::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }

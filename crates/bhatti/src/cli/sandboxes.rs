@@ -54,6 +54,9 @@ pub struct CreateArgs {
     /// carries them).
     #[arg(long = "file", value_name = "LOCAL:GUEST")]
     files: Vec<String>,
+    /// A secret given to every command as the variable of its name (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
     #[command(flatten)]
     egress: EgressArgs,
 }
@@ -179,6 +182,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
         labels: key_values(&a.labels, "--label")?,
         keep_hot: a.keep_hot,
         net_policy,
+        secrets: a.secrets,
         ..api::CreateSandbox::default()
     };
     let what = if body.name.is_empty() { "a sandbox".to_owned() } else { body.name.clone() };
