@@ -108,7 +108,7 @@ impl Rates {
 /// Seconds a refused client waits (`Retry-After`): the time to the next token, rounded up, at
 /// least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0));
     secs.clamp(1, 24 * 3600)
 }
 

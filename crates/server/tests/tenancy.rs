@@ -158,13 +158,13 @@ async fn secrets_bad_input_scoping_injection_and_nothing_at_rest() {
     let r = d.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let sb: api::Sandbox = r.json().await.unwrap();
-    let printenv = serde_json::json!({"cmd": ["printenv", "API_TOKEN"]});
+    let printenv = serde_json::json!({"cmd": ["sh", "-c", "echo \"$API_TOKEN\""]});
     let out = exec_out(&d, &d.key, "s", printenv.clone()).await;
     assert_eq!(out.stdout.trim(), planted, "{out:?}");
-    let own = serde_json::json!({"cmd": ["printenv", "API_TOKEN"], "env": {"API_TOKEN": "mine"}});
+    let own = serde_json::json!({"cmd": ["sh", "-c", "echo \"$API_TOKEN\""], "env": {"API_TOKEN": "mine"}});
     assert_eq!(exec_out(&d, &d.key, "s", own).await.stdout.trim(), "mine");
     assert_eq!(
-        exec_out(&d, &d.key, "s", serde_json::json!({"cmd": ["printenv", "PLAIN"]}))
+        exec_out(&d, &d.key, "s", serde_json::json!({"cmd": ["sh", "-c", "echo \"$PLAIN\""]}))
             .await
             .stdout
             .trim(),
