@@ -521,8 +521,16 @@ mod tests {
                 "rate_limits:\n  create: {burst: 2, per_minute: 6}\n  exec: {burst: 1, per_minute: 1}\n  max_users: 5\n",
                 Ok((2.0, 1.0, 5)),
             ),
-            ("a burst below 1", "rate_limits:\n  read: {burst: 0, per_minute: 5}\n", Err("read.burst")),
-            ("a negative refill", "rate_limits:\n  exec: {burst: 3, per_minute: -1}\n", Err("exec.per_minute")),
+            (
+                "a burst below 1",
+                "rate_limits:\n  read: {burst: 0, per_minute: 5}\n",
+                Err("read.burst"),
+            ),
+            (
+                "a negative refill",
+                "rate_limits:\n  exec: {burst: 3, per_minute: -1}\n",
+                Err("exec.per_minute"),
+            ),
             ("no users", "rate_limits:\n  max_users: 0\n", Err("max_users")),
             ("a typo", "rate_limits:\n  creat: {burst: 1, per_minute: 1}\n", Err("parsing")),
         ];
@@ -531,10 +539,16 @@ mod tests {
             match (got, want) {
                 (Ok(c), Ok((burst, per_minute, users))) => {
                     let r = c.server().rate_limits;
-                    assert_eq!((r.create.burst, r.exec.per_minute, r.max_users), (burst, per_minute, users), "{name}");
+                    assert_eq!(
+                        (r.create.burst, r.exec.per_minute, r.max_users),
+                        (burst, per_minute, users),
+                        "{name}"
+                    );
                 }
                 (Err(e), Err(part)) => assert!(format!("{e:#}").contains(part), "{name}: {e:#}"),
-                (got, want) => panic!("{name}: got {:?}, want {want:?}", got.map(|c| c.rate_limits)),
+                (got, want) => {
+                    panic!("{name}: got {:?}, want {want:?}", got.map(|c| c.rate_limits))
+                }
             }
         }
     }

@@ -133,7 +133,10 @@ async fn secrets_and_limits_through_the_cli_and_nothing_at_rest_or_in_the_log() 
     let user = |args: &[&str]| bhatti(&s, None, &[&["--data-dir", dir, "user"], args].concat());
     let r = user(&["update", "admin", "--max-sandboxes", "1", "--max-execs", "3", "--json"]).ok();
     let admin: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!((admin["max_sandboxes"].as_u64(), admin["max_concurrent_execs"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (admin["max_sandboxes"].as_u64(), admin["max_concurrent_execs"].as_u64()),
+        (Some(1), Some(3))
+    );
     assert_eq!(admin["max_cpus_per_sandbox"], 4, "untouched limits stay");
     assert!(admin.get("api_key").is_none());
     let r = bhatti(&s, None, &["create", "--name", "two", "--memory", "128"]);
@@ -142,15 +145,34 @@ async fn secrets_and_limits_through_the_cli_and_nothing_at_rest_or_in_the_log() 
     assert!(r.code != 0 && r.stderr.contains("nothing to change"), "{r:?}");
     assert_ne!(user(&["update", "nobody", "--max-disk", "1"]).code, 0);
     let r = user(&[
-        "create", "--name", "bob", "--max-disk", "100", "--max-execs", "2", "--max-snapshots", "1",
-        "--max-images", "3", "--max-volume-storage", "500", "--json",
+        "create",
+        "--name",
+        "bob",
+        "--max-disk",
+        "100",
+        "--max-execs",
+        "2",
+        "--max-snapshots",
+        "1",
+        "--max-images",
+        "3",
+        "--max-volume-storage",
+        "500",
+        "--json",
     ])
     .ok();
     let bob: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let got: Vec<u64> = ["max_disk_mb", "max_concurrent_execs", "max_snapshots", "max_images", "max_volume_storage_mb", "max_sandboxes"]
-        .iter()
-        .map(|k| bob[k].as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = [
+        "max_disk_mb",
+        "max_concurrent_execs",
+        "max_snapshots",
+        "max_images",
+        "max_volume_storage_mb",
+        "max_sandboxes",
+    ]
+    .iter()
+    .map(|k| bob[k].as_u64().unwrap())
+    .collect();
     assert_eq!(got, [100, 2, 1, 3, 500, 5]);
     let r = user(&["list"]).ok();
     assert!(r.stdout.contains("MAX_DISK_MB") && r.stdout.contains("bob"), "{r:?}");

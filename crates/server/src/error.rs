@@ -124,7 +124,9 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
             }
             ApiError::ExecLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "limit"),
-            ApiError::HostSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            ApiError::HostSpace { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::SandboxUnavailable => (StatusCode::BAD_GATEWAY, "sandbox_unavailable"),
             ApiError::Forward(e) => match e {

@@ -138,7 +138,11 @@ impl UserLimits {
         let rates = self.rates;
         let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let buckets = users.get_or_insert_mut(user.to_owned(), || {
-            [Bucket::full(rates.create, now), Bucket::full(rates.exec, now), Bucket::full(rates.read, now)]
+            [
+                Bucket::full(rates.create, now),
+                Bucket::full(rates.exec, now),
+                Bucket::full(rates.read, now),
+            ]
         });
         let got = buckets[class.index()].try_take(rates.of(class), now);
         drop(users);
@@ -182,7 +186,12 @@ mod tests {
             ("publish", "POST", "/sandboxes/abc/publish", Class::Read),
             ("stop", "POST", "/sandboxes/abc/stop", Class::Read),
             ("snapshot resume boots a VM (ours)", "POST", "/snapshots/s1/resume", Class::Create),
-            ("a sandbox named exec-box (v1: exec)", "POST", "/sandboxes/exec-box/stop", Class::Read),
+            (
+                "a sandbox named exec-box (v1: exec)",
+                "POST",
+                "/sandboxes/exec-box/stop",
+                Class::Read,
+            ),
             ("a sandbox named ws", "GET", "/sandboxes/ws", Class::Read),
             ("a proxied /ws path (v1: exec)", "GET", "/sandboxes/abc/proxy/80/ws", Class::Read),
             ("exec by GET is not an exec", "GET", "/sandboxes/abc/exec", Class::Read),

@@ -147,7 +147,9 @@ fn load_or_make(path: &Path) -> Result<age::x25519::Identity, SealError> {
     drop(file);
     std::fs::rename(&tmp, path).map_err(io("renaming into place"))?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing the directory of"))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the directory of"))?;
     }
     tracing::info!(path = %path.display(), "made the secrets key");
     Ok(identity)
@@ -187,7 +189,11 @@ mod tests {
             ("missing: made", None, true),
             ("empty: made", Some(String::new()), true),
             ("only blanks: made", Some("\n  \n".into()), true),
-            ("age-keygen's format", Some(format!("# created\n# public key: x\n{good_line}\n")), true),
+            (
+                "age-keygen's format",
+                Some(format!("# created\n# public key: x\n{good_line}\n")),
+                true,
+            ),
             ("garbage is refused, not replaced", Some("not a key\n".into()), false),
         ];
         for (name, content, ok) in table {

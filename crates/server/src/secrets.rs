@@ -88,10 +88,8 @@ pub async fn set(
     let plain = Zeroizing::new(req.value.expose().as_bytes().to_vec());
     let sealed = state.sealer.seal(plain).await.map_err(sealing_failed)?;
     let (owner, name) = (user.id.clone(), req.name.clone());
-    let info = state
-        .store
-        .write(move |s| s.set_secret(&owner, &name, &store::Ciphertext(sealed)))
-        .await?;
+    let info =
+        state.store.write(move |s| s.set_secret(&owner, &name, &store::Ciphertext(sealed))).await?;
     Ok((StatusCode::CREATED, axum::Json(record(&info))).into_response())
 }
 

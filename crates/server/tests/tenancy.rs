@@ -20,7 +20,12 @@ async fn error_of(r: reqwest::Response) -> (u16, api::ErrorBody) {
     (status, body)
 }
 
-async fn exec_out(d: &Daemon, key: &str, sandbox: &str, body: serde_json::Value) -> api::ExecResult {
+async fn exec_out(
+    d: &Daemon,
+    key: &str,
+    sandbox: &str,
+    body: serde_json::Value,
+) -> api::ExecResult {
     let r = d
         .client
         .post(format!("{}/sandboxes/{sandbox}/exec", d.url))
@@ -218,7 +223,13 @@ async fn quotas_refuse_with_v1s_messages() {
     let create = |body: serde_json::Value| d.req(Method::POST, "/sandboxes").json(&body).send();
     // (name, body, status, error, code).
     let table = [
-        ("cpus over the quota", serde_json::json!({"cpus": 5}), 400, "max 4 CPUs per sandbox", "invalid"),
+        (
+            "cpus over the quota",
+            serde_json::json!({"cpus": 5}),
+            400,
+            "max 4 CPUs per sandbox",
+            "invalid",
+        ),
         (
             "memory over the quota",
             serde_json::json!({"memory_mb": 8192}),
@@ -256,7 +267,10 @@ async fn quotas_refuse_with_v1s_messages() {
     d.create("b").await;
     // v1's TestSandboxCountLimit.
     let (got, err) = error_of(create(serde_json::json!({"name": "c"})).await.unwrap()).await;
-    assert_eq!((got, err.error.as_str(), err.code.as_str()), (429, "sandbox limit reached (2/2)", "limit"));
+    assert_eq!(
+        (got, err.error.as_str(), err.code.as_str()),
+        (429, "sandbox limit reached (2/2)", "limit")
+    );
 
     // Concurrent execs: one at a time for this user; the second is refused while the first
     // runs (streamed, so it is counted until its body ends), then allowed.
@@ -275,7 +289,10 @@ async fn quotas_refuse_with_v1s_messages() {
         .await
         .unwrap();
     let (got, err) = error_of(r).await;
-    assert_eq!((got, err.error.as_str(), err.code.as_str()), (429, "exec limit reached (1/1)", "limit"));
+    assert_eq!(
+        (got, err.error.as_str(), err.code.as_str()),
+        (429, "exec limit reached (1/1)", "limit")
+    );
     // Another user has their own count.
     let other = d.other_user("olga").await;
     let r = d
@@ -311,7 +328,10 @@ async fn rate_limits_answer_429_with_retry_after_per_user_and_class() {
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((50..=60).contains(&retry), "{retry}");
     let (status, err) = error_of(r).await;
-    assert_eq!((status, err.error.as_str(), err.code.as_str()), (429, "rate limit exceeded", "rate_limited"));
+    assert_eq!(
+        (status, err.error.as_str(), err.code.as_str()),
+        (429, "rate limit exceeded", "rate_limited")
+    );
     // Creates have their own bucket (bad ones count: the limit comes before the handler).
     for _ in 0..2 {
         let r = d.req(Method::POST, "/sandboxes").json(&serde_json::json!({"cpus": -1})).send();

@@ -183,8 +183,14 @@ mod tests {
             line.contains("-drive id=disk1,file=/vm/config.ext4,format=raw,if=none,read-only=on")
         );
         // Discards reach the writable overlay only.
-        assert!(line.contains("format=qcow2,if=none,read-only=off,cache=") && line.contains(",discard=unmap -device virtio-blk-device,drive=disk0"));
-        assert!(!line.contains("read-only=on,cache=unsafe,discard") && line.matches("discard=unmap").count() == 1);
+        assert!(
+            line.contains("format=qcow2,if=none,read-only=off,cache=")
+                && line.contains(",discard=unmap -device virtio-blk-device,drive=disk0")
+        );
+        assert!(
+            !line.contains("read-only=on,cache=unsafe,discard")
+                && line.matches("discard=unmap").count() == 1
+        );
         assert!(line.contains("-netdev tap,id=net0,fd=3,vhost=off -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"));
         assert!(line.ends_with("-incoming defer"));
         cfg.memory.private = true;

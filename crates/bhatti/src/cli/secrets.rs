@@ -68,7 +68,10 @@ pub async fn run(ctx: &Ctx, cmd: SecretCommand) -> anyhow::Result<u8> {
         SecretCommand::Set { name, value, value_stdin } => {
             let value = match (value, value_stdin) {
                 (Some(_), true) => {
-                    return Err(CliError::Usage("give the value or --value-stdin, not both".into()).into());
+                    return Err(CliError::Usage(
+                        "give the value or --value-stdin, not both".into(),
+                    )
+                    .into());
                 }
                 (Some(v), false) => api::SecretValue::new(v),
                 (None, _) => value_from_stdin()?,
