@@ -11,7 +11,31 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Daemon;
+use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Opens one of the sandbox WebSockets, sends `first` (a start message or keystrokes) and reads
+/// until `needle` shows in the output.
+async fn ws_until(d: &Daemon, path: &str, first: Message, needle: &str) -> String {
+    let url = format!("{}{path}", d.url.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", d.key).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(first).await.unwrap();
+    let mut seen = String::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(end, ws.next()).await.expect("output within 60 s") {
+            Some(Ok(Message::Binary(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Some(Ok(Message::Text(t))) => seen.push_str(&t),
+            Some(Ok(_)) => {}
+            other => panic!("ended waiting for {needle:?}: {other:?} after {seen:?}"),
+        }
+    }
+    seen
+}
 
 async fn error_of(r: reqwest::Response) -> (u16, api::ErrorBody) {
     let status = r.status().as_u16();
@@ -184,6 +208,13 @@ async fn secrets_bad_input_scoping_injection_and_nothing_at_rest() {
         .await
         .unwrap();
     assert!(r.text().await.unwrap().contains(&planted));
+    // Piped sessions and terminals too.
+    let start = serde_json::json!({"cmd": ["sh", "-c", "echo \"[$API_TOKEN]\""]});
+    let seen = ws_until(&d, "/sandboxes/s/exec/ws", Message::text(start.to_string()), "]").await;
+    assert!(seen.contains(&format!("[{planted}]")), "{seen}");
+    let keys = Message::binary(b"echo \"<$API_TOKEN>\"\n".to_vec());
+    let seen = ws_until(&d, "/sandboxes/s/ws?new=true", keys, &format!("<{planted}>")).await;
+    assert!(seen.contains(&planted));
     // Values are the create's: a later set does not change the sandbox's.
     set("API_TOKEN", "changed".into()).send().await.unwrap();
     assert_eq!(exec_out(&d, &d.key, "s", printenv.clone()).await.stdout.trim(), planted);
