@@ -15,6 +15,8 @@ pub use bhatti_core::egress::{NetPolicy, Posture};
 
 mod secrets;
 pub use secrets::{RETRY_AFTER_HEADER, SecretRecord, SecretValue, SetSecret};
+mod snapshots;
+pub use snapshots::*;
 
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -77,6 +77,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The secrets key is made on the first start (0600, fsynced), not on the first secret.
     let sealer = Arc::clone(&state.sealer);
     tokio::task::spawn_blocking(move || sealer.identity().map(|_| ())).await??;
+    // Checkpoints the store has no row for (a crash between a capture and its row).
+    match server::snapshots::remove_orphans(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "orphan checkpoints removed"),
+        Err(e) => tracing::warn!("looking for orphan checkpoints: {e}"),
+    }
     tracing::info!(recovered, listen = %config.listen, "bhatti serve started");
 
     let (stop_tx, stop_rx) = watch::channel(false);

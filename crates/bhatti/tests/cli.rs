@@ -104,14 +104,30 @@ async fn a_sandbox_through_the_cli_from_create_to_destroy() {
     let r = bhatti(&s, &["ls"]).ok();
     let mut lines = r.stdout.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "ID", "STATUS", "THERMAL", "IP", "CREATED"]);
+    assert_eq!(header, ["NAME", "STATUS", "THERMAL", "IP"], "v1's columns");
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!((row[0], row[2]), ("web", "running"), "{r:?}");
+    assert_eq!((row[0], row[1]), ("web", "running"), "{r:?}");
     let list: Vec<api::Sandbox> =
         serde_json::from_str(&bhatti(&s, &["ls", "--json"]).ok().stdout).unwrap();
     assert_eq!(list.len(), 1);
     let id = list[0].id.clone();
-    assert_eq!(row[1], id);
+    assert_eq!(row[3], list[0].ip);
+    let r = bhatti(&s, &["ls", "-o", "wide"]).ok();
+    let mut lines = r.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let want =
+        ["NAME", "STATUS", "THERMAL", "IP", "CPUS", "MEMORY", "DISK", "IMAGE", "LABELS", "ID"];
+    assert_eq!(header[..10], want, "v1's wide columns, then ours");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[4..10], ["1", "128MB", "-", &list[0].image, "team=a", &id], "{r:?}");
+    // --timing: the last request's phases on stderr, the output untouched.
+    let r = bhatti(&s, &["ls", "--timing"]).ok();
+    assert!(r.stdout.starts_with("NAME"), "{r:?}");
+    let timing = r.stderr.lines().find(|l| l.starts_with("timing: ")).expect("a timing line");
+    for phase in ["dns ", " connect ", " tls - ", " server ", " transfer ", " total "] {
+        assert!(timing.contains(phase), "{timing}");
+    }
+    assert!(!timing.contains("connect -") && !timing.contains("server -"), "{timing}");
     let with = bhatti(&s, &["list", "--label", "team=a"]).ok();
     assert!(with.stdout.contains("web"));
     let without = bhatti(&s, &["list", "--label", "team=b"]).ok();
@@ -125,6 +141,10 @@ async fn a_sandbox_through_the_cli_from_create_to_destroy() {
         let r = bhatti(&s, &["inspect", arg]).ok();
         assert!(r.stdout.contains("Name:      web") && r.stdout.contains("128 MB"), "{r:?}");
     }
+    // v1: the live disk usage from the guest's `df -m /`.
+    let r = bhatti(&s, &["inspect", "web"]).ok();
+    let disk = r.stdout.lines().find(|l| l.trim_start().starts_with("Disk:")).unwrap();
+    assert!(disk.contains(" MB used of ") && disk.contains("%)"), "{r:?}");
 
     // exec: streams apart, the exit code passed through, env and workdir, by prefix.
     let r = bhatti(&s, &["exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 42"]);

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// 404 (also for another owner's things).
     #[error("{0}")]
     NotFound(String),
+    /// 409 with a message that names the conflict.
+    #[error("{0}")]
+    Conflict(String),
     /// 413.
     #[error("{0}")]
     TooLarge(String),
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),

@@ -39,7 +39,9 @@ pub mod sealing;
 pub mod secret_envs;
 mod secrets;
 mod sessions;
+pub mod snapshots;
 pub mod state;
+mod templates;
 pub mod thermal;
 mod times;
 pub mod tls;
@@ -97,6 +99,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/sessions", get(sessions::list))
         .route("/sandboxes/{id}/sessions/{session_id}", delete(sessions::kill))
+        .route("/sandboxes/{id}/checkpoint", post(snapshots::checkpoint))
+        .route("/snapshots", get(snapshots::list))
+        .route("/snapshots/{name}", get(snapshots::get).delete(snapshots::delete))
+        .route("/snapshots/{name}/resume", post(snapshots::resume))
+        .route("/templates", get(templates::list).post(templates::create))
+        .route("/templates/{id}", get(templates::get).delete(templates::delete))
         .route("/sandboxes/{id}/shell-token", post(web_shell::mint).delete(web_shell::revoke))
         .route("/secrets", get(secrets::list).post(secrets::set))
         .route("/secrets/{name}", delete(secrets::delete))

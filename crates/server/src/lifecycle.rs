@@ -44,6 +44,24 @@ pub(crate) async fn create(
     new: store::NewSandbox,
     spec_for: impl FnOnce(&str) -> ApiResult<engine::CreateSpec>,
 ) -> ApiResult<Created> {
+    let build = |id: String| async move {
+        let spec = spec_for(&id)?;
+        state.engine.create(&spec).await.map(drop).map_err(ApiError::from)
+    };
+    create_built(state, new, build).await
+}
+
+/// [`create`] with any way of building the VM (`build` gets the new row's ID): a new sandbox
+/// from an image, or one resumed from a snapshot.
+pub(crate) async fn create_built<F, Fut>(
+    state: &AppState,
+    new: store::NewSandbox,
+    build: F,
+) -> ApiResult<Created>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<()>>,
+{
     let (owner, name) = (new.owner.clone(), new.name.clone());
     if let Some(existing) = by_name(state, &owner, &name).await? {
         return Ok(Created::Existing(existing));
@@ -61,10 +79,7 @@ pub(crate) async fn create(
         Err(e) => return Err(e.into()),
     };
     let id = row.id.clone();
-    let built = match spec_for(&id) {
-        Ok(spec) => state.engine.create(&spec).await.map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
+    let built = build(id.clone()).await;
     if let Err(e) = built {
         remove_row(state, &id).await;
         return Err(e);

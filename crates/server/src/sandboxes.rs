@@ -72,7 +72,7 @@ pub async fn resolve_for_guest(
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -90,7 +90,7 @@ fn hostname_of(name: &str) -> String {
     if trimmed.is_empty() { "sandbox".to_owned() } else { trimmed.chars().take(63).collect() }
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let _ = getrandom::fill(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
@@ -218,12 +218,11 @@ fn engine_spec(
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Json(req): Json<api::CreateSandbox>,
+    Json(mut req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
-    if !req.template_id.is_empty() || !req.persistent_volumes.is_empty() {
-        return Err(ApiError::NotImplemented(
-            "templates and persistent volumes come with the resources API",
-        ));
+    crate::templates::apply(&state, &mut req).await?;
+    if !req.persistent_volumes.is_empty() {
+        return Err(ApiError::NotImplemented("persistent volumes come with the resources API"));
     }
     let (cpus, memory_mb) =
         shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;
@@ -245,7 +244,7 @@ pub async fn create(
     let new = store::NewSandbox {
         owner: user.id.clone(),
         name: name.clone(),
-        template_id: None,
+        template_id: (!req.template_id.is_empty()).then(|| req.template_id.clone()),
         image: image_name.clone(),
         cpus,
         memory_mb,

@@ -94,6 +94,45 @@ impl Store {
         Ok(s)
     }
 
+    /// Whether the owner may take a snapshot named `name` now: a limit error when
+    /// `max_snapshots` exist, a conflict when the name is taken. A cheap check before the
+    /// capture; [`Store::create_snapshot`] checks again in its transaction.
+    pub fn check_snapshot_room(&self, owner: &str, name: &str) -> Result<()> {
+        let max: i64 = self
+            .conn
+            .query_row("SELECT max_snapshots FROM users WHERE id = ?1", [owner], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::not_found(Resource::User, owner))?;
+        let used: i64 = self.conn.query_row(
+            "SELECT count(*) FROM snapshots WHERE owner = ?1",
+            [owner],
+            |r| r.get(0),
+        )?;
+        if used >= max {
+            return Err(StoreError::Limit {
+                kind: Resource::Snapshot,
+                used: used.unsigned_abs(),
+                max: max.unsigned_abs(),
+            });
+        }
+        let taken: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM snapshots WHERE owner = ?1 AND name = ?2)",
+            [owner, name],
+            |r| r.get(0),
+        )?;
+        if taken {
+            return Err(StoreError::conflict(Resource::Snapshot, name, "already exists"));
+        }
+        Ok(())
+    }
+
+    /// Every snapshot row of every owner (the daemon's start compares them with the
+    /// directories on the disk).
+    pub fn list_all_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut stmt = self.conn.prepare(&format!("SELECT {COLS} FROM snapshots"))?;
+        Ok(stmt.query_map([], row)?.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The owner's snapshot by name.
     pub fn snapshot(&self, owner: &str, name: &str) -> Result<Snapshot> {
         self.conn

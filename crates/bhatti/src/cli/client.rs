@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::endpoint::{Endpoint, Target};
 use super::error::CliError;
+use super::timing::Timing;
 
 /// A request body: a buffer or a stream.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -42,6 +43,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
+    /// The last request's phases (`--timing`).
+    timing: Timing,
 }
 
 /// Any stream hyper can speak HTTP/1 over.
@@ -51,7 +54,12 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> S
 impl Client {
     /// A client of the endpoint.
     pub fn new(endpoint: Endpoint) -> Self {
-        Client { endpoint }
+        Client { endpoint, timing: Timing::default() }
+    }
+
+    /// The last request's phases (`--timing`).
+    pub fn timing(&self) -> &Timing {
+        &self.timing
     }
 
     /// The endpoint.
@@ -63,18 +71,34 @@ impl Client {
         CliError::Unreachable { url: self.endpoint.display(), source }
     }
 
-    /// A connected stream to the daemon (also used by the WebSocket client).
+    /// A connected stream to the daemon (also used by the WebSocket client). Each request has
+    /// a connection of its own, so this is where a request's timing starts.
     pub async fn connect_stream(&self) -> Result<Box<dyn StreamObj>, CliError> {
         let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+        self.timing.start();
         match &self.endpoint.target {
             Target::Tcp { authority, .. } => {
-                let s = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    tokio::net::TcpStream::connect(authority.as_str()),
-                )
-                .await
-                .map_err(|_| self.unreachable(timed_out()))?
-                .map_err(|e| self.unreachable(e))?;
+                let connect = async {
+                    let addrs = self.resolve(authority).await?;
+                    let mut last = None;
+                    for addr in addrs {
+                        match tokio::net::TcpStream::connect(addr).await {
+                            Ok(s) => return Ok(s),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.unwrap_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{authority}: no address"),
+                        )
+                    }))
+                };
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| self.unreachable(timed_out()))?
+                    .map_err(|e| self.unreachable(e))?;
+                self.timing.connected();
                 let _ = s.set_nodelay(true);
                 Ok(Box::new(s))
             }
@@ -84,9 +108,20 @@ impl Client {
                         .await
                         .map_err(|_| self.unreachable(timed_out()))?
                         .map_err(|e| self.unreachable(e))?;
+                self.timing.connected();
                 Ok(Box::new(s))
             }
         }
+    }
+
+    /// The addresses of `host:port`; a literal address needs no lookup (and no `dns` phase).
+    async fn resolve(&self, authority: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        if let Ok(addr) = authority.parse::<std::net::SocketAddr>() {
+            return Ok(vec![addr]);
+        }
+        let addrs = tokio::net::lookup_host(authority).await?.collect();
+        self.timing.resolved();
+        Ok(addrs)
     }
 
     /// The path as sent (with the URL's prefix).
@@ -136,7 +171,10 @@ impl Client {
         });
         let what = format!("{} {}", req.method(), req.uri().path());
         match tokio::time::timeout(wait, sender.send_request(req)).await {
-            Ok(r) => r.with_context(|| format!("{what}: the daemon closed the connection")),
+            Ok(r) => {
+                self.timing.head();
+                r.with_context(|| format!("{what}: the daemon closed the connection"))
+            }
             Err(_) => anyhow::bail!("{what}: no answer within {}s", wait.as_secs()),
         }
     }

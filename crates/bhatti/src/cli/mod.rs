@@ -15,6 +15,8 @@ mod secrets;
 mod setup;
 mod share;
 mod shell;
+mod snapshots;
+mod timing;
 mod ui;
 mod users;
 
@@ -39,6 +41,10 @@ pub struct Global {
     /// The daemon's data directory (its socket; `state.db` for `user`).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Print where the last HTTP request's time went (dns, connect, tls, server, transfer,
+    /// total) on stderr.
+    #[arg(long, global = true)]
+    pub timing: bool,
 }
 
 /// The client commands.
@@ -53,6 +59,9 @@ pub enum Command {
         /// Only sandboxes with this label (k=v; repeat to AND).
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
+        /// `wide` adds CPUS MEMORY DISK IMAGE LABELS (v1's), then ID and CREATED.
+        #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+        output: Option<sandboxes::ListFormat>,
     },
     /// Change a sandbox: rename, labels, keep-hot, egress policy.
     Edit(sandboxes::EditArgs),
@@ -129,6 +138,12 @@ pub enum Command {
     /// Set, list and delete secrets (given to sandboxes as variables: `create --secret`).
     #[command(subcommand)]
     Secret(secrets::SecretCommand),
+    /// Named snapshots: checkpoint a running sandbox, resume it as new sandboxes.
+    #[command(subcommand)]
+    Snapshot(snapshots::SnapshotCommand),
+    /// Templates (global): presets for `create --template`.
+    #[command(subcommand)]
+    Template(snapshots::TemplateCommand),
     /// Manage users and their keys (opens the daemon's store: run on the daemon's host).
     #[command(subcommand)]
     User(users::UserCommand),
@@ -172,6 +187,11 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
     let ctx = Ctx { client: client::Client::new(endpoint), json: global.json };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let code = runtime.block_on(dispatch(&ctx, command));
+    if global.timing
+        && let Some(phases) = ctx.client.timing().phases(std::time::Instant::now())
+    {
+        eprintln!("{}", timing::line(&phases));
+    }
     // Nothing left to wait for (a shell's stdin thread blocks in a read it cannot leave).
     runtime.shutdown_background();
     code
@@ -180,7 +200,9 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
 async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Create(args) => sandboxes::create(ctx, *args).await,
-        Command::List { labels } => sandboxes::list(ctx, &labels).await,
+        Command::List { labels, output } => {
+            sandboxes::list(ctx, &labels, output.unwrap_or_default()).await
+        }
         Command::Inspect { sandbox } => sandboxes::inspect(ctx, &sandbox).await,
         Command::Edit(args) => sandboxes::edit(ctx, args).await,
         Command::Exec(args) => exec::run(ctx, args).await,
@@ -196,6 +218,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
         Command::Secret(cmd) => secrets::run(ctx, cmd).await,
+        Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
+        Command::Template(cmd) => snapshots::template(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }

@@ -38,6 +38,10 @@ pub struct CreateArgs {
     /// Image name.
     #[arg(long)]
     image: Option<String>,
+    /// A template (ID or name): its image, cpus, memory, disk, secrets, labels and volumes,
+    /// where the other flags leave them out.
+    #[arg(long, value_name = "ID|NAME")]
+    template: Option<String>,
     /// Environment for every command (repeatable; `A=1,B=2` sets two, as in v1).
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     env: Vec<String>,
@@ -50,6 +54,10 @@ pub struct CreateArgs {
     /// Never paused or stopped when idle.
     #[arg(long)]
     keep_hot: bool,
+    /// v1's huge pages switch: sent, but the QEMU engine keeps guest RAM in a file (so warm
+    /// and cold sandboxes keep it) and does not back it with huge pages; a note says so.
+    #[arg(long)]
+    hugepages: bool,
     /// A local file to put in the guest before init (repeatable; small files: the request
     /// carries them).
     #[arg(long = "file", value_name = "LOCAL:GUEST")]
@@ -170,9 +178,16 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
     if let Some(policy) = &net_policy {
         warn_idle_hosts(policy);
     }
+    if a.hugepages {
+        eprintln!(
+            "note: --hugepages has no effect here: guest RAM is a file the warm and cold states \
+             keep, not huge pages"
+        );
+    }
     let body = api::CreateSandbox {
         name: a.name.unwrap_or_default(),
         image: a.image.unwrap_or_default(),
+        template_id: a.template.unwrap_or_default(),
         cpus: a.cpus,
         memory_mb: a.memory,
         disk_size_mb: a.disk_size.unwrap_or(0),
@@ -181,6 +196,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
         files: a.files.iter().map(|f| create_file(f)).collect::<anyhow::Result<_>>()?,
         labels: key_values(&a.labels, "--label")?,
         keep_hot: a.keep_hot,
+        hugepages: a.hugepages,
         net_policy,
         secrets: a.secrets,
         ..api::CreateSandbox::default()
@@ -213,8 +229,18 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// `bhatti list -o`: v1's columns, or v1's wide ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// NAME STATUS THERMAL IP (URL when any sandbox has one), as v1.
+    #[default]
+    Default,
+    /// v1's wide columns (CPUS MEMORY DISK IMAGE LABELS), then ours (ID CREATED).
+    Wide,
+}
+
 /// `bhatti list`.
-pub async fn list(ctx: &Ctx, labels: &[String]) -> anyhow::Result<u8> {
+pub async fn list(ctx: &Ctx, labels: &[String], format: ListFormat) -> anyhow::Result<u8> {
     key_values(labels, "--label")?;
     let query: Vec<String> = labels.iter().map(|l| format!("label={}", enc(l))).collect();
     let path = if query.is_empty() {
@@ -229,31 +255,56 @@ pub async fn list(ctx: &Ctx, labels: &[String]) -> anyhow::Result<u8> {
     if ctx.json {
         return print_json(&list).map(|()| exit::OK);
     }
+    let (head, rows) = list_table(&list, format);
+    print!("{}", table(&head, &rows));
+    Ok(exit::OK)
+}
+
+/// `ls`'s columns and rows. v1's columns come first and in v1's order, so scripts that cut
+/// them keep working; ours (ID, CREATED) only follow v1's wide ones.
+fn list_table(list: &[api::Sandbox], format: ListFormat) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let dash = |v: &str| if v.is_empty() { "-".to_owned() } else { v.to_owned() };
     // v1: a URL column only when some sandbox has a published port.
     let with_urls = list.iter().any(|s| !s.urls.is_empty());
-    let rows: Vec<Vec<String>> = list
+    let wide = format == ListFormat::Wide;
+    let mut head = vec!["NAME", "STATUS", "THERMAL", "IP"];
+    if with_urls {
+        head.push("URL");
+    }
+    if wide {
+        head.extend(["CPUS", "MEMORY", "DISK", "IMAGE", "LABELS", "ID", "CREATED"]);
+    }
+    let rows = list
         .iter()
         .map(|s| {
             let mut row = vec![
                 s.name.clone(),
-                s.id.clone(),
                 s.status.clone(),
                 s.thermal.clone().unwrap_or_else(|| "-".into()),
-                if s.ip.is_empty() { "-".into() } else { s.ip.clone() },
-                age(&s.created_at),
+                dash(&s.ip),
             ];
             if with_urls {
                 row.push(url_cell(&s.urls));
             }
+            if wide {
+                let mut labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                row.extend([
+                    s.cpus.to_string(),
+                    // No space inside a cell: `awk '{print $6}'` must still find a column.
+                    format!("{}MB", s.memory_mb),
+                    if s.disk_size_mb > 0 { format!("{}MB", s.disk_size_mb) } else { "-".into() },
+                    dash(&s.image),
+                    if labels.is_empty() { "-".into() } else { labels.join(",") },
+                    s.id.clone(),
+                    age(&s.created_at),
+                ]);
+            }
             row
         })
         .collect();
-    let mut head = vec!["NAME", "ID", "STATUS", "THERMAL", "IP", "CREATED"];
-    if with_urls {
-        head.push("URL");
-    }
-    print!("{}", table(&head, &rows));
-    Ok(exit::OK)
+    (head, rows)
 }
 
 /// The `ls` URL cell: the first URL (`+N` more), `-` if none; without a public proxy the
@@ -293,7 +344,12 @@ pub async fn inspect(ctx: &Ctx, sandbox: &str) -> anyhow::Result<u8> {
     println!("  Memory:  {} MB", s.memory_mb);
     let disk =
         if s.disk_size_mb > 0 { format!("{} MB", s.disk_size_mb) } else { "image size".into() };
-    println!("  Disk:    {disk}");
+    // v1: the live usage from `df -m /` in the guest when it runs (this wakes it).
+    match live_disk(ctx, &s).await {
+        Some(Ok(usage)) => println!("  Disk:    {usage} (size {disk})"),
+        Some(Err(why)) => println!("  Disk:    {disk} (live usage unavailable: {why})"),
+        None => println!("  Disk:    {disk}"),
+    }
     println!("Network:");
     println!("  IP:      {}", dash(&s.ip));
     println!("  Egress:  {}", egress_summary(&s.net_policy));
@@ -306,6 +362,47 @@ pub async fn inspect(ctx: &Ctx, sandbox: &str) -> anyhow::Result<u8> {
         println!("URL:       {url}");
     }
     Ok(exit::OK)
+}
+
+/// The guest's root filesystem usage, as `df -m /` in the guest reports it; `None` when the
+/// sandbox is not running (v1 asks only then: the exec wakes a paused or cold one).
+async fn live_disk(ctx: &Ctx, s: &api::Sandbox) -> Option<Result<String, String>> {
+    if s.status != "running" {
+        return None;
+    }
+    let body = api::ExecBody {
+        cmd: vec!["df".into(), "-m".into(), "/".into()],
+        timeout_sec: 10,
+        ..Default::default()
+    };
+    let answer: anyhow::Result<api::ExecResult> = ctx
+        .client
+        .json(http::Method::POST, &sb_path(&s.id, "/exec"), Some(&body), LIVE_DISK_WAIT)
+        .await;
+    Some(match answer {
+        Ok(r) if r.exit_code == 0 => {
+            df_usage(&r.stdout).ok_or_else(|| "unexpected df output".into())
+        }
+        Ok(r) => Err(format!("df exited with {}", r.exit_code)),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// How long `inspect` waits for the live disk usage (a cold sandbox wakes first).
+const LIVE_DISK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `df -m /`'s data line as `<used> MB used of <size> MB (<use%>)`. A long device name may wrap
+/// the line (POSIX df), so the numbers are the last five fields of everything after the header.
+fn df_usage(out: &str) -> Option<String> {
+    let fields: Vec<&str> = out.lines().skip(1).flat_map(str::split_whitespace).collect();
+    let n = fields.len();
+    if n < 5 {
+        return None;
+    }
+    let (size, used, pct) = (fields[n - 5], fields[n - 4], fields[n - 2]);
+    let numeric = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    (numeric(size) && numeric(used) && pct.ends_with('%'))
+        .then(|| format!("{used} MB used of {size} MB ({pct})"))
 }
 
 /// `bhatti edit` flags.
@@ -522,6 +619,62 @@ mod tests {
     fn parse(args: &[&str]) -> Result<crate::cli::Command, clap::Error> {
         Cli::try_parse_from(std::iter::once("bhatti").chain(args.iter().copied()))
             .map(|cli| cli.command)
+    }
+
+    #[test]
+    fn df_usage_reads_the_data_line() {
+        let table = [
+            (
+                "busybox",
+                "Filesystem           1M-blocks      Used Available Use% Mounted on\n/dev/root                   59        21        35  38% /\n",
+                Some("21 MB used of 59 MB (38%)"),
+            ),
+            (
+                "a wrapped device name",
+                "Filesystem 1M-blocks Used Available Use% Mounted on\n/dev/mapper/a-very-long-name\n 1000 250 700 27% /\n",
+                Some("250 MB used of 1000 MB (27%)"),
+            ),
+            ("no data line", "Filesystem 1M-blocks Used Available Use% Mounted on\n", None),
+            ("not numbers", "h\n/dev/root a b c d% /\n", None),
+            ("no percent", "h\n/dev/root 1 2 3 4 /\n", None),
+        ];
+        for (name, out, want) in table {
+            assert_eq!(df_usage(out).as_deref(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn ls_keeps_v1s_columns_first() {
+        let sb = |name: &str, urls: &[&str]| {
+            api::Sandbox {
+            name: name.into(),
+            id: format!("id-{name}"),
+            status: "running".into(),
+            ip: "10.0.0.2".into(),
+            cpus: 1.0,
+            memory_mb: 512,
+            image: "minimal".into(),
+            labels: [("b".to_owned(), "2".to_owned()), ("a".to_owned(), "1".to_owned())].into(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            ..serde_json::from_value(serde_json::json!({"id": "", "name": "", "status": "", "created_at": "2026-12-07T00:00:00Z", "cpus": 1.0, "memory_mb": 1})).unwrap()
+        }
+        };
+        let (head, rows) = list_table(&[sb("a", &[])], ListFormat::Default);
+        assert_eq!(head, ["NAME", "STATUS", "THERMAL", "IP"]);
+        assert_eq!(rows[0], ["a", "running", "-", "10.0.0.2"]);
+
+        let (head, _) = list_table(&[sb("a", &[]), sb("b", &["http://x"])], ListFormat::Default);
+        assert_eq!(head, ["NAME", "STATUS", "THERMAL", "IP", "URL"]);
+
+        let (head, rows) = list_table(&[sb("a", &[])], ListFormat::Wide);
+        assert_eq!(
+            head,
+            [
+                "NAME", "STATUS", "THERMAL", "IP", "CPUS", "MEMORY", "DISK", "IMAGE", "LABELS",
+                "ID", "CREATED"
+            ]
+        );
+        assert_eq!(rows[0][4..10], ["1", "512MB", "-", "minimal", "a=1,b=2", "id-a"]);
     }
 
     fn strings(items: &[&str]) -> Vec<String> {

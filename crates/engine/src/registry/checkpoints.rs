@@ -48,6 +48,40 @@ impl Engine {
         std::fs::remove_dir_all(files.dir()).map_err(io_at("removing", files.dir()))
     }
 
+    /// Removes every checkpoint directory (of any owner) that is not in `keep`, a set of
+    /// `(owner, checkpoint)` names, staging directories aside (the engine's start removes
+    /// those), and answers how many went. The caller's list is the truth about which
+    /// checkpoints exist (the daemon's store); names, not paths, so a data directory that
+    /// moved keeps its checkpoints. Runs at the daemon's start, on a blocking thread (large
+    /// removals).
+    pub fn remove_checkpoints_except(
+        &self,
+        keep: &std::collections::HashSet<(String, String)>,
+    ) -> usize {
+        let mut removed = 0;
+        let Ok(owners) = std::fs::read_dir(self.layout.checkpoints()) else {
+            return 0;
+        };
+        for owner in owners.flatten() {
+            let owner_name = owner.file_name().to_string_lossy().into_owned();
+            let Ok(entries) = std::fs::read_dir(owner.path()) else { continue };
+            for entry in entries.flatten() {
+                let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+                let staging = CheckpointFiles::is_staging(&name);
+                if staging || keep.contains(&(owner_name.clone(), name)) || !path.is_dir() {
+                    continue;
+                }
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(dir = %path.display(), "removing an orphan checkpoint: {e}")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Resumes the checkpoint `checkpoint` of `owner` as a new sandbox `id` (same owner), with
     /// the memory, processes and files of the moment it was taken; the new sandbox has private
     /// copies of every file. It keeps the checkpoint's address when that is free; when the

@@ -218,9 +218,19 @@ fn snapshots_crud_and_quota() {
     assert_eq!(s.snapshot(&b.id, "cp1").unwrap_err().kind(), ErrorKind::NotFound);
     let dup = s.create_snapshot(&u.id, "cp1", "sbx1", Path::new("/cp/x"), "", 1).unwrap_err();
     assert_eq!(dup.kind(), ErrorKind::Conflict);
+    // The cheap check before a capture says the same.
+    assert_eq!(s.check_snapshot_room(&u.id, "cp1").unwrap_err().kind(), ErrorKind::Conflict);
+    s.check_snapshot_room(&u.id, "cp2").unwrap();
+    s.check_snapshot_room(&b.id, "cp1").unwrap();
     s.create_snapshot(&u.id, "cp2", "sbx1", Path::new("/cp/cp2"), "", 1).unwrap();
     let full = s.create_snapshot(&u.id, "cp3", "sbx1", Path::new("/cp/cp3"), "", 1).unwrap_err();
     assert_eq!(full.kind(), ErrorKind::Limit);
+    let room = s.check_snapshot_room(&u.id, "cp3").unwrap_err();
+    assert_eq!(room.to_string(), "snapshot limit reached (2/2)");
+    s.create_snapshot(&b.id, "cp1", "sbx2", Path::new("/cp/b1"), "", 1).unwrap();
+    let mut dirs: Vec<_> = s.list_all_snapshots().unwrap().into_iter().map(|x| x.dir).collect();
+    dirs.sort();
+    assert_eq!(dirs, [Path::new("/cp/b1"), Path::new("/cp/cp1"), Path::new("/cp/cp2")]);
     let names: Vec<_> = s.list_snapshots(&u.id).unwrap().into_iter().map(|x| x.name).collect();
     assert_eq!(names, ["cp2", "cp1"]);
     assert_eq!(s.delete_snapshot(&u.id, "cp1").unwrap().dir, Path::new("/cp/cp1"));
