@@ -25,6 +25,7 @@ mod key_scan;
 mod labels;
 mod lifecycle;
 mod listen;
+mod names;
 mod ports;
 pub mod proxy;
 pub mod public;

@@ -72,13 +72,7 @@ pub async fn resolve_for_guest(
     }
 }
 
-pub(crate) fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
+pub(crate) use crate::names::{random_hex, valid_name};
 
 /// A guest hostname from a sandbox name: an RFC 1123 label.
 fn hostname_of(name: &str) -> String {
@@ -88,12 +82,6 @@ fn hostname_of(name: &str) -> String {
         .collect();
     let trimmed = mapped.trim_matches('-');
     if trimmed.is_empty() { "sandbox".to_owned() } else { trimmed.chars().take(63).collect() }
-}
-
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = getrandom::fill(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a built-in image lives; only plain names (no paths) are looked up.
