@@ -20,6 +20,8 @@ pub use bhatti_core::egress::{NetPolicy, Posture};
 
 mod images;
 pub use images::{Image, Imported, PullRequest, PullResult, PullStarted, SaveImageRequest, Task};
+mod secrets;
+pub use secrets::{RETRY_AFTER_HEADER, SecretRecord, SecretValue, SetSecret};
 mod snapshots;
 pub use snapshots::*;
 
@@ -178,6 +180,10 @@ error_codes! {
     PortInUse = "port_in_use",
     /// 429: the daemon holds as many forwards as it allows (per sandbox or in all).
     ForwardLimit = "forward_limit",
+    /// 429: too many requests of one class from one user; `Retry-After` says when to retry.
+    RateLimited = "rate_limited",
+    /// 507: the host has less free space than the disk asked for.
+    InsufficientStorage = "insufficient_storage",
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -47,6 +47,7 @@ struct File {
     uplink_range: Option<String>,
     thermal: Thermal,
     http: Http,
+    rate_limits: RateLimitsFile,
     log_format: Option<String>,
     log_level: Option<String>,
     /// The guest agent injected into imported and pulled images.
@@ -128,6 +129,52 @@ struct Thermal {
 struct Http {
     header_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+}
+
+/// The API's per-user rate limits (ours; v1 compiled them in): each class's bucket and the
+/// number of users remembered.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RateLimitsFile {
+    create: Option<RateFile>,
+    exec: Option<RateFile>,
+    read: Option<RateFile>,
+    max_users: Option<usize>,
+}
+
+/// One class: a burst and a refill per minute.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateFile {
+    burst: f64,
+    per_minute: f64,
+}
+
+impl RateLimitsFile {
+    fn check(&self) -> anyhow::Result<server::rate_limits::Rates> {
+        let mut rates = server::rate_limits::Rates::default();
+        let classes =
+            [("create", self.create, &mut rates.create), ("exec", self.exec, &mut rates.exec)];
+        let read = [("read", self.read, &mut rates.read)];
+        for (name, given, into) in classes.into_iter().chain(read) {
+            if let Some(r) = given {
+                if !(r.burst.is_finite() && r.burst >= 1.0) {
+                    bail!("rate_limits.{name}.burst must be at least 1");
+                }
+                if !(r.per_minute.is_finite() && r.per_minute >= 0.0) {
+                    bail!("rate_limits.{name}.per_minute must be 0 or more");
+                }
+                *into = server::rate_limits::Rate { burst: r.burst, per_minute: r.per_minute };
+            }
+        }
+        if let Some(n) = self.max_users {
+            if n == 0 {
+                bail!("rate_limits.max_users must be at least 1");
+            }
+            rates.max_users = n;
+        }
+        Ok(rates)
+    }
 }
 
 /// v1 keys this daemon accepts and does not use.
@@ -241,6 +288,8 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// v1's `backup` block (off unless `s3_endpoint` is set).
     pub backup: server::BackupConfig,
+    /// The API's per-user rate limits.
+    pub rate_limits: server::rate_limits::Rates,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -409,7 +458,9 @@ impl Config {
         if image_import_max_bytes == 0 {
             bail!("image_import_max_bytes must be at least 1");
         }
+        let rate_limits = file.rate_limits.check()?;
         Ok(Config {
+            rate_limits,
             lohar,
             image_import_max_bytes,
             insecure_registries: file.insecure_registries.unwrap_or_default(),
@@ -483,6 +534,7 @@ impl Config {
         s.image_import_max_bytes = self.image_import_max_bytes;
         s.insecure_registries = self.insecure_registries.clone();
         s.backup = self.backup.clone();
+        s.rate_limits = self.rate_limits;
         s
     }
 }
@@ -493,6 +545,49 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn rate_limits_table() {
+        // (name, the file, Ok(create burst, exec per minute, max users) or a part of the error).
+        type Row = (&'static str, &'static str, Result<(f64, f64, usize), &'static str>);
+        let table: [Row; 6] = [
+            ("v1's defaults", "", Ok((10.0, 600.0, 10_000))),
+            (
+                "low numbers for tests",
+                "rate_limits:\n  create: {burst: 2, per_minute: 6}\n  exec: {burst: 1, per_minute: 1}\n  max_users: 5\n",
+                Ok((2.0, 1.0, 5)),
+            ),
+            (
+                "a burst below 1",
+                "rate_limits:\n  read: {burst: 0, per_minute: 5}\n",
+                Err("read.burst"),
+            ),
+            (
+                "a negative refill",
+                "rate_limits:\n  exec: {burst: 3, per_minute: -1}\n",
+                Err("exec.per_minute"),
+            ),
+            ("no users", "rate_limits:\n  max_users: 0\n", Err("max_users")),
+            ("a typo", "rate_limits:\n  creat: {burst: 1, per_minute: 1}\n", Err("parsing")),
+        ];
+        for (name, text, want) in table {
+            let got = Config::from_yaml(text, Path::new("c.yaml"), &no_env);
+            match (got, want) {
+                (Ok(c), Ok((burst, per_minute, users))) => {
+                    let r = c.server().rate_limits;
+                    assert_eq!(
+                        (r.create.burst, r.exec.per_minute, r.max_users),
+                        (burst, per_minute, users),
+                        "{name}"
+                    );
+                }
+                (Err(e), Err(part)) => assert!(format!("{e:#}").contains(part), "{name}: {e:#}"),
+                (got, want) => {
+                    panic!("{name}: got {:?}, want {want:?}", got.map(|c| c.rate_limits))
+                }
+            }
+        }
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(n) => tracing::warn!(tasks = n, "tasks interrupted by the restart marked failed"),
         Err(e) => tracing::warn!("marking interrupted tasks failed: {e}"),
     }
+    // The secrets key is made on the first start (0600, fsynced), not on the first secret.
+    let sealer = Arc::clone(&state.sealer);
+    tokio::task::spawn_blocking(move || sealer.identity().map(|_| ())).await??;
     // Checkpoints the store has no row for (a crash between a capture and its row).
     match server::snapshots::remove_orphans(&state).await {
         Ok(0) => {}

@@ -61,6 +61,21 @@ pub enum ApiError {
     /// 429: a rate limit (the public proxy's); retry after a second.
     #[error("rate limit exceeded")]
     RateLimited,
+    /// 429: the user's API rate limit for this class of request (`rate_limits.rs`); retry after
+    /// this many seconds.
+    #[error("rate limit exceeded")]
+    RateLimitedFor(u64),
+    /// 429: the user's concurrent execs (`Quotas::max_concurrent_execs`).
+    #[error(transparent)]
+    ExecLimit(#[from] crate::exec_slots::ExecLimit),
+    /// 507: the host has less free space at the data directory than a create's disk asks.
+    #[error("disk_size_mb: {asked_mb} MB asked, the host has {free_mb} MB free")]
+    HostSpace {
+        /// The disk asked for.
+        asked_mb: u64,
+        /// Free at the data directory.
+        free_mb: u64,
+    },
     /// 503: every wake slot is taken; retry in two seconds.
     #[error("server busy, retry shortly")]
     Busy,
@@ -125,7 +140,13 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "exec_output_budget")
             }
             ApiError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
-            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::RateLimited | ApiError::RateLimitedFor(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
+            ApiError::ExecLimit(_) => (StatusCode::TOO_MANY_REQUESTS, "limit"),
+            ApiError::HostSpace { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::SandboxUnavailable => (StatusCode::BAD_GATEWAY, "sandbox_unavailable"),
             ApiError::Forward(e) => match e {
@@ -148,6 +169,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited => Some(1),
+            ApiError::RateLimitedFor(secs) => Some(*secs),
             ApiError::Busy => Some(2),
             _ => None,
         }

@@ -55,7 +55,9 @@ pub async fn exec(
     }
     crate::sandboxes::check_env(&body.env).map_err(ApiError::BadRequest)?;
     let timeout = timeout_of(body.timeout_sec);
+    let slot = state.exec_slots.acquire(&user.id, user.quotas.max_concurrent_execs)?;
     let mut req = request_of(&body);
+    crate::secrets::add_env(&state, &sandbox.id, &mut req).await.map_err(ApiError::Internal)?;
     if body.detach {
         let output = if body.output_file.is_empty() {
             format!("/tmp/bhatti-exec-{}.log", crate::request::new_request_id().split_off(4))
@@ -68,9 +70,10 @@ pub async fn exec(
         return Ok(axum::Json(out).into_response());
     }
     if wants_stream(&headers) {
-        return stream(&state, &sandbox.id, &req, timeout).await;
+        return stream(&state, &sandbox.id, &req, timeout, slot).await;
     }
     let out = buffered(&state, &sandbox.id, &req, timeout).await?;
+    drop(slot);
     Ok(buffered_response(out))
 }
 
@@ -123,11 +126,14 @@ async fn stream(
     id: &str,
     req: &engine::ExecRequest,
     timeout: Duration,
+    slot: crate::exec_slots::ExecSlot,
 ) -> ApiResult<Response> {
     let mut running = state.engine.exec_stream(id, req, timeout).await?;
     // A small channel: a slow client back-pressures the command through the agent.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(8);
     tokio::spawn(async move {
+        // The exec counts against its user's concurrent execs until its stream ends.
+        let _slot = slot;
         loop {
             let event = match running.next().await {
                 Some(Ok(engine::ExecEvent::Stdout(data))) => {

@@ -22,6 +22,7 @@ pub mod events;
 mod events_api;
 mod exec;
 pub mod exec_budget;
+pub mod exec_slots;
 mod files;
 pub mod forward;
 mod forward_error;
@@ -46,9 +47,15 @@ pub mod public;
 mod publish;
 pub mod publish_urls;
 mod pulls;
+mod quotas;
+pub mod rate_limit;
+pub mod rate_limits;
 pub mod request;
 pub mod routes;
 mod sandboxes;
+pub mod sealing;
+pub mod secret_envs;
+mod secrets;
 mod sessions;
 pub mod snapshots;
 pub mod state;
@@ -95,6 +102,7 @@ pub fn router(state: AppState) -> Router {
     routes::add_all(Router::new())
         .fallback(request::unrouted)
         .method_not_allowed_fallback(request::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn(metrics_http::track))
         .layer(axum::middleware::from_fn(request::around))

@@ -202,6 +202,7 @@ pub(crate) async fn destroy(state: &AppState, sandbox: &store::Sandbox) -> ApiRe
         Plan::Refuse(refusal) => return Err(ApiError::Refused(refusal)),
     };
     let id = sandbox.id.clone();
+    state.secret_envs.forget(&id);
     // The intent goes first: a daemon killed mid-destroy leaves a row recovery recognises.
     let transition = {
         let id = id.clone();

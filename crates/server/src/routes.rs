@@ -31,7 +31,7 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     events_api, exec, files, forward, metrics_http, ports, proxy, publish, sandboxes, sessions,
-    backups, image_pull, images, snapshots, tasks, templates, volumes, web_shell, ws,
+    backups, image_pull, images, secrets, snapshots, tasks, templates, volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -321,6 +321,17 @@ pub fn table() -> Vec<Route> {
             .summary("Piped exec WebSocket (?token= accepted)")
             .query(&["token", "session"])
             .returns_text(101, "application/octet-stream"),
+        // Secrets (age-sealed at rest; values never answered).
+        get("/secrets", secrets::list)
+            .summary("The caller's secrets: names and times only")
+            .returns_list::<api::SecretRecord>(200),
+        post("/secrets", secrets::set)
+            .summary("Set (upsert) a secret")
+            .takes::<api::SetSecret>()
+            .returns::<api::SecretRecord>(201),
+        delete("/secrets/{name}", secrets::delete)
+            .summary("Delete a secret")
+            .returns::<api::StatusBody>(200),
         // Persistent volumes and their backups.
         get("/volumes", volumes::list)
             .summary("The caller's volumes")

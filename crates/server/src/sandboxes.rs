@@ -199,9 +199,6 @@ pub async fn create(
     Json(mut req): Json<api::CreateSandbox>,
 ) -> ApiResult<Response> {
     crate::templates::apply(&state, &mut req).await?;
-    if !req.secrets.is_empty() {
-        return Err(ApiError::NotImplemented("secrets come with the resources API"));
-    }
     let (cpus, memory_mb) =
         shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;
     check_env(&req.env).map_err(ApiError::BadRequest)?;
@@ -215,6 +212,8 @@ pub async fn create(
         )));
     }
     crate::labels::check(&req.labels)?;
+    crate::quotas::check_host_space(&state, req.disk_size_mb).await?;
+    let secret_env = crate::secrets::for_create(&state, &user, &req.secrets).await?;
     let image_name =
         if req.image.is_empty() { state.settings.default_image.clone() } else { req.image.clone() };
     let new = store::NewSandbox {
@@ -247,7 +246,10 @@ pub async fn create(
     };
     let volumes = &req.persistent_volumes;
     match crate::lifecycle::create_with_volumes(&state, new, volumes, spec_for).await? {
-        Created::New(row) => Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response()),
+        Created::New(row) => {
+            crate::secrets::attach(&state, &row, secret_env).await?;
+            Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response())
+        }
         Created::Existing(row) => Ok(existing_response(&row)),
     }
 }

@@ -58,6 +58,8 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     /// v1's `backup` config (volume backups to S3); off unless `s3_endpoint` is set.
     pub backup: crate::backup_config::BackupConfig,
+    /// The API's per-user rate limits (v1's numbers; config `rate_limits`).
+    pub rate_limits: crate::rate_limits::Rates,
 }
 
 impl Settings {
@@ -84,6 +86,7 @@ impl Settings {
             public_urls: crate::publish_urls::PublicUrls::None,
             api_url: None,
             backup: crate::backup_config::BackupConfig::default(),
+            rate_limits: crate::rate_limits::Rates::default(),
         }
     }
 }
@@ -114,6 +117,14 @@ pub struct AppState {
     pub events: crate::events::Recorder,
     /// The image pulls running (`image_pull.rs`), to cancel them.
     pub(crate) pulls: crate::pulls::Pulls,
+    /// The age identity secrets are sealed to (`<data_dir>/age.key`).
+    pub sealer: Arc<crate::sealing::Sealer>,
+    /// Each sandbox's decrypted secret environment, added to the execs it runs.
+    pub secret_envs: Arc<crate::secret_envs::SecretEnvs>,
+    /// Execs running, per user (the concurrent-exec quota).
+    pub exec_slots: Arc<crate::exec_slots::ExecSlots>,
+    /// The API's per-user rate limits.
+    pub rate_limits: Arc<crate::rate_limits::UserLimits>,
 }
 
 impl AppState {
@@ -123,6 +134,8 @@ impl AppState {
         let exec_budget = crate::exec_budget::OutputBudget::new(settings.exec_output_budget);
         // Installed before anything is counted.
         let _ = crate::telemetry::prometheus();
+        let sealer = Arc::new(crate::sealing::Sealer::new(&settings.data_dir));
+        let rate_limits = Arc::new(crate::rate_limits::UserLimits::new(settings.rate_limits));
         Self {
             engine,
             settings: Arc::new(settings),
@@ -135,6 +148,10 @@ impl AppState {
             events: crate::events::Recorder::spawn(store.clone()),
             store,
             pulls: crate::pulls::Pulls::default(),
+            sealer,
+            secret_envs: Arc::default(),
+            exec_slots: Arc::default(),
+            rate_limits,
         }
     }
 }

@@ -190,7 +190,7 @@ pub(crate) async fn new_shell(
     state: &AppState,
     id: &str,
 ) -> Result<engine::Leased<engine::Session>, String> {
-    let req = shell_request(state, id, &TtyQuery::default()).await;
+    let req = shell_request(state, id, &TtyQuery::default()).await?;
     state
         .engine
         .shell(id, &req)
@@ -232,7 +232,7 @@ async fn open_tty(
             return Ok(session);
         }
     }
-    let req = shell_request(state, id, q).await;
+    let req = shell_request(state, id, q).await?;
     engine.shell(id, &req).await.map_err(|e| format!("shell error: {}", client_message(id, e)))
 }
 
@@ -248,7 +248,11 @@ fn newest_detached(sessions: Vec<engine::SessionInfo>) -> Option<String> {
 }
 
 /// A login shell: bash if the guest has it, in `/workspace` if that exists.
-async fn shell_request(state: &AppState, id: &str, q: &TtyQuery) -> engine::ExecRequest {
+async fn shell_request(
+    state: &AppState,
+    id: &str,
+    q: &TtyQuery,
+) -> Result<engine::ExecRequest, String> {
     let (bash, workspace) = tokio::join!(
         state.engine.file_stat(id, "/bin/bash"),
         state.engine.file_stat(id, "/workspace")
@@ -260,7 +264,8 @@ async fn shell_request(state: &AppState, id: &str, q: &TtyQuery) -> engine::Exec
     req.cols = Some(q.cols.unwrap_or(80));
     req.cwd = workspace.is_ok_and(|f| f.is_dir).then(|| "/workspace".to_owned());
     req.max_idle_sec = Some(DEFAULT_MAX_IDLE);
-    req
+    crate::secrets::add_env(state, id, &mut req).await.map_err(|e| format!("shell error: {e}"))?;
+    Ok(req)
 }
 
 async fn run_piped(state: AppState, id: String, session: Option<String>, socket: WebSocket) {
@@ -275,11 +280,14 @@ async fn run_piped(state: AppState, id: String, session: Option<String>, socket:
             .await
             .map_err(|e| format!("attach: {}", client_message(&id, e))),
         None => match read_start(&mut source).await {
-            Ok(req) => state
-                .engine
-                .piped_session(&id, &req)
-                .await
-                .map_err(|e| format!("start: {}", client_message(&id, e))),
+            Ok(mut req) => match crate::secrets::add_env(&state, &id, &mut req).await {
+                Ok(()) => state
+                    .engine
+                    .piped_session(&id, &req)
+                    .await
+                    .map_err(|e| format!("start: {}", client_message(&id, e))),
+                Err(e) => Err(format!("start: {e}")),
+            },
             Err(message) => Err(message),
         },
     };

@@ -127,6 +127,17 @@ pub enum StoreError {
         /// The quota.
         max: u64,
     },
+    /// A quota in MiB would be exceeded (v1's wording for volume storage, `volume storage quota
+    /// exceeded (XMB used, YMB max)`, used for sandbox disks too).
+    #[error("{what} quota exceeded ({used_mb}MB used, {max_mb}MB max)")]
+    Quota {
+        /// What is limited (`disk`).
+        what: &'static str,
+        /// MiB in use before this request.
+        used_mb: u64,
+        /// The quota.
+        max_mb: u64,
+    },
     /// The database stayed busy past the busy timeout. The cause is in the message and is not
     /// a `source`, so a chain walk prints it once and a log line with `{e}` still shows it.
     #[error("database busy: {0}")]
@@ -186,7 +197,7 @@ impl StoreError {
             StoreError::NotFound { .. } => ErrorKind::NotFound,
             StoreError::Conflict { .. } => ErrorKind::Conflict,
             StoreError::Invalid(_) => ErrorKind::Invalid,
-            StoreError::Limit { .. } => ErrorKind::Limit,
+            StoreError::Limit { .. } | StoreError::Quota { .. } => ErrorKind::Limit,
             StoreError::Busy(_) | StoreError::Unavailable(_) => ErrorKind::Unavailable,
             StoreError::Open { error, .. } => error.kind(),
             StoreError::Corrupt { .. }

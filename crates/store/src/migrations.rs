@@ -57,6 +57,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "egress policies",
         sql: include_str!("schema/007_net_policy.sql"),
     },
+    Migration {
+        version: 8,
+        name: "disk and exec quotas, sealed secret env",
+        sql: include_str!("schema/008_tenancy.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -193,10 +193,14 @@ impl Store {
         let net_policy = to_json(&new.net_policy)?;
         let now = Timestamp::now();
         let tx = self.write_tx()?;
-        let max: Option<i64> = tx
-            .query_row("SELECT max_sandboxes FROM users WHERE id = ?1", [&new.owner], |r| r.get(0))
+        let limits: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT max_sandboxes, max_disk_mb FROM users WHERE id = ?1",
+                [&new.owner],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
-        let Some(max) = max else {
+        let Some((max, max_disk)) = limits else {
             return Err(StoreError::not_found(Resource::User, &new.owner));
         };
         let live: i64 = tx.query_row(
@@ -209,6 +213,21 @@ impl Store {
                 kind: Resource::Sandbox,
                 used: live.unsigned_abs(),
                 max: max.unsigned_abs(),
+            });
+        }
+        // The disks of the owner's live sandboxes, this one included (a disk of the image's
+        // own size, `0`, counts as nothing: images are small and shared).
+        let disk_used: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(disk_size_mb), 0) FROM sandboxes \
+             WHERE owner = ?1 AND status != 'destroyed'",
+            [&new.owner],
+            |r| r.get(0),
+        )?;
+        if disk_used + i64::from(new.disk_size_mb) > max_disk {
+            return Err(StoreError::Quota {
+                what: "disk",
+                used_mb: disk_used.unsigned_abs(),
+                max_mb: max_disk.unsigned_abs(),
             });
         }
         if name_taken(&tx, &new.owner, &new.name, None)? {

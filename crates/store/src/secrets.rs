@@ -99,6 +99,41 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Keeps the sealed environment a sandbox's secrets gave it (replacing any earlier one).
+    pub fn set_sandbox_secret_env(&mut self, sandbox_id: &str, sealed: &Ciphertext) -> Result<()> {
+        let tx = self.write_tx()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE id = ?1)",
+            [sandbox_id],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(StoreError::not_found(Resource::Sandbox, sandbox_id));
+        }
+        tx.execute(
+            "INSERT INTO sandbox_secret_env (sandbox_id, ciphertext) VALUES (?1, ?2) \
+             ON CONFLICT (sandbox_id) DO UPDATE SET ciphertext = excluded.ciphertext",
+            params![sandbox_id, sealed.0],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The sealed secret environment of a sandbox, if its create named secrets.
+    pub fn sandbox_secret_env(&self, sandbox_id: &str) -> Result<Option<Ciphertext>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT ciphertext FROM sandbox_secret_env WHERE sandbox_id = ?1",
+                [sandbox_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .map(Ciphertext))
+    }
+}
+
 fn secret_info(conn: &rusqlite::Connection, owner: &str, name: &str) -> Result<SecretInfo> {
     list(conn, "WHERE owner = ?1 AND name = ?2", [owner, name])?
         .into_iter()

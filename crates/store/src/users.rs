@@ -21,6 +21,10 @@ pub struct Quotas {
     pub max_images: u32,
     /// Named snapshots.
     pub max_snapshots: u32,
+    /// Sum of the disks (`disk_size_mb`) of live sandboxes, MiB (ours; v1 had no such limit).
+    pub max_disk_mb: u32,
+    /// Execs running at once (ours).
+    pub max_concurrent_execs: u32,
 }
 
 impl Default for Quotas {
@@ -32,6 +36,8 @@ impl Default for Quotas {
             max_volume_storage_mb: 20480,
             max_images: 10,
             max_snapshots: 5,
+            max_disk_mb: 51200,
+            max_concurrent_execs: 32,
         }
     }
 }
@@ -75,7 +81,7 @@ impl std::fmt::Debug for ApiKey {
 
 const USER_COLS: &str = "id, name, max_sandboxes, max_cpus_per_sandbox, \
     max_memory_mb_per_sandbox, max_volume_storage_mb, max_images, max_snapshots, subnet_index, \
-    created_at";
+    created_at, max_disk_mb, max_concurrent_execs";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -88,6 +94,8 @@ fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
             max_volume_storage_mb: u32_col(r, 5)?,
             max_images: u32_col(r, 6)?,
             max_snapshots: u32_col(r, 7)?,
+            max_disk_mb: u32_col(r, 10)?,
+            max_concurrent_execs: u32_col(r, 11)?,
         },
         subnet_index: u32_col(r, 8)?,
         created_at: r.get(9)?,
@@ -115,7 +123,7 @@ impl Store {
         let subnet: i64 =
             tx.query_row("SELECT COALESCE(MAX(subnet_index), 0) + 1 FROM users", [], |r| r.get(0))?;
         tx.execute(
-            &format!("INSERT INTO users ({USER_COLS}, api_key_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            &format!("INSERT INTO users ({USER_COLS}, api_key_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
             params![
                 id,
                 name,
@@ -127,6 +135,8 @@ impl Store {
                 quotas.max_snapshots,
                 subnet,
                 now,
+                quotas.max_disk_mb,
+                quotas.max_concurrent_execs,
                 sha256_hex(key.expose()),
             ],
         )?;
@@ -161,7 +171,7 @@ impl Store {
             .query_row(
                 &format!("SELECT {USER_COLS}, api_key_hash FROM users WHERE api_key_hash = ?1"),
                 [&hash],
-                |r| Ok((user_row(r)?, r.get::<_, String>(10)?)),
+                |r| Ok((user_row(r)?, r.get::<_, String>(12)?)),
             )
             .optional()?;
         match found {
@@ -196,7 +206,7 @@ impl Store {
         let n = self.conn.execute(
             "UPDATE users SET max_sandboxes = ?2, max_cpus_per_sandbox = ?3, \
              max_memory_mb_per_sandbox = ?4, max_volume_storage_mb = ?5, max_images = ?6, \
-             max_snapshots = ?7 WHERE id = ?1",
+             max_snapshots = ?7, max_disk_mb = ?8, max_concurrent_execs = ?9 WHERE id = ?1",
             params![
                 id,
                 q.max_sandboxes,
@@ -204,7 +214,9 @@ impl Store {
                 q.max_memory_mb_per_sandbox,
                 q.max_volume_storage_mb,
                 q.max_images,
-                q.max_snapshots
+                q.max_snapshots,
+                q.max_disk_mb,
+                q.max_concurrent_execs
             ],
         )?;
         if n == 0 {

@@ -44,12 +44,16 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
     let serial = format!("file,id=console,path={},append=on", cfg.serial_log.display());
     push(&["-chardev", &serial, "-serial", "chardev:console"]);
     for (i, disk) in cfg.disks.iter().enumerate() {
+        // A writable disk passes the guest's discards through (`discard=unmap`): blocks the
+        // guest frees are given back to the host (holes punched in a raw file, clusters freed
+        // in a qcow2 overlay), so `rm` in the guest shrinks the file.
         let drive = format!(
-            "id=disk{i},file={},format={},if=none,read-only={},cache={}",
+            "id=disk{i},file={},format={},if=none,read-only={},cache={}{}",
             disk.path.display(),
             VmConfig::disk_format(disk),
             if disk.read_only { "on" } else { "off" },
             cfg.disk_cache.as_str(),
+            if disk.read_only { "" } else { ",discard=unmap" },
         );
         let device = format!("virtio-blk-device,drive=disk{i}");
         push(&["-drive", &drive, "-device", &device]);
@@ -177,6 +181,15 @@ mod tests {
         assert!(line.contains("-device virtio-blk-device,drive=disk0"));
         assert!(
             line.contains("-drive id=disk1,file=/vm/config.ext4,format=raw,if=none,read-only=on")
+        );
+        // Discards reach the writable overlay only.
+        assert!(
+            line.contains("format=qcow2,if=none,read-only=off,cache=")
+                && line.contains(",discard=unmap -device virtio-blk-device,drive=disk0")
+        );
+        assert!(
+            !line.contains("read-only=on,cache=unsafe,discard")
+                && line.matches("discard=unmap").count() == 1
         );
         assert!(line.contains("-netdev tap,id=net0,fd=3,vhost=off -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"));
         assert!(line.ends_with("-incoming defer"));

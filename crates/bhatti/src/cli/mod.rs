@@ -13,6 +13,7 @@ mod files;
 mod images;
 mod publish;
 mod sandboxes;
+mod secrets;
 mod setup;
 mod share;
 mod shell;
@@ -141,6 +142,9 @@ pub enum Command {
     /// sandbox's disk, delete.
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// Set, list and delete secrets (given to sandboxes as variables: `create --secret`).
+    #[command(subcommand)]
+    Secret(secrets::SecretCommand),
     /// Named snapshots: checkpoint a running sandbox, resume it as new sandboxes.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCommand),
@@ -227,6 +231,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
         Command::Image(cmd) => images::run(ctx, cmd).await,
+        Command::Secret(cmd) => secrets::run(ctx, cmd).await,
         Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
         Command::Template(cmd) => snapshots::template(ctx, cmd).await,
         Command::Volume(cmd) => volumes::run(ctx, cmd).await,

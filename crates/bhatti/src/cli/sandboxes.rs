@@ -65,6 +65,9 @@ pub struct CreateArgs {
     /// A persistent volume to attach (repeatable): `name:/mount`, `:ro` for read-only.
     #[arg(long = "volume", value_name = "NAME:/MOUNT[:ro]")]
     volumes: Vec<String>,
+    /// A secret given to every command as the variable of its name (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
     #[command(flatten)]
     egress: EgressArgs,
 }
@@ -203,6 +206,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|v| super::volumes::parse_volume_flag(v))
             .collect::<Result<_, _>>()?,
+        secrets: a.secrets,
         ..api::CreateSandbox::default()
     };
     let what = if body.name.is_empty() { "a sandbox".to_owned() } else { body.name.clone() };

@@ -24,11 +24,11 @@ pub struct SetupArgs {
 }
 
 /// The terminal with echo off until dropped (the key typed at the prompt is never shown).
-struct NoEcho(rustix::termios::Termios);
+pub(super) struct NoEcho(rustix::termios::Termios);
 
 impl NoEcho {
     /// `None` when stdin is no terminal (a pipe echoes nothing anyway).
-    fn enable() -> Option<Self> {
+    pub(super) fn enable() -> Option<Self> {
         let stdin = std::io::stdin();
         let orig = rustix::termios::tcgetattr(&stdin).ok()?;
         let mut quiet = orig.clone();

@@ -19,15 +19,15 @@ pub enum UserCommand {
         /// Unique name.
         #[arg(long)]
         name: String,
-        /// Live sandboxes at most.
-        #[arg(long, default_value_t = 5)]
-        max_sandboxes: u32,
-        /// vCPUs per sandbox at most.
-        #[arg(long, default_value_t = 4)]
-        max_cpus: u32,
-        /// Memory per sandbox at most, MB.
-        #[arg(long, default_value_t = 4096, value_name = "MB")]
-        max_memory: u32,
+        #[command(flatten)]
+        limits: Limits,
+    },
+    /// Change a user's limits (only those given).
+    Update {
+        /// The user's name.
+        name: String,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// List users.
     #[command(visible_alias = "ls")]
@@ -48,6 +48,66 @@ pub enum UserCommand {
     },
 }
 
+/// Every per-user limit (`create`: unset ones get v1's defaults; `update`: unset ones stay).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Limits {
+    /// Live sandboxes at most (default 5).
+    #[arg(long)]
+    max_sandboxes: Option<u32>,
+    /// vCPUs per sandbox at most (default 4).
+    #[arg(long)]
+    max_cpus: Option<u32>,
+    /// Memory per sandbox at most, MB (default 4096).
+    #[arg(long, value_name = "MB")]
+    max_memory: Option<u32>,
+    /// The disks of all live sandboxes together at most, MB (default 51200).
+    #[arg(long, value_name = "MB")]
+    max_disk: Option<u32>,
+    /// Volume storage at most, MB (default 20480).
+    #[arg(long, value_name = "MB")]
+    max_volume_storage: Option<u32>,
+    /// Own images at most (default 10).
+    #[arg(long)]
+    max_images: Option<u32>,
+    /// Named snapshots at most (default 5).
+    #[arg(long)]
+    max_snapshots: Option<u32>,
+    /// Execs running at once at most (default 32).
+    #[arg(long)]
+    max_execs: Option<u32>,
+}
+
+impl Limits {
+    /// `base` with the limits given here.
+    fn apply(&self, base: store::Quotas) -> store::Quotas {
+        store::Quotas {
+            max_sandboxes: self.max_sandboxes.unwrap_or(base.max_sandboxes),
+            max_cpus_per_sandbox: self.max_cpus.unwrap_or(base.max_cpus_per_sandbox),
+            max_memory_mb_per_sandbox: self.max_memory.unwrap_or(base.max_memory_mb_per_sandbox),
+            max_volume_storage_mb: self.max_volume_storage.unwrap_or(base.max_volume_storage_mb),
+            max_images: self.max_images.unwrap_or(base.max_images),
+            max_snapshots: self.max_snapshots.unwrap_or(base.max_snapshots),
+            max_disk_mb: self.max_disk.unwrap_or(base.max_disk_mb),
+            max_concurrent_execs: self.max_execs.unwrap_or(base.max_concurrent_execs),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        [
+            self.max_sandboxes,
+            self.max_cpus,
+            self.max_memory,
+            self.max_disk,
+            self.max_volume_storage,
+            self.max_images,
+            self.max_snapshots,
+            self.max_execs,
+        ]
+        .iter()
+        .all(Option::is_none)
+    }
+}
+
 /// v1's user JSON (the key hash never appears; a fresh key only in create's and rotate's).
 #[derive(Debug, Serialize)]
 struct UserJson {
@@ -60,6 +120,10 @@ struct UserJson {
     max_volume_storage_mb: u32,
     max_images: u32,
     max_snapshots: u32,
+    /// Ours.
+    max_disk_mb: u32,
+    /// Ours.
+    max_concurrent_execs: u32,
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
@@ -78,6 +142,8 @@ fn to_json(u: &store::User, key: Option<&store::ApiKey>) -> UserJson {
         max_volume_storage_mb: u.quotas.max_volume_storage_mb,
         max_images: u.quotas.max_images,
         max_snapshots: u.quotas.max_snapshots,
+        max_disk_mb: u.quotas.max_disk_mb,
+        max_concurrent_execs: u.quotas.max_concurrent_execs,
         created_at: humantime::format_rfc3339_millis(at).to_string(),
         api_key: key.map(|k| k.expose().to_owned()),
     }
@@ -128,13 +194,8 @@ fn print_key(user: &store::User, key: &store::ApiKey, verb: &str) {
 pub fn run(data_dir: &Path, cmd: UserCommand, json: bool) -> anyhow::Result<u8> {
     let mut s = open(data_dir)?;
     match cmd {
-        UserCommand::Create { name, max_sandboxes, max_cpus, max_memory } => {
-            let quotas = store::Quotas {
-                max_sandboxes,
-                max_cpus_per_sandbox: max_cpus,
-                max_memory_mb_per_sandbox: max_memory,
-                ..store::Quotas::default()
-            };
+        UserCommand::Create { name, limits } => {
+            let quotas = limits.apply(store::Quotas::default());
             let (user, key) = s.create_user(&name, quotas).map_err(store_err)?;
             // The event log is best effort: the user exists either way.
             let _ = s.record_events(&[event("user.created", &user)]);
@@ -142,6 +203,36 @@ pub fn run(data_dir: &Path, cmd: UserCommand, json: bool) -> anyhow::Result<u8> 
                 print_json(&to_json(&user, Some(&key)))?;
             } else {
                 print_key(&user, &key, "created");
+            }
+        }
+        UserCommand::Update { name, limits } => {
+            if limits.is_empty() {
+                return Err(CliError::Usage(
+                    "nothing to change: give at least one --max-* limit".into(),
+                )
+                .into());
+            }
+            let user = s.user_by_name(&name).map_err(store_err)?;
+            s.set_quotas(&user.id, limits.apply(user.quotas)).map_err(store_err)?;
+            let user = s.user(&user.id).map_err(store_err)?;
+            let _ = s.record_events(&[event("user.updated", &user)]);
+            if json {
+                print_json(&to_json(&user, None))?;
+            } else {
+                let q = user.quotas;
+                println!("user/{} updated", user.name);
+                println!(
+                    "  sandboxes {}, cpus {}, memory {} MB, disk {} MB, volume storage {} MB, \
+                     images {}, snapshots {}, execs {}",
+                    q.max_sandboxes,
+                    q.max_cpus_per_sandbox,
+                    q.max_memory_mb_per_sandbox,
+                    q.max_disk_mb,
+                    q.max_volume_storage_mb,
+                    q.max_images,
+                    q.max_snapshots,
+                    q.max_concurrent_execs
+                );
             }
         }
         UserCommand::List => {
@@ -159,11 +250,22 @@ pub fn run(data_dir: &Path, cmd: UserCommand, json: bool) -> anyhow::Result<u8> 
                         u.quotas.max_sandboxes.to_string(),
                         u.quotas.max_cpus_per_sandbox.to_string(),
                         u.quotas.max_memory_mb_per_sandbox.to_string(),
+                        u.quotas.max_disk_mb.to_string(),
+                        u.quotas.max_concurrent_execs.to_string(),
                         u.subnet_index.to_string(),
                     ]
                 })
                 .collect();
-            let headers = ["ID", "NAME", "MAX_SANDBOXES", "MAX_CPUS", "MAX_MEMORY_MB", "SUBNET"];
+            let headers = [
+                "ID",
+                "NAME",
+                "MAX_SANDBOXES",
+                "MAX_CPUS",
+                "MAX_MEMORY_MB",
+                "MAX_DISK_MB",
+                "MAX_EXECS",
+                "SUBNET",
+            ];
             print!("{}", table(&headers, &rows));
         }
         UserCommand::Delete { name, yes } => {

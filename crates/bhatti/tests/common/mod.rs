@@ -32,7 +32,13 @@ impl Setup {
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("config.yaml");
         // Upstream DNS on the wan namespace's loopback: nothing there, and nothing leaves it.
-        std::fs::write(&config, "log_format: text\ndns_upstreams: ['127.0.0.1:53']\n").unwrap();
+        // No rate limits to speak of: the suites run bursts of commands (the limits are tested
+        // in crates/server's tenancy.rs).
+        std::fs::write(
+            &config,
+            "log_format: text\ndns_upstreams: ['127.0.0.1:53']\nrate_limits: {create: {burst: 1000000, per_minute: 1000000}, exec: {burst: 1000000, per_minute: 1000000}, read: {burst: 1000000, per_minute: 1000000}}\n",
+        )
+        .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let pid = std::process::id();
         Setup {

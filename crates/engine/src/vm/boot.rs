@@ -69,7 +69,8 @@ fn rdtsc() -> u64 {
 pub fn kernel_cmdline(ip: Ipv4Addr, gateway: Ipv4Addr, prefix: u8, accel: Accelerator) -> String {
     let mask = crate::net::prefix_to_mask(prefix);
     let mut cmdline = format!(
-        "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 init=/usr/local/bin/lohar \
+        "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 rootflags=discard \
+         init=/usr/local/bin/lohar \
          ip={ip}::{gateway}:{mask}::eth0:off no_timer_check tsc=reliable lpj=5000000 \
          mitigations=off quiet loglevel=1 8250.nr_uarts=1"
     );

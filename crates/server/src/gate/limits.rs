@@ -65,6 +65,20 @@ impl Bucket {
     fn take(&mut self) {
         self.tokens -= 1.0;
     }
+
+    /// Takes a token if one is there now (refilling first); else how long until one is (the
+    /// API's per-user limits answer it as `Retry-After`).
+    pub fn try_take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        if self.ready(rate, now) {
+            self.take();
+            return Ok(());
+        }
+        let per_sec = rate.per_minute / 60.0;
+        if per_sec <= 0.0 {
+            return Err(Duration::MAX);
+        }
+        Err(Duration::from_secs_f64(((1.0 - self.tokens) / per_sec).max(0.0)))
+    }
 }
 
 /// The three tiers.
