@@ -402,8 +402,11 @@ impl Bench {
                     let file = allocated_mib(&ram)?;
                     anyhow::Ok((rss()?, file, returned))
                 };
-                let (rss_row, file_row) =
-                    if reporting { (&mut rss_on, &mut file_on) } else { (&mut rss_off, &mut file_off) };
+                let (rss_row, file_row) = if reporting {
+                    (&mut rss_on, &mut file_on)
+                } else {
+                    (&mut rss_off, &mut file_off)
+                };
                 match cycle.await {
                     Ok((r, f, returned)) => {
                         rss_row.push(r);
@@ -411,9 +414,8 @@ impl Bench {
                         if reporting {
                             match returned {
                                 Some(v) => back.push(v),
-                                None => back.fail(anyhow::anyhow!(
-                                    "{BACK} MiB were not back within 10 s"
-                                )),
+                                None => back
+                                    .fail(anyhow::anyhow!("{BACK} MiB were not back within 10 s")),
                             }
                         }
                     }
@@ -857,7 +859,10 @@ pub fn link_and_check(r: &mut Report) {
         10_000.0,
         "ms",
     ));
-    let grown = match (get("idle RSS 10 s after the free", p50), get("idle RSS before the allocation", p50)) {
+    let grown = match (
+        get("idle RSS 10 s after the free", p50),
+        get("idle RSS before the allocation", p50),
+    ) {
         (Some(a), Some(b)) => Some(a - b),
         _ => None,
     };
