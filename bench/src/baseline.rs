@@ -29,11 +29,22 @@ pub struct Baseline {
 
 impl Baseline {
     pub async fn new(artifacts: &Path) -> anyhow::Result<Baseline> {
+        Self::with(artifacts, "be", 250, |_| {}).await
+    }
+
+    /// An in-process engine with a changed config, on a namespace (`bhatti-<tag><pid>`) and a
+    /// /24 (third octet `octet`) of its own, so it can run beside [`Baseline::new`]'s.
+    pub async fn with(
+        artifacts: &Path,
+        tag: &str,
+        octet: u8,
+        change: impl FnOnce(&mut engine::EngineConfig),
+    ) -> anyhow::Result<Baseline> {
         let dir = tempfile::Builder::new().prefix("bhatti-bench-engine-").tempdir()?;
         let pid = std::process::id();
-        let config = engine::EngineConfig {
-            netns: format!("bhatti-be{pid}"),
-            subnet: format!("10.{}.250.0/24", pid % 100 + 20)
+        let mut config = engine::EngineConfig {
+            netns: format!("bhatti-{tag}{pid}"),
+            subnet: format!("10.{}.{octet}.0/24", pid % 100 + 20)
                 .parse()
                 .map_err(|e| anyhow::anyhow!("subnet: {e:?}"))?,
             ..engine::EngineConfig::new(
@@ -41,10 +52,30 @@ impl Baseline {
                 artifacts.join("kernel/current/vmlinux"),
             )
         };
+        change(&mut config);
         let engine = tokio::time::timeout(DEADLINE, engine::Engine::new(config.clone()))
             .await
             .context("engine start timed out")??;
         Ok(Baseline { engine, config, artifacts: artifacts.to_owned(), dir })
+    }
+
+    /// The directory of an engine sandbox.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        engine::layout::DataDir::new(&self.config.data_dir).sandbox(id).dir().to_owned()
+    }
+
+    /// Runs `argv` as root in the guest; a non-zero exit is an error.
+    pub async fn exec_root(&self, id: &str, argv: &[&str]) -> anyhow::Result<()> {
+        let mut req = agent::ExecRequest::command(argv.iter().copied());
+        req.user = Some("root".into());
+        let out = Self::call(self.engine.exec_request(id, &req, DEADLINE)).await?;
+        anyhow::ensure!(
+            out.exit_code == 0,
+            "exit {}: {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     pub fn image(&self, name: &str) -> PathBuf {

@@ -64,6 +64,9 @@ pub struct BootSpec {
     pub disk_cache: vmm::DiskCache,
     /// How long to wait for the agent.
     pub ready_timeout: Duration,
+    /// A boot gives the guest a balloon device with free page reporting (see `vm::boot`); a
+    /// restore always offers it, whatever the saved guest had.
+    pub free_page_reporting: bool,
     /// Confine QEMU (see `jail`); `None` only for benchmark baselines.
     pub confine: Option<crate::jail::Confinement>,
 }

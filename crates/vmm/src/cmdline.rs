@@ -28,7 +28,10 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
     }
     push(&["-m", &mem, "-smp", &cfg.vcpus.to_string()]);
     if let Some(file) = &cfg.memory.file {
-        let share = if cfg.memory.private { "off" } else { "on" };
+        // A private mapping is a copy-on-write view of a file others use (a template's RAM):
+        // QEMU opens it read-only (`rom=off` keeps the guest's view writable), so nothing in
+        // this QEMU, free page reporting's hole punching included, can change the file.
+        let share = if cfg.memory.private { "off,readonly=on,rom=off" } else { "on" };
         let backend = format!(
             "memory-backend-file,id=mem,size={mem},mem-path={},share={share}",
             file.display()
@@ -62,6 +65,12 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
         let netdev = format!("tap,id=net0,fd={},vhost=off", net.tap_fd);
         let device = format!("virtio-net-device,netdev=net0,mac={}", net.mac);
         push(&["-netdev", &netdev, "-device", &device]);
+    }
+    // Last of the devices: its virtio-mmio slot comes after every disk's and the network's.
+    if let Some(balloon) = &cfg.balloon {
+        let reporting = if balloon.free_page_reporting { "on" } else { "off" };
+        let device = format!("virtio-balloon-device,free-page-reporting={reporting}");
+        push(&["-device", &device]);
     }
     let qmp = format!("unix:{},server=on,wait=off", cfg.qmp_socket.display());
     push(&["-qmp", &qmp]);
@@ -117,6 +126,27 @@ mod tests {
         assert!(!line.contains("-netdev"));
         assert!(!line.contains(" -S"));
         assert!(!line.contains("-sandbox"));
+        assert!(!line.contains("balloon"));
+    }
+
+    #[test]
+    fn the_balloon_comes_after_every_other_device() {
+        let mut cfg = base();
+        cfg.disks.push(Disk {
+            path: "/vm/root.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        });
+        cfg.net = Some(NetDevice { tap_fd: 3, mac: "52:54:00:12:34:56".into() });
+        for (reporting, text) in [(true, "on"), (false, "off")] {
+            cfg.balloon = Some(crate::config::Balloon { free_page_reporting: reporting });
+            let line = joined(&cfg, Accelerator::Tcg);
+            let balloon = format!("-device virtio-balloon-device,free-page-reporting={text}");
+            let at = line.find(&balloon).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(line.rfind("-device "), Some(at), "{line}");
+            assert!(line.find("virtio-net-device").unwrap() < at, "{line}");
+            assert!(line.find("virtio-blk-device").unwrap() < at, "{line}");
+        }
     }
 
     #[test]
@@ -194,6 +224,7 @@ mod tests {
         assert!(line.contains("-netdev tap,id=net0,fd=3,vhost=off -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"));
         assert!(line.ends_with("-incoming defer"));
         cfg.memory.private = true;
-        assert!(joined(&cfg, Accelerator::Tcg).contains("share=off"));
+        // Copy-on-write over a file opened read-only: nothing this QEMU does can change it.
+        assert!(joined(&cfg, Accelerator::Tcg).contains("share=off,readonly=on,rom=off"));
     }
 }

@@ -14,7 +14,7 @@ pub mod qmp;
 mod snapshot;
 
 pub use accel::{Accel, Accelerator};
-pub use config::{Disk, DiskCache, DiskFormat, Memory, NetDevice, VmConfig};
+pub use config::{Balloon, Disk, DiskCache, DiskFormat, Memory, NetDevice, VmConfig};
 pub use error::VmmError;
 pub use jail::{Access, Bind, Jail};
 pub use process::QemuProcess;

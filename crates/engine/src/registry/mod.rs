@@ -81,6 +81,9 @@ pub struct EngineConfig {
     /// Confine every QEMU (its own uid, a private root, namespaces, seccomp, a cgroup; see
     /// `jail`). Off only to measure what confinement costs.
     pub confine: bool,
+    /// Guests booted from now on report the memory they free (virtio-balloon free page
+    /// reporting) and QEMU hands it back to the host. Off only for the benchmark's baseline.
+    pub free_page_reporting: bool,
 }
 
 impl EngineConfig {
@@ -102,6 +105,7 @@ impl EngineConfig {
             dns: Vec::new(),
             resolver: None,
             confine: true,
+            free_page_reporting: true,
         }
     }
 }
@@ -644,6 +648,7 @@ impl Engine {
             accel: self.config.accel,
             disk_cache: self.config.disk_cache,
             ready_timeout: self.config.ready_timeout,
+            free_page_reporting: self.config.free_page_reporting,
             confine: self
                 .config
                 .confine

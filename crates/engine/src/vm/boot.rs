@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agent::{AgentClient, Endpoint};
 use tokio::process::Command;
-use vmm::{Accelerator, Disk, DiskFormat, NetDevice, QemuProcess, VmConfig};
+use vmm::{Accelerator, Balloon, Disk, DiskFormat, NetDevice, QemuProcess, VmConfig};
 
 use super::Vm;
 use crate::error::{EngineError, io_at};
@@ -173,6 +173,9 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
         });
     }
     cfg.net = Some(NetDevice { tap_fd: TAP_FD, mac: mac_text(spec.mac) });
+    // Every VM has the balloon (never inflated) for free page reporting: a guest reports the
+    // 4 MiB blocks it freed about 2 s later and QEMU punches them out of the RAM file.
+    cfg.balloon = Some(Balloon { free_page_reporting: spec.free_page_reporting });
     if let Some(confinement) = &spec.confine {
         let host = crate::jail::HostFiles::get()?;
         cfg.qemu = host.qemu.clone();
@@ -234,6 +237,12 @@ pub(super) async fn start_qemu(
     })
     .await??;
     cfg.incoming = incoming;
+    if incoming {
+        // A restore offers reporting whatever this engine boots with: a guest that negotiated
+        // it cannot load into a QEMU without it ("Features ... unsupported"), while a guest
+        // that did not (or a state saved before the balloon existed) loads either way.
+        cfg.balloon = Some(Balloon { free_page_reporting: true });
+    }
     let qemu = QemuProcess::start(&cfg, Some(tap), Duration::from_secs(10)).await?;
     record_pid(&spec.files, qemu.pid);
     if let (Some(cgroup), Some(confinement)) = (&cgroup, &spec.confine) {

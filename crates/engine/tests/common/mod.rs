@@ -140,6 +140,7 @@ pub fn spec_for(
         mac: [0x52, 0x54, 0x00, 0x00, net.subnet, host],
         accel: vmm::Accel::Auto,
         ready_timeout: Duration::from_secs(60),
+        free_page_reporting: true,
         confine: Some(engine::jail::Confinement {
             cpu_millis: 1000,
             cgroup: engine::jail::cgroup_name(net.ns.name(), &format!("vm{host}")),
