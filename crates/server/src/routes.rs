@@ -30,8 +30,8 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 
 use crate::state::AppState;
 use crate::{
-    events_api, exec, files, forward, metrics_http, ports, proxy, publish, sandboxes, sessions,
-    backups, image_pull, images, secrets, snapshots, tasks, templates, volumes, web_shell, ws,
+    backups, events_api, exec, files, forward, image_pull, images, metrics_http, ports, proxy,
+    publish, sandboxes, secrets, sessions, snapshots, tasks, templates, volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -381,9 +381,7 @@ pub fn table() -> Vec<Route> {
             .takes::<api::PullRequest>()
             .returns::<api::PullStarted>(202)
             .returns::<api::PullStarted>(200),
-        get("/images/{name}", images::get)
-            .summary("One image")
-            .returns::<api::Image>(200),
+        get("/images/{name}", images::get).summary("One image").returns::<api::Image>(200),
         delete("/images/{name}", images::delete)
             .summary("Delete the caller's own image (not while a sandbox boots from it)")
             .returns::<api::StatusBody>(200),

@@ -73,7 +73,6 @@ pub async fn resolve_for_guest(
     }
 }
 
-
 /// A guest hostname from a sandbox name: an RFC 1123 label.
 fn hostname_of(name: &str) -> String {
     let mapped: String = name
@@ -83,7 +82,6 @@ fn hostname_of(name: &str) -> String {
     let trimmed = mapped.trim_matches('-');
     if trimmed.is_empty() { "sandbox".to_owned() } else { trimmed.chars().take(63).collect() }
 }
-
 
 /// The CPUs and memory a create asks for, defaults filled in; zero, below zero, not a number
 /// or over the owner's quota is refused with a message naming the field.

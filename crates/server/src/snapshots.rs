@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::Created;
-use crate::request::Json;
 use crate::names::{random_hex, valid_name};
+use crate::request::Json;
 use crate::sandboxes::to_api;
-use crate::times::rfc3339;
 use crate::state::AppState;
+use crate::times::rfc3339;
 
 /// What the store's `manifest` column holds: the source's shape, for the resumed sandbox's
 /// row (the engine's own manifest, with the agent token, stays in the snapshot's directory).

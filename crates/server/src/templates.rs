@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
-use crate::request::Json;
 use crate::names::{random_hex, valid_name};
-use crate::times::rfc3339;
+use crate::request::Json;
 use crate::state::AppState;
+use crate::times::rfc3339;
 
 /// The size of a volume a template mount auto-creates (v1's mounts carry none).
 pub const MOUNT_VOLUME_MB: u32 = 1024;
