@@ -571,6 +571,21 @@ impl AgentClient {
         .await
     }
 
+    /// Renews the guest's identity (the SET_IDENTITY extension): with a token, every later
+    /// connection must AUTH with it, so this client (which sends the old one) should be
+    /// replaced by one with the new token once this returns.
+    pub async fn set_identity(&self, req: &proto::messages::SetIdentity) -> Result<(), AgentError> {
+        let req = req.clone();
+        self.call("set identity", self.config.call_timeout, false, move |s: &mut Stream| {
+            let req = req.clone();
+            Box::pin(async move {
+                send_json(s, FrameType::SET_IDENTITY, &req).await?;
+                expect_kind(read_frame(s).await?, FrameType::EXIT, "set identity").map(drop)
+            })
+        })
+        .await
+    }
+
     /// Stats a path (following symlinks).
     pub async fn file_stat(&self, path: &str) -> Result<FileInfo, AgentError> {
         let req = PathRequest { path: path.to_owned() };

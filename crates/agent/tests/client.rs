@@ -430,6 +430,33 @@ async fn client_over_tcp_with_token() {
     assert!(matches!(none.activity().await.unwrap_err(), AgentError::Agent(_)));
 }
 
+/// SET_IDENTITY renews the token: new connections must AUTH with the new one (the old one is
+/// refused), the connection that renewed it keeps working, and an empty token is refused (it
+/// would open the agent).
+#[tokio::test]
+async fn set_identity_renews_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let lohar = Lohar::start_in(dir, Some(TOKEN), true);
+    let (control, forward) = (lohar.tcp[0].parse().unwrap(), lohar.tcp[1].parse().unwrap());
+    let client =
+        |token: &str| AgentClient::new(Endpoint::Tcp { control, forward }, Some(token.into()));
+    let old = client(TOKEN);
+    assert_eq!(old.exec(&["true"]).await.unwrap().exit_code, 0);
+    let renewed = "1".repeat(32);
+    let set = |token: &str| proto::messages::SetIdentity { token: Some(token.into()) };
+    old.set_identity(&set(&renewed)).await.unwrap();
+    let err = client(TOKEN).exec(&["true"]).await.unwrap_err();
+    assert!(matches!(&err, AgentError::Agent(t) if t == "auth required"), "{err:?}");
+    let new = client(&renewed);
+    assert_eq!(new.exec(&["echo", "renewed"]).await.unwrap().stdout_text(), "renewed\n");
+    let err = new.set_identity(&set("")).await.unwrap_err();
+    assert!(matches!(&err, AgentError::Agent(t) if t == "set identity: empty token"), "{err:?}");
+    // Nothing to renew is not an error, and the token stays.
+    new.set_identity(&proto::messages::SetIdentity::default()).await.unwrap();
+    assert_eq!(client(&renewed).exec(&["true"]).await.unwrap().exit_code, 0);
+    assert!(!format!("{:?}", set(&renewed)).contains(&renewed), "Debug shows the token");
+}
+
 /// A relay in front of the real agent that counts connections, and can answer HELLO the way a
 /// v1 agent does (unknown type error, then close) to exercise the fallback.
 struct Relay {

@@ -145,6 +145,8 @@ pub struct Saved {
 pub trait Machine: Send + Sync + std::fmt::Debug {
     /// The client of the guest's agent.
     fn client(&self) -> &Arc<AgentClient>;
+    /// Replaces the client (the guest's agent took a new token).
+    fn set_client(&mut self, client: Arc<AgentClient>);
     /// Pauses the vCPUs; memory stays.
     fn pause(&self) -> Fut<'_, Result<(), EngineError>>;
     /// Runs paused vCPUs again (and corrects the guest clock).

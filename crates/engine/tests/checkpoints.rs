@@ -56,6 +56,26 @@ async fn checkpoint_then_resume_as_a_new_sandbox() {
     let src_ip = e.info("src").unwrap().ip;
     assert_ne!(clone.ip, src_ip);
     assert_eq!(clone.thermal, Thermal::Hot);
+    // A resumed checkpoint is a new sandbox: its agent answers to a token of its own and no
+    // longer to the source's (which the source, and every other resume, still holds).
+    let (src_token, clone_token) =
+        (e.export("src").await.unwrap().token, e.export("clone").await.unwrap().token);
+    assert!(!clone_token.is_empty());
+    assert_ne!(src_token, clone_token);
+    let dial = |token: &str| {
+        let ip = std::net::IpAddr::V4(clone.ip);
+        let endpoint = agent::Endpoint::TcpInNetns {
+            netns: e.netns().path().to_owned(),
+            control: std::net::SocketAddr::new(ip, proto::limits::CONTROL_PORT),
+            forward: std::net::SocketAddr::new(ip, proto::limits::FORWARD_PORT),
+            device: None,
+        };
+        agent::AgentClient::new(endpoint, Some(token.to_owned()))
+    };
+    let stale = dial(&src_token).exec(&["true"]).await;
+    assert!(stale.is_err(), "the clone still answers to its source's token");
+    let fresh = dial(&clone_token).exec(&["true"]).await.unwrap();
+    assert_eq!(fresh.exit_code, 0);
     let read = |sandbox: &'static str, path: &'static str| {
         let e = &e;
         async move { e.file_read(sandbox, path, ReadOptions::default()).await.unwrap().data }

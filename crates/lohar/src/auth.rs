@@ -10,10 +10,8 @@ use proto::limits::AUTH_TIMEOUT_SECS;
 use crate::config::Agent;
 use crate::conn::{Conn, CountSlot};
 use crate::reply::send_error;
+use crate::token::MAX_TOKEN_LEN;
 
-/// Longest AUTH payload accepted (v1 tokens are 32 hex characters). Checked before anything is
-/// allocated, so an unauthenticated peer cannot make the agent allocate a 1 MiB frame.
-const MAX_TOKEN_LEN: usize = 256;
 /// Connections allowed to be in the auth phase at once, both ports together (the forward port
 /// has no other cap, as in v1).
 const MAX_PENDING_AUTH: usize = 64;
@@ -33,10 +31,11 @@ fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
 /// whole frame (v1's absolute read deadline), not an idle timeout that a peer trickling one byte
 /// at a time could stretch forever.
 pub fn authenticate(agent: &Agent, conn: &mut Conn) -> bool {
-    let token = agent.config.token.as_bytes();
+    let token = agent.token.current();
     if token.is_empty() {
         return true;
     }
+    let token = token.as_bytes();
     let Some(_pending) = CountSlot::take(&PENDING_AUTH, MAX_PENDING_AUTH) else {
         send_error(conn, "connection limit exceeded");
         return false;

@@ -101,8 +101,11 @@ pub enum Mode {
 /// Agent-wide settings and state shared by every connection.
 #[derive(Debug)]
 pub struct Agent {
-    /// The host's configuration for this guest (the config drive's `config.json`).
+    /// The host's configuration for this guest (the config drive's `config.json`). Its token is
+    /// the one the guest booted with; [`Agent::token`] is the one connections must present.
     pub config: GuestConfig,
+    /// The token connections AUTH with: the config's, until SET_IDENTITY renews it.
+    pub token: crate::token::Token,
     /// VM or test mode.
     pub mode: Mode,
     /// The session registry.
@@ -119,6 +122,12 @@ impl Agent {
     /// SET_TIME may change the clock only inside the VM, never the host's in test mode.
     pub fn may_set_clock(&self) -> bool {
         self.mode == Mode::Vm
+    }
+
+    /// An agent for `config` in `mode`, its token the config's.
+    pub fn new(config: GuestConfig, mode: Mode) -> Self {
+        let token = crate::token::Token::new(config.token.clone());
+        Agent { config, token, mode, sessions: Default::default() }
     }
 
     /// SET_NET may reconfigure interfaces only inside the VM, never the host's in test mode.

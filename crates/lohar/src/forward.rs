@@ -24,7 +24,7 @@ pub fn handle(agent: &Agent, mut conn: Conn) {
     let frame = loop {
         match read_frame(&mut conn) {
             // A token sent to a tokenless agent is accepted, as on the control port.
-            Ok(Some(f)) if f.kind == FrameType::AUTH && agent.config.token.is_empty() => continue,
+            Ok(Some(f)) if f.kind == FrameType::AUTH && agent.token.is_open() => continue,
             Ok(Some(f)) => break f,
             Ok(None) | Err(_) => return,
         }

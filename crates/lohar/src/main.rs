@@ -26,6 +26,7 @@ mod rootfs;
 mod server;
 mod session;
 mod spawn;
+mod token;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -103,7 +104,7 @@ fn test_mode() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let agent = Arc::new(Agent { config, mode: Mode::Test, sessions: Default::default() });
+    let agent = Arc::new(Agent::new(config, Mode::Test));
     if !agent.config.init.is_empty()
         && let Err(e) = session::start_init(&agent.sessions, &agent.config)
     {

@@ -87,7 +87,7 @@ pub fn run() -> ! {
     check_network();
     log.phase("network_done");
 
-    let agent = Arc::new(Agent { config, mode: Mode::Vm, sessions: Default::default() });
+    let agent = Arc::new(Agent::new(config, Mode::Vm));
     match refusal {
         None => serve(&agent, &log),
         // Fail closed: without a token anyone who reaches the guest could run commands. PID 1

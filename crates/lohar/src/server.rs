@@ -10,7 +10,7 @@ use std::time::Duration;
 use proto::limits::MAX_CONTROL_CONNECTIONS;
 use proto::messages::{
     ExecRequest, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello, KillRequest, PathRequest,
-    SetNet, SetTime,
+    SetIdentity, SetNet, SetTime,
 };
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};
@@ -118,7 +118,7 @@ fn request_loop(agent: &Agent, conn: &mut Conn) {
             FrameType::STDIN | FrameType::RESIZE | FrameType::KILL if reuse => continue,
             // A client that authenticates to an agent without a token is not an error (v1
             // answered "unexpected frame type 0x11").
-            FrameType::AUTH if agent.config.token.is_empty() => continue,
+            FrameType::AUTH if agent.token.is_open() => continue,
             _ => {}
         }
         match dispatch(agent, conn, &frame) {
@@ -177,6 +177,13 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
                     crate::netif::move_interface_later(req, mac);
                     sent(answered)
                 }
+            },
+        },
+        FrameType::SET_IDENTITY => match frame.json::<SetIdentity>() {
+            Err(e) => send_error(conn, &format!("bad request: {e}")),
+            Ok(req) => match req.token.as_deref().map(|t| agent.token.renew(t)) {
+                Some(Err(why)) => send_error(conn, &format!("set identity: {why}")),
+                None | Some(Ok(())) => sent(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
             },
         },
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {

@@ -78,9 +78,13 @@ impl FrameType {
     /// beside its source), JSON [`crate::messages::SetNet`]; answered with EXIT 0 before the
     /// change takes effect, or ERROR. Not in v1.
     pub const SET_NET: Self = Self(0x73);
+    /// Host -> agent (our extension): the guest takes a new identity (a sandbox resumed from a
+    /// checkpoint is a new sandbox), JSON [`crate::messages::SetIdentity`]; answered with EXIT 0
+    /// or ERROR.
+    pub const SET_IDENTITY: Self = Self(0x74);
 
     /// Every type this crate knows, in byte order.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 32] = [
         Self::STDIN,
         Self::STDOUT,
         Self::STDERR,
@@ -112,6 +116,7 @@ impl FrameType {
         Self::HELLO_ACK,
         Self::SET_TIME,
         Self::SET_NET,
+        Self::SET_IDENTITY,
     ];
 
     /// The protocol name of a known type, `None` for unassigned bytes.
@@ -148,6 +153,7 @@ impl FrameType {
             Self::HELLO_ACK => "HELLO_ACK",
             Self::SET_TIME => "SET_TIME",
             Self::SET_NET => "SET_NET",
+            Self::SET_IDENTITY => "SET_IDENTITY",
             _ => return None,
         })
     }

@@ -34,6 +34,10 @@
 //! MAC, for a checkpoint resumed while its source still holds the old address. The agent answers
 //! EXIT 0 first and applies the change a moment later (the change ends the connection).
 //!
+//! A fifth: [`FrameType::SET_IDENTITY`] (`0x74`) renews the guest's identity when a checkpoint
+//! is resumed as a new sandbox: today its agent token (the resumed sandbox must not answer to
+//! its source's). The agent answers EXIT 0 or ERROR; later connections AUTH with the new token.
+//!
 //! One more compatible extension: an empty `STDIN` frame (which v1 treats as a zero-byte write,
 //! a no-op) closes the child's stdin, so a host can send EOF to a one-shot exec or a piped
 //! session.

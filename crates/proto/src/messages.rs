@@ -257,6 +257,25 @@ pub struct SetNet {
     pub mac: String,
 }
 
+/// Payload of the SET_IDENTITY extension frame: what the guest renews when a checkpoint is
+/// resumed as a new sandbox. Fields left out are kept.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetIdentity {
+    /// The agent's new token: every connection from now on must AUTH with it (connections
+    /// already authenticated keep working). Never empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for SetIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A token is a secret: never printed.
+        f.debug_struct("SetIdentity")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Feature name: the connection carries further requests after each one completes.
 pub const FEATURE_REUSE: &str = "reuse";
 

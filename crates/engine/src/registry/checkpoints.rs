@@ -153,12 +153,12 @@ impl Engine {
             ip,
             mac,
         };
-        let spec = self.boot_spec(files, shape, crate::record::guest_config(record));
+        let mut spec = self.boot_spec(files, shape, crate::record::guest_config(record));
         crate::isolation::admit(&self.ns, &self.port(&who.owner, &spec)).await?;
         // The checkpointed sandbox's policy comes with it.
         self.policies.admit(&spec.tap, ip, super::recorded_policy(record)).await?;
         let state = spec.files.state();
-        let vm = {
+        let mut vm = {
             let _permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
             self.check_open()?;
             match moved_from {
@@ -166,6 +166,27 @@ impl Engine {
                 Some(old) => self.backend.restore_moved(&self.ns, &spec, &state, old).await?,
             }
         };
+        // A resumed checkpoint is a new sandbox: its agent stops answering to the source's
+        // token (which the source, and every other resume of the checkpoint, still holds).
+        // The record, the config drive of a later boot and every later client use the new one.
+        let token = crate::configdrive::random_token()?;
+        let renew = proto::messages::SetIdentity { token: Some(token.clone()) };
+        match vm.client().set_identity(&renew).await {
+            Ok(()) => {
+                spec.guest.token = token;
+                vm.set_client(self.backend.agent_client(&self.ns, &spec));
+            }
+            // An image whose lohar predates SET_IDENTITY (imported or built before it) cannot
+            // renew: the clone keeps the source's token, as v1's did, rather than fail.
+            Err(e) if e.kind() == agent::AgentErrorKind::Unsupported => {
+                tracing::warn!(
+                    sandbox = %who.id,
+                    "the image's agent cannot renew its token (an older lohar): the resumed \
+                     sandbox keeps its source's"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.adopt(who, spec, Some(vm), false);
         Ok(())
     }

@@ -166,6 +166,10 @@ impl Machine for Vm {
         &self.client
     }
 
+    fn set_client(&mut self, client: Arc<AgentClient>) {
+        self.client = client;
+    }
+
     fn pause(&self) -> Fut<'_, Result<(), EngineError>> {
         Box::pin(pause(self))
     }
