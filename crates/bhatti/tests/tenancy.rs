@@ -192,3 +192,36 @@ async fn secrets_and_limits_through_the_cli_and_nothing_at_rest_or_in_the_log() 
     assert!(!control.is_empty(), "the search finds what is stored");
     bhatti(&s, None, &["destroy", "sec", "-y"]).ok();
 }
+
+/// v1's per-user rate limits through the CLI: with a read bucket of two and a slow refill, the
+/// third `ls` is refused with the daemon's 429 `rate limit exceeded` (exit 1) and the next
+/// class (create) still has its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_the_cli_with_the_daemons_429() {
+    let mut s = Setup::new();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let low = "rate_limits: {create: {burst: 1, per_minute: 1}, exec: {burst: 1000000, per_minute: 1000000}, read: {burst: 2, per_minute: 1}}";
+    let config: String = config
+        .lines()
+        .map(|l| if l.starts_with("rate_limits:") { low } else { l })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(config.contains(low), "the harness's config has a rate_limits line to replace");
+    std::fs::write(&s.config, config).unwrap();
+    s.start().await;
+    for _ in 0..2 {
+        bhatti(&s, None, &["ls"]).ok();
+    }
+    let r = bhatti(&s, None, &["ls"]);
+    assert!(
+        r.code == 1 && r.stderr.contains("429") && r.stderr.contains("rate limit exceeded"),
+        "{r:?}"
+    );
+    let r = bhatti(&s, None, &["ls", "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.is_empty(), "no JSON for a refused request: {r:?}");
+    // Another class has a bucket of its own: a create is refused for its own reasons only
+    // (a bad name: 400, not 429).
+    let r = bhatti(&s, None, &["create", "--name", "bad!"]);
+    assert!(r.code != 0 && !r.stderr.contains("rate limit"), "{r:?}");
+}
