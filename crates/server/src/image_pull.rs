@@ -140,6 +140,9 @@ impl Job {
             Ok(result) => self.state.store.write(move |s| s.complete_task(&id, &result)).await,
             Err(error) => {
                 tracing::warn!(task = %self.task, image = %self.name, "image.pull_failed: {error}");
+                let meta =
+                    serde_json::json!({ "image": self.name, "ref": self.source, "error": error });
+                crate::images::record(&self.state, "image.pull_failed", &self.owner, "", meta);
                 self.state.store.write(move |s| s.fail_task(&id, &error)).await
             }
         };
@@ -247,6 +250,8 @@ impl Job {
             source: image.source.clone(),
         };
         tracing::info!(image = %image.name, size_mb = image.size_mb, "image pulled");
+        let meta = serde_json::json!({ "image": image.name, "ref": self.source, "size_mb": image.size_mb });
+        crate::images::record(&self.state, "image.pulled", &self.owner, "", meta);
         serde_json::to_string(&result).map_err(|e| e.to_string())
     }
 }

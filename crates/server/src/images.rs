@@ -134,6 +134,7 @@ pub async fn delete(
     let file = deleted.file_path.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
     tracing::info!(image = %name, user = %user.id, "image.deleted");
+    record(&state, "image.deleted", &user.id, "", serde_json::json!({ "image": name }));
     Ok(axum::Json(api::StatusBody { status: "deleted".into() }).into_response())
 }
 
@@ -306,6 +307,8 @@ pub async fn import(
     // The work directory (the upload, the tree) goes now, off the async threads.
     let _ = tokio::task::spawn_blocking(move || drop(work)).await;
     tracing::info!(image = %name, user = %user.id, size_mb = image.size_mb, "image.imported");
+    let meta = serde_json::json!({ "image": name, "size_mb": image.size_mb });
+    record(&state, "image.imported", &user.id, "", meta);
     let body = api::Imported { name, size_mb: u64::from(image.size_mb) };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -351,7 +354,26 @@ pub async fn save(
     let image = publish(&state, new, out, dir).await?;
     let _ = tokio::task::spawn_blocking(move || drop(work)).await;
     tracing::info!(image = %req.name, sandbox = %sandbox.id, "image.saved");
+    let meta = serde_json::json!({ "image": req.name, "size_mb": image.size_mb });
+    record(&state, "image.saved", &user.id, &sandbox.id, meta);
     Ok((StatusCode::CREATED, axum::Json(to_api(&image))).into_response())
+}
+
+/// Records one of v1's `image.*` events (never the registry's credentials: only names, sizes,
+/// references and error texts, which carry none).
+pub(crate) fn record(
+    state: &AppState,
+    kind: &str,
+    user_id: &str,
+    sandbox_id: &str,
+    meta: serde_json::Value,
+) {
+    state.events.record(store::NewEvent {
+        user_id: user_id.to_owned(),
+        sandbox_id: sandbox_id.to_owned(),
+        meta: meta.to_string(),
+        ..store::NewEvent::now(kind)
+    });
 }
 
 #[cfg(test)]

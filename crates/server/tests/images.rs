@@ -625,6 +625,18 @@ async fn a_pull_from_a_real_registry_boots_and_tasks_report_and_cancel() {
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let out = exec(&d, "from-pull", "cat /hello.txt; echo; id -un").await;
     assert_eq!(out.stdout, "from-layer-2\nlohar\n", "{}", out.stderr);
+    // v1's image events, the owner's: the pull that worked and the one that failed.
+    let events: Vec<api::Event> = d
+        .req(Method::GET, "/events?type=image&limit=100")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert!(kinds.contains("image.pulled") && kinds.contains("image.pull_failed"), "{kinds:?}");
+    assert!(events.iter().all(|e| e.user_id == d.user.id), "{events:?}");
     d.stop().await;
     drop(registry);
 }
