@@ -19,6 +19,6 @@ pub mod thermal_policy;
 
 pub use egress::{NetPolicy, Policy, Posture};
 pub use lifecycle::{Intent, Op, Plan, Refusal};
-pub use record::{RECORD_VERSION, RecordError, SandboxRecord, VolumeMount};
+pub use record::{RECORD_VERSION, RecordError, SandboxRecord, VolumeMount, check_mount_point};
 pub use status::Status;
 pub use thermal::Thermal;

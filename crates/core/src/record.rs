@@ -69,25 +69,27 @@ impl VolumeMount {
 
     /// Checks the mount point: absolute, no `..`, not a system directory.
     pub fn check_mount(&self) -> Result<(), MountError> {
-        if !self.mount.starts_with('/') {
-            return Err(MountError::Relative);
-        }
-        if self.mount.split('/').any(|c| c == "..") {
-            return Err(MountError::Parent);
-        }
-        let cleaned = format!(
-            "/{}",
-            self.mount
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .collect::<Vec<_>>()
-                .join("/")
-        );
-        if RESERVED_MOUNTS.contains(&cleaned.as_str()) {
-            return Err(MountError::System);
-        }
-        Ok(())
+        check_mount_point(&self.mount)
     }
+}
+
+/// The rule every volume mount point follows (attached volumes, templates' mounts): absolute,
+/// no `..`, not a system directory (`//etc` and `/./etc` are `/etc`).
+pub fn check_mount_point(mount: &str) -> Result<(), MountError> {
+    if !mount.starts_with('/') {
+        return Err(MountError::Relative);
+    }
+    if mount.split('/').any(|c| c == "..") {
+        return Err(MountError::Parent);
+    }
+    let cleaned = format!(
+        "/{}",
+        mount.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    );
+    if RESERVED_MOUNTS.contains(&cleaned.as_str()) {
+        return Err(MountError::System);
+    }
+    Ok(())
 }
 
 /// Everything needed to restore a sandbox after a daemon restart.

@@ -212,6 +212,19 @@ impl Route {
     }
 }
 
+/// The authenticated proxy at `path` (three spellings of one route: with and without the
+/// trailing slash, and with a rest of the path).
+fn proxy_route(path: &'static str) -> Route {
+    const METHODS: &[HttpMethod] = &[
+        HttpMethod::Get,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Patch,
+        HttpMethod::Delete,
+    ];
+    any(path, METHODS, proxy::proxy).summary("HTTP to a guest port").returns_text(200, "*/*")
+}
+
 /// Every API route.
 pub fn table() -> Vec<Route> {
     const LIST_QUERY: &[&str] = &["type", "sandbox", "since", "limit", "follow"];
@@ -274,45 +287,9 @@ pub fn table() -> Vec<Route> {
         get("/ports", ports::all_ports)
             .summary("Listening ports of all the caller's sandboxes")
             .returns_text(200, "application/json"),
-        any(
-            "/sandboxes/{id}/proxy/{port}",
-            &[
-                HttpMethod::Get,
-                HttpMethod::Post,
-                HttpMethod::Put,
-                HttpMethod::Patch,
-                HttpMethod::Delete,
-            ],
-            proxy::proxy,
-        )
-        .summary("HTTP to a guest port")
-        .returns_text(200, "*/*"),
-        any(
-            "/sandboxes/{id}/proxy/{port}/",
-            &[
-                HttpMethod::Get,
-                HttpMethod::Post,
-                HttpMethod::Put,
-                HttpMethod::Patch,
-                HttpMethod::Delete,
-            ],
-            proxy::proxy,
-        )
-        .summary("HTTP to a guest port")
-        .returns_text(200, "*/*"),
-        any(
-            "/sandboxes/{id}/proxy/{port}/{*rest}",
-            &[
-                HttpMethod::Get,
-                HttpMethod::Post,
-                HttpMethod::Put,
-                HttpMethod::Patch,
-                HttpMethod::Delete,
-            ],
-            proxy::proxy,
-        )
-        .summary("HTTP to a guest port")
-        .returns_text(200, "*/*"),
+        proxy_route("/sandboxes/{id}/proxy/{port}"),
+        proxy_route("/sandboxes/{id}/proxy/{port}/"),
+        proxy_route("/sandboxes/{id}/proxy/{port}/{*rest}"),
         get("/sandboxes/{id}/ws", ws::tty)
             .summary("Terminal WebSocket (?token= accepted)")
             .query(&["token", "session", "new"])

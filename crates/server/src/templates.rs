@@ -48,38 +48,9 @@ fn to_api(t: &store::Template) -> api::Template {
     }
 }
 
-/// A mount point a volume may take: absolute, no `..`, not a system directory (v1's list).
+/// A mount point a volume may take: core's rule (absolute, no `..`, not a system directory).
 pub(crate) fn check_mount(target: &str) -> Result<(), String> {
-    const RESERVED: [&str; 17] = [
-        "/",
-        "/proc",
-        "/sys",
-        "/dev",
-        "/dev/pts",
-        "/run",
-        "/tmp",
-        "/etc",
-        "/bin",
-        "/sbin",
-        "/lib",
-        "/lib64",
-        "/usr",
-        "/usr/local/bin",
-        "/boot",
-        "/root",
-        "",
-    ];
-    if !target.starts_with('/') {
-        return Err(format!("mount {target:?} must be an absolute path"));
-    }
-    if target.split('/').any(|part| part == "..") {
-        return Err(format!("mount {target:?} must not contain '..'"));
-    }
-    let clean = target.trim_end_matches('/');
-    if RESERVED.contains(&clean) {
-        return Err(format!("mount {target:?} is a system directory"));
-    }
-    Ok(())
+    bhatti_core::check_mount_point(target).map_err(|why| format!("mount {target:?} {why}"))
 }
 
 /// A `POST /templates` body checked, v1's defaults filled in.
