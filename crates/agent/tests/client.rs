@@ -443,7 +443,10 @@ async fn set_identity_renews_the_token() {
     let old = client(TOKEN);
     assert_eq!(old.exec(&["true"]).await.unwrap().exit_code, 0);
     let renewed = "1".repeat(32);
-    let set = |token: &str| proto::messages::SetIdentity { token: Some(token.into()) };
+    let set = |token: &str| proto::messages::SetIdentity {
+        token: Some(token.into()),
+        ..Default::default()
+    };
     old.set_identity(&set(&renewed)).await.unwrap();
     let err = client(TOKEN).exec(&["true"]).await.unwrap_err();
     assert!(matches!(&err, AgentError::Agent(t) if t == "auth required"), "{err:?}");

@@ -265,6 +265,21 @@ pub struct SetIdentity {
     /// already authenticated keep working). Never empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The guest's new hostname (`sethostname`, `/etc/hostname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The guest's new machine ID: 32 lowercase hex digits, written to `/etc/machine-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// Host entropy, hex encoded (at most 512 bytes decoded): added to the guest's pool
+    /// (`RNDADDENTROPY`) and the guest's RNG reseeded (`RNDRESEEDCRNG`), so two clones of one
+    /// snapshot never produce the same random bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<String>,
+    /// Reset the guest's established TCP connections to peers outside the guest (a clone must
+    /// not continue its source's conversations); listening sockets and loopback are kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_connections: bool,
 }
 
 impl std::fmt::Debug for SetIdentity {
@@ -272,6 +287,10 @@ impl std::fmt::Debug for SetIdentity {
         // A token is a secret: never printed.
         f.debug_struct("SetIdentity")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("hostname", &self.hostname)
+            .field("machine_id", &self.machine_id)
+            .field("entropy", &self.entropy.as_ref().map(|_| "<redacted>"))
+            .field("reset_connections", &self.reset_connections)
             .finish()
     }
 }

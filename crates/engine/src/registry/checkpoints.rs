@@ -93,11 +93,30 @@ impl Engine {
         checkpoint: &str,
         id: &str,
     ) -> Result<SandboxInfo, EngineError> {
+        self.create_from_checkpoint_of(owner, checkpoint, owner, id, None).await
+    }
+
+    /// Resumes the checkpoint `checkpoint` of `from_owner` as a new sandbox `id` of `owner`
+    /// (a template snapshot is kept by the daemon and cloned for every user), as
+    /// [`Engine::create_from_checkpoint`] does; `hostname`, when given, replaces the
+    /// checkpoint's in the guest and the record.
+    pub async fn create_from_checkpoint_of(
+        &self,
+        from_owner: &str,
+        checkpoint: &str,
+        owner: &str,
+        id: &str,
+        hostname: Option<&str>,
+    ) -> Result<SandboxInfo, EngineError> {
         self.check_open()?;
+        check_owner(from_owner)?;
         check_owner(owner)?;
         check_name(Resource::Checkpoint, checkpoint)?;
         check_name(Resource::Sandbox, id)?;
-        let from = self.layout.checkpoint(owner, checkpoint);
+        if let Some(hostname) = hostname {
+            super::check_hostname(hostname)?;
+        }
+        let from = self.layout.checkpoint(from_owner, checkpoint);
         let manifest = Manifest::read(&from, checkpoint)?;
         let old = manifest.sandbox.ip;
         let reservation = self.reserve(id, |pool| match pool.claim_free(old) {
@@ -105,7 +124,7 @@ impl Engine {
             Err(_) => pool.allocate().map_err(address_pool_exhausted),
         })?;
         let who = Identity { id: id.to_owned(), owner: owner.to_owned() };
-        self.restore_from(&from, &manifest, who, &reservation).await?;
+        self.restore_from(&from, &manifest, who, &reservation, hostname).await?;
         reservation.keep();
         self.events.send(id, EventKind::Created);
         self.info(id)
@@ -117,6 +136,7 @@ impl Engine {
         manifest: &Manifest,
         who: Identity,
         reservation: &Reservation<'_>,
+        hostname: Option<&str>,
     ) -> Result<(), EngineError> {
         let record = &manifest.sandbox;
         let ip = reservation.ip;
@@ -170,10 +190,17 @@ impl Engine {
         // token (which the source, and every other resume of the checkpoint, still holds).
         // The record, the config drive of a later boot and every later client use the new one.
         let token = crate::configdrive::random_token()?;
-        let renew = proto::messages::SetIdentity { token: Some(token.clone()) };
+        let renew = proto::messages::SetIdentity {
+            token: Some(token.clone()),
+            hostname: hostname.map(str::to_owned),
+            ..Default::default()
+        };
         match vm.client().set_identity(&renew).await {
             Ok(()) => {
                 spec.guest.token = token;
+                if let Some(hostname) = hostname {
+                    spec.guest.hostname = hostname.to_owned();
+                }
                 vm.set_client(self.backend.agent_client(&self.ns, &spec));
             }
             // An image whose lohar predates SET_IDENTITY (imported or built before it) cannot

@@ -351,7 +351,7 @@ fn check_owner(owner: &str) -> Result<(), EngineError> {
 }
 
 /// RFC 1123 label: what a guest accepts as its hostname.
-fn check_hostname(hostname: &str) -> Result<(), EngineError> {
+pub(super) fn check_hostname(hostname: &str) -> Result<(), EngineError> {
     let ok = !hostname.is_empty()
         && hostname.len() <= 63
         && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
