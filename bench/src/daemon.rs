@@ -19,23 +19,38 @@ pub struct OwnDaemon {
 impl OwnDaemon {
     /// Starts `bin serve` and waits up to 60 s for `/health`.
     pub async fn start(bin: &Path, artifacts: &Path) -> anyhow::Result<(OwnDaemon, Api)> {
+        Self::start_with(bin, artifacts, Second::No, "").await
+    }
+
+    /// [`OwnDaemon::start`] with more config lines (`extra`, YAML); `Second::Yes` gives it a
+    /// namespace and subnet of its own, so it runs beside the first.
+    pub async fn start_with(
+        bin: &Path,
+        artifacts: &Path,
+        second: Second,
+        extra: &str,
+    ) -> anyhow::Result<(OwnDaemon, Api)> {
         let dir = tempfile::Builder::new().prefix("bhatti-bench-").tempdir()?;
         let config = dir.path().join("config.yaml");
         // The benchmark measures latency, not v1's rate limits (its execs come faster).
         std::fs::write(
             &config,
-            "log_format: text\nrate_limits: {create: {burst: 1000000, per_minute: 1000000}, exec: {burst: 1000000, per_minute: 1000000}, read: {burst: 1000000, per_minute: 1000000}}\n",
+            format!("log_format: text\nrate_limits: {{create: {{burst: 1000000, per_minute: 1000000}}, exec: {{burst: 1000000, per_minute: 1000000}}, read: {{burst: 1000000, per_minute: 1000000}}}}\n{extra}"),
         )?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let pid = std::process::id();
-        let netns = format!("bhatti-bd{pid}");
+        let (tag, octet) = match second {
+            Second::No => ("bd", 0),
+            Second::Yes => ("bp", 16),
+        };
+        let netns = format!("bhatti-{tag}{pid}");
         let child = Command::new(bin)
             .arg("serve")
             .env("BHATTI_CONFIG", &config)
             .env("BHATTI_DATA_DIR", dir.path().join("state"))
             .env("BHATTI_LISTEN", format!("127.0.0.1:{port}"))
             .env("BHATTI_NETNS", &netns)
-            .env("BHATTI_SUBNET", format!("10.{}.0.0/20", pid % 100 + 120))
+            .env("BHATTI_SUBNET", format!("10.{}.{octet}.0/20", pid % 100 + 120))
             .env("BHATTI_KERNEL", artifacts.join("kernel/current/vmlinux"))
             .env("BHATTI_IMAGES_DIR", artifacts.join("images"))
             .env("BHATTI_DEFAULT_IMAGE", "test")
@@ -79,6 +94,13 @@ impl OwnDaemon {
         self.dir.path().join("state")
     }
 
+    /// Whether the daemon's log (stdout or stderr) so far contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        ["daemon.err", "daemon.log"].iter().any(|f| {
+            std::fs::read_to_string(self.dir.path().join(f)).is_ok_and(|t| t.contains(needle))
+        })
+    }
+
     pub fn logs(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
         let all = format!("{}\n{}", read("daemon.err"), read("daemon.log"));
@@ -96,6 +118,13 @@ impl Drop for OwnDaemon {
         kill_processes_naming(self.dir.path());
         let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
     }
+}
+
+/// Which of the runner's daemons: the main one, or a second one beside it.
+#[derive(Debug, Clone, Copy)]
+pub enum Second {
+    No,
+    Yes,
 }
 
 /// SIGKILLs every process whose command line names `dir` (the QEMUs of a data directory that
@@ -156,6 +185,45 @@ impl Api {
             bail!("{status}: {}", body.chars().take(300).collect::<String>());
         }
         Ok(r)
+    }
+
+    /// `POST /sandboxes` with any body; returns the answer's JSON.
+    pub async fn create_json(&self, body: &Value) -> anyhow::Result<Value> {
+        let r = self.call(self.req(Method::POST, "/sandboxes").json(body)).await?;
+        Ok(r.json().await?)
+    }
+
+    /// `GET /openapi.json` (public): what routes and request fields this daemon has.
+    pub async fn openapi(&self) -> anyhow::Result<Value> {
+        let r = self.call(self.http.get(format!("{}/openapi.json", self.base))).await?;
+        Ok(r.json().await?)
+    }
+
+    /// `POST /sandboxes/<name>/fork {"count": n}`: the clones' IDs. A 404 or 405 (no such
+    /// route on this daemon) is [`Fork::NoRoute`].
+    pub async fn fork(&self, name: &str, count: usize) -> anyhow::Result<Fork> {
+        let r = self
+            .req(Method::POST, &format!("/sandboxes/{name}/fork"))
+            .json(&json!({ "count": count }))
+            .send()
+            .await?;
+        let status = r.status();
+        if status == 404 || status == 405 {
+            return Ok(Fork::NoRoute(status.as_u16()));
+        }
+        let body = r.text().await.unwrap_or_default();
+        if status != 201 {
+            bail!("{status}: {}", body.chars().take(300).collect::<String>());
+        }
+        let v: Value = serde_json::from_str(&body).context("the fork answer is not JSON")?;
+        let ids: Vec<String> = v
+            .as_array()
+            .context("the fork answer is not an array")?
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(str::to_owned))
+            .collect();
+        anyhow::ensure!(ids.len() == count, "asked for {count} clones, got {}", ids.len());
+        Ok(Fork::Clones(ids))
     }
 
     /// Creates a sandbox; returns its ID.
@@ -269,6 +337,39 @@ impl Api {
     }
 }
 
+/// What `POST /sandboxes/<name>/fork` answered.
+#[derive(Debug)]
+pub enum Fork {
+    Clones(Vec<String>),
+    /// This daemon has no fork route (its status).
+    NoRoute(u16),
+}
+
+impl Api {
+    /// PSS (MiB) of the sandbox's QEMU: `Pss:` of `/proc/<pid>/smaps_rollup`, which splits
+    /// every shared page among the processes mapping it (copy-on-write clones share the
+    /// source's RAM file pages).
+    pub fn qemu_pss_mib(&self, id: &str) -> anyhow::Result<f64> {
+        let dir = self.data_dir.as_ref().context("the daemon's data directory is unknown")?;
+        let pid_file = dir.join("engine/sandboxes").join(id).join("qemu.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?;
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", pid.trim()))?;
+        smaps_pss_mib(&rollup)
+    }
+}
+
+/// The `Pss:` line of an `smaps_rollup`, in MiB.
+pub fn smaps_pss_mib(rollup: &str) -> anyhow::Result<f64> {
+    let kb: f64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no Pss line")?;
+    Ok(kb / 1024.0)
+}
+
 pub fn qemu_rss_mib(pid_file: &Path) -> anyhow::Result<f64> {
     let pid = std::fs::read_to_string(pid_file)
         .with_context(|| format!("reading {}", pid_file.display()))?;
@@ -280,4 +381,18 @@ pub fn qemu_rss_mib(pid_file: &Path) -> anyhow::Result<f64> {
         .and_then(|v| v.parse().ok())
         .context("no VmRSS")?;
     Ok(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pss_from_smaps_rollup() {
+        let rollup = "55a4c0000000-7ffd5b1fe000 ---p 00000000 00:00 0  [rollup]\n\
+                      Rss:              131072 kB\nPss:               40960 kB\n\
+                      Pss_Anon:          10240 kB\nPss_File:          30720 kB\n";
+        assert_eq!(smaps_pss_mib(rollup).ok(), Some(40.0), "Pss, not Pss_Anon or Rss");
+        assert!(smaps_pss_mib("Rss: 12 kB\n").is_err(), "no Pss line");
+    }
 }

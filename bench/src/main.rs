@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod chart;
 mod daemon;
+mod readme;
 mod report;
 mod scenarios;
 
@@ -54,17 +56,47 @@ pub struct Args {
     /// A label for the results (e.g. "smoke run on a loaded machine").
     #[arg(long)]
     pub label: Option<String>,
-    /// Only regenerate the marked section of this README from the latest results, then exit.
+    /// Only regenerate, from the newest full (non-smoke) results file: the marked results
+    /// section of this README (default bench/README.md), the performance section of the main
+    /// README (`--main-readme`) and the chart (`--chart`, and `<results>.svg` beside the
+    /// file); then exit.
     #[arg(long, value_name = "README")]
     pub write_readme: Option<Option<PathBuf>>,
+    /// With `--write-readme`: the main README, whose `<!-- bench:start -->` ...
+    /// `<!-- bench:end -->` section gets the headline rows.
+    #[arg(long, default_value = "README.md")]
+    pub main_readme: PathBuf,
+    /// With `--write-readme`: where the chart goes (the main README links it by this path).
+    #[arg(long, default_value = "docs/perf.svg")]
+    pub chart: PathBuf,
+    /// With `--write-readme`: smoke runs count as results too (the newest of all files).
+    #[arg(long)]
+    pub allow_smoke: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if let Some(readme) = &args.write_readme {
         let readme = readme.clone().unwrap_or_else(|| "bench/README.md".into());
-        let from = report::write_readme(&readme, &args.out)?;
-        println!("{} regenerated from {}", readme.display(), from.display());
+        let (from, report) = report::latest(&args.out, args.allow_smoke)?;
+        report::write_readme(&readme, &from, &report)?;
+        let svg = chart::render(&report)?;
+        let beside = from.with_extension("svg");
+        if let Some(dir) = args.chart.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&beside, &svg).with_context(|| format!("{}", beside.display()))?;
+        std::fs::write(&args.chart, &svg).with_context(|| format!("{}", args.chart.display()))?;
+        let name = from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        readme::write(&args.main_readme, &report, &name, &args.chart.to_string_lossy())?;
+        println!(
+            "{}, {}, {} and {} regenerated from {}",
+            readme.display(),
+            args.main_readme.display(),
+            args.chart.display(),
+            beside.display(),
+            from.display()
+        );
         return Ok(());
     }
     if args.quick {
@@ -138,6 +170,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     outcome?;
     let suffix = if args.quick { "-smoke" } else { "" };
     let md = report.save(&args.out, suffix)?;
+    let svg = md.with_extension("svg");
+    std::fs::write(&svg, chart::render(&report)?)?;
     println!("\n{}", report.markdown());
     println!("results: {}", md.display());
     Ok(())

@@ -1,6 +1,9 @@
 //! The scenarios. Every bhatti row is measured interleaved with its baseline where one exists,
 //! so drift on a shared machine hits both alike. Failed iterations are counted, not hidden.
 
+pub mod issue24;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,11 @@ pub struct Bench {
     engine_created: Vec<String>,
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
+    /// For a second daemon (the restore pool rows): the `bhatti` binary and the artifacts.
+    bhatti: PathBuf,
+    artifacts: PathBuf,
+    /// Whether the daemon under test is the runner's own (not `--url`).
+    own_daemon: bool,
 }
 
 impl Bench {
@@ -65,6 +73,9 @@ impl Bench {
             engine_created: Vec::new(),
             rows: Vec::new(),
             notes: Vec::new(),
+            bhatti: args.bhatti.clone(),
+            artifacts: args.artifacts.clone(),
+            own_daemon: args.url.is_none(),
         }
     }
 
@@ -149,6 +160,13 @@ impl Bench {
         self.proxy().await?;
         println!("\n== lifecycle");
         self.lifecycle().await?;
+        let features = self.features().await;
+        println!("\n== time to first command: shape snapshot restore vs boot");
+        self.time_to_first_command(&features).await?;
+        println!("\n== fork into 1 and 4 clones");
+        self.fork(&features).await?;
+        println!("\n== cold wake, restore pool on and off");
+        self.cold_wake_pool().await?;
         Ok(())
     }
 
@@ -766,6 +784,19 @@ pub fn link_and_check(r: &mut Report) {
     ] {
         r.link(row, base);
     }
+    {
+        use issue24::*;
+        for (row, base) in [
+            (TTFC_SHAPE, TTFC_BOOT),
+            (TTFC_BOOT, "bare QEMU boot (test, 512 MiB)"),
+            (FORK1, TTFC_BOOT),
+            (FORK4, FORK4_BASE),
+            (FORK_CLONE_PSS, FORK_SOURCE_PSS),
+            (POOL_ON, POOL_OFF),
+        ] {
+            r.link(row, base);
+        }
+    }
     for t in ["proxy TTFB hot", "proxy TTFB warm", "proxy TTFB cold"] {
         let base = t.replace("proxy TTFB", "engine forward TTFB");
         r.link(t, &base);
@@ -872,8 +903,72 @@ pub fn link_and_check(r: &mut Report) {
         100.0,
         "MiB",
     ));
+    targets.extend(issue24_targets(r));
     for t in &targets {
         println!("target {}: {} ({}) {}", t.name, t.measured, t.limit, t.verdict());
     }
     r.targets = targets;
+}
+
+/// Issue 24's targets (under TCG): time to first command from a shape snapshot p50 <= 250 ms
+/// and <= 0.2x the boot path; 4 clones ready in <= 1.5 s (p50) with each clone's PSS <= 30%
+/// of the source's (the largest, every sample); cold wake + exec `true` p50 <= 150 ms.
+/// A skipped row makes its target "skipped: <why>", not measured.
+pub fn issue24_targets(r: &Report) -> Vec<Target> {
+    use issue24::*;
+    let value = |name: &str, f: fn(&Row) -> Option<f64>| -> Result<f64, String> {
+        match r.row(name) {
+            None => Err("–".into()),
+            Some(row) => match (&row.skipped, f(row)) {
+                (Some(why), _) => Err(format!("skipped: {why}")),
+                (None, Some(v)) => Ok(v),
+                (None, None) => Err("– (every sample failed)".into()),
+            },
+        }
+    };
+    let target = |name: &str, v: Result<f64, String>, limit: f64, unit: &str| {
+        let (measured, met) = match v {
+            Ok(v) => (format!("{v:.1} {unit}"), Some(v <= limit)),
+            Err(why) => (why, None),
+        };
+        Target { name: name.into(), measured, limit: format!("<= {limit} {unit}"), met }
+    };
+    let p50 = |row: &Row| row.p50;
+    let max = |row: &Row| row.max;
+    let ratio = match (value(TTFC_SHAPE, p50), value(TTFC_BOOT, p50)) {
+        (Ok(a), Ok(b)) if b > 0.0 => Ok(a / b),
+        (Ok(_), Ok(_)) => Err("– (boot p50 is 0)".into()),
+        (Err(why), _) | (_, Err(why)) => Err(why),
+    };
+    let ratio_target = match ratio {
+        Ok(x) => Target {
+            name: "time to first command: shape restore vs boot (p50)".into(),
+            measured: format!("{x:.2}x"),
+            limit: "<= 0.2x the boot path".into(),
+            met: Some(x <= 0.2),
+        },
+        Err(why) => Target {
+            name: "time to first command: shape restore vs boot (p50)".into(),
+            measured: why,
+            limit: "<= 0.2x the boot path".into(),
+            met: None,
+        },
+    };
+    vec![
+        target(
+            "time to first command from a shape snapshot, p50",
+            value(TTFC_SHAPE, p50),
+            250.0,
+            "ms",
+        ),
+        ratio_target,
+        target("fork into 4 clones, every clone answering, p50", value(FORK4, p50), 1500.0, "ms"),
+        target(
+            "each extra clone's PSS, % of the source's (largest, every sample)",
+            value(FORK_PSS_SHARE, max),
+            30.0,
+            "%",
+        ),
+        target("cold wake + exec `true`, p50", value("cold wake + exec true", p50), 150.0, "ms"),
+    ]
 }
