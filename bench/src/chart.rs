@@ -4,6 +4,7 @@
 
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::readme::{HEADLINES, Shown, shown};
 use crate::report::Report;
@@ -83,11 +84,12 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
         let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 24))
             .margin(12)
             .x_label_area_size(34)
-            .y_label_area_size(330)
-            .build_cartesian_2d((lo..hi).log_scale(), (0..slots).into_segmented())
+            .y_label_area_size(300)
+            // An integer range's segments include its end: `0..slots - 1` is `slots` segments.
+            .build_cartesian_2d((lo..hi).log_scale(), (0..slots - 1).into_segmented())
             .map_err(draw_err)?;
         chart
             .configure_mesh()
@@ -99,7 +101,7 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
             })
             .x_desc("ms, log scale")
             .x_label_formatter(&|v| format!("{v}"))
-            .label_style(("sans-serif", 12))
+            .label_style(("sans-serif", 16))
             .draw()
             .map_err(draw_err)?;
         let bar = |v: f64, k: usize, color: RGBColor| {
@@ -111,7 +113,9 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
             r
         };
         let text = |s: String, x: f64, k: usize| {
-            Text::new(s, (x, SegmentValue::CenterOf(k)), ("sans-serif", 12).into_font())
+            let style = TextStyle::from(("sans-serif", 15).into_font())
+                .pos(Pos::new(HPos::Left, VPos::Center));
+            Text::new(s, (x, SegmentValue::CenterOf(k)), style)
         };
         for (i, b) in bars.iter().enumerate() {
             let k = slot(i, false);

@@ -371,4 +371,62 @@ mod tests {
         assert_eq!((percentile(&v, 50.0), percentile(&v, 99.0)), (50.0, 99.0));
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
     }
+
+    fn report(started_at: u64, label: &str) -> Report {
+        let mut r = crate::readme::tests::fixture();
+        r.meta.started_at = started_at;
+        r.meta.label = label.into();
+        r
+    }
+
+    #[test]
+    fn latest_skips_smoke_runs_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, r: &Report| {
+            std::fs::write(dir.path().join(name), serde_json::to_string(r).unwrap()).unwrap();
+        };
+        put("2026-12-02-aaa.json", &report(100, "full run"));
+        put("2026-12-07-bbb-smoke.json", &report(300, "smoke run (n=3)"));
+        put("2026-12-05-ccc.json", &report(200, "full run"));
+        // A smoke run saved without the suffix is still known by its label.
+        put("2026-12-06-ddd.json", &report(250, "smoke run (n=3)"));
+        std::fs::write(dir.path().join("2026-12-05-ccc.md"), "not json").unwrap();
+        let (path, r) = latest(dir.path(), false).unwrap();
+        assert_eq!(path.file_name().unwrap(), "2026-12-05-ccc.json");
+        assert_eq!(r.meta.started_at, 200);
+        let (path, _) = latest(dir.path(), true).unwrap();
+        assert_eq!(path.file_name().unwrap(), "2026-12-07-bbb-smoke.json");
+
+        let only_smoke = tempfile::tempdir().unwrap();
+        std::fs::write(
+            only_smoke.path().join("x-smoke.json"),
+            serde_json::to_string(&report(1, "smoke run (n=3)")).unwrap(),
+        )
+        .unwrap();
+        let e = latest(only_smoke.path(), false).unwrap_err().to_string();
+        assert!(e.contains("--allow-smoke"), "{e}");
+        assert!(latest(tempfile::tempdir().unwrap().path(), true).is_err(), "empty directory");
+    }
+
+    #[test]
+    fn skipped_rows_say_why_and_have_no_numbers() {
+        let r = report(1, "full run");
+        let md = r.markdown();
+        let line = md
+            .lines()
+            .find(|l| l.contains("fork into 4"))
+            .unwrap_or_else(|| panic!("no fork line in\n{md}"));
+        assert!(line.contains("skipped: no fork route"), "{line}");
+        assert!(!line.chars().any(|c| c.is_ascii_digit() && c != '4'), "no numbers: {line}");
+        // The JSON keeps the reason; rows without one read back as measured.
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.row("fork into 4 (until every clone answers exec true)").unwrap().skipped.as_deref(), Some("no fork route"));
+        assert_eq!(back.row("exec true").unwrap().skipped, None);
+        let old: Row = serde_json::from_str(
+            r#"{"section":"s","name":"n","unit":"ms","n":1,"failed":0,"p50":1.0,"p95":1.0,"p99":1.0,"max":1.0,"baseline":null,"ratio":null,"is_baseline":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.skipped, None, "results files from before the field");
+    }
 }

@@ -812,6 +812,16 @@ pub fn link_and_check(r: &mut Report) {
         }
     }
 
+    let targets = targets(r);
+    for t in &targets {
+        println!("target {}: {} ({}) {}", t.name, t.measured, t.limit, t.verdict());
+    }
+    r.targets = targets;
+}
+
+/// Every target, checked on the rows of `r` (pure: also for results files written before a
+/// target existed, whose README section shows it "NOT MEASURED").
+pub fn targets(r: &Report) -> Vec<Target> {
     let get = |name: &str, f: fn(&Row) -> Option<f64>| r.row(name).and_then(f);
     let p50 = |row: &Row| row.p50;
     let p99 = |row: &Row| row.p99;
@@ -904,10 +914,7 @@ pub fn link_and_check(r: &mut Report) {
         "MiB",
     ));
     targets.extend(issue24_targets(r));
-    for t in &targets {
-        println!("target {}: {} ({}) {}", t.name, t.measured, t.limit, t.verdict());
-    }
-    r.targets = targets;
+    targets
 }
 
 /// Issue 24's targets (under TCG): time to first command from a shape snapshot p50 <= 250 ms
@@ -971,4 +978,83 @@ pub fn issue24_targets(r: &Report) -> Vec<Target> {
         ),
         target("cold wake + exec `true`, p50", value("cold wake + exec true", p50), 150.0, "ms"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::issue24::*;
+    use super::*;
+    use crate::report::Samples;
+
+    fn row(name: &str, v: &[f64]) -> Row {
+        Row::new("s", name, "ms", &Samples { ok: v.to_vec(), ..Samples::default() })
+    }
+
+    fn verdicts(rows: Vec<Row>) -> Vec<(String, String, &'static str)> {
+        let mut r = crate::readme::tests::fixture();
+        r.rows = rows;
+        issue24_targets(&r).into_iter().map(|t| (t.name.clone(), t.measured.clone(), t.verdict())).collect()
+    }
+
+    #[test]
+    fn issue24_targets_met_missed_and_skipped() {
+        let met = verdicts(vec![
+            row(TTFC_SHAPE, &[200.0, 240.0, 300.0]),
+            row(TTFC_BOOT, &[1700.0, 1800.0]),
+            row(FORK4, &[900.0, 1400.0]),
+            row(FORK_PSS_SHARE, &[10.0, 29.0]),
+            row("cold wake + exec true", &[120.0, 150.0, 400.0]),
+        ]);
+        let v: Vec<_> = met.iter().map(|t| t.2).collect();
+        assert_eq!(v, ["MET"; 5], "{met:?}");
+        assert_eq!(met[0].1, "240.0 ms");
+        assert_eq!(met[1].1, "0.14x");
+
+        let missed = verdicts(vec![
+            row(TTFC_SHAPE, &[260.0]),
+            row(TTFC_BOOT, &[1000.0]),
+            row(FORK4, &[1600.0]),
+            // Every clone must be under 30%: the largest sample decides.
+            row(FORK_PSS_SHARE, &[10.0, 10.0, 31.0]),
+            row("cold wake + exec true", &[151.0]),
+        ]);
+        let v: Vec<_> = missed.iter().map(|t| t.2).collect();
+        assert_eq!(v, ["MISSED"; 5], "{missed:?}");
+
+        let skipped = verdicts(vec![
+            Row::skipped("s", TTFC_SHAPE, "ms", "no boot field"),
+            row(TTFC_BOOT, &[1000.0]),
+            Row::skipped("s", FORK4, "ms", "no fork route"),
+            row(FORK_PSS_SHARE, &[]),
+        ]);
+        assert_eq!(skipped[0].1, "skipped: no boot field");
+        assert_eq!(skipped[1].1, "skipped: no boot field", "the ratio too");
+        assert_eq!(skipped[2].1, "skipped: no fork route");
+        assert_eq!(skipped[3].1, "– (every sample failed)");
+        assert_eq!(skipped[4].1, "–", "row absent");
+        assert!(skipped.iter().all(|t| t.2 == "NOT MEASURED"), "{skipped:?}");
+    }
+
+    #[test]
+    fn new_rows_are_linked_to_their_baselines() {
+        let mut r = crate::readme::tests::fixture();
+        r.rows = vec![
+            row(TTFC_SHAPE, &[200.0]),
+            row(TTFC_BOOT, &[1600.0]),
+            row("bare QEMU boot (test, 512 MiB)", &[1500.0]),
+            row(FORK4, &[1000.0]),
+            row(FORK4_BASE, &[4000.0]),
+            row(POOL_ON, &[100.0]),
+            row(POOL_OFF, &[200.0]),
+            Row::skipped("s", FORK1, "ms", "no fork route"),
+        ];
+        link_and_check(&mut r);
+        let ratio = |n: &str| r.row(n).and_then(|x| x.ratio);
+        assert_eq!(ratio(TTFC_SHAPE), Some(0.125));
+        assert_eq!(r.row(TTFC_BOOT).unwrap().baseline.as_deref(), Some("bare QEMU boot (test, 512 MiB)"));
+        assert!(r.row(TTFC_BOOT).unwrap().is_baseline, "and the baseline of the shape row");
+        assert_eq!(ratio(FORK4), Some(0.25));
+        assert_eq!(ratio(POOL_ON), Some(0.5));
+        assert_eq!(ratio(FORK1), None, "a skipped row has no ratio");
+    }
 }
