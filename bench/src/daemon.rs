@@ -19,16 +19,18 @@ pub struct OwnDaemon {
 impl OwnDaemon {
     /// Starts `bin serve` and waits up to 60 s for `/health`.
     pub async fn start(bin: &Path, artifacts: &Path) -> anyhow::Result<(OwnDaemon, Api)> {
-        Self::start_with(bin, artifacts, Second::No, "").await
+        Self::start_with(bin, artifacts, Second::No, "", &[]).await
     }
 
-    /// [`OwnDaemon::start`] with more config lines (`extra`, YAML); `Second::Yes` gives it a
-    /// namespace and subnet of its own, so it runs beside the first.
+    /// [`OwnDaemon::start`] with more config lines (`extra`, YAML) and environment (`env`, which
+    /// wins over the runner's own); `Second::Yes` gives it a namespace and subnet of its own,
+    /// so it runs beside the first.
     pub async fn start_with(
         bin: &Path,
         artifacts: &Path,
         second: Second,
         extra: &str,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<(OwnDaemon, Api)> {
         let dir = tempfile::Builder::new().prefix("bhatti-bench-").tempdir()?;
         let config = dir.path().join("config.yaml");
@@ -59,6 +61,7 @@ impl OwnDaemon {
             .env("BHATTI_WARM_AFTER_SECS", "2")
             .env("BHATTI_THERMAL_TICK_SECS", "1")
             .env("BHATTI_COLD_AFTER_SECS", "86400")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(dir.path().join("daemon.log"))?)
             .stderr(std::fs::File::create(dir.path().join("daemon.err"))?)
             .stdin(Stdio::null())
@@ -94,10 +97,12 @@ impl OwnDaemon {
         self.dir.path().join("state")
     }
 
-    /// Whether the daemon's log (stdout or stderr) so far contains `needle`.
-    pub fn log_contains(&self, needle: &str) -> bool {
+    /// Whether a line of the daemon's log (stdout or stderr) so far contains every one of
+    /// `needles` (quoting differs between the text and JSON log formats).
+    pub fn log_has_line_with(&self, needles: &[&str]) -> bool {
         ["daemon.err", "daemon.log"].iter().any(|f| {
-            std::fs::read_to_string(self.dir.path().join(f)).is_ok_and(|t| t.contains(needle))
+            std::fs::read_to_string(self.dir.path().join(f))
+                .is_ok_and(|t| t.lines().any(|l| needles.iter().all(|n| l.contains(n))))
         })
     }
 

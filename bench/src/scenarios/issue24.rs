@@ -199,12 +199,11 @@ impl Bench {
                 let r = join_all(set).await;
                 s.record(t, r);
                 if count == 4 {
-                    let pss: anyhow::Result<(f64, Vec<f64>)> = (|| {
-                        let source = api.qemu_pss_mib(&src_id)?;
-                        let clones =
+                    let pss = api.qemu_pss_mib(&src_id).and_then(|source| {
+                        let clones: Vec<f64> =
                             ids.iter().map(|id| api.qemu_pss_mib(id)).collect::<Result<_, _>>()?;
                         Ok((source, clones))
-                    })();
+                    });
                     match pss {
                         Ok((source, clones)) => {
                             src_pss.push(source);
@@ -268,10 +267,17 @@ impl Bench {
             skip(self, "needs the runner's own daemons (a second one with restore_pool: 0)");
             return Ok(());
         }
-        let (off_daemon, off_api) =
-            OwnDaemon::start_with(&self.bhatti, &self.artifacts, Second::Yes, "restore_pool: 0\n")
-                .await?;
-        if off_daemon.log_contains("unknown key \"restore_pool\"") {
+        // The key tells whether the daemon knows it (an unknown key is warned about); the
+        // environment variable overrides one the runner may have inherited.
+        let (off_daemon, off_api) = OwnDaemon::start_with(
+            &self.bhatti,
+            &self.artifacts,
+            Second::Yes,
+            "restore_pool: 0\n",
+            &[("BHATTI_RESTORE_POOL", "0")],
+        )
+        .await?;
+        if off_daemon.log_has_line_with(&["unknown key", "restore_pool"]) {
             skip(self, "the daemon has no `restore_pool` config key (no restore pool yet)");
             return Ok(());
         }
