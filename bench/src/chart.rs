@@ -77,7 +77,8 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
         }
     }
     let m = &report.meta;
-    let title = format!("bhatti p50 and same-run baselines ({}, {}, {})", m.accel, m.date, m.commit);
+    let title =
+        format!("bhatti p50 and same-run baselines ({}, {}, {})", m.accel, m.date, m.commit);
     let mut svg = String::new();
     {
         let height = 90 + 26 * slots as u32;

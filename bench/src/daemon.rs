@@ -37,7 +37,9 @@ impl OwnDaemon {
         // The benchmark measures latency, not v1's rate limits (its execs come faster).
         std::fs::write(
             &config,
-            format!("log_format: text\nrate_limits: {{create: {{burst: 1000000, per_minute: 1000000}}, exec: {{burst: 1000000, per_minute: 1000000}}, read: {{burst: 1000000, per_minute: 1000000}}}}\n{extra}"),
+            format!(
+                "log_format: text\nrate_limits: {{create: {{burst: 1000000, per_minute: 1000000}}, exec: {{burst: 1000000, per_minute: 1000000}}, read: {{burst: 1000000, per_minute: 1000000}}}}\n{extra}"
+            ),
         )?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let pid = std::process::id();

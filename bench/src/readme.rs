@@ -180,7 +180,12 @@ pub fn all_targets(report: &Report) -> Vec<Target> {
 }
 
 /// Rewrites the marked section of the main README from one results file.
-pub fn write(readme: &Path, report: &Report, results_name: &str, chart: &str) -> anyhow::Result<()> {
+pub fn write(
+    readme: &Path,
+    report: &Report,
+    results_name: &str,
+    chart: &str,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(readme).with_context(|| format!("{}", readme.display()))?;
     let new = replace_section(&text, BEGIN, END, &section(report, results_name, chart))
         .with_context(|| format!("in {}", readme.display()))?;
@@ -261,17 +266,22 @@ pub mod tests {
         assert!(s.contains("| t | 1 | <= 2 | MET |"), "targets table");
         // Targets the file predates are listed, from its rows.
         assert!(
-            s.contains("| time to first command from a shape snapshot, p50 | 210.0 ms | <= 250 ms | MET |"),
+            s.contains(
+                "| time to first command from a shape snapshot, p50 | 210.0 ms | <= 250 ms | MET |"
+            ),
             "{s}"
         );
-        assert!(s.contains("| fork into 4 clones, every clone answering, p50 | skipped: no fork route |"));
+        assert!(s.contains(
+            "| fork into 4 clones, every clone answering, p50 | skipped: no fork route |"
+        ));
     }
 
     #[test]
     fn write_replaces_only_the_marked_section() {
         let dir = tempfile::tempdir().unwrap();
         let readme = dir.path().join("README.md");
-        std::fs::write(&readme, format!("# x\n\nbefore\n{BEGIN}\nSTALE-CONTENT\n{END}\nafter\n")).unwrap();
+        std::fs::write(&readme, format!("# x\n\nbefore\n{BEGIN}\nSTALE-CONTENT\n{END}\nafter\n"))
+            .unwrap();
         write(&readme, &fixture(), "f.json", "docs/perf.svg").unwrap();
         let text = std::fs::read_to_string(&readme).unwrap();
         assert!(text.starts_with("# x\n\nbefore\n<!-- bench:start -->\n<!-- generated"));

@@ -322,7 +322,12 @@ pub fn latest(results: &Path, allow_smoke: bool) -> anyhow::Result<(PathBuf, Rep
 }
 
 /// Replaces `begin ... end` in `text` with `section`; fails when the markers are missing.
-pub fn replace_section(text: &str, begin: &str, end: &str, section: &str) -> anyhow::Result<String> {
+pub fn replace_section(
+    text: &str,
+    begin: &str,
+    end: &str,
+    section: &str,
+) -> anyhow::Result<String> {
     let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
         anyhow::bail!("no {begin} ... {end} section");
     };
@@ -421,7 +426,13 @@ mod tests {
         // The JSON keeps the reason; rows without one read back as measured.
         let json = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.row("fork into 4 (until every clone answers exec true)").unwrap().skipped.as_deref(), Some("no fork route"));
+        assert_eq!(
+            back.row("fork into 4 (until every clone answers exec true)")
+                .unwrap()
+                .skipped
+                .as_deref(),
+            Some("no fork route")
+        );
         assert_eq!(back.row("exec true").unwrap().skipped, None);
         let old: Row = serde_json::from_str(
             r#"{"section":"s","name":"n","unit":"ms","n":1,"failed":0,"p50":1.0,"p95":1.0,"p99":1.0,"max":1.0,"baseline":null,"ratio":null,"is_baseline":false}"#,

@@ -993,7 +993,10 @@ mod tests {
     fn verdicts(rows: Vec<Row>) -> Vec<(String, String, &'static str)> {
         let mut r = crate::readme::tests::fixture();
         r.rows = rows;
-        issue24_targets(&r).into_iter().map(|t| (t.name.clone(), t.measured.clone(), t.verdict())).collect()
+        issue24_targets(&r)
+            .into_iter()
+            .map(|t| (t.name.clone(), t.measured.clone(), t.verdict()))
+            .collect()
     }
 
     #[test]
@@ -1051,7 +1054,10 @@ mod tests {
         link_and_check(&mut r);
         let ratio = |n: &str| r.row(n).and_then(|x| x.ratio);
         assert_eq!(ratio(TTFC_SHAPE), Some(0.125));
-        assert_eq!(r.row(TTFC_BOOT).unwrap().baseline.as_deref(), Some("bare QEMU boot (test, 512 MiB)"));
+        assert_eq!(
+            r.row(TTFC_BOOT).unwrap().baseline.as_deref(),
+            Some("bare QEMU boot (test, 512 MiB)")
+        );
         assert!(r.row(TTFC_BOOT).unwrap().is_baseline, "and the baseline of the shape row");
         assert_eq!(ratio(FORK4), Some(0.25));
         assert_eq!(ratio(POOL_ON), Some(0.5));

@@ -38,13 +38,15 @@ pub struct Features {
 impl Features {
     pub fn from_openapi(doc: &Value) -> Features {
         let schemas = doc["components"]["schemas"].as_object();
-        let boot = schemas
-            .into_iter()
-            .flat_map(|s| s.values())
-            .any(|s| s["properties"]["keep_hot"].is_object() && s["properties"]["boot"].is_object());
-        let fork = doc["paths"].as_object().into_iter().flat_map(|p| p.iter()).any(|(path, item)| {
-            path.starts_with("/sandboxes/{") && path.ends_with("}/fork") && item["post"].is_object()
+        let boot = schemas.into_iter().flat_map(|s| s.values()).any(|s| {
+            s["properties"]["keep_hot"].is_object() && s["properties"]["boot"].is_object()
         });
+        let fork =
+            doc["paths"].as_object().into_iter().flat_map(|p| p.iter()).any(|(path, item)| {
+                path.starts_with("/sandboxes/{")
+                    && path.ends_with("}/fork")
+                    && item["post"].is_object()
+            });
         Features {
             boot: if boot {
                 Ok(())
@@ -345,12 +347,7 @@ mod tests {
         let fork_path = json!({"/sandboxes/{id}/fork": {"post": {}}, "/sandboxes": {"post": {}}});
         let plain = json!({"/sandboxes/{id}/stop": {"post": {}}});
         let cases = [
-            (
-                "both",
-                doc(json!({"keep_hot": {}, "boot": {}}), fork_path.clone()),
-                true,
-                true,
-            ),
+            ("both", doc(json!({"keep_hot": {}, "boot": {}}), fork_path.clone()), true, true),
             ("neither (today's main)", doc(json!({"keep_hot": {}}), plain.clone()), false, false),
             ("fork only", doc(json!({"keep_hot": {}}), fork_path.clone()), false, true),
             (
