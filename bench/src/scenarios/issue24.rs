@@ -37,10 +37,13 @@ pub struct Features {
 
 impl Features {
     pub fn from_openapi(doc: &Value) -> Features {
-        let schemas = doc["components"]["schemas"].as_object();
-        let boot = schemas.into_iter().flat_map(|s| s.values()).any(|s| {
-            s["properties"]["keep_hot"].is_object() && s["properties"]["boot"].is_object()
-        });
+        // The schema `POST /sandboxes` takes (its `$ref`), else the one named CreateSandbox.
+        let create = doc["paths"]["/sandboxes"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            .unwrap_or("CreateSandbox");
+        let boot = doc["components"]["schemas"][create]["properties"]["boot"].is_object();
         let fork =
             doc["paths"].as_object().into_iter().flat_map(|p| p.iter()).any(|(path, item)| {
                 path.starts_with("/sandboxes/{")
@@ -354,9 +357,20 @@ mod tests {
                 "a boot field elsewhere is not the create request's",
                 json!({"paths": plain.clone(), "components": {"schemas": {
                     "CreateSandbox": {"properties": {"keep_hot": {}}},
-                    "StartSandbox": {"properties": {"boot": {}}}
+                    "Sandbox": {"properties": {"keep_hot": {}, "boot": {}}}
                 }}}),
                 false,
+                false,
+            ),
+            (
+                "the create request's schema found through its $ref",
+                json!({"paths": {"/sandboxes": {"post": {"requestBody": {"content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/NewSandbox"}}
+                }}}}}, "components": {"schemas": {
+                    "CreateSandbox": {"properties": {}},
+                    "NewSandbox": {"properties": {"boot": {}}}
+                }}}),
+                true,
                 false,
             ),
             (
