@@ -50,6 +50,10 @@ pub struct Args {
     /// Images to measure create with (`minimal` is skipped when it is not built).
     #[arg(long, value_delimiter = ',', default_value = "test,minimal")]
     pub images: Vec<String>,
+    /// Only these scenario groups (comma-separated): hot, warm, memory, proxy, lifecycle,
+    /// ttfc, fork, pool. Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = ["hot", "warm", "memory", "proxy", "lifecycle", "ttfc", "fork", "pool"])]
+    pub only: Vec<String>,
     /// Where results go.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
@@ -168,7 +172,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(bench.base);
     drop(own);
     outcome?;
-    let suffix = if args.quick { "-smoke" } else { "" };
+    // A partial run is no full run either: `--write-readme` passes it over like a smoke run.
+    let suffix = if args.quick || !args.only.is_empty() { "-smoke" } else { "" };
     let md = report.save(&args.out, suffix)?;
     let svg = md.with_extension("svg");
     std::fs::write(&svg, chart::render(&report)?)?;
@@ -206,10 +211,12 @@ fn machine(args: &Args, started_at: u64) -> Meta {
     let kernel = std::fs::read_link(args.artifacts.join("kernel/current"))
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let label = args
-        .label
-        .clone()
-        .unwrap_or_else(|| if args.quick { "smoke run (n=3)".into() } else { "full run".into() });
+    let label = args.label.clone().unwrap_or_else(|| match (args.quick, args.only.is_empty()) {
+        (true, true) => "smoke run (n=3)".into(),
+        (true, false) => format!("smoke run (n=3; only {})", args.only.join(",")),
+        (false, false) => format!("smoke run (partial: only {})", args.only.join(",")),
+        (false, true) => "full run".into(),
+    });
     Meta {
         started_at,
         date: report::date(started_at),

@@ -45,6 +45,8 @@ pub struct Bench {
     artifacts: PathBuf,
     /// Whether the daemon under test is the runner's own (not `--url`).
     own_daemon: bool,
+    /// Scenario groups to run (`--only`); empty: all.
+    only: Vec<String>,
 }
 
 impl Bench {
@@ -76,6 +78,7 @@ impl Bench {
             bhatti: args.bhatti.clone(),
             artifacts: args.artifacts.clone(),
             own_daemon: args.url.is_none(),
+            only: args.only.clone(),
         }
     }
 
@@ -150,23 +153,44 @@ impl Bench {
     }
 
     pub async fn all(&mut self) -> anyhow::Result<()> {
-        println!("\n== exec, concurrency, files, API (hot sandboxes)");
-        self.hot().await?;
-        println!("\n== thermal: warm wake, pause/resume, idle RSS");
-        self.warm().await?;
-        println!("\n== memory given back (free page reporting)");
-        self.memory_returned().await?;
-        println!("\n== proxy");
-        self.proxy().await?;
-        println!("\n== lifecycle");
-        self.lifecycle().await?;
+        let on = |what: &str| self.only.is_empty() || self.only.iter().any(|o| o == what);
+        let (hot, warm, memory, proxy, lifecycle) =
+            (on("hot"), on("warm"), on("memory"), on("proxy"), on("lifecycle"));
+        let (ttfc, fork, pool) = (on("ttfc"), on("fork"), on("pool"));
+        if hot {
+            println!("\n== exec, concurrency, files, API (hot sandboxes)");
+            self.hot().await?;
+        }
+        if warm {
+            println!("\n== thermal: warm wake, pause/resume, idle RSS");
+            self.warm().await?;
+        }
+        if memory {
+            println!("\n== memory given back (free page reporting)");
+            self.memory_returned().await?;
+        }
+        if proxy {
+            println!("\n== proxy");
+            self.proxy().await?;
+        }
+        if lifecycle {
+            println!("\n== lifecycle");
+            self.lifecycle().await?;
+        }
         let features = self.features().await;
-        println!("\n== time to first command: shape snapshot restore vs boot");
-        self.time_to_first_command(&features).await?;
-        println!("\n== fork into 1 and 4 clones");
-        self.fork(&features).await?;
-        println!("\n== cold wake, restore pool on and off");
-        self.cold_wake_pool().await?;
+        println!("\ndaemon features: boot {:?}, fork {:?}", features.boot, features.fork);
+        if ttfc {
+            println!("\n== time to first command: shape snapshot restore vs boot");
+            self.time_to_first_command(&features).await?;
+        }
+        if fork {
+            println!("\n== fork into 1 and 4 clones");
+            self.fork(&features).await?;
+        }
+        if pool {
+            println!("\n== cold wake, restore pool on and off");
+            self.cold_wake_pool().await?;
+        }
         Ok(())
     }
 
