@@ -263,9 +263,9 @@ pub fn rename_in_hosts(text: &str, old: Option<&str>, new: &str) -> String {
 }
 
 /// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])` in linux/random.h).
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
 /// `RNDRESEEDCRNG` (`_IO('R', 0x07)`).
-const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
 
 /// Adds `bytes` to the kernel's input pool crediting every bit, then reseeds the CRNG so the
 /// very next read of `/dev/urandom` depends on them.
