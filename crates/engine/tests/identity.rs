@@ -162,7 +162,7 @@ async fn set_identity_renews_the_guest() {
         .exec(&["true"])
         .await
         .unwrap_err();
-    assert!(matches!(&err, AgentError::Agent(t) if t.to_string() == "auth required"), "{err:?}");
+    assert!(matches!(&err, AgentError::Agent(t) if *t == "auth required"), "{err:?}");
     let new = AgentClient::new(old.endpoint().clone(), Some(token.into()));
     assert_eq!(sh(&new, "cat /etc/hostname").await, "clone-7\n");
     assert!(sh(&new, "cat /etc/hosts").await.contains(" clone-7\n"));

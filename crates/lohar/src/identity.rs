@@ -109,7 +109,7 @@ pub fn decode_entropy(hex: &str) -> Result<Vec<u8>, String> {
     if hex.is_empty() {
         return Err("empty".into());
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     if hex.len() / 2 > MAX_ENTROPY_BYTES {
