@@ -66,11 +66,16 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accelerator) -> Vec<OsString> {
         let device = format!("virtio-net-device,netdev=net0,mac={}", net.mac);
         push(&["-netdev", &netdev, "-device", &device]);
     }
-    // Last of the devices: its virtio-mmio slot comes after every disk's and the network's.
+    // After the disks and the network: its virtio-mmio slot comes after theirs.
     if let Some(balloon) = &cfg.balloon {
         let reporting = if balloon.free_page_reporting { "on" } else { "off" };
         let device = format!("virtio-balloon-device,free-page-reporting={reporting}");
         push(&["-device", &device]);
+    }
+    // After the balloon, for the same reason: older states (without it) keep their slots.
+    if cfg.rng {
+        push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
+        push(&["-device", "virtio-rng-device,rng=rng0"]);
     }
     let qmp = format!("unix:{},server=on,wait=off", cfg.qmp_socket.display());
     push(&["-qmp", &qmp]);
@@ -147,6 +152,26 @@ mod tests {
             assert!(line.find("virtio-net-device").unwrap() < at, "{line}");
             assert!(line.find("virtio-blk-device").unwrap() < at, "{line}");
         }
+    }
+
+    #[test]
+    fn the_rng_is_the_last_device_fed_by_urandom() {
+        let mut cfg = base();
+        cfg.disks.push(Disk {
+            path: "/vm/root.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        });
+        cfg.net = Some(NetDevice { tap_fd: 3, mac: "52:54:00:12:34:56".into() });
+        cfg.balloon = Some(crate::config::Balloon { free_page_reporting: true });
+        assert!(!joined(&cfg, Accelerator::Tcg).contains("rng"));
+        cfg.rng = true;
+        let line = joined(&cfg, Accelerator::Tcg);
+        let rng = "-object rng-random,id=rng0,filename=/dev/urandom \
+                   -device virtio-rng-device,rng=rng0";
+        let at = line.find(rng).unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(line.rfind("-device "), line.find("-device virtio-rng-device"), "{line}");
+        assert!(line.find("virtio-balloon-device").unwrap() < at, "{line}");
     }
 
     #[test]

@@ -112,6 +112,13 @@ pub struct VmConfig {
     /// Balloon device, if any (after every other device, so adding it moves no disk's or
     /// network card's virtio-mmio slot: a state saved without it still loads).
     pub balloon: Option<Balloon>,
+    /// A virtio-rng device fed from the host's `/dev/urandom` (`rng-random` backend,
+    /// `virtio-rng-device`): the guest kernel's hwrng mixes it into its pool, so a guest, and
+    /// every clone of a snapshot, gets fresh host entropy. The last device, after the balloon,
+    /// so adding it moves no other device's virtio-mmio slot: a state saved without it still
+    /// loads into a QEMU that has it (the device then gets no state and the guest, which never
+    /// probed it, does not see it).
+    pub rng: bool,
     /// File receiving the serial console.
     pub serial_log: PathBuf,
     /// QMP Unix socket QEMU listens on.
@@ -145,6 +152,7 @@ impl VmConfig {
             disks: Vec::new(),
             net: None,
             balloon: None,
+            rng: false,
             serial_log,
             qmp_socket,
             accel: Accel::Auto,

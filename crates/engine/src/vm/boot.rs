@@ -176,6 +176,10 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     // Every VM has the balloon (never inflated) for free page reporting: a guest reports the
     // 4 MiB blocks it freed about 2 s later and QEMU punches them out of the RAM file.
     cfg.balloon = Some(Balloon { free_page_reporting: spec.free_page_reporting });
+    // Every VM, booted or restored, has a virtio-rng fed by the host's /dev/urandom (part of
+    // the clone contract: fresh entropy). A state saved before the device existed still loads:
+    // it is the last device, and a device the state does not mention is simply left unprobed.
+    cfg.rng = true;
     if let Some(confinement) = &spec.confine {
         let host = crate::jail::HostFiles::get()?;
         cfg.qemu = host.qemu.clone();
