@@ -82,7 +82,10 @@ async fn diff_through_the_cli() {
     assert_eq!(d.against, "start");
     let added: Vec<(&str, &str, &str)> =
         d.added.iter().map(|e| (e.path.as_str(), e.kind.as_str(), e.mode.as_str())).collect();
-    assert_eq!(added, [("/workspace/app", "dir", "0755"), ("/workspace/app/main.txt", "file", "0600")]);
+    assert_eq!(
+        added,
+        [("/workspace/app", "dir", "0755"), ("/workspace/app/main.txt", "file", "0600")]
+    );
     assert_eq!(d.changed.len(), 1);
     assert_eq!(d.changed[0].old_mode.as_deref(), Some("0755"));
     assert!(d.deleted.is_empty() && d.patch.is_none());

@@ -71,7 +71,9 @@ pub use agent::{
 pub use proto::guest::GuestFile;
 
 pub use checkpoint::Captured;
-pub use diff::{DiffBase, DiffEntry, DiffResult, DiffStats, EntryKind, MAX_ENTRIES as DIFF_MAX_ENTRIES};
+pub use diff::{
+    DiffBase, DiffEntry, DiffResult, DiffStats, EntryKind, MAX_ENTRIES as DIFF_MAX_ENTRIES,
+};
 pub use egress::Egress;
 pub use error::{EngineError, ErrorKind, Exhausted, GoneReason, GuestErrorKind, Resource};
 pub use events::{Event, EventKind};

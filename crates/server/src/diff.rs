@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn queries() {
-        let q = |snapshot: Option<&str>, patch| Ok(Query { snapshot: snapshot.map(Into::into), patch });
+        let q =
+            |snapshot: Option<&str>, patch| Ok(Query { snapshot: snapshot.map(Into::into), patch });
         let table: [(&str, Option<&str>, Result<Query, &str>); 9] = [
             ("nothing: since creation", None, q(None, false)),
             ("creation", Some("against=creation"), q(None, false)),

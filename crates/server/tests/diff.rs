@@ -92,12 +92,19 @@ async fn diff_since_creation_since_a_snapshot_and_of_a_stopped_sandbox() {
     let patched = diff(&d, "dx", "?patch=true").await;
     let patch = patched.patch.unwrap();
     assert!(
-        patch.contains("--- /dev/null\n+++ b/workspace/proj/notes.txt\n@@ -0,0 +1,3 @@\n+one\n+two\n+three\n"),
+        patch.contains(
+            "--- /dev/null\n+++ b/workspace/proj/notes.txt\n@@ -0,0 +1,3 @@\n+one\n+two\n+three\n"
+        ),
         "{patch}"
     );
 
     // Since a snapshot: only what came after it.
-    let r = d.req(Method::POST, "/sandboxes/dx/checkpoint").json(&json!({"name": "s1"})).send().await.unwrap();
+    let r = d
+        .req(Method::POST, "/sandboxes/dx/checkpoint")
+        .json(&json!({"name": "s1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let unchanged = diff(&d, "dx", "?against=s1").await;
     assert_eq!(
@@ -115,7 +122,10 @@ async fn diff_since_creation_since_a_snapshot_and_of_a_stopped_sandbox() {
     let since = diff(&d, "dx", "?against=s1&patch=true").await;
     assert_eq!(since.against, "s1");
     assert_eq!(paths(&since.added), set(&["/workspace/proj/newdir", "/workspace/proj/newlink"]));
-    assert_eq!(paths(&since.changed), set(&["/workspace/proj/notes.txt", "/workspace/proj/run.sh"]));
+    assert_eq!(
+        paths(&since.changed),
+        set(&["/workspace/proj/notes.txt", "/workspace/proj/run.sh"])
+    );
     assert_eq!(paths(&since.deleted), set(&["/workspace/proj/gone.txt"]));
     let notes = find(&since.changed, "/workspace/proj/notes.txt");
     assert_eq!((notes.size, notes.old_size), (14, Some(14)), "a same-size rewrite");
@@ -173,7 +183,8 @@ async fn diff_of_a_2_gib_disk_with_a_few_changes_is_quick() {
     let body = json!({"name": "big", "memory_mb": 128, "disk_size_mb": 2048});
     let r = d.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    d.sh("big", "df -m / | tail -1; for i in 1 2 3 4 5; do echo change $i > /workspace/f$i; done").await;
+    d.sh("big", "df -m / | tail -1; for i in 1 2 3 4 5; do echo change $i > /workspace/f$i; done")
+        .await;
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -184,7 +195,10 @@ async fn diff_of_a_2_gib_disk_with_a_few_changes_is_quick() {
         assert_eq!(ours, (1..=5).map(|i| format!("/workspace/f{i}")).collect());
     }
     times.sort();
-    println!("diff of a hot sandbox with a 2 GiB disk and 5 new files: {times:?} (median {:?})", times[1]);
+    println!(
+        "diff of a hot sandbox with a 2 GiB disk and 5 new files: {times:?} (median {:?})",
+        times[1]
+    );
     assert!(times[1] < Duration::from_secs(3), "{times:?}");
     d.stop().await;
 }

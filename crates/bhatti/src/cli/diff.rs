@@ -88,7 +88,13 @@ pub async fn run(ctx: &Ctx, a: DiffArgs) -> anyhow::Result<u8> {
 mod tests {
     use super::*;
 
-    fn e(path: &str, kind: &str, mode: &str, size: u64, old: Option<(&str, u64)>) -> api::DiffEntry {
+    fn e(
+        path: &str,
+        kind: &str,
+        mode: &str,
+        size: u64,
+        old: Option<(&str, u64)>,
+    ) -> api::DiffEntry {
         api::DiffEntry {
             path: path.into(),
             kind: kind.into(),

@@ -240,10 +240,11 @@ impl Cached {
             self.disk.read_at(start, &mut buf)?;
             self.cache.put(index, buf);
         }
-        self.cache
-            .get(&index)
-            .map(|b| &**b)
-            .ok_or(DiskError::PastEnd { offset: index * CHUNK, len: 0, size: self.disk.size() })
+        self.cache.get(&index).map(|b| &**b).ok_or(DiskError::PastEnd {
+            offset: index * CHUNK,
+            len: 0,
+            size: self.disk.size(),
+        })
     }
 
     /// Reads through the cache.
@@ -317,11 +318,8 @@ pub fn qcow2_backing(path: &Path) -> Result<Option<(PathBuf, BackingFormat)>, Di
     let name = PathBuf::from(std::ffi::OsString::from(
         String::from_utf8(name).map_err(|_| err(invalid("backing file name is not UTF-8")))?,
     ));
-    let backing = if name.is_absolute() {
-        name
-    } else {
-        path.parent().unwrap_or(Path::new("/")).join(name)
-    };
+    let backing =
+        if name.is_absolute() { name } else { path.parent().unwrap_or(Path::new("/")).join(name) };
     // The backing format is a header extension; read them (version 3 headers say how long
     // the header is; version 2's extensions start at 72).
     let ext_start = if parsed.version >= 3 {

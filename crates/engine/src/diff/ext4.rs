@@ -83,7 +83,13 @@ impl Tree for Ext4Tree {
         Ok(out)
     }
 
-    fn read(&self, p: &[u8], offset: u64, limit: usize, buf: &mut Vec<u8>) -> Result<(), TreeError> {
+    fn read(
+        &self,
+        p: &[u8],
+        offset: u64,
+        limit: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), TreeError> {
         buf.clear();
         let mut file = self.fs.open(path(p)?).map_err(failed("opening", p))?;
         if offset >= file.metadata().len() {

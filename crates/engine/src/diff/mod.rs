@@ -148,7 +148,9 @@ impl DiffError {
             DiffError::NoBase | DiffError::Tree(_) => self.to_string(),
             DiffError::Disk(disk::DiskError::Nbd(e)) => format!("reading it over NBD: {e}"),
             DiffError::Disk(disk::DiskError::File { .. }) => "a disk file could not be read".into(),
-            DiffError::Disk(disk::DiskError::QemuNbd { .. }) => "qemu-nbd could not serve it".into(),
+            DiffError::Disk(disk::DiskError::QemuNbd { .. }) => {
+                "qemu-nbd could not serve it".into()
+            }
             DiffError::Disk(e @ disk::DiskError::PastEnd { .. }) => e.to_string(),
         }
     }
@@ -231,7 +233,10 @@ mod tests {
     }
 
     fn to_qcow2(raw: &Path, qcow2: &Path) {
-        run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(raw).arg(qcow2));
+        run(Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(raw)
+            .arg(qcow2));
     }
 
     fn write(root: &Path, rel: &str, content: &[u8]) {
@@ -249,7 +254,8 @@ mod tests {
     fn nbd_reads_the_same_bytes_as_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("pattern.raw");
-        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> =
+            (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         std::fs::write(&raw, &data).unwrap();
         let qcow2 = dir.path().join("pattern.qcow2");
         to_qcow2(&raw, &qcow2);
@@ -269,7 +275,10 @@ mod tests {
         }
         assert_eq!(nbd.round_trips(), 5);
         let mut past = [0; 8];
-        assert!(nbd.read_at(data.len() as u64 - 4, &mut past).is_err(), "a read past the end fails");
+        assert!(
+            nbd.read_at(data.len() as u64 - 4, &mut past).is_err(),
+            "a read past the end fails"
+        );
     }
 
     #[test]
@@ -288,14 +297,25 @@ mod tests {
         write(&b, "etc/motd", b"one\nTWO\nthree\n");
         // mkfs keeps whole seconds only: the rewrite is a minute later, as a guest's would be.
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
-        std::fs::File::options().write(true).open(b.join("etc/motd")).unwrap().set_modified(later).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(b.join("etc/motd"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         // A touch (new time, same bytes) is no change.
-        std::fs::File::options().write(true).open(b.join("srv/same")).unwrap().set_modified(later).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(b.join("srv/same"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         chmod(&b, "bin/tool", 0o700);
         std::fs::remove_dir_all(b.join("var/lib/old")).unwrap();
         write(&b, "home/agent/notes.txt", b"hello\n");
         std::os::unix::fs::symlink("/etc/motd", b.join("home/agent/motd")).unwrap();
-        let (ra, rb, qb) = (dir.path().join("a.ext4"), dir.path().join("b.ext4"), dir.path().join("b.qcow2"));
+        let (ra, rb, qb) =
+            (dir.path().join("a.ext4"), dir.path().join("b.ext4"), dir.path().join("b.qcow2"));
         mkfs(&a, &ra);
         mkfs(&b, &rb);
         to_qcow2(&rb, &qb);
@@ -304,7 +324,10 @@ mod tests {
         let new: Box<dyn Disk> = Box::new(QemuNbd::serve(&qb).unwrap());
         let r = compare_disks(old, new, true).unwrap();
         let paths = |v: &[DiffEntry]| v.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
-        assert_eq!(paths(&r.added), ["/home", "/home/agent", "/home/agent/motd", "/home/agent/notes.txt"]);
+        assert_eq!(
+            paths(&r.added),
+            ["/home", "/home/agent", "/home/agent/motd", "/home/agent/notes.txt"]
+        );
         assert_eq!(paths(&r.changed), ["/bin/tool", "/etc/motd"]);
         assert_eq!(paths(&r.deleted), ["/var/lib/old", "/var/lib/old/state"]);
         let tool = &r.changed[0];
@@ -312,14 +335,22 @@ mod tests {
         let link = &r.added[2];
         assert_eq!((link.kind, link.size), (EntryKind::Symlink, 9));
         let patch = r.patch.unwrap();
-        assert!(patch.contains("--- a/etc/motd\n+++ b/etc/motd\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n"), "{patch}");
+        assert!(
+            patch.contains(
+                "--- a/etc/motd\n+++ b/etc/motd\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n"
+            ),
+            "{patch}"
+        );
         assert!(patch.contains("+++ b/home/agent/notes.txt\n@@ -0,0 +1 @@\n+hello\n"), "{patch}");
         assert!(patch.contains("--- a/var/lib/old/state\n+++ /dev/null\n"), "{patch}");
         assert!(r.stats.round_trips > 0);
 
         // A qcow2 overlay over the same image is the same tree.
         let over = dir.path().join("over.qcow2");
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&ra).arg(&over));
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&ra)
+            .arg(&over));
         let old: Box<dyn Disk> = Box::new(RawFile::open(&ra).unwrap());
         let new: Box<dyn Disk> = Box::new(QemuNbd::serve(&over).unwrap());
         let same = compare_disks(old, new, false).unwrap();

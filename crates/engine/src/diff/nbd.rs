@@ -81,7 +81,11 @@ impl NbdClient {
     }
 
     /// The handshake on a connected stream.
-    pub fn handshake(stream: UnixStream, export: &str, timeout: Duration) -> Result<Self, NbdError> {
+    pub fn handshake(
+        stream: UnixStream,
+        export: &str,
+        timeout: Duration,
+    ) -> Result<Self, NbdError> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut c = Self { stream, size: 0, next_handle: 1, reads: 0 };
@@ -122,12 +126,13 @@ impl NbdClient {
             c.stream.read_exact(&mut data)?;
             match kind {
                 REP_ACK => break,
-                REP_INFO => {
-                    if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT {
-                        let mut b = [0; 8];
-                        b.copy_from_slice(&data[2..10]);
-                        size = Some(u64::from_be_bytes(b));
-                    }
+                REP_INFO
+                    if data.len() >= 12
+                        && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT =>
+                {
+                    let mut b = [0; 8];
+                    b.copy_from_slice(&data[2..10]);
+                    size = Some(u64::from_be_bytes(b));
                 }
                 k if k & REP_ERROR_BIT != 0 => {
                     return Err(NbdError::Refused {
@@ -164,7 +169,8 @@ impl NbdClient {
         let handle = self.next_handle;
         self.next_handle += 1;
         self.reads += 1;
-        let len = u32::try_from(buf.len()).map_err(|_| NbdError::Protocol("read too long".into()))?;
+        let len =
+            u32::try_from(buf.len()).map_err(|_| NbdError::Protocol("read too long".into()))?;
         self.stream.write_all(&request(CMD_READ, handle, offset, len))?;
         if self.u32()? != SIMPLE_REPLY_MAGIC {
             return Err(NbdError::Protocol("bad reply magic".into()));

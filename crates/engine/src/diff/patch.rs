@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn file_patches() {
-        let changed = file_patch("/etc/motd", Some((b"a\nb\nc\n", false)), Some((b"a\nB\nc\n", false)));
+        let changed =
+            file_patch("/etc/motd", Some((b"a\nb\nc\n", false)), Some((b"a\nB\nc\n", false)));
         assert_eq!(
             changed,
             "diff --git a/etc/motd b/etc/motd\n--- a/etc/motd\n+++ b/etc/motd\n\
@@ -118,7 +119,8 @@ mod tests {
         assert!(added.contains("--- /dev/null\n+++ b/new\n@@ -0,0 +1 @@\n+x\n"), "{added}");
         let deleted = file_patch("/old", Some((b"y\n", false)), None);
         assert!(deleted.contains("--- a/old\n+++ /dev/null\n"), "{deleted}");
-        let binary = file_patch("/bin/x", Some((b"\x7fELF\0", false)), Some((b"\x7fELF\0\x01", false)));
+        let binary =
+            file_patch("/bin/x", Some((b"\x7fELF\0", false)), Some((b"\x7fELF\0\x01", false)));
         assert!(binary.ends_with("Binary files a/bin/x and b/bin/x differ\n"), "{binary}");
         let cut = file_patch("/big", Some((b"a\n", true)), Some((b"b\n", false)));
         assert!(cut.ends_with(TRUNCATED), "{cut}");

@@ -80,7 +80,13 @@ pub trait Tree {
     fn list(&self, dir: &[u8]) -> Result<Vec<Node>, TreeError>;
     /// Up to `limit` bytes of the file `path` from `offset`, into `buf` (cleared first);
     /// fewer only at its end.
-    fn read(&self, path: &[u8], offset: u64, limit: usize, buf: &mut Vec<u8>) -> Result<(), TreeError>;
+    fn read(
+        &self,
+        path: &[u8],
+        offset: u64,
+        limit: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), TreeError>;
     /// The target of the symlink `path`.
     fn read_link(&self, path: &[u8]) -> Result<Vec<u8>, TreeError>;
 }
@@ -148,7 +154,8 @@ impl Found {
 /// Compares `old` with `new` from the root.
 pub fn compare(old: &dyn Tree, new: &dyn Tree, bounds: Bounds) -> Result<Found, TreeError> {
     let mut found = Found::default();
-    let mut walk = Walk { old, new, bounds, found: &mut found, buf_a: Vec::new(), buf_b: Vec::new() };
+    let mut walk =
+        Walk { old, new, bounds, found: &mut found, buf_a: Vec::new(), buf_b: Vec::new() };
     walk.dir(b"/")?;
     Ok(found)
 }
@@ -360,7 +367,14 @@ pub mod fake {
             self
         }
 
-        pub fn put(&mut self, path: &str, kind: EntryKind, mode: u16, content: &str, mtime: (i64, u32)) {
+        pub fn put(
+            &mut self,
+            path: &str,
+            kind: EntryKind,
+            mode: u16,
+            content: &str,
+            mtime: (i64, u32),
+        ) {
             let name = path.rsplit('/').next().unwrap_or_default().as_bytes().to_vec();
             let size = if kind == EntryKind::Dir { 4096 } else { content.len() as u64 };
             let node = Node { name, kind, size, mode, uid: 0, gid: 0, mtime, crtime: Some((1, 0)) };
@@ -375,13 +389,21 @@ pub mod fake {
                 .entries
                 .iter()
                 .filter(|(p, _)| {
-                    p.starts_with(&prefix) && p.len() > prefix.len() && !p[prefix.len()..].contains(&b'/')
+                    p.starts_with(&prefix)
+                        && p.len() > prefix.len()
+                        && !p[prefix.len()..].contains(&b'/')
                 })
                 .map(|(_, (n, _))| n.clone())
                 .collect())
         }
 
-        fn read(&self, path: &[u8], offset: u64, limit: usize, buf: &mut Vec<u8>) -> Result<(), TreeError> {
+        fn read(
+            &self,
+            path: &[u8],
+            offset: u64,
+            limit: usize,
+            buf: &mut Vec<u8>,
+        ) -> Result<(), TreeError> {
             buf.clear();
             let content = &self.entries[path].1;
             let start = (offset as usize).min(content.len());
@@ -427,13 +449,48 @@ mod tests {
             ("chown", f.clone(), chown, Verdict::Changed),
             ("grown", f.clone(), node(File, 11, 0o644, 2, 1), Verdict::Changed),
             ("written, same size", f.clone(), node(File, 10, 0o644, 2, 1), Verdict::CompareContent),
-            ("replaced, same size", f.clone(), node(File, 10, 0o644, 1, 5), Verdict::CompareContent),
-            ("a file became a directory", f.clone(), node(Dir, 4096, 0o755, 1, 1), Verdict::Replaced),
-            ("a directory with new entries", node(Dir, 4096, 0o755, 1, 1), node(Dir, 8192, 0o755, 9, 1), Verdict::Same),
-            ("a directory chmod", node(Dir, 4096, 0o755, 1, 1), node(Dir, 4096, 0o700, 1, 1), Verdict::Changed),
-            ("a symlink made again", node(Symlink, 4, 0o777, 1, 1), node(Symlink, 4, 0o777, 3, 3), Verdict::CompareTarget),
-            ("a symlink to a longer target", node(Symlink, 4, 0o777, 1, 1), node(Symlink, 6, 0o777, 3, 3), Verdict::Changed),
-            ("a fifo touched", node(Other, 0, 0o644, 1, 1), node(Other, 0, 0o644, 2, 1), Verdict::Same),
+            (
+                "replaced, same size",
+                f.clone(),
+                node(File, 10, 0o644, 1, 5),
+                Verdict::CompareContent,
+            ),
+            (
+                "a file became a directory",
+                f.clone(),
+                node(Dir, 4096, 0o755, 1, 1),
+                Verdict::Replaced,
+            ),
+            (
+                "a directory with new entries",
+                node(Dir, 4096, 0o755, 1, 1),
+                node(Dir, 8192, 0o755, 9, 1),
+                Verdict::Same,
+            ),
+            (
+                "a directory chmod",
+                node(Dir, 4096, 0o755, 1, 1),
+                node(Dir, 4096, 0o700, 1, 1),
+                Verdict::Changed,
+            ),
+            (
+                "a symlink made again",
+                node(Symlink, 4, 0o777, 1, 1),
+                node(Symlink, 4, 0o777, 3, 3),
+                Verdict::CompareTarget,
+            ),
+            (
+                "a symlink to a longer target",
+                node(Symlink, 4, 0o777, 1, 1),
+                node(Symlink, 6, 0o777, 3, 3),
+                Verdict::Changed,
+            ),
+            (
+                "a fifo touched",
+                node(Other, 0, 0o644, 1, 1),
+                node(Other, 0, 0o644, 2, 1),
+                Verdict::Same,
+            ),
         ];
         for (what, old, new, want) in table {
             assert_eq!(classify(&old, &new), want, "{what}");
@@ -469,9 +526,16 @@ mod tests {
     #[test]
     fn compare_table() {
         type Change = fn(&mut Fake);
-        let table: [(&str, Change, &[&str], &[&str], &[&str]); 9] = [
+        type Paths = &'static [&'static str];
+        let table: [(&str, Change, Paths, Paths, Paths); 9] = [
             ("nothing", |_| {}, &[], &[], &[]),
-            ("a new file", |t| t.put("/etc/new", File, 0o600, "x", (5, 0)), &["/etc/new"], &[], &[]),
+            (
+                "a new file",
+                |t| t.put("/etc/new", File, 0o600, "x", (5, 0)),
+                &["/etc/new"],
+                &[],
+                &[],
+            ),
             (
                 "a new directory tree",
                 |t| {
@@ -483,18 +547,48 @@ mod tests {
                 &[],
                 &[],
             ),
-            ("a rewritten file", |t| t.put("/etc/motd", File, 0o644, "HELLO\n", (5, 0)), &[], &["/etc/motd"], &[]),
-            ("a touched file", |t| t.put("/etc/motd", File, 0o644, "hello\n", (5, 0)), &[], &[], &[]),
+            (
+                "a rewritten file",
+                |t| t.put("/etc/motd", File, 0o644, "HELLO\n", (5, 0)),
+                &[],
+                &["/etc/motd"],
+                &[],
+            ),
+            (
+                "a touched file",
+                |t| t.put("/etc/motd", File, 0o644, "hello\n", (5, 0)),
+                &[],
+                &[],
+                &[],
+            ),
             ("a chmod", |t| t.put("/bin/sh", File, 0o700, "ELF", (1, 0)), &[], &["/bin/sh"], &[]),
-            ("a removed tree", |t| {
-                t.entries.remove(b"/var/old".as_slice());
-                t.entries.remove(b"/var/old/a".as_slice());
-            }, &[], &[], &["/var/old", "/var/old/a"]),
-            ("a symlink pointed elsewhere", |t| t.put("/bin/ls", Symlink, 0o777, "toybox", (5, 0)), &[], &["/bin/ls"], &[]),
-            ("a file replaced by a directory", |t| {
-                t.put("/etc/motd", Dir, 0o755, "", (5, 0));
-                t.put("/etc/motd/x", File, 0o644, "", (5, 0));
-            }, &["/etc/motd", "/etc/motd/x"], &[], &["/etc/motd"]),
+            (
+                "a removed tree",
+                |t| {
+                    t.entries.remove(b"/var/old".as_slice());
+                    t.entries.remove(b"/var/old/a".as_slice());
+                },
+                &[],
+                &[],
+                &["/var/old", "/var/old/a"],
+            ),
+            (
+                "a symlink pointed elsewhere",
+                |t| t.put("/bin/ls", Symlink, 0o777, "toybox", (5, 0)),
+                &[],
+                &["/bin/ls"],
+                &[],
+            ),
+            (
+                "a file replaced by a directory",
+                |t| {
+                    t.put("/etc/motd", Dir, 0o755, "", (5, 0));
+                    t.put("/etc/motd/x", File, 0o644, "", (5, 0));
+                },
+                &["/etc/motd", "/etc/motd/x"],
+                &[],
+                &["/etc/motd"],
+            ),
         ];
         for (what, change, added, changed, deleted) in table {
             let mut new = base();
