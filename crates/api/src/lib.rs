@@ -24,6 +24,8 @@ mod secrets;
 pub use secrets::{RETRY_AFTER_HEADER, SecretRecord, SecretValue, SetSecret};
 mod snapshots;
 pub use snapshots::*;
+mod diff;
+pub use diff::{Diff, DiffEntry, DiffQuery, mode_text};
 
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -144,6 +144,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The guest agent refused the operation.
     Guest(GuestErrorKind),
+    /// A disk could not be read (for a diff): a conflict with what is on it, not a fault.
+    Unreadable,
     /// Anything on the host side the caller cannot fix (tools, IO, the VMM).
     Internal,
 }
@@ -177,6 +179,7 @@ impl ErrorKind {
             ErrorKind::Guest(GuestErrorKind::Invalid) => "guest_invalid",
             ErrorKind::Guest(GuestErrorKind::LimitReached) => "guest_limit_reached",
             ErrorKind::Guest(GuestErrorKind::Other) => "guest_error",
+            ErrorKind::Unreadable => "unreadable",
             ErrorKind::Internal => "internal",
         }
     }
@@ -347,6 +350,16 @@ pub enum EngineError {
         #[source]
         source: serde_json::Error,
     },
+    /// A sandbox's disk (or the one it is compared with) could not be read for a diff: a
+    /// filesystem the reader does not know, a disk that changed while it was read.
+    #[error("cannot read the disk of sandbox {id:?}: {}", .source.summary())]
+    DiskUnreadable {
+        /// Sandbox.
+        id: String,
+        /// Why (host paths only here, for the log).
+        #[source]
+        source: crate::diff::DiffError,
+    },
     /// The VMM failed (QEMU did not start, QMP failed).
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
@@ -428,6 +441,7 @@ impl EngineError {
                 ErrorKind::Unavailable
             }
             EngineError::Agent(e) => agent_kind(e),
+            EngineError::DiskUnreadable { .. } => ErrorKind::Unreadable,
             EngineError::Tool { .. }
             | EngineError::ToolStart { .. }
             | EngineError::ToolTimeout { .. }

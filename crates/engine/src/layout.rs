@@ -130,6 +130,11 @@ impl SandboxFiles {
         self.dir.join("qmp.sock")
     }
 
+    /// Where the sandbox's QEMU serves its root disk over NBD while a diff reads it.
+    pub fn nbd_socket(&self) -> PathBuf {
+        self.dir.join("nbd.sock")
+    }
+
     /// The guest's serial console (size-capped by the engine).
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join("serial.log")

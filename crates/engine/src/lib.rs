@@ -45,6 +45,7 @@ internal! {
     volume;
 }
 pub mod cgroup;
+mod diff;
 mod disk_image;
 pub mod dns;
 mod error;
@@ -70,6 +71,9 @@ pub use agent::{
 pub use proto::guest::GuestFile;
 
 pub use checkpoint::Captured;
+pub use diff::{
+    DiffBase, DiffEntry, DiffResult, DiffStats, EntryKind, MAX_ENTRIES as DIFF_MAX_ENTRIES,
+};
 pub use egress::Egress;
 pub use error::{EngineError, ErrorKind, Exhausted, GoneReason, GuestErrorKind, Resource};
 pub use events::{Event, EventKind};

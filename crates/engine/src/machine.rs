@@ -169,6 +169,11 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     fn exited(&mut self, grace: Duration) -> Fut<'_, Option<String>>;
     /// Ends the monitor at once.
     fn kill(&mut self) -> Fut<'_, Result<(), EngineError>>;
+    /// Serves the root disk read-only over NBD (export name `root`) on the Unix socket
+    /// `socket`, as the guest sees it now (the filesystem diff reads it while the guest runs).
+    fn export_disk<'a>(&'a self, socket: &'a Path) -> Fut<'a, Result<(), EngineError>>;
+    /// Ends what [`Machine::export_disk`] started.
+    fn unexport_disk<'a>(&'a self, socket: &'a Path) -> Fut<'a, Result<(), EngineError>>;
 }
 
 /// Starts machines.

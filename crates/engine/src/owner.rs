@@ -61,6 +61,16 @@ pub(crate) enum Command {
         dest: std::path::PathBuf,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// Serves the running guest's root disk read-only over NBD on `socket` (the diff).
+    ExportDisk {
+        socket: std::path::PathBuf,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// Ends that export.
+    UnexportDisk {
+        socket: std::path::PathBuf,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
     Export(oneshot::Sender<SandboxRecord>),
     Destroy(oneshot::Sender<()>),
     /// Test support: the owner panics, as a bug in it would.
@@ -85,6 +95,8 @@ pub(crate) enum Request {
     Checkpoint,
     /// Copy the disk as a standalone image.
     SaveDisk,
+    /// Serve the running disk read-only (the diff; a cold one is read from its file).
+    ExportDisk,
     /// Not a request but news: QEMU ended on its own (killed, crashed).
     Exited,
 }
@@ -112,6 +124,8 @@ pub(crate) enum Step {
     Capture,
     /// Pause (if hot), copy the disk, run again.
     CopyDisk,
+    /// Ask the running VMM to serve its disk.
+    ServeDisk,
     /// A crashed sandbox counts as stopped: the next start boots from its disk.
     MarkCold,
     /// The state does not allow it.
@@ -149,6 +163,9 @@ pub(crate) fn step(thermal: Thermal, snapshot: bool, request: Request) -> Step {
         (R::SaveDisk, T::Hot | T::Warm) => Step::CopyDisk,
         (R::SaveDisk, T::Cold) => Step::WrongState,
         (R::SaveDisk, T::Failed) => Step::Crashed,
+        (R::ExportDisk, T::Hot | T::Warm) => Step::ServeDisk,
+        (R::ExportDisk, T::Cold) => Step::WrongState,
+        (R::ExportDisk, T::Failed) => Step::Crashed,
     }
 }
 
@@ -383,6 +400,16 @@ impl Owner {
             }
             Command::SaveDisk { dest, reply } => {
                 let _ = reply.send(self.save_disk(&dest).await);
+            }
+            Command::ExportDisk { socket, reply } => {
+                let _ = reply.send(self.export_disk(&socket).await);
+            }
+            Command::UnexportDisk { socket, reply } => {
+                let result = match &self.power {
+                    Power::Hot(vm) | Power::Warm(vm) => vm.unexport_disk(&socket).await,
+                    _ => Ok(()),
+                };
+                let _ = reply.send(result);
             }
             Command::Export(reply) => {
                 let _ = reply.send(self.record());
@@ -702,6 +729,21 @@ impl Owner {
         result
     }
 
+    /// The running disk served read-only on `socket` (no pause: the VMM reads through the
+    /// same block layer the guest writes through).
+    async fn export_disk(&mut self, socket: &std::path::Path) -> Result<(), EngineError> {
+        self.check_alive(Duration::ZERO).await?;
+        match step(self.power.thermal(), self.power.snapshot(), Request::ExportDisk) {
+            Step::ServeDisk => {}
+            Step::Crashed => return Err(self.crash_error()),
+            _ => return Err(self.wrong_state("serve its disk")),
+        }
+        let (Power::Hot(vm) | Power::Warm(vm)) = &self.power else {
+            return Err(self.wrong_state("serve its disk"));
+        };
+        vm.export_disk(socket).await
+    }
+
     async fn kill(&mut self) {
         if let Power::Hot(vm) | Power::Warm(vm) = &mut self.power
             && let Err(e) = vm.kill().await
@@ -806,6 +848,10 @@ mod tests {
             (R::SaveDisk, T::Warm, false, S::CopyDisk),
             (R::SaveDisk, T::Cold, true, S::WrongState),
             (R::SaveDisk, T::Failed, false, S::Crashed),
+            (R::ExportDisk, T::Hot, false, S::ServeDisk),
+            (R::ExportDisk, T::Warm, false, S::ServeDisk),
+            (R::ExportDisk, T::Cold, true, S::WrongState),
+            (R::ExportDisk, T::Failed, false, S::Crashed),
         ];
         for (request, thermal, snapshot, want) in table {
             assert_eq!(step(thermal, snapshot, request), want, "{request:?} in {thermal:?}");

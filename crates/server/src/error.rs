@@ -187,6 +187,8 @@ fn engine_status(kind: E) -> StatusCode {
         E::AlreadyExists | E::WrongState | E::Cancelled | E::InUse | E::Busy | E::Crashed => {
             StatusCode::CONFLICT
         }
+        // A disk the diff cannot read (a filesystem it does not know): said, not hidden.
+        E::Unreadable => StatusCode::CONFLICT,
         // The sandbox went away under the operation (crashed, destroyed, stopped): a conflict
         // with its new state, not a fault of the daemon's.
         E::Gone => StatusCode::CONFLICT,

@@ -16,6 +16,7 @@ pub mod backup_config;
 pub mod backup_schedule;
 mod backup_store;
 mod backups;
+mod diff;
 pub mod engine_events;
 pub mod error;
 pub mod events;

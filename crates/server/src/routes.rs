@@ -30,8 +30,9 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 
 use crate::state::AppState;
 use crate::{
-    backups, events_api, exec, files, forward, image_pull, images, metrics_http, ports, proxy,
-    publish, sandboxes, secrets, sessions, snapshots, tasks, templates, volumes, web_shell, ws,
+    backups, diff, events_api, exec, files, forward, image_pull, images, metrics_http, ports,
+    proxy, publish, sandboxes, secrets, sessions, snapshots, tasks, templates, volumes, web_shell,
+    ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -390,6 +391,11 @@ pub fn table() -> Vec<Route> {
             .summary("A new sandbox from a snapshot")
             .takes::<api::ResumeRequest>()
             .returns::<api::Sandbox>(201),
+        // What changed in a sandbox's filesystem (issue 24).
+        get("/sandboxes/{id}/diff", diff::diff)
+            .summary("Files added, changed and deleted since creation or a snapshot")
+            .query(&["against", "patch"])
+            .returns::<api::Diff>(200),
         // Templates (global, as v1's).
         get("/templates", templates::list)
             .summary("Every template")

@@ -55,7 +55,7 @@ fn to_api_snapshot(s: &store::Snapshot) -> api::Snapshot {
 }
 
 /// The engine's name of a snapshot: its directory's.
-fn engine_key(s: &store::Snapshot) -> ApiResult<String> {
+pub(crate) fn engine_key(s: &store::Snapshot) -> ApiResult<String> {
     s.dir
         .file_name()
         .and_then(|n| n.to_str())

@@ -6,6 +6,7 @@
 mod admin;
 mod client;
 mod completion;
+mod diff;
 mod endpoint;
 mod error;
 mod exec;
@@ -135,6 +136,8 @@ pub enum Command {
         #[arg(short, long)]
         yes: bool,
     },
+    /// What changed in a sandbox's files since it was made (or since a snapshot).
+    Diff(diff::DiffArgs),
     /// Read, write and list files in a sandbox.
     #[command(subcommand)]
     File(files::FileCommand),
@@ -229,6 +232,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Stop { sandbox } => sandboxes::stop(ctx, &sandbox).await,
         Command::Start { sandbox, force } => sandboxes::start(ctx, &sandbox, force).await,
         Command::Destroy { sandbox, yes } => sandboxes::destroy(ctx, &sandbox, yes).await,
+        Command::Diff(args) => diff::run(ctx, args).await,
         Command::File(cmd) => files::run(ctx, cmd).await,
         Command::Image(cmd) => images::run(ctx, cmd).await,
         Command::Secret(cmd) => secrets::run(ctx, cmd).await,

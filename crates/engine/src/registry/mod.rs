@@ -17,6 +17,7 @@
 //! create from a checkpoint (they fail with [`EngineError::ShuttingDown`]).
 
 mod checkpoints;
+mod diff;
 mod guest;
 mod recovery;
 

@@ -4,6 +4,7 @@
 
 mod boot;
 mod console;
+mod export;
 mod orphans;
 mod suspend;
 
@@ -245,4 +246,11 @@ impl Machine for Vm {
         })
     }
 
+    fn export_disk<'a>(&'a self, socket: &'a Path) -> Fut<'a, Result<(), EngineError>> {
+        Box::pin(export::export_root(self, socket))
+    }
+
+    fn unexport_disk<'a>(&'a self, socket: &'a Path) -> Fut<'a, Result<(), EngineError>> {
+        Box::pin(export::unexport_root(self, socket))
+    }
 }
