@@ -121,9 +121,10 @@ async fn the_pool_stays_bounded_and_every_host_operation_ends_its_qemu() {
     // Three go cold: only the two most recent keep a QEMU waiting.
     stop_and_pool(&e, "a").await;
     stop_and_pool(&e, "b").await;
-    assert_eq!(qemus(&e), 2);
+    assert_eq!(qemus(&e), 3, "a's and b's waiting, c's running");
     let c = stop_and_pool(&e, "c").await;
     until("a's QEMU is ended", || qemu_of(&e, "a").is_none()).await;
+    // All three cold: only the pool's QEMUs run.
     assert_eq!(qemus(&e), 2, "the pool holds more than its capacity");
     assert!(qemu_of(&e, "b").is_some());
 
@@ -186,4 +187,39 @@ async fn a_qemu_started_ahead_ends_after_its_ttl() {
     assert!(t.elapsed() >= Duration::from_secs(2));
     // The wake starts a QEMU of its own.
     assert_eq!(e.exec("t", &["echo", "ok"]).await.unwrap().stdout_text(), "ok\n");
+}
+
+/// A QEMU started ahead by an engine that died is an orphan like any other: the next engine's
+/// recovery finds it by its pid file and QMP socket and kills it, and the sandbox wakes from
+/// its saved memory with a QEMU of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qemu_started_ahead_by_a_dead_engine_is_killed_at_recovery() {
+    init_log();
+    let data = tempfile::tempdir().unwrap();
+    let (mut config, _guard) = engine_config(data.path());
+    config.restore_pool = 2;
+    let socket = engine::layout::DataDir::new(data.path()).sandbox("r").qmp_socket();
+    let first = engine::Engine::new(config.clone()).await.unwrap();
+    first.create(&small("r")).await.unwrap();
+    let sleeper = start_sleeper(&first, "r").await;
+    first.stop("r", Duration::ZERO).await.unwrap().unwrap();
+    until("r's next QEMU waits", || !pgrep(&socket).is_empty()).await;
+    let pooled = pgrep(&socket)[0];
+    let record = first.export("r").await.unwrap();
+    // Nothing of the first engine runs its cleanup: its pooled QEMU stays.
+    first.simulate_crash();
+    assert!(Path::new(&format!("/proc/{pooled}")).exists());
+
+    let (second, failed) = engine::Engine::new_recovering(config, vec![record]).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    let gone = std::fs::read_to_string(format!("/proc/{pooled}/stat"))
+        .map_or(true, |s| s.contains(") Z"));
+    assert!(gone, "the dead engine's pooled QEMU still runs");
+    // The memory was saved: the sleeper survived, in a QEMU of the new engine.
+    assert!(process_alive(&second, "r", sleeper).await, "the saved memory was not restored");
+    let running = pgrep(&socket);
+    assert_eq!(running.len(), 1);
+    assert_ne!(running[0], pooled);
+    second.destroy("r").await.unwrap();
+    assert!(pgrep(&socket).is_empty());
 }
