@@ -663,7 +663,10 @@ mod tests {
         assert_eq!(load("restore_pool: 5").unwrap().engine().restore_pool, 5);
         assert!(load("restore_pool: -1").is_err());
         let env = |k: &str| (k == "RESTORE_POOL").then(|| "3".to_owned());
-        assert_eq!(Config::from_yaml("restore_pool: 1", Path::new("c.yaml"), &env).unwrap().restore_pool, 3);
+        assert_eq!(
+            Config::from_yaml("restore_pool: 1", Path::new("c.yaml"), &env).unwrap().restore_pool,
+            3
+        );
         let bad = |k: &str| (k == "RESTORE_POOL").then(|| "many".to_owned());
         assert!(Config::from_yaml("", Path::new("c.yaml"), &bad).is_err());
     }

@@ -101,8 +101,14 @@ async fn a_cold_wake_takes_the_qemu_started_ahead_and_is_faster() {
     let (p_on, p_off) = (p50(&with_pool), p50(&without));
     println!("\ncold wake + exec `true` (256 MiB guest, TCG), n = 8 each, interleaved\n");
     println!("| pool | p50 ms | p95 ms | runs |\n|---|---|---|---|");
-    println!("| off (restore_pool: 0) | {p_off:.1} | {:.1} | {without:.0?} |", p50_95_99(&without).1);
-    println!("| on (restore_pool: 2) | {p_on:.1} | {:.1} | {with_pool:.0?} |", p50_95_99(&with_pool).1);
+    println!(
+        "| off (restore_pool: 0) | {p_off:.1} | {:.1} | {without:.0?} |",
+        p50_95_99(&without).1
+    );
+    println!(
+        "| on (restore_pool: 2) | {p_on:.1} | {:.1} | {with_pool:.0?} |",
+        p50_95_99(&with_pool).1
+    );
     println!("| on / off | {:.2}x | | |", p_on / p_off);
     println!("pooled QEMU RSS while it waits: p50 {:.1} MiB ({rss:.1?})", p50(&rss));
     assert!(p_on <= p_off * 1.1, "pool on p50 {p_on:.0} ms, off {p_off:.0} ms");
@@ -212,8 +218,8 @@ async fn a_qemu_started_ahead_by_a_dead_engine_is_killed_at_recovery() {
 
     let (second, failed) = engine::Engine::new_recovering(config, vec![record]).await.unwrap();
     assert!(failed.is_empty(), "{failed:?}");
-    let gone = std::fs::read_to_string(format!("/proc/{pooled}/stat"))
-        .map_or(true, |s| s.contains(") Z"));
+    let gone =
+        std::fs::read_to_string(format!("/proc/{pooled}/stat")).map_or(true, |s| s.contains(") Z"));
     assert!(gone, "the dead engine's pooled QEMU still runs");
     // The memory was saved: the sleeper survived, in a QEMU of the new engine.
     assert!(process_alive(&second, "r", sleeper).await, "the saved memory was not restored");

@@ -70,7 +70,7 @@ pub struct Pool {
 /// What a restore starts from: a QEMU the pool started ahead, or a TAP to start one on.
 #[derive(Debug)]
 pub(super) enum Incoming {
-    Pooled(Started),
+    Pooled(Box<Started>),
     Tap(std::os::fd::OwnedFd),
 }
 
@@ -92,7 +92,7 @@ impl Incoming {
         if let Some(pool) = pool
             && let Some(started) = pool.take(&spec.files).await
         {
-            return Ok(Incoming::Pooled(started));
+            return Ok(Incoming::Pooled(Box::new(started)));
         }
         Ok(Incoming::Tap(ns.open_tap(&spec.tap, &spec.bridge).await?))
     }
@@ -105,7 +105,7 @@ impl Incoming {
     /// The QEMU waiting for the state: the pooled one, or one started now.
     pub(super) async fn start(self, spec: &BootSpec) -> Result<Started, EngineError> {
         match self {
-            Incoming::Pooled(started) => Ok(started),
+            Incoming::Pooled(started) => Ok(*started),
             Incoming::Tap(tap) => start_qemu(spec, true, tap).await,
         }
     }
