@@ -42,6 +42,8 @@ struct File {
     subnet: Option<String>,
     accel: Option<String>,
     max_concurrent_boots: Option<usize>,
+    /// Cold sandboxes whose next QEMU waits started ahead (0: none).
+    restore_pool: Option<usize>,
     egress: Option<String>,
     egress_netns: Option<String>,
     uplink_range: Option<String>,
@@ -249,6 +251,8 @@ pub struct Config {
     pub accel: engine::Accel,
     /// Boots at once.
     pub max_concurrent_boots: usize,
+    /// Cold sandboxes whose next QEMU waits started ahead for their wake (0: none).
+    pub restore_pool: usize,
     /// Name servers for guests.
     pub dns: Vec<std::net::SocketAddr>,
     /// Whether sandboxes get a way out (`egress: host`, the default) or none (`off`).
@@ -479,6 +483,10 @@ impl Config {
             subnet,
             accel,
             max_concurrent_boots: file.max_concurrent_boots.unwrap_or(2),
+            restore_pool: match env("RESTORE_POOL") {
+                Some(t) => t.parse().with_context(|| format!("BHATTI_RESTORE_POOL={t:?}"))?,
+                None => file.restore_pool.unwrap_or(engine::DEFAULT_RESTORE_POOL),
+            },
             dns,
             egress,
             egress_netns: env("EGRESS_NETNS").or(file.egress_netns),
@@ -508,6 +516,7 @@ impl Config {
             subnet: self.subnet,
             accel: self.accel,
             max_concurrent_boots: self.max_concurrent_boots,
+            restore_pool: self.restore_pool,
             // The resolver always runs (it forwards from the daemon's namespace, so names resolve
             // even with egress off); guests name only it.
             resolver: Some(engine::ResolverConfig {
@@ -644,6 +653,22 @@ mod tests {
         let env = |k: &str| (k == "PUBLIC_PROXY_LISTEN").then(|| "127.0.0.1:9000".to_owned());
         let c = Config::from_yaml("", Path::new("c.yaml"), &env).unwrap();
         assert_eq!(c.server().public_urls.url_for("web"), "http://127.0.0.1:9000/web/");
+    }
+
+    #[test]
+    fn the_restore_pool_from_the_file_and_the_environment() {
+        let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
+        assert_eq!(load("").unwrap().restore_pool, engine::DEFAULT_RESTORE_POOL);
+        assert_eq!(load("restore_pool: 0").unwrap().engine().restore_pool, 0);
+        assert_eq!(load("restore_pool: 5").unwrap().engine().restore_pool, 5);
+        assert!(load("restore_pool: -1").is_err());
+        let env = |k: &str| (k == "RESTORE_POOL").then(|| "3".to_owned());
+        assert_eq!(
+            Config::from_yaml("restore_pool: 1", Path::new("c.yaml"), &env).unwrap().restore_pool,
+            3
+        );
+        let bad = |k: &str| (k == "RESTORE_POOL").then(|| "many".to_owned());
+        assert!(Config::from_yaml("", Path::new("c.yaml"), &bad).is_err());
     }
 
     #[test]

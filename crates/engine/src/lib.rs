@@ -83,7 +83,9 @@ pub use lease::{Activity, Lease, Leased};
 pub use machine::Suspended;
 pub use record::RECORD_VERSION;
 pub use record::SandboxRecord;
-pub use registry::{Engine, EngineConfig, ResolverConfig, SHUTDOWN_PARALLEL, SandboxInfo};
+pub use registry::{
+    DEFAULT_RESTORE_POOL, Engine, EngineConfig, ResolverConfig, SHUTDOWN_PARALLEL, SandboxInfo,
+};
 pub use spec::{CreateSpec, DEFAULT_OWNER, ScratchVolume, Template};
 pub use thermal::Thermal;
 pub use vmm::{Accel, DiskCache};

@@ -199,6 +199,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         state: &'a Path,
         from: Ipv4Addr,
     ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>>;
+    /// Starts ahead the monitor the next [`Backend::restore`] of this sandbox (just suspended,
+    /// its state in `spec.files`) will take, if the backend keeps a pool of them (`vm/pool.rs`);
+    /// returns at once otherwise. Best effort: a failure is logged and the restore starts one.
+    fn prestart<'a>(&'a self, ns: &'a Netns, spec: &'a BootSpec) -> Fut<'a, ()>;
+    /// Ends the monitor started ahead for the sandbox of `files`, if any, and returns once it is
+    /// gone: before anything else touches a cold sandbox's files (a destroy, a boot from disk).
+    fn discard<'a>(&'a self, files: &'a SandboxFiles) -> Fut<'a, ()>;
+    /// Ends every monitor started ahead and starts none after (engine shutdown).
+    fn close_pool(&self) -> Fut<'_, ()>;
     /// The client of the agent of the guest `spec` describes (its address and token), for a
     /// sandbox that has no running machine yet (a cold one, recovered or stopped).
     fn agent_client(&self, ns: &Netns, spec: &BootSpec) -> Arc<AgentClient>;

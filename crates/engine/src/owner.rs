@@ -169,6 +169,39 @@ pub(crate) fn step(thermal: Thermal, snapshot: bool, request: Request) -> Step {
     }
 }
 
+/// What a [`Step`] means for the QEMU the backend may have started ahead for this cold
+/// sandbox's next wake (`vm/pool.rs`): it holds the sandbox's TAP, its disks' write locks and
+/// its RAM file mapped, so anything else that touches those files ends it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ahead {
+    /// Nothing touches the cold sandbox's files: it keeps waiting.
+    Keep,
+    /// The restore takes it (the backend's `restore` does, or starts one if none is alive).
+    Take,
+    /// End it first: the step boots from the disk (the saved state and RAM are discarded).
+    Discard,
+    /// The sandbox just went cold with its memory saved: start the next QEMU now.
+    Prestart,
+}
+
+/// [`Ahead`] for each step. A destroy (not a step) always discards.
+pub(crate) fn ahead(step: Step) -> Ahead {
+    match step {
+        Step::Restore => Ahead::Take,
+        Step::Boot | Step::MarkCold => Ahead::Discard,
+        // After the save succeeded (the owner's stop returns the suspension).
+        Step::Save | Step::CutAndSave => Ahead::Prestart,
+        Step::Nothing
+        | Step::Resume
+        | Step::Pause
+        | Step::MarkFailed
+        | Step::Capture
+        | Step::CopyDisk
+        | Step::WrongState
+        | Step::Crashed => Ahead::Keep,
+    }
+}
+
 /// Where the VM is.
 enum Power {
     Hot(Box<dyn Machine>),
@@ -389,7 +422,13 @@ impl Owner {
                 let _ = reply.send(self.pause(wait).await);
             }
             Command::Stop { wait, cut, reply } => {
-                let _ = reply.send(self.stop(wait, cut).await);
+                let stopped = self.stop(wait, cut).await;
+                let saved = matches!(stopped, Ok(Some(_)));
+                let _ = reply.send(stopped);
+                // After the answer: the stop's caller does not wait for the next QEMU.
+                if saved {
+                    self.ahead(Step::Save).await;
+                }
             }
             Command::Start { from_disk, reply } => {
                 let request = if from_disk { Request::StartFromDisk } else { Request::Start };
@@ -466,6 +505,7 @@ impl Owner {
     async fn destroy(&mut self) {
         // Before QEMU goes: a stream on a killed guest would wait for its deadline.
         self.shared.cut(GoneReason::Destroyed);
+        self.backend.discard(&self.spec.files).await;
         self.kill().await;
         let (files, backend) = (self.spec.files.clone(), Arc::clone(&self.backend));
         let (netns, id) = (self.ns.name().to_owned(), self.who.id.clone());
@@ -554,7 +594,9 @@ impl Owner {
                 }
             }
             Step::Restore | Step::Boot => {
-                let restore = step(from, self.power.snapshot(), request) == Step::Restore;
+                let planned = step(from, self.power.snapshot(), request);
+                self.ahead(planned).await;
+                let restore = planned == Step::Restore;
                 if !restore {
                     // Booting from the disk: a saved state (if any) must never be restored
                     // over a disk the new boot changes, and the old RAM is meaningless.
@@ -588,6 +630,19 @@ impl Owner {
         let duration = started.elapsed();
         self.events.send(&self.who.id, EventKind::Woke { from, duration });
         Ok(())
+    }
+
+    /// Does what `step` means for a QEMU started ahead ([`ahead`]).
+    async fn ahead(&mut self, step: Step) {
+        match ahead(step) {
+            Ahead::Keep | Ahead::Take => {}
+            Ahead::Discard => self.backend.discard(&self.spec.files).await,
+            Ahead::Prestart => {
+                // A start like any other: it waits its turn among boots and restores.
+                let Ok(_permit) = self.boots.acquire().await else { return };
+                self.backend.prestart(&self.ns, &self.spec).await;
+            }
+        }
     }
 
     async fn pause(&mut self, wait: Duration) -> Result<(), EngineError> {
@@ -626,6 +681,7 @@ impl Owner {
             Step::CutAndSave => cut,
             Step::MarkCold => {
                 // The next start boots from the disk.
+                self.ahead(Step::MarkCold).await;
                 self.set_power(Power::Cold { snapshot: false });
                 return Ok(None);
             }
@@ -855,6 +911,54 @@ mod tests {
         ];
         for (request, thermal, snapshot, want) in table {
             assert_eq!(step(thermal, snapshot, request), want, "{request:?} in {thermal:?}");
+        }
+    }
+
+    #[test]
+    fn a_qemu_started_ahead_in_every_step() {
+        use Ahead as A;
+        use Step as S;
+        // step -> what happens to the QEMU waiting for the cold sandbox's wake
+        let table = [
+            // The wake it waits for.
+            (S::Restore, A::Take),
+            // A boot from the disk: the state and RAM go, the TAP and disk must be free.
+            (S::Boot, A::Discard),
+            // A failed sandbox marked stopped: its next start boots from the disk.
+            (S::MarkCold, A::Discard),
+            // A stop that saved the memory: start the next QEMU.
+            (S::Save, A::Prestart),
+            (S::CutAndSave, A::Prestart),
+            // Nothing touches a cold sandbox's files.
+            (S::Nothing, A::Keep),
+            (S::WrongState, A::Keep),
+            (S::Crashed, A::Keep),
+            // Only while a QEMU runs, when none waits.
+            (S::Resume, A::Keep),
+            (S::Pause, A::Keep),
+            (S::MarkFailed, A::Keep),
+            (S::Capture, A::Keep),
+            (S::CopyDisk, A::Keep),
+        ];
+        for (step, want) in table {
+            assert_eq!(ahead(step), want, "{step:?}");
+        }
+        // Each request on a cold sandbox with its memory saved (the only state with a QEMU
+        // waiting): only a wake takes it, only a boot from the disk ends it.
+        use Request as R;
+        let cold = [
+            (R::Wake, A::Take),
+            (R::Start, A::Take),
+            (R::StartFromDisk, A::Discard),
+            (R::Pause, A::Keep),
+            (R::Stop, A::Keep),
+            (R::StopCutting, A::Keep),
+            (R::Checkpoint, A::Keep),
+            (R::SaveDisk, A::Keep),
+            (R::Exited, A::Keep),
+        ];
+        for (request, want) in cold {
+            assert_eq!(ahead(step(Thermal::Cold, true, request)), want, "{request:?} when cold");
         }
     }
 }

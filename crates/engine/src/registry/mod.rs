@@ -85,6 +85,11 @@ pub struct EngineConfig {
     /// Guests booted from now on report the memory they free (virtio-balloon free page
     /// reporting) and QEMU hands it back to the host. Off only for the benchmark's baseline.
     pub free_page_reporting: bool,
+    /// Cold sandboxes whose next QEMU is started ahead, waiting for their wake (the most
+    /// recently suspended ones; `vm/pool.rs`); 0: none. Counted against nobody's quota.
+    pub restore_pool: usize,
+    /// How long a QEMU started ahead waits for its wake before it is ended.
+    pub restore_pool_ttl: Duration,
 }
 
 impl EngineConfig {
@@ -107,9 +112,16 @@ impl EngineConfig {
             resolver: None,
             confine: true,
             free_page_reporting: true,
+            restore_pool: DEFAULT_RESTORE_POOL,
+            restore_pool_ttl: Duration::from_secs(300),
         }
     }
 }
+
+/// Cold sandboxes with a QEMU started ahead by default: the two most recently suspended ones
+/// (an idle QEMU waiting with `-incoming defer` costs the host about RSS_KIB of memory; see the
+/// README's "QEMUs started ahead").
+pub const DEFAULT_RESTORE_POOL: usize = 2;
 
 /// Where the engine's resolver forwards to.
 #[derive(Debug, Clone)]
@@ -1099,6 +1111,8 @@ impl Engine {
         deadline: Duration,
     ) -> Vec<(String, Result<(SandboxRecord, Option<EngineError>), EngineError>)> {
         self.closing.store(true, Ordering::SeqCst);
+        // QEMUs started ahead for cold wakes go first, and none starts after.
+        self.backend.close_pool().await;
         let until = tokio::time::Instant::now() + deadline;
         let handles: Vec<(String, Handle)> =
             lock(&self.sandboxes).iter().map(|(id, e)| (id.clone(), e.handle.clone())).collect();

@@ -93,7 +93,10 @@ impl Engine {
         // The VMM (QEMU) behind the machine interface; its host probes run once, off the async
         // threads, before the first boot needs them (a host without QEMU's files for the jails
         // fails here, not at the first create).
-        let backend: Arc<dyn Backend> = Arc::new(crate::vm::Qemu);
+        let backend: Arc<dyn Backend> = Arc::new(crate::vm::Qemu::new(crate::vm::PoolConfig {
+            capacity: config.restore_pool,
+            ttl: config.restore_pool_ttl,
+        }));
         let probe = Arc::clone(&backend);
         let confine = config.confine;
         tokio::task::spawn_blocking(move || probe.prepare_host(confine)).await??;

@@ -1,11 +1,13 @@
 //! QEMU as the engine's [`Backend`]: one [`Vm`] per running guest. The jobs live in their own
 //! modules: `boot` (a guest from its disk, and every QEMU start), `suspend` (pause, suspend to
-//! disk, restore), `console` (the serial log), `orphans` (QEMUs left by a dead engine).
+//! disk, restore), `console` (the serial log), `orphans` (QEMUs left by a dead engine), `pool`
+//! (QEMUs started ahead for cold wakes).
 
 mod boot;
 mod console;
 mod export;
 mod orphans;
+mod pool;
 mod suspend;
 
 use std::net::Ipv4Addr;
@@ -20,13 +22,14 @@ use vmm::qmp::{Event, IoErrorAction};
 pub use boot::{boot, host_tsc_khz};
 pub use console::{cap_console, console_tail};
 pub use orphans::kill_recorded;
-pub use suspend::{end_after_save, pause, unpause, restore_from_disk, restore_moved, save_device_state};
+pub use pool::{Pool, PoolConfig};
+pub use suspend::{end_after_save, pause, unpause, restore_moved, save_device_state};
 /// What the crate's own tests drive below the [`Backend`].
 #[cfg(any(test, feature = "test-support"))]
 pub use {
     boot::{BareBoot, bare_qemu_command, kernel_cmdline, vm_config},
     console::SERIAL_LOG_CAP,
-    suspend::{process_write_bytes, suspend_to_disk},
+    suspend::{process_write_bytes, restore_from_disk, suspend_to_disk},
 };
 
 use crate::error::{EngineError, io_at};
@@ -77,9 +80,19 @@ impl Vm {
     }
 }
 
-/// QEMU as the engine's [`Backend`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Qemu;
+/// QEMU as the engine's [`Backend`], with its pool of QEMUs started ahead for cold wakes.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pool: Arc<Pool>,
+}
+
+impl Qemu {
+    /// The backend, with a pool sized by `pool` (capacity 0: none). Call it inside a runtime:
+    /// the pool's expiry runs as a task.
+    pub fn new(pool: PoolConfig) -> Self {
+        Self { pool: Pool::new(pool) }
+    }
+}
 
 impl Backend for Qemu {
     fn boot<'a>(
@@ -98,8 +111,22 @@ impl Backend for Qemu {
         client: Option<Arc<AgentClient>>,
     ) -> Fut<'a, Result<Box<dyn Machine>, EngineError>> {
         Box::pin(async move {
-            restore_from_disk(ns, spec, state, client).await.map(|vm| Box::new(vm) as Box<dyn Machine>)
+            suspend::restore_pooled(Some(&self.pool), ns, spec, state, client)
+                .await
+                .map(|vm| Box::new(vm) as Box<dyn Machine>)
         })
+    }
+
+    fn prestart<'a>(&'a self, ns: &'a Netns, spec: &'a BootSpec) -> Fut<'a, ()> {
+        Box::pin(self.pool.prestart(ns, spec))
+    }
+
+    fn discard<'a>(&'a self, files: &'a SandboxFiles) -> Fut<'a, ()> {
+        Box::pin(self.pool.discard(files))
+    }
+
+    fn close_pool(&self) -> Fut<'_, ()> {
+        Box::pin(self.pool.close())
     }
 
     fn restore_moved<'a>(

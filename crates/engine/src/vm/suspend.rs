@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agent::AgentClient;
 
 use super::Vm;
-use super::boot::{Started, agent_client, client_at, start_qemu};
+use super::boot::{Started, agent_client, client_at};
 use crate::error::{EngineError, Precondition, io_at};
 use crate::machine::{BootSpec, Suspended};
 use crate::net::{Netns, mac_text};
@@ -128,11 +128,11 @@ pub async fn end_after_save(
 /// it is removed right after `cont`.
 async fn start_incoming(
     spec: &BootSpec,
-    tap: std::os::fd::OwnedFd,
+    tap: impl Into<super::pool::Incoming>,
     state: &Path,
 ) -> Result<(Started, [Duration; 3]), EngineError> {
     let t0 = Instant::now();
-    let mut run = start_qemu(spec, true, tap).await?;
+    let mut run = tap.into().start(spec).await?;
     let qemu = &mut run.qemu;
     let started = t0.elapsed();
     if let Err(source) = qemu.load_state(state, Duration::from_secs(30)).await {
@@ -159,16 +159,27 @@ async fn start_incoming(
 /// guest side in the restored RAM). A connection opened after a restore is slow under TCG: the
 /// new QEMU starts with an empty translation cache and a new connection runs guest code paths
 /// (SYN, accept, a new agent thread) that an open one does not.
+#[cfg(any(test, feature = "test-support"))]
 pub async fn restore_from_disk(
     ns: &Netns,
     spec: &BootSpec,
     state: &Path,
     client: Option<Arc<AgentClient>>,
 ) -> Result<Vm, EngineError> {
+    restore_pooled(None, ns, spec, state, client).await
+}
+
+/// [`restore_from_disk`] with the QEMU `pool` started ahead for this sandbox, if it has one.
+pub(super) async fn restore_pooled(
+    pool: Option<&super::pool::Pool>,
+    ns: &Netns,
+    spec: &BootSpec,
+    state: &Path,
+    client: Option<Arc<AgentClient>>,
+) -> Result<Vm, EngineError> {
     let t0 = Instant::now();
-    ns.set_neighbour(&spec.bridge, spec.ip, spec.mac).await?;
-    let tap = ns.open_tap(&spec.tap, &spec.bridge).await?;
-    let t_tap = t0.elapsed();
+    let tap = super::pool::Incoming::take_or_open(pool, ns, spec).await?;
+    let (t_tap, pooled) = (t0.elapsed(), tap.is_pooled());
     let (started, [t_qemu, t_load, t_cont]) = start_incoming(spec, tap, state).await?;
     let client = client.unwrap_or_else(|| agent_client(ns, spec));
     // The clock correction doubles as the readiness probe (one round trip instead of two): a
@@ -187,7 +198,7 @@ pub async fn restore_from_disk(
     // Under TCG nearly all of the time after `cont` is the new QEMU translating guest code again.
     tracing::debug!(
         tap = ?t_tap, qemu = ?(t_tap + t_qemu), load = ?(t_tap + t_load), cont = ?(t_tap + t_cont),
-        ready = ?t0.elapsed(),
+        ready = ?t0.elapsed(), pooled,
         "restored from disk"
     );
     let ready_after = started.qemu.spawned_at.elapsed();
