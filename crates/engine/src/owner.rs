@@ -197,6 +197,7 @@ pub(crate) fn ahead(step: Step) -> Ahead {
         | Step::MarkFailed
         | Step::Capture
         | Step::CopyDisk
+        | Step::ServeDisk
         | Step::WrongState
         | Step::Crashed => Ahead::Keep,
     }
