@@ -71,7 +71,10 @@ async fn the_python_mcp_sdk_drives_sandboxes_through_bhatti_mcp() {
         out.status,
         s.logs()
     );
-    eprintln!("the MCP client's flows took {elapsed:?}");
+    eprintln!("the MCP client's flows took {elapsed:?}; its results, each cut to 200 characters:");
+    for line in stdout.lines() {
+        eprintln!("  {}", line.chars().take(200).collect::<String>());
+    }
 
     // Every result was printed; none holds the key, nor does the server's log.
     assert!(stdout.lines().filter(|l| l.starts_with("{\"tool\"")).count() > 20, "{stdout}");

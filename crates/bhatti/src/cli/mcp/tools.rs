@@ -399,7 +399,9 @@ pub fn file_content(bytes: &[u8], cut: bool) -> (&'static str, String) {
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => Some(text),
         // An incomplete character at the very end of a cut: the text before it.
-        Err(e) if cut && e.error_len().is_none() => std::str::from_utf8(&bytes[..e.valid_up_to()]).ok(),
+        Err(e) if cut && e.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()
+        }
         Err(_) => None,
     };
     match text {
@@ -413,7 +415,10 @@ pub async fn read_file(client: &Client, a: ReadFileArgs) -> Outcome {
     let sandbox = required("sandbox", &a.sandbox)?;
     let path = required("path", &a.path)?;
     let route = sb_path(sandbox, &format!("/files?path={}&max_bytes={READ_CAP}", enc(path)));
-    let req = client.request(Method::GET, &route).body(crate::cli::client::empty()).map_err(anyhow::Error::from)?;
+    let req = client
+        .request(Method::GET, &route)
+        .body(crate::cli::client::empty())
+        .map_err(anyhow::Error::from)?;
     let resp = client.call(req, QUICK).await?;
     let size = resp
         .headers()
@@ -427,7 +432,10 @@ pub async fn read_file(client: &Client, a: ReadFileArgs) -> Outcome {
     loop {
         let frame = match tokio::time::timeout(IDLE, body.frame()).await {
             Err(_) => {
-                return Err(ToolError::Exec(format!("reading {path}: nothing for {}s", IDLE.as_secs())));
+                return Err(ToolError::Exec(format!(
+                    "reading {path}: nothing for {}s",
+                    IDLE.as_secs()
+                )));
             }
             Ok(None) => break,
             Ok(Some(f)) => f.map_err(|e| ToolError::Exec(format!("reading {path}: {e}")))?,
@@ -570,7 +578,8 @@ pub async fn publish_port(client: &Client, a: PublishPortArgs) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    // The tables' row types are spelled out where they are used.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
     use super::*;
 
     fn exec_args(command: Value, timeout: Option<u64>) -> ExecArgs {
@@ -584,13 +593,23 @@ mod tests {
     fn exec_arguments_table() {
         // (name, command, timeout, Ok(argv, timeout) or Err(fragment of the message))
         let table: Vec<(&str, Value, Option<u64>, Result<(Vec<&str>, u64), &str>)> = vec![
-            ("a string runs under sh -c", json!("echo hi"), None, Ok((vec!["sh", "-c", "echo hi"], 60))),
+            (
+                "a string runs under sh -c",
+                json!("echo hi"),
+                None,
+                Ok((vec!["sh", "-c", "echo hi"], 60)),
+            ),
             ("an argv runs as it is", json!(["ls", "-l"]), Some(5), Ok((vec!["ls", "-l"], 5))),
             ("the longest timeout", json!("true"), Some(600), Ok((vec!["sh", "-c", "true"], 600))),
             ("an empty string", json!("  "), None, Err("command is empty")),
             ("an empty argv", json!([]), None, Err("needs a program")),
             ("an argv without a program", json!([""]), None, Err("needs a program")),
-            ("a zero timeout", json!("true"), Some(0), Err("timeout_seconds must be 1..=600 (got 0)")),
+            (
+                "a zero timeout",
+                json!("true"),
+                Some(0),
+                Err("timeout_seconds must be 1..=600 (got 0)"),
+            ),
             ("a timeout over the cap", json!("true"), Some(601), Err("(got 601)")),
         ];
         for (name, command, timeout, want) in table {
@@ -627,7 +646,11 @@ mod tests {
     fn create_arguments_table() {
         let table: Vec<(&str, Value, Result<(&str, &str, &str), &str>)> = vec![
             ("nothing", json!({}), Ok(("", "", ""))),
-            ("all", json!({"name": " web ", "image": "test", "template": "py", "cpus": 0.5, "memory_mb": 512}), Ok(("web", "test", "py"))),
+            (
+                "all",
+                json!({"name": " web ", "image": "test", "template": "py", "cpus": 0.5, "memory_mb": 512}),
+                Ok(("web", "test", "py")),
+            ),
             ("zero cpus", json!({"cpus": 0}), Err("cpus must be above 0")),
             ("negative cpus", json!({"cpus": -1.5}), Err("cpus must be above 0")),
             ("zero memory", json!({"memory_mb": 0}), Err("memory_mb must be above 0")),
@@ -650,13 +673,29 @@ mod tests {
         let table: Vec<(&str, Value, Result<(&[u8], &str), &str>)> = vec![
             ("text", json!({"content": "hi\n"}), Ok((b"hi\n", "0644"))),
             ("base64", json!({"content": "AAH/", "base64": true}), Ok((&[0, 1, 255], "0644"))),
-            ("base64 with line breaks", json!({"content": "AA\nH/\n", "base64": true}), Ok((&[0, 1, 255], "0644"))),
+            (
+                "base64 with line breaks",
+                json!({"content": "AA\nH/\n", "base64": true}),
+                Ok((&[0, 1, 255], "0644")),
+            ),
             ("a mode", json!({"content": "", "mode": "0755"}), Ok((b"", "0755"))),
             ("three digits", json!({"content": "", "mode": "600"}), Ok((b"", "600"))),
             ("0o prefix", json!({"content": "", "mode": "0o700"}), Ok((b"", "700"))),
-            ("bad base64", json!({"content": "not base64!", "base64": true}), Err("not valid base64")),
-            ("a mode that is not octal", json!({"content": "", "mode": "0899"}), Err("mode must be octal")),
-            ("a mode too long", json!({"content": "", "mode": "012345"}), Err("mode must be octal")),
+            (
+                "bad base64",
+                json!({"content": "not base64!", "base64": true}),
+                Err("not valid base64"),
+            ),
+            (
+                "a mode that is not octal",
+                json!({"content": "", "mode": "0899"}),
+                Err("mode must be octal"),
+            ),
+            (
+                "a mode too long",
+                json!({"content": "", "mode": "012345"}),
+                Err("mode must be octal"),
+            ),
             ("no path", json!({"content": "", "path": ""}), Err("path is required")),
         ];
         for (name, extra, want) in table {
@@ -667,7 +706,11 @@ mod tests {
             let got = write_body(&serde_json::from_value(args).unwrap());
             match (got, want) {
                 (Ok((bytes, mode)), Ok((want_bytes, want_mode))) => {
-                    assert_eq!((bytes.as_slice(), mode.as_str()), (want_bytes, want_mode), "{name}");
+                    assert_eq!(
+                        (bytes.as_slice(), mode.as_str()),
+                        (want_bytes, want_mode),
+                        "{name}"
+                    );
                 }
                 (Err(e), Err(fragment)) => assert!(e.to_string().contains(fragment), "{name}: {e}"),
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
@@ -726,7 +769,10 @@ mod tests {
         let result = exec_result(3, out, Capped::new(Keep::Tail, 2));
         assert_eq!(result["exit_code"], 3);
         assert_eq!(result["stdout"], "he");
-        assert_eq!((result["stdout_truncated"].as_bool(), result["stderr_truncated"].as_bool()), (Some(true), Some(false)));
+        assert_eq!(
+            (result["stdout_truncated"].as_bool(), result["stderr_truncated"].as_bool()),
+            (Some(true), Some(false))
+        );
         assert_eq!(result["notes"][0], "stdout truncated: the first 2 of 5 bytes are shown");
         let whole = exec_result(0, Capped::new(Keep::Head, 2), Capped::new(Keep::Tail, 2));
         assert!(whole.get("notes").is_none());
@@ -746,7 +792,11 @@ mod tests {
 
     #[test]
     fn tool_errors_say_what_happened() {
-        assert!(ToolError::TimedOut(2).to_string().starts_with("the command timed out after 2 s and was killed"));
+        assert!(
+            ToolError::TimedOut(2)
+                .to_string()
+                .starts_with("the command timed out after 2 s and was killed")
+        );
         let api = crate::cli::error::CliError::from_answer(
             401,
             br#"{"error":"unauthorized","code":"unauthorized"}"#,
