@@ -12,6 +12,7 @@ mod error;
 mod exec;
 mod files;
 mod images;
+mod mcp;
 mod publish;
 mod sandboxes;
 mod secrets;
@@ -163,6 +164,9 @@ pub enum Command {
     /// The daemon's status, events and metrics (the admin's key).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Serve the Model Context Protocol on stdio: sandboxes as tools for a model (see --help
+    /// for how to register it with a client).
+    Mcp(mcp::McpArgs),
     /// Show the CLI's and the daemon's versions.
     Version,
     /// Print a shell completion script.
@@ -241,6 +245,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Volume(cmd) => volumes::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,
         Command::Admin(cmd) => admin::run(ctx, cmd).await,
+        Command::Mcp(args) => mcp::run(ctx, args).await,
         Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
     }
 }
