@@ -31,7 +31,7 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     backups, events_api, exec, files, forward, image_pull, images, metrics_http, ports, proxy,
-    publish, sandboxes, secrets, sessions, snapshots, tasks, templates, volumes, web_shell, ws,
+    publish, sandboxes, secrets, sessions, shapes, snapshots, tasks, templates, volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -390,6 +390,16 @@ pub fn table() -> Vec<Route> {
             .summary("A new sandbox from a snapshot")
             .takes::<api::ResumeRequest>()
             .returns::<api::Sandbox>(201),
+        // Shape snapshots (ours).
+        post("/templates/{id}/warm", shapes::warm)
+            .summary("Capture a template's shape snapshot ahead of its first create")
+            .returns::<api::WarmResult>(200),
+        get("/shapes", shapes::list)
+            .summary("The shape snapshots (admin)")
+            .returns_list::<api::ShapeSnapshot>(200),
+        delete("/shapes/{key}", shapes::delete)
+            .summary("Drop a shape snapshot (admin)")
+            .returns::<api::StatusBody>(200),
         // Templates (global, as v1's).
         get("/templates", templates::list)
             .summary("Every template")

@@ -19,6 +19,7 @@
 mod checkpoints;
 mod guest;
 mod recovery;
+mod shapes;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
