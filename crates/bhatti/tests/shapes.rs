@@ -71,7 +71,10 @@ async fn shapes_template_warm_create_boot_and_a_restart() {
     assert!(r.stdout.contains(&warmed.key) && r.stdout.contains("already there"), "{r:?}");
     let list = shapes(&s).await;
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0].key.as_str(), list[0].uses, list[0].source.as_str()), (warmed.key.as_str(), 0, "warm"));
+    assert_eq!(
+        (list[0].key.as_str(), list[0].uses, list[0].source.as_str()),
+        (warmed.key.as_str(), 0, "warm")
+    );
 
     // The template's first create restores.
     bhatti(&s, &["create", "--template", "small", "--name", "a", "-e", "X=1"]).ok();

@@ -31,7 +31,8 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     backups, events_api, exec, files, forward, image_pull, images, metrics_http, ports, proxy,
-    publish, sandboxes, secrets, sessions, shapes, snapshots, tasks, templates, volumes, web_shell, ws,
+    publish, sandboxes, secrets, sessions, shapes, snapshots, tasks, templates, volumes, web_shell,
+    ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;

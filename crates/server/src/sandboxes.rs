@@ -237,8 +237,7 @@ pub async fn create(
             };
         }
     };
-    let shape =
-        crate::shapes::plan(&state, &req, &image_name, &image, cpus, memory_mb).await;
+    let shape = crate::shapes::plan(&state, &req, &image_name, &image, cpus, memory_mb).await;
     let spec_for = |id: &str| {
         let mut spec = engine_spec(id, &user.id, &name, image, &req, cpus, memory_mb)?;
         spec.net_policy = net_policy;

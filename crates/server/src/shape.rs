@@ -93,7 +93,9 @@ fn key(input: &Input<'_>) -> Key {
     let files: BTreeMap<&str, (String, String)> = req
         .files
         .iter()
-        .map(|f| (f.guest_path.as_str(), (hex(&Sha256::digest(f.content.as_bytes())), f.mode.clone())))
+        .map(|f| {
+            (f.guest_path.as_str(), (hex(&Sha256::digest(f.content.as_bytes())), f.mode.clone()))
+        })
         .collect();
     let canonical = serde_json::json!({
         "format": 1,
@@ -135,7 +137,12 @@ mod tests {
         let rows: Vec<(&str, api::CreateSandbox, bool, Result<(), WhyBoot>)> = vec![
             ("plain create restores", base.clone(), true, Ok(())),
             ("off in the config", base.clone(), false, Err(WhyBoot::Disabled)),
-            ("boot asked for", api::CreateSandbox { boot: true, ..base.clone() }, true, Err(WhyBoot::Requested)),
+            (
+                "boot asked for",
+                api::CreateSandbox { boot: true, ..base.clone() },
+                true,
+                Err(WhyBoot::Requested),
+            ),
             (
                 "persistent volumes",
                 api::CreateSandbox {
@@ -154,13 +161,22 @@ mod tests {
             (
                 "scratch volumes",
                 api::CreateSandbox {
-                    new_volumes: vec![api::NewVolume { mount: "/s".into(), size_mb: 10 }],
+                    new_volumes: vec![api::NewVolume {
+                        name: "s".into(),
+                        mount: "/s".into(),
+                        size_mb: 10,
+                    }],
                     ..base.clone()
                 },
                 true,
                 Err(WhyBoot::ScratchVolumes),
             ),
-            ("huge pages", api::CreateSandbox { hugepages: true, ..base.clone() }, true, Err(WhyBoot::Hugepages)),
+            (
+                "huge pages",
+                api::CreateSandbox { hugepages: true, ..base.clone() },
+                true,
+                Err(WhyBoot::Hugepages),
+            ),
             (
                 "env, init, labels, secrets and a policy restore",
                 api::CreateSandbox {
@@ -196,17 +212,38 @@ mod tests {
         let (k2, i2, i3) = (file("/k", 1, 2), file("/i", 3, 2), file("/j", 2, 2));
         let with = |r: api::CreateSandbox| r;
         let differ: Vec<(&str, Key)> = vec![
-            ("kernel changed", restorable(&Input { kernel: &k2, ..input(&base, &kernel, &image) }).unwrap()),
-            ("image grew", restorable(&Input { image: &i2, ..input(&base, &kernel, &image) }).unwrap()),
-            ("another image file", restorable(&Input { image: &i3, ..input(&base, &kernel, &image) }).unwrap()),
+            (
+                "kernel changed",
+                restorable(&Input { kernel: &k2, ..input(&base, &kernel, &image) }).unwrap(),
+            ),
+            (
+                "image grew",
+                restorable(&Input { image: &i2, ..input(&base, &kernel, &image) }).unwrap(),
+            ),
+            (
+                "another image file",
+                restorable(&Input { image: &i3, ..input(&base, &kernel, &image) }).unwrap(),
+            ),
             ("cpus", key_of(&base, &|i| i.cpus = 2.0)),
             ("cpu fraction", key_of(&base, &|i| i.cpus = 0.5)),
             ("memory", key_of(&base, &|i| i.memory_mb = 1024)),
-            ("disk", key_of(&with(api::CreateSandbox { disk_size_mb: 2048, ..base.clone() }), &|_| {})),
-            ("init", key_of(&with(api::CreateSandbox { init: "x".into(), ..base.clone() }), &|_| {})),
+            (
+                "disk",
+                key_of(&with(api::CreateSandbox { disk_size_mb: 2048, ..base.clone() }), &|_| {}),
+            ),
+            (
+                "init",
+                key_of(&with(api::CreateSandbox { init: "x".into(), ..base.clone() }), &|_| {}),
+            ),
             (
                 "env",
-                key_of(&with(api::CreateSandbox { env: [("A".to_owned(), "1".to_owned())].into(), ..base.clone() }), &|_| {}),
+                key_of(
+                    &with(api::CreateSandbox {
+                        env: [("A".to_owned(), "1".to_owned())].into(),
+                        ..base.clone()
+                    }),
+                    &|_| {},
+                ),
             ),
             (
                 "a file",
@@ -227,18 +264,39 @@ mod tests {
             assert_ne!(key, &same, "{name}");
         }
         let alike: Vec<(&str, Key)> = vec![
-            ("a name", key_of(&with(api::CreateSandbox { name: "x".into(), ..base.clone() }), &|_| {})),
+            (
+                "a name",
+                key_of(&with(api::CreateSandbox { name: "x".into(), ..base.clone() }), &|_| {}),
+            ),
             (
                 "labels",
-                key_of(&with(api::CreateSandbox { labels: [("a".to_owned(), "b".to_owned())].into(), ..base.clone() }), &|_| {}),
+                key_of(
+                    &with(api::CreateSandbox {
+                        labels: [("a".to_owned(), "b".to_owned())].into(),
+                        ..base.clone()
+                    }),
+                    &|_| {},
+                ),
             ),
-            ("secrets", key_of(&with(api::CreateSandbox { secrets: vec!["S".into()], ..base.clone() }), &|_| {})),
-            ("keep hot", key_of(&with(api::CreateSandbox { keep_hot: true, ..base.clone() }), &|_| {})),
+            (
+                "secrets",
+                key_of(
+                    &with(api::CreateSandbox { secrets: vec!["S".into()], ..base.clone() }),
+                    &|_| {},
+                ),
+            ),
+            (
+                "keep hot",
+                key_of(&with(api::CreateSandbox { keep_hot: true, ..base.clone() }), &|_| {}),
+            ),
             (
                 "a policy",
                 key_of(
                     &with(api::CreateSandbox {
-                        net_policy: Some(api::NetPolicy { default: api::Posture::Deny, ..Default::default() }),
+                        net_policy: Some(api::NetPolicy {
+                            default: api::Posture::Deny,
+                            ..Default::default()
+                        }),
                         ..base.clone()
                     }),
                     &|_| {},

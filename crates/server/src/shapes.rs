@@ -64,8 +64,10 @@ pub(crate) async fn plan(
         return plan;
     }
     let (kernel, image) = (state.engine.kernel_path().to_owned(), image.to_owned());
-    let ids = tokio::task::spawn_blocking(move || Ok::<_, std::io::Error>((file_id(&kernel)?, file_id(&image)?)))
-        .await;
+    let ids = tokio::task::spawn_blocking(move || {
+        Ok::<_, std::io::Error>((file_id(&kernel)?, file_id(&image)?))
+    })
+    .await;
     let (kernel, image_file) = match ids {
         Ok(Ok(ids)) => ids,
         Ok(Err(e)) => {
@@ -256,11 +258,8 @@ async fn remove_files(state: &AppState, key: &str) {
 /// them again), unless a sandbox restored from one still has a row. Answers how many went.
 pub async fn sweep(state: &AppState) -> ApiResult<usize> {
     let rows = state.store.read(|s| s.list_all_sandboxes()).await?;
-    let live: HashSet<String> = rows
-        .into_iter()
-        .filter(|r| r.status != store::Status::Destroyed)
-        .map(|r| r.id)
-        .collect();
+    let live: HashSet<String> =
+        rows.into_iter().filter(|r| r.status != store::Status::Destroyed).map(|r| r.id).collect();
     state.shapes.prune_restored(&live).await;
     let entries = state.shapes.list().await;
     let stale = tokio::task::spawn_blocking(move || {
@@ -318,7 +317,11 @@ pub async fn delete(
     if state.shapes.get(&key).await.is_none() {
         return Err(ApiError::NotFound(format!("shape {key:?} not found")));
     }
-    state.shapes.forget(std::slice::from_ref(&key)).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .shapes
+        .forget(std::slice::from_ref(&key))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     remove_files(&state, &key).await;
     Ok(axum::Json(api::StatusBody { status: "deleted".into() }).into_response())
 }
@@ -333,8 +336,8 @@ pub async fn warm(
     let started = Instant::now();
     let mut req = api::CreateSandbox { template_id: template.clone(), ..Default::default() };
     crate::templates::apply(&state, &mut req).await?;
-    let (cpus, memory_mb) =
-        crate::sandboxes::shape(req.cpus, req.memory_mb, &user.quotas).map_err(ApiError::BadRequest)?;
+    let (cpus, memory_mb) = crate::sandboxes::shape(req.cpus, req.memory_mb, &user.quotas)
+        .map_err(ApiError::BadRequest)?;
     let image_name =
         if req.image.is_empty() { state.settings.default_image.clone() } else { req.image.clone() };
     let image = crate::image_catalog::boot_file(&state, &user, &image_name).await?;
@@ -347,8 +350,14 @@ pub async fn warm(
             req: &req,
             cpus,
             memory_mb,
-            kernel: plan.kernel.as_ref().ok_or_else(|| ApiError::Internal("kernel unidentified".into()))?,
-            image: plan.image_file.as_ref().ok_or_else(|| ApiError::Internal("image unidentified".into()))?,
+            kernel: plan
+                .kernel
+                .as_ref()
+                .ok_or_else(|| ApiError::Internal("kernel unidentified".into()))?,
+            image: plan
+                .image_file
+                .as_ref()
+                .ok_or_else(|| ApiError::Internal("image unidentified".into()))?,
             enabled: true,
         });
         let why = why.err().map(|w| w.to_string()).unwrap_or_default();
@@ -359,11 +368,13 @@ pub async fn warm(
         created,
         took_ms: started.elapsed().as_millis() as u64,
     };
-    if state.shapes.get(&key.0).await.is_some() && state.engine.has_checkpoint(SHAPES_OWNER, &key.0) {
+    if state.shapes.get(&key.0).await.is_some() && state.engine.has_checkpoint(SHAPES_OWNER, &key.0)
+    {
         return Ok(axum::Json(answer(false)).into_response());
     }
     let id = format!("shape-{}", crate::names::random_hex(6));
-    let mut spec = crate::sandboxes::engine_spec(&id, SHAPES_OWNER, "shape", image, &req, cpus, memory_mb)?;
+    let mut spec =
+        crate::sandboxes::engine_spec(&id, SHAPES_OWNER, "shape", image, &req, cpus, memory_mb)?;
     spec.net_policy = bhatti_core::Policy::default();
     {
         let _booting = crate::telemetry::InFlight::boot();
@@ -372,7 +383,9 @@ pub async fn warm(
     let captured = capture(&state, &plan, &key, &id, "warm", "").await;
     undo(&state, &id).await;
     if !captured && !state.engine.has_checkpoint(SHAPES_OWNER, &key.0) {
-        return Err(ApiError::Internal(format!("capturing the shape of template {template:?} failed")));
+        return Err(ApiError::Internal(format!(
+            "capturing the shape of template {template:?} failed"
+        )));
     }
     Ok(axum::Json(answer(captured)).into_response())
 }

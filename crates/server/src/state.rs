@@ -141,10 +141,8 @@ impl AppState {
         let _ = crate::telemetry::prometheus();
         let sealer = Arc::new(crate::sealing::Sealer::new(&settings.data_dir));
         let rate_limits = Arc::new(crate::rate_limits::UserLimits::new(settings.rate_limits));
-        let shapes = Arc::new(crate::shape_store::Shapes::new(
-            &settings.data_dir,
-            settings.shape_snapshots,
-        ));
+        let shapes =
+            Arc::new(crate::shape_store::Shapes::new(&settings.data_dir, settings.shape_snapshots));
         Self {
             engine,
             settings: Arc::new(settings),

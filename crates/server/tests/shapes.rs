@@ -64,19 +64,24 @@ async fn shapes_second_create_restores_a_clone_with_its_own_identity() {
     assert_eq!(restored[0].event.sandbox_id, b.id);
 
     // The row a boot would have written.
-    assert_eq!((b.name.as_str(), b.status.as_str(), b.image.as_str()), ("second", "running", "test"));
+    assert_eq!(
+        (b.name.as_str(), b.status.as_str(), b.image.as_str()),
+        ("second", "running", "test")
+    );
     assert_eq!((b.cpus, b.memory_mb), (1.0, 256));
     assert_eq!(b.labels.get("team").map(String::as_str), Some("x"));
     assert_eq!(b.net_policy.default, api::Posture::Deny);
     assert!(!b.ip.is_empty() && b.ip != a.ip, "its own address: {} vs {}", b.ip, a.ip);
-    let got: api::Sandbox = d.req(Method::GET, "/sandboxes/second").send().await.unwrap().json().await.unwrap();
+    let got: api::Sandbox =
+        d.req(Method::GET, "/sandboxes/second").send().await.unwrap().json().await.unwrap();
     assert_eq!(got.ip, b.ip);
     assert_eq!(d.state.engine.net_policy(&b.id).unwrap().posture, bhatti_core::Posture::Deny);
 
     // It runs, with the request's env; its record has its own hostname and agent token.
     let out = exec(&d, "second", "echo $A").await;
     assert_eq!((out.exit_code, out.stdout.trim()), (0, "1"), "{}", out.stderr);
-    let (ra, rb) = (d.state.engine.export(&a.id).await.unwrap(), d.state.engine.export(&b.id).await.unwrap());
+    let (ra, rb) =
+        (d.state.engine.export(&a.id).await.unwrap(), d.state.engine.export(&b.id).await.unwrap());
     assert_eq!(rb.hostname, "second");
     assert_ne!(ra.token, rb.token, "a fresh agent token");
     assert_ne!(ra.mac, rb.mac);
