@@ -59,6 +59,7 @@ mod secrets;
 mod sessions;
 mod shape;
 pub mod shape_store;
+mod shape_warm;
 pub mod shapes;
 pub mod snapshots;
 pub mod state;

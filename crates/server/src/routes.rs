@@ -31,8 +31,8 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     backups, events_api, exec, files, forward, image_pull, images, metrics_http, ports, proxy,
-    publish, sandboxes, secrets, sessions, shapes, snapshots, tasks, templates, volumes, web_shell,
-    ws,
+    publish, sandboxes, secrets, sessions, shape_warm, shapes, snapshots, tasks, templates,
+    volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -392,7 +392,7 @@ pub fn table() -> Vec<Route> {
             .takes::<api::ResumeRequest>()
             .returns::<api::Sandbox>(201),
         // Shape snapshots (ours).
-        post("/templates/{id}/warm", shapes::warm)
+        post("/templates/{id}/warm", shape_warm::warm)
             .summary("Capture a template's shape snapshot ahead of its first create")
             .returns::<api::WarmResult>(200),
         get("/shapes", shapes::list)

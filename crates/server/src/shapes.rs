@@ -8,7 +8,7 @@
 //!   answers (the user has run nothing yet), captures the fresh sandbox as the shape's
 //!   snapshot. Concurrent first creates of a shape: one captures, the others only boot. A
 //!   failed capture is logged, never the create's error; a failed restore boots.
-//! - `POST /templates/:name/warm` captures a template's shape ahead, from a hidden sandbox of
+//! - `POST /templates/:name/warm` (`shape_warm.rs`) captures a template's shape ahead, from a hidden sandbox of
 //!   the daemon (no row, no user's quota). `GET /shapes` and `DELETE /shapes/:key` (admin).
 //! - Stale snapshots (their kernel or image file changed or went) are removed at the start and
 //!   after each capture, unless a sandbox restored from one still has a row.
@@ -22,7 +22,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::response::{IntoResponse, Response};
 
 use crate::admin::Admin;
-use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::Created;
 use crate::shape::{self, FileId, Key};
@@ -33,9 +32,9 @@ use crate::times::rfc3339;
 /// A create's shape: its key, or why it boots.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    key: Option<Key>,
-    kernel: Option<FileId>,
-    image_file: Option<FileId>,
+    pub(crate) key: Option<Key>,
+    pub(crate) kernel: Option<FileId>,
+    pub(crate) image_file: Option<FileId>,
     image: String,
     cpus: f64,
     memory_mb: u32,
@@ -169,7 +168,7 @@ pub(crate) async fn create(
 }
 
 /// Destroys a restored VM whose create then failed (its row goes with `create_built`).
-async fn undo(state: &AppState, id: &str) {
+pub(crate) async fn undo(state: &AppState, id: &str) {
     match state.engine.destroy(id).await {
         Ok(()) => {}
         Err(e) if e.kind() == engine::ErrorKind::NotFound => {}
@@ -179,7 +178,7 @@ async fn undo(state: &AppState, id: &str) {
 
 /// Captures the fresh sandbox `id` as the snapshot of `key`, unless another create is at it
 /// or it exists; a failure is logged (the sandbox booted fine). Answers whether it captured.
-async fn capture(
+pub(crate) async fn capture(
     state: &AppState,
     plan: &Plan,
     key: &Key,
@@ -324,68 +323,4 @@ pub async fn delete(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     remove_files(&state, &key).await;
     Ok(axum::Json(api::StatusBody { status: "deleted".into() }).into_response())
-}
-
-/// `POST /templates/:name/warm`: the template's shape snapshot, captured now from a hidden
-/// sandbox of the daemon unless it exists.
-pub async fn warm(
-    State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
-    UrlPath(template): UrlPath<String>,
-) -> ApiResult<Response> {
-    let started = Instant::now();
-    let mut req = api::CreateSandbox { template_id: template.clone(), ..Default::default() };
-    crate::templates::apply(&state, &mut req).await?;
-    let (cpus, memory_mb) = crate::sandboxes::shape(req.cpus, req.memory_mb, &user.quotas)
-        .map_err(ApiError::BadRequest)?;
-    let image_name =
-        if req.image.is_empty() { state.settings.default_image.clone() } else { req.image.clone() };
-    let image = crate::image_catalog::boot_file(&state, &user, &image_name).await?;
-    if !state.shapes.enabled() {
-        return Err(ApiError::Conflict("shape snapshots are off (shape_snapshots: false)".into()));
-    }
-    let plan = plan(&state, &req, &image_name, &image, cpus, memory_mb).await;
-    let Some(key) = plan.key.clone() else {
-        let why = shape::restorable(&shape::Input {
-            req: &req,
-            cpus,
-            memory_mb,
-            kernel: plan
-                .kernel
-                .as_ref()
-                .ok_or_else(|| ApiError::Internal("kernel unidentified".into()))?,
-            image: plan
-                .image_file
-                .as_ref()
-                .ok_or_else(|| ApiError::Internal("image unidentified".into()))?,
-            enabled: true,
-        });
-        let why = why.err().map(|w| w.to_string()).unwrap_or_default();
-        return Err(ApiError::Conflict(format!("template {template:?} always boots: {why}")));
-    };
-    let answer = |created: bool| api::WarmResult {
-        key: key.0.clone(),
-        created,
-        took_ms: started.elapsed().as_millis() as u64,
-    };
-    if state.shapes.get(&key.0).await.is_some() && state.engine.has_checkpoint(SHAPES_OWNER, &key.0)
-    {
-        return Ok(axum::Json(answer(false)).into_response());
-    }
-    let id = format!("shape-{}", crate::names::random_hex(6));
-    let mut spec =
-        crate::sandboxes::engine_spec(&id, SHAPES_OWNER, "shape", image, &req, cpus, memory_mb)?;
-    spec.net_policy = bhatti_core::Policy::default();
-    {
-        let _booting = crate::telemetry::InFlight::boot();
-        state.engine.create(&spec).await?;
-    }
-    let captured = capture(&state, &plan, &key, &id, "warm", "").await;
-    undo(&state, &id).await;
-    if !captured && !state.engine.has_checkpoint(SHAPES_OWNER, &key.0) {
-        return Err(ApiError::Internal(format!(
-            "capturing the shape of template {template:?} failed"
-        )));
-    }
-    Ok(axum::Json(answer(captured)).into_response())
 }
