@@ -26,6 +26,8 @@ mod snapshots;
 pub use snapshots::*;
 mod diff;
 pub use diff::{Diff, DiffEntry, DiffQuery, mode_text};
+mod shapes;
+pub use shapes::*;
 
 /// The daemon's version, sent as `X-Bhatti-Version` on every response.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -367,6 +369,10 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub net_policy: Option<NetPolicy>,
+    /// Ours: boot a kernel even when a shape snapshot of this sandbox's shape exists (and
+    /// record none). Default: a create restores a clone of its shape's snapshot when it can.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot: bool,
 }
 
 /// An ephemeral volume (v1's `new_volumes`).

@@ -58,6 +58,8 @@ struct File {
     image_import_max_bytes: Option<u64>,
     /// Registries pulled from over plain HTTP (`host:port`).
     insecure_registries: Option<Vec<String>>,
+    /// Creates restore shape snapshots (default true).
+    shape_snapshots: Option<bool>,
     /// Everything else: warned about.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
@@ -294,6 +296,8 @@ pub struct Config {
     pub backup: server::BackupConfig,
     /// The API's per-user rate limits.
     pub rate_limits: server::rate_limits::Rates,
+    /// Creates restore shape snapshots (config `shape_snapshots`, default true).
+    pub shape_snapshots: bool,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -465,6 +469,7 @@ impl Config {
         let rate_limits = file.rate_limits.check()?;
         Ok(Config {
             rate_limits,
+            shape_snapshots: file.shape_snapshots.unwrap_or(true),
             lohar,
             image_import_max_bytes,
             insecure_registries: file.insecure_registries.unwrap_or_default(),
@@ -544,6 +549,7 @@ impl Config {
         s.insecure_registries = self.insecure_registries.clone();
         s.backup = self.backup.clone();
         s.rate_limits = self.rate_limits;
+        s.shape_snapshots = self.shape_snapshots;
         s
     }
 }

@@ -88,6 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The secrets key is made on the first start (0600, fsynced), not on the first secret.
     let sealer = Arc::clone(&state.sealer);
     tokio::task::spawn_blocking(move || sealer.identity().map(|_| ())).await??;
+    // Shape snapshots whose kernel or image changed (no create can use them again).
+    match server::shapes::sweep(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "stale shape snapshots removed"),
+        Err(e) => tracing::warn!("looking for stale shape snapshots: {e}"),
+    }
     // Checkpoints the store has no row for (a crash between a capture and its row).
     match server::snapshots::remove_orphans(&state).await {
         Ok(0) => {}

@@ -31,8 +31,8 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 use crate::state::AppState;
 use crate::{
     backups, diff, events_api, exec, files, forward, image_pull, images, metrics_http, ports,
-    proxy, publish, sandboxes, secrets, sessions, snapshots, tasks, templates, volumes, web_shell,
-    ws,
+    proxy, publish, sandboxes, secrets, sessions, shape_warm, shapes, snapshots, tasks, templates,
+    volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -396,6 +396,16 @@ pub fn table() -> Vec<Route> {
             .summary("Files added, changed and deleted since creation or a snapshot")
             .query(&["against", "patch"])
             .returns::<api::Diff>(200),
+        // Shape snapshots (ours).
+        post("/templates/{id}/warm", shape_warm::warm)
+            .summary("Capture a template's shape snapshot ahead of its first create")
+            .returns::<api::WarmResult>(200),
+        get("/shapes", shapes::list)
+            .summary("The shape snapshots (admin)")
+            .returns_list::<api::ShapeSnapshot>(200),
+        delete("/shapes/{key}", shapes::delete)
+            .summary("Drop a shape snapshot (admin)")
+            .returns::<api::StatusBody>(200),
         // Templates (global, as v1's).
         get("/templates", templates::list)
             .summary("Every template")

@@ -85,7 +85,7 @@ fn hostname_of(name: &str) -> String {
 
 /// The CPUs and memory a create asks for, defaults filled in; zero, below zero, not a number
 /// or over the owner's quota is refused with a message naming the field.
-fn shape(
+pub(crate) fn shape(
     cpus: Option<f64>,
     memory_mb: Option<u32>,
     quotas: &store::Quotas,
@@ -150,7 +150,7 @@ fn checked_policy(policy: Option<&api::NetPolicy>) -> ApiResult<bhatti_core::Pol
 }
 
 /// The engine's create request for a validated API request.
-fn engine_spec(
+pub(crate) fn engine_spec(
     id: &str,
     owner: &str,
     name: &str,
@@ -237,13 +237,14 @@ pub async fn create(
             };
         }
     };
+    let shape = crate::shapes::plan(&state, &req, &image_name, &image, cpus, memory_mb).await;
     let spec_for = |id: &str| {
         let mut spec = engine_spec(id, &user.id, &name, image, &req, cpus, memory_mb)?;
         spec.net_policy = net_policy;
         Ok(spec)
     };
     let volumes = &req.persistent_volumes;
-    match crate::lifecycle::create_with_volumes(&state, new, volumes, spec_for).await? {
+    match crate::shapes::create(&state, shape, new, volumes, spec_for).await? {
         Created::New(row) => {
             crate::secrets::attach(&state, &row, secret_env).await?;
             Ok((StatusCode::CREATED, axum::Json(to_api(&row))).into_response())

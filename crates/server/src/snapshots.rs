@@ -285,8 +285,10 @@ pub async fn resume(
 /// (`*.tmp-*`) are the engine's to remove at its start.
 pub async fn remove_orphans(state: &AppState) -> ApiResult<usize> {
     let rows = state.store.read(|s| s.list_all_snapshots()).await?;
-    let known: std::collections::HashSet<(String, String)> =
+    let mut known: std::collections::HashSet<(String, String)> =
         rows.iter().filter_map(|r| Some((r.owner.clone(), engine_key(r).ok()?))).collect();
+    // The shape snapshots' checkpoints are the shape store's (`shapes.rs`).
+    known.extend(crate::shapes::kept(state).await);
     let engine = state.engine.clone();
     let removed = tokio::task::spawn_blocking(move || engine.remove_checkpoints_except(&known))
         .await

@@ -60,6 +60,8 @@ pub struct Settings {
     pub backup: crate::backup_config::BackupConfig,
     /// The API's per-user rate limits (v1's numbers; config `rate_limits`).
     pub rate_limits: crate::rate_limits::Rates,
+    /// Creates restore shape snapshots when they can (config `shape_snapshots`, default true).
+    pub shape_snapshots: bool,
 }
 
 impl Settings {
@@ -87,6 +89,7 @@ impl Settings {
             api_url: None,
             backup: crate::backup_config::BackupConfig::default(),
             rate_limits: crate::rate_limits::Rates::default(),
+            shape_snapshots: true,
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct AppState {
     pub exec_slots: Arc<crate::exec_slots::ExecSlots>,
     /// The API's per-user rate limits.
     pub rate_limits: Arc<crate::rate_limits::UserLimits>,
+    /// The shape snapshots creates restore (`shape_store.rs`).
+    pub shapes: Arc<crate::shape_store::Shapes>,
 }
 
 impl AppState {
@@ -136,6 +141,8 @@ impl AppState {
         let _ = crate::telemetry::prometheus();
         let sealer = Arc::new(crate::sealing::Sealer::new(&settings.data_dir));
         let rate_limits = Arc::new(crate::rate_limits::UserLimits::new(settings.rate_limits));
+        let shapes =
+            Arc::new(crate::shape_store::Shapes::new(&settings.data_dir, settings.shape_snapshots));
         Self {
             engine,
             settings: Arc::new(settings),
@@ -152,6 +159,7 @@ impl AppState {
             secret_envs: Arc::default(),
             exec_slots: Arc::default(),
             rate_limits,
+            shapes,
         }
     }
 }

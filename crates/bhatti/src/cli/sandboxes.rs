@@ -68,6 +68,10 @@ pub struct CreateArgs {
     /// A secret given to every command as the variable of its name (repeatable).
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
+    /// Boot a kernel even when a snapshot of this shape exists (creates restore one by
+    /// default).
+    #[arg(long)]
+    boot: bool,
     #[command(flatten)]
     egress: EgressArgs,
 }
@@ -207,6 +211,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
             .map(|v| super::volumes::parse_volume_flag(v))
             .collect::<Result<_, _>>()?,
         secrets: a.secrets,
+        boot: a.boot,
         ..api::CreateSandbox::default()
     };
     let what = if body.name.is_empty() { "a sandbox".to_owned() } else { body.name.clone() };

@@ -75,6 +75,12 @@ pub enum TemplateCommand {
         #[arg(short, long)]
         yes: bool,
     },
+    /// Prepare the template's shape snapshot now, so its first create restores instead of
+    /// booting.
+    Warm {
+        /// ID or name.
+        template: String,
+    },
 }
 
 /// `bhatti template create`.
@@ -315,6 +321,18 @@ pub async fn template(ctx: &Ctx, cmd: TemplateCommand) -> anyhow::Result<u8> {
                 return print_json(&body).map(|()| exit::OK);
             }
             println!("template/{} deleted", t.name);
+        }
+        TemplateCommand::Warm { template } => {
+            let spinner = Spinner::start(format!("warming template {template}"));
+            let path = format!("{}/warm", template_path(&template));
+            let warmed: api::WarmResult =
+                ctx.client.json::<_, ()>(Method::POST, &path, None, SLOW).await?;
+            drop(spinner);
+            if ctx.json {
+                return print_json(&warmed).map(|()| exit::OK);
+            }
+            let what = if warmed.created { "captured" } else { "already there" };
+            println!("template/{template}: shape {} {what} ({} ms)", warmed.key, warmed.took_ms);
         }
     }
     Ok(exit::OK)

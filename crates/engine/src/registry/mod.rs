@@ -20,6 +20,7 @@ mod checkpoints;
 mod diff;
 mod guest;
 mod recovery;
+mod shapes;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
