@@ -56,6 +56,10 @@ struct File {
     image_import_max_bytes: Option<u64>,
     /// Registries pulled from over plain HTTP (`host:port`).
     insecure_registries: Option<Vec<String>>,
+    /// The E2B-compatible listener (issue 25), off unless set.
+    e2b_listen: Option<String>,
+    /// Its domain for `Host: <port>-<id>.<domain>` routing.
+    e2b_domain: Option<String>,
     /// Everything else: warned about.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
@@ -290,6 +294,8 @@ pub struct Config {
     pub backup: server::BackupConfig,
     /// The API's per-user rate limits.
     pub rate_limits: server::rate_limits::Rates,
+    /// The E2B-compatible listener (`e2b_listen`, `e2b_domain`).
+    pub e2b: Option<server::e2b::E2bConfig>,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -459,7 +465,16 @@ impl Config {
             bail!("image_import_max_bytes must be at least 1");
         }
         let rate_limits = file.rate_limits.check()?;
+        let e2b = match env("E2B_LISTEN").or(file.e2b_listen) {
+            Some(text) => Some(server::e2b::E2bConfig {
+                listen: parse_listen(text.trim())
+                    .with_context(|| format!("e2b_listen {text:?}"))?,
+                domain: file.e2b_domain.filter(|d| !d.trim().is_empty()),
+            }),
+            None => None,
+        };
         Ok(Config {
+            e2b,
             rate_limits,
             lohar,
             image_import_max_bytes,

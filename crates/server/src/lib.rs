@@ -16,6 +16,7 @@ pub mod backup_config;
 pub mod backup_schedule;
 mod backup_store;
 mod backups;
+pub mod e2b;
 pub mod engine_events;
 pub mod error;
 pub mod events;
