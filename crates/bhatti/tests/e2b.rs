@@ -58,6 +58,8 @@ async fn e2b_python_sdk_flows_pass_against_the_listener() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The flows by name, for the log.
+    println!("{stdout}");
     assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}\ndaemon:\n{}", s.logs());
     assert!(stdout.contains(" passed"), "{stdout}");
     assert!(!stdout.contains("skipped"), "{stdout}");
