@@ -649,6 +649,21 @@ mod tests {
     }
 
     #[test]
+    fn e2b_listen_is_off_unless_set() {
+        let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
+        assert_eq!(load("").unwrap().e2b, None);
+        let c = load("e2b_listen: \"127.0.0.1:3049\"\ne2b_domain: e2b.localhost\n").unwrap();
+        let e2b = c.e2b.unwrap();
+        assert_eq!(e2b.listen.to_string(), "127.0.0.1:3049");
+        assert_eq!(e2b.domain.as_deref(), Some("e2b.localhost"));
+        assert_eq!(
+            load("e2b_listen: \":3049\"").unwrap().e2b.unwrap().listen.to_string(),
+            "0.0.0.0:3049"
+        );
+        assert!(load("e2b_listen: nonsense").is_err());
+    }
+
+    #[test]
     fn public_proxy_listen_gives_path_urls() {
         let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
         let c = load("").unwrap();

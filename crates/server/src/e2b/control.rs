@@ -409,7 +409,8 @@ async fn connect(
     if s.user_stopped {
         crate::lifecycle::start(&state.app, s, false).await?;
     }
-    if req.timeout.is_some() {
+    // A deadline that has passed (an auto-paused sandbox) would pause it again at once.
+    if req.timeout.is_some() || e.end_at <= now() {
         e.end_at = deadline::end_at(now(), req.timeout);
         let (sid, end) = (e.sandbox_id.clone(), e.end_at);
         state.app.store.write(move |st| st.set_e2b_deadline(&sid, end)).await?;
