@@ -60,6 +60,10 @@ struct File {
     insecure_registries: Option<Vec<String>>,
     /// Creates restore shape snapshots (default true).
     shape_snapshots: Option<bool>,
+    /// The E2B-compatible listener (issue 25), off unless set.
+    e2b_listen: Option<String>,
+    /// Its domain for `Host: <port>-<id>.<domain>` routing.
+    e2b_domain: Option<String>,
     /// Everything else: warned about.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
@@ -298,6 +302,8 @@ pub struct Config {
     pub rate_limits: server::rate_limits::Rates,
     /// Creates restore shape snapshots (config `shape_snapshots`, default true).
     pub shape_snapshots: bool,
+    /// The E2B-compatible listener (`e2b_listen`, `e2b_domain`).
+    pub e2b: Option<server::e2b::E2bConfig>,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -467,7 +473,16 @@ impl Config {
             bail!("image_import_max_bytes must be at least 1");
         }
         let rate_limits = file.rate_limits.check()?;
+        let e2b = match env("E2B_LISTEN").or(file.e2b_listen) {
+            Some(text) => Some(server::e2b::E2bConfig {
+                listen: parse_listen(text.trim())
+                    .with_context(|| format!("e2b_listen {text:?}"))?,
+                domain: file.e2b_domain.filter(|d| !d.trim().is_empty()),
+            }),
+            None => None,
+        };
         Ok(Config {
+            e2b,
             rate_limits,
             shape_snapshots: file.shape_snapshots.unwrap_or(true),
             lohar,
@@ -646,6 +661,21 @@ mod tests {
                 .to_string(),
             "0.0.0.0:8081"
         );
+    }
+
+    #[test]
+    fn e2b_listen_is_off_unless_set() {
+        let load = |yaml: &str| Config::from_yaml(yaml, Path::new("c.yaml"), &no_env);
+        assert_eq!(load("").unwrap().e2b, None);
+        let c = load("e2b_listen: \"127.0.0.1:3049\"\ne2b_domain: e2b.localhost\n").unwrap();
+        let e2b = c.e2b.unwrap();
+        assert_eq!(e2b.listen.to_string(), "127.0.0.1:3049");
+        assert_eq!(e2b.domain.as_deref(), Some("e2b.localhost"));
+        assert_eq!(
+            load("e2b_listen: \":3049\"").unwrap().e2b.unwrap().listen.to_string(),
+            "0.0.0.0:3049"
+        );
+        assert!(load("e2b_listen: nonsense").is_err());
     }
 
     #[test]

@@ -62,6 +62,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let e2b = match &config.e2b {
+        Some(e2b) => Some((
+            tokio::net::TcpListener::bind(e2b.listen)
+                .await
+                .with_context(|| format!("e2b: listening on {}", e2b.listen))?,
+            e2b.clone(),
+        )),
+        None => None,
+    };
     let db = config.data_dir.join("state.db");
     // The store's errors name the file.
     let mut sync = store::Store::open(&db)?;
@@ -140,6 +149,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             state.clone(),
             listener,
             names,
+            stopped(stop_rx.clone()),
+        )));
+    }
+
+    if let Some((listener, e2b)) = e2b {
+        tracing::info!(addr = %e2b.listen, "e2b-compatible listener");
+        let listener = server::nodelay(listener);
+        servers.push(tokio::spawn(server::e2b::serve(
+            state.clone(),
+            e2b,
+            listener,
             stopped(stop_rx.clone()),
         )));
     }

@@ -17,6 +17,7 @@ pub mod backup_schedule;
 mod backup_store;
 mod backups;
 mod diff;
+pub mod e2b;
 pub mod engine_events;
 pub mod error;
 pub mod events;

@@ -62,6 +62,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "disk and exec quotas, sealed secret env",
         sql: include_str!("schema/008_tenancy.sql"),
     },
+    Migration { version: 9, name: "e2b sandboxes", sql: include_str!("schema/009_e2b.sql") },
 ];
 
 /// The schema version this build writes.
@@ -133,11 +134,15 @@ mod tests {
     fn seed(conn: &Connection, version: u32) {
         if version >= 1 {
             conn.execute_batch(
-                "INSERT INTO users VALUES ('usr_1', 'alice', 'hash', 5, 4, 4096, 20480, 10, 5, 1, 0);
+                "INSERT INTO users (id, name, api_key_hash, max_sandboxes, max_cpus_per_sandbox,
+                     max_memory_mb_per_sandbox, max_volume_storage_mb, max_images, max_snapshots,
+                     subnet_index, created_at)
+                     VALUES ('usr_1', 'alice', 'hash', 5, 4, 4096, 20480, 10, 5, 1, 0);
                  INSERT INTO sandboxes (id, owner, name, status, image, cpus, memory_mb,
                      disk_size_mb, created_at, updated_at)
                      VALUES ('sb1', 'usr_1', 'dev', 'running', 'minimal', 1, 1024, 0, 0, 0);
-                 INSERT INTO volumes VALUES ('vol_1', 'usr_1', 'data', 10, '/v', 'ready', 0);
+                 INSERT INTO volumes (id, owner, name, size_mb, file_path, status, created_at)
+                     VALUES ('vol_1', 'usr_1', 'data', 10, '/v', 'ready', 0);
                  INSERT INTO volume_attachments VALUES ('vol_1', 'sb1', '/data', 0, 0);",
             )
             .unwrap();

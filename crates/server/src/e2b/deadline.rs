@@ -1,0 +1,109 @@
+//! E2B's timeout: a deadline after which a sandbox is destroyed, or paused (cold-stopped) when
+//! it was created with `autoPause`. `set_timeout` moves it. A task looks every few seconds; what
+//! to do is [`decide`] (pure).
+
+use std::time::Duration;
+
+use super::E2bState;
+
+/// E2B's default timeout (seconds) when a create does not say.
+pub const DEFAULT_TIMEOUT_S: u64 = 300;
+/// The longest timeout taken (E2B's own cap: 24 hours).
+pub const MAX_TIMEOUT_S: u64 = 24 * 3600;
+/// How often the task looks.
+const TICK: Duration = Duration::from_secs(2);
+
+/// The deadline of a timeout given at `now` (Unix seconds); none means the default, more than
+/// the cap is the cap.
+pub fn end_at(now: i64, timeout_s: Option<u64>) -> i64 {
+    let t = timeout_s.unwrap_or(DEFAULT_TIMEOUT_S).min(MAX_TIMEOUT_S);
+    now.saturating_add(i64::try_from(t).unwrap_or(i64::MAX))
+}
+
+/// What the deadline does to a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Not yet, or nothing to do.
+    Nothing,
+    /// Destroy it.
+    Destroy,
+    /// Pause it (cold stop).
+    Pause,
+}
+
+/// The decision at `now` for a sandbox with deadline `end_at`.
+pub fn decide(now: i64, end_at: i64, auto_pause: bool, paused: bool) -> Action {
+    match (now >= end_at, auto_pause, paused) {
+        (false, _, _) => Action::Nothing,
+        (true, false, _) => Action::Destroy,
+        (true, true, false) => Action::Pause,
+        (true, true, true) => Action::Nothing,
+    }
+}
+
+/// The task: runs until aborted.
+pub async fn run(state: E2bState) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = once(&state).await {
+            tracing::warn!("e2b deadlines: {e}");
+        }
+    }
+}
+
+async fn once(state: &E2bState) -> Result<(), crate::error::ApiError> {
+    let now = store::Timestamp::now().0 / 1000;
+    let due = state.app.store.read(move |s| s.e2b_sandboxes_due(now)).await?;
+    for e in due {
+        let sid = e.sandbox_id.clone();
+        let sandbox = match state.app.store.read(move |s| s.sandbox_by_id(&sid)).await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        match decide(now, e.end_at, e.auto_pause, sandbox.user_stopped) {
+            Action::Nothing => {}
+            Action::Destroy => {
+                tracing::info!(sandbox = %sandbox.id, "e2b timeout: destroying");
+                let id = sandbox.id.clone();
+                crate::lifecycle::destroy(&state.app, &sandbox).await?;
+                state.procs.forget_sandbox(&id);
+            }
+            Action::Pause => {
+                tracing::info!(sandbox = %sandbox.id, "e2b timeout: pausing (autoPause)");
+                crate::lifecycle::stop(&state.app, sandbox).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_table() {
+        let rows = [
+            ("before the deadline", 10, 20, false, false, Action::Nothing),
+            ("before, auto-pause", 10, 20, true, false, Action::Nothing),
+            ("at the deadline", 20, 20, false, false, Action::Destroy),
+            ("past, destroy", 30, 20, false, false, Action::Destroy),
+            ("past, paused but no auto-pause", 30, 20, false, true, Action::Destroy),
+            ("past, auto-pause", 30, 20, true, false, Action::Pause),
+            ("past, auto-pause, paused already", 30, 20, true, true, Action::Nothing),
+        ];
+        for (name, now, end, auto_pause, paused, want) in rows {
+            assert_eq!(decide(now, end, auto_pause, paused), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn deadlines_table() {
+        assert_eq!(end_at(100, None), 400);
+        assert_eq!(end_at(100, Some(5)), 105);
+        assert_eq!(end_at(100, Some(10 * 86_400)), 100 + 86_400);
+        assert_eq!(end_at(i64::MAX - 1, Some(10)), i64::MAX);
+    }
+}

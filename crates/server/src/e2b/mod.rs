@@ -1,0 +1,170 @@
+//! The E2B-compatible listener (issue 25): E2B's SDKs, pointed at this listener by
+//! `E2B_API_URL` / `E2B_SANDBOX_URL` (or `E2B_DOMAIN`), run unmodified against bhatti.
+//!
+//! One port serves both planes. A request that names a sandbox, by the `E2b-Sandbox-Id` /
+//! `E2b-Sandbox-Port` headers every envd call carries or by a `Host: <port>-<id>.<domain>`,
+//! goes to that sandbox's envd surface (`envd.rs`: Connect RPC, `/files`, `/health`), checked
+//! against the sandbox's own access token; anything else is the control plane
+//! (`control.rs`, bhatti API keys in `X-API-KEY`). Nothing here is a second agent: envd's
+//! calls become the engine's guest operations (lohar frames).
+//!
+//! - `connect.rs`: Connect's JSON codec (unary, server streams, envelopes).
+//! - `error.rs`: every error of the listener becomes an answer there.
+//! - `process.rs` / `filesystem.rs` / `files_http.rs`: the envd services.
+//! - `deadline.rs`: E2B's timeout (destroy, or pause with `autoPause`).
+
+mod connect;
+mod control;
+pub mod deadline;
+mod envd;
+mod error;
+mod files_http;
+mod filesystem;
+mod process;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use tower::ServiceExt;
+
+use crate::state::AppState;
+
+/// envd's port in E2B's sandboxes (what `E2b-Sandbox-Port` names for its calls).
+pub const ENVD_PORT: u16 = 49983;
+
+/// The envd version the listener reports: the features of 0.5.7 (stdin close, octet-stream
+/// uploads, no per-call user) without file metadata or watcher entry info.
+pub const ENVD_VERSION: &str = "0.5.7";
+
+/// Config key `e2b_listen` (and `e2b_domain`): off unless configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E2bConfig {
+    /// Where the listener binds (`127.0.0.1:3049`).
+    pub listen: SocketAddr,
+    /// The domain of `Host: <port>-<id>.<domain>` routing and of the create response's
+    /// `domain`; none: header routing only.
+    pub domain: Option<String>,
+}
+
+/// What the listener's handlers share.
+#[derive(Debug, Clone)]
+pub struct E2bState {
+    /// The daemon's state.
+    pub app: AppState,
+    /// The listener's settings.
+    pub config: Arc<E2bConfig>,
+    /// The processes envd started, per sandbox (`process.rs`).
+    pub procs: Arc<process::Registry>,
+}
+
+/// Which sandbox and port a request is for, when it is an envd request.
+fn target_of(req: &Request, domain: Option<&str>) -> Option<(String, u16)> {
+    let headers = req.headers();
+    if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
+        let port = headers
+            .get("e2b-sandbox-port")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(ENVD_PORT);
+        return Some((id.to_owned(), port));
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok())?;
+    host_target(host, domain?)
+}
+
+/// `<port>-<id>.<domain>[:port]` -> (id, port).
+fn host_target(host: &str, domain: &str) -> Option<(String, u16)> {
+    let host = host
+        .rsplit_once(':')
+        .map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host });
+    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+    if label.contains('.') {
+        return None;
+    }
+    let (port, id) = label.split_once('-')?;
+    let port = port.parse().ok()?;
+    (!id.is_empty()).then(|| (id.to_owned(), port))
+}
+
+/// The listener's router: envd requests by target, the control plane otherwise.
+pub fn router(state: E2bState) -> Router {
+    let control = control::router(state.clone());
+    let envd = envd::router(state.clone());
+    let domain = state.config.domain.clone();
+    Router::new()
+        .fallback(move |req: Request| {
+            let (control, envd) = (control.clone(), envd.clone());
+            let target = target_of(&req, domain.as_deref());
+            async move {
+                let routed = match target {
+                    Some(target) => {
+                        let mut req = req;
+                        req.extensions_mut().insert(envd::Target { id: target.0, port: target.1 });
+                        envd.oneshot(req).await
+                    }
+                    None => control.oneshot(req).await,
+                };
+                match routed {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        })
+        .layer(axum::middleware::from_fn(crate::request::around))
+}
+
+/// Serves the listener until `shutdown`, with the timeout task beside it.
+pub async fn serve<L>(
+    app: AppState,
+    config: E2bConfig,
+    listener: L,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: Into<crate::proxy::ClientAddr>,
+{
+    let state = E2bState {
+        app: app.clone(),
+        config: Arc::new(config),
+        procs: Arc::new(process::Registry::default()),
+    };
+    let deadlines = tokio::spawn(deadline::run(state.clone()));
+    let settings = Arc::clone(&app.settings);
+    let served = crate::serve_app(router(state), &settings, listener, shutdown).await;
+    deadlines.abort();
+    served
+}
+
+/// A response for a request no route took.
+pub(crate) async fn unrouted() -> Response {
+    error::E2bError::BadRequest("no such route".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_targets_table() {
+        let rows = [
+            ("envd", "49983-abc.e2b.localhost", Some(("abc", 49983))),
+            ("with port", "49983-abc.e2b.localhost:3049", Some(("abc", 49983))),
+            ("user port", "8080-abc-def.e2b.localhost", Some(("abc-def", 8080))),
+            ("api host", "api.e2b.localhost", None),
+            ("other domain", "49983-abc.example.com", None),
+            ("nested", "49983-abc.x.e2b.localhost", None),
+            ("no port", "abc.e2b.localhost", None),
+            ("no id", "49983-.e2b.localhost", None),
+            ("the domain itself", "e2b.localhost", None),
+        ];
+        for (name, host, want) in rows {
+            let got = host_target(host, "e2b.localhost");
+            assert_eq!(got, want.map(|(i, p)| (i.to_owned(), p)), "{name}");
+        }
+    }
+}
