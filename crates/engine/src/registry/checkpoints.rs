@@ -143,12 +143,29 @@ impl Engine {
         // Another address than the checkpoint's: the guest moves to it before joining the bridge.
         let moved_from = (ip != record.ip).then_some(record.ip);
         let files: SandboxFiles = reservation.files.clone();
+        // Copy-on-write: the RAM is the checkpoint's file, linked and mapped privately; the
+        // disk a new overlay over a link of the checkpoint's (and the links of its own chain).
+        // Links keep the files alive when the checkpoint is deleted. Only the device state
+        // (consumed by the restore), the config drive and the volumes are copied.
+        let t0 = std::time::Instant::now();
         let mut pairs = vec![
             (from.state(), files.state()),
-            (from.ram(), files.ram()),
-            (from.overlay(), files.overlay()),
             (from.config_drive(), files.config_drive()),
         ];
+        checkpoint::link_shared(&from.ram(), &files.base_ram()).await?;
+        let depth = crate::layout::layer_count(|i| from.layer(i));
+        checkpoint::link_layers(depth, |i| from.layer(i), |i| files.layer(i)).await?;
+        checkpoint::link_shared(&from.overlay(), &files.layer(depth)).await?;
+        let backing = files.layer(depth);
+        let backing_name = backing.file_name().map(std::ffi::OsStr::to_owned).unwrap_or_default();
+        crate::run::run(
+            tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&backing_name)
+                .arg(files.overlay()),
+            std::time::Duration::from_secs(30),
+        )
+        .await?;
         // The resumed sandbox gets private copies of the volumes as they were (v1 did too);
         // they live in its directory, as scratch volumes do.
         let mut volumes = record.volumes.clone();
@@ -158,6 +175,7 @@ impl Engine {
             volume.path = private;
         }
         checkpoint::copy_files(pairs).await?;
+        tracing::debug!(sandbox = %who.id, took = ?t0.elapsed(), depth, "clone's files");
         reservation.claim_volumes(&volumes)?;
         let mac = match moved_from {
             None => parse_mac(&record.mac)?,
@@ -174,6 +192,8 @@ impl Engine {
             mac,
         };
         let mut spec = self.boot_spec(files, shape, crate::record::guest_config(record));
+        spec.memory_private = true;
+        spec.memory_file = Some(spec.files.base_ram());
         crate::isolation::admit(&self.ns, &self.port(&who.owner, &spec)).await?;
         // The checkpointed sandbox's policy comes with it.
         self.policies.admit(&spec.tap, ip, super::recorded_policy(record)).await?;
@@ -189,17 +209,28 @@ impl Engine {
         // A resumed checkpoint is a new sandbox: its agent stops answering to the source's
         // token (which the source, and every other resume of the checkpoint, still holds).
         // The record, the config drive of a later boot and every later client use the new one.
+        // The clone contract: a new token, hostname and machine-id, host entropy for the
+        // guest's RNG (two clones of one checkpoint must never draw the same bytes), and the
+        // guest's established connections to the outside reset (their peers knew the source).
+        // The clock was corrected by the restore.
         let token = crate::configdrive::random_token()?;
+        // A new hostname always: the caller's, else the new sandbox's ID.
+        let hostname = match hostname {
+            Some(name) => Some(name.to_owned()),
+            None => super::check_hostname(&who.id).ok().map(|()| who.id.clone()),
+        };
         let renew = proto::messages::SetIdentity {
             token: Some(token.clone()),
-            hostname: hostname.map(str::to_owned),
-            ..Default::default()
+            hostname: hostname.clone(),
+            machine_id: Some(crate::configdrive::random_hex(16)?),
+            entropy: Some(crate::configdrive::random_hex(64)?),
+            reset_connections: true,
         };
         match vm.client().set_identity(&renew).await {
             Ok(()) => {
                 spec.guest.token = token;
                 if let Some(hostname) = hostname {
-                    spec.guest.hostname = hostname.to_owned();
+                    spec.guest.hostname = hostname;
                 }
                 vm.set_client(self.backend.agent_client(&self.ns, &spec));
             }
