@@ -82,6 +82,66 @@ impl Engine {
         removed
     }
 
+    /// Forks a hot or warm sandbox into new sandboxes `ids` (same owner): each a copy-on-write
+    /// clone of one capture, with the source's memory, processes, sessions and files, and a
+    /// fresh identity (the clone contract, see [`Engine::create_from_checkpoint_of`]). The
+    /// source is paused only for the capture (its device state saved, its RAM and disk overlay
+    /// copied) and keeps its thermal state; a cold source is refused (wake it first). Clones
+    /// are restored concurrently, bounded by the engine's boot permits. All or nothing: when
+    /// one clone fails, those made are destroyed and the first error is the answer.
+    /// The capture is an internal checkpoint, deleted once the clones run: their hard links
+    /// keep the files they share.
+    pub async fn fork(&self, id: &str, ids: &[String]) -> Result<Vec<SandboxInfo>, EngineError> {
+        self.check_open()?;
+        for new in ids {
+            check_name(Resource::Sandbox, new)?;
+        }
+        let owner = self.owner_of(id)?;
+        let key = self.fork_capture(id).await?;
+        let clones = ids.iter().map(|new| self.create_from_checkpoint(&owner, &key, new));
+        let results = futures_util::future::join_all(clones).await;
+        self.fork_release(&owner, &key).await;
+        let mut made = Vec::new();
+        let mut failed = None;
+        for (new, result) in ids.iter().zip(results) {
+            match result {
+                Ok(info) => made.push(info),
+                Err(e) => {
+                    tracing::warn!(sandbox = %new, source = %id, "a fork's clone failed: {}", e.report());
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for info in &made {
+                if let Err(undo) = self.destroy(&info.id).await {
+                    tracing::error!(sandbox = %info.id, "undoing a fork: {}", undo.report());
+                }
+            }
+            return Err(e);
+        }
+        Ok(made)
+    }
+
+    /// The capture of a fork: an internal checkpoint of `id` (a cold sandbox is refused),
+    /// whose name is answered; resume clones of it with [`Engine::create_from_checkpoint`]
+    /// and give it back with [`Engine::fork_release`].
+    pub async fn fork_capture(&self, id: &str) -> Result<String, EngineError> {
+        let key = format!("fork-{}", crate::configdrive::random_hex(8)?);
+        self.checkpoint(id, &key).await?;
+        Ok(key)
+    }
+
+    /// Removes a fork's capture (off the async threads). Its clones keep running: the files
+    /// they share are hard links.
+    pub async fn fork_release(&self, owner: &str, key: &str) {
+        let files = self.layout.checkpoint(owner, key);
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(files.dir())).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(checkpoint = %key, "removing a fork's capture: {e}");
+        }
+    }
+
     /// Resumes the checkpoint `checkpoint` of `owner` as a new sandbox `id` (same owner), with
     /// the memory, processes and files of the moment it was taken; the new sandbox has private
     /// copies of every file. It keeps the checkpoint's address when that is free; when the
