@@ -453,7 +453,10 @@ async fn set_identity_renews_the_token() {
     let new = client(&renewed);
     assert_eq!(new.exec(&["echo", "renewed"]).await.unwrap().stdout_text(), "renewed\n");
     let err = new.set_identity(&set("")).await.unwrap_err();
-    assert!(matches!(&err, AgentError::Agent(t) if t == "set identity: empty token"), "{err:?}");
+    assert!(
+        matches!(&err, AgentError::Agent(t) if t == "set identity: token: empty token"),
+        "{err:?}"
+    );
     // Nothing to renew is not an error, and the token stays.
     new.set_identity(&proto::messages::SetIdentity::default()).await.unwrap();
     assert_eq!(client(&renewed).exec(&["true"]).await.unwrap().exit_code, 0);

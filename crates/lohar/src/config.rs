@@ -110,6 +110,9 @@ pub struct Agent {
     pub mode: Mode,
     /// The session registry.
     pub sessions: crate::session::Registry,
+    /// Where SET_IDENTITY writes `/etc/hostname` and `/etc/machine-id`: `/` in the VM; in test
+    /// mode `LOHAR_IDENTITY_ROOT` (a test's directory) or nowhere (those fields are refused).
+    pub identity_root: Option<std::path::PathBuf>,
 }
 
 impl Agent {
@@ -127,7 +130,18 @@ impl Agent {
     /// An agent for `config` in `mode`, its token the config's.
     pub fn new(config: GuestConfig, mode: Mode) -> Self {
         let token = crate::token::Token::new(config.token.clone());
-        Agent { config, token, mode, sessions: Default::default() }
+        let identity_root = match mode {
+            Mode::Vm => Some("/".into()),
+            Mode::Test => std::env::var_os("LOHAR_IDENTITY_ROOT").map(Into::into),
+        };
+        Agent { config, token, mode, sessions: Default::default(), identity_root }
+    }
+
+    /// Where and how SET_IDENTITY applies its fields: for real in the VM; in test mode only the
+    /// files under `LOHAR_IDENTITY_ROOT` (no hostname, RNG or connection changes on the host).
+    pub fn identity_target(&self) -> Option<crate::identity::Target> {
+        let root = self.identity_root.clone()?;
+        Some(crate::identity::Target { root, live: self.mode == Mode::Vm })
     }
 
     /// SET_NET may reconfigure interfaces only inside the VM, never the host's in test mode.

@@ -15,6 +15,7 @@ mod exec;
 mod files;
 mod forward;
 mod guest_setup;
+mod identity;
 mod netif;
 mod pid1;
 mod pipes;
@@ -26,6 +27,7 @@ mod rootfs;
 mod server;
 mod session;
 mod spawn;
+mod tcp_reset;
 mod token;
 
 use std::os::unix::net::UnixListener;

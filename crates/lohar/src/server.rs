@@ -20,7 +20,7 @@ use crate::config::Agent;
 use crate::conn::{Conn, CountSlot};
 use crate::reply::{Outcome, send_error, sent};
 use crate::session::{self, Kind};
-use crate::{activity, exec, files, forward};
+use crate::{activity, exec, files, forward, identity};
 
 /// A listening socket of either family.
 #[derive(Debug)]
@@ -181,9 +181,9 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
         },
         FrameType::SET_IDENTITY => match frame.json::<SetIdentity>() {
             Err(e) => send_error(conn, &format!("bad request: {e}")),
-            Ok(req) => match req.token.as_deref().map(|t| agent.token.renew(t)) {
-                Some(Err(why)) => send_error(conn, &format!("set identity: {why}")),
-                None | Some(Ok(())) => sent(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
+            Ok(req) => match set_identity(agent, &req) {
+                Err(failure) => send_error(conn, &failure.to_string()),
+                Ok(()) => sent(write_frame(conn, FrameType::EXIT, &encode_exit(0))),
             },
         },
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {
@@ -235,6 +235,25 @@ fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     } else {
         exec::run(agent, conn, req)
     }
+}
+
+/// Validates every field of a SET_IDENTITY, then applies them in order (token last).
+fn set_identity(agent: &Agent, req: &SetIdentity) -> Result<(), identity::Failure> {
+    let plan = identity::validate(req)?;
+    let target = agent.identity_target();
+    let target = match (target, req.hostname.is_some() || req.machine_id.is_some()) {
+        (Some(target), _) => target,
+        // Test mode without a directory to write into: only the token can be renewed.
+        (None, false) => identity::Target { root: "/nonexistent".into(), live: false },
+        (None, true) => {
+            let field = if req.machine_id.is_some() { "machine_id" } else { "hostname" };
+            return Err(identity::Failure {
+                field,
+                why: "refused in test mode without LOHAR_IDENTITY_ROOT".into(),
+            });
+        }
+    };
+    identity::apply(&plan, &target, &agent.token)
 }
 
 /// Sets CLOCK_REALTIME (the guest's clock stands still while the VM is paused or suspended).

@@ -32,15 +32,22 @@ impl Token {
         self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
     }
 
-    /// Replaces the token; an empty or oversized one is refused (it would open the agent, or
-    /// no AUTH frame could carry it).
-    pub fn renew(&self, token: &str) -> Result<(), &'static str> {
+    /// Whether `token` could replace the current one: not empty (it would open the agent) and
+    /// not longer than an AUTH frame may be.
+    pub fn check(token: &str) -> Result<(), &'static str> {
         if token.is_empty() {
             return Err("empty token");
         }
         if token.len() > MAX_TOKEN_LEN {
             return Err("token too long");
         }
+        Ok(())
+    }
+
+    /// Replaces the token; an empty or oversized one is refused (it would open the agent, or
+    /// no AUTH frame could carry it).
+    pub fn renew(&self, token: &str) -> Result<(), &'static str> {
+        Self::check(token)?;
         *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = token.to_owned();
         Ok(())
     }
