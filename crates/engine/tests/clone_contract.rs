@@ -59,9 +59,8 @@ fn rss_pss(dir: &std::path::Path) -> (u64, u64) {
 /// Whether TCP port `port` is listening in the guest (`/proc/net/tcp`, state 0A; read by awk:
 /// busybox's `cat` uses sendfile, which gets only the header line of these files).
 async fn listening(e: &engine::Engine, id: &str, port: u16) -> bool {
-    let script = format!(
-        "awk '$4==\"0A\" && $2 ~ /:{port:04X}$/' /proc/net/tcp /proc/net/tcp6 | wc -l"
-    );
+    let script =
+        format!("awk '$4==\"0A\" && $2 ~ /:{port:04X}$/' /proc/net/tcp /proc/net/tcp6 | wc -l");
     sh(e, id, &script).await.parse::<u32>().unwrap() > 0
 }
 

@@ -125,10 +125,15 @@ async fn fork_makes_clones_that_count_against_quotas() {
         assert_eq!(clone.status, "running");
         assert_eq!(out(&d, &clone.name, "cat /home/lohar/f.txt").await, "from-source");
         assert_eq!(out(&d, &clone.name, "hostname").await, clone.name);
-        println!("clone {}: PSS {} KiB (source {source_pss} KiB)", clone.name, pss_kib(&d, &clone.id));
+        println!(
+            "clone {}: PSS {} KiB (source {source_pss} KiB)",
+            clone.name,
+            pss_kib(&d, &clone.id)
+        );
     }
     println!("fork of a 512 MiB sandbox: 1 clone {one_took:?}, 4 clones {four_took:?}");
-    let (status, error) = status_and_error(fork(&d, &d.key, "src", json!({"count": 1})).await).await;
+    let (status, error) =
+        status_and_error(fork(&d, &d.key, "src", json!({"count": 1})).await).await;
     assert_eq!(status, 429, "{error}");
     assert_eq!(live_sandboxes(&d).await, 5);
     assert_eq!(d.state.engine.thermal(&src.id).unwrap().to_string(), "hot");
@@ -143,7 +148,8 @@ async fn fork_makes_clones_that_count_against_quotas() {
     }
     let r = d.req(Method::POST, "/sandboxes/src/stop").send().await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let (status, error) = status_and_error(fork(&d, &d.key, "src", json!({"count": 1})).await).await;
+    let (status, error) =
+        status_and_error(fork(&d, &d.key, "src", json!({"count": 1})).await).await;
     assert_eq!(status, 409, "{error}");
     assert_eq!(live_sandboxes(&d).await, 1);
     tokio::time::sleep(Duration::ZERO).await;

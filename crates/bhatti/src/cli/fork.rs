@@ -69,7 +69,10 @@ pub async fn create_from(ctx: &Ctx, from: &str, name: Option<String>) -> anyhow:
     if ctx.json {
         return print_json(&clone).map(|()| exit::OK);
     }
-    println!("sandbox/{} created from {from} ({} vCPU, {} MB)", clone.name, clone.cpus, clone.memory_mb);
+    println!(
+        "sandbox/{} created from {from} ({} vCPU, {} MB)",
+        clone.name, clone.cpus, clone.memory_mb
+    );
     println!("  ID:    {}", clone.id);
     println!("  IP:    {}", if clone.ip.is_empty() { "-" } else { &clone.ip });
     println!("  Shell: bhatti shell {}", clone.name);

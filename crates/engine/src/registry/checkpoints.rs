@@ -136,7 +136,8 @@ impl Engine {
     /// they share are hard links.
     pub async fn fork_release(&self, owner: &str, key: &str) {
         let files = self.layout.checkpoint(owner, key);
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(files.dir())).await;
+        let removed =
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(files.dir())).await;
         if let Ok(Err(e)) = removed {
             tracing::warn!(checkpoint = %key, "removing a fork's capture: {e}");
         }
@@ -208,10 +209,8 @@ impl Engine {
         // Links keep the files alive when the checkpoint is deleted. Only the device state
         // (consumed by the restore), the config drive and the volumes are copied.
         let t0 = std::time::Instant::now();
-        let mut pairs = vec![
-            (from.state(), files.state()),
-            (from.config_drive(), files.config_drive()),
-        ];
+        let mut pairs =
+            vec![(from.state(), files.state()), (from.config_drive(), files.config_drive())];
         checkpoint::link_shared(&from.ram(), &files.base_ram()).await?;
         let depth = crate::layout::layer_count(|i| from.layer(i));
         checkpoint::link_layers(depth, |i| from.layer(i), |i| files.layer(i)).await?;
