@@ -44,7 +44,7 @@ async fn out(d: &Daemon, sandbox: &str, script: &str) -> String {
 
 /// The PSS (KiB) of a sandbox's QEMU.
 fn pss_kib(d: &Daemon, id: &str) -> u64 {
-    let dir = d.state.settings.data_dir.join("sandboxes").join(id);
+    let dir = d.state.settings.data_dir.join("engine/sandboxes").join(id);
     let pid = std::fs::read_to_string(dir.join("qemu.pid")).unwrap();
     let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", pid.trim())).unwrap();
     rollup
