@@ -87,7 +87,7 @@ where
 {
     match reserve(state, new).await? {
         Reserved::Row(id) => build_reserved(state, id, build).await.map(Created::New),
-        Reserved::Existing(existing) => Ok(Created::Existing(existing)),
+        Reserved::Existing(existing) => Ok(Created::Existing(*existing)),
     }
 }
 
@@ -97,7 +97,7 @@ pub(crate) enum Reserved {
     /// The new row's ID (status `creating`).
     Row(String),
     /// The owner's sandbox of that name.
-    Existing(store::Sandbox),
+    Existing(Box<store::Sandbox>),
 }
 
 /// First half of [`create_built`]: the row (status `creating`) that reserves the name and the
@@ -105,14 +105,14 @@ pub(crate) enum Reserved {
 pub(crate) async fn reserve(state: &AppState, new: store::NewSandbox) -> ApiResult<Reserved> {
     let (owner, name) = (new.owner.clone(), new.name.clone());
     if let Some(existing) = by_name(state, &owner, &name).await? {
-        return Ok(Reserved::Existing(existing));
+        return Ok(Reserved::Existing(Box::new(existing)));
     }
     match state.store.write(move |s| s.create_sandbox(&new)).await {
         Ok(row) => Ok(Reserved::Row(row.id)),
         Err(e) if e.kind() == store::ErrorKind::Conflict => {
             // Another request with this name won the race: its sandbox is the answer.
             match by_name(state, &owner, &name).await? {
-                Some(winner) => Ok(Reserved::Existing(winner)),
+                Some(winner) => Ok(Reserved::Existing(Box::new(winner))),
                 None => Err(e.into()),
             }
         }
