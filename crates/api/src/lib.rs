@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 mod events;
 pub use events::*;
+mod fork;
+pub use fork::*;
 mod volumes;
 pub use volumes::*;
 

@@ -138,6 +138,11 @@ pub struct SandboxRecord {
     /// Egress policy (absent in records written before policies existed: `public`).
     #[serde(default)]
     pub net_policy: crate::egress::NetPolicy,
+    /// A copy-on-write clone of a checkpoint: its RAM is the checkpoint's file (hard-linked as
+    /// `base.ram` in its directory) mapped privately, so what it wrote lives only in its QEMU
+    /// (and in its saved state when cold). False for everything else (and in older records).
+    #[serde(default)]
+    pub memory_private: bool,
 }
 
 /// Why a record could not be read.
@@ -231,6 +236,7 @@ mod tests {
             thermal: Thermal::Cold,
             snapshot: true,
             net_policy: crate::egress::NetPolicy::default(),
+            memory_private: false,
         }
     }
 

@@ -78,6 +78,33 @@ pub async fn copy_files(pairs: Vec<(PathBuf, PathBuf)>) -> Result<(), EngineErro
     Ok(())
 }
 
+/// Hard-links `from` to `to` and makes the file read-only (it is shared from now on: a
+/// checkpoint's RAM or disk layer under its clones); across file systems, a copy.
+pub async fn link_shared(from: &Path, to: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_files(vec![(from.to_owned(), to.to_owned())]).await?;
+        }
+        Err(e) => return Err(io_at("linking", from)(e)),
+    }
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o444))
+        .map_err(io_at("setting the mode of", to))
+}
+
+/// Links the read-only layers `0..count` of one directory's disk chain into another.
+pub async fn link_layers(
+    count: usize,
+    from: impl Fn(usize) -> PathBuf,
+    to: impl Fn(usize) -> PathBuf,
+) -> Result<(), EngineError> {
+    for i in 0..count {
+        link_shared(&from(i), &to(i)).await?;
+    }
+    Ok(())
+}
+
 /// What a capture produced.
 #[derive(Debug, Clone)]
 pub struct Captured {
@@ -174,10 +201,19 @@ pub async fn capture(
         vm.save(spec, &written).await?;
         move_file(&written, &staging.state()).await?;
         let mut pairs = vec![
-            (ram.clone(), staging.ram()),
             (spec.files.overlay(), staging.overlay()),
             (spec.files.config_drive(), staging.config_drive()),
         ];
+        // A clone's RAM file is its checkpoint's, unchanged (what the clone wrote is in the
+        // state just saved): a link, not a copy. Its disk chain's layers are links too; the
+        // copied overlay names them relative to its directory.
+        if spec.memory_private {
+            link_shared(ram, &staging.ram()).await?;
+        } else {
+            pairs.push((ram.clone(), staging.ram()));
+        }
+        let layers = crate::layout::layer_count(|i| spec.files.layer(i));
+        link_layers(layers, |i| spec.files.layer(i), |i| staging.layer(i)).await?;
         let mut sandbox = record.clone();
         for (i, volume) in sandbox.volumes.iter_mut().enumerate() {
             pairs.push((volume.path.clone(), staging.volume(i)));
@@ -268,6 +304,7 @@ mod tests {
                 thermal: Thermal::Hot,
                 snapshot: false,
                 net_policy: bhatti_core::NetPolicy::default(),
+                memory_private: false,
             },
         }
     }

@@ -21,8 +21,13 @@ pub fn image_size(json_len: usize) -> u64 {
 
 /// A fresh auth token: 16 random bytes as 32 lower-case hex characters (v1's format).
 pub fn random_token() -> Result<String, EngineError> {
+    random_hex(16)
+}
+
+/// `n` random bytes from the host's kernel RNG, in hex (a machine-id, entropy for a clone).
+pub fn random_hex(n: usize) -> Result<String, EngineError> {
     use std::io::Read;
-    let mut bytes = [0u8; 16];
+    let mut bytes = vec![0u8; n];
     let urandom = "/dev/urandom";
     std::fs::File::open(urandom)
         .and_then(|mut f| f.read_exact(&mut bytes))

@@ -388,7 +388,12 @@ pub fn prepare(
     give(dir, uid)?;
     for entry in std::fs::read_dir(dir).map_err(io_at("listing", dir))? {
         let path = entry.map_err(io_at("listing", dir))?.path();
-        if path != mount_point {
+        // A clone's RAM and disk layers are hard links shared with its checkpoint and the
+        // other clones: they stay root's and read-only (QEMU only reads them).
+        let shared = path
+            .file_name()
+            .is_some_and(|n| crate::layout::is_shared_base(&n.to_string_lossy()));
+        if path != mount_point && !shared {
             give(&path, uid)?;
         }
     }

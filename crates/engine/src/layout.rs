@@ -125,6 +125,19 @@ impl SandboxFiles {
         self.dir.join("state")
     }
 
+    /// A clone's RAM: a hard link to its checkpoint's RAM file (read-only, root's), mapped
+    /// privately (copy-on-write) by QEMU, so clones share the pages they did not write.
+    pub fn base_ram(&self) -> PathBuf {
+        self.dir.join(BASE_RAM)
+    }
+
+    /// The `depth`-th read-only layer of a clone's disk chain (a hard link to a checkpoint's
+    /// overlay): `root.qcow2` is backed by the deepest layer, layer `i` by layer `i - 1`, layer
+    /// 0 by the image. Backing names are relative, so a directory's chain is self-contained.
+    pub fn layer(&self, depth: usize) -> PathBuf {
+        self.dir.join(layer_name(depth))
+    }
+
     /// QEMU's QMP socket.
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
@@ -219,6 +232,12 @@ impl CheckpointFiles {
         self.dir.join(Self::volume_name(index))
     }
 
+    /// The `depth`-th read-only layer under the checkpoint's overlay (see
+    /// [`SandboxFiles::layer`]).
+    pub fn layer(&self, depth: usize) -> PathBuf {
+        self.dir.join(layer_name(depth))
+    }
+
     /// A staging directory beside `self` for one capture (`<name>.tmp-<pid>-<n>`).
     pub fn staging(&self, n: u64) -> CheckpointFiles {
         let name =
@@ -235,6 +254,28 @@ impl CheckpointFiles {
 }
 
 const STAGING_MARK: &str = ".tmp-";
+
+/// A clone's privately mapped RAM file (see [`SandboxFiles::base_ram`]).
+const BASE_RAM: &str = "base.ram";
+
+fn layer_name(depth: usize) -> String {
+    format!("layer{depth}.qcow2")
+}
+
+/// Whether a file of a sandbox or checkpoint directory is shared read-only with checkpoints
+/// and other clones (a hard link): it is never handed to a sandbox's jail uid.
+pub fn is_shared_base(file_name: &str) -> bool {
+    file_name == BASE_RAM
+        || file_name
+            .strip_prefix("layer")
+            .and_then(|rest| rest.strip_suffix(".qcow2"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// How many layers a directory's disk chain has (`layer0.qcow2` .. contiguous).
+pub fn layer_count(layer: impl Fn(usize) -> PathBuf) -> usize {
+    (0..).take_while(|&i| layer(i).exists()).count()
+}
 
 #[cfg(test)]
 mod tests {
@@ -254,5 +295,22 @@ mod tests {
         assert!(CheckpointFiles::is_staging(name), "{name}");
         assert!(!CheckpointFiles::is_staging("base"));
         assert_eq!(staging.dir().parent(), cp.dir().parent());
+        assert_eq!(sb.layer(3), Path::new("/d/sandboxes/0123abcd/layer3.qcow2"));
+    }
+
+    #[test]
+    fn shared_bases_are_known_by_name() {
+        let table = [
+            ("the clone's RAM", "base.ram", true),
+            ("a layer", "layer0.qcow2", true),
+            ("a deep layer", "layer12.qcow2", true),
+            ("the overlay", "root.qcow2", false),
+            ("the own RAM", "ram", false),
+            ("no number", "layer.qcow2", false),
+            ("not a number", "layerx.qcow2", false),
+        ];
+        for (what, name, want) in table {
+            assert_eq!(is_shared_base(name), want, "{what}");
+        }
     }
 }

@@ -39,6 +39,10 @@ pub struct BootSpec {
     /// Keep guest RAM in this file (shared mapping) so the VM can be suspended to disk by
     /// saving device state only; `None` for anonymous memory.
     pub memory_file: Option<PathBuf>,
+    /// Map `memory_file` privately and read-only (`share=off`): a clone's RAM is its
+    /// checkpoint's file, copy-on-write; the file never changes. Its saved state holds the
+    /// RAM the guest wrote (QEMU's `x-ignore-shared` skips only shared RAM).
+    pub memory_private: bool,
     /// vCPUs.
     pub vcpus: u8,
     /// Config drive content (token, hostname, env, init, ...).

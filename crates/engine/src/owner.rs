@@ -605,6 +605,11 @@ impl Owner {
                     if let Some(ram) = &self.spec.memory_file {
                         let _ = std::fs::remove_file(ram);
                     }
+                    // A clone boots on fresh RAM of its own (its checkpoint's link went).
+                    if self.spec.memory_private {
+                        self.spec.memory_private = false;
+                        self.spec.memory_file = Some(self.spec.files.ram());
+                    }
                     self.set_power(Power::Cold { snapshot: false });
                 }
                 let permit = self.boots.acquire().await.map_err(|_| EngineError::ShuttingDown)?;
@@ -841,6 +846,7 @@ impl Owner {
             volumes,
             thermal: self.power.thermal(),
             snapshot: self.power.snapshot(),
+            memory_private: spec.memory_private,
             // A sandbox is always in the policy map while its owner runs; were it not, the
             // record says `deny` rather than open what no one asked for.
             net_policy: self.giveback.policies.policy(spec.ip).map_or_else(

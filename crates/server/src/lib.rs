@@ -26,6 +26,7 @@ mod exec;
 pub mod exec_budget;
 pub mod exec_slots;
 mod files;
+mod fork;
 pub mod forward;
 mod forward_error;
 mod forwards;

@@ -85,30 +85,64 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ApiResult<()>>,
 {
+    match reserve(state, new).await? {
+        Reserved::Row(id) => build_reserved(state, id, build).await.map(Created::New),
+        Reserved::Existing(existing) => Ok(Created::Existing(*existing)),
+    }
+}
+
+/// What [`reserve`] found.
+#[derive(Debug)]
+pub(crate) enum Reserved {
+    /// The new row's ID (status `creating`).
+    Row(String),
+    /// The owner's sandbox of that name.
+    Existing(Box<store::Sandbox>),
+}
+
+/// First half of [`create_built`]: the row (status `creating`) that reserves the name and the
+/// quota before the VM is built.
+pub(crate) async fn reserve(state: &AppState, new: store::NewSandbox) -> ApiResult<Reserved> {
     let (owner, name) = (new.owner.clone(), new.name.clone());
     if let Some(existing) = by_name(state, &owner, &name).await? {
-        return Ok(Created::Existing(existing));
+        return Ok(Reserved::Existing(Box::new(existing)));
     }
-    // The row (status `creating`) reserves the name and the quota before the VM is built.
-    let row = match state.store.write(move |s| s.create_sandbox(&new)).await {
-        Ok(row) => row,
+    match state.store.write(move |s| s.create_sandbox(&new)).await {
+        Ok(row) => Ok(Reserved::Row(row.id)),
         Err(e) if e.kind() == store::ErrorKind::Conflict => {
             // Another request with this name won the race: its sandbox is the answer.
-            return match by_name(state, &owner, &name).await? {
-                Some(winner) => Ok(Created::Existing(winner)),
+            match by_name(state, &owner, &name).await? {
+                Some(winner) => Ok(Reserved::Existing(Box::new(winner))),
                 None => Err(e.into()),
-            };
+            }
         }
-        Err(e) => return Err(e.into()),
-    };
-    let id = row.id.clone();
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives back a row [`reserve`] took whose VM was never built.
+pub(crate) async fn unreserve(state: &AppState, id: &str) {
+    remove_row(state, id).await;
+}
+
+/// Second half of [`create_built`]: builds the VM of a reserved row and writes the result; a
+/// failed build removes the row.
+pub(crate) async fn build_reserved<F, Fut>(
+    state: &AppState,
+    id: String,
+    build: F,
+) -> ApiResult<store::Sandbox>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<()>>,
+{
     let built = build(id.clone()).await;
     if let Err(e) = built {
         remove_row(state, &id).await;
         return Err(e);
     }
     match write_created(state, &id).await {
-        Ok(row) => Ok(Created::New(row)),
+        Ok(row) => Ok(row),
         Err(e) => {
             // Undo: no VM may run without its row, and no row may hold the name of a VM that
             // is not there.

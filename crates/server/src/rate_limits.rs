@@ -62,7 +62,9 @@ impl Class {
 pub fn classify(method: &str, path: &str) -> Class {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
     match (method, segments.as_slice()) {
-        ("POST", ["sandboxes"]) | ("POST", ["snapshots", _, "resume"]) => Class::Create,
+        ("POST", ["sandboxes"])
+        | ("POST", ["snapshots", _, "resume"])
+        | ("POST", ["sandboxes", _, "fork"]) => Class::Create,
         ("POST", ["sandboxes", _, "exec"])
         | ("PUT", ["sandboxes", _, "files"])
         | (_, ["sandboxes", _, "ws"])
@@ -186,6 +188,7 @@ mod tests {
             ("publish", "POST", "/sandboxes/abc/publish", Class::Read),
             ("stop", "POST", "/sandboxes/abc/stop", Class::Read),
             ("snapshot resume boots a VM (ours)", "POST", "/snapshots/s1/resume", Class::Create),
+            ("a fork makes sandboxes (ours)", "POST", "/sandboxes/abc/fork", Class::Create),
             (
                 "a sandbox named exec-box (v1: exec)",
                 "POST",

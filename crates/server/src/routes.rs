@@ -30,9 +30,9 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 
 use crate::state::AppState;
 use crate::{
-    backups, diff, events_api, exec, files, forward, image_pull, images, metrics_http, ports,
-    proxy, publish, sandboxes, secrets, sessions, shape_warm, shapes, snapshots, tasks, templates,
-    volumes, web_shell, ws,
+    backups, diff, events_api, exec, files, fork, forward, image_pull, images, metrics_http,
+    ports, proxy, publish, sandboxes, secrets, sessions, shape_warm, shapes, snapshots, tasks,
+    templates, volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
@@ -373,6 +373,11 @@ pub fn table() -> Vec<Route> {
         delete("/tasks/{id}", tasks::cancel)
             .summary("Cancel a running task")
             .returns::<api::StatusBody>(200),
+        // Fork (ours).
+        post("/sandboxes/{id}/fork", fork::fork)
+            .summary("Copy-on-write clones of a hot or warm sandbox (memory, processes, files)")
+            .takes::<api::ForkRequest>()
+            .returns_list::<api::Sandbox>(201),
         // Named snapshots.
         post("/sandboxes/{id}/checkpoint", snapshots::checkpoint)
             .summary("Capture a named snapshot of a hot or warm sandbox (it keeps running)")

@@ -74,7 +74,7 @@ pub async fn resolve_for_guest(
 }
 
 /// A guest hostname from a sandbox name: an RFC 1123 label.
-fn hostname_of(name: &str) -> String {
+pub(crate) fn hostname_of(name: &str) -> String {
     let mapped: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })

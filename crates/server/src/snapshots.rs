@@ -257,9 +257,15 @@ pub async fn resume(
         keep_hot: false,
         net_policy: shape.net_policy.clone(),
     };
-    let (engine, owner) = (state.engine.clone(), user.id.clone());
+    // The clone contract: the resumed guest takes its own name as its hostname.
+    let (engine, owner, hostname) =
+        (state.engine.clone(), user.id.clone(), crate::sandboxes::hostname_of(&name));
     let build = |id: String| async move {
-        engine.create_from_checkpoint(&owner, &key, &id).await.map(drop).map_err(ApiError::from)
+        engine
+            .create_from_checkpoint_of(&owner, &key, &owner, &id, Some(&hostname))
+            .await
+            .map(drop)
+            .map_err(ApiError::from)
     };
     match crate::lifecycle::create_built(&state, new, build).await? {
         Created::New(sandbox) => {

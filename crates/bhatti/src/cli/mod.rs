@@ -11,6 +11,7 @@ mod endpoint;
 mod error;
 mod exec;
 mod files;
+mod fork;
 mod images;
 mod mcp;
 mod publish;
@@ -152,6 +153,9 @@ pub enum Command {
     /// Named snapshots: checkpoint a running sandbox, resume it as new sandboxes.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCommand),
+    /// Clone a running sandbox N ways (copy-on-write: memory, processes, files; each clone
+    /// gets its own address, hostname, token and entropy).
+    Fork(fork::ForkArgs),
     /// Templates (global): presets for `create --template`.
     #[command(subcommand)]
     Template(snapshots::TemplateCommand),
@@ -241,6 +245,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Image(cmd) => images::run(ctx, cmd).await,
         Command::Secret(cmd) => secrets::run(ctx, cmd).await,
         Command::Snapshot(cmd) => snapshots::snapshot(ctx, cmd).await,
+        Command::Fork(args) => fork::fork(ctx, args).await,
         Command::Template(cmd) => snapshots::template(ctx, cmd).await,
         Command::Volume(cmd) => volumes::run(ctx, cmd).await,
         Command::Version => sandboxes::version(ctx).await,

@@ -26,6 +26,13 @@ pub struct CreateArgs {
     /// Name (default `sandbox-<6 hex>`).
     #[arg(long)]
     name: Option<String>,
+    /// A copy-on-write clone of this running sandbox (`bhatti fork` of one): its memory,
+    /// processes, files, image and shape.
+    #[arg(long, value_name = "SANDBOX", conflicts_with_all = [
+        "cpus", "memory", "disk_size", "image", "template", "env", "init", "files", "volumes",
+        "secrets", "hugepages",
+    ])]
+    from: Option<String>,
     /// vCPUs.
     #[arg(long)]
     cpus: Option<f64>,
@@ -180,6 +187,9 @@ fn create_file(spec: &str) -> anyhow::Result<api::CreateFile> {
 
 /// `bhatti create`.
 pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<u8> {
+    if let Some(from) = &a.from {
+        return super::fork::create_from(ctx, from, a.name).await;
+    }
     let net_policy =
         if a.egress.given() { Some(a.egress.policy(api::Posture::Public)?) } else { None };
     if let Some(policy) = &net_policy {

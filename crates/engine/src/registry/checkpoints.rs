@@ -82,6 +82,67 @@ impl Engine {
         removed
     }
 
+    /// Forks a hot or warm sandbox into new sandboxes `ids` (same owner): each a copy-on-write
+    /// clone of one capture, with the source's memory, processes, sessions and files, and a
+    /// fresh identity (the clone contract, see [`Engine::create_from_checkpoint_of`]). The
+    /// source is paused only for the capture (its device state saved, its RAM and disk overlay
+    /// copied) and keeps its thermal state; a cold source is refused (wake it first). Clones
+    /// are restored concurrently, bounded by the engine's boot permits. All or nothing: when
+    /// one clone fails, those made are destroyed and the first error is the answer.
+    /// The capture is an internal checkpoint, deleted once the clones run: their hard links
+    /// keep the files they share.
+    pub async fn fork(&self, id: &str, ids: &[String]) -> Result<Vec<SandboxInfo>, EngineError> {
+        self.check_open()?;
+        for new in ids {
+            check_name(Resource::Sandbox, new)?;
+        }
+        let owner = self.owner_of(id)?;
+        let key = self.fork_capture(id).await?;
+        let clones = ids.iter().map(|new| self.create_from_checkpoint(&owner, &key, new));
+        let results = futures_util::future::join_all(clones).await;
+        self.fork_release(&owner, &key).await;
+        let mut made = Vec::new();
+        let mut failed = None;
+        for (new, result) in ids.iter().zip(results) {
+            match result {
+                Ok(info) => made.push(info),
+                Err(e) => {
+                    tracing::warn!(sandbox = %new, source = %id, "a fork's clone failed: {}", e.report());
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for info in &made {
+                if let Err(undo) = self.destroy(&info.id).await {
+                    tracing::error!(sandbox = %info.id, "undoing a fork: {}", undo.report());
+                }
+            }
+            return Err(e);
+        }
+        Ok(made)
+    }
+
+    /// The capture of a fork: an internal checkpoint of `id` (a cold sandbox is refused),
+    /// whose name is answered; resume clones of it with [`Engine::create_from_checkpoint`]
+    /// and give it back with [`Engine::fork_release`].
+    pub async fn fork_capture(&self, id: &str) -> Result<String, EngineError> {
+        let key = format!("fork-{}", crate::configdrive::random_hex(8)?);
+        self.checkpoint(id, &key).await?;
+        Ok(key)
+    }
+
+    /// Removes a fork's capture (off the async threads). Its clones keep running: the files
+    /// they share are hard links.
+    pub async fn fork_release(&self, owner: &str, key: &str) {
+        let files = self.layout.checkpoint(owner, key);
+        let removed =
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(files.dir())).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(checkpoint = %key, "removing a fork's capture: {e}");
+        }
+    }
+
     /// Resumes the checkpoint `checkpoint` of `owner` as a new sandbox `id` (same owner), with
     /// the memory, processes and files of the moment it was taken; the new sandbox has private
     /// copies of every file. It keeps the checkpoint's address when that is free; when the
@@ -143,12 +204,27 @@ impl Engine {
         // Another address than the checkpoint's: the guest moves to it before joining the bridge.
         let moved_from = (ip != record.ip).then_some(record.ip);
         let files: SandboxFiles = reservation.files.clone();
-        let mut pairs = vec![
-            (from.state(), files.state()),
-            (from.ram(), files.ram()),
-            (from.overlay(), files.overlay()),
-            (from.config_drive(), files.config_drive()),
-        ];
+        // Copy-on-write: the RAM is the checkpoint's file, linked and mapped privately; the
+        // disk a new overlay over a link of the checkpoint's (and the links of its own chain).
+        // Links keep the files alive when the checkpoint is deleted. Only the device state
+        // (consumed by the restore), the config drive and the volumes are copied.
+        let t0 = std::time::Instant::now();
+        let mut pairs =
+            vec![(from.state(), files.state()), (from.config_drive(), files.config_drive())];
+        checkpoint::link_shared(&from.ram(), &files.base_ram()).await?;
+        let depth = crate::layout::layer_count(|i| from.layer(i));
+        checkpoint::link_layers(depth, |i| from.layer(i), |i| files.layer(i)).await?;
+        checkpoint::link_shared(&from.overlay(), &files.layer(depth)).await?;
+        let backing = files.layer(depth);
+        let backing_name = backing.file_name().map(std::ffi::OsStr::to_owned).unwrap_or_default();
+        crate::run::run(
+            tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&backing_name)
+                .arg(files.overlay()),
+            std::time::Duration::from_secs(30),
+        )
+        .await?;
         // The resumed sandbox gets private copies of the volumes as they were (v1 did too);
         // they live in its directory, as scratch volumes do.
         let mut volumes = record.volumes.clone();
@@ -158,6 +234,7 @@ impl Engine {
             volume.path = private;
         }
         checkpoint::copy_files(pairs).await?;
+        tracing::debug!(sandbox = %who.id, took = ?t0.elapsed(), depth, "clone's files");
         reservation.claim_volumes(&volumes)?;
         let mac = match moved_from {
             None => parse_mac(&record.mac)?,
@@ -174,6 +251,8 @@ impl Engine {
             mac,
         };
         let mut spec = self.boot_spec(files, shape, crate::record::guest_config(record));
+        spec.memory_private = true;
+        spec.memory_file = Some(spec.files.base_ram());
         crate::isolation::admit(&self.ns, &self.port(&who.owner, &spec)).await?;
         // The checkpointed sandbox's policy comes with it.
         self.policies.admit(&spec.tap, ip, super::recorded_policy(record)).await?;
@@ -189,17 +268,28 @@ impl Engine {
         // A resumed checkpoint is a new sandbox: its agent stops answering to the source's
         // token (which the source, and every other resume of the checkpoint, still holds).
         // The record, the config drive of a later boot and every later client use the new one.
+        // The clone contract: a new token, hostname and machine-id, host entropy for the
+        // guest's RNG (two clones of one checkpoint must never draw the same bytes), and the
+        // guest's established connections to the outside reset (their peers knew the source).
+        // The clock was corrected by the restore.
         let token = crate::configdrive::random_token()?;
+        // A new hostname always: the caller's, else the new sandbox's ID.
+        let hostname = match hostname {
+            Some(name) => Some(name.to_owned()),
+            None => super::check_hostname(&who.id).ok().map(|()| who.id.clone()),
+        };
         let renew = proto::messages::SetIdentity {
             token: Some(token.clone()),
-            hostname: hostname.map(str::to_owned),
-            ..Default::default()
+            hostname: hostname.clone(),
+            machine_id: Some(crate::configdrive::random_hex(16)?),
+            entropy: Some(crate::configdrive::random_hex(64)?),
+            reset_connections: true,
         };
         match vm.client().set_identity(&renew).await {
             Ok(()) => {
                 spec.guest.token = token;
                 if let Some(hostname) = hostname {
-                    spec.guest.hostname = hostname.to_owned();
+                    spec.guest.hostname = hostname;
                 }
                 vm.set_client(self.backend.agent_client(&self.ns, &spec));
             }

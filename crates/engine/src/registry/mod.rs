@@ -643,6 +643,7 @@ impl Engine {
             kernel: self.config.kernel.clone(),
             image: shape.image.to_owned(),
             memory_file: Some(files.ram()),
+            memory_private: false,
             files,
             disk_size_mib: shape.disk_size_mib,
             memory_mib: shape.memory_mib,

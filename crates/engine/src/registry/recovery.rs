@@ -232,10 +232,11 @@ impl Engine {
             return Err(EngineError::exists(Resource::Sandbox, &record.id));
         }
         // A restore consumes the state file, so one that is still there was never woken from.
+        let ram = if record.memory_private { files.base_ram() } else { files.ram() };
         let snapshot = record.snapshot
             && record.thermal == Thermal::Cold
             && files.state().exists()
-            && files.ram().exists();
+            && ram.exists();
         let mac = parse_mac(&record.mac)?;
         lock(&self.pool).claim_free(record.ip).map_err(super::address_pool_exhausted)?;
         let claimed = lock(&self.claims).claim(&record.id, &record.volumes);
@@ -253,7 +254,11 @@ impl Engine {
             ip: record.ip,
             mac,
         };
-        let spec = self.boot_spec(files, shape, crate::record::guest_config(&record));
+        let mut spec = self.boot_spec(files, shape, crate::record::guest_config(&record));
+        if record.memory_private && snapshot {
+            spec.memory_private = true;
+            spec.memory_file = Some(spec.files.base_ram());
+        }
         self.policies.remember(&spec.tap, record.ip, super::recorded_policy(&record));
         let who = Identity { id: record.id.clone(), owner: record.owner.clone() };
         self.adopt(who, spec, None, snapshot);

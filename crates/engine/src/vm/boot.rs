@@ -154,6 +154,7 @@ pub fn vm_config(spec: &BootSpec) -> Result<VmConfig, EngineError> {
     cfg.disk_cache = spec.disk_cache;
     cfg.memory.size_mib = spec.memory_mib;
     cfg.memory.file = spec.memory_file.clone();
+    cfg.memory.private = spec.memory_private;
     cfg.vcpus = spec.vcpus;
     cfg.disks.push(Disk {
         path: spec.files.overlay(),

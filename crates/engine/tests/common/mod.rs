@@ -129,6 +129,7 @@ pub fn spec_for(
         disk_cache: vmm::DiskCache::default(),
         memory_mib,
         memory_file: memory_file.then(|| dir.join("ram")),
+        memory_private: false,
         vcpus: 1,
         guest,
         volumes: Vec::new(),

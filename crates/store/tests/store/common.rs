@@ -66,6 +66,7 @@ pub fn record(name: &str, snapshot: bool, thermal: Thermal) -> SandboxRecord {
         thermal,
         snapshot,
         net_policy: Default::default(),
+        memory_private: false,
     }
 }
 
