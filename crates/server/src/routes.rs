@@ -30,9 +30,9 @@ use utoipa::openapi::{Content, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
 
 use crate::state::AppState;
 use crate::{
-    backups, diff, events_api, exec, files, fork, forward, image_pull, images, metrics_http,
-    ports, proxy, publish, sandboxes, secrets, sessions, shape_warm, shapes, snapshots, tasks,
-    templates, volumes, web_shell, ws,
+    backups, diff, events_api, exec, files, fork, forward, image_pull, images, metrics_http, ports,
+    proxy, publish, sandboxes, secrets, sessions, shape_warm, shapes, snapshots, tasks, templates,
+    volumes, web_shell, ws,
 };
 
 type Schemas = Vec<(String, RefOr<Schema>)>;
