@@ -9,7 +9,7 @@
 //! capture; a sandbox the thermal manager put to sleep is woken first, one its user stopped is
 //! refused with 409) and restores the clones concurrently. All or nothing: a failed clone
 //! destroys the others and gives every row back. Each clone logs `sandbox.created` and
-//! `sandbox.forked` (source, name).
+//! `sandbox.forked` (source, name). The clones inherit the source's secret environment.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -132,6 +132,12 @@ pub async fn fork(
             Err(e) => {
                 failed.get_or_insert(e);
             }
+        }
+    }
+    if failed.is_none() {
+        let ids: Vec<String> = made.iter().map(|row| row.id.clone()).collect();
+        if let Err(e) = crate::secrets::inherit(&state, &source.id, &ids).await {
+            failed = Some(e);
         }
     }
     if let Some(e) = failed {

@@ -186,6 +186,22 @@ pub(crate) async fn attach(
 }
 
 /// The sandbox's secret environment: memory, else the store (after a daemon restart).
+/// Gives the clones of a fork their source's secret environment (the sealed copy, as it is:
+/// a clone is its source's twin, secrets included). A clone that cannot have it is the fork's
+/// failure (the caller destroys the clones).
+pub(crate) async fn inherit(state: &AppState, source: &str, clones: &[String]) -> ApiResult<()> {
+    let key = source.to_owned();
+    let Some(sealed) = state.store.read(move |s| s.sandbox_secret_env(&key)).await? else {
+        return Ok(());
+    };
+    let ids = clones.to_vec();
+    state
+        .store
+        .write(move |s| ids.iter().try_for_each(|id| s.set_sandbox_secret_env(id, &sealed)))
+        .await?;
+    Ok(())
+}
+
 async fn env_of(state: &AppState, id: &str) -> Result<Option<Arc<SecretEnv>>, String> {
     if let Some(known) = state.secret_envs.get(id) {
         return Ok(known);

@@ -64,7 +64,12 @@ async fn live_sandboxes(d: &Daemon) -> usize {
 async fn fork_makes_clones_that_count_against_quotas() {
     let d = Daemon::start().await;
     let mallory = d.other_user("mallory").await;
-    let body = json!({"name": "src", "memory_mb": 512, "labels": {"team": "a"}});
+    let r =
+        d.req(Method::POST, "/secrets").json(&json!({"name": "FORK_SECRET", "value": "s3cr3t"}));
+    assert_eq!(r.send().await.unwrap().status(), 201);
+    let body = json!({
+        "name": "src", "memory_mb": 512, "labels": {"team": "a"}, "secrets": ["FORK_SECRET"],
+    });
     let r = d.req(Method::POST, "/sandboxes").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let src: api::Sandbox = r.json().await.unwrap();
@@ -97,6 +102,8 @@ async fn fork_makes_clones_that_count_against_quotas() {
     assert_eq!(one.len(), 1);
     assert!(one[0].name.starts_with("src-"), "{}", one[0].name);
     assert_eq!(out(&d, &one[0].name, "cat /home/lohar/f.txt").await, "from-source");
+    // The clone has its source's secrets (the daemon adds them to every exec).
+    assert_eq!(out(&d, &one[0].name, "echo $FORK_SECRET").await, "s3cr3t");
     let r = d.req(Method::DELETE, &format!("/sandboxes/{}", one[0].name)).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
