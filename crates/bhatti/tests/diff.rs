@@ -56,7 +56,8 @@ async fn diff_through_the_cli() {
     s.start().await;
     bhatti(&s, &["create", "--name", "dv", "--memory", "128"]).ok();
     bhatti(&s, &["snapshot", "create", "dv", "--name", "start"]).ok();
-    let r = bhatti(&s, &["diff", "dv", "--against", "start"]).ok();
+    let r = bhatti(&s, &["diff", "dv", "--against", "start"]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", s.logs());
     assert_eq!(r.stdout, "no changes since start\n", "{r:?}");
     let script = "mkdir /workspace/app && printf 'a\\nb\\n' > /workspace/app/main.txt \
                   && chmod 0600 /workspace/app/main.txt && chmod 0700 /workspace";

@@ -32,7 +32,8 @@ pub async fn export_root(vm: &Vm, socket: &Path) -> Result<(), EngineError> {
         .to_owned();
     // A socket an earlier export left (its QEMU died before removing it) is in the way.
     let _ = std::fs::remove_file(socket);
-    let addr = json!({ "addr": { "type": "unix", "path": socket } });
+    // `nbd-server-start` takes QAPI's legacy socket address (the path wrapped in `data`).
+    let addr = json!({ "addr": { "type": "unix", "data": { "path": socket } } });
     qmp.execute("nbd-server-start", Some(addr), QMP).await?;
     let export = json!({
         "type": "nbd", "id": EXPORT, "node-name": node, "name": EXPORT, "writable": false,
