@@ -134,8 +134,13 @@ async fn idle_sandboxes_go_warm_then_cold_and_two_execs_wake_one_qemu() {
     let started = Instant::now();
     until("idle warm", LIMIT, || async { thermal(&d, &idle.id) != Thermal::Hot }).await;
     let warm_at = started.elapsed();
+    // The row says stopped first; its record follows once the owner answers the export (after
+    // it started the sandbox's next QEMU ahead, with the pool on).
     until("idle cold in the store", LIMIT, || async {
-        row(&d, &idle.id).await.status == store::Status::Stopped
+        let r = row(&d, &idle.id).await;
+        let record = r.record.map(|r| r.decode().unwrap());
+        r.status == store::Status::Stopped
+            && record.is_some_and(|r| r.thermal == Thermal::Cold && r.snapshot)
     })
     .await;
     let cold_at = started.elapsed();
@@ -146,7 +151,12 @@ async fn idle_sandboxes_go_warm_then_cold_and_two_execs_wake_one_qemu() {
     assert_eq!(stopped.thermal, Some(Thermal::Cold));
     assert!(stopped.stopped_at.is_some());
     let record = stopped.record.unwrap().decode().unwrap();
-    assert!(record.thermal == Thermal::Cold && record.snapshot, "the record wakes from memory");
+    assert!(
+        record.thermal == Thermal::Cold && record.snapshot,
+        "the record wakes from memory: {:?} snapshot {}",
+        record.thermal,
+        record.snapshot
+    );
     assert_eq!(log(&d, &idle.id, "thermal.pause").await.len(), 1);
     assert_eq!(log(&d, &idle.id, "sandbox.stopped").await[0]["reason"], "thermal");
     assert_eq!(log(&d, &idle.id, "thermal.snapshot").await.len(), 1);
