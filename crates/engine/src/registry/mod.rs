@@ -119,10 +119,12 @@ impl EngineConfig {
     }
 }
 
-/// Cold sandboxes with a QEMU started ahead by default: the two most recently suspended ones
-/// (an idle QEMU waiting with `-incoming defer` costs the host about RSS_KIB of memory; see the
-/// README's "QEMUs started ahead").
-pub const DEFAULT_RESTORE_POOL: usize = 2;
+/// Cold sandboxes with a QEMU started ahead by default: none. Under TCG the pool gains nothing
+/// measurable end to end (the QEMU start is ~155 ms of a wake whose rest is re-translation),
+/// each waiting QEMU costs 30-40 MiB, and the pre-start holds up the owner's next command (the
+/// API's stop waits for its record export: 64 -> 285 ms p50 in the 2026-12-07 bench). Set
+/// `restore_pool` to turn it on (see the README's "QEMUs started ahead").
+pub const DEFAULT_RESTORE_POOL: usize = 0;
 
 /// Where the engine's resolver forwards to.
 #[derive(Debug, Clone)]
