@@ -5,51 +5,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use common::Setup;
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "{self:?}");
-        self
-    }
-}
-
-/// `bhatti <args>` with the daemon's URL and key, a private HOME, no terminal.
-fn bhatti(s: &Setup, args: &[&str]) -> Run {
-    let home = s.data.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let cli_config = s.data.path().join("cli.yaml");
-    std::fs::write(&cli_config, "").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhatti"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BHATTI_") || k == "SUDO_USER" || k == "XDG_CACHE_HOME" {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
-        .args(args)
-        .env("BHATTI_CONFIG", &cli_config)
-        .env("BHATTI_URL", s.url(""))
-        .env("BHATTI_TOKEN", s.key())
-        .env("HOME", &home)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::{Setup, bhatti};
 
 /// The directory holding the admin's checkpoints (the engine's layout, found on the disk).
 fn checkpoints_of(root: &Path, owner: &str) -> Option<PathBuf> {

@@ -184,3 +184,46 @@ pub fn kill_qemus_under(dir: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// What one `bhatti` run gave.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "{self:?}");
+        self
+    }
+}
+
+/// `bhatti <args>` as a user runs it (the CLI test files share it): with the daemon's URL and key, a private HOME, no terminal.
+pub fn bhatti(s: &Setup, args: &[&str]) -> Run {
+    let home = s.data.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let cli_config = s.data.path().join("cli.yaml");
+    std::fs::write(&cli_config, "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bhatti"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BHATTI_") || k == "SUDO_USER" || k == "XDG_CACHE_HOME" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("BHATTI_CONFIG", &cli_config)
+        .env("BHATTI_URL", s.url(""))
+        .env("BHATTI_TOKEN", s.key())
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
