@@ -2,6 +2,8 @@
 //! port), `start` waits until it answers, and `Drop` kills what a failed test left.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod e2b;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
