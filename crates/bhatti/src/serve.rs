@@ -229,7 +229,8 @@ fn e2b_tls_config(
                 tls.key.display()
             ),
         };
-        anyhow::Error::new(e).context(format!("e2b listener TLS: {key}"))
+        // One line: the error's text already carries its cause.
+        anyhow::anyhow!("e2b listener TLS: {key}: {e}")
     })
 }
 

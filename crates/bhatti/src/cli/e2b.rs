@@ -78,10 +78,18 @@ pub struct CertReport {
 }
 
 /// Runs `bhatti e2b ...`.
-pub fn run(data_dir: &Path, command: E2bCommand, json: bool) -> anyhow::Result<u8> {
+/// `data_dir` is asked only when `--dir` is not given.
+pub fn run(
+    data_dir: impl FnOnce() -> anyhow::Result<PathBuf>,
+    command: E2bCommand,
+    json: bool,
+) -> anyhow::Result<u8> {
     match command {
         E2bCommand::Cert { domain, dir } => {
-            let dir = dir.unwrap_or_else(|| data_dir.join("e2b-tls"));
+            let dir = match dir {
+                Some(dir) => dir,
+                None => data_dir()?.join("e2b-tls"),
+            };
             let report = ensure(&dir, &domain, SystemTime::now())?;
             if json {
                 print_json(&report)?;

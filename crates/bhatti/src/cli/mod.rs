@@ -204,8 +204,8 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
             return users::run(&dir, cmd, global.json);
         }
         Command::E2b(cmd) => {
-            let dir = endpoint::data_dir(global.data_dir.as_deref(), &env)?;
-            return e2b::run(&dir, cmd, global.json);
+            let dir = || endpoint::data_dir(global.data_dir.as_deref(), &env);
+            return e2b::run(dir, cmd, global.json);
         }
         Command::Completion { shell } => return completion::print(shell),
         Command::Setup(args) => return setup::run(global.url, global.token, args),
