@@ -343,7 +343,9 @@ mod tests {
 
     #[test]
     fn domains_table() {
-        let rows: [(&str, &str, Option<(&str, Option<u16>)>); 9] = [
+        // (name, --domain, the name and port it gives or None for a usage error)
+        type Row = (&'static str, &'static str, Option<(&'static str, Option<u16>)>);
+        let rows: [Row; 9] = [
             ("the default", "e2b.localhost", Some(("e2b.localhost", None))),
             ("with a port", "e2b.localhost:3443", Some(("e2b.localhost", Some(3443)))),
             ("case and a dot", "E2B.Example.COM.", Some(("e2b.example.com", None))),
