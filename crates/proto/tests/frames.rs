@@ -772,6 +772,8 @@ fn frame_type_table_matches_v1() {
         (0x72, "SET_TIME"),
         (0x73, "SET_NET"),
         (0x74, "SET_IDENTITY"),
+        (0x75, "WATCH_REQ"),
+        (0x76, "WATCH_EVENT"),
     ];
     let actual: Vec<(u8, &str)> = FrameType::ALL.iter().map(|k| (k.0, k.name().unwrap())).collect();
     assert_eq!(actual, expected);
