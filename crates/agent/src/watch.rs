@@ -53,7 +53,8 @@ impl AgentClient {
                 )));
             }
             send_json(&mut stream, FrameType::WATCH_REQ, &req).await?;
-            let first = expect_kind(read_frame(&mut stream).await?, FrameType::WATCH_EVENT, "watch")?;
+            let first =
+                expect_kind(read_frame(&mut stream).await?, FrameType::WATCH_EVENT, "watch")?;
             let first: WatchEvent = json(&first, "watch")?;
             if first.kind != WatchKind::Started {
                 return Err(AgentError::Protocol(format!(
@@ -75,7 +76,9 @@ impl AgentClient {
                     next = read_frame(&mut stream) => next,
                 };
                 let event = match next {
-                    Ok(Some(f)) if f.kind == FrameType::WATCH_EVENT => json::<WatchEvent>(&f, "watch"),
+                    Ok(Some(f)) if f.kind == FrameType::WATCH_EVENT => {
+                        json::<WatchEvent>(&f, "watch")
+                    }
                     Ok(Some(f)) if f.kind == FrameType::ERROR => Err(AgentError::guest(f.text())),
                     // Unknown frames are skipped, as everywhere in the protocol.
                     Ok(Some(_)) => continue,

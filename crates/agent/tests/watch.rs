@@ -138,7 +138,12 @@ async fn bad_paths_are_clear_errors() {
     let client = lohar.client();
     let missing = lohar.path("nope");
     let rows = [
-        ("missing", missing.clone(), AgentErrorKind::NotFound, format!("watch {missing}: no such file or directory")),
+        (
+            "missing",
+            missing.clone(),
+            AgentErrorKind::NotFound,
+            format!("watch {missing}: no such file or directory"),
+        ),
         (
             "a file",
             file.display().to_string(),

@@ -351,28 +351,36 @@ mod tests {
     fn queue_table() {
         use WatchKind::*;
         let rows: [(&str, usize, Vec<WatchEvent>, Vec<WatchEvent>); 5] = [
-            ("in order", 8, vec![ev("a", Create), ev("a", Write)], vec![
-                ev("a", Create),
-                ev("a", Write),
-            ]),
-            ("unsent writes coalesce", 8, vec![ev("a", Write), ev("b", Write), ev("a", Write)], vec![
-                ev("a", Write),
-                ev("b", Write),
-            ]),
-            ("creates never coalesce", 8, vec![ev("a", Create), ev("a", Create)], vec![
-                ev("a", Create),
-                ev("a", Create),
-            ]),
+            (
+                "in order",
+                8,
+                vec![ev("a", Create), ev("a", Write)],
+                vec![ev("a", Create), ev("a", Write)],
+            ),
+            (
+                "unsent writes coalesce",
+                8,
+                vec![ev("a", Write), ev("b", Write), ev("a", Write)],
+                vec![ev("a", Write), ev("b", Write)],
+            ),
+            (
+                "creates never coalesce",
+                8,
+                vec![ev("a", Create), ev("a", Create)],
+                vec![ev("a", Create), ev("a", Create)],
+            ),
             (
                 "full: dropped and one overflow once there is room",
                 2,
                 vec![ev("a", Create), ev("b", Create), ev("c", Create), ev("d", Create)],
                 vec![ev("a", Create), ev("b", Create), ev("", Overflow)],
             ),
-            ("a kernel overflow is queued", 8, vec![ev("a", Create), ev("", Overflow)], vec![
-                ev("a", Create),
-                ev("", Overflow),
-            ]),
+            (
+                "a kernel overflow is queued",
+                8,
+                vec![ev("a", Create), ev("", Overflow)],
+                vec![ev("a", Create), ev("", Overflow)],
+            ),
         ];
         for (name, cap, pushed, want) in rows {
             let mut q = Queue::new(cap);

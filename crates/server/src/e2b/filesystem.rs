@@ -306,10 +306,9 @@ fn watcher_events(
     body: &[u8],
 ) -> Result<serde_json::Value, RpcError> {
     let req: Req = connect::unary_request(body)?;
-    let watcher = state
-        .watchers
-        .get(&guest.id, &req.watcher_id)
-        .ok_or_else(|| RpcError::new(Code::NotFound, format!("watcher {} not found", req.watcher_id)))?;
+    let watcher = state.watchers.get(&guest.id, &req.watcher_id).ok_or_else(|| {
+        RpcError::new(Code::NotFound, format!("watcher {} not found", req.watcher_id))
+    })?;
     let events: Vec<serde_json::Value> = watcher.take().iter().map(event_json).collect();
     Ok(serde_json::json!({ "events": events }))
 }
@@ -321,10 +320,7 @@ fn remove_watcher(
 ) -> Result<serde_json::Value, RpcError> {
     let req: Req = connect::unary_request(body)?;
     if !state.watchers.remove(&guest.id, &req.watcher_id) {
-        return Err(RpcError::new(
-            Code::NotFound,
-            format!("watcher {} not found", req.watcher_id),
-        ));
+        return Err(RpcError::new(Code::NotFound, format!("watcher {} not found", req.watcher_id)));
     }
     Ok(serde_json::json!({}))
 }
