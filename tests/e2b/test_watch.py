@@ -12,6 +12,9 @@ import uuid
 
 import pytest
 from e2b import AsyncSandbox, NotFoundException, Sandbox, SandboxException
+from e2b.envd.client_sync import as_stream
+from e2b.envd.process import process_pb
+from e2b.envd.utils import authentication_header
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType as T
 
 RUN = uuid.uuid4().hex[:8]
@@ -26,6 +29,23 @@ def sbx():
         sandbox.kill()
     except Exception:
         pass
+
+
+def sh(sbx, script):
+    """`commands.run` with /bin/sh: the busybox `test` image has no bash (the SDK's shell), so
+    this is the SDK's own start call with another program."""
+    c = sbx.commands
+    events = as_stream(
+        c._rpc.start(
+            process_pb.StartRequest(
+                process=process_pb.ProcessConfig(cmd="/bin/sh", args=["-c", script])
+            ),
+            headers=authentication_header(c._envd_version, None),
+            timeout_ms=60_000,
+        )
+    )
+    result = c._create_handle(events, "start process", True).wait()
+    assert result.exit_code == 0, result
 
 
 def wait_for(handle, seen, name, kind):
@@ -47,10 +67,10 @@ def test_sync_watch_dir_reports_each_event_type_with_its_name(sbx):
     sbx.files.write(f"{d}/a.txt", "hello")
     wait_for(handle, seen, "a.txt", T.CREATE)
     wait_for(handle, seen, "a.txt", T.WRITE)
-    sbx.commands.run(f"echo more >> {d}/a.txt")
+    sh(sbx, f"echo more >> {d}/a.txt")
     seen.clear()
     wait_for(handle, seen, "a.txt", T.WRITE)
-    sbx.commands.run(f"chmod 600 {d}/a.txt")
+    sh(sbx, f"chmod 600 {d}/a.txt")
     wait_for(handle, seen, "a.txt", T.CHMOD)
     sbx.files.rename(f"{d}/a.txt", f"{d}/b.txt")
     wait_for(handle, seen, "a.txt", T.RENAME)

@@ -579,7 +579,7 @@ fn watch_request_and_events_have_exact_json() {
     let req = WatchRequest { path: "/tmp/w".into(), recursive: true };
     assert_eq!(through_frame(FrameType::WATCH_REQ, &req), r#"{"path":"/tmp/w","recursive":true}"#);
     // `recursive` may be left out.
-    assert_eq!(decode::<WatchRequest>(r#"{"path":"/x"}"#).recursive, false);
+    assert!(!decode::<WatchRequest>(r#"{"path":"/x"}"#).recursive);
     decode_err::<WatchRequest>(r#"{"recursive":true}"#);
     let rows = [
         (WatchKind::Started, "started"),
