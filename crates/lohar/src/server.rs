@@ -111,7 +111,8 @@ fn request_loop(agent: &Agent, conn: &mut Conn) {
                 watch = requested.features.iter().any(|f| f == FEATURE_WATCH);
                 let granted = [(reuse, FEATURE_REUSE), (watch, FEATURE_WATCH)]
                     .into_iter()
-                    .filter_map(|(on, name)| on.then(|| name.to_owned()))
+                    .filter(|(on, _)| *on)
+                    .map(|(_, name)| name.to_owned())
                     .collect();
                 let ack = Hello { version: 1, features: granted };
                 if send_json(conn, FrameType::HELLO_ACK, &ack).is_err() {
