@@ -131,6 +131,18 @@ async fn a_host_that_does_not_read_gets_an_overflow_and_the_agent_stays_responsi
 }
 
 #[tokio::test]
+async fn a_link_to_a_directory_is_watched_as_the_directory() {
+    let lohar = Lohar::start();
+    let dir = watched(&lohar, "real");
+    let link = lohar.dir.join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let client = lohar.client();
+    let mut stream = client.watch(link.to_str().unwrap(), false).await.unwrap();
+    fs::write(dir.join("x"), b"1").unwrap();
+    until(&mut stream, "x", WatchKind::Create).await;
+}
+
+#[tokio::test]
 async fn bad_paths_are_clear_errors() {
     let lohar = Lohar::start();
     let file = lohar.dir.join("plain");

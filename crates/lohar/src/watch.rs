@@ -132,11 +132,14 @@ impl Tree {
         if !meta.is_dir() {
             return Err(StartError::NotDirectory { path });
         }
+        // A link to a directory is watched as that directory (the watches themselves do
+        // not follow links below it).
+        let root = std::fs::canonicalize(&req.path).map_err(os)?;
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| os(io::Error::from(e)))?;
         let mut tree = Tree {
             inotify,
-            root: PathBuf::from(&req.path),
+            root,
             recursive: req.recursive,
             dirs: HashMap::new(),
             temp_moves: HashSet::new(),
