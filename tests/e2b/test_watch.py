@@ -23,7 +23,8 @@ DEADLINE = 60
 
 @pytest.fixture(scope="module")
 def sbx():
-    sandbox = Sandbox.create(timeout=900, metadata={"suite": "e2b-watch", "run": RUN})
+    # The busybox `test` image (lohar with the WATCH extension is what matters).
+    sandbox = Sandbox.create(template="test", timeout=900, metadata={"suite": "e2b-watch", "run": RUN})
     yield sandbox
     try:
         sandbox.kill()
