@@ -12,6 +12,9 @@
 //! - `error.rs`: every error of the listener becomes an answer there.
 //! - `process.rs` / `filesystem.rs` / `files_http.rs`: the envd services.
 //! - `deadline.rs`: E2B's timeout (destroy, or pause with `autoPause`).
+//! - `template_images.rs`: E2B template IDs with a bhatti image of another name.
+//! - `ports.rs`: any other port (the code interpreter's 49999, `get_host(port)`), forwarded
+//!   to the guest by the daemon's reverse proxy.
 
 mod connect;
 mod control;
@@ -20,7 +23,9 @@ mod envd;
 mod error;
 mod files_http;
 mod filesystem;
+mod ports;
 mod process;
+mod template_images;
 
 use std::future::Future;
 use std::net::SocketAddr;
