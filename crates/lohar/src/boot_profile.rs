@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -49,16 +49,17 @@ fn environment(config_env: &BTreeMap<String, String>) -> BTreeMap<String, String
     env
 }
 
-fn run(path: &PathBuf, env: &BTreeMap<String, String>, timeout: Duration) {
+fn run(path: &Path, env: &BTreeMap<String, String>, timeout: Duration) {
     let started = Instant::now();
     let argv = ["/bin/sh".to_owned(), path.display().to_string()];
     // Both streams go to the agent's stderr: no pipe a background child could hold open.
     let stdout = std::io::stderr().as_fd().try_clone_to_owned();
-    let spawned = spawn::command(&argv, env, Some("/"), RunAs::Root, Grouping::Session)
-        .and_then(|mut cmd| {
+    let spawned = spawn::command(&argv, env, Some("/"), RunAs::Root, Grouping::Session).and_then(
+        |mut cmd| {
             cmd.stdin(Stdio::null()).stdout(Stdio::from(stdout?)).stderr(Stdio::inherit());
             reaper::spawn_watched(&mut cmd)
-        });
+        },
+    );
     let (child, mut watch) = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
@@ -116,7 +117,8 @@ mod tests {
 
     #[test]
     fn the_environment_is_the_exec_one_with_home_root() {
-        let rows: [(&str, &[(&str, &str)], &[(&str, &str)]); 3] = [
+        type Pairs = &'static [(&'static str, &'static str)];
+        let rows: [(&str, Pairs, Pairs); 3] = [
             ("defaults", &[], &[("HOME", "/root"), ("PATH", spawn::DEFAULT_PATH)]),
             ("config env merged", &[("FOO", "bar")], &[("FOO", "bar"), ("HOME", "/root")]),
             ("HOME from the config is overridden", &[("HOME", "/x")], &[("HOME", "/root")]),

@@ -50,7 +50,10 @@ fn a_boot_profile_still_running_after_its_timeout_is_killed_with_its_group() {
     // The shell and a child in its group; both must go.
     let script = write_script(
         &dir,
-        &format!("sleep 60 &\necho \"$$ $!\" > {p}.tmp && mv {p}.tmp {p}\nwait\n", p = pids.display()),
+        &format!(
+            "sleep 60 &\necho \"$$ $!\" > {p}.tmp && mv {p}.tmp {p}\nwait\n",
+            p = pids.display()
+        ),
     );
     let agent = Agent::start_with(
         None,
