@@ -159,17 +159,25 @@ class Context:
         """Runs `code`, calling `emit(obj)` for each output line. `emit` raises when the client
         went away: the kernel is interrupted then."""
         with self.lock:
-            restore = None
             if env_vars:
-                restore = f"__import__('os').environ.clear(); __import__('os').environ.update({dict(os.environ)!r})"
+                # The previous values of these variables are kept aside (on the os module, out
+                # of the user's namespace) and put back after this run; other changes the code
+                # makes to the environment stay.
+                pairs = {str(k): str(v) for k, v in env_vars.items()}
                 self._silent(
-                    "__import__('os').environ.update(" + repr({str(k): str(v) for k, v in env_vars.items()}) + ")"
+                    "__import__('os')._bhatti_saved_env = "
+                    f"{{k: __import__('os').environ.get(k) for k in {list(pairs)!r}}}; "
+                    f"__import__('os').environ.update({pairs!r})"
                 )
             try:
                 self._run(code, emit)
             finally:
-                if restore is not None:
-                    self._silent(restore)
+                if env_vars:
+                    self._silent(
+                        "[__import__('os').environ.pop(k, None) if v is None "
+                        "else __import__('os').environ.__setitem__(k, v) "
+                        "for k, v in __import__('os').__dict__.pop('_bhatti_saved_env', {}).items()]"
+                    )
 
     def _run(self, code, emit):
         msg_id = self.kc.execute(code, store_history=True, allow_stdin=False)

@@ -64,9 +64,10 @@ def test_state_is_kept_between_runs_and_a_new_context_does_not_share_it(sbx):
 
 
 def test_envs_reach_the_code_for_that_run_only(sbx):
-    code = "import os; os.environ.get('GREETING')"
-    assert sbx.run_code(code, envs={"GREETING": "namaste"}).text == "'namaste'"
-    assert sbx.run_code(code).text is None
+    sbx.run_code("import os; os.environ['SET_BY_CODE'] = 'kept'")
+    code = "import os; (os.environ.get('GREETING'), os.environ.get('SET_BY_CODE'))"
+    assert sbx.run_code(code, envs={"GREETING": "namaste"}).text == "('namaste', 'kept')"
+    assert sbx.run_code(code).text == "(None, 'kept')"
 
 
 def test_a_matplotlib_plot_comes_back_as_a_png(sbx):
