@@ -13,6 +13,9 @@
 //! - `process.rs` / `filesystem.rs` / `files_http.rs`: the envd services.
 //! - `watchers.rs`: the polled file watchers' registry.
 //! - `deadline.rs`: E2B's timeout (destroy, or pause with `autoPause`).
+//! - `template_images.rs`: E2B template IDs with a bhatti image of another name.
+//! - `ports.rs`: any other port (the code interpreter's 49999, `get_host(port)`), forwarded
+//!   to the guest by the daemon's reverse proxy.
 
 mod connect;
 mod control;
@@ -21,7 +24,9 @@ mod envd;
 mod error;
 mod files_http;
 mod filesystem;
+mod ports;
 mod process;
+mod template_images;
 mod watchers;
 
 use std::future::Future;
