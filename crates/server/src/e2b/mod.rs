@@ -12,6 +12,7 @@
 //! - `error.rs`: every error of the listener becomes an answer there.
 //! - `process.rs` / `filesystem.rs` / `files_http.rs`: the envd services.
 //! - `deadline.rs`: E2B's timeout (destroy, or pause with `autoPause`).
+//! - `metrics.rs`: the metrics sample, measured in the guest.
 
 mod connect;
 mod control;
@@ -20,6 +21,7 @@ mod envd;
 mod error;
 mod files_http;
 mod filesystem;
+mod metrics;
 mod process;
 
 use std::future::Future;
