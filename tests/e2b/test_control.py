@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from e2b import NotFoundException, Sandbox, SandboxQuery, SandboxState
+from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 
 RUN = uuid.uuid4().hex[:8]
 MIB = 1024 * 1024
@@ -43,6 +43,14 @@ def wait_for(what, check, limit_s=120):
             return got
         assert time.monotonic() < deadline, f"{what}: not within {limit_s} s"
         time.sleep(0.5)
+
+
+def run(sbx, cmd):
+    """`commands.run`, failing with the command's output when it exits non-zero."""
+    try:
+        return sbx.commands.run(cmd)
+    except CommandExitException as e:
+        pytest.fail(f"{cmd}: exit {e.exit_code}: {e.stdout!r} {e.stderr!r}")
 
 
 def ids(query, **kw):
@@ -77,12 +85,12 @@ def test_metrics_measure_cpu_memory_and_disk(pair):
     assert 0 < m.mem_used < m.mem_total <= info.memory_mb * MIB, m
     assert 0 < m.mem_cache < m.mem_total, m
     assert 0 < m.disk_used < m.disk_total, m
-    # 32 MiB more on the root disk shows in diskUsed.
-    a.commands.run("dd if=/dev/zero of=/root/e2b-metrics.bin bs=1M count=32 && sync")
+    # 32 MiB more on the root disk (commands run as the guest's user: its home) shows in diskUsed.
+    run(a, "dd if=/dev/zero of=${HOME:?}/e2b-metrics.bin bs=1M count=32 && sync")
     [after] = a.get_metrics()
     assert after.disk_used - m.disk_used >= 24 * MIB, (m, after)
     assert after.cpu_used_pct < m.cpu_used_pct, (m, after)
-    a.commands.run("rm -f /root/e2b-metrics.bin")
+    run(a, "rm -f ${HOME:?}/e2b-metrics.bin")
 
 
 def test_pause_pauses_and_a_second_pause_answers_false(pair):
