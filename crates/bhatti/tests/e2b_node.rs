@@ -34,7 +34,8 @@ async fn e2b_js_sdk_flow_passes_against_the_listener() {
     // Node resolves `e2b` from the script's own directory: the flow runs from a copy beside
     // a link to the installed node_modules.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(repo_root().join("tests/e2b/node/flow.mjs"), dir.path().join("flow.mjs")).unwrap();
+    std::fs::copy(repo_root().join("tests/e2b/node/flow.mjs"), dir.path().join("flow.mjs"))
+        .unwrap();
     std::os::unix::fs::symlink(sdk.join("node_modules"), dir.path().join("node_modules")).unwrap();
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg("flow.mjs")

@@ -288,7 +288,9 @@ async fn list(
         .await?;
     let matching: Vec<(Cursor, Info)> = rows
         .iter()
-        .map(|(s, e)| (Cursor { started_at: e.started_at, id: s.id.clone() }, info_of(&state, s, e)))
+        .map(|(s, e)| {
+            (Cursor { started_at: e.started_at, id: s.id.clone() }, info_of(&state, s, e))
+        })
         .filter(|(_, i)| q.matches(i))
         .collect();
     let (page, next) = page_of(matching, &q);
@@ -445,7 +447,7 @@ async fn pause(
     if s.user_stopped {
         return Err(E2bError::AlreadyPaused(id));
     }
-    crate::lifecycle::stop(&state.app, s).await?;
+    deadline::pause(&state.app, s).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

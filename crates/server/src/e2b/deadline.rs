@@ -54,6 +54,21 @@ pub async fn run(state: E2bState) {
     }
 }
 
+/// E2B's pause (the pause route's and the timeout's): bhatti's cold stop, marked stopped by its
+/// user, which is what makes its E2B state `paused`. A sandbox the thermal manager had made cold
+/// already is only marked.
+pub async fn pause(
+    app: &crate::state::AppState,
+    sandbox: store::Sandbox,
+) -> Result<(), crate::error::ApiError> {
+    let row = crate::lifecycle::stop(app, sandbox).await?;
+    if !row.user_stopped {
+        let change = store::Change { user_stopped: Some(true), ..Default::default() };
+        app.store.write(move |s| s.update_sandbox(&row.id, &change)).await?;
+    }
+    Ok(())
+}
+
 /// One look: every due sandbox gets its action; one that fails is logged and tried again at the
 /// next tick, the others go on.
 async fn once(state: &E2bState) -> Result<(), crate::error::ApiError> {
@@ -78,7 +93,7 @@ async fn once(state: &E2bState) -> Result<(), crate::error::ApiError> {
             }
             Action::Pause => {
                 tracing::info!(sandbox = %id, "e2b timeout: pausing (autoPause)");
-                crate::lifecycle::stop(&state.app, sandbox).await.map(|_| ())
+                pause(&state.app, sandbox).await
             }
         };
         if let Err(err) = done {

@@ -94,7 +94,9 @@ impl Sample {
 pub async fn measure(engine: &engine::Engine, id: &str) -> Option<Sample> {
     let run = |script: &'static str| async move {
         match engine.exec(id, &["sh", "-c", script]).await {
-            Ok(out) if out.exit_code == 0 => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Ok(out) if out.exit_code == 0 => {
+                Some(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
             Ok(out) => {
                 tracing::debug!(sandbox = %id, code = out.exit_code, "e2b metrics: a reading failed");
                 None
