@@ -323,10 +323,11 @@ impl Cursor {
     }
 }
 
-/// One page of `items` (sorted ascending by cursor) after the query's token, in its order, and
-/// the cursor of the next page when there are more items.
+/// One page of `items` after the query's token, in its order, and the cursor of the next page
+/// when there are more items.
 fn page_of<T>(items: Vec<(Cursor, T)>, q: &ListQuery) -> (Vec<T>, Option<Cursor>) {
     let mut items = items;
+    items.sort_by(|a, b| a.0.cmp(&b.0));
     if q.descending {
         items.reverse();
     }
@@ -538,10 +539,10 @@ mod tests {
 
     #[test]
     fn pages_table() {
-        // Sorted by (start time, ID): IDs out of start order, and two sandboxes started in the
-        // same second, so neither key alone would page right.
+        // Paged by (start time, ID): IDs out of start order, and two sandboxes started in the
+        // same second, so neither key alone would page right; the input order does not matter.
         let items = || {
-            [(10, "zz"), (10, "zzz"), (11, "aa"), (12, "mm")]
+            [(11, "aa"), (10, "zzz"), (12, "mm"), (10, "zz")]
                 .map(|(t, id)| (Cursor { started_at: t, id: id.into() }, id))
                 .to_vec()
         };
