@@ -78,12 +78,17 @@ fn target_of(req: &Request, domain: Option<&str>) -> Option<(String, u16)> {
     host_target(host, domain?)
 }
 
-/// `<port>-<id>.<domain>[:port]` -> (id, port).
+/// `<port>-<id>.<domain>[:port]` -> (id, port). The domain may carry the listener's port
+/// (`E2B_DOMAIN=e2b.localhost:3443`, which the SDK puts in its URLs as it is).
 fn host_target(host: &str, domain: &str) -> Option<(String, u16)> {
-    let host = host
-        .rsplit_once(':')
-        .map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host });
-    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+    let without_port = |name: &str| {
+        name.rsplit_once(':').map_or(name.to_owned(), |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) { h } else { name }.to_owned()
+        })
+    };
+    let host = without_port(host).to_ascii_lowercase();
+    let domain = without_port(domain);
+    let label = host.strip_suffix(domain.as_str())?.strip_suffix('.')?;
     if label.contains('.') {
         return None;
     }
@@ -163,10 +168,13 @@ mod tests {
             ("no port", "abc.e2b.localhost", None),
             ("no id", "49983-.e2b.localhost", None),
             ("the domain itself", "e2b.localhost", None),
+            ("upper case", "49983-ABC.E2B.localhost", Some(("abc", 49983))),
         ];
         for (name, host, want) in rows {
-            let got = host_target(host, "e2b.localhost");
-            assert_eq!(got, want.map(|(i, p)| (i.to_owned(), p)), "{name}");
+            let want = want.map(|(i, p)| (i.to_owned(), p));
+            assert_eq!(host_target(host, "e2b.localhost"), want, "{name}");
+            // A domain with the listener's port (`E2B_DOMAIN=e2b.localhost:3443`) routes alike.
+            assert_eq!(host_target(host, "e2b.localhost:3443"), want, "{name}, domain with port");
         }
     }
 }
