@@ -29,6 +29,7 @@ mod session;
 mod spawn;
 mod tcp_reset;
 mod token;
+mod watch;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;

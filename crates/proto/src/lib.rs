@@ -38,6 +38,13 @@
 //! is resumed as a new sandbox: today its agent token (the resumed sandbox must not answer to
 //! its source's). The agent answers EXIT 0 or ERROR; later connections AUTH with the new token.
 //!
+//! A sixth, under the HELLO feature `"watch"`: [`FrameType::WATCH_REQ`] (`0x75`, JSON
+//! [`messages::WatchRequest`]) watches a directory (inotify in the guest). The agent answers
+//! ERROR (missing path, not a directory, too many directories) or a stream of
+//! [`FrameType::WATCH_EVENT`] (`0x76`, JSON [`messages::WatchEvent`]) frames, the first of kind
+//! `started`, until the host closes the connection, which ends the watch. A connection whose
+//! HELLO did not ask for `"watch"` gets v1's `unexpected frame type 0x75`.
+//!
 //! One more compatible extension: an empty `STDIN` frame (which v1 treats as a zero-byte write,
 //! a no-op) closes the child's stdin, so a host can send EOF to a one-shot exec or a piped
 //! session.

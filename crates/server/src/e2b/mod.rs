@@ -11,6 +11,7 @@
 //! - `connect.rs`: Connect's JSON codec (unary, server streams, envelopes).
 //! - `error.rs`: every error of the listener becomes an answer there.
 //! - `process.rs` / `filesystem.rs` / `files_http.rs`: the envd services.
+//! - `watchers.rs`: the polled file watchers' registry.
 //! - `deadline.rs`: E2B's timeout (destroy, or pause with `autoPause`).
 //! - `metrics.rs`: the metrics sample, measured in the guest.
 
@@ -23,6 +24,7 @@ mod files_http;
 mod filesystem;
 mod metrics;
 mod process;
+mod watchers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +63,8 @@ pub struct E2bState {
     pub config: Arc<E2bConfig>,
     /// The processes envd started, per sandbox (`process.rs`).
     pub procs: Arc<process::Registry>,
+    /// envd's polled watchers, per sandbox (`watchers.rs`).
+    pub watchers: Arc<watchers::Registry>,
 }
 
 /// Which sandbox and port a request is for, when it is an envd request.
@@ -139,6 +143,7 @@ where
         app: app.clone(),
         config: Arc::new(config),
         procs: Arc::new(process::Registry::default()),
+        watchers: Arc::new(watchers::Registry::default()),
     };
     let deadlines = tokio::spawn(deadline::run(state.clone()));
     let settings = Arc::clone(&app.settings);
