@@ -267,7 +267,8 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-/// `GET /v2/sandboxes?metadata=k%3Dv%26..&state=running,paused&limit=&nextToken=`.
+/// `GET /v2/sandboxes?metadata=k%3Dv%26..&state=running,paused&template=&order=&limit=&nextToken=`:
+/// one page, by start time (then ID); `x-next-token` names where the next page starts.
 async fn list(
     State(state): State<E2bState>,
     Caller(user): Caller,
@@ -286,28 +287,65 @@ async fn list(
             Ok(out)
         })
         .await?;
-    let matching: Vec<Info> = rows
+    let matching: Vec<(Cursor, Info)> = rows
         .iter()
-        .map(|(s, e)| info_of(&state, s, e))
-        .filter(|i| q.matches(i))
-        .filter(|i| q.after.as_deref().is_none_or(|after| i.sandbox_id.as_str() > after))
+        .map(|(s, e)| {
+            (Cursor { started_at: e.started_at, id: s.id.clone() }, info_of(&state, s, e))
+        })
+        .filter(|(_, i)| q.matches(i))
         .collect();
-    let mut page: Vec<Info> = Vec::new();
-    let mut next = None;
-    for (n, item) in matching.into_iter().enumerate() {
-        if n == q.limit {
-            next = page.last().map(|i: &Info| i.sandbox_id.clone());
-            break;
-        }
-        page.push(item);
-    }
+    let (page, next) = page_of(matching, &q);
     let mut response = axum::Json(page).into_response();
     if let Some(next) = next
-        && let Ok(value) = HeaderValue::from_str(&next)
+        && let Ok(value) = HeaderValue::from_str(&next.token())
     {
         response.headers_mut().insert("x-next-token", value);
     }
     Ok(response)
+}
+
+/// Where a page starts: the sort key (start time, then ID) of the item before it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Cursor {
+    started_at: i64,
+    id: String,
+}
+
+impl Cursor {
+    /// `<started_at>.<id>` (opaque to the SDK, which sends it back as `nextToken`).
+    fn token(&self) -> String {
+        format!("{}.{}", self.started_at, self.id)
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        let (t, id) = token.split_once('.')?;
+        let started_at = t.parse().ok()?;
+        (!id.is_empty()).then(|| Cursor { started_at, id: id.to_owned() })
+    }
+}
+
+/// One page of `items` after the query's token, in its order, and the cursor of the next page
+/// when there are more items.
+fn page_of<T>(items: Vec<(Cursor, T)>, q: &ListQuery) -> (Vec<T>, Option<Cursor>) {
+    let mut items = items;
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    if q.descending {
+        items.reverse();
+    }
+    let after = |c: &Cursor| match &q.after {
+        None => true,
+        Some(a) if q.descending => c < a,
+        Some(a) => c > a,
+    };
+    let mut rest = items.into_iter().filter(|(c, _)| after(c));
+    let mut page = Vec::new();
+    let mut last = None;
+    for (cursor, item) in rest.by_ref().take(q.limit) {
+        page.push(item);
+        last = Some(cursor);
+    }
+    let next = if rest.next().is_some() { last } else { None };
+    (page, next)
 }
 
 /// The list's query.
@@ -315,8 +353,10 @@ async fn list(
 struct ListQuery {
     metadata: BTreeMap<String, String>,
     states: Vec<String>,
+    template: Option<String>,
+    descending: bool,
     limit: usize,
-    after: Option<String>,
+    after: Option<Cursor>,
 }
 
 impl ListQuery {
@@ -328,6 +368,14 @@ impl ListQuery {
                     q.metadata.extend(form_urlencoded::parse(v.as_bytes()).into_owned());
                 }
                 "state" => q.states.extend(v.split(',').map(str::to_owned)),
+                "template" if !v.is_empty() => q.template = Some(v.into_owned()),
+                "order" => {
+                    q.descending = match &*v {
+                        "asc" => false,
+                        "desc" => true,
+                        _ => return Err(E2bError::BadRequest("order: asc or desc".into())),
+                    }
+                }
                 "limit" => {
                     q.limit = v
                         .parse::<usize>()
@@ -335,7 +383,12 @@ impl ListQuery {
                         .filter(|l| (1..=1000).contains(l))
                         .ok_or_else(|| E2bError::BadRequest("limit: 1 to 1000".into()))?;
                 }
-                "nextToken" if !v.is_empty() => q.after = Some(v.into_owned()),
+                "nextToken" if !v.is_empty() => {
+                    q.after = Some(
+                        Cursor::parse(&v)
+                            .ok_or_else(|| E2bError::BadRequest("invalid nextToken".into()))?,
+                    );
+                }
                 _ => {}
             }
         }
@@ -344,7 +397,10 @@ impl ListQuery {
 
     fn matches(&self, info: &Info) -> bool {
         let state_ok = self.states.is_empty() || self.states.iter().any(|s| s == info.state);
-        state_ok && self.metadata.iter().all(|(k, v)| info.metadata.get(k) == Some(v))
+        let template_ok = self.template.as_ref().is_none_or(|t| *t == info.template_id);
+        state_ok
+            && template_ok
+            && self.metadata.iter().all(|(k, v)| info.metadata.get(k) == Some(v))
     }
 }
 
@@ -393,7 +449,7 @@ async fn pause(
     if s.user_stopped {
         return Err(E2bError::AlreadyPaused(id));
     }
-    crate::lifecycle::stop(&state.app, s).await?;
+    deadline::pause(&state.app, s).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -419,40 +475,32 @@ async fn connect(
     Ok((status, axum::Json(created(&state, &e).await?)).into_response())
 }
 
-/// `GET /sandboxes/{id}/metrics`: one sample from the guest (memory and the root disk).
+/// `GET /sandboxes/{id}/metrics`: one sample measured in the guest now (`metrics.rs`); a
+/// paused sandbox, or one whose numbers cannot be read, has none (an empty list).
 async fn metrics(
     State(state): State<E2bState>,
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<Response> {
     let (s, _) = owned(&state, &user, &id).await?;
+    if s.user_stopped {
+        return Ok(axum::Json(Vec::<serde_json::Value>::new()).into_response());
+    }
+    let Some(m) = super::metrics::measure(&state.app.engine, &s.id).await else {
+        return Ok(axum::Json(Vec::<serde_json::Value>::new()).into_response());
+    };
     let t = now();
-    let mut sample = serde_json::json!({
+    let sample = serde_json::json!({
         "timestamp": iso(t),
         "timestampUnix": t,
         "cpuCount": s.cpus.ceil().max(1.0) as u32,
-        "cpuUsedPct": 0.0,
-        "memUsed": 0,
-        "memTotal": u64::from(s.memory_mb) * 1024 * 1024,
-        "memCache": 0,
-        "diskUsed": 0,
-        "diskTotal": u64::from(s.disk_size_mb) * 1024 * 1024,
+        "cpuUsedPct": m.cpu_used_pct,
+        "memUsed": m.mem_used,
+        "memTotal": m.mem_total,
+        "memCache": m.mem_cache,
+        "diskUsed": m.disk_used,
+        "diskTotal": m.disk_total,
     });
-    if !s.user_stopped
-        && let Ok(out) = state.app.engine.exec(&s.id, &["cat", "/proc/meminfo"]).await
-    {
-        let text = String::from_utf8_lossy(&out.stdout);
-        let kib = |name: &str| -> Option<u64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-        };
-        if let (Some(total), Some(avail)) = (kib("MemTotal:"), kib("MemAvailable:")) {
-            sample["memTotal"] = (total * 1024).into();
-            sample["memUsed"] = (total.saturating_sub(avail) * 1024).into();
-            sample["memCache"] = (kib("Cached:").unwrap_or(0) * 1024).into();
-        }
-    }
     Ok(axum::Json(vec![sample]).into_response())
 }
 
@@ -472,7 +520,48 @@ mod tests {
         for (name, query) in rows {
             assert!(ListQuery::parse(query).is_err(), "{name}");
         }
-        assert_eq!(ListQuery::parse("nextToken=abc").unwrap().after.as_deref(), Some("abc"));
+        let rows = [
+            ("bad order", "order=up"),
+            ("token without a time", "nextToken=abc"),
+            ("token without an id", "nextToken=12."),
+        ];
+        for (name, query) in rows {
+            assert!(ListQuery::parse(query).is_err(), "{name}");
+        }
+        let q = ListQuery::parse("nextToken=12.abc&order=desc&template=base").unwrap();
+        assert_eq!(q.after, Some(Cursor { started_at: 12, id: "abc".into() }));
+        assert!(q.descending);
+        assert_eq!(q.template.as_deref(), Some("base"));
         assert_eq!(ListQuery::parse("nextToken=").unwrap().after, None);
+        // A cursor's token parses back to itself (IDs may hold dots).
+        let c = Cursor { started_at: 1_700_000_000, id: "a.b".into() };
+        assert_eq!(Cursor::parse(&c.token()), Some(c));
+    }
+
+    #[test]
+    fn pages_table() {
+        // Paged by (start time, ID): IDs out of start order, and two sandboxes started in the
+        // same second, so neither key alone would page right; the input order does not matter.
+        let items = || {
+            [(11, "aa"), (10, "zzz"), (12, "mm"), (10, "zz")]
+                .map(|(t, id)| (Cursor { started_at: t, id: id.into() }, id))
+                .to_vec()
+        };
+        let q = |query: &str| ListQuery::parse(query).unwrap();
+        let rows: [(&str, ListQuery, &[&str], Option<&str>); 8] = [
+            ("all in one page", q(""), &["zz", "zzz", "aa", "mm"], None),
+            ("first of two", q("limit=2"), &["zz", "zzz"], Some("10.zzz")),
+            ("second of two", q("limit=2&nextToken=10.zzz"), &["aa", "mm"], None),
+            ("exactly full", q("limit=4"), &["zz", "zzz", "aa", "mm"], None),
+            ("after the first", q("limit=1&nextToken=10.zz"), &["zzz"], Some("10.zzz")),
+            ("descending", q("limit=3&order=desc"), &["mm", "aa", "zzz"], Some("10.zzz")),
+            ("descending, next", q("order=desc&nextToken=10.zzz"), &["zz"], None),
+            ("past the end", q("nextToken=99.x"), &[], None),
+        ];
+        for (name, query, want, next) in rows {
+            let (page, cursor) = page_of(items(), &query);
+            assert_eq!(page, want, "{name}");
+            assert_eq!(cursor.map(|c| c.token()).as_deref(), next, "{name}");
+        }
     }
 }

@@ -31,13 +31,14 @@ pub enum Action {
     Pause,
 }
 
-/// The decision at `now` for a sandbox with deadline `end_at`.
+/// The decision at `now` for a sandbox with deadline `end_at`. A paused sandbox has no running
+/// timeout (E2B keeps paused sandboxes until they are killed or resumed; `connect` gives it a
+/// new deadline).
 pub fn decide(now: i64, end_at: i64, auto_pause: bool, paused: bool) -> Action {
     match (now >= end_at, auto_pause, paused) {
-        (false, _, _) => Action::Nothing,
-        (true, false, _) => Action::Destroy,
+        (false, _, _) | (true, _, true) => Action::Nothing,
+        (true, false, false) => Action::Destroy,
         (true, true, false) => Action::Pause,
-        (true, true, true) => Action::Nothing,
     }
 }
 
@@ -53,6 +54,23 @@ pub async fn run(state: E2bState) {
     }
 }
 
+/// E2B's pause (the pause route's and the timeout's): bhatti's cold stop, marked stopped by its
+/// user, which is what makes its E2B state `paused`. A sandbox the thermal manager had made cold
+/// already is only marked.
+pub async fn pause(
+    app: &crate::state::AppState,
+    sandbox: store::Sandbox,
+) -> Result<(), crate::error::ApiError> {
+    let row = crate::lifecycle::stop(app, sandbox).await?;
+    if !row.user_stopped {
+        let change = store::Change { user_stopped: Some(true), ..Default::default() };
+        app.store.write(move |s| s.update_sandbox(&row.id, &change)).await?;
+    }
+    Ok(())
+}
+
+/// One look: every due sandbox gets its action; one that fails is logged and tried again at the
+/// next tick, the others go on.
 async fn once(state: &E2bState) -> Result<(), crate::error::ApiError> {
     let now = store::Timestamp::now().0 / 1000;
     let due = state.app.store.read(move |s| s.e2b_sandboxes_due(now)).await?;
@@ -62,18 +80,24 @@ async fn once(state: &E2bState) -> Result<(), crate::error::ApiError> {
             Ok(s) => s,
             Err(_) => continue,
         };
-        match decide(now, e.end_at, e.auto_pause, sandbox.user_stopped) {
-            Action::Nothing => {}
+        let id = sandbox.id.clone();
+        let done = match decide(now, e.end_at, e.auto_pause, sandbox.user_stopped) {
+            Action::Nothing => Ok(()),
             Action::Destroy => {
-                tracing::info!(sandbox = %sandbox.id, "e2b timeout: destroying");
-                let id = sandbox.id.clone();
-                crate::lifecycle::destroy(&state.app, &sandbox).await?;
-                state.procs.forget_sandbox(&id);
+                tracing::info!(sandbox = %id, "e2b timeout: destroying");
+                let done = crate::lifecycle::destroy(&state.app, &sandbox).await;
+                if done.is_ok() {
+                    state.procs.forget_sandbox(&id);
+                }
+                done
             }
             Action::Pause => {
-                tracing::info!(sandbox = %sandbox.id, "e2b timeout: pausing (autoPause)");
-                crate::lifecycle::stop(&state.app, sandbox).await?;
+                tracing::info!(sandbox = %id, "e2b timeout: pausing (autoPause)");
+                pause(&state.app, sandbox).await
             }
+        };
+        if let Err(err) = done {
+            tracing::warn!(sandbox = %id, "e2b timeout: {err}");
         }
     }
     Ok(())
@@ -90,7 +114,7 @@ mod tests {
             ("before, auto-pause", 10, 20, true, false, Action::Nothing),
             ("at the deadline", 20, 20, false, false, Action::Destroy),
             ("past, destroy", 30, 20, false, false, Action::Destroy),
-            ("past, paused but no auto-pause", 30, 20, false, true, Action::Destroy),
+            ("past, paused by its user, no auto-pause", 30, 20, false, true, Action::Nothing),
             ("past, auto-pause", 30, 20, true, false, Action::Pause),
             ("past, auto-pause, paused already", 30, 20, true, true, Action::Nothing),
         ];

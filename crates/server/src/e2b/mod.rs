@@ -16,6 +16,7 @@
 //! - `template_images.rs`: E2B template IDs with a bhatti image of another name.
 //! - `ports.rs`: any other port (the code interpreter's 49999, `get_host(port)`), forwarded
 //!   to the guest by the daemon's reverse proxy.
+//! - `metrics.rs`: the metrics sample, measured in the guest.
 
 mod connect;
 mod control;
@@ -24,6 +25,7 @@ mod envd;
 mod error;
 mod files_http;
 mod filesystem;
+mod metrics;
 mod ports;
 mod process;
 mod template_images;
