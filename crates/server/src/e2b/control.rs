@@ -127,18 +127,20 @@ struct Info {
     domain: Option<String>,
 }
 
-/// The image of a template ID: E2B's `base` is bhatti's `minimal`, falling back to `test` on
-/// a host where `minimal` is not built; E2B's code interpreter templates are bhatti's
-/// `code-interpreter` (`template_images.rs`); any other ID names a bhatti image.
+/// The image of a template ID: E2B's `base` is the daemon's default image (`default_image`,
+/// `minimal` unless configured: what a plain `bhatti create` boots), falling back to `test` on
+/// a host where that image is not built; any other ID names a bhatti image.
 async fn image_for(state: &E2bState, user: &store::User, template_id: &str) -> String {
     if !template_id.is_empty() && template_id != "base" {
         return super::template_images::image_of(template_id).to_owned();
     }
-    match crate::image_catalog::boot_file(&state.app, user, "minimal").await {
-        Ok(_) => "minimal".into(),
+    let default = state.app.settings.default_image.clone();
+    match crate::image_catalog::boot_file(&state.app, user, &default).await {
+        Ok(_) => default,
         Err(_) => {
             tracing::warn!(
-                "e2b: the minimal image is not built; template base uses the test image"
+                image = %default,
+                "e2b: the default image is not built; template base uses the test image"
             );
             "test".into()
         }
