@@ -168,7 +168,9 @@ impl Slot {
     /// samples, so no thermal stop runs while another row is measured.
     pub fn thermal(self) -> ThermalTimings {
         match self {
-            Slot::Main => ThermalTimings { warm_after_secs: 2, cold_after_secs: 86_400, tick_secs: 1 },
+            Slot::Main => {
+                ThermalTimings { warm_after_secs: 2, cold_after_secs: 86_400, tick_secs: 1 }
+            }
             Slot::Cold | Slot::PoolOn | Slot::PoolOff => {
                 ThermalTimings { warm_after_secs: 1, cold_after_secs: 1, tick_secs: 1 }
             }

@@ -612,7 +612,9 @@ impl Bench {
         let cold_sb = match capi {
             Some(capi) => {
                 let lc = self.name("lc");
-                capi.create(&lc, "test", MEMORY_MIB, true).await.context("the cold wake sandbox")?;
+                capi.create(&lc, "test", MEMORY_MIB, true)
+                    .await
+                    .context("the cold wake sandbox")?;
                 for _ in 0..WARMUP {
                     capi.exec(&lc, &["true"]).await?;
                 }

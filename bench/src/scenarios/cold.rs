@@ -29,8 +29,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// record's export, in the same store transaction).
 pub const SNAPSHOT_EVENT: &str = "thermal.snapshot";
 /// Why the cold rows are skipped against a live daemon.
-pub const NEEDS_OWN_DAEMON: &str =
-    "needs a daemon of the runner's with short thermal timings (not --url): a stopped sandbox \
+pub const NEEDS_OWN_DAEMON: &str = "needs a daemon of the runner's with short thermal timings (not --url): a stopped sandbox \
      stays stopped until `start`, only a thermally cold one wakes on its own";
 
 /// Whether a sandbox is thermally cold, from its `GET /sandboxes/<id>` answer and the ID of its
@@ -126,7 +125,7 @@ impl ColdDaemon {
     ) -> anyhow::Result<ColdDaemon> {
         let (daemon, api) =
             OwnDaemon::start_with(&bench.bhatti, &bench.artifacts, slot, extra, env).await?;
-        Ok(ColdDaemon { api, daemon: daemon })
+        Ok(ColdDaemon { api, daemon })
     }
 
     /// Whether its log warned about an unknown config key `key`.
