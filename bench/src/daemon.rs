@@ -19,16 +19,16 @@ pub struct OwnDaemon {
 impl OwnDaemon {
     /// Starts `bin serve` and waits up to 60 s for `/health`.
     pub async fn start(bin: &Path, artifacts: &Path) -> anyhow::Result<(OwnDaemon, Api)> {
-        Self::start_with(bin, artifacts, Second::No, "", &[]).await
+        Self::start_with(bin, artifacts, Slot::Main, "", &[]).await
     }
 
     /// [`OwnDaemon::start`] with more config lines (`extra`, YAML) and environment (`env`, which
-    /// wins over the runner's own); `Second::Yes` gives it a namespace and subnet of its own,
-    /// so it runs beside the first.
+    /// wins over the runner's own); every [`Slot`] has a namespace and subnet of its own, so
+    /// the runner's daemons run side by side, and its thermal timings ([`Slot::thermal`]).
     pub async fn start_with(
         bin: &Path,
         artifacts: &Path,
-        second: Second,
+        slot: Slot,
         extra: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<(OwnDaemon, Api)> {
@@ -43,10 +43,8 @@ impl OwnDaemon {
         )?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let pid = std::process::id();
-        let (tag, octet) = match second {
-            Second::No => ("bd", 0),
-            Second::Yes => ("bp", 16),
-        };
+        let (tag, octet) = slot.net();
+        let thermal = slot.thermal();
         let netns = format!("bhatti-{tag}{pid}");
         let child = Command::new(bin)
             .arg("serve")
@@ -58,11 +56,9 @@ impl OwnDaemon {
             .env("BHATTI_KERNEL", artifacts.join("kernel/current/vmlinux"))
             .env("BHATTI_IMAGES_DIR", artifacts.join("images"))
             .env("BHATTI_DEFAULT_IMAGE", "test")
-            // Warm rows must measure warm sandboxes: idle sandboxes go warm after 2 s (checked
-            // through the API before timing); nothing goes cold by itself during the run.
-            .env("BHATTI_WARM_AFTER_SECS", "2")
-            .env("BHATTI_THERMAL_TICK_SECS", "1")
-            .env("BHATTI_COLD_AFTER_SECS", "86400")
+            .env("BHATTI_WARM_AFTER_SECS", thermal.warm_after_secs.to_string())
+            .env("BHATTI_COLD_AFTER_SECS", thermal.cold_after_secs.to_string())
+            .env("BHATTI_THERMAL_TICK_SECS", thermal.tick_secs.to_string())
             .envs(env.iter().copied())
             .stdout(std::fs::File::create(dir.path().join("daemon.log"))?)
             .stderr(std::fs::File::create(dir.path().join("daemon.err"))?)
@@ -127,11 +123,59 @@ impl Drop for OwnDaemon {
     }
 }
 
-/// Which of the runner's daemons: the main one, or a second one beside it.
-#[derive(Debug, Clone, Copy)]
-pub enum Second {
-    No,
-    Yes,
+/// Which of the runner's daemons: each has its own namespace and `/20` subnet, and its thermal
+/// timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The daemon under test for every row but the thermally cold ones.
+    Main,
+    /// The thermally cold rows of the lifecycle and proxy groups (the default config, short
+    /// thermal timings).
+    Cold,
+    /// The cold wake rows with the restore pool on (`restore_pool: 2`) ...
+    PoolOn,
+    /// ... and off (`restore_pool: 0`).
+    PoolOff,
+}
+
+/// A daemon's `thermal` settings (the `BHATTI_*_SECS` variables, which win over the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThermalTimings {
+    pub warm_after_secs: u64,
+    pub cold_after_secs: u64,
+    pub tick_secs: u64,
+}
+
+impl Slot {
+    #[cfg(test)]
+    pub const ALL: [Slot; 4] = [Slot::Main, Slot::Cold, Slot::PoolOn, Slot::PoolOff];
+
+    /// The namespace's tag and the third octet of its `10.x.<octet>.0/20` subnet.
+    pub fn net(self) -> (&'static str, u8) {
+        match self {
+            Slot::Main => ("bd", 0),
+            Slot::Cold => ("bc", 16),
+            Slot::PoolOn => ("bp", 32),
+            Slot::PoolOff => ("bq", 48),
+        }
+    }
+
+    /// Main: warm rows must measure warm sandboxes (idle ones go warm after 2 s, checked
+    /// through the API before timing) and nothing goes cold by itself during the run, so no
+    /// hot or warm row meets a thermal stop. The others exist for the thermally cold rows: an
+    /// idle sandbox is paused after 1 s and suspended to disk 1 s later, so a sample waits a
+    /// few seconds, not the defaults' 30 s + 30 min. Their sandboxes stay `keep_hot` between
+    /// samples, so no thermal stop runs while another row is measured.
+    pub fn thermal(self) -> ThermalTimings {
+        match self {
+            Slot::Main => {
+                ThermalTimings { warm_after_secs: 2, cold_after_secs: 86_400, tick_secs: 1 }
+            }
+            Slot::Cold | Slot::PoolOn | Slot::PoolOff => {
+                ThermalTimings { warm_after_secs: 1, cold_after_secs: 1, tick_secs: 1 }
+            }
+        }
+    }
 }
 
 /// SIGKILLs every process whose command line names `dir` (the QEMUs of a data directory that
@@ -312,9 +356,35 @@ impl Api {
 
     /// The `thermal` field of `GET /sandboxes/<name>`.
     pub async fn thermal(&self, name: &str) -> anyhow::Result<String> {
-        let r = self.call(self.req(Method::GET, &format!("/sandboxes/{name}"))).await?;
-        let v: Value = r.json().await?;
+        let v = self.sandbox(name).await?;
         Ok(v["thermal"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// `GET /sandboxes/<name>` (never wakes the sandbox).
+    pub async fn sandbox(&self, name: &str) -> anyhow::Result<Value> {
+        let r = self.call(self.req(Method::GET, &format!("/sandboxes/{name}"))).await?;
+        Ok(r.json().await?)
+    }
+
+    /// `PATCH /sandboxes/<name> {"keep_hot": ..}`: on, the thermal manager leaves the sandbox
+    /// alone (and a sleeping one is woken); off, it cools it once idle.
+    pub async fn set_keep_hot(&self, name: &str, keep_hot: bool) -> anyhow::Result<()> {
+        let body = json!({ "keep_hot": keep_hot });
+        self.call(self.req(Method::PATCH, &format!("/sandboxes/{name}")).json(&body))
+            .await?
+            .bytes()
+            .await?;
+        Ok(())
+    }
+
+    /// The ID of the newest event of type `kind` about the sandbox (`GET /events`, newest
+    /// first), `None` if there is none.
+    pub async fn newest_event_id(&self, name: &str, kind: &str) -> anyhow::Result<Option<i64>> {
+        let path = format!("/events?type={kind}&sandbox={name}&limit=1");
+        let r = self.call(self.req(Method::GET, &path)).await?;
+        let v: Value = r.json().await?;
+        let list = v.as_array().context("GET /events did not answer a list")?;
+        Ok(list.first().and_then(|e| e["id"].as_i64()))
     }
 
     /// Polls until the sandbox reports `want` (bounded).
@@ -393,6 +463,32 @@ pub fn qemu_rss_mib(pid_file: &Path) -> anyhow::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_have_their_own_namespace_and_subnet() {
+        let nets: Vec<(&str, u8)> = Slot::ALL.iter().map(|s| s.net()).collect();
+        for (i, (tag, octet)) in nets.iter().enumerate() {
+            assert_eq!(octet % 16, 0, "{tag}: a /20 starts on a multiple of 16");
+            for (other, o) in &nets[i + 1..] {
+                assert_ne!(tag, other, "namespace tags");
+                assert_ne!(octet, o, "subnets of {tag} and {other}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_cold_slots_cool_to_disk() {
+        let main = Slot::Main.thermal();
+        // The run is far shorter than a day: the hot and warm rows never meet a thermal stop.
+        assert!(main.cold_after_secs >= 86_400, "{main:?}");
+        assert_eq!((main.warm_after_secs, main.tick_secs), (2, 1), "warm rows: warm after 2 s");
+        for slot in [Slot::Cold, Slot::PoolOn, Slot::PoolOff] {
+            let t = slot.thermal();
+            // Idle -> warm -> cold within a few ticks, so a cold sample waits seconds.
+            assert!(t.warm_after_secs + t.cold_after_secs + 2 * t.tick_secs <= 5, "{slot:?}");
+            assert!(t.tick_secs >= 1, "{slot:?}: the daemon's ticker needs a period");
+        }
+    }
 
     #[test]
     fn pss_from_smaps_rollup() {

@@ -40,7 +40,8 @@ pub const HEADLINES: &[Headline] = &[
         peers: "bhatti v1 exec 12 ms p50 (vendor, Firecracker on KVM)",
     },
     Headline {
-        label: "cold wake + exec `true`",
+        // A sandbox the thermal manager suspended (one its user stopped stays stopped).
+        label: "cold wake (thermally cold) + exec `true`",
         row: "cold wake + exec true",
         peers: "bhatti v1 cold wake 360 ms p50 (vendor); Fly resume from suspend \"a few hundred \
                 ms\" (vendor); Firecracker snapshot load 13–33 ms (maintainers, 2 vCPU / 512 MB)",
@@ -260,6 +261,7 @@ pub mod tests {
         assert!(line("exec `true` (hot)").contains("| engine exec true | 1.14x |"));
         assert!(line("fork into 4").contains("skipped: no fork route"));
         assert!(line("stop (cold, 512 MiB)").contains("not in this results file"));
+        assert!(line("cold wake (thermally cold) + exec `true`").contains("bhatti v1 cold wake"));
         assert_eq!(s.lines().filter(|l| l.starts_with("| ") && l.contains("| tcg |")).count(), 8);
         assert!(s.contains("![p50 of the headline rows") && s.contains("(docs/perf.svg)"));
         assert!(s.contains("abc1234") && s.contains("2026-12-06") && s.contains("published"));

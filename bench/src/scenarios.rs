@@ -1,6 +1,7 @@
 //! The scenarios. Every bhatti row is measured interleaved with its baseline where one exists,
 //! so drift on a shared machine hits both alike. Failed iterations are counted, not hidden.
 
+pub mod cold;
 pub mod issue24;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub struct Bench {
     own_daemon: bool,
     /// Scenario groups to run (`--only`); empty: all.
     only: Vec<String>,
+    /// The daemon of the lifecycle and proxy cold rows (started on first use).
+    cold: Option<cold::ColdDaemon>,
 }
 
 impl Bench {
@@ -79,6 +82,7 @@ impl Bench {
             artifacts: args.artifacts.clone(),
             own_daemon: args.url.is_none(),
             only: args.only.clone(),
+            cold: None,
         }
     }
 
@@ -135,8 +139,10 @@ impl Bench {
         Ok(id)
     }
 
-    /// Destroys what the run created (sequentially, a few retries each).
+    /// Destroys what the run created (sequentially, a few retries each), and stops the cold
+    /// rows' daemon (with its QEMUs and namespace).
     pub async fn cleanup(&mut self) {
+        self.cold = None;
         for name in std::mem::take(&mut self.created) {
             for attempt in 0..3 {
                 match self.api.destroy(&name).await {
@@ -484,33 +490,18 @@ impl Bench {
     }
 
     async fn proxy(&mut self) -> anyhow::Result<()> {
+        const SECTION: &str = "Proxy (time to first byte, busybox httpd)";
         let (api, base) = (self.api.clone(), self.base.clone());
         let p = self.api_create("p", "test", MEMORY_MIB, false).await?;
-        let serve = ["sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/index.html"];
-        api.exec(&p, &serve).await?;
-        api.exec_detached(&p, &["httpd", "-f", "-p", &HTTPD_PORT.to_string(), "-h", "/tmp/www"])
-            .await?;
         let url = format!("/sandboxes/{p}/proxy/{HTTPD_PORT}/");
-        // Does the daemon have the proxy route? 404 from a known sandbox means no.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = api.req(reqwest::Method::GET, &url).send().await?.status();
-            if status == 404 {
-                let note = "proxy rows skipped: GET /sandboxes/{id}/proxy/{port}/ answers 404 on this daemon (no proxy route yet)";
-                println!("  {note}");
-                self.notes.push(note.into());
-                return Ok(());
-            }
-            if status.is_success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the proxy never answered 200 (last {status})");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if !serve_httpd(&api, &p, &url).await? {
+            let note = "proxy rows skipped: GET /sandboxes/{id}/proxy/{port}/ answers 404 on this daemon (no proxy route yet)";
+            println!("  {note}");
+            self.notes.push(note.into());
+            return Ok(());
         }
         let ep = self.engine_create("p", MEMORY_MIB).await?;
-        Baseline::call(base.engine.exec(&ep, &serve)).await?;
+        Baseline::call(base.engine.exec(&ep, &HTTPD_ROOT)).await?;
         let mut req = engine::ExecRequest::command(["httpd", "-f", "-p", "8080", "-h", "/tmp/www"]);
         req.output_file = Some("/tmp/httpd.log".into());
         Baseline::call(base.engine.exec_detached(&ep, &req)).await?;
@@ -521,29 +512,34 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let ttfb = |api: Api, url: String| async move {
-            let t = Instant::now();
-            let r = api.req(reqwest::Method::GET, &url).send().await?;
-            let took = ms(t.elapsed());
-            anyhow::ensure!(r.status().is_success(), "{}", r.status());
-            r.bytes().await?;
-            anyhow::Ok(took)
-        };
+        let mut cold_sb = None;
         for (label, mode) in [("hot", 0), ("warm", 1), ("cold", 2)] {
             let count = if mode == 0 { self.n } else { self.ln };
+            if mode == 2 {
+                // A sandbox of the cold rows' daemon, suspended by its thermal manager before
+                // every sample (a user's stop would answer 409 not_running, not wake).
+                cold_sb = self.proxy_cold_sandbox().await?;
+            }
             let (mut a, mut e) = (Samples::default(), Samples::default());
             for _ in 0..count {
-                let prep = match mode {
-                    1 => api.wait_thermal(&p, "warm", Duration::from_secs(30)).await,
-                    2 => api.post(&format!("/sandboxes/{p}/stop")).await,
-                    _ => Ok(()),
-                };
-                match prep {
-                    Ok(()) => match ttfb(api.clone(), url.clone()).await {
-                        Ok(v) => a.push(v),
-                        Err(err) => a.fail(err),
-                    },
-                    Err(err) => a.fail(err),
+                match (mode, &cold_sb) {
+                    (2, Some((capi, pc, curl))) => {
+                        cold::wake_sample(capi, pc, &mut a, proxy_ttfb(capi, curl)).await;
+                    }
+                    (2, None) => {}
+                    _ => {
+                        let prep = match mode {
+                            1 => api.wait_thermal(&p, "warm", Duration::from_secs(30)).await,
+                            _ => Ok(()),
+                        };
+                        match prep {
+                            Ok(()) => match proxy_ttfb(&api, &url).await {
+                                Ok(v) => a.push(v),
+                                Err(err) => a.fail(err),
+                            },
+                            Err(err) => a.fail(err),
+                        }
+                    }
                 }
                 let prep = match mode {
                     1 => Baseline::call(base.engine.pause(&ep, PAUSE_WAIT)).await,
@@ -558,18 +554,32 @@ impl Bench {
                     Err(err) => e.fail(err),
                 }
             }
-            self.row(
-                "Proxy (time to first byte, busybox httpd)",
-                &format!("proxy TTFB {label}"),
-                &a,
-            );
-            self.row(
-                "Proxy (time to first byte, busybox httpd)",
-                &format!("engine forward TTFB {label}"),
-                &e,
-            );
+            let name = format!("proxy TTFB {label}");
+            if mode == 2 && cold_sb.is_none() {
+                self.skip(SECTION, &name, "ms", cold::NEEDS_OWN_DAEMON);
+            } else {
+                self.row(SECTION, &name, &a);
+            }
+            self.row(SECTION, &format!("engine forward TTFB {label}"), &e);
+        }
+        if let Some((capi, pc, _)) = &cold_sb {
+            let _ = capi.destroy(pc).await;
         }
         Ok(())
+    }
+
+    /// The cold proxy row's sandbox, serving httpd, on the cold rows' daemon (kept hot until
+    /// a sample makes it cold): its daemon's API, its name and its proxy URL.
+    async fn proxy_cold_sandbox(&mut self) -> anyhow::Result<Option<(Api, String, String)>> {
+        let Some(capi) = self.cold_api().await? else { return Ok(None) };
+        let pc = self.name("pc");
+        capi.create(&pc, "test", MEMORY_MIB, true).await.context("the cold proxy sandbox")?;
+        let url = format!("/sandboxes/{pc}/proxy/{HTTPD_PORT}/");
+        anyhow::ensure!(
+            serve_httpd(&capi, &pc, &url).await?,
+            "the cold rows' daemon has no proxy route"
+        );
+        Ok(Some((capi, pc, url)))
     }
 
     async fn lifecycle(&mut self) -> anyhow::Result<()> {
@@ -596,6 +606,22 @@ impl Bench {
         }
         let minimal = self.images.iter().any(|i| i == "minimal");
         let test = self.images.iter().any(|i| i == "test");
+        // Cold wake: a sandbox on the cold rows' daemon, suspended by its thermal manager
+        // before every sample (a user's stop would leave it stopped until `start`).
+        let capi = if test { self.cold_api().await? } else { None };
+        let cold_sb = match capi {
+            Some(capi) => {
+                let lc = self.name("lc");
+                capi.create(&lc, "test", MEMORY_MIB, true)
+                    .await
+                    .context("the cold wake sandbox")?;
+                for _ in 0..WARMUP {
+                    capi.exec(&lc, &["true"]).await?;
+                }
+                Some((capi, lc))
+            }
+            None => None,
+        };
         for i in 0..self.ln {
             println!("  iteration {}/{}", i + 1, self.ln);
             let r = base.bare_boot(i, MEMORY_MIB).await;
@@ -609,6 +635,10 @@ impl Bench {
                 if let Some(name) = sample(&mut s, "create (test, 512 MiB)").record(t, r) {
                     self.api_cycle(&mut s, &name).await;
                 }
+            }
+            if let Some((capi, lc)) = &cold_sb {
+                let wake = cold::timed_exec(capi, lc);
+                cold::wake_sample(capi, lc, sample(&mut s, "cold wake + exec true"), wake).await;
             }
             let t = Instant::now();
             let r = self.engine_create(&format!("l{i}"), MEMORY_MIB).await;
@@ -646,8 +676,16 @@ impl Bench {
                 let _ = Baseline::call(base.engine.destroy(&id)).await;
             }
         }
+        if let Some((capi, lc)) = &cold_sb {
+            let _ = capi.destroy(lc).await;
+        }
         for n in names {
             if n == "create (minimal, 512 MiB)" && !minimal {
+                continue;
+            }
+            if n == "cold wake + exec true" && cold_sb.is_none() {
+                let why = if test { cold::NEEDS_OWN_DAEMON } else { "the test image is not built" };
+                self.skip("Lifecycle", n, "ms", why);
                 continue;
             }
             if let Some(v) = s.remove(n) {
@@ -655,9 +693,11 @@ impl Bench {
             }
         }
         self.notes.push(
-            "cold wake + exec: stop writes the snapshot and the wake reads it right after, while \
-             it is still in the host's page cache: this is the best case. v1 measured ~6x slower \
-             steady-state cold wakes once other writes had evicted the cache (host.md section 7)."
+            "cold wake + exec: a sandbox the thermal manager suspended to disk (a daemon of the \
+             runner's with warm after 1 s idle and cold 1 s later; `keep_hot` between samples), \
+             woken by the exec; the snapshot was written a moment earlier and is still in the \
+             host's page cache: this is the best case. v1 measured ~6x slower steady-state cold \
+             wakes once other writes had evicted the cache (host.md section 7)."
                 .into(),
         );
         self.notes.push(
@@ -668,7 +708,8 @@ impl Bench {
         Ok(())
     }
 
-    /// stop -> start -> exec -> stop -> (timed) exec -> destroy on an API sandbox.
+    /// stop -> start -> exec -> destroy on an API sandbox (the cold wake is timed on a
+    /// thermally cold sandbox of the cold rows' daemon: a user's stop does not wake on exec).
     async fn api_cycle(&self, s: &mut Table, name: &str) {
         let api = &self.api;
         if let Err(e) = api.exec(name, &["true"]).await {
@@ -683,19 +724,8 @@ impl Bench {
         let t = Instant::now();
         let r = api.post(&format!("/sandboxes/{name}/start")).await;
         sample(s, "start").record(t, r);
-        let r = async {
-            api.exec(name, &["true"]).await?;
-            api.post(&format!("/sandboxes/{name}/stop")).await
-        }
-        .await;
-        match r {
-            Ok(()) => {
-                let t = Instant::now();
-                let r = api.exec(name, &["true"]).await;
-                sample(s, "cold wake + exec true").record(t, r);
-            }
-            Err(e) => sample(s, "cold wake + exec true").fail(e),
-        }
+        // A hot sandbox that served an exec is destroyed, like the engine's after its wake.
+        let _ = api.exec(name, &["true"]).await;
         let t = Instant::now();
         let r = api.destroy(name).await;
         sample(s, "destroy").record(t, r);
@@ -752,6 +782,41 @@ async fn join_all(
         }
     }
     first.map_or(Ok(()), Err)
+}
+
+/// The busybox httpd's document root, made in the guest.
+const HTTPD_ROOT: [&str; 3] = ["sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/index.html"];
+
+/// Starts busybox httpd (detached) in the sandbox and waits (bounded) until `url` (its proxy
+/// URL) answers 200; `false` if the daemon has no proxy route (404 from a known sandbox).
+async fn serve_httpd(api: &Api, name: &str, url: &str) -> anyhow::Result<bool> {
+    api.exec(name, &HTTPD_ROOT).await?;
+    api.exec_detached(name, &["httpd", "-f", "-p", &HTTPD_PORT.to_string(), "-h", "/tmp/www"])
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = api.req(reqwest::Method::GET, url).send().await?.status();
+        if status == 404 {
+            return Ok(false);
+        }
+        if status.is_success() {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            bail!("the proxy never answered 200 (last {status})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One GET through the daemon's proxy: the time until the answer's head (its first bytes).
+async fn proxy_ttfb(api: &Api, url: &str) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let r = api.req(reqwest::Method::GET, url).send().await?;
+    let took = ms(t.elapsed());
+    anyhow::ensure!(r.status().is_success(), "{}", r.status());
+    r.bytes().await?;
+    Ok(took)
 }
 
 /// `engine.forward` to the guest's httpd, one HTTP/1.0 request, time to its first byte.

@@ -3,12 +3,13 @@
 //! Each against a baseline measured in the same run, interleaved. A feature the daemon does
 //! not have makes its rows "skipped: <why>" (see [`Features`]), never a number.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use super::cold::{self, ColdDaemon};
 use super::{Bench, MEMORY_MIB, WARMUP, join_all};
-use crate::daemon::{Api, Fork, OwnDaemon, Second};
+use crate::daemon::{Api, Fork, Slot};
 use crate::report::{Row, Samples};
 
 pub const TTFC_SECTION: &str = "Time to first command (POST /sandboxes, then exec true)";
@@ -23,8 +24,11 @@ pub const FORK_SOURCE_PSS: &str = "fork into 4: source QEMU PSS";
 pub const FORK_CLONE_PSS: &str = "fork into 4: each clone's QEMU PSS";
 pub const FORK_PSS_SHARE: &str = "fork into 4: largest clone PSS, % of the source's";
 pub const POOL_SECTION: &str = "Cold wake, restore pool on and off";
-pub const POOL_ON: &str = "cold wake + exec true, restore pool on (default config)";
+pub const POOL_ON: &str = "cold wake + exec true, restore pool on (restore_pool: 2)";
 pub const POOL_OFF: &str = "cold wake + exec true, restore pool off (restore_pool: 0)";
+/// The "pool on" daemon's `restore_pool` (the default is 0, off: it brought no measured gain
+/// under TCG).
+pub const POOL_SIZE: usize = 2;
 
 /// What this daemon can do, from its `/openapi.json`: `Err(why)` for a missing feature.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +86,7 @@ pub fn create_body(name: &str, boot: bool, features: &Features) -> Value {
 }
 
 impl Bench {
-    fn skip(&mut self, section: &str, name: &str, unit: &str, why: &str) {
+    pub(super) fn skip(&mut self, section: &str, name: &str, unit: &str, why: &str) {
         println!("  {name:<44} skipped: {why}");
         self.rows.push(Row::skipped(section, name, unit, why));
     }
@@ -261,38 +265,49 @@ impl Bench {
         Ok(())
     }
 
-    /// Cold wake + `exec true` on the runner's daemon (default config: the pool on, where the
-    /// daemon has one) and, interleaved, on a second daemon started with `restore_pool: 0`.
+    /// Cold wake + `exec true` of a thermally cold sandbox (see [`cold`]) on two daemons of
+    /// the runner's, interleaved: one started with `restore_pool: 2` (the row), one with
+    /// `restore_pool: 0` (its baseline), both with short thermal timings. The main daemon is
+    /// not one of them: its thermal timings keep the warm rows warm.
     pub(super) async fn cold_wake_pool(&mut self) -> anyhow::Result<()> {
         let skip = |b: &mut Bench, why: &str| {
             b.skip(POOL_SECTION, POOL_ON, "ms", why);
             b.skip(POOL_SECTION, POOL_OFF, "ms", why);
         };
         if !self.own_daemon {
-            skip(self, "needs the runner's own daemons (a second one with restore_pool: 0)");
+            skip(
+                self,
+                "needs daemons of the runner's (restore_pool: 2 and 0, short thermal timings)",
+            );
             return Ok(());
         }
         // The key tells whether the daemon knows it (an unknown key is warned about); the
         // environment variable overrides one the runner may have inherited.
-        let (off_daemon, off_api) = OwnDaemon::start_with(
-            &self.bhatti,
-            &self.artifacts,
-            Second::Yes,
+        let size = POOL_SIZE.to_string();
+        let on_daemon = ColdDaemon::start(
+            self,
+            Slot::PoolOn,
+            &format!("restore_pool: {size}\n"),
+            &[("BHATTI_RESTORE_POOL", &size)],
+        )
+        .await?;
+        if on_daemon.lacks_key("restore_pool") {
+            skip(self, "the daemon has no `restore_pool` config key (no restore pool yet)");
+            return Ok(());
+        }
+        let off_daemon = ColdDaemon::start(
+            self,
+            Slot::PoolOff,
             "restore_pool: 0\n",
             &[("BHATTI_RESTORE_POOL", "0")],
         )
         .await?;
-        if off_daemon.log_has_line_with(&["unknown key", "restore_pool"]) {
-            skip(self, "the daemon has no `restore_pool` config key (no restore pool yet)");
-            return Ok(());
-        }
-        let on_api = self.api.clone();
-        let on = self.api_create("cw", "test", MEMORY_MIB, false).await?;
-        let off = self.name("cw-off");
+        let (on_api, off_api) = (on_daemon.api.clone(), off_daemon.api.clone());
+        let (on, off) = (self.name("cw"), self.name("cw-off"));
         let r = self.pool_samples(&on_api, &on, &off_api, &off).await;
         let _ = on_api.destroy(&on).await;
         let _ = off_api.destroy(&off).await;
-        drop(off_daemon);
+        drop((on_daemon, off_daemon));
         let (on_s, off_s) = r?;
         self.row(POOL_SECTION, POOL_ON, &on_s);
         self.row(POOL_SECTION, POOL_OFF, &off_s);
@@ -306,29 +321,19 @@ impl Bench {
         off_api: &Api,
         off: &str,
     ) -> anyhow::Result<(Samples, Samples)> {
-        off_api.create(off, "test", MEMORY_MIB, false).await?;
+        on_api.create(on, "test", MEMORY_MIB, true).await?;
+        off_api.create(off, "test", MEMORY_MIB, true).await?;
         for _ in 0..WARMUP {
             on_api.exec(on, &["true"]).await?;
             off_api.exec(off, &["true"]).await?;
         }
         let (mut on_s, mut off_s) = (Samples::default(), Samples::default());
         for _ in 0..self.ln {
+            // One after the other: while one sandbox goes cold (seconds), the other daemon's
+            // background work after its wake (the pool's next QEMU) settles.
             for (api, name, s) in [(on_api, on, &mut on_s), (off_api, off, &mut off_s)] {
-                let r = async {
-                    api.exec(name, &["true"]).await?;
-                    api.post(&format!("/sandboxes/{name}/stop")).await
-                }
-                .await;
-                if let Err(e) = r {
-                    s.fail(e);
-                    continue;
-                }
-                let t = Instant::now();
-                let r = api.exec(name, &["true"]).await;
-                s.record(t, r);
+                cold::wake_sample(api, name, s, cold::timed_exec(api, name)).await;
             }
-            // Lets the stopped QEMUs' pages settle, as between the lifecycle rows.
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok((on_s, off_s))
     }
@@ -396,5 +401,15 @@ mod tests {
         assert!(create_body("a", false, &known).get("boot").is_none());
         assert!(create_body("a", true, &unknown).get("boot").is_none(), "old daemon");
         assert_eq!(create_body("a", false, &known)["memory_mb"], json!(MEMORY_MIB));
+    }
+
+    #[test]
+    fn pool_rows_name_the_setting_they_ran_with() {
+        // The daemon's default is the pool off: the "on" row names its explicit setting.
+        assert!(POOL_ON.contains(&format!("(restore_pool: {POOL_SIZE})")), "{POOL_ON}");
+        assert!(POOL_OFF.contains("(restore_pool: 0)"), "{POOL_OFF}");
+        for row in [POOL_ON, POOL_OFF] {
+            assert!(!row.contains("default"), "{row}");
+        }
     }
 }
