@@ -31,3 +31,8 @@ pub const MAX_EXEC_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
 pub const AUTH_TIMEOUT_SECS: u64 = 5;
 /// Chunk size for raw file content frames, both directions.
 pub const FILE_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Longest session tag (extension `procs`), bytes.
+pub const MAX_SESSION_TAG_BYTES: usize = 256;
+/// Longest session host data (extension `procs`), bytes.
+pub const MAX_SESSION_META_BYTES: usize = 16 * 1024;
