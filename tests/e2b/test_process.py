@@ -15,6 +15,7 @@ import pytest
 from e2b import CommandExitException, Sandbox
 from e2b.envd.client_sync import as_stream
 from e2b.envd.process import process_pb
+from e2b.envd.utils import extract_start_pid
 from e2b.sandbox.commands.command_handle import PtySize
 from protobuf import Oneof
 
@@ -56,8 +57,7 @@ def start_tagged(sbx, tag, script):
             timeout_ms=30_000,
         )
     )
-    first = next(events)
-    pid = first.event.start.pid
+    pid = extract_start_pid(next(events), "start")
     events.close()
     return pid
 
@@ -147,7 +147,7 @@ def test_list_shows_the_real_guest_pid_tag_and_config(sbx):
             timeout_ms=30_000,
         )
     )
-    assert next(events).event.start.pid == pid
+    assert extract_start_pid(next(events), "connect") == pid
     events.close()
     assert sbx.commands.kill(pid)
     until("the tagged process to go", lambda: not alive(sbx, pid))
