@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use proto::limits::FILE_CHUNK_BYTES;
 use proto::messages::{
-    ActivityInfo, DetachedExec, ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileInfo, ForwardRequest,
-    ForwardResponse, Hello, KillRequest, PathRequest, SessionInfo,
+    ActivityInfo, DetachedExec, ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileInfo,
+    ForwardRequest, ForwardResponse, Hello, KillRequest, PathRequest, SessionInfo,
 };
 use proto::payload::decode_exit;
 use proto::{Frame, FrameType};
@@ -257,8 +257,10 @@ impl AgentClient {
         if !self.config.reuse || self.mode.load(Ordering::Relaxed) == MODE_V1 {
             return Ok(Conn { stream, reusable: false });
         }
-        let hello =
-            Hello { version: 1, features: vec![FEATURE_REUSE.to_owned(), FEATURE_PROCS.to_owned()] };
+        let hello = Hello {
+            version: 1,
+            features: vec![FEATURE_REUSE.to_owned(), FEATURE_PROCS.to_owned()],
+        };
         send_json(&mut stream, FrameType::HELLO, &hello).await?;
         let answer = tokio::time::timeout(self.config.connect_timeout, read_frame(&mut stream))
             .await
@@ -270,7 +272,8 @@ impl AgentClient {
             Some(f) if f.kind == FrameType::HELLO_ACK => {
                 let ack: Hello = json(&f, "hello")?;
                 let reuse = ack.features.iter().any(|f| f == FEATURE_REUSE);
-                self.procs.store(ack.features.iter().any(|f| f == FEATURE_PROCS), Ordering::Relaxed);
+                self.procs
+                    .store(ack.features.iter().any(|f| f == FEATURE_PROCS), Ordering::Relaxed);
                 self.mode.store(if reuse { MODE_REUSE } else { MODE_V1 }, Ordering::Relaxed);
                 Ok(Conn { stream, reusable: reuse })
             }

@@ -94,7 +94,8 @@ async fn procs_stderr_is_apart_live_and_in_the_replay_and_merged_for_a_plain_att
     );
     plain.write(b"go\n").await.unwrap();
     let rest = read_until(&mut plain, "out3\nerr3\n", "").await;
-    let rest = if rest.exit.is_none() { read_until(&mut plain, "never", "never").await } else { rest };
+    let rest =
+        if rest.exit.is_none() { read_until(&mut plain, "never", "never").await } else { rest };
     assert_eq!(rest.exit, Some(3));
     assert!(rest.order.iter().all(|(stream, _)| *stream == "out"), "{rest:?}");
 }
@@ -150,7 +151,11 @@ async fn procs_kill_sends_the_named_signal_to_the_process_group() {
     let c = lohar.client();
     // SIGTERM runs the trap (exit 7); SIGKILL cannot be trapped (128 + 9).
     let trap = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done";
-    let rows = [("SIGTERM runs the trap", Some(15), 7), ("SIGKILL", Some(9), 137), ("none is SIGKILL", None, 137)];
+    let rows = [
+        ("SIGTERM runs the trap", Some(15), 7),
+        ("SIGKILL", Some(9), 137),
+        ("none is SIGKILL", None, 137),
+    ];
     for (name, signal, want) in rows {
         let mut s = c.piped_session(&split(&["sh", "-c", trap])).await.unwrap();
         read_until(&mut s, "ready\n", "").await;
@@ -166,11 +171,18 @@ async fn procs_bad_requests_are_refused() {
     let c = lohar.client();
     let s = c.piped_session(&split(&["sleep", "30"])).await.unwrap();
     let err = c.session_signal(s.id(), Some(999)).await.unwrap_err();
-    assert!(matches!(&err, AgentError::Agent(t) if t.message().contains("unknown signal")), "{err:?}");
+    assert!(
+        matches!(&err, AgentError::Agent(t) if t.message().contains("unknown signal")),
+        "{err:?}"
+    );
     let err = c.session_signal("s999", Some(15)).await.unwrap_err();
     assert!(matches!(&err, AgentError::Agent(t) if t == "session not found"), "{err:?}");
     let rows = [
-        ("tag", ExecRequest { tag: Some("t".repeat(257)), ..split(&["true"]) }, "session tag too long"),
+        (
+            "tag",
+            ExecRequest { tag: Some("t".repeat(257)), ..split(&["true"]) },
+            "session tag too long",
+        ),
         (
             "meta",
             ExecRequest { meta: Some("m".repeat(16 * 1024 + 1)), ..split(&["true"]) },

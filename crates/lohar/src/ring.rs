@@ -152,10 +152,12 @@ mod tests {
     #[test]
     fn stream_ring_keeps_the_stream_of_every_byte() {
         let rows: [(&str, usize, &[(Stream, &str)], &[(Stream, &str)]); 5] = [
-            ("one stream is one run", 16, &[(Stream::Out, "ab"), (Stream::Out, "cd")], &[(
-                Stream::Out,
-                "abcd",
-            )]),
+            (
+                "one stream is one run",
+                16,
+                &[(Stream::Out, "ab"), (Stream::Out, "cd")],
+                &[(Stream::Out, "abcd")],
+            ),
             (
                 "alternating streams keep their order",
                 16,
@@ -186,11 +188,8 @@ mod tests {
             for (stream, data) in writes {
                 ring.write(*stream, data.as_bytes());
             }
-            let got: Vec<(Stream, String)> = ring
-                .runs()
-                .into_iter()
-                .map(|(s, b)| (s, String::from_utf8(b).unwrap()))
-                .collect();
+            let got: Vec<(Stream, String)> =
+                ring.runs().into_iter().map(|(s, b)| (s, String::from_utf8(b).unwrap())).collect();
             let want: Vec<(Stream, String)> =
                 want.iter().map(|(s, d)| (*s, (*d).to_owned())).collect();
             assert_eq!(got, want, "{name}");
@@ -206,7 +205,8 @@ mod tests {
             let mut model: Vec<(Stream, u8)> = Vec::new();
             for i in 0..400usize {
                 let stream = if (i * 31) % 3 == 0 { Stream::Err } else { Stream::Out };
-                let chunk: Vec<u8> = (0..(i * 7919) % (cap * 2 + 2)).map(|j| (i + j) as u8).collect();
+                let chunk: Vec<u8> =
+                    (0..(i * 7919) % (cap * 2 + 2)).map(|j| (i + j) as u8).collect();
                 ring.write(stream, &chunk);
                 model.extend(chunk.iter().map(|b| (stream, *b)));
                 let keep = model.len().min(cap);

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use proto::limits::MAX_CONTROL_CONNECTIONS;
 use proto::messages::{
-    ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello, KillRequest, PathRequest,
-    SetIdentity, SetNet, SetTime,
+    ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello,
+    KillRequest, PathRequest, SetIdentity, SetNet, SetTime,
 };
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};

@@ -493,7 +493,8 @@ pub fn start_init(registry: &Registry, guest: &GuestConfig) -> Result<(), String
     let mut inner = lock(&registry.inner);
     inner.make_room()?;
     let spawned = spawn_tty(&argv, &spawn_env, DEFAULT_SIZE)?;
-    let session = new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned, (None, None));
+    let session =
+        new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned, (None, None));
     inner.by_id.insert(session.id.clone(), Arc::clone(&session));
     start_output_thread(registry.clone(), session, spawned);
     Ok(())
@@ -670,8 +671,7 @@ fn pump_output(
     let mut errors = errors;
     let mut code = None;
     let mut drain_until = None;
-    while code.is_none()
-        || ((output.is_some() || errors.is_some()) && !pipes::passed(drain_until))
+    while code.is_none() || ((output.is_some() || errors.is_some()) && !pipes::passed(drain_until))
     {
         let [out_ready, err_ready, exit_ready] = poll_slots(
             [

@@ -7,9 +7,10 @@ use std::fmt::Debug;
 use std::io::Cursor;
 
 use proto::messages::{
-    ActivityInfo, DetachedExec, ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileInfo, FileReadRequest,
-    FileReadResponse, FileWriteRequest, FileWriteResponse, ForwardRequest, ForwardResponse, Hello,
-    KillRequest, PathRequest, STATUS_OK, SessionInfo, format_mode, parse_mode,
+    ActivityInfo, DetachedExec, ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileInfo,
+    FileReadRequest, FileReadResponse, FileWriteRequest, FileWriteResponse, ForwardRequest,
+    ForwardResponse, Hello, KillRequest, PathRequest, STATUS_OK, SessionInfo, format_mode,
+    parse_mode,
 };
 use proto::{FrameError, FrameType, read_frame, send_json};
 use serde::Serialize;
@@ -620,7 +621,10 @@ fn session_info_process_fields_are_exact_bytes_and_v1_json_still_decodes() {
     );
     // A merged session without tag or data adds only its PID.
     let plain = SessionInfo { pid: Some(7), ..running_session() };
-    assert!(through_frame(FrameType::SESSION_INFO, &plain).ends_with(r#""created_at":1760000000,"pid":7}"#));
+    assert!(
+        through_frame(FrameType::SESSION_INFO, &plain)
+            .ends_with(r#""created_at":1760000000,"pid":7}"#)
+    );
     // What a v1 agent sends decodes with the extension unset.
     let v1: SessionInfo = decode(
         r#"{"session_id":"s2","argv":"sh","tty":false,"running":true,"attached":false,"created_at":1}"#,

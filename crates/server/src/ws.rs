@@ -382,10 +382,8 @@ async fn relay(
     let _reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             let event = reader.next().await;
-            let last = !matches!(
-                event,
-                Ok(Some(SessionEvent::Output(_) | SessionEvent::Stderr(_)))
-            );
+            let last =
+                !matches!(event, Ok(Some(SessionEvent::Output(_) | SessionEvent::Stderr(_))));
             if tx.send(event).await.is_err() || last {
                 break;
             }

@@ -122,9 +122,10 @@ struct ProcessConfig {
 
 /// The config `List` shows for a session: what `Start` kept, else its argv.
 fn config_of(info: &engine::SessionInfo) -> ProcessConfig {
-    info.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()).unwrap_or_else(|| {
-        ProcessConfig { cmd: info.argv.clone(), ..ProcessConfig::default() }
-    })
+    info.meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_else(|| ProcessConfig { cmd: info.argv.clone(), ..ProcessConfig::default() })
 }
 
 /// The signal number of E2B's `Signal`; `None` (lohar's default, SIGKILL) when unspecified.
@@ -282,9 +283,8 @@ async fn start(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u8]) 
         ));
     }
     let cmd = program(&state, &guest, &req.process.cmd).await;
-    let mut exec = engine::ExecRequest::command(
-        std::iter::once(cmd).chain(req.process.args.iter().cloned()),
-    );
+    let mut exec =
+        engine::ExecRequest::command(std::iter::once(cmd).chain(req.process.args.iter().cloned()));
     if !req.process.envs.is_empty() {
         exec.env = Some(req.process.envs.clone());
     }
@@ -408,10 +408,7 @@ struct Located {
 }
 
 /// The running session a selector names (by PID or tag), from the guest's session list.
-fn locate_in(
-    sessions: &[engine::SessionInfo],
-    selector: &Selector,
-) -> Result<Located, RpcError> {
+fn locate_in(sessions: &[engine::SessionInfo], selector: &Selector) -> Result<Located, RpcError> {
     let running = sessions.iter().filter(|s| s.running);
     let found = match (&selector.tag, selector.pid) {
         (Some(tag), _) => running.into_iter().find(|s| s.tag.as_ref() == Some(tag)),
@@ -438,8 +435,7 @@ async fn locate(state: &E2bState, guest: &Guest, selector: &Selector) -> Result<
     {
         return Ok(Located { pid, session_id: p.session_id.clone() });
     }
-    let sessions =
-        state.app.engine.sessions(&guest.id).await.map_err(super::error::rpc_engine)?;
+    let sessions = state.app.engine.sessions(&guest.id).await.map_err(super::error::rpc_engine)?;
     locate_in(&sessions, selector)
 }
 
@@ -462,17 +458,15 @@ async fn find(
     if let Some(p) = state.procs.get(&guest.id, located.pid) {
         return Ok(subscribed(p));
     }
-    let session = state
-        .app
-        .engine
-        .attach_with_stderr(&guest.id, &located.session_id)
-        .await
-        .map_err(|e| match super::error::rpc_engine(e) {
-            e if e.code == Code::InvalidArgument => RpcError::new(
-                Code::NotFound,
-                format!("process with pid {} not found", located.pid),
-            ),
-            e => e,
+    let session =
+        state.app.engine.attach_with_stderr(&guest.id, &located.session_id).await.map_err(|e| {
+            match super::error::rpc_engine(e) {
+                e if e.code == Code::InvalidArgument => RpcError::new(
+                    Code::NotFound,
+                    format!("process with pid {} not found", located.pid),
+                ),
+                e => e,
+            }
         })?;
     adopt(state, guest, session)
 }
@@ -491,8 +485,7 @@ async fn reconnect(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u
 
 /// `List`: the guest's running sessions, with their PIDs, tags and configs.
 async fn list(state: &E2bState, guest: &Guest) -> Result<serde_json::Value, RpcError> {
-    let sessions =
-        state.app.engine.sessions(&guest.id).await.map_err(super::error::rpc_engine)?;
+    let sessions = state.app.engine.sessions(&guest.id).await.map_err(super::error::rpc_engine)?;
     Ok(list_of(&sessions))
 }
 
@@ -560,15 +553,14 @@ async fn send_signal(
     let req: ByProcess = connect::unary_request(body)?;
     let signal = signal_number(req.signal.as_deref())?;
     let located = locate(state, guest, &req.process).await?;
-    state.app.engine.signal_session(&guest.id, &located.session_id, signal).await.map_err(
-        |e| match super::error::rpc_engine(e) {
-            e if e.code == Code::InvalidArgument => RpcError::new(
-                Code::NotFound,
-                format!("process with pid {} not found", located.pid),
-            ),
+    state.app.engine.signal_session(&guest.id, &located.session_id, signal).await.map_err(|e| {
+        match super::error::rpc_engine(e) {
+            e if e.code == Code::InvalidArgument => {
+                RpcError::new(Code::NotFound, format!("process with pid {} not found", located.pid))
+            }
             e => e,
-        },
-    )?;
+        }
+    })?;
     Ok(serde_json::json!({}))
 }
 
@@ -594,7 +586,12 @@ async fn update(
 mod tests {
     use super::*;
 
-    fn session(id: &str, pid: Option<i64>, running: bool, tag: Option<&str>) -> engine::SessionInfo {
+    fn session(
+        id: &str,
+        pid: Option<i64>,
+        running: bool,
+        tag: Option<&str>,
+    ) -> engine::SessionInfo {
         engine::SessionInfo {
             session_id: id.into(),
             argv: "sleep 9".into(),
