@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn stream_ring_keeps_the_stream_of_every_byte() {
-        let rows: [(&str, usize, &[(Stream, &str)], &[(Stream, &str)]); 5] = [
+        type Runs<'a> = &'a [(Stream, &'a str)];
+        let rows: [(&str, usize, Runs<'_>, Runs<'_>); 5] = [
             (
                 "one stream is one run",
                 16,

@@ -63,8 +63,8 @@ struct Proc {
 #[derive(Debug, Default)]
 pub struct Registry {
     procs: Mutex<HashMap<(String, u32), Arc<Proc>>>,
-    /// One attach at a time: two would take the session from each other.
-    attaching: tokio::sync::Mutex<()>,
+    /// One attach at a time per sandbox: two would take the session from each other.
+    attaching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Registry {
@@ -88,10 +88,21 @@ impl Registry {
         }
     }
 
+    /// The attach lock of a sandbox.
+    fn attach_lock(&self, sandbox: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.attaching.lock() {
+            Ok(mut locks) => Arc::clone(locks.entry(sandbox.to_owned()).or_default()),
+            Err(_) => Arc::default(),
+        }
+    }
+
     /// Drops what a destroyed sandbox left.
     pub fn forget_sandbox(&self, sandbox: &str) {
         if let Ok(mut procs) = self.procs.lock() {
             procs.retain(|(s, _), _| s != sandbox);
+        }
+        if let Ok(mut locks) = self.attaching.lock() {
+            locks.remove(sandbox);
         }
     }
 }
@@ -454,7 +465,8 @@ async fn find(
     if let Some(p) = state.procs.get(&guest.id, located.pid) {
         return Ok(subscribed(p));
     }
-    let _one_attach = state.procs.attaching.lock().await;
+    let attach_lock = state.procs.attach_lock(&guest.id);
+    let _one_attach = attach_lock.lock().await;
     if let Some(p) = state.procs.get(&guest.id, located.pid) {
         return Ok(subscribed(p));
     }
