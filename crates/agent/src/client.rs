@@ -237,6 +237,12 @@ impl AgentClient {
         Ok(stream)
     }
 
+    /// A fresh authenticated control connection, not negotiated (for requests that take the
+    /// connection over and do their own HELLO).
+    pub(crate) async fn authenticated_stream(&self) -> Result<Stream, AgentError> {
+        self.authenticated(false).await
+    }
+
     /// Sends AUTH first thing on a new connection when the client has a token.
     async fn send_auth(&self, stream: &mut Stream) -> Result<(), AgentError> {
         if let Some(token) = self.token.as_deref().filter(|t| !t.is_empty()) {

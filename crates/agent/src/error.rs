@@ -127,6 +127,7 @@ fn classify(message: &str) -> AgentErrorKind {
     // `<path> is not a directory` before `is a directory`; both are also errno reasons.
     let contained = [
         ("refused in test mode", Unsupported),
+        ("directories to watch", LimitReached),
         ("not a directory", NotADirectory),
         ("is a directory", IsADirectory),
         ("is not a regular file", Invalid),
@@ -291,6 +292,9 @@ mod tests {
             ("expected FWD_REQ, got 0x10", Unsupported),
             ("set time: refused in test mode (it would set the host's clock)", Unsupported),
             ("set net: bad MAC \"zz\"", Invalid),
+            ("watch /w: no such file or directory", NotFound),
+            ("watch /w/f: not a directory", NotADirectory),
+            ("watch /w: more than 8192 directories to watch", LimitReached),
             ("something new", Other),
         ];
         for (text, kind) in cases {

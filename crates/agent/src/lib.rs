@@ -18,6 +18,7 @@ mod output;
 mod session;
 mod stream;
 mod transport;
+mod watch;
 
 pub use client::{AgentClient, ClientConfig, ExecEvent, ExecInput, ExecStream};
 pub use error::{AgentError, AgentErrorKind, GuestError};
@@ -27,5 +28,8 @@ pub use output::{OutputCollector, OutputRoom, TailBuffer, Unbounded};
 pub use session::{Session, SessionEvent, SessionReader, SessionWriter};
 pub use stream::Stream;
 pub use transport::Endpoint;
+pub use watch::{WatchKind, WatchStream};
 
-pub use proto::messages::{ActivityInfo, DetachedExec, ExecRequest, FileInfo, SessionInfo};
+pub use proto::messages::{
+    ActivityInfo, DetachedExec, ExecRequest, FileInfo, SessionInfo, WatchEvent,
+};

@@ -64,6 +64,10 @@ struct File {
     e2b_listen: Option<String>,
     /// Its domain for `Host: <port>-<id>.<domain>` routing.
     e2b_domain: Option<String>,
+    /// Its TLS certificate (PEM chain, e.g. `bhatti e2b cert`'s wildcard for `*.<domain>`).
+    e2b_tls_cert: Option<PathBuf>,
+    /// Its TLS private key (PEM).
+    e2b_tls_key: Option<PathBuf>,
     /// Everything else: warned about.
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_norway::Value>,
@@ -118,6 +122,32 @@ impl DomainFile {
             tls_key,
             listen: parse_listen(self.listen.as_deref().unwrap_or("0.0.0.0:443"))?,
         })
+    }
+}
+
+/// The E2B listener's certificate and key (PEM files), read when the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E2bTls {
+    /// `e2b_tls_cert`.
+    pub cert: PathBuf,
+    /// `e2b_tls_key`.
+    pub key: PathBuf,
+}
+
+/// Both TLS keys or neither, and only beside `e2b_listen`.
+fn e2b_tls(
+    listen: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<E2bTls>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) if !listen => {
+            bail!("e2b_tls_cert and e2b_tls_key need e2b_listen (the listener they are for)")
+        }
+        (Some(cert), Some(key)) => Ok(Some(E2bTls { cert, key })),
+        (Some(_), None) => bail!("e2b_tls_cert is set but e2b_tls_key is not: give both"),
+        (None, Some(_)) => bail!("e2b_tls_key is set but e2b_tls_cert is not: give both"),
     }
 }
 
@@ -304,6 +334,8 @@ pub struct Config {
     pub shape_snapshots: bool,
     /// The E2B-compatible listener (`e2b_listen`, `e2b_domain`).
     pub e2b: Option<server::e2b::E2bConfig>,
+    /// Its TLS (`e2b_tls_cert`, `e2b_tls_key`): none, plain HTTP.
+    pub e2b_tls: Option<E2bTls>,
     /// Warnings found while loading (unknown keys), logged once logging runs.
     pub warnings: Vec<String>,
 }
@@ -477,12 +509,21 @@ impl Config {
             Some(text) => Some(server::e2b::E2bConfig {
                 listen: parse_listen(text.trim())
                     .with_context(|| format!("e2b_listen {text:?}"))?,
-                domain: file.e2b_domain.filter(|d| !d.trim().is_empty()),
+                domain: env("E2B_DOMAIN")
+                    .or(file.e2b_domain)
+                    .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                    .filter(|d| !d.is_empty()),
             }),
             None => None,
         };
+        let e2b_tls = e2b_tls(
+            e2b.is_some(),
+            env("E2B_TLS_CERT").map(PathBuf::from).or(file.e2b_tls_cert),
+            env("E2B_TLS_KEY").map(PathBuf::from).or(file.e2b_tls_key),
+        )?;
         Ok(Config {
             e2b,
+            e2b_tls,
             rate_limits,
             shape_snapshots: file.shape_snapshots.unwrap_or(true),
             lohar,
@@ -676,6 +717,63 @@ mod tests {
             "0.0.0.0:3049"
         );
         assert!(load("e2b_listen: nonsense").is_err());
+        assert_eq!(load("e2b_listen: \":3049\"").unwrap().e2b_tls, None);
+    }
+
+    #[test]
+    fn e2b_tls_table() {
+        let listen = "e2b_listen: \"127.0.0.1:3443\"\ne2b_domain: E2B.localhost:3443\n";
+        // (name, the file, Ok(cert, key) or a part of the error).
+        type Row = (&'static str, String, Result<(&'static str, &'static str), &'static str>);
+        let rows: [Row; 5] = [
+            (
+                "both",
+                format!("{listen}e2b_tls_cert: /t/cert.pem\ne2b_tls_key: /t/key.pem\n"),
+                Ok(("/t/cert.pem", "/t/key.pem")),
+            ),
+            (
+                "a cert without a key",
+                format!("{listen}e2b_tls_cert: /t/cert.pem\n"),
+                Err("e2b_tls_key is not"),
+            ),
+            (
+                "a key without a cert",
+                format!("{listen}e2b_tls_key: /t/key.pem\n"),
+                Err("e2b_tls_cert is not"),
+            ),
+            (
+                "no listener",
+                "e2b_tls_cert: /t/cert.pem\ne2b_tls_key: /t/key.pem\n".into(),
+                Err("need e2b_listen"),
+            ),
+            ("a typo is warned about", format!("{listen}e2b_tls_crt: /t/c.pem\n"), Err("")),
+        ];
+        for (name, text, want) in rows {
+            let got = Config::from_yaml(&text, Path::new("c.yaml"), &no_env);
+            match (got, want) {
+                (Ok(c), Ok((cert, key))) => {
+                    let tls = c.e2b_tls.unwrap();
+                    assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some(cert), Some(key)));
+                    let domain = c.e2b.unwrap().domain;
+                    assert_eq!(domain.as_deref(), Some("e2b.localhost:3443"), "{name}");
+                }
+                (Ok(c), Err("")) => {
+                    assert_eq!(c.e2b_tls, None, "{name}");
+                    assert!(c.warnings.iter().any(|w| w.contains("e2b_tls_crt")), "{name}");
+                }
+                (Err(e), Err(part)) => assert!(format!("{e:#}").contains(part), "{name}: {e:#}"),
+                (got, want) => panic!("{name}: got {:?}, want {want:?}", got.map(|c| c.e2b_tls)),
+            }
+        }
+        let env = |k: &str| match k {
+            "E2B_TLS_CERT" => Some("/env/cert.pem".to_owned()),
+            "E2B_TLS_KEY" => Some("/env/key.pem".to_owned()),
+            "E2B_DOMAIN" => Some("box.example".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_yaml(listen, Path::new("c.yaml"), &env).unwrap();
+        assert_eq!(c.e2b_tls.unwrap().cert, PathBuf::from("/env/cert.pem"));
+        assert_eq!(c.e2b.unwrap().domain.as_deref(), Some("box.example"));
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The E2B listener's certificate is read before its port is taken: a missing or bad file
+    // fails the start naming its key.
+    let e2b_tls = match &config.e2b_tls {
+        Some(tls) => Some(e2b_tls_config(tls)?),
+        None => None,
+    };
     let e2b = match &config.e2b {
         Some(e2b) => Some((
             tokio::net::TcpListener::bind(e2b.listen)
@@ -154,14 +160,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some((listener, e2b)) = e2b {
-        tracing::info!(addr = %e2b.listen, "e2b-compatible listener");
-        let listener = server::nodelay(listener);
-        servers.push(tokio::spawn(server::e2b::serve(
-            state.clone(),
-            e2b,
-            listener,
-            stopped(stop_rx.clone()),
-        )));
+        let stop = stopped(stop_rx.clone());
+        match e2b_tls {
+            // Handshakes beside the accept loop, each with a deadline (`server::tls`): a
+            // plain-HTTP client or a stalled handshake holds only its own connection.
+            Some(tls) => {
+                tracing::info!(addr = %e2b.listen, domain = ?e2b.domain, "e2b-compatible listener (TLS)");
+                let listener = server::tls::listener(listener, tls)?;
+                servers.push(tokio::spawn(server::e2b::serve(state.clone(), e2b, listener, stop)));
+            }
+            None => {
+                tracing::info!(addr = %e2b.listen, "e2b-compatible listener");
+                let listener = server::nodelay(listener);
+                servers.push(tokio::spawn(server::e2b::serve(state.clone(), e2b, listener, stop)));
+            }
+        }
     }
 
     let signal = wait_for_signal().await?;
@@ -194,6 +207,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// The E2B listener's TLS configuration; an error names the config key whose file failed.
+fn e2b_tls_config(
+    tls: &crate::config::E2bTls,
+) -> anyhow::Result<std::sync::Arc<server::tls::ServerConfig>> {
+    server::tls::server_config(&tls.cert, &tls.key).map_err(|e| {
+        let key = match &e {
+            server::tls::TlsError::Read { path, .. } | server::tls::TlsError::Pem { path, .. }
+                if Path::new(path) == tls.key =>
+            {
+                format!("e2b_tls_key ({})", tls.key.display())
+            }
+            server::tls::TlsError::Read { .. } | server::tls::TlsError::Pem { .. } => {
+                format!("e2b_tls_cert ({})", tls.cert.display())
+            }
+            server::tls::TlsError::Config(_) => format!(
+                "e2b_tls_cert and e2b_tls_key ({}, {})",
+                tls.cert.display(),
+                tls.key.display()
+            ),
+        };
+        // One line: the error's text already carries its cause.
+        anyhow::anyhow!("e2b listener TLS: {key}: {e}")
+    })
 }
 
 /// Makes the uplink (`egress: host`) or removes one an earlier run left (`egress: off`).

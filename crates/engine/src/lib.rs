@@ -65,7 +65,7 @@ pub mod uplink;
 pub use agent::{
     ActivityInfo, AgentError, DetachedExec, ExecEvent, ExecOutput, ExecRequest, ExecStream,
     FileContent, FileInfo, OutputRoom, ReadOptions, Session, SessionEvent, SessionInfo,
-    SessionReader, SessionWriter, Stream,
+    SessionReader, SessionWriter, Stream, WatchEvent, WatchKind, WatchStream,
 };
 /// The guest-side types a [`CreateSpec`] carries (files written before the agent starts).
 pub use proto::guest::GuestFile;

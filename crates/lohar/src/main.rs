@@ -4,11 +4,13 @@
 //! - `LOHAR_TEST=1`: test mode. Listens on the Unix sockets `LOHAR_SOCK` (control) and
 //!   `LOHAR_FWD_SOCK` (forward), runs the same handlers as in the VM, does no PID 1 work.
 //!   `LOHAR_CONFIG` may name a `config.json` (token, env, init) so auth and the init session
-//!   can be tested too.
+//!   can be tested too. `LOHAR_BOOT_PROFILE` may name a boot profile script (the VM's
+//!   `/etc/bhatti/init.sh`), with `LOHAR_BOOT_PROFILE_TIMEOUT_MS` in place of its 30 s.
 //! - otherwise the PID 1 agent, which refuses to run unless it really is PID 1.
 
 mod activity;
 mod auth;
+mod boot_profile;
 mod config;
 mod conn;
 mod exec;
@@ -29,6 +31,7 @@ mod session;
 mod spawn;
 mod tcp_reset;
 mod token;
+mod watch;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -120,6 +123,13 @@ fn test_mode() -> ExitCode {
     for (listener, port) in listeners {
         let agent = Arc::clone(&agent);
         std::thread::spawn(move || server::serve(agent, listener, port));
+    }
+    if let Some(script) = std::env::var_os("LOHAR_BOOT_PROFILE") {
+        let timeout = std::env::var("LOHAR_BOOT_PROFILE_TIMEOUT_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(boot_profile::TIMEOUT, std::time::Duration::from_millis);
+        boot_profile::start(std::path::Path::new(&script), &agent.config.env, timeout);
     }
     eprintln!("lohar: test mode ready");
     reaper::run(|| {

@@ -1,5 +1,6 @@
 //! The PID 1 boot sequence inside the VM: mounts, config drive, hostname and DNS, volumes, the
-//! agent's listeners, the init session, the reaper, and power-off.
+//! agent's listeners, the boot profile (`/etc/bhatti/init.sh`), the init session, the reaper,
+//! and power-off.
 //!
 //! Phase timings are printed on the console (`lohar: boot +12ms mounts_done`) so slow phases
 //! show up in the serial log of every boot.
@@ -19,7 +20,7 @@ use crate::config::{self, Agent, ConfigError, Mode};
 use crate::guest_setup::{self, DEFAULT_HOSTNAME, FALLBACK_RESOLV_CONF};
 use crate::server::{self, Listener, Port};
 use crate::spawn::DEFAULT_PATH;
-use crate::{netif, reaper, rootfs, session};
+use crate::{boot_profile, netif, reaper, rootfs, session};
 
 /// Where the config drive appears (the second virtio-blk disk).
 const CONFIG_DEVICE: &str = "/dev/vdb";
@@ -151,7 +152,8 @@ fn grow_root() {
     }
 }
 
-/// Listens on the control and forward ports, then starts the init session.
+/// Listens on the control and forward ports, then starts the boot profile and the init
+/// session.
 fn serve(agent: &Arc<Agent>, log: &BootLog) {
     for (port, which) in [(CONTROL_PORT, Port::Control), (FORWARD_PORT, Port::Forward)] {
         match TcpListener::bind(("0.0.0.0", port)) {
@@ -165,6 +167,7 @@ fn serve(agent: &Arc<Agent>, log: &BootLog) {
     log.phase("tcp_listen");
     eprintln!("lohar: ready");
     write_config_env(&agent.config);
+    boot_profile::start(Path::new(boot_profile::PATH), &agent.config.env, boot_profile::TIMEOUT);
     if !agent.config.init.is_empty()
         && let Err(e) = session::start_init(&agent.sessions, &agent.config)
     {

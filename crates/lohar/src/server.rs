@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use proto::limits::MAX_CONTROL_CONNECTIONS;
 use proto::messages::{
-    ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileReadRequest, FileWriteRequest, Hello,
-    KillRequest, PathRequest, SetIdentity, SetNet, SetTime,
+    ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FEATURE_WATCH, FileReadRequest, FileWriteRequest,
+    Hello, KillRequest, PathRequest, SetIdentity, SetNet, SetTime, WatchRequest,
 };
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};
@@ -20,7 +20,7 @@ use crate::config::Agent;
 use crate::conn::{Conn, CountSlot};
 use crate::reply::{Outcome, send_error, sent};
 use crate::session::{self, Kind};
-use crate::{activity, exec, files, forward, identity};
+use crate::{activity, exec, files, forward, identity, watch};
 
 /// A listening socket of either family.
 #[derive(Debug)]
@@ -98,6 +98,7 @@ fn handle_control(agent: &Agent, mut conn: Conn, counter: &AtomicUsize) {
 
 fn request_loop(agent: &Agent, conn: &mut Conn) {
     let mut reuse = false;
+    let mut watch = false;
     loop {
         let frame = match read_frame(conn) {
             Ok(Some(frame)) => frame,
@@ -107,12 +108,14 @@ fn request_loop(agent: &Agent, conn: &mut Conn) {
             FrameType::HELLO => {
                 let requested: Hello = frame.json().unwrap_or_default();
                 reuse = requested.features.iter().any(|f| f == FEATURE_REUSE);
-                // Every feature this agent knows that the host asked for.
-                let granted: Vec<String> = [FEATURE_REUSE, FEATURE_PROCS]
-                    .into_iter()
-                    .filter(|known| requested.features.iter().any(|f| f == known))
-                    .map(str::to_owned)
-                    .collect();
+                watch = requested.features.iter().any(|f| f == FEATURE_WATCH);
+                let procs = requested.features.iter().any(|f| f == FEATURE_PROCS);
+                let granted =
+                    [(reuse, FEATURE_REUSE), (watch, FEATURE_WATCH), (procs, FEATURE_PROCS)]
+                        .into_iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, name)| name.to_owned())
+                        .collect();
                 let ack = Hello { version: 1, features: granted };
                 if send_json(conn, FrameType::HELLO_ACK, &ack).is_err() {
                     return;
@@ -124,6 +127,14 @@ fn request_loop(agent: &Agent, conn: &mut Conn) {
             // A client that authenticates to an agent without a token is not an error (v1
             // answered "unexpected frame type 0x11").
             FrameType::AUTH if agent.token.is_open() => continue,
+            // A watch takes the connection over until the host closes it.
+            FrameType::WATCH_REQ if watch => {
+                match decode::<WatchRequest>(&frame, "bad request", conn) {
+                    Ok(req) => watch::watch(conn, &req),
+                    Err(outcome) => outcome,
+                };
+                return;
+            }
             _ => {}
         }
         match dispatch(agent, conn, &frame) {

@@ -82,9 +82,15 @@ impl FrameType {
     /// checkpoint is a new sandbox), JSON [`crate::messages::SetIdentity`]; answered with EXIT 0
     /// or ERROR.
     pub const SET_IDENTITY: Self = Self(0x74);
+    /// Extension (feature `"watch"`): watch a directory, JSON
+    /// [`crate::messages::WatchRequest`]; answered with WATCH_EVENT frames (the first one
+    /// `started`) until the host closes the connection, or with ERROR.
+    pub const WATCH_REQ: Self = Self(0x75);
+    /// Extension: one event of a watch, JSON [`crate::messages::WatchEvent`]. guest -> host.
+    pub const WATCH_EVENT: Self = Self(0x76);
 
     /// Every type this crate knows, in byte order.
-    pub const ALL: [Self; 32] = [
+    pub const ALL: [Self; 34] = [
         Self::STDIN,
         Self::STDOUT,
         Self::STDERR,
@@ -117,6 +123,8 @@ impl FrameType {
         Self::SET_TIME,
         Self::SET_NET,
         Self::SET_IDENTITY,
+        Self::WATCH_REQ,
+        Self::WATCH_EVENT,
     ];
 
     /// The protocol name of a known type, `None` for unassigned bytes.
@@ -154,6 +162,8 @@ impl FrameType {
             Self::SET_TIME => "SET_TIME",
             Self::SET_NET => "SET_NET",
             Self::SET_IDENTITY => "SET_IDENTITY",
+            Self::WATCH_REQ => "WATCH_REQ",
+            Self::WATCH_EVENT => "WATCH_EVENT",
             _ => return None,
         })
     }

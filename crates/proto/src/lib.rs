@@ -38,7 +38,14 @@
 //! is resumed as a new sandbox: today its agent token (the resumed sandbox must not answer to
 //! its source's). The agent answers EXIT 0 or ERROR; later connections AUTH with the new token.
 //!
-//! A sixth, without a frame of its own: the `procs` feature of HELLO
+//! A sixth, under the HELLO feature `"watch"`: [`FrameType::WATCH_REQ`] (`0x75`, JSON
+//! [`messages::WatchRequest`]) watches a directory (inotify in the guest). The agent answers
+//! ERROR (missing path, not a directory, too many directories) or a stream of
+//! [`FrameType::WATCH_EVENT`] (`0x76`, JSON [`messages::WatchEvent`]) frames, the first of kind
+//! `started`, until the host closes the connection, which ends the watch. A connection whose
+//! HELLO did not ask for `"watch"` gets v1's `unexpected frame type 0x75`.
+//!
+//! A seventh, without a frame of its own: the `procs` feature of HELLO
 //! ([`messages::FEATURE_PROCS`]). An agent that grants it honours optional fields that v1
 //! agents ignore: `stderr`, `tag` and `meta` on EXEC_REQ (a piped session with a separate
 //! stderr, sent as STDERR frames to clients that ask; a tag and opaque host data kept with the

@@ -31,6 +31,12 @@ pub const MAX_EXEC_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
 pub const AUTH_TIMEOUT_SECS: u64 = 5;
 /// Chunk size for raw file content frames, both directions.
 pub const FILE_CHUNK_BYTES: usize = 32 * 1024;
+/// Events a watch holds for a host that reads slower than the guest changes files; past
+/// this the agent drops events and reports one `overflow` (it never blocks on the host).
+pub const WATCH_QUEUE_EVENTS: usize = 1024;
+/// Directories one recursive watch follows (inotify watches); more are an ERROR at the start
+/// and an `overflow` later.
+pub const MAX_WATCH_DIRS: usize = 8192;
 
 /// Longest session tag (extension `procs`), bytes.
 pub const MAX_SESSION_TAG_BYTES: usize = 256;

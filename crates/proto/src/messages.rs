@@ -330,6 +330,52 @@ impl std::fmt::Debug for SetIdentity {
 /// Feature name: the connection carries further requests after each one completes.
 pub const FEATURE_REUSE: &str = "reuse";
 
+/// Feature name: the connection may carry a WATCH_REQ (which takes the connection over).
+pub const FEATURE_WATCH: &str = "watch";
+
+/// Payload of WATCH_REQ.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// The directory to watch (absolute, or relative to the agent's working directory).
+    pub path: String,
+    /// Also watch every directory below it, including ones created later.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// What happened to a watched name. A rename is `rename` for the old name and `create` for
+/// the new one (what inotify's moved_from / moved_to pair means, and what E2B's envd reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchKind {
+    /// The first event of every watch: the watch is armed, later changes are reported.
+    Started,
+    /// Created (or moved in).
+    Create,
+    /// Content written.
+    Write,
+    /// Removed.
+    Remove,
+    /// Renamed away (the old name), or moved out.
+    Rename,
+    /// Permissions or other metadata changed.
+    Chmod,
+    /// Events were lost (the queue was full, the kernel's queue overflowed, or the directory
+    /// limit was reached); `name` is empty.
+    Overflow,
+}
+
+/// Payload of WATCH_EVENT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The name relative to the watched directory (`sub/file.txt` below a recursive watch);
+    /// empty for `started`, `overflow` and the watched directory itself.
+    #[serde(default)]
+    pub name: String,
+    /// What happened.
+    pub kind: WatchKind,
+}
+
 /// Feature name: the agent knows the process extensions: a piped session's separate stderr
 /// ([`ExecRequest::stderr`]), session tags and host data ([`ExecRequest::tag`],
 /// [`ExecRequest::meta`]), the guest PID in [`SessionInfo::pid`] and a kill's

@@ -579,6 +579,33 @@ fn format_then_parse_round_trips_permission_bits() {
     assert_eq!(parse_mode(&format_mode(0o100000)), None, "zero permissions parse as unset");
 }
 
+#[test]
+fn watch_request_and_events_have_exact_json() {
+    use proto::messages::{WatchEvent, WatchKind, WatchRequest};
+    let req = WatchRequest { path: "/tmp/w".into(), recursive: true };
+    assert_eq!(through_frame(FrameType::WATCH_REQ, &req), r#"{"path":"/tmp/w","recursive":true}"#);
+    // `recursive` may be left out.
+    assert!(!decode::<WatchRequest>(r#"{"path":"/x"}"#).recursive);
+    decode_err::<WatchRequest>(r#"{"recursive":true}"#);
+    let rows = [
+        (WatchKind::Started, "started"),
+        (WatchKind::Create, "create"),
+        (WatchKind::Write, "write"),
+        (WatchKind::Remove, "remove"),
+        (WatchKind::Rename, "rename"),
+        (WatchKind::Chmod, "chmod"),
+        (WatchKind::Overflow, "overflow"),
+    ];
+    for (kind, text) in rows {
+        let event = WatchEvent { name: "sub/a.txt".into(), kind };
+        let json = through_frame(FrameType::WATCH_EVENT, &event);
+        assert_eq!(json, format!(r#"{{"name":"sub/a.txt","kind":"{text}"}}"#));
+    }
+    decode_err::<WatchEvent>(r#"{"name":"a","kind":"exploded"}"#);
+    let overflow: WatchEvent = decode(r#"{"kind":"overflow"}"#);
+    assert_eq!(overflow, WatchEvent { name: String::new(), kind: WatchKind::Overflow });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Process extension (`procs`): separate stderr, tags, host data, guest PIDs, kill signals
 // ---------------------------------------------------------------------------------------------

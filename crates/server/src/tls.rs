@@ -1,5 +1,5 @@
-//! TLS for the domain mode's listener: a static certificate and key (PEM files, e.g. a
-//! wildcard for `*.<proxy_zone>` plus the API host), HTTP/1.1 only (v1 turned HTTP/2 off on
+//! TLS for the domain mode's listener and the E2B listener (`e2b_tls_cert`): a static
+//! certificate and key (PEM files, e.g. a wildcard for `*.<proxy_zone>` plus the API host), HTTP/1.1 only (v1 turned HTTP/2 off on
 //! its origin because WebSocket upgrades failed over it), through `rustls` with `ring`.
 //! ACME is not built: give the certificate and key.
 //!
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::rustls::ServerConfig;
+pub use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};

@@ -7,6 +7,7 @@ mod admin;
 mod client;
 mod completion;
 mod diff;
+mod e2b;
 mod endpoint;
 mod error;
 mod exec;
@@ -168,6 +169,10 @@ pub enum Command {
     /// The daemon's status, events and metrics (the admin's key).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// E2B SDK setup on this host: `e2b cert` makes a local CA and a certificate for the E2B
+    /// listener's domain.
+    #[command(subcommand)]
+    E2b(e2b::E2bCommand),
     /// Serve the Model Context Protocol on stdio: sandboxes as tools for a model (see --help
     /// for how to register it with a client).
     Mcp(mcp::McpArgs),
@@ -197,6 +202,10 @@ pub fn run(global: Global, command: Command) -> anyhow::Result<u8> {
         Command::User(cmd) => {
             let dir = endpoint::data_dir(global.data_dir.as_deref(), &env)?;
             return users::run(&dir, cmd, global.json);
+        }
+        Command::E2b(cmd) => {
+            let dir = || endpoint::data_dir(global.data_dir.as_deref(), &env);
+            return e2b::run(dir, cmd, global.json);
         }
         Command::Completion { shell } => return completion::print(shell),
         Command::Setup(args) => return setup::run(global.url, global.token, args),
@@ -251,7 +260,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<u8> {
         Command::Version => sandboxes::version(ctx).await,
         Command::Admin(cmd) => admin::run(ctx, cmd).await,
         Command::Mcp(args) => mcp::run(ctx, args).await,
-        Command::User(_) | Command::Completion { .. } | Command::Setup(_) => Ok(error::exit::OK),
+        Command::User(_) | Command::E2b(_) | Command::Completion { .. } | Command::Setup(_) => {
+            Ok(error::exit::OK)
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agent::{
     DetachedExec, ExecOutput, ExecRequest, ExecStream, FileContent, FileInfo, ReadOptions, Session,
-    SessionInfo, Stream,
+    SessionInfo, Stream, WatchStream,
 };
 
 use super::Engine;
@@ -210,6 +210,21 @@ impl Engine {
     pub async fn file_list(&self, id: &str, path: &str) -> Result<Vec<FileInfo>, EngineError> {
         let lease = self.lease(id).await?;
         lease.run(lease.client().file_list(path)).await
+    }
+
+    /// Watches a guest directory (lohar's watch extension); returns once the watch is armed.
+    /// The sandbox stays hot while the stream lives; a cut lease (the sandbox stopped,
+    /// destroyed or crashed) ends it, which the holder sees by selecting on the lease (see
+    /// [`Leased::into_parts`]).
+    pub async fn watch(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Leased<WatchStream>, EngineError> {
+        let lease = self.lease(id).await?;
+        let stream = lease.run(lease.client().watch(path, recursive)).await?;
+        Ok(Leased::new(stream, lease))
     }
 
     /// TCP ports the guest listens on (IPv4 and IPv6), sorted; wakes the sandbox.

@@ -128,10 +128,11 @@ struct Info {
 }
 
 /// The image of a template ID: E2B's `base` is bhatti's `minimal`, falling back to `test` on
-/// a host where `minimal` is not built; any other ID names a bhatti image.
+/// a host where `minimal` is not built; E2B's code interpreter templates are bhatti's
+/// `code-interpreter` (`template_images.rs`); any other ID names a bhatti image.
 async fn image_for(state: &E2bState, user: &store::User, template_id: &str) -> String {
     if !template_id.is_empty() && template_id != "base" {
-        return template_id.to_owned();
+        return super::template_images::image_of(template_id).to_owned();
     }
     match crate::image_catalog::boot_file(&state.app, user, "minimal").await {
         Ok(_) => "minimal".into(),

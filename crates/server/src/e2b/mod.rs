@@ -11,7 +11,11 @@
 //! - `connect.rs`: Connect's JSON codec (unary, server streams, envelopes).
 //! - `error.rs`: every error of the listener becomes an answer there.
 //! - `process.rs` / `filesystem.rs` / `files_http.rs`: the envd services.
+//! - `watchers.rs`: the polled file watchers' registry.
 //! - `deadline.rs`: E2B's timeout (destroy, or pause with `autoPause`).
+//! - `template_images.rs`: E2B template IDs with a bhatti image of another name.
+//! - `ports.rs`: any other port (the code interpreter's 49999, `get_host(port)`), forwarded
+//!   to the guest by the daemon's reverse proxy.
 
 mod connect;
 mod control;
@@ -20,7 +24,10 @@ mod envd;
 mod error;
 mod files_http;
 mod filesystem;
+mod ports;
 mod process;
+mod template_images;
+mod watchers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,6 +66,8 @@ pub struct E2bState {
     pub config: Arc<E2bConfig>,
     /// The processes envd started, per sandbox (`process.rs`).
     pub procs: Arc<process::Registry>,
+    /// envd's polled watchers, per sandbox (`watchers.rs`).
+    pub watchers: Arc<watchers::Registry>,
 }
 
 /// Which sandbox and port a request is for, when it is an envd request.
@@ -76,12 +85,17 @@ fn target_of(req: &Request, domain: Option<&str>) -> Option<(String, u16)> {
     host_target(host, domain?)
 }
 
-/// `<port>-<id>.<domain>[:port]` -> (id, port).
+/// `<port>-<id>.<domain>[:port]` -> (id, port). The domain may carry the listener's port
+/// (`E2B_DOMAIN=e2b.localhost:3443`, which the SDK puts in its URLs as it is).
 fn host_target(host: &str, domain: &str) -> Option<(String, u16)> {
-    let host = host
-        .rsplit_once(':')
-        .map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host });
-    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+    let without_port = |name: &str| {
+        name.rsplit_once(':').map_or(name.to_owned(), |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) { h } else { name }.to_owned()
+        })
+    };
+    let host = without_port(host).to_ascii_lowercase();
+    let domain = without_port(domain);
+    let label = host.strip_suffix(domain.as_str())?.strip_suffix('.')?;
     if label.contains('.') {
         return None;
     }
@@ -132,6 +146,7 @@ where
         app: app.clone(),
         config: Arc::new(config),
         procs: Arc::new(process::Registry::default()),
+        watchers: Arc::new(watchers::Registry::default()),
     };
     let deadlines = tokio::spawn(deadline::run(state.clone()));
     let settings = Arc::clone(&app.settings);
@@ -161,10 +176,13 @@ mod tests {
             ("no port", "abc.e2b.localhost", None),
             ("no id", "49983-.e2b.localhost", None),
             ("the domain itself", "e2b.localhost", None),
+            ("upper case", "49983-ABC.E2B.localhost", Some(("abc", 49983))),
         ];
         for (name, host, want) in rows {
-            let got = host_target(host, "e2b.localhost");
-            assert_eq!(got, want.map(|(i, p)| (i.to_owned(), p)), "{name}");
+            let want = want.map(|(i, p)| (i.to_owned(), p));
+            assert_eq!(host_target(host, "e2b.localhost"), want, "{name}");
+            // A domain with the listener's port (`E2B_DOMAIN=e2b.localhost:3443`) routes alike.
+            assert_eq!(host_target(host, "e2b.localhost:3443"), want, "{name}, domain with port");
         }
     }
 }
