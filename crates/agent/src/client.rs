@@ -1,13 +1,13 @@
 //! The client: connection pool, handshake, and one method per agent operation.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proto::limits::FILE_CHUNK_BYTES;
 use proto::messages::{
-    ActivityInfo, DetachedExec, ExecRequest, FEATURE_REUSE, FileInfo, ForwardRequest,
-    ForwardResponse, Hello, KillRequest, PathRequest, SessionInfo,
+    ActivityInfo, DetachedExec, ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileInfo,
+    ForwardRequest, ForwardResponse, Hello, KillRequest, PathRequest, SessionInfo,
 };
 use proto::payload::decode_exit;
 use proto::{Frame, FrameType};
@@ -135,6 +135,8 @@ pub struct AgentClient {
     pub(crate) config: ClientConfig,
     pool: Mutex<Vec<Stream>>,
     mode: AtomicU8,
+    /// The agent granted the process extension (`procs`).
+    procs: AtomicBool,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -181,6 +183,7 @@ impl AgentClient {
             config,
             pool: Mutex::new(Vec::new()),
             mode: AtomicU8::new(MODE_UNKNOWN),
+            procs: AtomicBool::new(false),
         }
     }
 
@@ -192,6 +195,12 @@ impl AgentClient {
     /// True once the agent accepted the connection-reuse extension.
     pub fn reuses_connections(&self) -> bool {
         self.mode.load(Ordering::Relaxed) == MODE_REUSE
+    }
+
+    /// True once the agent granted the process extension (`procs`: separate stderr, tags, guest
+    /// PIDs, kill signals); known after the first connection.
+    pub fn supports_procs(&self) -> bool {
+        self.procs.load(Ordering::Relaxed)
     }
 
     /// Drops every pooled connection (e.g. after the VM was restored from a snapshot).
@@ -254,7 +263,10 @@ impl AgentClient {
         if !self.config.reuse || self.mode.load(Ordering::Relaxed) == MODE_V1 {
             return Ok(Conn { stream, reusable: false });
         }
-        let hello = Hello { version: 1, features: vec![FEATURE_REUSE.to_owned()] };
+        let hello = Hello {
+            version: 1,
+            features: vec![FEATURE_REUSE.to_owned(), FEATURE_PROCS.to_owned()],
+        };
         send_json(&mut stream, FrameType::HELLO, &hello).await?;
         let answer = tokio::time::timeout(self.config.connect_timeout, read_frame(&mut stream))
             .await
@@ -266,6 +278,8 @@ impl AgentClient {
             Some(f) if f.kind == FrameType::HELLO_ACK => {
                 let ack: Hello = json(&f, "hello")?;
                 let reuse = ack.features.iter().any(|f| f == FEATURE_REUSE);
+                self.procs
+                    .store(ack.features.iter().any(|f| f == FEATURE_PROCS), Ordering::Relaxed);
                 self.mode.store(if reuse { MODE_REUSE } else { MODE_V1 }, Ordering::Relaxed);
                 Ok(Conn { stream, reusable: reuse })
             }
@@ -487,6 +501,22 @@ impl AgentClient {
         self.open_session(&req).await
     }
 
+    /// Attaches to an existing session, receiving its stderr as [`crate::SessionEvent::Stderr`]
+    /// when it keeps stderr apart (extension `procs`; a v1 agent sends everything as output).
+    pub async fn attach_with_stderr(
+        &self,
+        session_id: &str,
+        if_detached: bool,
+    ) -> Result<Session, AgentError> {
+        let req = ExecRequest {
+            session_id: Some(session_id.to_owned()),
+            if_detached: if_detached.then_some(true),
+            stderr: Some(true),
+            ..Default::default()
+        };
+        self.open_session(&req).await
+    }
+
     async fn open_session(&self, req: &ExecRequest) -> Result<Session, AgentError> {
         let timeout = self.config.call_timeout;
         let handshake = async {
@@ -522,7 +552,17 @@ impl AgentClient {
 
     /// SIGKILLs a session's process group.
     pub async fn session_kill(&self, session_id: &str) -> Result<(), AgentError> {
-        let req = KillRequest { session_id: session_id.to_owned() };
+        self.session_signal(session_id, None).await
+    }
+
+    /// Sends `signal` (a signal number; `None`: SIGKILL) to a session's process group. A v1
+    /// agent ignores the number and SIGKILLs; see [`AgentClient::supports_procs`].
+    pub async fn session_signal(
+        &self,
+        session_id: &str,
+        signal: Option<i32>,
+    ) -> Result<(), AgentError> {
+        let req = KillRequest { session_id: session_id.to_owned(), signal };
         self.call("session kill", self.config.call_timeout, false, move |s: &mut Stream| {
             let req = req.clone();
             Box::pin(async move {

@@ -14,6 +14,10 @@ use crate::stream::Stream;
 pub enum SessionEvent {
     /// Terminal or pipe output (the first one after an attach is the scrollback replay).
     Output(Vec<u8>),
+    /// The process's stderr, only for a session that keeps it apart and a client that asked
+    /// for it (`stderr` in the request, extension `procs`); a replay may interleave these with
+    /// [`SessionEvent::Output`] in the order the process wrote them.
+    Stderr(Vec<u8>),
     /// The process exited (or this client was replaced by another attach: code 0).
     Exit(i32),
 }
@@ -94,6 +98,7 @@ impl SessionReader {
             };
             match frame.kind {
                 FrameType::STDOUT => return Ok(Some(SessionEvent::Output(frame.payload))),
+                FrameType::STDERR => return Ok(Some(SessionEvent::Stderr(frame.payload))),
                 FrameType::EXIT => {
                     let code = decode_exit(&frame.payload)
                         .map_err(|e| AgentError::Protocol(e.to_string()))?;

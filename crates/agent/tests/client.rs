@@ -245,6 +245,7 @@ async fn client_shell_session_io_resize_and_exit() {
     loop {
         match shell.next().await.unwrap() {
             Some(SessionEvent::Output(_)) => {}
+            Some(SessionEvent::Stderr(_)) => panic!("a terminal has no stderr apart"),
             Some(SessionEvent::Exit(code)) => {
                 assert_eq!(code, 0);
                 break;

@@ -1,7 +1,10 @@
 //! Fixed-capacity scrollback: the newest `capacity` bytes written, oldest first.
 //!
 //! No locking inside; a session keeps its ring under its own mutex. Writes are chunked copies,
-//! not byte loops, so the ring costs a memcpy per chunk of output.
+//! not byte loops, so the ring costs a memcpy per chunk of output. [`StreamRing`] adds which
+//! stream (stdout or stderr) each byte came from, for sessions that keep stderr apart.
+
+use std::collections::VecDeque;
 
 /// A circular byte buffer that keeps the most recent `capacity` bytes.
 #[derive(Debug)]
@@ -63,9 +66,161 @@ impl RingBuffer {
     }
 }
 
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The child's stdout (or its terminal).
+    Out,
+    /// The child's stderr (sessions that keep it apart).
+    Err,
+}
+
+/// A [`RingBuffer`] that remembers which stream each held byte came from, as runs of
+/// `(stream, length)` covering the held bytes oldest first. Consecutive writes of one stream
+/// share a run, so interleaving, not volume, is what adds runs; there are never more runs than
+/// held bytes.
+#[derive(Debug)]
+pub struct StreamRing {
+    bytes: RingBuffer,
+    runs: VecDeque<(Stream, usize)>,
+    /// Sum of the runs' lengths; equals `bytes.len()` after every write.
+    total: usize,
+}
+
+impl StreamRing {
+    /// An empty ring of `capacity` bytes (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self { bytes: RingBuffer::new(capacity), runs: VecDeque::new(), total: 0 }
+    }
+
+    /// True when nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends `data` from `stream`, overwriting the oldest bytes once full.
+    pub fn write(&mut self, stream: Stream, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.bytes.write(data);
+        match self.runs.back_mut() {
+            Some((last, len)) if *last == stream => *len += data.len(),
+            _ => self.runs.push_back((stream, data.len())),
+        }
+        self.total += data.len();
+        // Drop what the ring overwrote, oldest runs first.
+        let mut excess = self.total - self.bytes.len();
+        while excess > 0 {
+            let Some(front) = self.runs.front_mut() else { break };
+            if front.1 <= excess {
+                excess -= front.1;
+                self.total -= front.1;
+                self.runs.pop_front();
+            } else {
+                front.1 -= excess;
+                self.total -= excess;
+                excess = 0;
+            }
+        }
+    }
+
+    /// The held bytes, oldest first, whatever stream they came from.
+    pub fn merged(&self) -> Vec<u8> {
+        self.bytes.snapshot()
+    }
+
+    /// The held bytes as runs of one stream each, oldest first.
+    pub fn runs(&self) -> Vec<(Stream, Vec<u8>)> {
+        let all = self.bytes.snapshot();
+        let mut at = 0;
+        self.runs
+            .iter()
+            .map(|(stream, len)| {
+                let run = all[at..at + len].to_vec();
+                at += len;
+                (*stream, run)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RingBuffer;
+    use super::{RingBuffer, Stream, StreamRing};
+
+    #[test]
+    fn stream_ring_keeps_the_stream_of_every_byte() {
+        type Runs<'a> = &'a [(Stream, &'a str)];
+        let rows: [(&str, usize, Runs<'_>, Runs<'_>); 5] = [
+            (
+                "one stream is one run",
+                16,
+                &[(Stream::Out, "ab"), (Stream::Out, "cd")],
+                &[(Stream::Out, "abcd")],
+            ),
+            (
+                "alternating streams keep their order",
+                16,
+                &[(Stream::Out, "o1"), (Stream::Err, "e1"), (Stream::Out, "o2")],
+                &[(Stream::Out, "o1"), (Stream::Err, "e1"), (Stream::Out, "o2")],
+            ),
+            (
+                "an overwritten run shrinks from the front",
+                6,
+                &[(Stream::Out, "1234"), (Stream::Err, "abcd")],
+                &[(Stream::Out, "34"), (Stream::Err, "abcd")],
+            ),
+            (
+                "a run overwritten whole is gone",
+                4,
+                &[(Stream::Out, "12"), (Stream::Err, "ab"), (Stream::Out, "xyz")],
+                &[(Stream::Err, "b"), (Stream::Out, "xyz")],
+            ),
+            (
+                "a write larger than the ring keeps its tail",
+                3,
+                &[(Stream::Err, "e"), (Stream::Out, "abcdef")],
+                &[(Stream::Out, "def")],
+            ),
+        ];
+        for (name, cap, writes, want) in rows {
+            let mut ring = StreamRing::new(cap);
+            for (stream, data) in writes {
+                ring.write(*stream, data.as_bytes());
+            }
+            let got: Vec<(Stream, String)> =
+                ring.runs().into_iter().map(|(s, b)| (s, String::from_utf8(b).unwrap())).collect();
+            let want: Vec<(Stream, String)> =
+                want.iter().map(|(s, d)| (*s, (*d).to_owned())).collect();
+            assert_eq!(got, want, "{name}");
+            let merged: String = want.iter().map(|(_, d)| d.as_str()).collect();
+            assert_eq!(ring.merged(), merged.as_bytes(), "{name}");
+        }
+    }
+
+    #[test]
+    fn stream_ring_matches_a_naive_model() {
+        for cap in [1usize, 2, 5, 64] {
+            let mut ring = StreamRing::new(cap);
+            let mut model: Vec<(Stream, u8)> = Vec::new();
+            for i in 0..400usize {
+                let stream = if (i * 31) % 3 == 0 { Stream::Err } else { Stream::Out };
+                let chunk: Vec<u8> =
+                    (0..(i * 7919) % (cap * 2 + 2)).map(|j| (i + j) as u8).collect();
+                ring.write(stream, &chunk);
+                model.extend(chunk.iter().map(|b| (stream, *b)));
+                let keep = model.len().min(cap);
+                let want = &model[model.len() - keep..];
+                let got: Vec<(Stream, u8)> = ring
+                    .runs()
+                    .into_iter()
+                    .flat_map(|(s, b)| b.into_iter().map(move |x| (s, x)))
+                    .collect();
+                assert_eq!(got, want, "cap {cap} step {i}");
+            }
+        }
+    }
 
     #[test]
     fn empty_ring_snapshots_nothing() {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use proto::limits::MAX_CONTROL_CONNECTIONS;
 use proto::messages::{
-    ExecRequest, FEATURE_REUSE, FEATURE_WATCH, FileReadRequest, FileWriteRequest, Hello,
-    KillRequest, PathRequest, SetIdentity, SetNet, SetTime, WatchRequest,
+    ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FEATURE_WATCH, FileReadRequest, FileWriteRequest,
+    Hello, KillRequest, PathRequest, SetIdentity, SetNet, SetTime, WatchRequest,
 };
 use proto::payload::encode_exit;
 use proto::{Frame, FrameType, read_frame, send_json, write_frame};
@@ -109,11 +109,13 @@ fn request_loop(agent: &Agent, conn: &mut Conn) {
                 let requested: Hello = frame.json().unwrap_or_default();
                 reuse = requested.features.iter().any(|f| f == FEATURE_REUSE);
                 watch = requested.features.iter().any(|f| f == FEATURE_WATCH);
-                let granted = [(reuse, FEATURE_REUSE), (watch, FEATURE_WATCH)]
-                    .into_iter()
-                    .filter(|(on, _)| *on)
-                    .map(|(_, name)| name.to_owned())
-                    .collect();
+                let procs = requested.features.iter().any(|f| f == FEATURE_PROCS);
+                let granted =
+                    [(reuse, FEATURE_REUSE), (watch, FEATURE_WATCH), (procs, FEATURE_PROCS)]
+                        .into_iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, name)| name.to_owned())
+                        .collect();
                 let ack = Hello { version: 1, features: granted };
                 if send_json(conn, FrameType::HELLO_ACK, &ack).is_err() {
                     return;
@@ -201,10 +203,13 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
             },
         },
         FrameType::EXEC_KILL => match frame.json::<KillRequest>() {
-            Ok(req) if agent.sessions.kill(&req.session_id) => {
-                sent(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
-            }
-            Ok(_) => send_error(conn, "session not found"),
+            Ok(req) => match kill_signal(req.signal) {
+                None => send_error(conn, "bad kill request: unknown signal"),
+                Some(signal) if agent.sessions.kill(&req.session_id, signal) => {
+                    sent(write_frame(conn, FrameType::EXIT, &encode_exit(0)))
+                }
+                Some(_) => send_error(conn, "session not found"),
+            },
             Err(_) => send_error(conn, "bad kill request"),
         },
         FrameType::FILE_READ_REQ => {
@@ -233,9 +238,19 @@ fn dispatch(agent: &Agent, conn: &mut Conn, frame: &Frame) -> Outcome {
     }
 }
 
+/// The signal of an EXEC_KILL: SIGKILL when none is named (v1), `None` for a number that is no
+/// signal.
+fn kill_signal(number: Option<i32>) -> Option<nix::sys::signal::Signal> {
+    match number {
+        None => Some(nix::sys::signal::Signal::SIGKILL),
+        Some(n) => nix::sys::signal::Signal::try_from(n).ok(),
+    }
+}
+
 fn exec_request(agent: &Agent, conn: &mut Conn, req: &ExecRequest) -> Outcome {
     if let Some(id) = &req.session_id {
-        return session::attach(&agent.sessions, conn, id, req.if_detached.unwrap_or(false));
+        let (if_detached, stderr) = (req.if_detached.unwrap_or(false), req.stderr == Some(true));
+        return session::attach(&agent.sessions, conn, id, if_detached, stderr);
     }
     if req.argv.is_empty() {
         return send_error(conn, "empty argv");

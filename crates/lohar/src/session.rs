@@ -1,13 +1,15 @@
 //! Sessions: long-lived TTY or piped processes with scrollback, detach and reattach.
 //!
-//! Each session has one output thread that reads the PTY (or the merged stdout/stderr pipe),
-//! appends to the scrollback and forwards to the attached client's queue. Each attached client
+//! Each session has one output thread that reads the PTY (or the stdout/stderr pipes: one merged
+//! pipe as in v1, or two when the creating request asked for `stderr`), appends to the
+//! scrollback (which remembers each chunk's stream) and forwards to the attached client's queue:
+//! stderr as STDERR frames to a client that asked for them, as STDOUT to any other. Each attached client
 //! has one writer thread draining its queue into its socket, and its connection thread reads its
 //! input. The session lock is never held while writing to a socket, so a stalled client cannot
 //! block EXEC_KILL, listing or a takeover (v1 wrote to the socket under the lock).
 //!
-//! Ordering on reattach: the attach pushes SESSION_INFO and the scrollback into the new client's
-//! queue under the session lock and only then makes the client visible; the output thread picks
+//! Ordering on reattach: the attach takes SESSION_INFO and the scrollback as the new client's
+//! first frames under the session lock and only then makes the client visible; the output thread picks
 //! the client up under the same lock, so live bytes always follow the replay.
 
 use std::collections::HashMap;
@@ -23,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use proto::limits::{MAX_SESSIONS, SCROLLBACK_BYTES};
+use proto::limits::{
+    MAX_SESSION_META_BYTES, MAX_SESSION_TAG_BYTES, MAX_SESSIONS, SCROLLBACK_BYTES,
+};
 use proto::messages::{ActivityInfo, ExecRequest, SessionInfo};
 use proto::payload::{WindowSize, decode_resize, encode_exit};
 use proto::{FrameType, read_frame, write_frame};
@@ -34,7 +38,7 @@ use crate::pipes::{self, EXIT_DRAIN, poll_slots};
 use crate::pty;
 use crate::reaper::{self, ExitWatch};
 use crate::reply::{Outcome, send_error};
-use crate::ring::RingBuffer;
+use crate::ring::{Stream, StreamRing};
 use crate::spawn::{self, Grouping, RunAs};
 use proto::guest::GuestConfig;
 
@@ -68,6 +72,15 @@ struct Client {
     id: u64,
     tx: SyncSender<Outbound>,
     conn: Conn,
+    /// Receives stderr as STDERR frames (it asked, extension `procs`); else as STDOUT.
+    stderr: bool,
+}
+
+impl Client {
+    /// The frame type of a chunk from `stream` for this client.
+    fn frame_for(stderr: bool, stream: Stream) -> FrameType {
+        if stderr && stream == Stream::Err { FrameType::STDERR } else { FrameType::STDOUT }
+    }
 }
 
 impl Client {
@@ -84,7 +97,7 @@ impl Client {
 }
 
 struct State {
-    scrollback: RingBuffer,
+    scrollback: StreamRing,
     attached: Option<Client>,
     exit_code: Option<i32>,
     /// When a detached session with `max_idle` is killed; `None` while attached or unarmed.
@@ -100,7 +113,13 @@ pub struct Session {
     tty: bool,
     created_at: i64,
     max_idle: Option<Duration>,
+    /// The child's PID, also its process group (it leads a session of its own).
     pgid: Pid,
+    /// stderr has a pipe of its own (extension `procs`).
+    split_stderr: bool,
+    /// Host-given tag and data (extension `procs`).
+    tag: Option<String>,
+    meta: Option<String>,
     /// PTY master or the write end of the child's stdin; `None` once closed.
     input: Mutex<Option<File>>,
     state: Mutex<State>,
@@ -124,6 +143,10 @@ impl Session {
             exit_code: st.exit_code,
             attached: st.attached.is_some(),
             created_at: self.created_at,
+            pid: Some(i64::from(self.pgid.as_raw())),
+            stderr: self.split_stderr,
+            tag: self.tag.clone(),
+            meta: self.meta.clone(),
         }
     }
 
@@ -263,11 +286,12 @@ impl Registry {
         info
     }
 
-    /// SIGKILLs a session's process group. `false` if there is no such session.
-    pub fn kill(&self, id: &str) -> bool {
+    /// Sends `signal` to a session's process group (EXEC_KILL: SIGKILL unless the request
+    /// names another). `false` if there is no such session.
+    pub fn kill(&self, id: &str, signal: Signal) -> bool {
         match self.get(id) {
             Some(session) => {
-                session.signal(Signal::SIGKILL);
+                session.signal(signal);
                 true
             }
             None => false,
@@ -280,7 +304,7 @@ impl Registry {
 pub enum Kind {
     /// A PTY session (`tty: true`).
     Tty,
-    /// Pipes, stderr merged into stdout (`session: true`).
+    /// Pipes (`session: true`): stderr merged into stdout, or apart with `stderr: true`.
     Piped,
 }
 
@@ -288,6 +312,8 @@ struct Spawned {
     pgid: Pid,
     input: File,
     output: File,
+    /// stderr's own pipe, when it is kept apart.
+    errors: Option<File>,
     watch: ExitWatch,
 }
 
@@ -315,17 +341,28 @@ fn spawn_tty(argv: &[String], req_env: &SpawnEnv<'_>, size: WindowSize) -> Resul
     };
     drop(pty.slave);
     let input = pty.master.try_clone().map_err(|e| format!("pty: {e}"))?;
-    Ok(Spawned { pgid: Pid::from_raw(child.id() as i32), input, output: pty.master, watch })
+    Ok(Spawned {
+        pgid: Pid::from_raw(child.id() as i32),
+        input,
+        output: pty.master,
+        errors: None,
+        watch,
+    })
 }
 
-fn spawn_piped(argv: &[String], req_env: &SpawnEnv<'_>) -> Result<Spawned, String> {
+fn spawn_piped(argv: &[String], req_env: &SpawnEnv<'_>, split: bool) -> Result<Spawned, String> {
     let (reader, writer) = std::io::pipe().map_err(|e| format!("stdout pipe: {e}"))?;
+    let (errors, err_writer) = if split {
+        let (r, w) = std::io::pipe().map_err(|e| format!("stderr pipe: {e}"))?;
+        (Some(File::from(OwnedFd::from(r))), w)
+    } else {
+        (None, writer.try_clone().map_err(|e| format!("stderr pipe: {e}"))?)
+    };
     let (mut child, watch) = {
         let mut cmd =
             spawn::command(argv, req_env.env, req_env.cwd, req_env.run_as, Grouping::Session)
                 .map_err(|e| format!("start: {e}"))?;
-        let writer2 = writer.try_clone().map_err(|e| format!("stderr pipe: {e}"))?;
-        cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
+        cmd.stdin(Stdio::piped()).stdout(writer).stderr(err_writer);
         reaper::spawn_watched(&mut cmd).map_err(|e| format!("start: {}: {e}", argv[0]))?
     };
     let input =
@@ -334,6 +371,7 @@ fn spawn_piped(argv: &[String], req_env: &SpawnEnv<'_>) -> Result<Spawned, Strin
         pgid: Pid::from_raw(child.id() as i32),
         input,
         output: File::from(OwnedFd::from(reader)),
+        errors,
         watch,
     })
 }
@@ -344,8 +382,20 @@ struct SpawnEnv<'a> {
     run_as: RunAs,
 }
 
-fn start_output_thread(registry: Registry, session: Arc<Session>, output: File, watch: ExitWatch) {
-    std::thread::spawn(move || pump_output(&registry, &session, output, watch));
+fn start_output_thread(registry: Registry, session: Arc<Session>, spawned: Spawned) {
+    let Spawned { output, errors, watch, .. } = spawned;
+    std::thread::spawn(move || pump_output(&registry, &session, output, errors, watch));
+}
+
+/// The host-given tag and data of a create, or why they are refused.
+fn labels_of(req: &ExecRequest) -> Result<(Option<String>, Option<String>), &'static str> {
+    if req.tag.as_ref().is_some_and(|t| t.len() > MAX_SESSION_TAG_BYTES) {
+        return Err("session tag too long");
+    }
+    if req.meta.as_ref().is_some_and(|m| m.len() > MAX_SESSION_META_BYTES) {
+        return Err("session meta too long");
+    }
+    Ok((req.tag.clone(), req.meta.clone()))
 }
 
 /// Creates a session for this connection's request and attaches the connection to it.
@@ -359,6 +409,11 @@ pub fn create(
     let run_as = RunAs::from_request(req.user.as_deref());
     let env = spawn::build_env(run_as, &guest.env, req.env.as_ref());
     let spawn_env = SpawnEnv { env: &env, cwd: req.cwd.as_deref(), run_as };
+    let (tag, meta) = match labels_of(req) {
+        Ok(labels) => labels,
+        Err(msg) => return send_error(conn, msg),
+    };
+    let wants_stderr = req.stderr == Some(true);
     let session = {
         // Held across the spawn so concurrent creates cannot overshoot the cap.
         let mut inner = lock(&registry.inner);
@@ -372,7 +427,7 @@ pub fn create(
         };
         let spawned = match kind {
             Kind::Tty => spawn_tty(&req.argv, &spawn_env, size),
-            Kind::Piped => spawn_piped(&req.argv, &spawn_env),
+            Kind::Piped => spawn_piped(&req.argv, &spawn_env, wants_stderr),
         };
         let spawned = match spawned {
             Ok(spawned) => spawned,
@@ -384,12 +439,13 @@ pub fn create(
         inner.next_id += 1;
         let id = format!("s{}", inner.next_id);
         let max_idle = req.max_idle_sec.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64));
-        let session = new_session(id, &req.argv, kind == Kind::Tty, max_idle, &spawned);
+        let labels = (tag, meta);
+        let session = new_session(id, &req.argv, kind == Kind::Tty, max_idle, &spawned, labels);
         inner.by_id.insert(session.id.clone(), Arc::clone(&session));
-        start_output_thread(registry.clone(), Arc::clone(&session), spawned.output, spawned.watch);
+        start_output_thread(registry.clone(), Arc::clone(&session), spawned);
         session
     };
-    attach_to(registry, conn, &session, false)
+    attach_to(registry, conn, &session, false, wants_stderr)
 }
 
 fn new_session(
@@ -398,6 +454,7 @@ fn new_session(
     tty: bool,
     max_idle: Option<Duration>,
     spawned: &Spawned,
+    (tag, meta): (Option<String>, Option<String>),
 ) -> Arc<Session> {
     Arc::new(Session {
         id,
@@ -406,9 +463,12 @@ fn new_session(
         created_at: activity::now_unix(),
         max_idle,
         pgid: spawned.pgid,
+        split_stderr: spawned.errors.is_some(),
+        tag,
+        meta,
         input: Mutex::new(spawned.input.try_clone().ok()),
         state: Mutex::new(State {
-            scrollback: RingBuffer::new(SCROLLBACK_BYTES),
+            scrollback: StreamRing::new(SCROLLBACK_BYTES),
             attached: None,
             exit_code: None,
             idle_deadline: None,
@@ -433,16 +493,24 @@ pub fn start_init(registry: &Registry, guest: &GuestConfig) -> Result<(), String
     let mut inner = lock(&registry.inner);
     inner.make_room()?;
     let spawned = spawn_tty(&argv, &spawn_env, DEFAULT_SIZE)?;
-    let session = new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned);
+    let session =
+        new_session(INIT_SESSION_ID.to_owned(), &argv, true, None, &spawned, (None, None));
     inner.by_id.insert(session.id.clone(), Arc::clone(&session));
-    start_output_thread(registry.clone(), session, spawned.output, spawned.watch);
+    start_output_thread(registry.clone(), session, spawned);
     Ok(())
 }
 
-/// Attaches this connection to an existing session (`session_id` in the request).
-pub fn attach(registry: &Registry, conn: &mut Conn, id: &str, if_detached: bool) -> Outcome {
+/// Attaches this connection to an existing session (`session_id` in the request); with
+/// `stderr`, the session's stderr reaches it as STDERR frames.
+pub fn attach(
+    registry: &Registry,
+    conn: &mut Conn,
+    id: &str,
+    if_detached: bool,
+    stderr: bool,
+) -> Outcome {
     match registry.get(id) {
-        Some(session) => attach_to(registry, conn, &session, if_detached),
+        Some(session) => attach_to(registry, conn, &session, if_detached, stderr),
         None => send_error(conn, "session not found"),
     }
 }
@@ -452,6 +520,7 @@ fn attach_to(
     conn: &mut Conn,
     session: &Arc<Session>,
     if_detached: bool,
+    stderr: bool,
 ) -> Outcome {
     let Ok(writer_conn) = conn.try_clone() else {
         return Outcome::Close;
@@ -461,6 +530,10 @@ fn attach_to(
     };
     let client_id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = sync_channel(CLIENT_QUEUE);
+    // The client's first frames, written before anything of its queue: SESSION_INFO, the
+    // scrollback (one frame per run of a stream for a client that takes STDERR frames, so
+    // not bounded by the queue's size), and EXIT of a session that has ended.
+    let mut first = Vec::new();
     let finished = {
         let mut st = lock(&session.state);
         if if_detached && st.attached.is_some() {
@@ -474,24 +547,29 @@ fn attach_to(
         let mut info = session.info(&st);
         info.attached = st.exit_code.is_none();
         let info_json = serde_json::to_vec(&info).unwrap_or_default();
-        // The queue is new and larger than three frames, so these never block.
-        let _ = tx.try_send(Outbound::Frame(FrameType::SESSION_INFO, info_json));
+        first.push(Outbound::Frame(FrameType::SESSION_INFO, info_json));
         if !st.scrollback.is_empty() {
-            let _ = tx.try_send(Outbound::Frame(FrameType::STDOUT, st.scrollback.snapshot()));
+            if stderr && session.split_stderr {
+                for (stream, data) in st.scrollback.runs() {
+                    first.push(Outbound::Frame(Client::frame_for(true, stream), data));
+                }
+            } else {
+                first.push(Outbound::Frame(FrameType::STDOUT, st.scrollback.merged()));
+            }
         }
         match st.exit_code {
             Some(code) => {
-                let _ = tx.try_send(Outbound::Frame(FrameType::EXIT, encode_exit(code).to_vec()));
-                let _ = tx.try_send(Outbound::End);
+                first.push(Outbound::Frame(FrameType::EXIT, encode_exit(code).to_vec()));
+                first.push(Outbound::End);
                 true
             }
             None => {
-                st.attached = Some(Client { id: client_id, tx, conn: kick_conn });
+                st.attached = Some(Client { id: client_id, tx, conn: kick_conn, stderr });
                 false
             }
         }
     };
-    let writer = std::thread::spawn(move || write_queue(writer_conn, rx));
+    let writer = std::thread::spawn(move || write_queue(writer_conn, first, rx));
     if finished {
         // The exit has been collected; the session is done.
         registry.remove(session);
@@ -502,9 +580,10 @@ fn attach_to(
     Outcome::Close
 }
 
-/// Drains a client's queue into its socket; shuts the socket down when done.
-fn write_queue(mut conn: Conn, rx: Receiver<Outbound>) {
-    for out in rx {
+/// Writes a client's first frames, then drains its queue into its socket; shuts the socket
+/// down when done.
+fn write_queue(mut conn: Conn, first: Vec<Outbound>, rx: Receiver<Outbound>) {
+    for out in first.into_iter().chain(rx) {
         match out {
             Outbound::Frame(kind, payload) => {
                 if write_frame(&mut conn, kind, &payload).is_err() {
@@ -548,9 +627,14 @@ fn input_loop(conn: &mut Conn, session: &Arc<Session>, client_id: u64) {
     session.detach(client_id);
 }
 
-/// Reads one chunk of output into the scrollback and the attached client's queue; false at EOF
-/// (EIO on a terminal: every slave fd is closed).
-fn forward_output(session: &Arc<Session>, output: &mut Option<File>, buf: &mut [u8]) -> bool {
+/// Reads one chunk of `stream` into the scrollback and the attached client's queue; false at
+/// EOF (EIO on a terminal: every slave fd is closed).
+fn forward_output(
+    session: &Arc<Session>,
+    output: &mut Option<File>,
+    stream: Stream,
+    buf: &mut [u8],
+) -> bool {
     let Some(file) = output else { return false };
     let n = match file.read(buf) {
         Ok(0) => return false,
@@ -560,14 +644,14 @@ fn forward_output(session: &Arc<Session>, output: &mut Option<File>, buf: &mut [
         }
         Err(_) => return false,
     };
-    let tx = {
+    let client = {
         let mut st = lock(&session.state);
-        st.scrollback.write(&buf[..n]);
-        st.attached.as_ref().map(|c| c.tx.clone())
+        st.scrollback.write(stream, &buf[..n]);
+        st.attached.as_ref().map(|c| (c.tx.clone(), c.stderr))
     };
-    if let Some(tx) = tx {
+    if let Some((tx, stderr)) = client {
         // Blocks while the client's queue is full, without holding the session lock.
-        let _ = tx.send(Outbound::Frame(FrameType::STDOUT, buf[..n].to_vec()));
+        let _ = tx.send(Outbound::Frame(Client::frame_for(stderr, stream), buf[..n].to_vec()));
     }
     true
 }
@@ -575,28 +659,40 @@ fn forward_output(session: &Arc<Session>, output: &mut Option<File>, buf: &mut [
 /// The session's output thread: scrollback, live output, exit and retention. Output is read
 /// until the process exits and then until EOF or [`EXIT_DRAIN`], whichever comes first: a
 /// background child that inherited the pipe or terminal must not hold the session's EXIT back.
-fn pump_output(registry: &Registry, session: &Arc<Session>, output: File, mut watch: ExitWatch) {
+fn pump_output(
+    registry: &Registry,
+    session: &Arc<Session>,
+    output: File,
+    errors: Option<File>,
+    mut watch: ExitWatch,
+) {
     let mut buf = vec![0u8; OUTPUT_CHUNK];
     let mut output = Some(output);
+    let mut errors = errors;
     let mut code = None;
     let mut drain_until = None;
-    while code.is_none() || (output.is_some() && !pipes::passed(drain_until)) {
-        let [out_ready, exit_ready] = poll_slots(
+    while code.is_none() || ((output.is_some() || errors.is_some()) && !pipes::passed(drain_until))
+    {
+        let [out_ready, err_ready, exit_ready] = poll_slots(
             [
                 output.as_ref().map(|f| (f.as_raw_fd(), libc::POLLIN)),
+                errors.as_ref().map(|f| (f.as_raw_fd(), libc::POLLIN)),
                 code.is_none().then(|| (watch.as_fd().as_raw_fd(), libc::POLLIN)),
             ],
             pipes::timeout_ms(drain_until),
         );
-        if out_ready != 0 && !forward_output(session, &mut output, &mut buf) {
+        if out_ready != 0 && !forward_output(session, &mut output, Stream::Out, &mut buf) {
             output = None;
+        }
+        if err_ready != 0 && !forward_output(session, &mut errors, Stream::Err, &mut buf) {
+            errors = None;
         }
         if exit_ready != 0 {
             code = Some(watch.read_code());
             drain_until = Some(Instant::now() + EXIT_DRAIN);
         }
     }
-    pipes::discard_until_eof(output.into_iter().collect());
+    pipes::discard_until_eof(output.into_iter().chain(errors).collect());
     let code = code.unwrap_or(1);
     *lock(&session.input) = None;
     let attached = {

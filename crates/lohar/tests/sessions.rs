@@ -264,16 +264,20 @@ fn exec_kill_sigkills_a_session_and_reports_missing_ones() {
     // Detached before the kill: a session that exits while attached goes with its client
     // (and off the list), and the agent sees the client's close only a moment after the drop.
     assert!(wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| !i.attached)));
-    let mut k = agent
-        .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: info.session_id.clone() });
+    let mut k = agent.request_json(
+        FrameType::EXEC_KILL,
+        &KillRequest { session_id: info.session_id.clone(), signal: None },
+    );
     let f = read(&mut k);
     assert_eq!(f.kind, FrameType::EXIT);
     assert_eq!(decode_exit(&f.payload).unwrap(), 0);
     assert!(
         wait_for(WAIT, || find(&agent, &info.session_id).is_some_and(|i| i.exit_code == Some(137)))
     );
-    let mut k =
-        agent.request_json(FrameType::EXEC_KILL, &KillRequest { session_id: "s999".into() });
+    let mut k = agent.request_json(
+        FrameType::EXEC_KILL,
+        &KillRequest { session_id: "s999".into(), signal: None },
+    );
     assert_eq!(collect_exec(&mut k).error.as_deref(), Some("session not found"));
     let mut k = agent.request(FrameType::EXEC_KILL, b"garbage");
     assert_eq!(collect_exec(&mut k).error.as_deref(), Some("bad kill request"));
@@ -388,8 +392,10 @@ fn session_limit_is_enforced_and_exited_sessions_make_room() {
     // The agent sees the hang-up in its own time; a session that exits while still attached is
     // dropped with its client (it told the client its exit), which is not the case under test.
     assert!(wait_for(WAIT, || find(&agent, &victim.session_id).is_some_and(|i| !i.attached)));
-    let mut k = agent
-        .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: victim.session_id.clone() });
+    let mut k = agent.request_json(
+        FrameType::EXEC_KILL,
+        &KillRequest { session_id: victim.session_id.clone(), signal: None },
+    );
     read(&mut k);
     assert!(wait_for(WAIT, || find(&agent, &victim.session_id).is_some_and(|i| !i.running)));
     let (_s, fresh) = create(&agent, &piped_request(&["sleep", "600"]));
@@ -496,8 +502,10 @@ fn session_output_is_not_blocked_by_a_stalled_client_for_other_requests() {
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     assert!(find(&agent, &info.session_id).is_some());
-    let mut k = agent
-        .request_json(FrameType::EXEC_KILL, &KillRequest { session_id: info.session_id.clone() });
+    let mut k = agent.request_json(
+        FrameType::EXEC_KILL,
+        &KillRequest { session_id: info.session_id.clone(), signal: None },
+    );
     assert_eq!(read(&mut k).kind, FrameType::EXIT);
     assert!(start.elapsed() < Duration::from_secs(2), "list/kill blocked by a stalled client");
 }

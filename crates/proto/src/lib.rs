@@ -45,6 +45,13 @@
 //! `started`, until the host closes the connection, which ends the watch. A connection whose
 //! HELLO did not ask for `"watch"` gets v1's `unexpected frame type 0x75`.
 //!
+//! A seventh, without a frame of its own: the `procs` feature of HELLO
+//! ([`messages::FEATURE_PROCS`]). An agent that grants it honours optional fields that v1
+//! agents ignore: `stderr`, `tag` and `meta` on EXEC_REQ (a piped session with a separate
+//! stderr, sent as STDERR frames to clients that ask; a tag and opaque host data kept with the
+//! session), `pid`, `stderr`, `tag`, `meta` in SESSION_INFO / EXEC_LIST_RESP, and `signal` on
+//! EXEC_KILL. A host that sends none of them sees v1's behaviour.
+//!
 //! One more compatible extension: an empty `STDIN` frame (which v1 treats as a zero-byte write,
 //! a no-op) closes the child's stdin, so a host can send EOF to a one-shot exec or a piped
 //! session.

@@ -37,3 +37,8 @@ pub const WATCH_QUEUE_EVENTS: usize = 1024;
 /// Directories one recursive watch follows (inotify watches); more are an ERROR at the start
 /// and an `overflow` later.
 pub const MAX_WATCH_DIRS: usize = 8192;
+
+/// Longest session tag (extension `procs`), bytes.
+pub const MAX_SESSION_TAG_BYTES: usize = 256;
+/// Longest session host data (extension `procs`), bytes.
+pub const MAX_SESSION_META_BYTES: usize = 16 * 1024;

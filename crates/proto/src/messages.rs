@@ -60,6 +60,21 @@ pub struct ExecRequest {
     /// ignore the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Extension ([`FEATURE_PROCS`]): on a piped session's create, keep the child's stderr
+    /// apart from its stdout (v1 merges them); on any create or attach, this client receives
+    /// the session's stderr as STDERR frames (without it, as STDOUT, as v1 does). v1 agents
+    /// ignore the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<bool>,
+    /// Extension ([`FEATURE_PROCS`]): a name the session is listed under (at most
+    /// [`crate::limits::MAX_SESSION_TAG_BYTES`]). Sessions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Extension ([`FEATURE_PROCS`]): opaque host data the session is listed with, e.g. the
+    /// command as a host's API received it (at most [`crate::limits::MAX_SESSION_META_BYTES`]).
+    /// Sessions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
 }
 
 impl ExecRequest {
@@ -92,6 +107,19 @@ pub struct SessionInfo {
     /// Creation time, Unix seconds.
     #[serde(default)]
     pub created_at: i64,
+    /// Extension ([`FEATURE_PROCS`]): the guest PID of the session's process (also its process
+    /// group). Omitted by v1 agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    /// Extension ([`FEATURE_PROCS`]): the session keeps stderr apart from stdout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr: bool,
+    /// Extension ([`FEATURE_PROCS`]): the tag given at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Extension ([`FEATURE_PROCS`]): the host data given at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
 }
 
 /// Payload of ACTIVITY_RESP.
@@ -113,6 +141,10 @@ pub struct ActivityInfo {
 pub struct KillRequest {
     /// The session to kill.
     pub session_id: String,
+    /// Extension ([`FEATURE_PROCS`]): the signal number sent to the session's process group;
+    /// absent means SIGKILL (v1's behaviour, and what a v1 agent does whatever is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
 }
 
 /// The STDOUT payload of a detached exec.
@@ -343,6 +375,12 @@ pub struct WatchEvent {
     /// What happened.
     pub kind: WatchKind,
 }
+
+/// Feature name: the agent knows the process extensions: a piped session's separate stderr
+/// ([`ExecRequest::stderr`]), session tags and host data ([`ExecRequest::tag`],
+/// [`ExecRequest::meta`]), the guest PID in [`SessionInfo::pid`] and a kill's
+/// [`KillRequest::signal`]. Granted per connection, but what it names holds for the agent.
+pub const FEATURE_PROCS: &str = "procs";
 
 /// Formats permission bits as v1 does: 4-digit zero-padded octal, file-type and
 /// setuid/setgid/sticky bits dropped.

@@ -7,9 +7,10 @@ use std::fmt::Debug;
 use std::io::Cursor;
 
 use proto::messages::{
-    ActivityInfo, DetachedExec, ExecRequest, FEATURE_REUSE, FileInfo, FileReadRequest,
-    FileReadResponse, FileWriteRequest, FileWriteResponse, ForwardRequest, ForwardResponse, Hello,
-    KillRequest, PathRequest, STATUS_OK, SessionInfo, format_mode, parse_mode,
+    ActivityInfo, DetachedExec, ExecRequest, FEATURE_PROCS, FEATURE_REUSE, FileInfo,
+    FileReadRequest, FileReadResponse, FileWriteRequest, FileWriteResponse, ForwardRequest,
+    ForwardResponse, Hello, KillRequest, PathRequest, STATUS_OK, SessionInfo, format_mode,
+    parse_mode,
 };
 use proto::{FrameError, FrameType, read_frame, send_json};
 use serde::Serialize;
@@ -69,6 +70,9 @@ fn full_exec_request() -> ExecRequest {
         output_file: Some("/tmp/out.log".into()),
         session: Some(true),
         user: Some("root".into()),
+        stderr: None,
+        tag: None,
+        meta: None,
     }
 }
 
@@ -204,6 +208,7 @@ fn running_session() -> SessionInfo {
         exit_code: None,
         attached: true,
         created_at: 1_760_000_000,
+        ..SessionInfo::default()
     }
 }
 
@@ -254,6 +259,7 @@ fn session_list_round_trips_and_empty_list_is_brackets() {
             exit_code: Some(143),
             attached: false,
             created_at: 1_760_000_100,
+            ..SessionInfo::default()
         },
     ];
     through_frame(FrameType::EXEC_LIST_RESP, &list);
@@ -282,7 +288,7 @@ fn activity_info_round_trips() {
 
 #[test]
 fn kill_request_round_trips() {
-    let req = KillRequest { session_id: "s3".into() };
+    let req = KillRequest { session_id: "s3".into(), signal: None };
     assert_eq!(through_frame(FrameType::EXEC_KILL, &req), r#"{"session_id":"s3"}"#);
     assert_eq!(decode::<KillRequest>(&with_unknown_field(r#"{"session_id":"s3"}"#)), req);
 }
@@ -598,4 +604,74 @@ fn watch_request_and_events_have_exact_json() {
     decode_err::<WatchEvent>(r#"{"name":"a","kind":"exploded"}"#);
     let overflow: WatchEvent = decode(r#"{"kind":"overflow"}"#);
     assert_eq!(overflow, WatchEvent { name: String::new(), kind: WatchKind::Overflow });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process extension (`procs`): separate stderr, tags, host data, guest PIDs, kill signals
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn exec_request_process_fields_are_exact_bytes_and_omitted_when_unset() {
+    let req = ExecRequest {
+        session: Some(true),
+        stderr: Some(true),
+        tag: Some("web".into()),
+        meta: Some(r#"{"cmd":"sleep"}"#.into()),
+        ..ExecRequest::command(["sleep", "9"])
+    };
+    assert_eq!(
+        through_frame(FrameType::EXEC_REQ, &req),
+        r#"{"argv":["sleep","9"],"session":true,"stderr":true,"tag":"web","meta":"{\"cmd\":\"sleep\"}"}"#
+    );
+    // A v1 host never sends them: its requests are byte for byte what they were.
+    let v1 = through_frame(FrameType::EXEC_REQ, &ExecRequest::command(["sh"]));
+    for absent in ["stderr", "tag", "meta"] {
+        assert!(!v1.contains(absent), "{absent} in {v1}");
+    }
+}
+
+#[test]
+fn session_info_process_fields_are_exact_bytes_and_v1_json_still_decodes() {
+    let info = SessionInfo {
+        pid: Some(4242),
+        stderr: true,
+        tag: Some("web".into()),
+        meta: Some("m".into()),
+        ..running_session()
+    };
+    assert_eq!(
+        through_frame(FrameType::SESSION_INFO, &info),
+        concat!(
+            r#"{"session_id":"s1","argv":"bash -l","tty":true,"running":true,"attached":true,"#,
+            r#""created_at":1760000000,"pid":4242,"stderr":true,"tag":"web","meta":"m"}"#
+        )
+    );
+    // A merged session without tag or data adds only its PID.
+    let plain = SessionInfo { pid: Some(7), ..running_session() };
+    assert!(
+        through_frame(FrameType::SESSION_INFO, &plain)
+            .ends_with(r#""created_at":1760000000,"pid":7}"#)
+    );
+    // What a v1 agent sends decodes with the extension unset.
+    let v1: SessionInfo = decode(
+        r#"{"session_id":"s2","argv":"sh","tty":false,"running":true,"attached":false,"created_at":1}"#,
+    );
+    assert_eq!((v1.pid, v1.stderr, v1.tag, v1.meta), (None, false, None, None));
+}
+
+#[test]
+fn kill_request_signal_is_a_number_and_absent_means_sigkill() {
+    let term = KillRequest { session_id: "s3".into(), signal: Some(15) };
+    assert_eq!(through_frame(FrameType::EXEC_KILL, &term), r#"{"session_id":"s3","signal":15}"#);
+    assert_eq!(decode::<KillRequest>(r#"{"session_id":"s3"}"#).signal, None);
+    decode_err::<KillRequest>(r#"{"session_id":"s3","signal":"SIGTERM"}"#);
+}
+
+#[test]
+fn hello_can_ask_for_reuse_and_procs() {
+    let hello = Hello { version: 1, features: vec![FEATURE_REUSE.into(), FEATURE_PROCS.into()] };
+    assert_eq!(
+        through_frame(FrameType::HELLO, &hello),
+        r#"{"version":1,"features":["reuse","procs"]}"#
+    );
 }

@@ -382,7 +382,8 @@ async fn relay(
     let _reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             let event = reader.next().await;
-            let last = !matches!(event, Ok(Some(SessionEvent::Output(_))));
+            let last =
+                !matches!(event, Ok(Some(SessionEvent::Output(_) | SessionEvent::Stderr(_))));
             if tx.send(event).await.is_err() || last {
                 break;
             }
@@ -431,7 +432,8 @@ async fn output(
             }
         };
         match event {
-            Some(Ok(Some(SessionEvent::Output(data)))) => {
+            // Terminals never ask for stderr apart; should it come, it is output all the same.
+            Some(Ok(Some(SessionEvent::Output(data) | SessionEvent::Stderr(data)))) => {
                 for frame in frames(mode, &mut carry, &data) {
                     if !send(sink, frame).await {
                         return;

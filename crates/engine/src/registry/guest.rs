@@ -102,6 +102,29 @@ impl Engine {
         Ok(Leased::new(session, lease))
     }
 
+    /// Attaches to an existing session, with its stderr apart (`SessionEvent::Stderr`) when
+    /// the session keeps it so.
+    pub async fn attach_with_stderr(
+        &self,
+        id: &str,
+        session_id: &str,
+    ) -> Result<Leased<Session>, EngineError> {
+        let lease = self.lease(id).await?;
+        let session = lease.run(lease.client().attach_with_stderr(session_id, false)).await?;
+        Ok(Leased::new(session, lease))
+    }
+
+    /// Sends a signal (a number; `None`: SIGKILL) to a session's process group.
+    pub async fn signal_session(
+        &self,
+        id: &str,
+        session_id: &str,
+        signal: Option<i32>,
+    ) -> Result<(), EngineError> {
+        let lease = self.lease(id).await?;
+        lease.run(lease.client().session_signal(session_id, signal)).await
+    }
+
     /// The guest's sessions.
     pub async fn sessions(&self, id: &str) -> Result<Vec<SessionInfo>, EngineError> {
         let lease = self.lease(id).await?;

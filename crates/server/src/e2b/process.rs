@@ -1,14 +1,21 @@
 //! envd's `process.Process` on lohar's sessions: every started process is a session (piped,
-//! or a PTY), which outlives the connection that started it. The daemon keeps each session
-//! attached in a task of its own (the [`Registry`]) and fans its output out to the `Start` and
-//! `Connect` streams, so a stream that is dropped leaves the process running, and `Connect`,
-//! `SendInput`, `CloseStdin`, `SendSignal` find it by PID. A process this daemon is not
-//! attached to (after a pause and resume, a restart) is attached again by its session.
+//! or a PTY), which outlives the connection that started it. The guest is the source of truth
+//! (lohar's process extension, `procs`): a session carries the process's real guest PID, its
+//! E2B tag and its config (cmd, args, envs, cwd as the SDK sent them, as the session's host
+//! data), and keeps stderr apart from stdout. So `List`, and `Connect`, `SendInput`,
+//! `CloseStdin`, `SendSignal` by PID or tag, are answered from lohar's session list and
+//! survive a daemon restart and a pause/resume.
 //!
-//! The PID E2B sees is the session's number (`s7` is 7), not the guest's PID. lohar's piped
-//! sessions merge stderr into stdout, so everything arrives as `stdout`.
+//! The daemon keeps each session it is attached to in a task of its own (the [`Registry`], a
+//! cache by PID) and fans its output out to the `Start` and `Connect` streams, so a stream that
+//! is dropped (or cut by the SDK's command timeout) leaves the process running. A process the
+//! daemon is not attached to is attached again by its session.
+//!
+//! Against an agent without the extension (a v1 image's lohar) the PID is the session's number
+//! (`s7` is 7), stderr arrives as stdout, tags and configs are not kept and every signal is
+//! SIGKILL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +24,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::E2bState;
@@ -27,10 +34,16 @@ use super::envd::Guest;
 /// Output chunks a slow stream may fall behind by before it misses some.
 const FANOUT: usize = 1024;
 
+/// What E2B's SDKs run commands and terminals with; a guest without bash (the busybox `test`
+/// image) runs them with `/bin/sh`, which takes the same `-l -c` / `-i -l`.
+const BASH: &str = "/bin/bash";
+const SH: &str = "/bin/sh";
+
 /// Something a process did.
 #[derive(Debug, Clone)]
 enum Event {
-    Data(Bytes),
+    Stdout(Bytes),
+    Stderr(Bytes),
     End(i32),
     Failed(String),
 }
@@ -39,17 +52,19 @@ enum Event {
 #[derive(Debug)]
 struct Proc {
     pid: u32,
+    session_id: String,
     pty: bool,
-    config: serde_json::Value,
-    tag: Option<String>,
     events: broadcast::Sender<Event>,
     writer: tokio::sync::Mutex<engine::SessionWriter>,
 }
 
-/// The processes, by sandbox and PID.
+/// The processes the daemon is attached to, by sandbox and PID: a cache of attachments, never
+/// the list of processes (that is the guest's).
 #[derive(Debug, Default)]
 pub struct Registry {
     procs: Mutex<HashMap<(String, u32), Arc<Proc>>>,
+    /// One attach at a time per sandbox: two would take the session from each other.
+    attaching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Registry {
@@ -63,21 +78,31 @@ impl Registry {
         }
     }
 
-    fn remove(&self, sandbox: &str, pid: u32) {
+    /// Removes `proc` if it is still the one cached under its PID.
+    fn remove(&self, sandbox: &str, proc: &Arc<Proc>) {
         if let Ok(mut procs) = self.procs.lock() {
-            procs.remove(&(sandbox.to_owned(), pid));
+            let key = (sandbox.to_owned(), proc.pid);
+            if procs.get(&key).is_some_and(|p| Arc::ptr_eq(p, proc)) {
+                procs.remove(&key);
+            }
         }
     }
 
-    fn of(&self, sandbox: &str) -> Vec<Arc<Proc>> {
-        let Ok(procs) = self.procs.lock() else { return Vec::new() };
-        procs.iter().filter(|((s, _), _)| s == sandbox).map(|(_, p)| Arc::clone(p)).collect()
+    /// The attach lock of a sandbox.
+    fn attach_lock(&self, sandbox: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.attaching.lock() {
+            Ok(mut locks) => Arc::clone(locks.entry(sandbox.to_owned()).or_default()),
+            Err(_) => Arc::default(),
+        }
     }
 
     /// Drops what a destroyed sandbox left.
     pub fn forget_sandbox(&self, sandbox: &str) {
         if let Ok(mut procs) = self.procs.lock() {
             procs.retain(|(s, _), _| s != sandbox);
+        }
+        if let Ok(mut locks) = self.attaching.lock() {
+            locks.remove(sandbox);
         }
     }
 }
@@ -87,13 +112,43 @@ fn pid_of(session_id: &str) -> Option<u32> {
     session_id.strip_prefix('s')?.parse().ok()
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The PID E2B sees for a session: the guest's, or (an agent without `procs`) its number.
+fn e2b_pid(info: &engine::SessionInfo) -> Option<u32> {
+    match info.pid {
+        Some(pid) => u32::try_from(pid).ok(),
+        None => pid_of(&info.session_id),
+    }
+}
+
+/// E2B's `ProcessConfig`, kept as the session's host data.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(default)]
 struct ProcessConfig {
     cmd: String,
     args: Vec<String>,
-    envs: std::collections::BTreeMap<String, String>,
+    envs: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
+}
+
+/// The config `List` shows for a session: what `Start` kept, else its argv.
+fn config_of(info: &engine::SessionInfo) -> ProcessConfig {
+    info.meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_else(|| ProcessConfig { cmd: info.argv.clone(), ..ProcessConfig::default() })
+}
+
+/// The signal number of E2B's `Signal`; `None` (lohar's default, SIGKILL) when unspecified.
+fn signal_number(signal: Option<&str>) -> Result<Option<i32>, RpcError> {
+    match signal {
+        None | Some("SIGNAL_UNSPECIFIED") => Ok(None),
+        Some("SIGNAL_SIGKILL") => Ok(Some(9)),
+        Some("SIGNAL_SIGTERM") => Ok(Some(15)),
+        Some(other) => {
+            Err(RpcError::new(Code::InvalidArgument, format!("unknown signal {other:?}")))
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,7 +207,7 @@ pub async fn call(
     let result = match method.as_str() {
         "Start" => return start(state, guest, &headers, &body).await,
         "Connect" => return reconnect(state, guest, &headers, &body).await,
-        "List" => Ok(list(&state, &guest)),
+        "List" => list(&state, &guest).await,
         "SendInput" => send_input(&state, &guest, &body).await,
         "CloseStdin" => close_stdin(&state, &guest, &body).await,
         "SendSignal" => send_signal(&state, &guest, &body).await,
@@ -175,50 +230,55 @@ fn keepalive_of(headers: &HeaderMap) -> Duration {
     Duration::from_secs(secs.clamp(1, 300))
 }
 
-/// Attaches a task to a session and registers it.
+/// Attaches a task to a session and caches it.
 fn adopt(
     state: &E2bState,
     guest: &Guest,
     session: engine::Leased<engine::Session>,
-    config: serde_json::Value,
-    tag: Option<String>,
-    pty: bool,
 ) -> Result<(Arc<Proc>, broadcast::Receiver<Event>), RpcError> {
     let (session, lease) = session.into_parts();
     let (info, mut reader, writer) = session.split();
-    let pid = pid_of(&info.session_id).ok_or_else(|| {
+    let pid = e2b_pid(&info).ok_or_else(|| {
         RpcError::new(Code::Internal, format!("unexpected session id {:?}", info.session_id))
     })?;
     let (events, rx) = broadcast::channel(FANOUT);
     let proc = Arc::new(Proc {
         pid,
-        pty,
-        config,
-        tag,
+        session_id: info.session_id.clone(),
+        pty: info.tty,
         events: events.clone(),
         writer: tokio::sync::Mutex::new(writer),
     });
     state.procs.insert(&guest.id, Arc::clone(&proc));
-    let (procs, sandbox) = (Arc::clone(&state.procs), guest.id.clone());
+    let (procs, sandbox, cached) = (Arc::clone(&state.procs), guest.id.clone(), Arc::clone(&proc));
     tokio::spawn(async move {
         // The lease keeps the sandbox awake while the process is attached.
         let _lease = lease;
         loop {
             let event = match reader.next().await {
-                Ok(Some(engine::SessionEvent::Output(data))) => Event::Data(Bytes::from(data)),
+                Ok(Some(engine::SessionEvent::Output(data))) => Event::Stdout(Bytes::from(data)),
+                Ok(Some(engine::SessionEvent::Stderr(data))) => Event::Stderr(Bytes::from(data)),
                 Ok(Some(engine::SessionEvent::Exit(code))) => Event::End(code),
                 Ok(None) => Event::Failed("the agent closed the session".into()),
                 Err(e) => Event::Failed(e.to_string()),
             };
-            let last = !matches!(event, Event::Data(_));
+            let last = matches!(event, Event::End(_) | Event::Failed(_));
             let _ = events.send(event);
             if last {
                 break;
             }
         }
-        procs.remove(&sandbox, pid);
+        procs.remove(&sandbox, &cached);
     });
     Ok((proc, rx))
+}
+
+/// The program to run for `cmd`: `/bin/bash` falls back to `/bin/sh` in a guest without bash.
+async fn program(state: &E2bState, guest: &Guest, cmd: &str) -> String {
+    if cmd == BASH && state.app.engine.file_stat(&guest.id, BASH).await.is_err() {
+        return SH.to_owned();
+    }
+    cmd.to_owned()
 }
 
 /// `Start` (server streaming).
@@ -233,9 +293,9 @@ async fn start(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u8]) 
             "process.cmd required",
         ));
     }
-    let mut exec = engine::ExecRequest::command(
-        std::iter::once(req.process.cmd.clone()).chain(req.process.args.iter().cloned()),
-    );
+    let cmd = program(&state, &guest, &req.process.cmd).await;
+    let mut exec =
+        engine::ExecRequest::command(std::iter::once(cmd).chain(req.process.args.iter().cloned()));
     if !req.process.envs.is_empty() {
         exec.env = Some(req.process.envs.clone());
     }
@@ -245,6 +305,11 @@ async fn start(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u8]) 
         exec.rows = Some(size.rows.max(1));
         exec.cols = Some(size.cols.max(1));
     }
+    // What the guest keeps for List and reconnects: the config as the SDK sent it (never the
+    // secrets added below), the tag, and stderr apart.
+    exec.stderr = (!pty).then_some(true);
+    exec.tag = req.tag.clone();
+    exec.meta = serde_json::to_string(&req.process).ok();
     if let Err(e) = crate::secrets::add_env(&state.app, &guest.id, &mut exec).await {
         return connect::stream_error(&super::error::rpc(crate::error::ApiError::Internal(e)));
     }
@@ -257,11 +322,7 @@ async fn start(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u8]) 
         Ok(s) => s,
         Err(e) => return connect::stream_error(&super::error::rpc_engine(e)),
     };
-    let config = serde_json::json!({
-        "cmd": req.process.cmd, "args": req.process.args, "envs": req.process.envs,
-        "cwd": req.process.cwd,
-    });
-    let (proc, rx) = match adopt(&state, &guest, session, config, req.tag, pty) {
+    let (proc, rx) = match adopt(&state, &guest, session) {
         Ok(p) => p,
         Err(e) => return connect::stream_error(&e),
     };
@@ -271,8 +332,22 @@ async fn start(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u8]) 
     events_response(proc.pid, pty, rx, keepalive_of(headers))
 }
 
+/// The `data` event of a chunk: `pty`, `stdout` or `stderr`.
+fn data_event(pty: bool, event: &Event) -> Option<serde_json::Value> {
+    let (stream, data) = match event {
+        Event::Stdout(data) if pty => ("pty", data),
+        Event::Stdout(data) => ("stdout", data),
+        // A terminal has one stream; a stray stderr chunk is terminal output all the same.
+        Event::Stderr(data) if pty => ("pty", data),
+        Event::Stderr(data) => ("stderr", data),
+        Event::End(_) | Event::Failed(_) => return None,
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+    Some(serde_json::json!({ "event": { "data": { stream: b64 } } }))
+}
+
 /// The stream of a process's events: `start`, `data`..., `end`, then the end envelope. A
-/// client that goes away ends only the stream.
+/// client that goes away (or whose SDK-side timeout cuts the stream) ends only the stream.
 fn events_response(
     pid: u32,
     pty: bool,
@@ -287,7 +362,6 @@ fn events_response(
         }
         let mut ping = tokio::time::interval(keepalive);
         ping.tick().await;
-        let b64 = base64::engine::general_purpose::STANDARD;
         loop {
             let next = tokio::select! {
                 e = rx.recv() => e,
@@ -298,12 +372,6 @@ fn events_response(
                 }
             };
             let (message, end) = match next {
-                Ok(Event::Data(data)) => {
-                    let stream = if pty { "pty" } else { "stdout" };
-                    let m =
-                        serde_json::json!({ "event": { "data": { stream: b64.encode(&data) } } });
-                    (connect::message(&m), None)
-                }
                 Ok(Event::End(code)) => {
                     let m = serde_json::json!({ "event": { "end": {
                         "exitCode": code, "exited": true, "status": format!("exit status {code}"),
@@ -314,6 +382,10 @@ fn events_response(
                     let e = RpcError::new(Code::Unavailable, message);
                     (connect::end(Some(&e)), Some(Some(())))
                 }
+                Ok(data) => match data_event(pty, &data) {
+                    Some(m) => (connect::message(&m), None),
+                    None => continue,
+                },
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(pid, missed = n, "e2b process stream fell behind");
                     continue;
@@ -339,42 +411,76 @@ fn events_response(
     connect::stream_response(body)
 }
 
-/// The process a selector names: one this daemon is attached to, else its session, attached
-/// again.
+/// A process as the guest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Located {
+    pid: u32,
+    session_id: String,
+}
+
+/// The running session a selector names (by PID or tag), from the guest's session list.
+fn locate_in(sessions: &[engine::SessionInfo], selector: &Selector) -> Result<Located, RpcError> {
+    let running = sessions.iter().filter(|s| s.running);
+    let found = match (&selector.tag, selector.pid) {
+        (Some(tag), _) => running.into_iter().find(|s| s.tag.as_ref() == Some(tag)),
+        (None, Some(pid)) => running.into_iter().find(|s| e2b_pid(s) == Some(pid)),
+        (None, None) => {
+            return Err(RpcError::new(Code::InvalidArgument, "process.pid or tag required"));
+        }
+    };
+    let not_found = || match (&selector.tag, selector.pid) {
+        (Some(tag), _) => format!("process with tag {tag:?} not found"),
+        (None, pid) => format!("process with pid {} not found", pid.unwrap_or_default()),
+    };
+    let found = found.ok_or_else(|| RpcError::new(Code::NotFound, not_found()))?;
+    let pid = e2b_pid(found).ok_or_else(|| RpcError::new(Code::NotFound, not_found()))?;
+    Ok(Located { pid, session_id: found.session_id.clone() })
+}
+
+/// The process a selector names: a cached attachment by PID answers at once, anything else
+/// asks the guest.
+async fn locate(state: &E2bState, guest: &Guest, selector: &Selector) -> Result<Located, RpcError> {
+    if selector.tag.is_none()
+        && let Some(pid) = selector.pid
+        && let Some(p) = state.procs.get(&guest.id, pid)
+    {
+        return Ok(Located { pid, session_id: p.session_id.clone() });
+    }
+    let sessions = state.app.engine.sessions(&guest.id).await.map_err(super::error::rpc_engine)?;
+    locate_in(&sessions, selector)
+}
+
+/// The attachment to the process a selector names: the cached one, else its session attached
+/// again (after a pause and resume, a daemon restart).
 async fn find(
     state: &E2bState,
     guest: &Guest,
     selector: &Selector,
 ) -> Result<(Arc<Proc>, broadcast::Receiver<Event>), RpcError> {
-    if let Some(tag) = &selector.tag {
-        let found = state.procs.of(&guest.id).into_iter().find(|p| p.tag.as_ref() == Some(tag));
-        return found
-            .map(|p| {
-                let rx = p.events.subscribe();
-                (p, rx)
-            })
-            .ok_or_else(|| {
-                RpcError::new(Code::NotFound, format!("process with tag {tag:?} not found"))
-            });
-    }
-    let pid =
-        selector.pid.ok_or_else(|| RpcError::new(Code::InvalidArgument, "process.pid required"))?;
-    if let Some(p) = state.procs.get(&guest.id, pid) {
+    let located = locate(state, guest, selector).await?;
+    let subscribed = |p: Arc<Proc>| {
         let rx = p.events.subscribe();
-        return Ok((p, rx));
+        (p, rx)
+    };
+    if let Some(p) = state.procs.get(&guest.id, located.pid) {
+        return Ok(subscribed(p));
+    }
+    let attach_lock = state.procs.attach_lock(&guest.id);
+    let _one_attach = attach_lock.lock().await;
+    if let Some(p) = state.procs.get(&guest.id, located.pid) {
+        return Ok(subscribed(p));
     }
     let session =
-        state.app.engine.attach(&guest.id, &format!("s{pid}"), false).await.map_err(|e| {
+        state.app.engine.attach_with_stderr(&guest.id, &located.session_id).await.map_err(|e| {
             match super::error::rpc_engine(e) {
-                e if e.code == Code::InvalidArgument => {
-                    RpcError::new(Code::NotFound, format!("process with pid {pid} not found"))
-                }
+                e if e.code == Code::InvalidArgument => RpcError::new(
+                    Code::NotFound,
+                    format!("process with pid {} not found", located.pid),
+                ),
                 e => e,
             }
         })?;
-    let pty = session.info().tty;
-    let config = serde_json::json!({ "cmd": session.info().argv, "args": [], "envs": {} });
-    adopt(state, guest, session, config, None, pty)
+    adopt(state, guest, session)
 }
 
 /// `Connect` (server streaming).
@@ -389,20 +495,27 @@ async fn reconnect(state: E2bState, guest: Guest, headers: &HeaderMap, body: &[u
     }
 }
 
-/// `List`: the processes this daemon is attached to.
-fn list(state: &E2bState, guest: &Guest) -> serde_json::Value {
-    let mut procs = state.procs.of(&guest.id);
-    procs.sort_by_key(|p| p.pid);
-    let items: Vec<serde_json::Value> = procs
+/// `List`: the guest's running sessions, with their PIDs, tags and configs.
+async fn list(state: &E2bState, guest: &Guest) -> Result<serde_json::Value, RpcError> {
+    let sessions = state.app.engine.sessions(&guest.id).await.map_err(super::error::rpc_engine)?;
+    Ok(list_of(&sessions))
+}
+
+fn list_of(sessions: &[engine::SessionInfo]) -> serde_json::Value {
+    let mut items: Vec<(u32, serde_json::Value)> = sessions
         .iter()
-        .map(|p| {
-            let mut item = serde_json::json!({ "config": p.config, "pid": p.pid });
-            if let Some(tag) = &p.tag {
+        .filter(|s| s.running)
+        .filter_map(|s| {
+            let pid = e2b_pid(s)?;
+            let mut item = serde_json::json!({ "config": config_of(s), "pid": pid });
+            if let Some(tag) = &s.tag {
                 item["tag"] = tag.clone().into();
             }
-            item
+            Some((pid, item))
         })
         .collect();
+    items.sort_by_key(|(pid, _)| *pid);
+    let items: Vec<serde_json::Value> = items.into_iter().map(|(_, item)| item).collect();
     serde_json::json!({ "processes": items })
 }
 
@@ -443,31 +556,19 @@ async fn close_stdin(
     Ok(serde_json::json!({}))
 }
 
-/// `SendSignal`: lohar's session kill (SIGTERM to the process group) for SIGTERM and SIGKILL.
+/// `SendSignal`: SIGKILL or SIGTERM to the process's group (lohar's session kill).
 async fn send_signal(
     state: &E2bState,
     guest: &Guest,
     body: &[u8],
 ) -> Result<serde_json::Value, RpcError> {
     let req: ByProcess = connect::unary_request(body)?;
-    match req.signal.as_deref() {
-        Some("SIGNAL_SIGKILL" | "SIGNAL_SIGTERM") | None => {}
-        Some(other) => {
-            return Err(RpcError::new(
-                Code::Unimplemented,
-                format!("signal {other} is not supported yet"),
-            ));
-        }
-    }
-    let pid = match (&req.process.pid, &req.process.tag) {
-        (Some(pid), _) => *pid,
-        (None, Some(_)) => find(state, guest, &req.process).await?.0.pid,
-        (None, None) => return Err(RpcError::new(Code::InvalidArgument, "process.pid required")),
-    };
-    state.app.engine.kill_session(&guest.id, &format!("s{pid}")).await.map_err(|e| {
+    let signal = signal_number(req.signal.as_deref())?;
+    let located = locate(state, guest, &req.process).await?;
+    state.app.engine.signal_session(&guest.id, &located.session_id, signal).await.map_err(|e| {
         match super::error::rpc_engine(e) {
             e if e.code == Code::InvalidArgument => {
-                RpcError::new(Code::NotFound, format!("process with pid {pid} not found"))
+                RpcError::new(Code::NotFound, format!("process with pid {} not found", located.pid))
             }
             e => e,
         }
@@ -497,6 +598,22 @@ async fn update(
 mod tests {
     use super::*;
 
+    fn session(
+        id: &str,
+        pid: Option<i64>,
+        running: bool,
+        tag: Option<&str>,
+    ) -> engine::SessionInfo {
+        engine::SessionInfo {
+            session_id: id.into(),
+            argv: "sleep 9".into(),
+            running,
+            pid,
+            tag: tag.map(Into::into),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn pids_table() {
         let rows = [
@@ -507,6 +624,107 @@ mod tests {
         ];
         for (name, id, want) in rows {
             assert_eq!(pid_of(id), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn e2b_pid_is_the_guest_pid_else_the_session_number() {
+        let rows = [
+            ("guest pid", session("s3", Some(812), true, None), Some(812)),
+            ("v1 agent", session("s3", None, true, None), Some(3)),
+            ("v1 init", session("init", None, true, None), None),
+            ("negative", session("s3", Some(-1), true, None), None),
+        ];
+        for (name, info, want) in rows {
+            assert_eq!(e2b_pid(&info), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn signals_table() {
+        let rows = [
+            ("kill", Some("SIGNAL_SIGKILL"), Ok(Some(9))),
+            ("term", Some("SIGNAL_SIGTERM"), Ok(Some(15))),
+            ("unspecified", Some("SIGNAL_UNSPECIFIED"), Ok(None)),
+            ("absent", None, Ok(None)),
+        ];
+        for (name, signal, want) in rows {
+            assert_eq!(signal_number(signal), want, "{name}");
+        }
+        let err = signal_number(Some("SIGNAL_SIGHUP")).unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+    }
+
+    #[test]
+    fn locate_by_pid_or_tag_among_running_sessions() {
+        let sessions = [
+            session("s1", Some(100), false, Some("web")),
+            session("s2", Some(200), true, Some("web")),
+            session("s3", Some(300), true, None),
+        ];
+        let at = |pid: Option<u32>, tag: Option<&str>| {
+            locate_in(&sessions, &Selector { pid, tag: tag.map(Into::into) })
+        };
+        let rows = [
+            ("by pid", at(Some(300), None), Ok(("s3", 300))),
+            ("by tag skips the exited one", at(None, Some("web")), Ok(("s2", 200))),
+            ("tag wins over pid", at(Some(300), Some("web")), Ok(("s2", 200))),
+            ("exited pid", at(Some(100), None), Err(Code::NotFound)),
+            ("unknown pid", at(Some(9), None), Err(Code::NotFound)),
+            ("unknown tag", at(None, Some("db")), Err(Code::NotFound)),
+            ("nothing", at(None, None), Err(Code::InvalidArgument)),
+        ];
+        for (name, got, want) in rows {
+            let got = got.map(|l| (l.session_id, l.pid)).map_err(|e| e.code);
+            let want = want.map(|(id, pid)| (id.to_owned(), pid));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn list_shows_running_sessions_with_config_pid_and_tag() {
+        let config = ProcessConfig {
+            cmd: "/bin/bash".into(),
+            args: vec!["-l".into(), "-c".into(), "sleep 9".into()],
+            envs: BTreeMap::from([("A".into(), "1".into())]),
+            cwd: Some("/tmp".into()),
+        };
+        let mut started = session("s2", Some(200), true, Some("web"));
+        started.meta = serde_json::to_string(&config).ok();
+        let sessions =
+            [session("s1", Some(100), false, None), started, session("s3", Some(150), true, None)];
+        let got = list_of(&sessions);
+        assert_eq!(
+            got,
+            serde_json::json!({ "processes": [
+                { "pid": 150, "config": { "cmd": "sleep 9", "args": [], "envs": {} } },
+                { "pid": 200, "tag": "web", "config": {
+                    "cmd": "/bin/bash", "args": ["-l", "-c", "sleep 9"], "envs": { "A": "1" },
+                    "cwd": "/tmp",
+                } },
+            ] })
+        );
+    }
+
+    #[test]
+    fn data_events_name_their_stream() {
+        let chunk = || Bytes::from_static(b"hi");
+        let rows = [
+            ("stdout", false, Event::Stdout(chunk()), Some("stdout")),
+            ("stderr", false, Event::Stderr(chunk()), Some("stderr")),
+            ("pty", true, Event::Stdout(chunk()), Some("pty")),
+            ("pty stderr", true, Event::Stderr(chunk()), Some("pty")),
+            ("end", false, Event::End(0), None),
+        ];
+        for (name, pty, event, want) in rows {
+            let got = data_event(pty, &event);
+            let stream = got.as_ref().and_then(|m| {
+                m["event"]["data"].as_object().and_then(|d| d.keys().next().cloned())
+            });
+            assert_eq!(stream.as_deref(), want, "{name}");
+            if let Some(m) = got {
+                assert_eq!(m["event"]["data"][want.unwrap_or_default()], "aGk=", "{name}");
+            }
         }
     }
 }
