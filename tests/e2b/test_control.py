@@ -8,6 +8,7 @@ E2B_API_KEY a bhatti key). Two sandboxes for the whole file (each create boots a
 The flows run in order and build on each other.
 """
 
+import os
 import time
 import uuid
 
@@ -163,3 +164,17 @@ def test_kill_removes_a_paused_sandbox(pair):
     with pytest.raises(NotFoundException):
         Sandbox.get_info(b.sandbox_id)
     assert ids(SandboxQuery(metadata={"run": RUN})) == []
+
+
+def test_a_template_id_naming_a_bhatti_template_boots_that_template():
+    # The Rust side made a bhatti template (POST /templates) and names it here.
+    name = os.environ["BHATTI_E2B_TEMPLATE"]
+    memory = int(os.environ["BHATTI_E2B_TEMPLATE_MEMORY_MB"])
+    sbx = Sandbox.create(template=name, timeout=300, metadata={"run": RUN, "who": "tpl"})
+    try:
+        info = sbx.get_info()
+        assert info.template_id == name
+        assert info.memory_mb == memory
+        assert run(sbx, "echo from-template").stdout == "from-template\n"
+    finally:
+        assert Sandbox.kill(sbx.sandbox_id) is True

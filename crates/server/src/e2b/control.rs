@@ -127,6 +127,26 @@ struct Info {
     domain: Option<String>,
 }
 
+/// The bhatti template an E2B template ID names, by ID or else by name (the newest of that
+/// name; v1's names are not unique), if any; `base` never names one.
+async fn bhatti_template(state: &E2bState, template_id: &str) -> Result<Option<String>> {
+    if template_id.is_empty() || template_id == "base" {
+        return Ok(None);
+    }
+    let wanted = template_id.to_owned();
+    let found = state
+        .app
+        .store
+        .read(move |s| {
+            let all = s.list_templates()?;
+            let by_id = all.iter().find(|t| t.id == wanted);
+            let by_name = || all.iter().find(|t| t.name == wanted);
+            Ok(by_id.or_else(by_name).map(|t| t.id.clone()))
+        })
+        .await?;
+    Ok(found)
+}
+
 /// The image of a template ID: E2B's `base` is the daemon's default image (`default_image`,
 /// `minimal` unless configured: what a plain `bhatti create` boots), falling back to `test` on
 /// a host where that image is not built; any other ID names a bhatti image.
@@ -229,8 +249,14 @@ async fn create(
     Body(req): Body<NewSandbox>,
 ) -> Result<Response> {
     let template_id = if req.template_id.is_empty() { "base".into() } else { req.template_id };
-    let image = image_for(&state, &user, &template_id).await;
-    let body = api::CreateSandbox { image, env: req.env_vars, ..Default::default() };
+    let body = match bhatti_template(&state, &template_id).await? {
+        // The template's image, sizes, secrets and volumes, as `bhatti create --template`.
+        Some(id) => api::CreateSandbox { template_id: id, env: req.env_vars, ..Default::default() },
+        None => {
+            let image = image_for(&state, &user, &template_id).await;
+            api::CreateSandbox { image, env: req.env_vars, ..Default::default() }
+        }
+    };
     let answer = crate::sandboxes::create(
         State(state.app.clone()),
         crate::auth::CurrentUser(user.clone()),
