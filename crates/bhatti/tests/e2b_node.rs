@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Setup;
-use common::e2b::{plain_env, repo_root, start_with_listener};
+use common::e2b::{plain_env, repo_root, run_client, start_with_listener};
 
 /// The SDK's install (a missing one fails the test and names the script, never a skip).
 fn node_sdk() -> PathBuf {
@@ -38,28 +38,8 @@ async fn e2b_js_sdk_flow_passes_against_the_listener() {
         .unwrap();
     std::os::unix::fs::symlink(sdk.join("node_modules"), dir.path().join("node_modules")).unwrap();
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("flow.mjs")
-        .current_dir(dir.path())
-        .env_remove("E2B_API_URL")
-        .env_remove("E2B_SANDBOX_URL")
-        .env_remove("E2B_DOMAIN")
-        .env_remove("E2B_DEBUG")
-        .kill_on_drop(true);
-    for (k, v) in plain_env(&s, &url) {
-        cmd.env(k, v);
-    }
-    let limit = Duration::from_secs(600);
-    let out = tokio::time::timeout(limit, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("the node flow did not finish in {limit:?}"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "the node flow failed:\n{stdout}\n{stderr}\ndaemon:\n{}",
-        s.logs()
-    );
+    cmd.arg("flow.mjs").current_dir(dir.path());
+    let env = plain_env(&s, &url);
+    let stdout = run_client(&s, "the node flow", cmd, &env, Duration::from_secs(600)).await;
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

@@ -62,35 +62,42 @@ pub fn plain_env(s: &Setup, url: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// Runs `tests/e2b/<file>` under pytest with `env` (E2B_* variables not named there are
-/// removed) and asserts every flow passed; prints the flows by name for the log.
-pub async fn run_pytest(s: &Setup, file: &str, env: &[(String, String)], limit: Duration) {
-    let venv = venv();
-    let mut cmd = tokio::process::Command::new(venv.join("bin/python"));
-    cmd.args(["-m", "pytest", "-v", "-x", "-p", "no:cacheprovider"])
-        .arg(format!("tests/e2b/{file}"))
-        .current_dir(repo_root())
-        .env_remove("E2B_API_URL")
-        .env_remove("E2B_SANDBOX_URL")
-        .env_remove("E2B_DOMAIN")
-        .env_remove("E2B_DEBUG")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .kill_on_drop(true);
+/// Runs `cmd` (a client of the listener) with `env` (E2B_* variables not named there are
+/// removed) for at most `limit`, asserts it succeeded, prints its stdout for the log and
+/// answers it.
+pub async fn run_client(
+    s: &Setup,
+    what: &str,
+    mut cmd: tokio::process::Command,
+    env: &[(String, String)],
+    limit: Duration,
+) -> String {
+    for k in ["E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN", "E2B_DEBUG"] {
+        cmd.env_remove(k);
+    }
+    cmd.kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = tokio::time::timeout(limit, cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("pytest {file} did not finish in {limit:?}"))
+        .unwrap_or_else(|_| panic!("{what} did not finish in {limit:?}"))
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "pytest {file} failed:\n{stdout}\n{stderr}\ndaemon:\n{}",
-        s.logs()
-    );
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}\ndaemon:\n{}", s.logs());
+    stdout
+}
+
+/// Runs `tests/e2b/<file>` under pytest with `env` and asserts every flow passed.
+pub async fn run_pytest(s: &Setup, file: &str, env: &[(String, String)], limit: Duration) {
+    let mut cmd = tokio::process::Command::new(venv().join("bin/python"));
+    cmd.args(["-m", "pytest", "-v", "-x", "-p", "no:cacheprovider"])
+        .arg(format!("tests/e2b/{file}"))
+        .current_dir(repo_root())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let stdout = run_client(s, &format!("pytest {file}"), cmd, env, limit).await;
     assert!(stdout.contains(" passed"), "{stdout}");
     assert!(!stdout.contains("skipped"), "{stdout}");
 }
